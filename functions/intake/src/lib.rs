@@ -1,0 +1,325 @@
+//! The intake function: the user API behind API Gateway (HTTP API, payload v2, JWT authorizer).
+//!
+//! The subject is always the authenticated user, the `sub` claim the authorizer verified; a
+//! request body never names whose data it is about. Bad input gets a 4xx with
+//! `{"error": {"code", "message"}}` and never a 5xx. Contract: `docs/openapi.yaml`.
+
+use dsr_domain::{
+    Clock, DeskError, IdempotencyKey, Request, RequestDesk, RequestId, RequestKind, RequestStore,
+    StoreError, SubjectId, Submission, WorkQueue,
+};
+use lambda_http::http::{header, Method, StatusCode};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Error, RequestExt, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Submissions are one small JSON object; anything bigger is not a submission.
+pub const MAX_BODY_BYTES: usize = 4 * 1024;
+
+/// Answers one API Gateway request. Errors returned from here are infrastructure failures;
+/// every problem with the input is an HTTP response.
+pub async fn handle<S, Q, C>(
+    desk: &RequestDesk<S, Q, C>,
+    request: lambda_http::Request,
+) -> Result<Response<Body>, Error>
+where
+    S: RequestStore,
+    Q: WorkQueue,
+    C: Clock,
+{
+    Ok(route(desk, &request)
+        .await
+        .unwrap_or_else(ApiError::into_response))
+}
+
+async fn route<S: RequestStore, Q: WorkQueue, C: Clock>(
+    desk: &RequestDesk<S, Q, C>,
+    request: &lambda_http::Request,
+) -> Result<Response<Body>, ApiError> {
+    let path = request.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match segments.as_slice() {
+        ["v1", "requests"] => {
+            let subject = subject_of(request)?;
+            match *request.method() {
+                Method::POST => submit(desk, &subject, request).await,
+                Method::GET => list(desk, &subject).await,
+                _ => Err(ApiError::method_not_allowed("GET, POST")),
+            }
+        }
+        ["v1", "requests", id] => {
+            let subject = subject_of(request)?;
+            let id = parse_id(id)?;
+            match *request.method() {
+                Method::GET => {
+                    let found = desk.show(&subject, id).await?;
+                    Ok(json_response(StatusCode::OK, &RequestView::from(&found)))
+                }
+                Method::DELETE => {
+                    let cancelled = desk.cancel(&subject, id).await?;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &RequestView::from(&cancelled),
+                    ))
+                }
+                _ => Err(ApiError::method_not_allowed("GET, DELETE")),
+            }
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            format!(
+                "no such route: {} {}",
+                request.method(),
+                path_for_error(&path)
+            ),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    #[serde(rename = "type")]
+    kind: RequestKind,
+}
+
+async fn submit<S: RequestStore, Q: WorkQueue, C: Clock>(
+    desk: &RequestDesk<S, Q, C>,
+    subject: &SubjectId,
+    request: &lambda_http::Request,
+) -> Result<Response<Body>, ApiError> {
+    if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+        let content_type = content_type.to_str().unwrap_or_default();
+        if !content_type.starts_with("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be application/json",
+            ));
+        }
+    }
+    let body: &[u8] = request.body().as_ref();
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the body is {} bytes; at most {MAX_BODY_BYTES} are accepted",
+                body.len()
+            ),
+        ));
+    }
+    let parsed: SubmitBody = serde_json::from_slice(body).map_err(|err| {
+        let code = match err.classify() {
+            serde_json::error::Category::Data => "invalid_body",
+            _ => "malformed_json",
+        };
+        let message = if body.is_empty() {
+            "the body is empty; send {\"type\": \"access\"} or {\"type\": \"erasure\"}".to_owned()
+        } else {
+            format!("{err}")
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    })?;
+    let idempotency_key = match request.headers().get("idempotency-key") {
+        None => None,
+        Some(raw) => Some(
+            raw.to_str()
+                .map_err(|_| "an Idempotency-Key must be printable ASCII".to_owned())
+                .and_then(IdempotencyKey::parse)
+                .map_err(|message| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", message)
+                })?,
+        ),
+    };
+
+    let submission = desk
+        .submit(subject, parsed.kind, idempotency_key.as_ref())
+        .await?;
+    let (status, replayed) = match &submission {
+        Submission::Created(_) => (StatusCode::ACCEPTED, false),
+        Submission::Replayed(_) => (StatusCode::ACCEPTED, true),
+        Submission::AlreadyOpen(_) => (StatusCode::OK, false),
+    };
+    let stored = submission.request();
+    let mut response = json_response(status, &RequestView::from(stored));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::LOCATION,
+        format!("/v1/requests/{}", stored.id)
+            .parse()
+            .expect("a ULID path is a valid header value"),
+    );
+    if replayed {
+        headers.insert(
+            "idempotent-replayed",
+            "true".parse().expect("static header"),
+        );
+    }
+    Ok(response)
+}
+
+async fn list<S: RequestStore, Q: WorkQueue, C: Clock>(
+    desk: &RequestDesk<S, Q, C>,
+    subject: &SubjectId,
+) -> Result<Response<Body>, ApiError> {
+    let requests = desk.list(subject).await?;
+    let views: Vec<RequestView> = requests.iter().map(RequestView::from).collect();
+    Ok(json_response(StatusCode::OK, &json!({ "requests": views })))
+}
+
+/// A request as the user sees it: no subject id (they know who they are), no internals.
+#[derive(Debug, Serialize)]
+pub struct RequestView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: RequestKind,
+    pub state: dsr_domain::RequestState,
+    pub received_at: String,
+    pub due_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Request> for RequestView {
+    fn from(request: &Request) -> Self {
+        let time = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        Self {
+            id: request.id.to_string(),
+            kind: request.kind,
+            state: request.state,
+            received_at: time(request.received_at),
+            due_at: time(request.due_at),
+            updated_at: time(request.updated_at),
+        }
+    }
+}
+
+/// The `sub` claim of the token API Gateway's JWT authorizer verified.
+fn subject_of(request: &lambda_http::Request) -> Result<SubjectId, ApiError> {
+    let claims = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context
+            .authorizer
+            .as_ref()
+            .and_then(|authorizer| authorizer.jwt.as_ref())
+            .map(|jwt| &jwt.claims),
+        _ => None,
+    };
+    let sub = claims
+        .and_then(|claims| claims.get("sub"))
+        .ok_or_else(|| ApiError::unauthorized("no authenticated subject on the request"))?;
+    SubjectId::parse(sub.clone())
+        .map_err(|err| ApiError::unauthorized(format!("the token's subject is unusable: {err}")))
+}
+
+fn parse_id(raw: &str) -> Result<RequestId, ApiError> {
+    raw.parse().map_err(|err: dsr_domain::RequestIdError| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_request_id",
+            err.to_string(),
+        )
+    })
+}
+
+fn path_for_error(path: &str) -> String {
+    path.chars().take(128).collect()
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::Text(
+            serde_json::to_string(body).expect("response bodies serialize"),
+        ))
+        .expect("status and static headers are valid")
+}
+
+/// An HTTP error with the body every client can rely on: `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("allowed methods: {allow}"),
+            )
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut response = json_response(
+            self.status,
+            &json!({ "error": { "code": self.code, "message": self.message } }),
+        );
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, allow.parse().expect("static header"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, "5".parse().expect("static header"));
+        }
+        response
+    }
+}
+
+impl From<DeskError> for ApiError {
+    fn from(err: DeskError) -> Self {
+        match err {
+            DeskError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", "no such request"),
+            DeskError::NotCancellable { .. } => {
+                Self::new(StatusCode::CONFLICT, "not_cancellable", err.to_string())
+            }
+            DeskError::IdempotencyKeyReused => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                err.to_string(),
+            ),
+            DeskError::Store(StoreError::Unavailable(reason)) => {
+                tracing::error!(%reason, "request store unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the service is temporarily unavailable; retry shortly",
+                )
+            }
+            DeskError::Store(corrupt @ StoreError::Corrupt { .. }) => {
+                tracing::error!(error = %corrupt, "stored request unreadable");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "the request could not be read; operators have been alerted",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The request store on DynamoDB: one table, conditional writes and transactions.
+//!
+//! Items (see template.yaml `RequestsTable`):
+//! - `pk = REQ#<id>, sk = META`: the request; indexed by `subject_hash` (GSI `BySubject`) and by
+//!   `state` + `due_at` (GSI `ByStateDue`).
+//! - `pk = SUBJ#<hash>, sk = OPEN#<kind>`: the guard that makes "one open request per subject
+//!   and kind" a transactional condition.
+//! - `pk = IDEM#<hash>#<key>, sk = IDEM`: an `Idempotency-Key` seen for that subject (TTL 24 h).
+//! - `pk = REQ#<id>, sk = EVT#<time>#<event>`: the append-only audit trail, no personal data.
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, SecondsFormat, Utc};
+use dsr_domain::ports::TransitionOutcome;
+use dsr_domain::{
+    CreateOutcome, IdempotencyKey, Request, RequestId, RequestKind, RequestState, RequestStore,
+    StoreError, SubjectHash, SubjectId,
+};
+use std::collections::HashMap;
+
+type Item = HashMap<String, AttributeValue>;
+
+pub const BY_SUBJECT_INDEX: &str = "BySubject";
+pub const BY_STATE_DUE_INDEX: &str = "ByStateDue";
+const IDEMPOTENCY_TTL_HOURS: i64 = 24;
+
+#[derive(Clone, Debug)]
+pub struct DynamoRequestStore {
+    client: Client,
+    table: String,
+    /// Recorded in audit events: which function did it.
+    actor: String,
+}
+
+impl DynamoRequestStore {
+    pub fn new(client: Client, table: impl Into<String>, actor: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            actor: actor.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn audit_event(
+        &self,
+        id: RequestId,
+        event: &str,
+        at: DateTime<Utc>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let at = timestamp(at);
+        let put = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(format!("REQ#{id}")))
+            .item("sk", s(format!("EVT#{at}#{event}")))
+            .item("event", s(event))
+            .item("at", s(at))
+            .item("actor", s(&self.actor))
+            .build()
+            .map_err(unavailable)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    async fn get_item(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out.item)
+    }
+
+    /// After a cancelled create: which condition stopped it, and which request it points at.
+    async fn explain_conflict(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<Option<CreateOutcome>, StoreError> {
+        if let Some(key) = idempotency_key {
+            if let Some(item) = self.get_item(idempotency_pk(subject, key), "IDEM").await? {
+                return Ok(Some(CreateOutcome::IdempotentReplay(request_id_attr(
+                    &item,
+                )?)));
+            }
+        }
+        let guard = self
+            .get_item(guard_pk(subject), &guard_sk(request.kind))
+            .await?;
+        guard
+            .map(|item| request_id_attr(&item).map(CreateOutcome::OpenRequestExists))
+            .transpose()
+    }
+
+    async fn query_all(
+        &self,
+        index: &str,
+        key_condition: &str,
+        names: &[(&str, &str)],
+        values: &[(&str, AttributeValue)],
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        let mut found = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression(key_condition)
+                .scan_index_forward(!newest_first)
+                .set_exclusive_start_key(start.take());
+            for (k, v) in names {
+                query = query.expression_attribute_names(*k, *v);
+            }
+            for (k, v) in values {
+                query = query.expression_attribute_values(*k, v.clone());
+            }
+            let remaining = limit.saturating_sub(found.len()).min(1000);
+            let out = query
+                .limit(i32::try_from(remaining).unwrap_or(1000))
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items() {
+                found.push(request_from_item(item)?);
+            }
+            match out.last_evaluated_key {
+                Some(key) if found.len() < limit => start = Some(key),
+                _ => return Ok(found),
+            }
+        }
+    }
+}
+
+impl RequestStore for DynamoRequestStore {
+    async fn create(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<CreateOutcome, StoreError> {
+        let not_there = "attribute_not_exists(pk)";
+        let mut meta = request_item(request, subject);
+        meta.insert("pk".into(), s(request_pk(request.id)));
+        meta.insert("sk".into(), s("META"));
+        let mut items = vec![
+            put(&self.table, meta, Some(not_there))?,
+            put(
+                &self.table,
+                HashMap::from([
+                    ("pk".into(), s(guard_pk(subject))),
+                    ("sk".into(), s(guard_sk(request.kind))),
+                    ("request_id".into(), s(request.id.to_string())),
+                ]),
+                Some(not_there),
+            )?,
+        ];
+        if let Some(key) = idempotency_key {
+            let expires = request.received_at + chrono::Duration::hours(IDEMPOTENCY_TTL_HOURS);
+            items.push(put(
+                &self.table,
+                HashMap::from([
+                    ("pk".into(), s(idempotency_pk(subject, key))),
+                    ("sk".into(), s("IDEM")),
+                    ("request_id".into(), s(request.id.to_string())),
+                    (
+                        "expires_at".into(),
+                        AttributeValue::N(expires.timestamp().to_string()),
+                    ),
+                ]),
+                Some(not_there),
+            )?);
+        }
+        items.push(self.audit_event(request.id, "submitted", request.received_at)?);
+
+        // A cancelled transaction says *that* a condition failed; the item it failed on says
+        // which request wins. A guard can vanish between the two (the open request was just
+        // cancelled), in which case trying again is right.
+        for _ in 0..3 {
+            let sent = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            match sent {
+                Ok(_) => return Ok(CreateOutcome::Created),
+                Err(SdkError::ServiceError(err))
+                    if matches!(
+                        err.err(),
+                        TransactWriteItemsError::TransactionCanceledException(_)
+                    ) =>
+                {
+                    if let Some(outcome) = self
+                        .explain_conflict(request, subject, idempotency_key)
+                        .await?
+                    {
+                        return Ok(outcome);
+                    }
+                }
+                Err(err) => return Err(unavailable(err)),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "submission kept conflicting with a request that disappeared".into(),
+        ))
+    }
+
+    async fn get(&self, id: RequestId) -> Result<Option<Request>, StoreError> {
+        self.get_item(request_pk(id), "META")
+            .await?
+            .map(|item| request_from_item(&item))
+            .transpose()
+    }
+
+    async fn list_for_subject(&self, subject: &SubjectHash) -> Result<Vec<Request>, StoreError> {
+        self.query_all(
+            BY_SUBJECT_INDEX,
+            "subject_hash = :h",
+            &[],
+            &[(":h", s(subject.as_str()))],
+            true,
+            usize::MAX,
+        )
+        .await
+    }
+
+    async fn save_transition(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        from: RequestState,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(request_pk(request.id)))
+            .key("sk", s("META"))
+            .condition_expression("#state = :from")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":from", s(from.as_str()))
+            .expression_attribute_values(":to", s(request.state.as_str()))
+            .expression_attribute_values(":at", s(timestamp(request.updated_at)))
+            .expression_attribute_values(":attempts", n(request.attempts));
+        update = match &request.last_error {
+            Some(error) => update
+                .update_expression(
+                    "SET #state = :to, updated_at = :at, attempts = :attempts, last_error = :err",
+                )
+                .expression_attribute_values(":err", s(error)),
+            None => update.update_expression(
+                "SET #state = :to, updated_at = :at, attempts = :attempts REMOVE last_error",
+            ),
+        };
+        let mut items = vec![TransactWriteItem::builder()
+            .update(update.build().map_err(unavailable)?)
+            .build()];
+        if from.is_open() && !request.state.is_open() {
+            let release = Delete::builder()
+                .table_name(&self.table)
+                .key("pk", s(guard_pk(subject)))
+                .key("sk", s(guard_sk(request.kind)))
+                .build()
+                .map_err(unavailable)?;
+            items.push(TransactWriteItem::builder().delete(release).build());
+        }
+        items.push(self.audit_event(request.id, request.state.as_str(), request.updated_at)?);
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(TransitionOutcome::Applied),
+            Err(SdkError::ServiceError(err))
+                if matches!(
+                    err.err(),
+                    TransactWriteItemsError::TransactionCanceledException(_)
+                ) =>
+            {
+                Ok(TransitionOutcome::StateChanged)
+            }
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    async fn mark_enqueued(&self, id: RequestId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(request_pk(id)))
+            .key("sk", s("META"))
+            .update_expression("SET enqueued_at = :at")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":at", s(timestamp(at)))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn in_state(
+        &self,
+        state: RequestState,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        self.query_all(
+            BY_STATE_DUE_INDEX,
+            "#state = :s",
+            &[("#state", "state")],
+            &[(":s", s(state.as_str()))],
+            false,
+            limit,
+        )
+        .await
+    }
+}
+
+fn put(table: &str, item: Item, condition: Option<&str>) -> Result<TransactWriteItem, StoreError> {
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(item))
+        .set_condition_expression(condition.map(str::to_owned))
+        .build()
+        .map_err(unavailable)?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+fn request_pk(id: RequestId) -> String {
+    format!("REQ#{id}")
+}
+
+fn guard_pk(subject: &SubjectHash) -> String {
+    format!("SUBJ#{subject}")
+}
+
+fn guard_sk(kind: RequestKind) -> String {
+    format!("OPEN#{kind}")
+}
+
+fn idempotency_pk(subject: &SubjectHash, key: &IdempotencyKey) -> String {
+    format!("IDEM#{subject}#{}", key.as_str())
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: u32) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// Fixed-width UTC timestamps sort as strings, which the `ByStateDue` index relies on.
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn unavailable(err: impl std::error::Error) -> StoreError {
+    // The SDK's Display is terse ("service error"); the debug chain names the cause.
+    StoreError::Unavailable(format!(
+        "{}",
+        aws_sdk_dynamodb::error::DisplayErrorContext(err)
+    ))
+}
+
+fn request_item(request: &Request, subject: &SubjectHash) -> Item {
+    let mut item = HashMap::from([
+        ("id".to_owned(), s(request.id.to_string())),
+        ("kind".to_owned(), s(request.kind.as_str())),
+        ("subject".to_owned(), s(request.subject.as_str())),
+        ("subject_hash".to_owned(), s(subject.as_str())),
+        ("state".to_owned(), s(request.state.as_str())),
+        ("received_at".to_owned(), s(timestamp(request.received_at))),
+        ("due_at".to_owned(), s(timestamp(request.due_at))),
+        ("updated_at".to_owned(), s(timestamp(request.updated_at))),
+        ("attempts".to_owned(), n(request.attempts)),
+    ]);
+    if let Some(error) = &request.last_error {
+        item.insert("last_error".into(), s(error));
+    }
+    if let Some(at) = request.enqueued_at {
+        item.insert("enqueued_at".into(), s(timestamp(at)));
+    }
+    item
+}
+
+fn request_id_attr(item: &Item) -> Result<RequestId, StoreError> {
+    let raw = string_attr(item, "request_id")?;
+    raw.parse()
+        .map_err(|e: dsr_domain::RequestIdError| corrupt(item, e.to_string()))
+}
+
+fn request_from_item(item: &Item) -> Result<Request, StoreError> {
+    let time = |name: &str| -> Result<DateTime<Utc>, StoreError> {
+        DateTime::parse_from_rfc3339(string_attr(item, name)?)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| corrupt(item, format!("{name}: {e}")))
+    };
+    let optional_time = |name: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+        item.contains_key(name).then(|| time(name)).transpose()
+    };
+    Ok(Request {
+        id: string_attr(item, "id")?
+            .parse()
+            .map_err(|e: dsr_domain::RequestIdError| corrupt(item, e.to_string()))?,
+        kind: string_attr(item, "kind")?
+            .parse()
+            .map_err(|e| corrupt(item, e))?,
+        subject: SubjectId::parse(string_attr(item, "subject")?)
+            .map_err(|e| corrupt(item, e.to_string()))?,
+        state: string_attr(item, "state")?
+            .parse()
+            .map_err(|e| corrupt(item, e))?,
+        received_at: time("received_at")?,
+        due_at: time("due_at")?,
+        updated_at: time("updated_at")?,
+        attempts: match item.get("attempts") {
+            Some(AttributeValue::N(raw)) => {
+                raw.parse().map_err(|_| corrupt(item, "attempts".into()))?
+            }
+            _ => 0,
+        },
+        last_error: item.get("last_error").and_then(|v| v.as_s().ok()).cloned(),
+        enqueued_at: optional_time("enqueued_at")?,
+    })
+}
+
+fn string_attr<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+        .ok_or_else(|| corrupt(item, format!("missing string attribute `{name}`")))
+}
+
+fn corrupt(item: &Item, reason: String) -> StoreError {
+    let id = item
+        .get("pk")
+        .and_then(|v| v.as_s().ok())
+        .cloned()
+        .unwrap_or_default();
+    StoreError::Corrupt { id, reason }
+}

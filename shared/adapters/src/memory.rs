@@ -1,0 +1,155 @@
+//! In-memory adapters with the same semantics as the cloud ones (conditional writes included),
+//! for unit tests of handlers and use cases. Not for production: nothing survives a restart.
+
+use chrono::{DateTime, Utc};
+use dsr_domain::ports::TransitionOutcome;
+use dsr_domain::{
+    CreateOutcome, IdempotencyKey, QueueError, Request, RequestId, RequestMessage, RequestState,
+    RequestStore, StoreError, SubjectHash, WorkQueue,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Tables {
+    requests: HashMap<RequestId, (Request, SubjectHash)>,
+    open_guards: HashMap<(SubjectHash, dsr_domain::RequestKind), RequestId>,
+    idempotency: HashMap<(SubjectHash, String), RequestId>,
+}
+
+#[derive(Default)]
+pub struct InMemoryRequestStore {
+    tables: Mutex<Tables>,
+}
+
+impl InMemoryRequestStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl RequestStore for InMemoryRequestStore {
+    async fn create(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<CreateOutcome, StoreError> {
+        let mut tables = self.lock();
+        let idem = idempotency_key.map(|k| (subject.clone(), k.as_str().to_owned()));
+        if let Some(earlier) = idem.as_ref().and_then(|k| tables.idempotency.get(k)) {
+            return Ok(CreateOutcome::IdempotentReplay(*earlier));
+        }
+        let guard = (subject.clone(), request.kind);
+        if let Some(open) = tables.open_guards.get(&guard) {
+            return Ok(CreateOutcome::OpenRequestExists(*open));
+        }
+        tables.open_guards.insert(guard, request.id);
+        if let Some(key) = idem {
+            tables.idempotency.insert(key, request.id);
+        }
+        tables
+            .requests
+            .insert(request.id, (request.clone(), subject.clone()));
+        Ok(CreateOutcome::Created)
+    }
+
+    async fn get(&self, id: RequestId) -> Result<Option<Request>, StoreError> {
+        Ok(self.lock().requests.get(&id).map(|(r, _)| r.clone()))
+    }
+
+    async fn list_for_subject(&self, subject: &SubjectHash) -> Result<Vec<Request>, StoreError> {
+        let mut mine: Vec<Request> = self
+            .lock()
+            .requests
+            .values()
+            .filter(|(_, owner)| owner == subject)
+            .map(|(r, _)| r.clone())
+            .collect();
+        mine.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(mine)
+    }
+
+    async fn save_transition(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        from: RequestState,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let mut tables = self.lock();
+        let Some((stored, _)) = tables.requests.get_mut(&request.id) else {
+            return Ok(TransitionOutcome::StateChanged);
+        };
+        if stored.state != from {
+            return Ok(TransitionOutcome::StateChanged);
+        }
+        stored.state = request.state;
+        stored.updated_at = request.updated_at;
+        stored.attempts = request.attempts;
+        stored.last_error.clone_from(&request.last_error);
+        if from.is_open() && !request.state.is_open() {
+            tables.open_guards.remove(&(subject.clone(), request.kind));
+        }
+        Ok(TransitionOutcome::Applied)
+    }
+
+    async fn mark_enqueued(&self, id: RequestId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        if let Some((stored, _)) = self.lock().requests.get_mut(&id) {
+            stored.enqueued_at = Some(at);
+        }
+        Ok(())
+    }
+
+    async fn in_state(
+        &self,
+        state: RequestState,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        let mut found: Vec<Request> = self
+            .lock()
+            .requests
+            .values()
+            .map(|(r, _)| r)
+            .filter(|r| r.state == state)
+            .cloned()
+            .collect();
+        found.sort_by_key(|r| (r.due_at, r.id));
+        found.truncate(limit);
+        Ok(found)
+    }
+}
+
+/// Records every message; can be switched to fail, to test what happens when SQS is down.
+#[derive(Default)]
+pub struct InMemoryWorkQueue {
+    sent: Mutex<Vec<RequestMessage>>,
+    unavailable: AtomicBool,
+}
+
+impl InMemoryWorkQueue {
+    pub fn sent(&self) -> Vec<RequestMessage> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.unavailable.store(unavailable, Ordering::SeqCst);
+    }
+}
+
+impl WorkQueue for InMemoryWorkQueue {
+    async fn enqueue(&self, message: &RequestMessage) -> Result<(), QueueError> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(QueueError {
+                request_id: message.request_id,
+                kind: message.kind,
+                reason: "queue unavailable (simulated)".into(),
+            });
+        }
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(message.clone());
+        Ok(())
+    }
+}

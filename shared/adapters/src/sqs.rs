@@ -1,0 +1,51 @@
+//! The work queues on SQS: one queue per request kind.
+
+use aws_sdk_sqs::Client;
+use dsr_domain::{QueueError, RequestKind, RequestMessage, WorkQueue};
+
+#[derive(Clone, Debug)]
+pub struct SqsWorkQueue {
+    client: Client,
+    access_queue_url: String,
+    erasure_queue_url: String,
+}
+
+impl SqsWorkQueue {
+    pub fn new(
+        client: Client,
+        access_queue_url: impl Into<String>,
+        erasure_queue_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            access_queue_url: access_queue_url.into(),
+            erasure_queue_url: erasure_queue_url.into(),
+        }
+    }
+
+    fn queue_url(&self, kind: RequestKind) -> &str {
+        match kind {
+            RequestKind::Access => &self.access_queue_url,
+            RequestKind::Erasure => &self.erasure_queue_url,
+        }
+    }
+}
+
+impl WorkQueue for SqsWorkQueue {
+    async fn enqueue(&self, message: &RequestMessage) -> Result<(), QueueError> {
+        let fail = |reason: String| QueueError {
+            request_id: message.request_id,
+            kind: message.kind,
+            reason,
+        };
+        let body = serde_json::to_string(message).map_err(|e| fail(e.to_string()))?;
+        self.client
+            .send_message()
+            .queue_url(self.queue_url(message.kind))
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| fail(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! The request desk: the use cases behind the user API and the sweep, written once over the
+//! ports so that the intake Lambda, the sweep Lambda and the local runner share them.
+
+use crate::clock::Clock;
+use crate::messages::RequestMessage;
+use crate::ports::{CreateOutcome, RequestStore, StoreError, TransitionOutcome, WorkQueue};
+use crate::request::{IdempotencyKey, Request, RequestId, RequestKind, RequestState};
+use crate::subject::{SubjectHash, SubjectHasher, SubjectId};
+use chrono::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    /// Unknown id, or somebody else's request: the two are indistinguishable on purpose.
+    #[error("no such request")]
+    NotFound,
+    #[error("the request is {state} and can no longer be cancelled")]
+    NotCancellable { state: RequestState },
+    #[error("this Idempotency-Key was already used for a different submission")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a submission led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submission {
+    /// A new request was accepted.
+    Created(Request),
+    /// The subject already had an open request of this kind; that one is returned.
+    AlreadyOpen(Request),
+    /// A retry of an earlier submission with the same `Idempotency-Key`.
+    Replayed(Request),
+}
+
+impl Submission {
+    pub fn request(&self) -> &Request {
+        match self {
+            Submission::Created(r) | Submission::AlreadyOpen(r) | Submission::Replayed(r) => r,
+        }
+    }
+}
+
+/// When the sweep considers a `received` request's message lost.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepSettings {
+    /// A request never enqueued is left alone this long, so the sweep does not race an intake
+    /// call that is still sending.
+    pub unqueued_grace: Duration,
+    /// A request enqueued this long ago and still `received` lost its message (expired, purged,
+    /// or dead-lettered and discarded): send it again. Consumers drop duplicates by request id.
+    pub stale_after: Duration,
+    /// Bound on one run's work; the next run picks up the rest.
+    pub batch_limit: usize,
+}
+
+impl Default for SweepSettings {
+    fn default() -> Self {
+        Self {
+            unqueued_grace: Duration::minutes(2),
+            stale_after: Duration::minutes(30),
+            batch_limit: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub examined: usize,
+    pub reenqueued: usize,
+    pub failed: usize,
+}
+
+pub struct RequestDesk<S, Q, C> {
+    store: S,
+    queue: Q,
+    clock: C,
+    hasher: SubjectHasher,
+}
+
+impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
+    pub fn new(store: S, queue: Q, clock: C, hasher: SubjectHasher) -> Self {
+        Self {
+            store,
+            queue,
+            clock,
+            hasher,
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn subject_hash(&self, subject: &SubjectId) -> SubjectHash {
+        self.hasher.hash(subject)
+    }
+
+    pub async fn submit(
+        &self,
+        subject: &SubjectId,
+        kind: RequestKind,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<Submission, DeskError> {
+        let subject_hash = self.hasher.hash(subject);
+        let mut request = Request::receive(kind, subject.clone(), self.clock.now());
+        match self
+            .store
+            .create(&request, &subject_hash, idempotency_key)
+            .await?
+        {
+            CreateOutcome::Created => {
+                tracing::info!(request_id = %request.id, %kind, subject = %subject_hash, "request received");
+                request.enqueued_at = self.enqueue(&request, &subject_hash).await;
+                Ok(Submission::Created(request))
+            }
+            CreateOutcome::OpenRequestExists(id) => {
+                let open = self.stored(id).await?;
+                tracing::info!(request_id = %id, %kind, subject = %subject_hash, "open request returned instead of a new one");
+                Ok(Submission::AlreadyOpen(open))
+            }
+            CreateOutcome::IdempotentReplay(id) => {
+                let earlier = self.stored(id).await?;
+                if earlier.kind != kind || &earlier.subject != subject {
+                    return Err(DeskError::IdempotencyKeyReused);
+                }
+                Ok(Submission::Replayed(earlier))
+            }
+        }
+    }
+
+    pub async fn list(&self, subject: &SubjectId) -> Result<Vec<Request>, DeskError> {
+        Ok(self
+            .store
+            .list_for_subject(&self.hasher.hash(subject))
+            .await?)
+    }
+
+    /// The request, if it exists and belongs to `subject`.
+    pub async fn show(&self, subject: &SubjectId, id: RequestId) -> Result<Request, DeskError> {
+        match self.store.get(id).await? {
+            Some(request) if &request.subject == subject => Ok(request),
+            _ => Err(DeskError::NotFound),
+        }
+    }
+
+    /// Cancels a request that no work has started on. Cancelling twice is not an error.
+    pub async fn cancel(&self, subject: &SubjectId, id: RequestId) -> Result<Request, DeskError> {
+        let mut request = self.show(subject, id).await?;
+        if request.state == RequestState::Cancelled {
+            return Ok(request);
+        }
+        let from = request.state;
+        request
+            .transition_to(RequestState::Cancelled, self.clock.now())
+            .map_err(|illegal| DeskError::NotCancellable {
+                state: illegal.from,
+            })?;
+        let subject_hash = self.hasher.hash(subject);
+        match self
+            .store
+            .save_transition(&request, &subject_hash, from)
+            .await?
+        {
+            TransitionOutcome::Applied => {
+                tracing::info!(request_id = %id, subject = %subject_hash, "request cancelled");
+                Ok(request)
+            }
+            // A worker picked it up between our read and our write.
+            TransitionOutcome::StateChanged => {
+                let now = self.show(subject, id).await?;
+                if now.state == RequestState::Cancelled {
+                    Ok(now)
+                } else {
+                    Err(DeskError::NotCancellable { state: now.state })
+                }
+            }
+        }
+    }
+
+    /// Re-sends the work message of every `received` request whose message never left or was
+    /// lost. Safe to run concurrently with itself: a duplicate message is dropped by consumers.
+    pub async fn sweep_lost_messages(
+        &self,
+        settings: SweepSettings,
+    ) -> Result<SweepReport, DeskError> {
+        let now = self.clock.now();
+        let waiting = self
+            .store
+            .in_state(RequestState::Received, settings.batch_limit)
+            .await?;
+        let mut report = SweepReport {
+            examined: waiting.len(),
+            ..SweepReport::default()
+        };
+        for request in waiting {
+            let lost = match request.enqueued_at {
+                None => request.received_at + settings.unqueued_grace <= now,
+                Some(sent) => sent + settings.stale_after <= now,
+            };
+            if !lost {
+                continue;
+            }
+            let subject_hash = self.hasher.hash(&request.subject);
+            if self.enqueue(&request, &subject_hash).await.is_some() {
+                tracing::info!(request_id = %request.id, subject = %subject_hash, "lost request message sent again");
+                report.reenqueued += 1;
+            } else {
+                report.failed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Sends the work message and records it; on failure the request stays un-enqueued for the
+    /// sweep to find, which is why errors are logged here and not returned.
+    async fn enqueue(
+        &self,
+        request: &Request,
+        subject_hash: &SubjectHash,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let now = self.clock.now();
+        let message = RequestMessage::new(request.id, request.kind, now);
+        if let Err(err) = self.queue.enqueue(&message).await {
+            tracing::warn!(request_id = %request.id, subject = %subject_hash, error = %err, "work message not sent; the sweep will retry");
+            return None;
+        }
+        if let Err(err) = self.store.mark_enqueued(request.id, now).await {
+            // The message is out; at worst the sweep sends a duplicate, which consumers drop.
+            tracing::warn!(request_id = %request.id, error = %err, "work message sent but not recorded");
+        }
+        Some(now)
+    }
+
+    async fn stored(&self, id: RequestId) -> Result<Request, DeskError> {
+        self.store.get(id).await?.ok_or_else(|| {
+            DeskError::Store(StoreError::Corrupt {
+                id: id.to_string(),
+                reason: "referenced by a guard or idempotency key but missing".into(),
+            })
+        })
+    }
+}

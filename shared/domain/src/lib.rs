@@ -1,0 +1,24 @@
+//! The Data Subject Rights domain.
+//!
+//! Everything here is plain Rust: no AWS SDK, no AMQP. Adapters in `dsr-adapters` implement the
+//! ports declared in [`ports`]; the Lambda functions only translate events into calls to
+//! [`desk::RequestDesk`].
+
+pub mod clock;
+pub mod desk;
+pub mod messages;
+pub mod ports;
+pub mod request;
+pub mod subject;
+
+pub use clock::{Clock, FixedClock, SystemClock};
+pub use desk::{DeskError, RequestDesk, Submission, SweepReport, SweepSettings};
+pub use messages::RequestMessage;
+pub use ports::{
+    CreateOutcome, QueueError, RequestStore, StoreError, TransitionOutcome, WorkQueue,
+};
+pub use request::{
+    IdempotencyKey, IllegalTransition, Request, RequestId, RequestIdError, RequestKind,
+    RequestState,
+};
+pub use subject::{SubjectHash, SubjectHasher, SubjectId, SubjectIdError};

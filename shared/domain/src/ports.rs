@@ -1,0 +1,140 @@
+//! What the domain needs from the outside world. Adapters live in `dsr-adapters`.
+//!
+//! Methods return `impl Future + Send` rather than `async fn` so that handlers built on them can
+//! be spawned on a multi-threaded runtime (the local runner does).
+
+use crate::messages::RequestMessage;
+use crate::request::{IdempotencyKey, Request, RequestId, RequestKind, RequestState};
+use crate::subject::SubjectHash;
+use chrono::{DateTime, Utc};
+use std::future::Future;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or refused the call; worth retrying later.
+    #[error("request store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored item could not be read back as a request: a bug or a manual edit.
+    #[error("corrupt stored request {id}: {reason}")]
+    Corrupt { id: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// The subject already has an open request of this kind; nothing was written.
+    OpenRequestExists(RequestId),
+    /// The idempotency key was used before, for this request; nothing was written.
+    IdempotentReplay(RequestId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransitionOutcome {
+    Applied,
+    /// The stored request was no longer in the expected state (someone else moved it).
+    StateChanged,
+}
+
+pub trait RequestStore: Send + Sync {
+    /// Stores a new request, atomically with its guard ("one open request per subject and
+    /// kind") and, if given, its idempotency key.
+    fn create(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send;
+
+    fn get(
+        &self,
+        id: RequestId,
+    ) -> impl Future<Output = Result<Option<Request>, StoreError>> + Send;
+
+    /// The subject's requests, newest first.
+    fn list_for_subject(
+        &self,
+        subject: &SubjectHash,
+    ) -> impl Future<Output = Result<Vec<Request>, StoreError>> + Send;
+
+    /// Moves a request from `from` to `request.state` only if it is still in `from`; releases
+    /// the subject's open-request guard when the request stops being open.
+    fn save_transition(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        from: RequestState,
+    ) -> impl Future<Output = Result<TransitionOutcome, StoreError>> + Send;
+
+    /// Records that the request's work message was handed to its queue.
+    fn mark_enqueued(
+        &self,
+        id: RequestId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Requests in `state`, oldest due date first, at most `limit`.
+    fn in_state(
+        &self,
+        state: RequestState,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Request>, StoreError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not enqueue the {kind} request {request_id}: {reason}")]
+pub struct QueueError {
+    pub request_id: RequestId,
+    pub kind: RequestKind,
+    pub reason: String,
+}
+
+/// The queues that feed the report and erasure workers.
+pub trait WorkQueue: Send + Sync {
+    fn enqueue(
+        &self,
+        message: &RequestMessage,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// Shared adapters (one client, many handlers) are ports too.
+impl<T: WorkQueue> WorkQueue for Arc<T> {
+    async fn enqueue(&self, message: &RequestMessage) -> Result<(), QueueError> {
+        (**self).enqueue(message).await
+    }
+}
+
+impl<T: RequestStore> RequestStore for Arc<T> {
+    async fn create(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<CreateOutcome, StoreError> {
+        (**self).create(request, subject, idempotency_key).await
+    }
+    async fn get(&self, id: RequestId) -> Result<Option<Request>, StoreError> {
+        (**self).get(id).await
+    }
+    async fn list_for_subject(&self, subject: &SubjectHash) -> Result<Vec<Request>, StoreError> {
+        (**self).list_for_subject(subject).await
+    }
+    async fn save_transition(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        from: RequestState,
+    ) -> Result<TransitionOutcome, StoreError> {
+        (**self).save_transition(request, subject, from).await
+    }
+    async fn mark_enqueued(&self, id: RequestId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        (**self).mark_enqueued(id, at).await
+    }
+    async fn in_state(
+        &self,
+        state: RequestState,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        (**self).in_state(state, limit).await
+    }
+}

@@ -1,0 +1,430 @@
+//! A data subject request and its life cycle.
+
+use crate::subject::SubjectId;
+use chrono::{DateTime, Months, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use ulid::Ulid;
+
+/// A request's id: a ULID, so ids sort by time of receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RequestId(Ulid);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a request id (expected a 26-character ULID)")]
+pub struct RequestIdError(pub String);
+
+impl RequestId {
+    pub fn new_at(at: DateTime<Utc>) -> Self {
+        Self(Ulid::from_datetime(at.into()))
+    }
+}
+
+impl FromStr for RequestId {
+    type Err = RequestIdError;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        // Ulid's parser accepts lower case too; ids we hand out are upper case, keep them so.
+        Ulid::from_string(raw)
+            .ok()
+            .filter(|ulid| ulid.to_string() == raw)
+            .map(Self)
+            .ok_or_else(|| RequestIdError(raw.chars().take(64).collect()))
+    }
+}
+
+impl TryFrom<String> for RequestId {
+    type Error = RequestIdError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        raw.parse()
+    }
+}
+
+impl From<RequestId> for String {
+    fn from(id: RequestId) -> Self {
+        id.to_string()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What the subject asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// Art. 15 access and Art. 20 portability: a downloadable report.
+    Access,
+    /// Art. 17 erasure: every holder deletes, and confirms.
+    Erasure,
+}
+
+impl RequestKind {
+    pub const ALL: [RequestKind; 2] = [RequestKind::Access, RequestKind::Erasure];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Access => "access",
+            RequestKind::Erasure => "erasure",
+        }
+    }
+}
+
+impl fmt::Display for RequestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RequestKind {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "access" => Ok(RequestKind::Access),
+            "erasure" => Ok(RequestKind::Erasure),
+            other => Err(format!("unknown request kind `{other}`")),
+        }
+    }
+}
+
+/// Where a request is in its life cycle. Access and erasure share `received` and the terminal
+/// states; the working states belong to one kind each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    Received,
+    // access
+    Collecting,
+    ReportReady,
+    Expired,
+    // erasure
+    FanningOut,
+    AwaitingConfirmations,
+    Notifying,
+    Completed,
+    // either
+    Cancelled,
+    Failed,
+}
+
+impl RequestState {
+    pub const ALL: [RequestState; 10] = [
+        RequestState::Received,
+        RequestState::Collecting,
+        RequestState::ReportReady,
+        RequestState::Expired,
+        RequestState::FanningOut,
+        RequestState::AwaitingConfirmations,
+        RequestState::Notifying,
+        RequestState::Completed,
+        RequestState::Cancelled,
+        RequestState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Received => "received",
+            RequestState::Collecting => "collecting",
+            RequestState::ReportReady => "report_ready",
+            RequestState::Expired => "expired",
+            RequestState::FanningOut => "fanning_out",
+            RequestState::AwaitingConfirmations => "awaiting_confirmations",
+            RequestState::Notifying => "notifying",
+            RequestState::Completed => "completed",
+            RequestState::Cancelled => "cancelled",
+            RequestState::Failed => "failed",
+        }
+    }
+
+    /// Open requests still owe the subject an answer; only one per subject and kind may exist.
+    /// A ready report is an answer given, so a new access request may follow it.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            RequestState::Received
+                | RequestState::Collecting
+                | RequestState::FanningOut
+                | RequestState::AwaitingConfirmations
+                | RequestState::Notifying
+        )
+    }
+
+    /// No transition leaves a terminal state.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RequestState::Expired
+                | RequestState::Completed
+                | RequestState::Cancelled
+                | RequestState::Failed
+        )
+    }
+}
+
+impl fmt::Display for RequestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RequestState {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        RequestState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == raw)
+            .ok_or_else(|| format!("unknown request state `{raw}`"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a {kind} request cannot go from {from} to {to}")]
+pub struct IllegalTransition {
+    pub kind: RequestKind,
+    pub from: RequestState,
+    pub to: RequestState,
+}
+
+/// The life cycle, as one table. Every state change in the system goes through here.
+///
+/// A working state may fall back to `received`: that is how a failed attempt hands the request
+/// to the next one (self-healing), keeping the error on the request.
+pub fn transition(
+    kind: RequestKind,
+    from: RequestState,
+    to: RequestState,
+) -> Result<RequestState, IllegalTransition> {
+    use RequestKind::*;
+    use RequestState::*;
+    let legal = match (kind, from, to) {
+        // Cancelling is only possible before any work started.
+        (_, Received, Cancelled) => true,
+        (Access, Received | Collecting, Failed) => true,
+        (Erasure, Received | FanningOut | AwaitingConfirmations | Notifying, Failed) => true,
+
+        (Access, Received, Collecting) => true,
+        (Access, Collecting, ReportReady) => true,
+        (Access, Collecting, Received) => true,
+        (Access, ReportReady, Expired) => true,
+
+        (Erasure, Received, FanningOut) => true,
+        (Erasure, FanningOut, AwaitingConfirmations) => true,
+        (Erasure, FanningOut, Received) => true,
+        (Erasure, AwaitingConfirmations, Notifying) => true,
+        (Erasure, Notifying, Completed) => true,
+        _ => false,
+    };
+    if legal {
+        Ok(to)
+    } else {
+        Err(IllegalTransition { kind, from, to })
+    }
+}
+
+/// An `Idempotency-Key` a client sends so that retrying a submission cannot create a second one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.len() > Self::MAX_LEN {
+            return Err(format!(
+                "an Idempotency-Key must be 1 to {} characters long",
+                Self::MAX_LEN
+            ));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("an Idempotency-Key must be printable ASCII without spaces".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One data subject request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub id: RequestId,
+    pub kind: RequestKind,
+    pub subject: SubjectId,
+    pub state: RequestState,
+    pub received_at: DateTime<Utc>,
+    /// Art. 12(3): one month from receipt.
+    pub due_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// When its work message was last handed to the queue; `None` means it never was.
+    pub enqueued_at: Option<DateTime<Utc>>,
+}
+
+impl Request {
+    pub fn receive(kind: RequestKind, subject: SubjectId, at: DateTime<Utc>) -> Self {
+        Self {
+            id: RequestId::new_at(at),
+            kind,
+            subject,
+            state: RequestState::Received,
+            received_at: at,
+            due_at: one_month_after(at),
+            updated_at: at,
+            attempts: 0,
+            last_error: None,
+            enqueued_at: None,
+        }
+    }
+
+    /// Checks the move against [`transition`] and applies it.
+    pub fn transition_to(
+        &mut self,
+        to: RequestState,
+        at: DateTime<Utc>,
+    ) -> Result<(), IllegalTransition> {
+        self.state = transition(self.kind, self.state, to)?;
+        self.updated_at = at;
+        Ok(())
+    }
+}
+
+/// The same day of the next month; when that month is shorter, its last day (31 Jan → 28/29
+/// Feb), as periods in months are counted under Regulation 1182/71.
+pub fn one_month_after(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.checked_add_months(Months::new(1))
+        .expect("one month after any representable receipt time is representable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use RequestKind::*;
+    use RequestState::*;
+
+    const LEGAL: &[(RequestKind, RequestState, RequestState)] = &[
+        (Access, Received, Collecting),
+        (Access, Collecting, ReportReady),
+        (Access, Collecting, Received),
+        (Access, ReportReady, Expired),
+        (Access, Received, Cancelled),
+        (Access, Received, Failed),
+        (Access, Collecting, Failed),
+        (Erasure, Received, FanningOut),
+        (Erasure, FanningOut, AwaitingConfirmations),
+        (Erasure, FanningOut, Received),
+        (Erasure, AwaitingConfirmations, Notifying),
+        (Erasure, Notifying, Completed),
+        (Erasure, Received, Cancelled),
+        (Erasure, Received, Failed),
+        (Erasure, FanningOut, Failed),
+        (Erasure, AwaitingConfirmations, Failed),
+        (Erasure, Notifying, Failed),
+    ];
+
+    #[test]
+    fn every_pair_of_states_is_legal_exactly_when_listed() {
+        let mut checked = 0;
+        for kind in RequestKind::ALL {
+            for from in RequestState::ALL {
+                for to in RequestState::ALL {
+                    let expected = LEGAL.contains(&(kind, from, to));
+                    let got = transition(kind, from, to);
+                    assert_eq!(got.is_ok(), expected, "{kind}: {from} -> {to}");
+                    if let Err(err) = got {
+                        assert_eq!(err, IllegalTransition { kind, from, to });
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 2 * 10 * 10);
+    }
+
+    #[test]
+    fn terminal_states_have_no_way_out_and_are_never_open() {
+        for kind in RequestKind::ALL {
+            for from in RequestState::ALL.into_iter().filter(|s| s.is_terminal()) {
+                assert!(!from.is_open());
+                for to in RequestState::ALL {
+                    assert!(
+                        transition(kind, from, to).is_err(),
+                        "{kind}: {from} -> {to}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cancel_is_only_possible_before_work_starts() {
+        for kind in RequestKind::ALL {
+            for from in RequestState::ALL {
+                let ok = transition(kind, from, Cancelled).is_ok();
+                assert_eq!(ok, from == Received, "{kind}: {from} -> cancelled");
+            }
+        }
+    }
+
+    #[test]
+    fn transition_to_updates_state_and_time() {
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 31, 10, 0, 0).unwrap();
+        let mut request = Request::receive(Access, SubjectId::parse("alice").unwrap(), t0);
+        let t1 = t0 + chrono::Duration::seconds(5);
+        request.transition_to(Collecting, t1).unwrap();
+        assert_eq!((request.state, request.updated_at), (Collecting, t1));
+        let err = request.transition_to(Completed, t1).unwrap_err();
+        assert_eq!(err.to, Completed);
+        assert_eq!(request.state, Collecting, "an illegal move changes nothing");
+    }
+
+    #[test]
+    fn due_date_is_one_calendar_month_later() {
+        let at = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 12, 30, 0).unwrap();
+        assert_eq!(one_month_after(at(2026, 3, 15)), at(2026, 4, 15));
+        assert_eq!(one_month_after(at(2026, 1, 31)), at(2026, 2, 28));
+        assert_eq!(one_month_after(at(2028, 1, 31)), at(2028, 2, 29));
+        assert_eq!(one_month_after(at(2026, 12, 10)), at(2027, 1, 10));
+    }
+
+    #[test]
+    fn request_ids_round_trip_and_reject_garbage() {
+        let id = RequestId::new_at(Utc::now());
+        assert_eq!(id.to_string().parse::<RequestId>().unwrap(), id);
+        for bad in [
+            "",
+            "nope",
+            "01ARZ3NDEKTSV4RRFFQ69G5FA",
+            &id.to_string().to_lowercase(),
+        ] {
+            assert!(bad.parse::<RequestId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn states_and_kinds_round_trip_through_their_names() {
+        for state in RequestState::ALL {
+            assert_eq!(state.as_str().parse::<RequestState>(), Ok(state));
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+        for kind in RequestKind::ALL {
+            assert_eq!(kind.as_str().parse::<RequestKind>(), Ok(kind));
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded_printable_ascii() {
+        assert!(IdempotencyKey::parse("retry-123").is_ok());
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
+    }
+}
