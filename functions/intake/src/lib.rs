@@ -96,7 +96,7 @@ async fn submit<S: RequestStore, Q: WorkQueue, C: Clock>(
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                "the body must be application/json",
+                "the body must be JSON: send Content-Type: application/json",
             ));
         }
     }
@@ -323,3 +323,6 @@ impl From<DeskError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

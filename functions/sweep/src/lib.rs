@@ -42,12 +42,16 @@ where
     C: Clock,
 {
     let report = desk.sweep_lost_messages(settings).await?;
-    tracing::info!(
-        examined = report.examined,
-        reenqueued = report.reenqueued,
-        failed = report.failed,
-        "sweep finished"
-    );
+    if report.reenqueued + report.failed > 0 {
+        tracing::info!(
+            examined = report.examined,
+            reenqueued = report.reenqueued,
+            failed = report.failed,
+            "sweep re-sent lost work messages"
+        );
+    } else {
+        tracing::debug!(examined = report.examined, "sweep found nothing lost");
+    }
     if report.failed > 0 {
         // Failing the invocation makes the schedule's retry policy and alarms see it.
         return Err(format!("{} lost messages could not be re-sent", report.failed).into());

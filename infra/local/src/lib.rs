@@ -1,1 +1,9 @@
+//! The local stack: provisions `template.yaml` into the emulator and hosts every function in
+//! one process, with API Gateway's and SQS event source mappings' semantics.
 
+pub mod event_source;
+pub mod gateway;
+pub mod jwt;
+pub mod provision;
+pub mod stack;
+pub mod template;

@@ -1,0 +1,61 @@
+# The two commands a user needs: `make run` (the whole service locally) and `make test`.
+# Both install what is missing (moto in a virtualenv, RabbitMQ from Debian), start it, and
+# provision the resources declared in template.yaml.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+export AWS_ENDPOINT_URL ?= http://127.0.0.1:4566
+export AWS_REGION ?= us-east-1
+export AWS_ACCESS_KEY_ID ?= test
+export AWS_SECRET_ACCESS_KEY ?= test
+export DSR_VENV ?= $(HOME)/.cache/gdpr-dsr/venv
+export PATH := $(DSR_VENV)/bin:$(PATH)
+export RUST_LOG ?= info,aws_config=warn,aws_smithy_runtime=warn
+
+CARGO ?= cargo
+NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+
+.PHONY: help run test token stack emulator rabbitmq provision lint stop
+
+help:
+	@echo "make run              run the whole service locally (API on http://127.0.0.1:3000)"
+	@echo "make test             run every test against the local stack"
+	@echo "make token SUB=alice  print a bearer token for subject alice (last line)"
+	@echo "make lint             cargo fmt --check, clippy -D warnings, cfn-lint"
+	@echo "make stop             stop the emulator this project started"
+
+stack: emulator rabbitmq
+
+emulator:
+	@infra/local/ensure-emulator.sh
+
+rabbitmq:
+	@infra/local/ensure-rabbitmq.sh
+
+run: stack
+	$(CARGO) build --quiet -p dsr-local
+	target/debug/dsr-local run
+
+provision: emulator
+	$(CARGO) run --quiet -p dsr-local -- provision
+
+token:
+	@test -n "$(SUB)" || { echo "usage: make token SUB=<subject>" >&2; exit 2; }
+	@$(CARGO) run --quiet -p dsr-local -- token --sub "$(SUB)"
+
+test: stack
+ifeq ($(NEXTEST),yes)
+	$(CARGO) nextest run --workspace --no-fail-fast
+else
+	$(CARGO) test --workspace --no-fail-fast
+endif
+
+lint: emulator
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cfn-lint template.yaml
+
+stop:
+	@if [ -f .local/moto.pid ]; then kill "$$(cat .local/moto.pid)" 2>/dev/null || true; rm -f .local/moto.pid; echo "moto stopped"; fi
+	@echo "RabbitMQ keeps running; stop it with: rabbitmqctl stop"

@@ -1,0 +1,161 @@
+//! Plays Lambda's SQS event source mapping: polls a queue, hands batches to the same handler
+//! code that runs in Lambda, and deletes exactly the messages the handler did not report as
+//! failed (`ReportBatchItemFailures`). Failed messages become visible again when their
+//! visibility timeout ends, and SQS itself moves them to the dead-letter queue after
+//! `maxReceiveCount` receives, as in AWS.
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
+use futures::future::BoxFuture;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+pub type SqsFunction =
+    Arc<dyn Fn(SqsEvent) -> BoxFuture<'static, Result<SqsBatchResponse, Error>> + Send + Sync>;
+
+/// One queue → function mapping.
+#[derive(Debug, Clone)]
+pub struct EventSource {
+    pub queue_url: String,
+    pub queue_arn: String,
+    /// 1..=10, as for a standard queue's mapping.
+    pub batch_size: i32,
+    /// Long-poll wait per receive.
+    pub wait_seconds: i32,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    pub received: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+}
+
+/// Receives one batch and delivers it. An empty receive returns a zero delivery.
+pub async fn deliver_once(
+    client: &aws_sdk_sqs::Client,
+    source: &EventSource,
+    function: &SqsFunction,
+) -> Result<Delivery, Error> {
+    let received = client
+        .receive_message()
+        .queue_url(&source.queue_url)
+        .max_number_of_messages(source.batch_size.clamp(1, 10))
+        .wait_time_seconds(source.wait_seconds)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
+    let messages = received.messages.unwrap_or_default();
+    if messages.is_empty() {
+        return Ok(Delivery::default());
+    }
+    let mut event = SqsEvent::default();
+    event.records = messages.iter().map(|m| lambda_record(m, source)).collect();
+    let in_batch: HashSet<&str> = messages.iter().filter_map(|m| m.message_id()).collect();
+
+    let failed: HashSet<String> = match function(event).await {
+        Ok(response) => {
+            let reported: HashSet<String> = response
+                .batch_item_failures
+                .into_iter()
+                .map(|f| f.item_identifier)
+                .collect();
+            // Lambda treats a response naming a message not in the batch as a failure of the
+            // whole batch; so do we.
+            if reported.iter().all(|id| in_batch.contains(id.as_str())) {
+                reported
+            } else {
+                tracing::warn!(queue = %source.queue_arn, "handler reported unknown message ids; whole batch retried");
+                in_batch.iter().map(|id| (*id).to_owned()).collect()
+            }
+        }
+        Err(err) => {
+            tracing::warn!(queue = %source.queue_arn, error = %err, "handler failed; whole batch retried");
+            in_batch.iter().map(|id| (*id).to_owned()).collect()
+        }
+    };
+
+    let done: Vec<DeleteMessageBatchRequestEntry> = messages
+        .iter()
+        .filter(|m| m.message_id().is_some_and(|id| !failed.contains(id)))
+        .enumerate()
+        .filter_map(|(i, m)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(m.receipt_handle()?)
+                .build()
+                .ok()
+        })
+        .collect();
+    let succeeded = done.len();
+    if !done.is_empty() {
+        client
+            .delete_message_batch()
+            .queue_url(&source.queue_url)
+            .set_entries(Some(done))
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
+    }
+    Ok(Delivery {
+        received: messages.len(),
+        succeeded,
+        failed: messages.len() - succeeded,
+    })
+}
+
+/// Delivers until `shutdown` turns true. Errors talking to SQS are logged and retried after a
+/// pause, so an emulator restart does not end the poller.
+pub async fn run(
+    client: aws_sdk_sqs::Client,
+    source: EventSource,
+    function: SqsFunction,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            delivered = deliver_once(&client, &source, &function) => {
+                if let Err(err) = delivered {
+                    tracing::warn!(queue = %source.queue_arn, error = %err, "polling failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The record Lambda would put in the event for this message.
+fn lambda_record(message: &Message, source: &EventSource) -> SqsMessage {
+    let mut record = SqsMessage::default();
+    record.message_id = message.message_id.clone();
+    record.receipt_handle = message.receipt_handle.clone();
+    record.body = message.body.clone();
+    record.md5_of_body = message.md5_of_body.clone();
+    record.attributes = message
+        .attributes()
+        .map(|attributes| {
+            attributes
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    record.event_source = Some("aws:sqs".into());
+    record.event_source_arn = Some(source.queue_arn.clone());
+    record.aws_region = Some(source.region.clone());
+    record
+}

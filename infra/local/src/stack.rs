@@ -1,0 +1,254 @@
+//! The whole service in one process: the user API on a local port, the work queues polled and
+//! delivered to their functions, and the sweep on a timer (the local stand-in for EventBridge
+//! Scheduler, which the emulator stores but never fires).
+
+use crate::event_source::{self, EventSource, SqsFunction};
+use crate::gateway::{self, HttpFunction};
+use crate::jwt::JwtAuthorizer;
+use crate::provision::provision;
+use crate::template::{StackContext, Template};
+use anyhow::{anyhow, Context, Result};
+use aws_config::SdkConfig;
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use dsr_adapters::wiring::DeskConfig;
+use dsr_domain::RequestMessage;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Parameter values for the local stack; documented in the README. Not secrets anywhere else.
+pub fn local_parameters() -> HashMap<String, String> {
+    HashMap::from([
+        ("JwtIssuer".to_owned(), "dsr-local".to_owned()),
+        ("JwtAudience".to_owned(), "dsr-api".to_owned()),
+        (
+            "SubjectHashKey".to_owned(),
+            "local-subject-hash-key-not-secret".to_owned(),
+        ),
+    ])
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    pub template: PathBuf,
+    pub stack_name: String,
+    pub listen: SocketAddr,
+    pub jwt_secret: String,
+    pub parameters: HashMap<String, String>,
+    pub sweep_every: Duration,
+    /// Poll the access/erasure queues with the logging consumer. Later issues replace it
+    /// with the report and erasure functions.
+    pub consume_work_queues: bool,
+}
+
+impl LocalSettings {
+    pub fn new(template: impl Into<PathBuf>, stack_name: impl Into<String>) -> Self {
+        Self {
+            template: template.into(),
+            stack_name: stack_name.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            jwt_secret: crate::jwt::LOCAL_JWT_SECRET.to_owned(),
+            parameters: local_parameters(),
+            sweep_every: Duration::from_secs(10),
+            consume_work_queues: true,
+        }
+    }
+}
+
+/// The provisioned stack plus what is needed to host its functions.
+pub struct LocalStack {
+    pub template: Template,
+    pub context: StackContext,
+    pub aws: SdkConfig,
+    pub jwt_secret: String,
+}
+
+impl LocalStack {
+    pub async fn provision(aws: &SdkConfig, settings: &LocalSettings) -> Result<Self> {
+        let template = Template::load(&settings.template)?;
+        let context = provision(
+            aws,
+            &template,
+            &settings.stack_name,
+            settings.parameters.clone(),
+        )
+        .await
+        .context(
+            "provisioning the template into the emulator (is it running on AWS_ENDPOINT_URL?)",
+        )?;
+        Ok(Self {
+            template,
+            context,
+            aws: aws.clone(),
+            jwt_secret: settings.jwt_secret.clone(),
+        })
+    }
+
+    /// The environment the template gives `function`, resolved against this stack.
+    pub fn environment(&self, function: &str) -> Result<BTreeMap<String, String>> {
+        self.template.function_environment(function, &self.context)
+    }
+
+    pub fn desk_config(&self, function: &str) -> Result<DeskConfig> {
+        let env = self.environment(function)?;
+        Ok(DeskConfig::from_lookup(|name| env.get(name).cloned())?)
+    }
+
+    pub fn authorizer(&self) -> Result<JwtAuthorizer> {
+        template_authorizer(&self.template, &self.context, &self.jwt_secret)
+    }
+
+    pub fn queue(&self, logical_id: &str) -> Result<EventSource> {
+        let queue = self
+            .context
+            .resources
+            .get(logical_id)
+            .ok_or_else(|| anyhow!("no queue {logical_id} in the stack"))?;
+        Ok(EventSource {
+            queue_url: queue.url.clone().unwrap_or_default(),
+            queue_arn: queue.arn.clone(),
+            batch_size: 10,
+            wait_seconds: 1,
+            region: self.context.region.clone(),
+        })
+    }
+
+    /// The intake function, as API Gateway would call it.
+    pub fn intake(&self) -> Result<HttpFunction> {
+        let desk = Arc::new(
+            self.desk_config("IntakeFunction")?
+                .desk(&self.aws, "intake"),
+        );
+        Ok(Arc::new(move |request| {
+            let desk = desk.clone();
+            Box::pin(async move { dsr_intake::handle(&*desk, request).await })
+        }))
+    }
+}
+
+/// The local JWT authorizer with the issuer and audience the template's HTTP API demands.
+pub fn template_authorizer(
+    template: &Template,
+    context: &StackContext,
+    secret: &str,
+) -> Result<JwtAuthorizer> {
+    let (issuer, audiences) = template
+        .jwt_authorizer()
+        .ok_or_else(|| anyhow!("the template declares no JWT authorizer"))?;
+    let audience = audiences
+        .first()
+        .ok_or_else(|| anyhow!("the JWT authorizer lists no audience"))?;
+    Ok(JwtAuthorizer::new(
+        secret,
+        context.resolve(&issuer)?,
+        context.resolve(audience)?,
+    ))
+}
+
+pub struct RunningStack {
+    pub http_addr: SocketAddr,
+    pub stack: Arc<LocalStack>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningStack {
+    /// Stops every poller and the HTTP server, letting in-flight work finish.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningStack> {
+    let stack = Arc::new(LocalStack::provision(aws, settings).await?);
+    let (shutdown, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding the API to {}", settings.listen))?;
+    let http_addr = listener.local_addr()?;
+    let router = gateway::router(stack.intake()?, stack.authorizer()?);
+    let mut http_stop = stopped.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|stop| *stop).await;
+        });
+        if let Err(err) = serve.await {
+            tracing::error!(error = %err, "HTTP server failed");
+        }
+    });
+
+    let sweep_desk = stack.desk_config("SweepFunction")?.desk(aws, "sweep");
+    let sweep_env = stack.environment("SweepFunction")?;
+    let sweep_settings = dsr_sweep::settings_from_lookup(|name| sweep_env.get(name).cloned())
+        .map_err(|e| anyhow!(e))?;
+    let mut sweep_stop = stopped.clone();
+    let every = settings.sweep_every;
+    tasks.spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = async { let _ = sweep_stop.wait_for(|stop| *stop).await; } => return,
+                _ = ticks.tick() => {
+                    if let Err(err) = dsr_sweep::handle(&sweep_desk, sweep_settings).await {
+                        tracing::warn!(error = %err, "sweep failed");
+                    }
+                }
+            }
+        }
+    });
+
+    if settings.consume_work_queues {
+        let sqs = aws_sdk_sqs::Client::new(aws);
+        for queue in ["AccessRequestsQueue", "ErasureRequestsQueue"] {
+            tasks.spawn(event_source::run(
+                sqs.clone(),
+                stack.queue(queue)?,
+                logging_consumer(queue),
+                stopped.clone(),
+            ));
+        }
+    }
+
+    Ok(RunningStack {
+        http_addr,
+        stack,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Stands in for the report and erasure functions until they exist: checks each message
+/// against the contract and logs it; a message that breaks the contract is reported as a
+/// batch item failure, so after `maxReceiveCount` tries it lands in the dead-letter queue.
+pub fn logging_consumer(queue: &'static str) -> SqsFunction {
+    Arc::new(move |event: SqsEvent| {
+        Box::pin(async move {
+            let mut response = SqsBatchResponse::default();
+            for record in event.records {
+                let id = record.message_id.clone().unwrap_or_default();
+                match serde_json::from_str::<RequestMessage>(record.body.as_deref().unwrap_or("")) {
+                    Ok(message) => tracing::info!(
+                        queue,
+                        request_id = %message.request_id,
+                        kind = %message.kind,
+                        "work message received (no worker for it yet)"
+                    ),
+                    Err(err) => {
+                        tracing::warn!(queue, message_id = %id, reason = %err, "malformed work message; it will be dead-lettered");
+                        let mut failure = BatchItemFailure::default();
+                        failure.item_identifier = id;
+                        response.batch_item_failures.push(failure);
+                    }
+                }
+            }
+            Ok(response)
+        })
+    })
+}
