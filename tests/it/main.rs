@@ -1,1 +1,11 @@
+//! Integration tests over the wire: the emulator on AWS_ENDPOINT_URL (moto or LocalStack) and
+//! the local runner, as `make test` starts them. Every test provisions its own copy of the
+//! stack from template.yaml under a unique name, so the suite runs in parallel.
 
+mod api;
+mod contract;
+mod event_source;
+mod helpers;
+mod runner;
+mod sweep;
+mod template;

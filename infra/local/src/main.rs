@@ -98,9 +98,12 @@ async fn main() -> Result<()> {
         Command::Token { sub, ttl_seconds } => {
             // Issuer and audience come from the template's authorizer, as the runner checks them.
             let template = dsr_local::template::Template::load(&settings.template)?;
-            let mut context = dsr_local::template::StackContext::default();
-            context.parameters = template.parameter_defaults();
-            context.parameters.extend(settings.parameters.clone());
+            let mut parameters = template.parameter_defaults();
+            parameters.extend(settings.parameters.clone());
+            let context = dsr_local::template::StackContext {
+                parameters,
+                ..Default::default()
+            };
             let authorizer = stack::template_authorizer(&template, &context, &settings.jwt_secret)?;
             eprintln!("token for subject `{sub}`, valid {ttl_seconds} s:");
             println!("{}", authorizer.issue(&sub, ttl_seconds));

@@ -368,6 +368,11 @@ Resources:
         let err = template
             .function_environment("F", &StackContext::default())
             .unwrap_err();
-        assert!(format!("{err:#}").contains("QUEUE"), "{err:#}");
+        let message = format!("{err:#}");
+        assert!(message.contains("F: environment variable"), "{message}");
+        assert!(
+            message.contains("neither a parameter nor a provisioned resource"),
+            "{message}"
+        );
     }
 }

@@ -67,7 +67,7 @@ impl RequestStore for InMemoryRequestStore {
             .filter(|(_, owner)| owner == subject)
             .map(|(r, _)| r.clone())
             .collect();
-        mine.sort_by(|a, b| b.id.cmp(&a.id));
+        mine.sort_by_key(|r| std::cmp::Reverse(r.id));
         Ok(mine)
     }
 

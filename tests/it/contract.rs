@@ -1,0 +1,99 @@
+//! The contracts in docs/ are what the code is held to: responses must match the OpenAPI
+//! document, queue messages the JSON Schema.
+
+use crate::helpers::repo_path;
+use serde_json::{json, Value};
+use std::sync::OnceLock;
+
+fn openapi() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let text = std::fs::read_to_string(repo_path("docs/openapi.yaml")).unwrap();
+        serde_yaml_ng::from_str(&text).expect("docs/openapi.yaml is YAML")
+    })
+}
+
+fn validate(schema: &Value, instance: &Value, what: &str) {
+    let validator = jsonschema::validator_for(schema).expect("the contract schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} breaks the contract: {errors:?}\n{instance:#}"
+    );
+}
+
+/// Asserts that `status` is documented for the operation and `body` matches its schema.
+pub fn assert_response(method: &str, path_template: &str, status: u16, body: &Value) {
+    let doc = openapi();
+    let operation = &doc["paths"][path_template][method.to_lowercase()];
+    assert!(
+        operation.is_object(),
+        "{method} {path_template} is not in the OpenAPI document"
+    );
+    let mut response = &operation["responses"][status.to_string()];
+    assert!(
+        response.is_object(),
+        "{method} {path_template} answered {status}, which the OpenAPI document does not list: {body}"
+    );
+    if let Some(reference) = response["$ref"].as_str() {
+        let name = reference.trim_start_matches("#/components/responses/");
+        response = &doc["components"]["responses"][name];
+    }
+    let schema = &response["content"]["application/json"]["schema"];
+    // Validate against the whole document so that `#/components/...` references resolve.
+    let rooted = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"],
+        "allOf": [schema],
+    });
+    validate(&rooted, body, &format!("{method} {path_template} {status}"));
+}
+
+pub fn assert_message(message: &Value) {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    let schema = SCHEMA.get_or_init(|| {
+        serde_json::from_str(
+            &std::fs::read_to_string(repo_path("docs/messages.schema.json")).unwrap(),
+        )
+        .unwrap()
+    });
+    validate(schema, message, "queue message");
+}
+
+#[test]
+fn the_contracts_reject_what_they_should() {
+    // A contract that accepts anything holds nothing: check each one bites.
+    let bad_request = json!({"id": "x", "type": "access"});
+    let schema = json!({
+        "components": openapi()["components"],
+        "$ref": "#/components/schemas/Request",
+    });
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    assert!(!validator.is_valid(&bad_request));
+
+    let message_schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("docs/messages.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&message_schema).unwrap();
+    let good = json!({
+        "version": 1, "message_id": "request:01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        "request_id": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "kind": "access",
+        "sent_at": "2026-11-26T09:00:00.000Z"
+    });
+    assert!(validator.is_valid(&good));
+    let mut unknown_version = good.clone();
+    unknown_version["version"] = json!(2);
+    assert!(!validator.is_valid(&unknown_version));
+}
+
+#[test]
+fn the_domain_message_serializes_to_the_documented_shape() {
+    let id = dsr_domain::RequestId::new_at(chrono::Utc::now());
+    let message =
+        dsr_domain::RequestMessage::new(id, dsr_domain::RequestKind::Erasure, chrono::Utc::now());
+    assert_message(&serde_json::to_value(&message).unwrap());
+}

@@ -1,0 +1,233 @@
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
+use dsr_local::jwt::JwtAuthorizer;
+use dsr_local::stack::{self, LocalSettings, LocalStack, RunningStack};
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+/// A name no other test uses: every test gets its own tables, queues and buckets.
+pub fn unique_name() -> String {
+    format!("t{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// Always the emulator, never a real account, whatever the environment holds.
+pub async fn aws() -> aws_config::SdkConfig {
+    let endpoint =
+        std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned());
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await
+}
+
+pub fn settings(stack_name: &str) -> LocalSettings {
+    let mut settings = LocalSettings::new(repo_path("template.yaml"), stack_name);
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.consume_work_queues = false;
+    settings.sweep_every = Duration::from_secs(3600);
+    settings
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub stack: Arc<LocalStack>,
+    pub authorizer: JwtAuthorizer,
+    pub sqs: aws_sdk_sqs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub running: RunningStack,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+/// The API of a freshly provisioned stack, with no queue consumers: tests read the queues.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut LocalSettings)) -> TestApp {
+    let aws = aws().await;
+    let mut settings = settings(&unique_name());
+    adjust(&mut settings);
+    let running = stack::start(&aws, &settings)
+        .await
+        .expect("the local stack starts (is the emulator up? run `make test`)");
+    let stack = running.stack.clone();
+    TestApp {
+        base: format!("http://{}", running.http_addr),
+        http: reqwest::Client::new(),
+        authorizer: stack.authorizer().unwrap(),
+        sqs: aws_sdk_sqs::Client::new(&aws),
+        dynamodb: aws_sdk_dynamodb::Client::new(&aws),
+        stack,
+        running,
+    }
+}
+
+impl TestApp {
+    pub fn token(&self, subject: &str) -> String {
+        self.authorizer.issue(subject, 300)
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("the API answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{status}: body is not JSON: {text}"));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn submit(&self, subject: &str, kind: &str) -> Reply {
+        self.send(
+            reqwest::Method::POST,
+            "/v1/requests",
+            Some(&self.token(subject)),
+            Some(&format!(r#"{{"type":"{kind}"}}"#)),
+            &[],
+        )
+        .await
+    }
+
+    pub async fn get(&self, subject: &str, path: &str) -> Reply {
+        self.send(
+            reqwest::Method::GET,
+            path,
+            Some(&self.token(subject)),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    pub async fn delete(&self, subject: &str, path: &str) -> Reply {
+        self.send(
+            reqwest::Method::DELETE,
+            path,
+            Some(&self.token(subject)),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    pub fn queue_url(&self, logical_id: &str) -> String {
+        self.stack.context.resources[logical_id]
+            .url
+            .clone()
+            .expect("a queue")
+    }
+
+    pub fn table(&self) -> String {
+        self.stack.context.resources["RequestsTable"].name.clone()
+    }
+}
+
+/// Every message currently in the queue, received and deleted.
+pub async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<Message> {
+    let mut all = Vec::new();
+    loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let batch = out.messages.unwrap_or_default();
+        if batch.is_empty() {
+            return all;
+        }
+        for message in &batch {
+            sqs.delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(message.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+        all.extend(batch);
+    }
+}
+
+/// Messages in the queue, visible or in flight.
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> usize {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    [
+        QueueAttributeName::ApproximateNumberOfMessages,
+        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .map(|name| {
+        attributes
+            .get(name)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+    })
+    .sum()
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

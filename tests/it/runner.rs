@@ -1,0 +1,31 @@
+//! The local runner as `make run` starts it: API, consumers and sweep in one process.
+
+use crate::helpers::{eventually, queue_depth, spawn_app_with};
+use reqwest::StatusCode;
+use std::time::Duration;
+
+#[tokio::test]
+async fn the_runner_serves_the_api_drains_the_work_queues_and_stops_cleanly() {
+    let app = spawn_app_with(|settings| settings.consume_work_queues = true).await;
+    let reply = app.submit("ivan", "access").await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    let reply = app.submit("ivan", "erasure").await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+
+    let access = app.queue_url("AccessRequestsQueue");
+    let erasure = app.queue_url("ErasureRequestsQueue");
+    let drained = eventually(Duration::from_secs(20), async || {
+        queue_depth(&app.sqs, &access).await + queue_depth(&app.sqs, &erasure).await == 0
+    })
+    .await;
+    assert!(drained, "the consumers took both messages");
+
+    let base = app.base.clone();
+    tokio::time::timeout(Duration::from_secs(15), app.running.shutdown())
+        .await
+        .expect("shutdown finishes");
+    assert!(
+        reqwest::get(format!("{base}/v1/requests")).await.is_err(),
+        "the API is closed"
+    );
+}
