@@ -166,8 +166,15 @@ async fn list<S: RequestStore, Q: WorkQueue, C: Clock>(
     subject: &SubjectId,
 ) -> Result<Response<Body>, ApiError> {
     let requests = desk.list(subject).await?;
-    let views: Vec<RequestView> = requests.iter().map(RequestView::from).collect();
-    Ok(json_response(StatusCode::OK, &json!({ "requests": views })))
+    let list = RequestList {
+        requests: requests.iter().map(RequestView::from).collect(),
+    };
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestList {
+    pub requests: Vec<RequestView>,
 }
 
 /// A request as the user sees it: no subject id (they know who they are), no internals.
