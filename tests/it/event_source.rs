@@ -6,6 +6,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::QueueAttributeName;
 use dsr_domain::{RequestId, RequestKind, RequestMessage};
 use dsr_local::event_source::{deliver_once, EventSource, SqsFunction};
+use dsr_local::provision::queue_arn;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,16 +29,7 @@ async fn queues() -> Queues {
         .unwrap()
         .queue_url
         .unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
+    let dlq_arn = queue_arn(&sqs, &dlq_url).await.unwrap();
     let url = sqs
         .create_queue()
         .queue_name(&name)
@@ -51,16 +43,7 @@ async fn queues() -> Queues {
         .unwrap()
         .queue_url
         .unwrap();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
+    let arn = queue_arn(&sqs, &url).await.unwrap();
     Queues {
         sqs,
         source: EventSource {

@@ -20,6 +20,7 @@ fn cfn_lint_passes() {
     );
 }
 
+/// The resource or parameter a `!Ref` / `!GetAtt` names.
 fn referenced(value: &Value) -> Option<String> {
     match value {
         Value::Tagged(tagged) => tagged
@@ -34,6 +35,27 @@ fn referenced(value: &Value) -> Option<String> {
 #[test]
 fn every_resource_the_code_reads_from_its_environment_is_declared() {
     let template = Template::load(repo_path("template.yaml")).unwrap();
+    let parameters = template.parameter_names();
+    let functions: Vec<String> = template
+        .resources()
+        .into_iter()
+        .filter(|(_, kind, _)| kind == "AWS::Serverless::Function")
+        .map(|(id, _, _)| id)
+        .collect();
+    assert!(functions.len() >= 2);
+    for function in &functions {
+        let env = template.function_environment_raw(function).unwrap();
+        // Every reference, in every function, names something declared.
+        for (variable, value) in &env {
+            if let Some(target) = referenced(value) {
+                assert!(
+                    template.resource(&target).is_some() || parameters.contains(&target),
+                    "{function}.{variable} refers to undeclared {target}"
+                );
+            }
+        }
+    }
+    // And the variables the desk reads name tables, queues or buckets.
     for function in ["IntakeFunction", "SweepFunction"] {
         let env = template.function_environment_raw(function).unwrap();
         for variable in DESK_RESOURCE_VARIABLES {
@@ -52,10 +74,7 @@ fn every_resource_the_code_reads_from_its_environment_is_declared() {
             );
         }
         let key = referenced(&env[SUBJECT_HASH_KEY]).unwrap();
-        assert!(
-            template.parameter_names().contains(&key),
-            "the hash key is a parameter"
-        );
+        assert!(parameters.contains(&key), "the hash key is a parameter");
     }
 }
 

@@ -237,23 +237,28 @@ async fn create_queue(
         .map_err(|e| anyhow!(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?
         .queue_url
         .ok_or_else(|| anyhow!("no URL for queue {name}"))?;
-    // Never build ARNs by hand: ask the emulator, as one would ask AWS.
-    let arn = client
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(A::QueueArn)
-        .send()
-        .await
-        .map_err(|e| anyhow!(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?
-        .attributes
-        .and_then(|mut a| a.remove(&A::QueueArn))
-        .ok_or_else(|| anyhow!("no ARN for queue {name}"))?;
+    let arn = queue_arn(client, &url).await?;
     Ok(PhysicalResource {
         kind: ResourceKind::Queue,
         name,
         arn,
         url: Some(url),
     })
+}
+
+/// Never build ARNs by hand: ask the emulator, as one would ask AWS.
+pub async fn queue_arn(client: &aws_sdk_sqs::Client, queue_url: &str) -> Result<String> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(A::QueueArn)
+        .send()
+        .await
+        .map_err(|e| anyhow!(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?
+        .attributes
+        .and_then(|mut a| a.remove(&A::QueueArn))
+        .ok_or_else(|| anyhow!("no ARN for queue {queue_url}"))
 }
 
 async fn create_bucket(
