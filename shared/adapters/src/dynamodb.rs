@@ -10,13 +10,15 @@
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
+};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
-use dsr_domain::ports::TransitionOutcome;
+use dsr_domain::ports::{LeaseOutcome, TransitionOutcome};
 use dsr_domain::{
-    CreateOutcome, IdempotencyKey, Request, RequestId, RequestKind, RequestState, RequestStore,
-    StoreError, SubjectHash, SubjectId,
+    CreateOutcome, IdempotencyKey, Lease, ReportInfo, Request, RequestId, RequestKind,
+    RequestState, RequestStore, StoreError, SubjectHash, SubjectId,
 };
 use std::collections::HashMap;
 
@@ -64,6 +66,99 @@ impl DynamoRequestStore {
             .build()
             .map_err(unavailable)?;
         Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// Writes the request's state, attempts, error and report, releases any lease, and
+    /// releases the open-request guard when the request stops being open; all under
+    /// `condition`. Returns false when the condition failed.
+    async fn write_transition(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        was_open: bool,
+        condition: &str,
+        condition_value: (&str, AttributeValue),
+    ) -> Result<bool, StoreError> {
+        let mut set = vec!["#state = :to", "updated_at = :at", "attempts = :attempts"];
+        let mut remove = vec!["lease_owner", "lease_expires_at"];
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(request_pk(request.id)))
+            .key("sk", s("META"))
+            .condition_expression(condition)
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(condition_value.0, condition_value.1)
+            .expression_attribute_values(":to", s(request.state.as_str()))
+            .expression_attribute_values(":at", s(timestamp(request.updated_at)))
+            .expression_attribute_values(":attempts", n(request.attempts));
+        match &request.last_error {
+            Some(error) => {
+                set.push("last_error = :err");
+                update = update.expression_attribute_values(":err", s(error));
+            }
+            None => remove.push("last_error"),
+        }
+        match &request.report {
+            Some(report) => {
+                set.extend([
+                    "report_key = :rkey",
+                    "report_size = :rsize",
+                    "report_sha256 = :rsha",
+                    "report_expires_at = :rexp",
+                ]);
+                update = update
+                    .expression_attribute_values(":rkey", s(&report.key))
+                    .expression_attribute_values(
+                        ":rsize",
+                        AttributeValue::N(report.size.to_string()),
+                    )
+                    .expression_attribute_values(":rsha", s(&report.sha256))
+                    .expression_attribute_values(":rexp", s(timestamp(report.expires_at)));
+            }
+            None => remove.extend([
+                "report_key",
+                "report_size",
+                "report_sha256",
+                "report_expires_at",
+            ]),
+        }
+        let update = update
+            .update_expression(format!(
+                "SET {} REMOVE {}",
+                set.join(", "),
+                remove.join(", ")
+            ))
+            .build()
+            .map_err(unavailable)?;
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        if was_open && !request.state.is_open() {
+            let release = Delete::builder()
+                .table_name(&self.table)
+                .key("pk", s(guard_pk(subject)))
+                .key("sk", s(guard_sk(request.kind)))
+                .build()
+                .map_err(unavailable)?;
+            items.push(TransactWriteItem::builder().delete(release).build());
+        }
+        items.push(self.audit_event(request.id, request.state.as_str(), request.updated_at)?);
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(err))
+                if matches!(
+                    err.err(),
+                    TransactWriteItemsError::TransactionCanceledException(_)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(unavailable(err)),
+        }
     }
 
     async fn get_item(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
@@ -244,57 +339,123 @@ impl RequestStore for DynamoRequestStore {
         subject: &SubjectHash,
         from: RequestState,
     ) -> Result<TransitionOutcome, StoreError> {
-        let mut update = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(request_pk(request.id)))
-            .key("sk", s("META"))
-            .condition_expression("#state = :from")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":from", s(from.as_str()))
-            .expression_attribute_values(":to", s(request.state.as_str()))
-            .expression_attribute_values(":at", s(timestamp(request.updated_at)))
-            .expression_attribute_values(":attempts", n(request.attempts));
-        update = match &request.last_error {
-            Some(error) => update
-                .update_expression(
-                    "SET #state = :to, updated_at = :at, attempts = :attempts, last_error = :err",
-                )
-                .expression_attribute_values(":err", s(error)),
-            None => update.update_expression(
-                "SET #state = :to, updated_at = :at, attempts = :attempts REMOVE last_error",
-            ),
-        };
-        let mut items = vec![TransactWriteItem::builder()
-            .update(update.build().map_err(unavailable)?)
-            .build()];
-        if from.is_open() && !request.state.is_open() {
-            let release = Delete::builder()
-                .table_name(&self.table)
-                .key("pk", s(guard_pk(subject)))
-                .key("sk", s(guard_sk(request.kind)))
-                .build()
-                .map_err(unavailable)?;
-            items.push(TransactWriteItem::builder().delete(release).build());
-        }
-        items.push(self.audit_event(request.id, request.state.as_str(), request.updated_at)?);
-        match self
+        let written = self
+            .write_transition(
+                request,
+                subject,
+                from.is_open(),
+                "#state = :from",
+                (":from", s(from.as_str())),
+            )
+            .await?;
+        Ok(if written {
+            TransitionOutcome::Applied
+        } else {
+            TransitionOutcome::StateChanged
+        })
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: RequestId,
+        owner: &str,
+        working: RequestState,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let updated = self
             .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(request_pk(id)))
+            .key("sk", s("META"))
+            .update_expression(
+                "SET #state = :working, lease_owner = :owner, lease_expires_at = :expires, \
+                 updated_at = :now ADD fencing_token :one",
+            )
+            // From `received`, or over a dead worker whose lease ran out.
+            .condition_expression(
+                "#state = :received OR (#state = :working AND lease_expires_at < :now)",
+            )
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":working", s(working.as_str()))
+            .expression_attribute_values(":received", s(RequestState::Received.as_str()))
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":expires", s(timestamp(now + ttl)))
+            .expression_attribute_values(":now", s(timestamp(now)))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .return_values(ReturnValue::AllNew)
             .send()
-            .await
-        {
-            Ok(_) => Ok(TransitionOutcome::Applied),
-            Err(SdkError::ServiceError(err))
-                if matches!(
-                    err.err(),
-                    TransactWriteItemsError::TransactionCanceledException(_)
-                ) =>
+            .await;
+        match updated {
+            Ok(out) => {
+                let request = request_from_item(&out.attributes.unwrap_or_default())?;
+                let event = format!("lease#{}#{owner}", request.fencing_token);
+                self.record_event(id, &event, now).await?;
+                Ok(LeaseOutcome::Acquired(request))
+            }
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
-                Ok(TransitionOutcome::StateChanged)
+                let current = self.get(id).await?;
+                Ok(match current {
+                    Some(Request {
+                        state,
+                        lease: Some(lease),
+                        ..
+                    }) if state == working => LeaseOutcome::Held {
+                        until: lease.expires_at,
+                    },
+                    other => LeaseOutcome::NotWorkable(other.map(|r| r.state)),
+                })
             }
             Err(err) => Err(unavailable(err)),
         }
+    }
+
+    async fn commit_fenced(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        token: u64,
+    ) -> Result<TransitionOutcome, StoreError> {
+        // A leased request is in a working state, and every working state is open.
+        let written = self
+            .write_transition(
+                request,
+                subject,
+                true,
+                "fencing_token = :token",
+                (":token", AttributeValue::N(token.to_string())),
+            )
+            .await?;
+        Ok(if written {
+            TransitionOutcome::Applied
+        } else {
+            TransitionOutcome::Fenced
+        })
+    }
+
+    async fn record_event(
+        &self,
+        id: RequestId,
+        event: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let item = self.audit_event(id, event, at)?;
+        let put = item
+            .put
+            .ok_or_else(|| StoreError::Unavailable("no audit put".into()))?;
+        self.client
+            .put_item()
+            .table_name(put.table_name)
+            .set_item(Some(put.item))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn mark_enqueued(&self, id: RequestId, at: DateTime<Utc>) -> Result<(), StoreError> {
@@ -394,6 +555,10 @@ fn request_item(request: &Request, subject: &SubjectHash) -> Item {
     if let Some(at) = request.enqueued_at {
         item.insert("enqueued_at".into(), s(timestamp(at)));
     }
+    item.insert(
+        "fencing_token".into(),
+        AttributeValue::N(request.fencing_token.to_string()),
+    );
     item
 }
 
@@ -427,15 +592,38 @@ fn request_from_item(item: &Item) -> Result<Request, StoreError> {
         received_at: time("received_at")?,
         due_at: time("due_at")?,
         updated_at: time("updated_at")?,
-        attempts: match item.get("attempts") {
-            Some(AttributeValue::N(raw)) => {
-                raw.parse().map_err(|_| corrupt(item, "attempts".into()))?
-            }
-            _ => 0,
-        },
+        attempts: number_attr(item, "attempts")?.unwrap_or(0),
         last_error: item.get("last_error").and_then(|v| v.as_s().ok()).cloned(),
         enqueued_at: optional_time("enqueued_at")?,
+        lease: match (item.get("lease_owner"), optional_time("lease_expires_at")?) {
+            (Some(AttributeValue::S(owner)), Some(expires_at)) => Some(Lease {
+                owner: owner.clone(),
+                expires_at,
+            }),
+            _ => None,
+        },
+        fencing_token: number_attr(item, "fencing_token")?.unwrap_or(0),
+        report: match item.get("report_key") {
+            Some(AttributeValue::S(key)) => Some(ReportInfo {
+                key: key.clone(),
+                size: number_attr(item, "report_size")?.unwrap_or(0),
+                sha256: string_attr(item, "report_sha256")?.to_owned(),
+                expires_at: time("report_expires_at")?,
+            }),
+            _ => None,
+        },
     })
+}
+
+fn number_attr<T: std::str::FromStr>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::N(raw)) => raw
+            .parse()
+            .map(Some)
+            .map_err(|_| corrupt(item, format!("`{name}` is not a number"))),
+        Some(_) => Err(corrupt(item, format!("`{name}` is not a number"))),
+    }
 }
 
 fn string_attr<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {

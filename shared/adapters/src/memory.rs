@@ -2,10 +2,10 @@
 //! for unit tests of handlers and use cases. Not for production: nothing survives a restart.
 
 use chrono::{DateTime, Utc};
-use dsr_domain::ports::TransitionOutcome;
+use dsr_domain::ports::{LeaseOutcome, TransitionOutcome};
 use dsr_domain::{
-    CreateOutcome, IdempotencyKey, QueueError, Request, RequestId, RequestMessage, RequestState,
-    RequestStore, StoreError, SubjectHash, WorkQueue,
+    CreateOutcome, IdempotencyKey, Lease, QueueError, Request, RequestId, RequestMessage,
+    RequestState, RequestStore, StoreError, SubjectHash, WorkQueue,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +16,7 @@ struct Tables {
     requests: HashMap<RequestId, (Request, SubjectHash)>,
     open_guards: HashMap<(SubjectHash, dsr_domain::RequestKind), RequestId>,
     idempotency: HashMap<(SubjectHash, String), RequestId>,
+    events: Vec<(RequestId, String)>,
 }
 
 #[derive(Default)]
@@ -26,6 +27,16 @@ pub struct InMemoryRequestStore {
 impl InMemoryRequestStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The audit events recorded for a request, oldest first.
+    pub fn events(&self, id: RequestId) -> Vec<String> {
+        self.lock()
+            .events
+            .iter()
+            .filter(|(r, _)| *r == id)
+            .map(|(_, e)| e.clone())
+            .collect()
     }
 }
 
@@ -92,6 +103,82 @@ impl RequestStore for InMemoryRequestStore {
             tables.open_guards.remove(&(subject.clone(), request.kind));
         }
         Ok(TransitionOutcome::Applied)
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: RequestId,
+        owner: &str,
+        working: RequestState,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let mut tables = self.lock();
+        let Some((stored, _)) = tables.requests.get_mut(&id) else {
+            return Ok(LeaseOutcome::NotWorkable(None));
+        };
+        let expired = stored.lease.as_ref().is_none_or(|l| l.expires_at < now);
+        let takeable =
+            stored.state == RequestState::Received || (stored.state == working && expired);
+        if !takeable {
+            return Ok(match (&stored.lease, stored.state == working) {
+                (Some(lease), true) => LeaseOutcome::Held {
+                    until: lease.expires_at,
+                },
+                _ => LeaseOutcome::NotWorkable(Some(stored.state)),
+            });
+        }
+        stored.state = working;
+        stored.updated_at = now;
+        stored.fencing_token += 1;
+        stored.lease = Some(Lease {
+            owner: owner.to_owned(),
+            expires_at: now + ttl,
+        });
+        let acquired = stored.clone();
+        tables
+            .events
+            .push((id, format!("lease:{}", acquired.fencing_token)));
+        Ok(LeaseOutcome::Acquired(acquired))
+    }
+
+    async fn commit_fenced(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        token: u64,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let mut tables = self.lock();
+        let Some((stored, _)) = tables.requests.get_mut(&request.id) else {
+            return Ok(TransitionOutcome::Fenced);
+        };
+        if stored.fencing_token != token {
+            return Ok(TransitionOutcome::Fenced);
+        }
+        let was_open = stored.state.is_open();
+        stored.state = request.state;
+        stored.updated_at = request.updated_at;
+        stored.attempts = request.attempts;
+        stored.last_error.clone_from(&request.last_error);
+        stored.report.clone_from(&request.report);
+        stored.lease = None;
+        if was_open && !request.state.is_open() {
+            tables.open_guards.remove(&(subject.clone(), request.kind));
+        }
+        tables
+            .events
+            .push((request.id, request.state.as_str().to_owned()));
+        Ok(TransitionOutcome::Applied)
+    }
+
+    async fn record_event(
+        &self,
+        id: RequestId,
+        event: &str,
+        _at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.lock().events.push((id, event.to_owned()));
+        Ok(())
     }
 
     async fn mark_enqueued(&self, id: RequestId, at: DateTime<Utc>) -> Result<(), StoreError> {

@@ -166,7 +166,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
                 Ok(request)
             }
             // A worker picked it up between our read and our write.
-            TransitionOutcome::StateChanged => {
+            TransitionOutcome::StateChanged | TransitionOutcome::Fenced => {
                 let now = self.show(subject, id).await?;
                 if now.state == RequestState::Cancelled {
                     Ok(now)

@@ -18,7 +18,7 @@ pub use ports::{
     CreateOutcome, QueueError, RequestStore, StoreError, TransitionOutcome, WorkQueue,
 };
 pub use request::{
-    IdempotencyKey, IllegalTransition, Request, RequestId, RequestIdError, RequestKind,
-    RequestState,
+    IdempotencyKey, IllegalTransition, Lease, ReportInfo, Request, RequestId, RequestIdError,
+    RequestKind, RequestState,
 };
 pub use subject::{SubjectHash, SubjectHasher, SubjectId, SubjectIdError};

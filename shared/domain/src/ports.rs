@@ -34,6 +34,19 @@ pub enum TransitionOutcome {
     Applied,
     /// The stored request was no longer in the expected state (someone else moved it).
     StateChanged,
+    /// The caller's lease was taken over by another worker: its write is refused.
+    Fenced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The caller holds the lease: the request is in its working state and its
+    /// `fencing_token` is the caller's token.
+    Acquired(Request),
+    /// Another worker holds the lease until then.
+    Held { until: DateTime<Utc> },
+    /// The request is in no state a worker takes (done, cancelled, failed), or does not exist.
+    NotWorkable(Option<RequestState>),
 }
 
 pub trait RequestStore: Send + Sync {
@@ -65,6 +78,34 @@ pub trait RequestStore: Send + Sync {
         subject: &SubjectHash,
         from: RequestState,
     ) -> impl Future<Output = Result<TransitionOutcome, StoreError>> + Send;
+
+    /// Takes the request for a worker: from `received`, or from `working` when the previous
+    /// worker's lease has expired (it died). Every acquisition increments the fencing token.
+    fn acquire_lease(
+        &self,
+        id: RequestId,
+        owner: &str,
+        working: RequestState,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> impl Future<Output = Result<LeaseOutcome, StoreError>> + Send;
+
+    /// Writes the request's new state (with attempts, last error and report) and releases the
+    /// lease, only if `token` is still the request's fencing token.
+    fn commit_fenced(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        token: u64,
+    ) -> impl Future<Output = Result<TransitionOutcome, StoreError>> + Send;
+
+    /// Appends an event to the request's audit trail.
+    fn record_event(
+        &self,
+        id: RequestId,
+        event: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Records that the request's work message was handed to its queue.
     fn mark_enqueued(
@@ -126,6 +167,32 @@ impl<T: RequestStore> RequestStore for Arc<T> {
         from: RequestState,
     ) -> Result<TransitionOutcome, StoreError> {
         (**self).save_transition(request, subject, from).await
+    }
+    async fn acquire_lease(
+        &self,
+        id: RequestId,
+        owner: &str,
+        working: RequestState,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        (**self).acquire_lease(id, owner, working, now, ttl).await
+    }
+    async fn commit_fenced(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        token: u64,
+    ) -> Result<TransitionOutcome, StoreError> {
+        (**self).commit_fenced(request, subject, token).await
+    }
+    async fn record_event(
+        &self,
+        id: RequestId,
+        event: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        (**self).record_event(id, event, at).await
     }
     async fn mark_enqueued(&self, id: RequestId, at: DateTime<Utc>) -> Result<(), StoreError> {
         (**self).mark_enqueued(id, at).await

@@ -265,6 +265,31 @@ pub struct Request {
     pub last_error: Option<String>,
     /// When its work message was last handed to the queue; `None` means it never was.
     pub enqueued_at: Option<DateTime<Utc>>,
+    /// The worker currently entitled to work on the request, if any.
+    pub lease: Option<Lease>,
+    /// The token of the latest lease ever granted; grows with every acquisition, so a write
+    /// conditioned on it fails for any worker whose lease has since passed to another.
+    pub fencing_token: u64,
+    /// The finished report of an access request.
+    pub report: Option<ReportInfo>,
+}
+
+/// "This worker may work on this request until then." Taken with a conditional write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Where the finished report is and what it is: enough to hand out a link and to prove later
+/// which bytes were handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportInfo {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    /// After this the report is deleted (bucket lifecycle) and the request is `expired`.
+    pub expires_at: DateTime<Utc>,
 }
 
 impl Request {
@@ -280,7 +305,29 @@ impl Request {
             attempts: 0,
             last_error: None,
             enqueued_at: None,
+            lease: None,
+            fencing_token: 0,
+            report: None,
         }
+    }
+
+    /// A worker's attempt failed: count it, keep the error, and hand the request back to
+    /// `received` for the next attempt, or to `failed` once `max_attempts` are used up.
+    pub fn fail_attempt(
+        &mut self,
+        error: impl Into<String>,
+        max_attempts: u32,
+        at: DateTime<Utc>,
+    ) -> Result<RequestState, IllegalTransition> {
+        let next = if self.attempts + 1 >= max_attempts {
+            RequestState::Failed
+        } else {
+            RequestState::Received
+        };
+        self.transition_to(next, at)?;
+        self.attempts += 1;
+        self.last_error = Some(error.into());
+        Ok(next)
     }
 
     /// Checks the move against [`transition`] and applies it.
@@ -383,6 +430,27 @@ mod tests {
         let err = request.transition_to(Completed, t1).unwrap_err();
         assert_eq!(err.to, Completed);
         assert_eq!(request.state, Collecting, "an illegal move changes nothing");
+    }
+
+    #[test]
+    fn a_failed_attempt_goes_back_to_received_until_the_last_one() {
+        let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let mut request = Request::receive(Access, SubjectId::parse("a").unwrap(), t0);
+        for attempt in 1..=2 {
+            request.transition_to(Collecting, t0).unwrap();
+            assert_eq!(request.fail_attempt("source down", 3, t0), Ok(Received));
+            assert_eq!(request.attempts, attempt);
+        }
+        request.transition_to(Collecting, t0).unwrap();
+        assert_eq!(request.fail_attempt("still down", 3, t0), Ok(Failed));
+        assert_eq!(
+            (request.attempts, request.last_error.as_deref()),
+            (3, Some("still down"))
+        );
+        let mut untouched = Request::receive(Access, SubjectId::parse("a").unwrap(), t0);
+        untouched.state = ReportReady;
+        assert!(untouched.fail_attempt("x", 3, t0).is_err());
+        assert_eq!(untouched.attempts, 0, "an illegal failure changes nothing");
     }
 
     #[test]
