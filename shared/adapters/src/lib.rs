@@ -1,9 +1,13 @@
 //! Adapters for the domain's ports. Each cloud adapter sits behind a cargo feature so that a
 //! function links only the SDKs it uses; the in-memory adapters are always there, for unit tests.
 
+#[cfg(feature = "collect")]
+pub mod collect;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod memory;
+#[cfg(feature = "s3")]
+pub mod s3;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 #[cfg(all(feature = "dynamodb", feature = "sqs"))]

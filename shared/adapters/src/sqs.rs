@@ -49,3 +49,31 @@ impl WorkQueue for SqsWorkQueue {
         Ok(())
     }
 }
+
+/// The `outbound` queue: events and commands for the rest of the platform.
+#[derive(Clone, Debug)]
+pub struct SqsOutbox {
+    client: Client,
+    queue_url: String,
+}
+
+impl SqsOutbox {
+    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+
+    pub async fn publish(&self, event: &dsr_domain::messages::DomainEvent) -> Result<(), String> {
+        let body = serde_json::to_string(event).map_err(|e| e.to_string())?;
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
+        Ok(())
+    }
+}

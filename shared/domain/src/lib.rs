@@ -8,6 +8,7 @@ pub mod clock;
 pub mod desk;
 pub mod messages;
 pub mod ports;
+pub mod registry;
 pub mod request;
 pub mod subject;
 

@@ -31,3 +31,43 @@ impl RequestMessage {
         }
     }
 }
+
+/// Something that happened, for whoever listens (the email service, audit). Put on the
+/// `outbound` queue; the RabbitMQ bridge publishes it to the platform's event exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainEvent {
+    pub version: u32,
+    /// `<type>:<request id>`: the same event sent twice carries the same id.
+    pub message_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub request_id: RequestId,
+    /// Receivers (the email service) need to know whom to tell.
+    pub subject: crate::SubjectId,
+    pub occurred_at: DateTime<Utc>,
+    /// Event-specific details.
+    pub detail: serde_json::Value,
+}
+
+impl DomainEvent {
+    pub const VERSION: u32 = 1;
+
+    /// The report of an access request can be downloaded until `expires_at`.
+    pub fn report_ready(
+        request_id: RequestId,
+        subject: crate::SubjectId,
+        expires_at: DateTime<Utc>,
+        occurred_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            version: Self::VERSION,
+            message_id: format!("report_ready:{request_id}"),
+            event_type: "report_ready".into(),
+            request_id,
+            subject,
+            occurred_at,
+            detail: serde_json::json!({ "expires_at": expires_at }),
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Writes the report zip straight into a multipart upload: entries are streamed from the staged
+//! sources in 64 KiB chunks and every full part is uploaded as soon as it is ready, so memory
+//! stays at about one part whatever the report's size.
+//!
+//! Layout: `manifest.json`, `index.html`, and per source `sources/<name>/records.json`,
+//! `sources/<name>/records.csv` and `sources/<name>/files/...` (S3 sources).
+
+use crate::html;
+use dsr_adapters::collect::StagedSource;
+use dsr_adapters::s3::MultipartUpload;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+use zip::write::SimpleFileOptions;
+use zip::ZipWriter;
+
+const CHUNK: usize = 64 * 1024;
+/// Records shown per source in `index.html`; the files hold all of them.
+pub const HTML_PREVIEW_ROWS: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+#[error("writing the report: {0}")]
+pub struct ArchiveError(pub String);
+
+fn archive_error(err: impl std::fmt::Display) -> ArchiveError {
+    ArchiveError(err.to_string())
+}
+
+/// What the finished zip is.
+#[derive(Debug, Clone)]
+pub struct ArchiveSummary {
+    pub size: u64,
+    pub sha256: String,
+    pub manifest: Value,
+}
+
+/// Bytes the zip writer has produced and not yet uploaded, plus a running hash of all of them.
+#[derive(Default)]
+struct Pending {
+    buffer: Vec<u8>,
+    hasher: Sha256,
+    size: u64,
+}
+
+#[derive(Clone, Default)]
+struct PartSink(Arc<Mutex<Pending>>);
+
+impl Write for PartSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        pending.buffer.extend_from_slice(buf);
+        pending.hasher.update(buf);
+        pending.size += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where the zip's bytes go: a multipart upload, one part at a time.
+struct Uploader<'a> {
+    upload: &'a mut MultipartUpload,
+    sink: PartSink,
+    part_size: usize,
+}
+
+impl Uploader<'_> {
+    /// Uploads a part once enough bytes are pending (`all` uploads whatever is left).
+    async fn drain(&mut self, all: bool) -> Result<(), ArchiveError> {
+        let part = {
+            let mut pending = self.sink.0.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.buffer.is_empty() || (!all && pending.buffer.len() < self.part_size) {
+                return Ok(());
+            }
+            std::mem::take(&mut pending.buffer)
+        };
+        self.upload.upload_part(part).await.map_err(archive_error)
+    }
+}
+
+/// One entry being written: its bytes go to the zip and into its own hash.
+struct Entry<'z> {
+    zip: &'z mut ZipWriter<zip::write::StreamWriter<PartSink>>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<'z> Entry<'z> {
+    fn new(zip: &'z mut ZipWriter<zip::write::StreamWriter<PartSink>>) -> Self {
+        Self {
+            zip,
+            hasher: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), ArchiveError> {
+        self.zip.write_all(bytes).map_err(archive_error)?;
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn finish(self) -> (u64, String) {
+        (self.size, hex::encode(self.hasher.finalize()))
+    }
+}
+
+pub struct ReportHeader<'a> {
+    pub request_id: &'a str,
+    pub subject_hash: &'a str,
+    pub generated_at: &'a str,
+}
+
+pub async fn write_report(
+    upload: &mut MultipartUpload,
+    part_size: usize,
+    header: &ReportHeader<'_>,
+    sources: &[StagedSource],
+) -> Result<ArchiveSummary, ArchiveError> {
+    let sink = PartSink::default();
+    // Zip64 records when an entry turns out over 4 GiB: sizes are unknown until written.
+    let mut zip = ZipWriter::new_stream(sink.clone()).set_auto_large_file();
+    let mut out = Uploader {
+        upload,
+        sink,
+        part_size,
+    };
+    let options = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(false);
+
+    let mut manifest_sources = Vec::new();
+    let mut previews = Vec::new();
+    for source in sources {
+        let mut files = Vec::new();
+        let base = format!("sources/{}", source.name);
+
+        // records.json: a JSON array, streamed line by line from the staged NDJSON.
+        let path = format!("{base}/records.json");
+        zip.start_file(&path, options).map_err(archive_error)?;
+        let mut entry = Entry::new(&mut zip);
+        entry.write(b"[")?;
+        let mut preview = Vec::new();
+        let mut columns = Columns::default();
+        for (i, line) in records(source)?.enumerate() {
+            let line = line?;
+            entry.write(if i == 0 { b"\n" } else { b",\n" })?;
+            entry.write(line.as_bytes())?;
+            let record: Value = serde_json::from_str(&line).map_err(archive_error)?;
+            columns.add(&record);
+            if preview.len() < HTML_PREVIEW_ROWS {
+                preview.push(record);
+            }
+            out.drain(false).await?;
+        }
+        entry.write(b"\n]\n")?;
+        let (size, sha256) = entry.finish();
+        files.push(json!({"path": path, "size": size, "sha256": sha256}));
+        out.drain(false).await?;
+
+        // records.csv: one column per top-level field; nested values as JSON.
+        let path = format!("{base}/records.csv");
+        zip.start_file(&path, options).map_err(archive_error)?;
+        let mut entry = Entry::new(&mut zip);
+        entry.write(&csv_row(columns.names.iter().map(String::as_str))?)?;
+        for line in records(source)? {
+            let record: Value = serde_json::from_str(&line?).map_err(archive_error)?;
+            let cells: Vec<String> = columns.names.iter().map(|c| cell(&record, c)).collect();
+            entry.write(&csv_row(cells.iter().map(String::as_str))?)?;
+            out.drain(false).await?;
+        }
+        let (size, sha256) = entry.finish();
+        files.push(json!({"path": path, "size": size, "sha256": sha256}));
+        out.drain(false).await?;
+
+        // Files from S3 sources, as they were.
+        for file in &source.files {
+            let path = format!("{base}/files/{}", file.name);
+            zip.start_file(&path, options).map_err(archive_error)?;
+            let mut entry = Entry::new(&mut zip);
+            let mut input = std::fs::File::open(&file.path).map_err(archive_error)?;
+            let mut chunk = vec![0u8; CHUNK];
+            loop {
+                let read = input.read(&mut chunk).map_err(archive_error)?;
+                if read == 0 {
+                    break;
+                }
+                entry.write(&chunk[..read])?;
+                out.drain(false).await?;
+            }
+            let (size, sha256) = entry.finish();
+            files.push(json!({"path": path, "size": size, "sha256": sha256}));
+        }
+
+        manifest_sources.push(json!({
+            "name": source.name,
+            "description": source.description,
+            "record_count": source.record_count,
+            "files": files,
+        }));
+        previews.push((source, columns.names, preview));
+    }
+
+    let manifest = json!({
+        "format": "gdpr-dsr-report/1",
+        "request_id": header.request_id,
+        "subject_hash": header.subject_hash,
+        "generated_at": header.generated_at,
+        "sources": manifest_sources,
+    });
+    zip.start_file("manifest.json", options)
+        .map_err(archive_error)?;
+    zip.write_all(&serde_json::to_vec_pretty(&manifest).map_err(archive_error)?)
+        .map_err(archive_error)?;
+    zip.start_file("index.html", options)
+        .map_err(archive_error)?;
+    zip.write_all(html::index(header, &manifest, &previews).as_bytes())
+        .map_err(archive_error)?;
+    zip.finish().map_err(archive_error)?;
+    out.drain(true).await?;
+
+    let pending = out.sink.0.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(ArchiveSummary {
+        size: pending.size,
+        sha256: hex::encode(pending.hasher.clone().finalize()),
+        manifest,
+    })
+}
+
+fn records(
+    source: &StagedSource,
+) -> Result<impl Iterator<Item = Result<String, ArchiveError>>, ArchiveError> {
+    let file = std::fs::File::open(&source.records).map_err(archive_error)?;
+    Ok(BufReader::new(file)
+        .lines()
+        .map(|line| line.map_err(archive_error)))
+}
+
+/// Column names in order of first appearance.
+#[derive(Default)]
+struct Columns {
+    names: Vec<String>,
+    seen: HashSet<String>,
+}
+
+impl Columns {
+    fn add(&mut self, record: &Value) {
+        match record {
+            Value::Object(fields) => {
+                for name in fields.keys() {
+                    if self.seen.insert(name.clone()) {
+                        self.names.push(name.clone());
+                    }
+                }
+            }
+            _ => {
+                if self.seen.insert("value".into()) {
+                    self.names.push("value".into());
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn cell(record: &Value, column: &str) -> String {
+    let value = match record {
+        Value::Object(fields) => fields.get(column),
+        other if column == "value" => Some(other),
+        _ => None,
+    };
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => defuse_formula(s),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn csv_row<'a>(cells: impl Iterator<Item = &'a str>) -> Result<Vec<u8>, ArchiveError> {
+    let mut writer = csv::Writer::from_writer(Vec::with_capacity(256));
+    writer.write_record(cells).map_err(archive_error)?;
+    writer.into_inner().map_err(archive_error)
+}
+
+/// Text starting with `=`, `+`, `-`, `@`, tab or carriage return is a formula to a
+/// spreadsheet: defuse it with a leading quote, since the person opening the file should see
+/// their data, not run it (CSV injection). Numbers such as `-5` stay as they are; the JSON file
+/// keeps every value exactly.
+fn defuse_formula(text: &str) -> String {
+    let risky = text.starts_with(['=', '+', '-', '@', '\t', '\r']) && text.parse::<f64>().is_err();
+    if risky {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    }
+}

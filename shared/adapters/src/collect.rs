@@ -1,0 +1,442 @@
+//! Collecting a subject's data from the sources in the service registry into a local staging
+//! directory: records as NDJSON, files as files. Nothing is held in memory beyond one page or
+//! one chunk, so a report's size is bounded by disk, not by the function's memory.
+
+use base64::Engine;
+use dsr_domain::registry::{AuthHeader, CollectFrom, DataHolder};
+use dsr_domain::SubjectId;
+use serde_json::{json, Map, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+#[error("source {source_name}: {reason}")]
+pub struct CollectError {
+    pub source_name: String,
+    pub reason: String,
+}
+
+/// What one source yielded, on local disk.
+#[derive(Debug)]
+pub struct StagedSource {
+    pub name: String,
+    pub description: String,
+    /// One JSON record per line.
+    pub records: PathBuf,
+    pub record_count: u64,
+    pub files: Vec<StagedFile>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StagedFile {
+    /// Path inside the source's folder of the report.
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// Clients for every kind of source, built once per function instance.
+#[derive(Clone)]
+pub struct Collectors {
+    dynamodb: aws_sdk_dynamodb::Client,
+    s3: aws_sdk_s3::Client,
+    http: reqwest::Client,
+    /// Looks up the values of auth headers (`value_from_env`).
+    env: std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+}
+
+impl Collectors {
+    pub fn new(
+        dynamodb: aws_sdk_dynamodb::Client,
+        s3: aws_sdk_s3::Client,
+        env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            dynamodb,
+            s3,
+            http: reqwest::Client::new(),
+            env: std::sync::Arc::new(env),
+        }
+    }
+
+    /// Collects `holder`'s data about `subject` into `dir` (which must exist).
+    pub async fn collect(
+        &self,
+        holder: &DataHolder,
+        how: &CollectFrom,
+        subject: &SubjectId,
+        dir: &Path,
+    ) -> Result<StagedSource, CollectError> {
+        let fail = |reason: String| CollectError {
+            source_name: holder.name.clone(),
+            reason,
+        };
+        let records_path = dir.join(format!("{}.ndjson", holder.name));
+        let mut records = RecordFile::create(&records_path).map_err(|e| fail(e.to_string()))?;
+        let files = match how {
+            CollectFrom::Dynamodb {
+                table,
+                key_attribute,
+                index,
+            } => {
+                self.from_dynamodb(
+                    table,
+                    key_attribute,
+                    index.as_deref(),
+                    subject,
+                    &mut records,
+                )
+                .await
+                .map_err(fail)?;
+                Vec::new()
+            }
+            CollectFrom::Http {
+                url,
+                auth,
+                timeout_ms,
+                max_attempts,
+                records_pointer,
+            } => {
+                let url = url.replace("{subject}", &url_encode(subject.as_str()));
+                let body = self
+                    .send(
+                        || self.http.get(&url),
+                        auth.as_ref(),
+                        *timeout_ms,
+                        *max_attempts,
+                    )
+                    .await
+                    .map_err(fail)?;
+                let found = match (body, records_pointer) {
+                    (None, _) => Value::Null,
+                    (Some(body), Some(pointer)) => {
+                        body.pointer(pointer).cloned().unwrap_or(Value::Null)
+                    }
+                    (Some(body), None) => body,
+                };
+                match found {
+                    Value::Null => {}
+                    Value::Array(items) => {
+                        for item in items {
+                            records.push(&item).map_err(|e| fail(e.to_string()))?;
+                        }
+                    }
+                    single => records.push(&single).map_err(|e| fail(e.to_string()))?,
+                }
+                Vec::new()
+            }
+            CollectFrom::Search {
+                url,
+                field,
+                sort,
+                page_size,
+                auth,
+                timeout_ms,
+            } => {
+                self.from_search(
+                    url,
+                    field,
+                    sort,
+                    *page_size,
+                    auth.as_ref(),
+                    *timeout_ms,
+                    subject,
+                    &mut records,
+                )
+                .await
+                .map_err(fail)?;
+                Vec::new()
+            }
+            CollectFrom::S3 { bucket, prefix } => {
+                let prefix = prefix.replace("{subject}", subject.as_str());
+                let files_dir = dir.join(format!("{}.files", holder.name));
+                std::fs::create_dir_all(&files_dir).map_err(|e| fail(e.to_string()))?;
+                self.from_s3(bucket, &prefix, &files_dir, &mut records)
+                    .await
+                    .map_err(fail)?
+            }
+        };
+        let record_count = records.finish().map_err(|e| fail(e.to_string()))?;
+        Ok(StagedSource {
+            name: holder.name.clone(),
+            description: holder.description.clone(),
+            records: records_path,
+            record_count,
+            files,
+        })
+    }
+
+    async fn from_dynamodb(
+        &self,
+        table: &str,
+        key_attribute: &str,
+        index: Option<&str>,
+        subject: &SubjectId,
+        records: &mut RecordFile,
+    ) -> Result<(), String> {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let mut start = None;
+        loop {
+            let page = self
+                .dynamodb
+                .query()
+                .table_name(table)
+                .set_index_name(index.map(str::to_owned))
+                .key_condition_expression("#k = :subject")
+                .expression_attribute_names("#k", key_attribute)
+                .expression_attribute_values(":subject", AttributeValue::S(subject.as_str().into()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())?;
+            for item in page.items() {
+                let record = Value::Object(
+                    item.iter()
+                        .map(|(k, v)| (k.clone(), attribute_to_json(v)))
+                        .collect(),
+                );
+                records.push(&record).map_err(|e| e.to_string())?;
+            }
+            match page.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn from_search(
+        &self,
+        url: &str,
+        field: &str,
+        sort: &[String],
+        page_size: u32,
+        auth: Option<&AuthHeader>,
+        timeout_ms: u64,
+        subject: &SubjectId,
+        records: &mut RecordFile,
+    ) -> Result<(), String> {
+        let endpoint = format!("{}/_search", url.trim_end_matches('/'));
+        let sort_spec: Vec<Value> = sort.iter().map(|f| json!({ f.as_str(): "asc" })).collect();
+        let mut after: Option<Value> = None;
+        loop {
+            let mut query = json!({
+                "size": page_size,
+                "query": {"term": {field: subject.as_str()}},
+                "sort": sort_spec,
+            });
+            if let Some(after) = &after {
+                query["search_after"] = after.clone();
+            }
+            let body = self
+                .send(
+                    || self.http.post(&endpoint).json(&query),
+                    auth,
+                    timeout_ms,
+                    4,
+                )
+                .await?
+                .ok_or("the search index does not exist")?;
+            let hits = body["hits"]["hits"]
+                .as_array()
+                .ok_or("the search response has no hits.hits")?;
+            for hit in hits {
+                records
+                    .push(hit.get("_source").unwrap_or(&Value::Null))
+                    .map_err(|e| e.to_string())?;
+            }
+            if hits.len() < page_size as usize {
+                return Ok(());
+            }
+            after = Some(
+                hits.last()
+                    .and_then(|h| h.get("sort"))
+                    .cloned()
+                    .ok_or("a full page of hits without sort values; cannot page on")?,
+            );
+        }
+    }
+
+    async fn from_s3(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        files_dir: &Path,
+        records: &mut RecordFile,
+    ) -> Result<Vec<StagedFile>, String> {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let mut files = Vec::new();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string())?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let name = key.trim_start_matches(prefix).trim_start_matches('/');
+                if name.is_empty() || name.split('/').any(|part| part == "..") {
+                    continue;
+                }
+                let path = files_dir.join(format!("{}", files.len()));
+                let mut out = tokio::fs::File::create(&path).await.map_err(|e| err(&e))?;
+                let mut body = self
+                    .s3
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string())?
+                    .body;
+                let mut size = 0u64;
+                while let Some(chunk) = body.try_next().await.map_err(|e| err(&e))? {
+                    size += chunk.len() as u64;
+                    tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
+                        .await
+                        .map_err(|e| err(&e))?;
+                }
+                tokio::io::AsyncWriteExt::flush(&mut out)
+                    .await
+                    .map_err(|e| err(&e))?;
+                records
+                    .push(&json!({
+                        "file": name,
+                        "size": size,
+                        "last_modified": object.last_modified().map(|t| t.to_string()),
+                    }))
+                    .map_err(|e| err(&e))?;
+                files.push(StagedFile {
+                    name: name.to_owned(),
+                    path,
+                    size,
+                });
+            }
+        }
+        Ok(files)
+    }
+
+    /// Sends with a timeout, retrying transport errors, 429 and 5xx with exponential backoff
+    /// (honouring `Retry-After`). `Ok(None)` is a 404: the source knows nothing of the subject.
+    async fn send(
+        &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+        auth: Option<&AuthHeader>,
+        timeout_ms: u64,
+        max_attempts: u32,
+    ) -> Result<Option<Value>, String> {
+        let auth = match auth {
+            Some(a) => Some((
+                a.header.clone(),
+                (self.env)(&a.value_from_env)
+                    .ok_or_else(|| format!("auth header value {} is not set", a.value_from_env))?,
+            )),
+            None => None,
+        };
+        let mut last_problem = String::new();
+        for attempt in 1..=max_attempts.max(1) {
+            let mut builder = request().timeout(Duration::from_millis(timeout_ms));
+            if let Some((name, value)) = &auth {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+            let mut wait = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
+            match builder.send().await {
+                Ok(response) if response.status().is_success() => {
+                    return response
+                        .json::<Value>()
+                        .await
+                        .map(Some)
+                        .map_err(|e| format!("the response is not JSON: {e}"));
+                }
+                Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
+                    return Ok(None);
+                }
+                Ok(response)
+                    if response.status().is_server_error()
+                        || response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    if let Some(seconds) = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        wait = Duration::from_secs(seconds.min(10));
+                    }
+                    last_problem = format!("HTTP {}", response.status());
+                }
+                Ok(response) => return Err(format!("HTTP {}", response.status())),
+                Err(err) => last_problem = format!("{err}"),
+            }
+            if attempt < max_attempts {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Err(format!("{last_problem} after {max_attempts} attempts"))
+    }
+}
+
+/// An NDJSON file of records, counted as they are written.
+struct RecordFile {
+    out: std::io::BufWriter<std::fs::File>,
+    count: u64,
+}
+
+impl RecordFile {
+    fn create(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            out: std::io::BufWriter::new(std::fs::File::create(path)?),
+            count: 0,
+        })
+    }
+
+    fn push(&mut self, record: &Value) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")?;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<u64> {
+        self.out.flush()?;
+        Ok(self.count)
+    }
+}
+
+/// DynamoDB's typed values as plain JSON: numbers as numbers, sets as arrays, binary as base64.
+pub fn attribute_to_json(value: &aws_sdk_dynamodb::types::AttributeValue) -> Value {
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+    let number = |raw: &str| {
+        serde_json::from_str::<serde_json::Number>(raw)
+            .map(Value::Number)
+            .unwrap_or_else(|_| Value::String(raw.to_owned()))
+    };
+    let b64 = |b: &aws_sdk_dynamodb::primitives::Blob| {
+        Value::String(base64::engine::general_purpose::STANDARD.encode(b.as_ref()))
+    };
+    match value {
+        A::S(s) => Value::String(s.clone()),
+        A::N(n) => number(n),
+        A::Bool(b) => Value::Bool(*b),
+        A::Null(_) => Value::Null,
+        A::B(b) => b64(b),
+        A::Ss(items) => Value::Array(items.iter().cloned().map(Value::String).collect()),
+        A::Ns(items) => Value::Array(items.iter().map(|n| number(n)).collect()),
+        A::Bs(items) => Value::Array(items.iter().map(b64).collect()),
+        A::L(items) => Value::Array(items.iter().map(attribute_to_json).collect()),
+        A::M(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), attribute_to_json(v)))
+                .collect::<Map<_, _>>(),
+        ),
+        _ => Value::Null,
+    }
+}
+
+fn url_encode(raw: &str) -> String {
+    percent_encoding::utf8_percent_encode(raw, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

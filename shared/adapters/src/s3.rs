@@ -1,0 +1,212 @@
+//! Reports in S3: written with multipart uploads, so that an object appears only when it is
+//! complete (no half report is ever downloadable), and handed out with presigned GET URLs.
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+#[error("report storage: {0}")]
+pub struct StorageError(pub String);
+
+fn storage_error<E>(err: E) -> StorageError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    StorageError(aws_sdk_s3::error::DisplayErrorContext(err).to_string())
+}
+
+/// An S3 client for `aws`: path-style addressing when an endpoint is configured (an emulator
+/// such as moto or LocalStack, where `bucket.host` does not resolve), virtual-hosted in AWS.
+pub fn client(aws: &aws_config::SdkConfig) -> Client {
+    Client::from_conf(
+        aws_sdk_s3::config::Builder::from(aws)
+            .force_path_style(aws.endpoint_url().is_some())
+            .build(),
+    )
+}
+
+#[derive(Clone, Debug)]
+pub struct S3ReportStore {
+    client: Client,
+    bucket: String,
+}
+
+impl S3ReportStore {
+    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub async fn begin(&self, key: &str) -> Result<MultipartUpload, StorageError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/zip")
+            .send()
+            .await
+            .map_err(storage_error)?;
+        Ok(MultipartUpload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            upload_id: created
+                .upload_id
+                .ok_or_else(|| StorageError("no upload id".into()))?,
+            parts: Vec::new(),
+        })
+    }
+
+    /// Aborts every unfinished multipart upload under `prefix` (left by workers that died),
+    /// deleting their parts. Returns how many were aborted.
+    pub async fn abort_unfinished(&self, prefix: &str) -> Result<usize, StorageError> {
+        let listed = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .map_err(storage_error)?;
+        let mut aborted = 0;
+        for upload in listed.uploads() {
+            if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .map_err(storage_error)?;
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
+    }
+
+    /// Keys of the finished objects under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(storage_error)?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(storage_error)?;
+        Ok(())
+    }
+
+    /// A link that downloads `key` for `ttl`, signed with this function's credentials.
+    pub async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StorageError> {
+        let config = PresigningConfig::expires_in(ttl).map_err(storage_error)?;
+        let presigned = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .response_content_disposition("attachment; filename=\"report.zip\"")
+            .presigned(config)
+            .await
+            .map_err(storage_error)?;
+        Ok(presigned.uri().to_owned())
+    }
+}
+
+/// An upload in progress; invisible to readers until [`MultipartUpload::complete`].
+pub struct MultipartUpload {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    parts: Vec<CompletedPart>,
+}
+
+impl MultipartUpload {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Uploads the next part. S3 wants every part but the last to be at least 5 MiB.
+    pub async fn upload_part(&mut self, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let number = i32::try_from(self.parts.len() + 1)
+            .map_err(|_| StorageError("too many parts".into()))?;
+        let uploaded = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(storage_error)?;
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(uploaded.e_tag)
+                .build(),
+        );
+        Ok(())
+    }
+
+    pub async fn complete(self) -> Result<(), StorageError> {
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(self.parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(storage_error)?;
+        Ok(())
+    }
+
+    pub async fn abort(self) -> Result<(), StorageError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await
+            .map_err(storage_error)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,219 @@
+//! The service registry: every service and third party that holds personal data, and how to
+//! collect from each. Configuration, not code: adding a service is an entry in a file.
+
+use serde::Deserialize;
+use std::collections::HashSet;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRegistry {
+    pub services: Vec<DataHolder>,
+}
+
+/// One holder of personal data.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataHolder {
+    /// Stable, lower-case name; used in file names of the report and in logs.
+    pub name: String,
+    /// What it holds, in words a data subject understands (shown in the report).
+    #[serde(default)]
+    pub description: String,
+    /// How to collect its data for an access request; `None` if it holds nothing to report.
+    #[serde(default)]
+    pub collect: Option<CollectFrom>,
+}
+
+/// Where `{subject}` appears it is replaced by the (URL-encoded, where in a URL) subject id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CollectFrom {
+    /// Items of a table whose `key_attribute` equals the subject id: a query on the table's
+    /// partition key, or on `index` when the attribute is an index's partition key.
+    Dynamodb {
+        table: String,
+        key_attribute: String,
+        #[serde(default)]
+        index: Option<String>,
+    },
+    /// `GET url` returning JSON: an array of records, or an object holding them at
+    /// `records_pointer` (a JSON pointer such as `/items`), or a single record.
+    Http {
+        url: String,
+        #[serde(default)]
+        auth: Option<AuthHeader>,
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+        #[serde(default = "default_http_attempts")]
+        max_attempts: u32,
+        #[serde(default)]
+        records_pointer: Option<String>,
+    },
+    /// An Elasticsearch/OpenSearch index: documents whose `field` equals the subject id, paged
+    /// with `search_after` over `sort` (the last field must be unique, e.g. an event id).
+    Search {
+        url: String,
+        field: String,
+        sort: Vec<String>,
+        #[serde(default = "default_page_size")]
+        page_size: u32,
+        #[serde(default)]
+        auth: Option<AuthHeader>,
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+    },
+    /// Every object under `prefix` in `bucket` (uploads, attachments), copied into the report.
+    S3 { bucket: String, prefix: String },
+}
+
+/// A header sent with every call; the value is read from an environment variable so that no
+/// secret sits in the registry file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthHeader {
+    pub header: String,
+    pub value_from_env: String,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_http_attempts() -> u32 {
+    4
+}
+fn default_page_size() -> u32 {
+    500
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service registry: {0}")]
+pub struct RegistryError(pub String);
+
+impl ServiceRegistry {
+    /// Checks what the types cannot: unique, file-safe names and usable templates.
+    pub fn validated(self) -> Result<Self, RegistryError> {
+        let mut seen = HashSet::new();
+        for holder in &self.services {
+            let name = &holder.name;
+            let file_safe = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !file_safe {
+                return Err(RegistryError(format!(
+                    "service name `{name}` must be 1-64 characters of a-z, 0-9, - and _"
+                )));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(RegistryError(format!("service `{name}` is listed twice")));
+            }
+            match &holder.collect {
+                Some(CollectFrom::Http {
+                    url, max_attempts, ..
+                }) => {
+                    if !url.contains("{subject}") {
+                        return Err(RegistryError(format!(
+                            "{name}: the url must contain {{subject}}"
+                        )));
+                    }
+                    if *max_attempts == 0 {
+                        return Err(RegistryError(format!(
+                            "{name}: max_attempts must be at least 1"
+                        )));
+                    }
+                }
+                Some(CollectFrom::S3 { prefix, .. }) if !prefix.contains("{subject}") => {
+                    return Err(RegistryError(format!(
+                        "{name}: the prefix must contain {{subject}}"
+                    )));
+                }
+                Some(CollectFrom::Search {
+                    sort, page_size, ..
+                }) => {
+                    if sort.is_empty() || *page_size == 0 {
+                        return Err(RegistryError(format!(
+                            "{name}: a search source needs a sort (ending in a unique field) and a page size"
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(self)
+    }
+
+    /// The holders an access report collects from, in registry order.
+    pub fn collectable(&self) -> impl Iterator<Item = (&DataHolder, &CollectFrom)> {
+        self.services
+            .iter()
+            .filter_map(|h| h.collect.as_ref().map(|c| (h, c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(json: &str) -> Result<ServiceRegistry, String> {
+        serde_json::from_str::<ServiceRegistry>(json)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.validated().map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn parses_every_kind_with_defaults() {
+        let r = registry(
+            r#"{"services": [
+            {"name": "profile", "collect": {"kind": "dynamodb", "table": "profiles", "key_attribute": "user_id"}},
+            {"name": "orders", "collect": {"kind": "http", "url": "http://o/users/{subject}/orders"}},
+            {"name": "access-log", "collect": {"kind": "search", "url": "http://es/logs", "field": "user", "sort": ["ts", "id"]}},
+            {"name": "uploads", "collect": {"kind": "s3", "bucket": "b", "prefix": "u/{subject}/"}},
+            {"name": "email", "description": "newsletters"}
+        ]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.collectable().count(), 4);
+        match &r.services[1].collect {
+            Some(CollectFrom::Http {
+                timeout_ms,
+                max_attempts,
+                ..
+            }) => {
+                assert_eq!((*timeout_ms, *max_attempts), (10_000, 4));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_what_would_break_a_report() {
+        for (bad, why) in [
+            (r#"{"services": [{"name": "A b"}]}"#, "must be"),
+            (r#"{"services": [{"name": "a"}, {"name": "a"}]}"#, "twice"),
+            (
+                r#"{"services": [{"name": "a", "collect": {"kind": "http", "url": "http://x/"}}]}"#,
+                "{subject}",
+            ),
+            (
+                r#"{"services": [{"name": "a", "collect": {"kind": "s3", "bucket": "b", "prefix": "all/"}}]}"#,
+                "{subject}",
+            ),
+            (
+                r#"{"services": [{"name": "a", "collect": {"kind": "search", "url": "u", "field": "f", "sort": []}}]}"#,
+                "sort",
+            ),
+            (
+                r#"{"services": [{"name": "a", "collect": {"kind": "ftp"}}]}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"services": [{"name": "a", "colect": {}}]}"#,
+                "unknown field",
+            ),
+        ] {
+            let err = registry(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+}
