@@ -120,7 +120,7 @@ async fn provisioning_creates_what_the_template_declares() {
         stack.resources["AccessRequestsDeadLetterQueue"].arn
     );
     assert_eq!(policy["maxReceiveCount"].as_u64(), Some(5));
-    assert_eq!(redrive[&QueueAttributeName::VisibilityTimeout], "60");
+    assert_eq!(redrive[&QueueAttributeName::VisibilityTimeout], "5400");
 
     let table = aws_sdk_dynamodb::Client::new(&aws)
         .describe_table()

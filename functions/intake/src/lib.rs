@@ -5,8 +5,8 @@
 //! `{"error": {"code", "message"}}` and never a 5xx. Contract: `docs/openapi.yaml`.
 
 use dsr_domain::{
-    Clock, DeskError, IdempotencyKey, Request, RequestDesk, RequestId, RequestKind, RequestStore,
-    StoreError, SubjectId, Submission, WorkQueue,
+    Clock, DeskError, IdempotencyKey, ReportLinks, Request, RequestDesk, RequestId, RequestKind,
+    RequestStore, StoreError, SubjectId, Submission, WorkQueue,
 };
 use lambda_http::http::{header, Method, StatusCode};
 use lambda_http::request::RequestContext;
@@ -17,26 +17,56 @@ use serde_json::json;
 /// Submissions are one small JSON object; anything bigger is not a submission.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
 
+pub const REPORT_URL_TTL_SECONDS: &str = "REPORT_URL_TTL_SECONDS";
+pub const DEFAULT_REPORT_URL_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// What the user API needs: the request desk, and where finished reports are linked from.
+pub struct IntakeApi<S, Q, C, L> {
+    pub desk: RequestDesk<S, Q, C>,
+    pub reports: L,
+    /// How long a download link stays valid.
+    pub link_ttl: std::time::Duration,
+}
+
+/// `REPORT_URL_TTL_SECONDS`, or 15 minutes.
+pub fn link_ttl_from_lookup(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<std::time::Duration, String> {
+    match lookup(REPORT_URL_TTL_SECONDS) {
+        None => Ok(DEFAULT_REPORT_URL_TTL),
+        Some(raw) => raw
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=7 * 24 * 3600).contains(s))
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| {
+                format!("{REPORT_URL_TTL_SECONDS} must be 1 to 604800 seconds, not `{raw}`")
+            }),
+    }
+}
+
 /// Answers one API Gateway request. Errors returned from here are infrastructure failures;
 /// every problem with the input is an HTTP response.
-pub async fn handle<S, Q, C>(
-    desk: &RequestDesk<S, Q, C>,
+pub async fn handle<S, Q, C, L>(
+    api: &IntakeApi<S, Q, C, L>,
     request: lambda_http::Request,
 ) -> Result<Response<Body>, Error>
 where
     S: RequestStore,
     Q: WorkQueue,
     C: Clock,
+    L: ReportLinks,
 {
-    Ok(route(desk, &request)
+    Ok(route(api, &request)
         .await
         .unwrap_or_else(ApiError::into_response))
 }
 
-async fn route<S: RequestStore, Q: WorkQueue, C: Clock>(
-    desk: &RequestDesk<S, Q, C>,
+async fn route<S: RequestStore, Q: WorkQueue, C: Clock, L: ReportLinks>(
+    api: &IntakeApi<S, Q, C, L>,
     request: &lambda_http::Request,
 ) -> Result<Response<Body>, ApiError> {
+    let desk = &api.desk;
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match segments.as_slice() {
@@ -65,6 +95,23 @@ async fn route<S: RequestStore, Q: WorkQueue, C: Clock>(
                 }
                 _ => Err(ApiError::method_not_allowed("GET, DELETE")),
             }
+        }
+        ["v1", "requests", id, "report"] => {
+            let subject = subject_of(request)?;
+            let id = parse_id(id)?;
+            if request.method() != Method::GET {
+                return Err(ApiError::method_not_allowed("GET"));
+            }
+            let link = desk
+                .report_link(&subject, id, &api.reports, api.link_ttl)
+                .await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "url": link.url,
+                    "expires_at": link.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                }),
+            ))
         }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -305,6 +352,12 @@ impl From<DeskError> for ApiError {
             DeskError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", "no such request"),
             DeskError::NotCancellable { .. } => {
                 Self::new(StatusCode::CONFLICT, "not_cancellable", err.to_string())
+            }
+            DeskError::ReportNotReady { .. } => {
+                Self::new(StatusCode::CONFLICT, "report_not_ready", err.to_string())
+            }
+            DeskError::ReportExpired => {
+                Self::new(StatusCode::GONE, "report_expired", err.to_string())
             }
             DeskError::IdempotencyKeyReused => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

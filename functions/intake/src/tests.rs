@@ -2,15 +2,21 @@
 
 use super::*;
 use chrono::{TimeZone, Utc};
-use dsr_adapters::memory::{InMemoryRequestStore, InMemoryWorkQueue};
+use dsr_adapters::memory::{InMemoryReportLinks, InMemoryRequestStore, InMemoryWorkQueue};
 use dsr_domain::{FixedClock, RequestState, SubjectHasher};
 use serde_json::Value;
 use std::sync::Arc;
 
-type TestDesk = RequestDesk<Arc<InMemoryRequestStore>, Arc<InMemoryWorkQueue>, Arc<FixedClock>>;
+type TestApi = IntakeApi<
+    Arc<InMemoryRequestStore>,
+    Arc<InMemoryWorkQueue>,
+    Arc<FixedClock>,
+    InMemoryReportLinks,
+>;
 
 struct Harness {
-    desk: TestDesk,
+    api: TestApi,
+    clock: Arc<FixedClock>,
     store: Arc<InMemoryRequestStore>,
     queue: Arc<InMemoryWorkQueue>,
 }
@@ -22,12 +28,17 @@ fn harness() -> Harness {
         Utc.with_ymd_and_hms(2026, 1, 31, 9, 15, 0).unwrap(),
     ));
     Harness {
-        desk: RequestDesk::new(
-            store.clone(),
-            queue.clone(),
-            clock,
-            SubjectHasher::new("unit-test-hash-key"),
-        ),
+        api: IntakeApi {
+            desk: RequestDesk::new(
+                store.clone(),
+                queue.clone(),
+                clock.clone(),
+                SubjectHasher::new("unit-test-hash-key"),
+            ),
+            reports: InMemoryReportLinks,
+            link_ttl: DEFAULT_REPORT_URL_TTL,
+        },
+        clock,
         store,
         queue,
     }
@@ -73,7 +84,7 @@ fn event(
 }
 
 async fn call(h: &Harness, request: lambda_http::Request) -> (StatusCode, Value, Response<Body>) {
-    let response = handle(&h.desk, request)
+    let response = handle(&h.api, request)
         .await
         .expect("handler never errors on input");
     let body: Value = match response.body() {
@@ -261,7 +272,7 @@ async fn cancel_while_received_then_conflict_once_work_started() {
     working
         .transition_to(RequestState::Collecting, Utc::now())
         .unwrap();
-    let hash = h.desk.subject_hash(&working.subject);
+    let hash = h.api.desk.subject_hash(&working.subject);
     h.store
         .save_transition(&working, &hash, RequestState::Received)
         .await
@@ -463,4 +474,74 @@ async fn an_sqs_outage_still_accepts_and_leaves_the_request_for_the_sweep() {
         stored.enqueued_at, None,
         "marked as never sent, so the sweep finds it"
     );
+}
+
+#[tokio::test]
+async fn the_report_link_is_for_the_owner_once_ready_and_gone_once_expired() {
+    let h = harness();
+    let (_, submitted) = submit(&h, "alice", "access").await;
+    let id: RequestId = submitted["id"].as_str().unwrap().parse().unwrap();
+    let path = format!("/v1/requests/{id}/report");
+
+    let (status, body, _) = call(&h, event("GET", &path, Some("alice"), None, &[])).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "report_not_ready")
+    );
+
+    // The report worker finishes it.
+    let mut ready = h.store.get(id).await.unwrap().unwrap();
+    let hash = h.api.desk.subject_hash(&ready.subject);
+    ready
+        .transition_to(RequestState::Collecting, h.clock.now())
+        .unwrap();
+    h.store
+        .save_transition(&ready, &hash, RequestState::Received)
+        .await
+        .unwrap();
+    ready
+        .transition_to(RequestState::ReportReady, h.clock.now())
+        .unwrap();
+    ready.report = Some(dsr_domain::ReportInfo {
+        key: format!("reports/{id}/1/report.zip"),
+        size: 10,
+        sha256: "00".repeat(32),
+        expires_at: h.clock.now() + chrono::Duration::days(30),
+    });
+    h.store
+        .commit_fenced(&ready, &hash, ready.fencing_token)
+        .await
+        .unwrap();
+
+    let (status, link, _) = call(&h, event("GET", &path, Some("alice"), None, &[])).await;
+    assert_eq!(status, StatusCode::OK, "{link}");
+    assert_eq!(
+        link["url"],
+        format!("memory://reports/{id}/1/report.zip?ttl=900")
+    );
+    assert_eq!(link["expires_at"], "2026-01-31T09:30:00.000Z");
+    assert_eq!(
+        h.store
+            .events(id)
+            .iter()
+            .filter(|e| *e == "report_link_issued")
+            .count(),
+        1
+    );
+
+    let (status, _, _) = call(&h, event("GET", &path, Some("bob"), None, &[])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    h.clock.advance(chrono::Duration::days(31));
+    let (status, gone, _) = call(&h, event("GET", &path, Some("alice"), None, &[])).await;
+    assert_eq!(
+        (status, error_code(&gone)),
+        (StatusCode::GONE, "report_expired")
+    );
+    assert_eq!(
+        h.store.get(id).await.unwrap().unwrap().state,
+        RequestState::Expired
+    );
+    let (status, _, _) = call(&h, event("GET", &path, Some("alice"), None, &[])).await;
+    assert_eq!(status, StatusCode::GONE, "and stays gone");
 }

@@ -7,3 +7,5 @@ pub mod jwt;
 pub mod provision;
 pub mod stack;
 pub mod template;
+pub mod fake_services;
+pub mod demo;

@@ -44,6 +44,12 @@ enum Command {
         /// Seconds between sweeps (EventBridge Scheduler's job in AWS).
         #[arg(long, env = "DSR_SWEEP_SECONDS", default_value_t = 10)]
         sweep_seconds: u64,
+        /// Where the demo's fake services (orders API, access-log search index) listen.
+        #[arg(long, env = "DSR_DEMO_LISTEN", default_value = "127.0.0.1:3001")]
+        demo_listen: SocketAddr,
+        /// The report function's service registry (YAML) instead of the demo's.
+        #[arg(long, env = "DSR_REGISTRY_FILE")]
+        registry_file: Option<PathBuf>,
     },
     /// Print a bearer token for a subject; the token is the last line.
     Token {
@@ -82,12 +88,18 @@ async fn main() -> Result<()> {
         Command::Run {
             listen,
             sweep_seconds,
+            demo_listen,
+            registry_file,
         } => {
             settings.listen = listen;
             settings.sweep_every = Duration::from_secs(sweep_seconds.max(1));
+            settings.demo = Some(demo_listen);
+            settings.registry = registry_file
+                .map(|path| std::fs::read_to_string(&path))
+                .transpose()?;
             let running = stack::start(&aws, &settings).await?;
             println!(
-                "dsr-local ready: API on http://{} (stack `{}`); get a token with `make token SUB=alice`; Ctrl-C stops",
+                "dsr-local ready: API on http://{} (stack `{}`); demo user `alice` has data in every source; get a token with `make token SUB=alice`; Ctrl-C stops",
                 running.http_addr, settings.stack_name
             );
             tokio::signal::ctrl_c().await?;

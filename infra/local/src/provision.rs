@@ -333,20 +333,32 @@ async fn create_bucket(
     if !rules.is_empty() {
         let mut lifecycle = s3::BucketLifecycleConfiguration::builder();
         for rule in rules {
-            let days: i32 =
-                stack
-                    .resolve(rule.get("ExpirationInDays").ok_or_else(|| {
-                        anyhow!("only ExpirationInDays rules are supported locally")
+            let mut lifecycle_rule = s3::LifecycleRule::builder()
+                .id(str_prop(rule, "Id").unwrap_or("rule"))
+                .status(s3::ExpirationStatus::Enabled)
+                .filter(
+                    s3::LifecycleRuleFilter::builder()
+                        .prefix(rule.get("Prefix").and_then(Value::as_str).unwrap_or(""))
+                        .build(),
+                );
+            if let Some(days) = rule.get("ExpirationInDays") {
+                let days: i32 = stack.resolve(days)?.parse()?;
+                lifecycle_rule =
+                    lifecycle_rule.expiration(s3::LifecycleExpiration::builder().days(days).build());
+            }
+            if let Some(abort) = rule.get("AbortIncompleteMultipartUpload") {
+                let days: i32 = stack
+                    .resolve(abort.get("DaysAfterInitiation").ok_or_else(|| {
+                        anyhow!("AbortIncompleteMultipartUpload without DaysAfterInitiation")
                     })?)?
                     .parse()?;
-            lifecycle = lifecycle.rules(
-                s3::LifecycleRule::builder()
-                    .id(str_prop(rule, "Id").unwrap_or("rule"))
-                    .status(s3::ExpirationStatus::Enabled)
-                    .filter(s3::LifecycleRuleFilter::builder().prefix("").build())
-                    .expiration(s3::LifecycleExpiration::builder().days(days).build())
-                    .build()?,
-            );
+                lifecycle_rule = lifecycle_rule.abort_incomplete_multipart_upload(
+                    s3::AbortIncompleteMultipartUpload::builder()
+                        .days_after_initiation(days)
+                        .build(),
+                );
+            }
+            lifecycle = lifecycle.rules(lifecycle_rule.build()?);
         }
         client
             .put_bucket_lifecycle_configuration()

@@ -10,8 +10,13 @@ use crate::template::{StackContext, Template};
 use anyhow::{anyhow, Context, Result};
 use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use dsr_adapters::wiring::DeskConfig;
-use dsr_domain::RequestMessage;
+use dsr_adapters::collect::Collectors;
+use dsr_adapters::dynamodb::DynamoRequestStore;
+use dsr_adapters::s3::{self, S3ReportStore};
+use dsr_adapters::sqs::SqsOutbox;
+use dsr_adapters::wiring::{self, DeskConfig};
+use dsr_domain::{RequestMessage, SubjectHasher, SystemClock};
+use dsr_report::{ReportSettings, ReportWorker};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,9 +45,13 @@ pub struct LocalSettings {
     pub jwt_secret: String,
     pub parameters: HashMap<String, String>,
     pub sweep_every: Duration,
-    /// Poll the access/erasure queues with the logging consumer. Later issues replace it
-    /// with the report and erasure functions.
+    /// Deliver the work queues to their functions: access requests to the report function;
+    /// erasure requests to a logging consumer until the erasure function exists.
     pub consume_work_queues: bool,
+    /// The report function's service registry (YAML); `None` keeps the bundled one.
+    pub registry: Option<String>,
+    /// Seed demo sources for the demo user and serve the fake services here.
+    pub demo: Option<SocketAddr>,
 }
 
 impl LocalSettings {
@@ -55,8 +64,16 @@ impl LocalSettings {
             parameters: local_parameters(),
             sweep_every: Duration::from_secs(10),
             consume_work_queues: true,
+            registry: None,
+            demo: None,
         }
     }
+}
+
+fn required(env: &BTreeMap<String, String>, name: &str) -> Result<String> {
+    env.get(name)
+        .cloned()
+        .ok_or_else(|| anyhow!("the template does not set {name}"))
 }
 
 /// The provisioned stack plus what is needed to host its functions.
@@ -119,14 +136,74 @@ impl LocalStack {
 
     /// The intake function, as API Gateway would call it.
     pub fn intake(&self) -> Result<HttpFunction> {
-        let desk = Arc::new(
-            self.desk_config("IntakeFunction")?
-                .desk(&self.aws, "intake"),
-        );
+        let env = self.environment("IntakeFunction")?;
+        let api = Arc::new(dsr_intake::IntakeApi {
+            desk: self.desk_config("IntakeFunction")?.desk(&self.aws, "intake"),
+            reports: S3ReportStore::new(
+                s3::client(&self.aws),
+                required(&env, wiring::REPORTS_BUCKET)?,
+            ),
+            link_ttl: dsr_intake::link_ttl_from_lookup(|n| env.get(n).cloned())
+                .map_err(|e| anyhow!(e))?,
+        });
         Ok(Arc::new(move |request| {
-            let desk = desk.clone();
-            Box::pin(async move { dsr_intake::handle(&*desk, request).await })
+            let api = api.clone();
+            Box::pin(async move { dsr_intake::handle(&*api, request).await })
         }))
+    }
+
+    /// The report function as Lambda would run it, with the template's environment; the
+    /// registry (YAML) replaces the bundled one when given.
+    pub fn report_worker(
+        &self,
+        registry: Option<&str>,
+    ) -> Result<ReportWorker<DynamoRequestStore, SystemClock>> {
+        let mut env = self.environment("ReportFunction")?;
+        if let Some(registry) = registry {
+            env.insert(dsr_report::SERVICE_REGISTRY.into(), registry.to_owned());
+        }
+        let lookup = |name: &str| env.get(name).cloned();
+        let config = DeskConfig::from_lookup(lookup)?;
+        let aws = &self.aws;
+        Ok(ReportWorker {
+            store: DynamoRequestStore::new(
+                aws_sdk_dynamodb::Client::new(aws),
+                &config.requests_table,
+                "report",
+            ),
+            clock: SystemClock,
+            hasher: SubjectHasher::new(&config.subject_hash_key),
+            registry: dsr_report::load_registry(lookup).map_err(|e| anyhow!(e))?,
+            collectors: Collectors::new(
+                aws_sdk_dynamodb::Client::new(aws),
+                s3::client(aws),
+                |name| std::env::var(name).ok(),
+            ),
+            reports: S3ReportStore::new(s3::client(aws), required(&env, wiring::REPORTS_BUCKET)?),
+            outbox: SqsOutbox::new(
+                aws_sdk_sqs::Client::new(aws),
+                required(&env, wiring::OUTBOUND_QUEUE_URL)?,
+            ),
+            sqs: aws_sdk_sqs::Client::new(aws),
+            queue_url: config.access_queue_url.clone(),
+            dead_letter_queue_url: required(&env, wiring::ACCESS_REQUESTS_DLQ_URL)?,
+            settings: ReportSettings::from_lookup(lookup).map_err(|e| anyhow!(e))?,
+            owner: format!("report-{}", ulid::Ulid::new()),
+        })
+    }
+
+    /// The event source of `function` as the template declares it (queue, batch size).
+    pub fn event_source(&self, function: &str) -> Result<EventSource> {
+        let (queue, batch_size) = self
+            .template
+            .sqs_event_sources(function)
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("{function} has no SQS event source in the template"))?;
+        Ok(EventSource {
+            batch_size,
+            ..self.queue(&queue)?
+        })
     }
 }
 
@@ -204,16 +281,30 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         }
     });
 
+    let mut registry = settings.registry.clone();
+    if let Some(listen) = settings.demo {
+        let demo = crate::demo::seed(&stack, listen).await?;
+        registry = registry.or(Some(demo.registry));
+    }
     if settings.consume_work_queues {
         let sqs = aws_sdk_sqs::Client::new(aws);
-        for queue in ["AccessRequestsQueue", "ErasureRequestsQueue"] {
-            tasks.spawn(event_source::run(
-                sqs.clone(),
-                stack.queue(queue)?,
-                logging_consumer(queue),
-                stopped.clone(),
-            ));
-        }
+        let worker = Arc::new(stack.report_worker(registry.as_deref())?);
+        let report: SqsFunction = Arc::new(move |event| {
+            let worker = worker.clone();
+            Box::pin(async move { Ok(worker.handle(event).await) })
+        });
+        tasks.spawn(event_source::run(
+            sqs.clone(),
+            stack.event_source("ReportFunction")?,
+            report,
+            stopped.clone(),
+        ));
+        tasks.spawn(event_source::run(
+            sqs.clone(),
+            stack.queue("ErasureRequestsQueue")?,
+            logging_consumer("ErasureRequestsQueue"),
+            stopped.clone(),
+        ));
     }
 
     Ok(RunningStack {

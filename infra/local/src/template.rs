@@ -149,6 +149,33 @@ impl Template {
             .collect()
     }
 
+    /// The SQS event sources of a function: `(queue logical id, batch size)`.
+    pub fn sqs_event_sources(&self, function: &str) -> Vec<(String, i32)> {
+        let Some((_, props)) = self.resource(function) else {
+            return Vec::new();
+        };
+        let Some(events) = props.get("Events").and_then(Value::as_mapping) else {
+            return Vec::new();
+        };
+        events
+            .values()
+            .filter(|e| e.get("Type").and_then(Value::as_str) == Some("SQS"))
+            .filter_map(|e| {
+                let props = e.get("Properties")?;
+                let queue = match intrinsic(props.get("Queue")?)? {
+                    (_, Value::String(target)) => target.split('.').next()?.to_owned(),
+                    _ => return None,
+                };
+                let batch = props
+                    .get("BatchSize")
+                    .and_then(Value::as_i64)
+                    .and_then(|b| i32::try_from(b).ok())
+                    .unwrap_or(10);
+                Some((queue, batch))
+            })
+            .collect()
+    }
+
     /// The HTTP API's JWT authorizer configuration: `(issuer, audiences)`, unresolved.
     pub fn jwt_authorizer(&self) -> Option<(Value, Vec<Value>)> {
         self.resources().into_iter().find_map(|(_, kind, props)| {

@@ -240,3 +240,13 @@ impl WorkQueue for InMemoryWorkQueue {
         Ok(())
     }
 }
+
+/// Links of the form `memory://<key>?ttl=<seconds>`, for handler tests.
+#[derive(Default)]
+pub struct InMemoryReportLinks;
+
+impl dsr_domain::ReportLinks for InMemoryReportLinks {
+    async fn link(&self, key: &str, ttl: std::time::Duration) -> Result<String, StoreError> {
+        Ok(format!("memory://{key}?ttl={}", ttl.as_secs()))
+    }
+}

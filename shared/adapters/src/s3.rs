@@ -210,3 +210,11 @@ impl MultipartUpload {
         Ok(())
     }
 }
+
+impl dsr_domain::ReportLinks for S3ReportStore {
+    async fn link(&self, key: &str, ttl: Duration) -> Result<String, dsr_domain::StoreError> {
+        self.presign_get(key, ttl)
+            .await
+            .map_err(|e| dsr_domain::StoreError::Unavailable(e.to_string()))
+    }
+}

@@ -10,6 +10,9 @@ pub const REQUESTS_TABLE: &str = "REQUESTS_TABLE";
 pub const ACCESS_REQUESTS_QUEUE_URL: &str = "ACCESS_REQUESTS_QUEUE_URL";
 pub const ERASURE_REQUESTS_QUEUE_URL: &str = "ERASURE_REQUESTS_QUEUE_URL";
 pub const SUBJECT_HASH_KEY: &str = "SUBJECT_HASH_KEY";
+pub const REPORTS_BUCKET: &str = "REPORTS_BUCKET";
+pub const OUTBOUND_QUEUE_URL: &str = "OUTBOUND_QUEUE_URL";
+pub const ACCESS_REQUESTS_DLQ_URL: &str = "ACCESS_REQUESTS_DLQ_URL";
 
 /// The variables the desk reads that name a table, queue or bucket; each must be declared in
 /// the template (a test holds the template to this list).

@@ -3,7 +3,9 @@
 
 use crate::clock::Clock;
 use crate::messages::RequestMessage;
-use crate::ports::{CreateOutcome, RequestStore, StoreError, TransitionOutcome, WorkQueue};
+use crate::ports::{
+    CreateOutcome, ReportLinks, RequestStore, StoreError, TransitionOutcome, WorkQueue,
+};
 use crate::request::{IdempotencyKey, Request, RequestId, RequestKind, RequestState};
 use crate::subject::{SubjectHash, SubjectHasher, SubjectId};
 use chrono::Duration;
@@ -17,6 +19,10 @@ pub enum DeskError {
     NotCancellable { state: RequestState },
     #[error("this Idempotency-Key was already used for a different submission")]
     IdempotencyKeyReused,
+    #[error("the report is not ready: the request is {state}")]
+    ReportNotReady { state: RequestState },
+    #[error("the report has expired and was deleted; submit a new access request")]
+    ReportExpired,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -38,6 +44,13 @@ impl Submission {
             Submission::Created(r) | Submission::AlreadyOpen(r) | Submission::Replayed(r) => r,
         }
     }
+}
+
+/// A time-limited download link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportLink {
+    pub url: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// When the sweep considers a `received` request's message lost.
@@ -175,6 +188,46 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
                 }
             }
         }
+    }
+
+    /// A download link for the subject's finished report, valid for `ttl` (never beyond the
+    /// report's own expiry). Every link handed out is recorded in the audit trail. A report
+    /// past its expiry moves the request to `expired`.
+    pub async fn report_link<L: ReportLinks>(
+        &self,
+        subject: &SubjectId,
+        id: RequestId,
+        links: &L,
+        ttl: std::time::Duration,
+    ) -> Result<ReportLink, DeskError> {
+        let mut request = self.show(subject, id).await?;
+        let now = self.clock.now();
+        let report = match (&request.report, request.state) {
+            (Some(report), RequestState::ReportReady) => report.clone(),
+            (_, RequestState::Expired) => return Err(DeskError::ReportExpired),
+            (_, state) => return Err(DeskError::ReportNotReady { state }),
+        };
+        if report.expires_at <= now {
+            request
+                .transition_to(RequestState::Expired, now)
+                .map_err(|e| DeskError::ReportNotReady { state: e.from })?;
+            let subject_hash = self.hasher.hash(subject);
+            self.store
+                .save_transition(&request, &subject_hash, RequestState::ReportReady)
+                .await?;
+            tracing::info!(request_id = %id, subject = %subject_hash, "report expired");
+            return Err(DeskError::ReportExpired);
+        }
+        let expires_at = Duration::from_std(ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add_signed(ttl))
+            .map_or(report.expires_at, |end| end.min(report.expires_at));
+        let valid_for = (expires_at - now).to_std().unwrap_or_default();
+        let url = links.link(&report.key, valid_for).await?;
+        self.store
+            .record_event(id, "report_link_issued", now)
+            .await?;
+        Ok(ReportLink { url, expires_at })
     }
 
     /// Re-sends the work message of every `received` request whose message never left or was

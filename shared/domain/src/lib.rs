@@ -13,10 +13,11 @@ pub mod request;
 pub mod subject;
 
 pub use clock::{Clock, FixedClock, SystemClock};
-pub use desk::{DeskError, RequestDesk, Submission, SweepReport, SweepSettings};
+pub use desk::{DeskError, ReportLink, RequestDesk, Submission, SweepReport, SweepSettings};
 pub use messages::RequestMessage;
 pub use ports::{
-    CreateOutcome, QueueError, RequestStore, StoreError, TransitionOutcome, WorkQueue,
+    CreateOutcome, LeaseOutcome, QueueError, ReportLinks, RequestStore, StoreError,
+    TransitionOutcome, WorkQueue,
 };
 pub use request::{
     IdempotencyKey, IllegalTransition, Lease, ReportInfo, Request, RequestId, RequestIdError,

@@ -130,6 +130,15 @@ pub struct QueueError {
     pub reason: String,
 }
 
+/// Hands out time-limited download links to finished reports.
+pub trait ReportLinks: Send + Sync {
+    fn link(
+        &self,
+        key: &str,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+}
+
 /// The queues that feed the report and erasure workers.
 pub trait WorkQueue: Send + Sync {
     fn enqueue(

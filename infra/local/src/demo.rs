@@ -1,0 +1,125 @@
+//! Demo data for `make run`: the demo user `alice` has data in every kind of source the report
+//! function collects from, so a new user sees a real report. The sources stand for the
+//! platform's own systems: a DynamoDB table (profiles), a bucket of uploads, an orders service
+//! and an access-log search index (the fake services).
+
+use crate::fake_services::{FakeData, FakeServices};
+use crate::stack::LocalStack;
+use anyhow::{anyhow, Result};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub const DEMO_SUBJECT: &str = "alice";
+
+pub struct Demo {
+    /// The service registry (YAML) pointing at the demo sources.
+    pub registry: String,
+    pub services: FakeServices,
+}
+
+pub async fn seed(stack: &LocalStack, listen: SocketAddr) -> Result<Demo> {
+    let name = |suffix: &str| format!("{}-demo-{suffix}", stack.context.stack_name);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&stack.aws);
+    let table = name("profiles");
+    let created = dynamodb
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("user_id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("user_id")
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .send()
+        .await;
+    if let Err(err) = created {
+        if !err
+            .as_service_error()
+            .is_some_and(|e| e.is_resource_in_use_exception())
+        {
+            return Err(anyhow!(aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string()));
+        }
+    }
+    dynamodb
+        .put_item()
+        .table_name(&table)
+        .item("user_id", AttributeValue::S(DEMO_SUBJECT.into()))
+        .item("display_name", AttributeValue::S("Alice Example".into()))
+        .item("email", AttributeValue::S("alice@example.com".into()))
+        .item("country", AttributeValue::S("NL".into()))
+        .item("marketing_opt_in", AttributeValue::Bool(false))
+        .send()
+        .await
+        .map_err(|e| anyhow!(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
+
+    let s3 = dsr_adapters::s3::client(&stack.aws);
+    let bucket = name("uploads").to_lowercase();
+    if let Err(err) = s3.create_bucket().bucket(&bucket).send().await {
+        if !err
+            .as_service_error()
+            .is_some_and(|e| e.is_bucket_already_owned_by_you())
+        {
+            return Err(anyhow!(aws_sdk_s3::error::DisplayErrorContext(err).to_string()));
+        }
+    }
+    for (key, body) in [
+        ("uploads/alice/avatar.txt", "a picture of a cat, in words"),
+        ("uploads/alice/notes/2026-11.txt", "remember to ask for my data"),
+    ] {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(body.as_bytes().to_vec().into())
+            .send()
+            .await
+            .map_err(|e| anyhow!(aws_sdk_s3::error::DisplayErrorContext(e).to_string()))?;
+    }
+
+    let data = Arc::new(FakeData::default());
+    data.orders.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        DEMO_SUBJECT.into(),
+        vec![
+            json!({"order_id": "o-1001", "placed_at": "2026-10-02", "total_eur": 12.5, "items": ["tea"]}),
+            json!({"order_id": "o-1002", "placed_at": "2026-11-11", "total_eur": 40.0, "items": ["kettle", "mug"]}),
+        ],
+    );
+    *data.access_logs.lock().unwrap_or_else(|p| p.into_inner()) = (1..=3)
+        .map(|i| {
+            json!({"event_id": format!("e-{i}"), "timestamp": format!("2026-11-2{i}T08:00:00Z"),
+                   "user_id": DEMO_SUBJECT, "ip": format!("198.51.100.{i}"), "path": "/login"})
+        })
+        .collect();
+    let services = FakeServices::start(listen, data).await?;
+
+    let registry = format!(
+        r#"services:
+  - name: profile
+    description: Your account profile.
+    collect: {{ kind: dynamodb, table: "{table}", key_attribute: user_id }}
+  - name: orders
+    description: Orders you placed.
+    collect: {{ kind: http, url: "{orders}", records_pointer: /items }}
+  - name: access-log
+    description: When and from which IP address you signed in.
+    collect: {{ kind: search, url: "{logs}", field: user_id, sort: [timestamp, event_id], page_size: 2 }}
+  - name: uploads
+    description: Files you uploaded.
+    collect: {{ kind: s3, bucket: "{bucket}", prefix: "uploads/{{subject}}/" }}
+"#,
+        orders = services.orders_url(),
+        logs = services.access_logs_url(),
+    );
+    Ok(Demo { registry, services })
+}

@@ -1,0 +1,136 @@
+//! Stand-ins for the platform's own services, served over real HTTP: a JSON microservice
+//! (orders) and an Elasticsearch-compatible search index (access logs). The local stack's demo
+//! and the tests collect from them exactly as the report function collects from real ones.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct FakeData {
+    /// `GET /orders/users/{subject}/orders` answers these (404 for unknown subjects).
+    pub orders: Mutex<HashMap<String, Vec<Value>>>,
+    /// Documents of the `access-logs` index.
+    pub access_logs: Mutex<Vec<Value>>,
+    /// The next this many order calls answer 500.
+    pub failing_order_calls: AtomicU32,
+    /// Every order call answers 500 while set.
+    pub orders_down: std::sync::atomic::AtomicBool,
+    /// Order calls take this long (milliseconds).
+    pub order_delay_ms: AtomicU32,
+    /// Calls received, to check retries.
+    pub order_calls: AtomicU32,
+}
+
+pub struct FakeServices {
+    pub addr: SocketAddr,
+    pub data: Arc<FakeData>,
+}
+
+impl FakeServices {
+    pub async fn start(listen: SocketAddr, data: Arc<FakeData>) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let router = Router::new()
+            .route("/orders/users/{subject}/orders", get(orders))
+            .route("/search/{index}/_search", post(search))
+            .with_state(data.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(Self { addr, data })
+    }
+
+    pub fn orders_url(&self) -> String {
+        format!("http://{}/orders/users/{{subject}}/orders", self.addr)
+    }
+
+    pub fn access_logs_url(&self) -> String {
+        format!("http://{}/search/access-logs", self.addr)
+    }
+}
+
+async fn orders(State(data): State<Arc<FakeData>>, Path(subject): Path<String>) -> Response {
+    data.order_calls.fetch_add(1, Ordering::SeqCst);
+    let delay = data.order_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+    }
+    let failing = data
+        .failing_order_calls
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if failing || data.orders_down.load(Ordering::SeqCst) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "orders database unavailable").into_response();
+    }
+    let orders = data.orders.lock().unwrap_or_else(|p| p.into_inner());
+    match orders.get(&subject) {
+        Some(list) => Json(json!({ "items": list })).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({"error": "no such user"}))).into_response(),
+    }
+}
+
+/// The subset of `_search` the report uses: a `term` query, `sort` on fields, `size` and
+/// `search_after`, answered with `hits.hits[]._source` and `sort`.
+async fn search(
+    State(data): State<Arc<FakeData>>,
+    Path(index): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    if index != "access-logs" {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "index_not_found_exception"})))
+            .into_response();
+    }
+    let Some((field, wanted)) = body["query"]["term"]
+        .as_object()
+        .and_then(|t| t.iter().next())
+        .map(|(f, v)| (f.clone(), v.clone()))
+    else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "only term queries"}))).into_response();
+    };
+    let sort_fields: Vec<String> = body["sort"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter_map(|f| f.as_object().and_then(|o| o.keys().next().cloned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let size = body["size"].as_u64().unwrap_or(10) as usize;
+    let key = |doc: &Value| -> Vec<Value> { sort_fields.iter().map(|f| doc[f].clone()).collect() };
+    let compare = |a: &[Value], b: &[Value]| -> std::cmp::Ordering {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                _ => x.to_string().cmp(&y.to_string()),
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    };
+    let mut docs: Vec<Value> = data
+        .access_logs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|d| d[&field] == wanted)
+        .cloned()
+        .collect();
+    docs.sort_by(|a, b| compare(&key(a), &key(b)));
+    let after: Option<Vec<Value>> = body["search_after"].as_array().cloned();
+    let hits: Vec<Value> = docs
+        .iter()
+        .filter(|d| after.as_ref().is_none_or(|after| compare(&key(d), after).is_gt()))
+        .take(size)
+        .map(|d| json!({"_index": index, "_source": d, "sort": key(d)}))
+        .collect();
+    Json(json!({"hits": {"total": {"value": docs.len()}, "hits": hits}})).into_response()
+}
