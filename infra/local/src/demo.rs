@@ -49,7 +49,9 @@ pub async fn seed(stack: &LocalStack, listen: SocketAddr) -> Result<Demo> {
             .as_service_error()
             .is_some_and(|e| e.is_resource_in_use_exception())
         {
-            return Err(anyhow!(aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string()));
+            return Err(anyhow!(
+                aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string()
+            ));
         }
     }
     dynamodb
@@ -71,12 +73,17 @@ pub async fn seed(stack: &LocalStack, listen: SocketAddr) -> Result<Demo> {
             .as_service_error()
             .is_some_and(|e| e.is_bucket_already_owned_by_you())
         {
-            return Err(anyhow!(aws_sdk_s3::error::DisplayErrorContext(err).to_string()));
+            return Err(anyhow!(
+                aws_sdk_s3::error::DisplayErrorContext(err).to_string()
+            ));
         }
     }
     for (key, body) in [
         ("uploads/alice/avatar.txt", "a picture of a cat, in words"),
-        ("uploads/alice/notes/2026-11.txt", "remember to ask for my data"),
+        (
+            "uploads/alice/notes/2026-11.txt",
+            "remember to ask for my data",
+        ),
     ] {
         s3.put_object()
             .bucket(&bucket)

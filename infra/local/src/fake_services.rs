@@ -69,12 +69,20 @@ async fn orders(State(data): State<Arc<FakeData>>, Path(subject): Path<String>) 
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
     if failing || data.orders_down.load(Ordering::SeqCst) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "orders database unavailable").into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "orders database unavailable",
+        )
+            .into_response();
     }
     let orders = data.orders.lock().unwrap_or_else(|p| p.into_inner());
     match orders.get(&subject) {
         Some(list) => Json(json!({ "items": list })).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({"error": "no such user"}))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such user"})),
+        )
+            .into_response(),
     }
 }
 
@@ -86,7 +94,10 @@ async fn search(
     Json(body): Json<Value>,
 ) -> Response {
     if index != "access-logs" {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": "index_not_found_exception"})))
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "index_not_found_exception"})),
+        )
             .into_response();
     }
     let Some((field, wanted)) = body["query"]["term"]
@@ -94,7 +105,11 @@ async fn search(
         .and_then(|t| t.iter().next())
         .map(|(f, v)| (f.clone(), v.clone()))
     else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "only term queries"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "only term queries"})),
+        )
+            .into_response();
     };
     let sort_fields: Vec<String> = body["sort"]
         .as_array()
@@ -128,7 +143,11 @@ async fn search(
     let after: Option<Vec<Value>> = body["search_after"].as_array().cloned();
     let hits: Vec<Value> = docs
         .iter()
-        .filter(|d| after.as_ref().is_none_or(|after| compare(&key(d), after).is_gt()))
+        .filter(|d| {
+            after
+                .as_ref()
+                .is_none_or(|after| compare(&key(d), after).is_gt())
+        })
         .take(size)
         .map(|d| json!({"_index": index, "_source": d, "sort": key(d)}))
         .collect();

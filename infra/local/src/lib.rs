@@ -1,11 +1,11 @@
 //! The local stack: provisions `template.yaml` into the emulator and hosts every function in
 //! one process, with API Gateway's and SQS event source mappings' semantics.
 
+pub mod demo;
 pub mod event_source;
+pub mod fake_services;
 pub mod gateway;
 pub mod jwt;
 pub mod provision;
 pub mod stack;
 pub mod template;
-pub mod fake_services;
-pub mod demo;

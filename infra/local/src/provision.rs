@@ -231,12 +231,37 @@ async fn create_queue(
                 .to_string(),
         );
     }
-    let url = create
-        .send()
-        .await
-        .map_err(|e| anyhow!(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?
-        .queue_url
-        .ok_or_else(|| anyhow!("no URL for queue {name}"))?;
+    let attributes = create.get_attributes().clone();
+    let url = match create.send().await {
+        Ok(created) => created
+            .queue_url
+            .ok_or_else(|| anyhow!("no URL for queue {name}"))?,
+        // The queue exists from an earlier run with other settings: bring it in line with
+        // the template, as a stack update would.
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_queue_name_exists()) =>
+        {
+            let url = client
+                .get_queue_url()
+                .queue_name(&name)
+                .send()
+                .await
+                .map_err(|e| anyhow!(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?
+                .queue_url
+                .ok_or_else(|| anyhow!("no URL for queue {name}"))?;
+            client
+                .set_queue_attributes()
+                .queue_url(&url)
+                .set_attributes(attributes)
+                .send()
+                .await
+                .map_err(|e| anyhow!(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+            url
+        }
+        Err(err) => bail!(aws_sdk_sqs::error::DisplayErrorContext(err).to_string()),
+    };
     let arn = queue_arn(client, &url).await?;
     Ok(PhysicalResource {
         kind: ResourceKind::Queue,
@@ -343,8 +368,8 @@ async fn create_bucket(
                 );
             if let Some(days) = rule.get("ExpirationInDays") {
                 let days: i32 = stack.resolve(days)?.parse()?;
-                lifecycle_rule =
-                    lifecycle_rule.expiration(s3::LifecycleExpiration::builder().days(days).build());
+                lifecycle_rule = lifecycle_rule
+                    .expiration(s3::LifecycleExpiration::builder().days(days).build());
             }
             if let Some(abort) = rule.get("AbortIncompleteMultipartUpload") {
                 let days: i32 = stack

@@ -138,7 +138,9 @@ impl LocalStack {
     pub fn intake(&self) -> Result<HttpFunction> {
         let env = self.environment("IntakeFunction")?;
         let api = Arc::new(dsr_intake::IntakeApi {
-            desk: self.desk_config("IntakeFunction")?.desk(&self.aws, "intake"),
+            desk: self
+                .desk_config("IntakeFunction")?
+                .desk(&self.aws, "intake"),
             reports: S3ReportStore::new(
                 s3::client(&self.aws),
                 required(&env, wiring::REPORTS_BUCKET)?,
