@@ -6,6 +6,7 @@ mod api;
 mod contract;
 mod event_source;
 mod helpers;
+mod report;
 mod runner;
 mod sweep;
 mod template;

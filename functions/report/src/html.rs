@@ -99,9 +99,9 @@ for moving your data to another service) and <code>records.csv</code> (opens in 
             html.push_str("</ul>\n");
         }
     }
-    let _ = write!(
+    let _ = writeln!(
         html,
-        "<p class=\"note\">Report format {}.</p></body></html>\n",
+        "<p class=\"note\">Report format {}.</p></body></html>",
         escape(manifest["format"].as_str().unwrap_or_default())
     );
     html

@@ -254,7 +254,7 @@ impl<S: RequestStore, C: Clock> ReportWorker<S, C> {
             )
             .await?;
         let mut request = match lease {
-            LeaseOutcome::Acquired(request) => request,
+            LeaseOutcome::Acquired(request) => *request,
             LeaseOutcome::Held { until } => return Ok(WorkOutcome::Busy { until }),
             LeaseOutcome::NotWorkable(Some(RequestState::ReportReady)) => {
                 // The report was committed but the event may not have gone out: send it
@@ -288,7 +288,11 @@ impl<S: RequestStore, C: Clock> ReportWorker<S, C> {
                     key: key.clone(),
                     size: summary.size,
                     sha256: summary.sha256,
-                    expires_at: now + self.settings.retention,
+                    // Stored with millisecond precision; keep the value identical.
+                    expires_at: DateTime::from_timestamp_millis(
+                        (now + self.settings.retention).timestamp_millis(),
+                    )
+                    .unwrap_or(now),
                 });
                 request.last_error = None;
                 request

@@ -36,6 +36,9 @@ pub struct StagedFile {
     pub size: u64,
 }
 
+/// Reads configuration values by name (the process environment in Lambda).
+type EnvLookup = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Clients for every kind of source, built once per function instance.
 #[derive(Clone)]
 pub struct Collectors {
@@ -43,7 +46,7 @@ pub struct Collectors {
     s3: aws_sdk_s3::Client,
     http: reqwest::Client,
     /// Looks up the values of auth headers (`value_from_env`).
-    env: std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    env: EnvLookup,
 }
 
 impl Collectors {
@@ -80,7 +83,7 @@ impl Collectors {
                 key_attribute,
                 index,
             } => {
-                self.from_dynamodb(
+                self.collect_dynamodb(
                     table,
                     key_attribute,
                     index.as_deref(),
@@ -134,7 +137,7 @@ impl Collectors {
                 auth,
                 timeout_ms,
             } => {
-                self.from_search(
+                self.collect_search(
                     url,
                     field,
                     sort,
@@ -152,7 +155,7 @@ impl Collectors {
                 let prefix = prefix.replace("{subject}", subject.as_str());
                 let files_dir = dir.join(format!("{}.files", holder.name));
                 std::fs::create_dir_all(&files_dir).map_err(|e| fail(e.to_string()))?;
-                self.from_s3(bucket, &prefix, &files_dir, &mut records)
+                self.collect_s3(bucket, &prefix, &files_dir, &mut records)
                     .await
                     .map_err(fail)?
             }
@@ -167,7 +170,7 @@ impl Collectors {
         })
     }
 
-    async fn from_dynamodb(
+    async fn collect_dynamodb(
         &self,
         table: &str,
         key_attribute: &str,
@@ -206,7 +209,7 @@ impl Collectors {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn from_search(
+    async fn collect_search(
         &self,
         url: &str,
         field: &str,
@@ -258,7 +261,7 @@ impl Collectors {
         }
     }
 
-    async fn from_s3(
+    async fn collect_s3(
         &self,
         bucket: &str,
         prefix: &str,

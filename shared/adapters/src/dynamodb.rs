@@ -392,7 +392,7 @@ impl RequestStore for DynamoRequestStore {
                 let request = request_from_item(&out.attributes.unwrap_or_default())?;
                 let event = format!("lease#{}#{owner}", request.fencing_token);
                 self.record_event(id, &event, now).await?;
-                Ok(LeaseOutcome::Acquired(request))
+                Ok(LeaseOutcome::Acquired(Box::new(request)))
             }
             Err(err)
                 if err

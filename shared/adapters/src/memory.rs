@@ -139,7 +139,7 @@ impl RequestStore for InMemoryRequestStore {
         tables
             .events
             .push((id, format!("lease:{}", acquired.fencing_token)));
-        Ok(LeaseOutcome::Acquired(acquired))
+        Ok(LeaseOutcome::Acquired(Box::new(acquired)))
     }
 
     async fn commit_fenced(

@@ -42,7 +42,7 @@ pub enum TransitionOutcome {
 pub enum LeaseOutcome {
     /// The caller holds the lease: the request is in its working state and its
     /// `fencing_token` is the caller's token.
-    Acquired(Request),
+    Acquired(Box<Request>),
     /// Another worker holds the lease until then.
     Held { until: DateTime<Utc> },
     /// The request is in no state a worker takes (done, cancelled, failed), or does not exist.

@@ -130,12 +130,10 @@ impl ServiceRegistry {
                 }
                 Some(CollectFrom::Search {
                     sort, page_size, ..
-                }) => {
-                    if sort.is_empty() || *page_size == 0 {
-                        return Err(RegistryError(format!(
-                            "{name}: a search source needs a sort (ending in a unique field) and a page size"
-                        )));
-                    }
+                }) if sort.is_empty() || *page_size == 0 => {
+                    return Err(RegistryError(format!(
+                        "{name}: a search source needs a sort (ending in a unique field) and a page size"
+                    )));
                 }
                 _ => {}
             }

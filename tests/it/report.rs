@@ -1,0 +1,649 @@
+//! Access reports end to end: sources over the wire (DynamoDB and S3 in the emulator, an HTTP
+//! service and a search index served by the fake services), the report in S3, the download.
+
+use crate::contract::{assert_message, assert_response};
+use crate::helpers::{drain, queue_depth, spawn_app, unique_name, TestApp};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use dsr_adapters::dynamodb::DynamoRequestStore;
+use dsr_domain::{RequestId, RequestState, RequestStore, SystemClock};
+use dsr_local::event_source::{deliver_once, SqsFunction};
+use dsr_local::fake_services::{FakeData, FakeServices};
+use dsr_report::{ReportWorker, WorkOutcome};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SUBJECT: &str = "subject-7@example.com";
+
+/// One app plus one instance of every kind of source, seeded for SUBJECT.
+struct Fixture {
+    app: TestApp,
+    fake: FakeServices,
+    s3: aws_sdk_s3::Client,
+    registry: String,
+    profile: Value,
+    orders: Vec<Value>,
+    logs: Vec<Value>,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+/// Bytes that do not compress, so a report of a given size really has that size.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+async fn fixture_with(files: Vec<(String, Vec<u8>)>) -> Fixture {
+    let app = spawn_app().await;
+    let aws = crate::helpers::aws().await;
+    let name = unique_name();
+
+    let table = format!("{name}-profiles");
+    app.dynamodb
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("uid")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("uid")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    app.dynamodb
+        .put_item()
+        .table_name(&table)
+        .item("uid", AttributeValue::S(SUBJECT.into()))
+        .item("name", AttributeValue::S("Seven <b>Example</b>".into()))
+        .item("age", AttributeValue::N("42".into()))
+        .item("tags", AttributeValue::Ss(vec!["a".into()]))
+        .send()
+        .await
+        .unwrap();
+    let profile = json!({"uid": SUBJECT, "name": "Seven <b>Example</b>", "age": 42, "tags": ["a"]});
+
+    let s3 = dsr_adapters::s3::client(&aws);
+    let bucket = format!("{name}-uploads");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    for (file, body) in &files {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(format!("u/{SUBJECT}/{file}"))
+            .body(body.clone().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    s3.put_object()
+        .bucket(&bucket)
+        .key("u/someone-else/x.txt")
+        .body(b"not yours".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+
+    let data = Arc::new(FakeData::default());
+    let orders = vec![
+        json!({"order": 1, "total": 9.5}),
+        json!({"order": 2, "total": -1, "note": "=HYPERLINK(\"x\")"}),
+    ];
+    data.orders
+        .lock()
+        .unwrap()
+        .insert(SUBJECT.into(), orders.clone());
+    let logs: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("e{i}"), "ts": 1000 + i, "user": SUBJECT, "ip": format!("192.0.2.{i}")}))
+        .collect();
+    let mut all_logs = logs.clone();
+    all_logs.push(json!({"id": "x", "ts": 1, "user": "someone-else", "ip": "203.0.113.9"}));
+    *data.access_logs.lock().unwrap() = all_logs;
+    let fake = FakeServices::start("127.0.0.1:0".parse().unwrap(), data)
+        .await
+        .unwrap();
+
+    let registry = format!(
+        r#"services:
+  - name: profile
+    description: Profile
+    collect: {{ kind: dynamodb, table: "{table}", key_attribute: uid }}
+  - name: orders
+    description: Orders
+    collect: {{ kind: http, url: "{orders}", records_pointer: /items, max_attempts: 1, timeout_ms: 5000 }}
+  - name: access-log
+    description: Sign-ins
+    collect: {{ kind: search, url: "{logs}", field: user, sort: [ts, id], page_size: 2 }}
+  - name: uploads
+    description: Uploads
+    collect: {{ kind: s3, bucket: "{bucket}", prefix: "u/{{subject}}/" }}
+  - name: newsletter
+    description: Holds nothing to report
+"#,
+        orders = fake.orders_url(),
+        logs = fake.access_logs_url(),
+    );
+    Fixture {
+        app,
+        fake,
+        s3,
+        registry,
+        profile,
+        orders,
+        logs,
+        files,
+    }
+}
+
+async fn fixture() -> Fixture {
+    fixture_with(vec![
+        ("photo.bin".into(), noise(3000, 7)),
+        ("docs/cv.txt".into(), b"curriculum vitae".to_vec()),
+    ])
+    .await
+}
+
+impl Fixture {
+    fn worker(&self) -> ReportWorker<DynamoRequestStore, SystemClock> {
+        let mut worker = self.app.stack.report_worker(Some(&self.registry)).unwrap();
+        worker.settings.retry_base = chrono::Duration::seconds(1);
+        worker.settings.part_size = 5 * 1024 * 1024;
+        worker
+    }
+
+    async fn submit(&self) -> RequestId {
+        let reply = self.app.submit(SUBJECT, "access").await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        reply.body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    async fn request(&self, id: RequestId) -> dsr_domain::Request {
+        DynamoRequestStore::new(self.app.dynamodb.clone(), self.app.table(), "test")
+            .get(id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    fn bucket(&self) -> String {
+        self.app.stack.context.resources["ReportsBucket"]
+            .name
+            .clone()
+    }
+
+    /// Finished objects and unfinished uploads under the request's prefix.
+    async fn leftovers(&self, id: RequestId) -> (Vec<String>, usize) {
+        let prefix = format!("reports/{id}/");
+        let objects = self
+            .s3
+            .list_objects_v2()
+            .bucket(self.bucket())
+            .prefix(&prefix)
+            .send()
+            .await
+            .unwrap();
+        let uploads = self
+            .s3
+            .list_multipart_uploads()
+            .bucket(self.bucket())
+            .prefix(&prefix)
+            .send()
+            .await
+            .unwrap();
+        (
+            objects
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned))
+                .collect(),
+            uploads.uploads().len(),
+        )
+    }
+
+    async fn download(&self, id: RequestId) -> Vec<u8> {
+        let reply = self
+            .app
+            .get(SUBJECT, &format!("/v1/requests/{id}/report"))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_response("GET", "/v1/requests/{id}/report", 200, &reply.body);
+        let url = reply.body["url"].as_str().unwrap();
+        let response = reqwest::get(url).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.bytes().await.unwrap().to_vec()
+    }
+}
+
+fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a valid zip");
+    (0..archive.len())
+        .map(|i| {
+            let mut file = archive.by_index(i).unwrap();
+            let mut content = Vec::new();
+            file.read_to_end(&mut content).unwrap();
+            (file.name().unwrap().to_string(), content)
+        })
+        .collect()
+}
+
+fn json_file(files: &std::collections::BTreeMap<String, Vec<u8>>, name: &str) -> Value {
+    serde_json::from_slice(&files[name]).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[tokio::test]
+async fn a_report_holds_every_source_and_downloads_with_matching_hashes() {
+    let f = fixture().await;
+    let id = f.submit().await;
+    let worker = Arc::new(f.worker());
+    let function: SqsFunction = {
+        let worker = worker.clone();
+        Arc::new(move |event| {
+            let worker = worker.clone();
+            Box::pin(async move { Ok(worker.handle(event).await) })
+        })
+    };
+    let source = f.app.stack.event_source("ReportFunction").unwrap();
+    assert_eq!(source.batch_size, 1, "as the template declares");
+    let delivered = deliver_once(&f.app.sqs, &source, &function).await.unwrap();
+    assert_eq!((delivered.received, delivered.succeeded), (1, 1));
+
+    let request = f.request(id).await;
+    assert_eq!(request.state, RequestState::ReportReady);
+    let report = request.report.clone().unwrap();
+    let zip = f.download(id).await;
+    assert_eq!(zip.len() as u64, report.size);
+    assert_eq!(hex::encode(Sha256::digest(&zip)), report.sha256);
+
+    let files = unzip(&zip);
+    let manifest = json_file(&files, "manifest.json");
+    assert_eq!(manifest["request_id"], id.to_string());
+    assert_ne!(manifest["subject_hash"], SUBJECT);
+    for source in manifest["sources"].as_array().unwrap() {
+        for file in source["files"].as_array().unwrap() {
+            let path = file["path"].as_str().unwrap();
+            let content = files
+                .get(path)
+                .unwrap_or_else(|| panic!("{path} is in the zip"));
+            assert_eq!(
+                hex::encode(Sha256::digest(content)),
+                file["sha256"],
+                "{path}"
+            );
+            assert_eq!(
+                content.len() as u64,
+                file["size"].as_u64().unwrap(),
+                "{path}"
+            );
+        }
+    }
+    let counts: Vec<(String, u64)> = manifest["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["record_count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("profile".into(), 1),
+            ("orders".into(), 2),
+            ("access-log".into(), 5),
+            ("uploads".into(), 2)
+        ]
+    );
+
+    assert_eq!(
+        json_file(&files, "sources/profile/records.json"),
+        json!([f.profile])
+    );
+    assert_eq!(
+        json_file(&files, "sources/orders/records.json"),
+        json!(f.orders)
+    );
+    assert_eq!(
+        json_file(&files, "sources/access-log/records.json"),
+        json!(f.logs),
+        "all pages, in order"
+    );
+    for (name, body) in &f.files {
+        assert_eq!(
+            &files[&format!("sources/uploads/files/{name}")],
+            body,
+            "{name} copied as it was"
+        );
+    }
+    assert!(!files.keys().any(|k| k.contains("someone-else")));
+    let csv = String::from_utf8(files["sources/orders/records.csv"].clone()).unwrap();
+    assert!(csv.starts_with("order,total,note\n1,9.5,\n2,-1,"), "{csv}");
+    assert!(csv.contains("'=HYPERLINK"), "formulas are defused: {csv}");
+    let html = String::from_utf8(files["index.html"].clone()).unwrap();
+    assert!(
+        html.contains("Seven &lt;b&gt;Example&lt;/b&gt;"),
+        "data is escaped in the page"
+    );
+    assert!(html.contains("<h2>access-log</h2>"));
+
+    let events = drain(&f.app.sqs, &f.app.queue_url("OutboundQueue")).await;
+    assert_eq!(events.len(), 1);
+    let event: Value = serde_json::from_str(events[0].body().unwrap()).unwrap();
+    assert_message(&event);
+    assert_eq!(
+        (event["type"].as_str(), event["request_id"].as_str()),
+        (Some("report_ready"), Some(id.to_string().as_str()))
+    );
+
+    let (objects, uploads) = f.leftovers(id).await;
+    assert_eq!((objects, uploads), (vec![report.key.clone()], 0));
+
+    // A duplicate of the message changes nothing but re-announces the same event.
+    assert_eq!(
+        worker.work(id).await.unwrap(),
+        WorkOutcome::NothingToDo(Some(RequestState::ReportReady))
+    );
+    assert_eq!(f.request(id).await.report, Some(report));
+    let again = drain(&f.app.sqs, &f.app.queue_url("OutboundQueue")).await;
+    let again: Value = serde_json::from_str(again[0].body().unwrap()).unwrap();
+    assert_eq!(again["message_id"], event["message_id"]);
+}
+
+#[tokio::test]
+async fn a_source_failing_once_leaves_nothing_and_the_next_attempt_succeeds() {
+    let f = fixture().await;
+    let id = f.submit().await;
+    f.fake.data.failing_order_calls.store(1, Ordering::SeqCst);
+    let worker = f.worker();
+    match worker.work(id).await.unwrap() {
+        WorkOutcome::RetryLater { error, after } => {
+            assert!(error.contains("orders") && error.contains("500"), "{error}");
+            assert_eq!(after, chrono::Duration::seconds(1));
+        }
+        other => panic!("expected a retry, got {other:?}"),
+    }
+    let request = f.request(id).await;
+    assert_eq!(
+        (request.state, request.attempts),
+        (RequestState::Received, 1)
+    );
+    assert!(request.last_error.unwrap().contains("orders"));
+    assert_eq!(
+        f.leftovers(id).await,
+        (vec![], 0),
+        "attempt one left no objects"
+    );
+    let status = f
+        .app
+        .get(SUBJECT, &format!("/v1/requests/{id}/report"))
+        .await;
+    assert_eq!(status.status, StatusCode::CONFLICT);
+    assert_response("GET", "/v1/requests/{id}/report", 409, &status.body);
+
+    assert!(matches!(
+        worker.work(id).await.unwrap(),
+        WorkOutcome::Completed(_)
+    ));
+    let request = f.request(id).await;
+    assert_eq!(
+        (request.state, request.attempts, request.last_error),
+        (RequestState::ReportReady, 1, None)
+    );
+    assert_eq!(f.fake.data.order_calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_source_failing_for_good_fails_the_request_into_the_dlq_with_nothing_downloadable() {
+    let f = fixture().await;
+    let id = f.submit().await;
+    f.fake.data.orders_down.store(true, Ordering::SeqCst);
+    let worker = Arc::new({
+        let mut w = f.worker();
+        w.settings.max_attempts = 2;
+        w
+    });
+    let function: SqsFunction = {
+        let worker = worker.clone();
+        Arc::new(move |event| {
+            let worker = worker.clone();
+            Box::pin(async move { Ok(worker.handle(event).await) })
+        })
+    };
+    let source = f.app.stack.event_source("ReportFunction").unwrap();
+    let first = deliver_once(&f.app.sqs, &source, &function).await.unwrap();
+    assert_eq!(first.failed, 1, "retried later, not deleted");
+    assert_eq!(f.request(id).await.state, RequestState::Received);
+
+    // The retry comes back after the (1 s) backoff, not the queue's 90 minutes.
+    let finished = crate::helpers::eventually(Duration::from_secs(15), async || {
+        deliver_once(&f.app.sqs, &source, &function)
+            .await
+            .unwrap()
+            .received
+            == 1
+    })
+    .await;
+    assert!(finished);
+    let request = f.request(id).await;
+    assert_eq!((request.state, request.attempts), (RequestState::Failed, 2));
+    assert_eq!(
+        queue_depth(&f.app.sqs, &f.app.queue_url("AccessRequestsQueue")).await,
+        0
+    );
+    let dead = drain(
+        &f.app.sqs,
+        &f.app.queue_url("AccessRequestsDeadLetterQueue"),
+    )
+    .await;
+    assert_eq!(dead.len(), 1);
+    let message: Value = serde_json::from_str(dead[0].body().unwrap()).unwrap();
+    assert_eq!(message["request_id"], id.to_string());
+    assert_eq!(f.leftovers(id).await, (vec![], 0));
+    let reply = f
+        .app
+        .get(SUBJECT, &format!("/v1/requests/{id}/report"))
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("report_not_ready"))
+    );
+    // The guard was released: the subject may ask again.
+    assert_eq!(
+        f.app.submit(SUBJECT, "access").await.status,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn two_workers_at_once_make_one_report_and_a_late_worker_is_fenced_out() {
+    let f = fixture().await;
+    let id = f.submit().await;
+    f.fake.data.order_delay_ms.store(1500, Ordering::SeqCst);
+    let (a, b) = (f.worker(), f.worker());
+    let (ra, rb) = tokio::join!(a.work(id), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.work(id).await
+    });
+    assert!(matches!(ra.unwrap(), WorkOutcome::Completed(_)));
+    assert!(
+        matches!(rb.unwrap(), WorkOutcome::Busy { .. }),
+        "the second backs off"
+    );
+    let (objects, _) = f.leftovers(id).await;
+    assert_eq!(objects.len(), 1);
+
+    // Now a worker slower than its lease: another takes over and the slow one cannot commit.
+    let f = fixture().await;
+    let id = f.submit().await;
+    f.fake.data.order_delay_ms.store(2500, Ordering::SeqCst);
+    let mut slow = f.worker();
+    slow.settings.lease_ttl = chrono::Duration::seconds(1);
+    let fresh = f.worker();
+    let (slow_outcome, fresh_outcome) = tokio::join!(slow.work(id), async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        fresh.work(id).await
+    });
+    assert_eq!(slow_outcome.unwrap(), WorkOutcome::FencedOut);
+    let WorkOutcome::Completed(report) = fresh_outcome.unwrap() else {
+        panic!("the new lease holder completes")
+    };
+    let request = f.request(id).await;
+    assert_eq!(
+        (request.fencing_token, request.report.as_ref()),
+        (2, Some(&report))
+    );
+    assert_eq!(
+        f.leftovers(id).await,
+        (vec![report.key], 0),
+        "exactly one report, the fenced one's is gone"
+    );
+
+    // The fence itself: a write with the old token is refused by the store.
+    let store = DynamoRequestStore::new(f.app.dynamodb.clone(), f.app.table(), "test");
+    let mut stale = request.clone();
+    stale.state = RequestState::Failed;
+    let hash = dsr_domain::SubjectHasher::new(
+        &f.app
+            .stack
+            .desk_config("ReportFunction")
+            .unwrap()
+            .subject_hash_key,
+    )
+    .hash(&request.subject);
+    assert_eq!(
+        store.commit_fenced(&stale, &hash, 1).await.unwrap(),
+        dsr_domain::TransitionOutcome::Fenced
+    );
+    assert_eq!(f.request(id).await.state, RequestState::ReportReady);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_upload_is_cleaned_up_by_the_next_attempt() {
+    // 12 MB that does not compress: at least three 5 MiB parts.
+    let f = fixture_with(vec![("video.bin".into(), noise(12 * 1024 * 1024, 3))]).await;
+    let id = f.submit().await;
+    let mut doomed = f.worker();
+    doomed.settings.lease_ttl = chrono::Duration::seconds(2);
+    let doomed = tokio::spawn(async move { doomed.work(id).await });
+
+    // Kill it as soon as it has started writing the report: the upload exists, the object not.
+    let bucket = f.bucket();
+    let prefix = format!("reports/{id}/");
+    let mut uploading = false;
+    for _ in 0..1200 {
+        let uploads =
+            f.s3.list_multipart_uploads()
+                .bucket(&bucket)
+                .prefix(&prefix)
+                .send()
+                .await
+                .unwrap();
+        if !uploads.uploads().is_empty() {
+            uploading = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(uploading, "the worker started uploading");
+    doomed.abort();
+    let _ = doomed.await;
+    assert_eq!(
+        f.request(id).await.state,
+        RequestState::Collecting,
+        "left as a dead worker leaves it"
+    );
+    let (objects, uploads) = f.leftovers(id).await;
+    assert_eq!(
+        (objects.len(), uploads),
+        (0, 1),
+        "half a report exists only as an unfinished upload"
+    );
+    assert_eq!(
+        f.app
+            .get(SUBJECT, &format!("/v1/requests/{id}/report"))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+
+    let next = f.worker();
+    assert!(
+        matches!(next.work(id).await.unwrap(), WorkOutcome::Busy { .. }),
+        "the lease is still live"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let WorkOutcome::Completed(report) = next.work(id).await.unwrap() else {
+        panic!("the next attempt completes")
+    };
+    assert_eq!(
+        f.leftovers(id).await,
+        (vec![report.key.clone()], 0),
+        "the dead attempt's parts are gone"
+    );
+    let files = unzip(&f.download(id).await);
+    assert_eq!(files["sources/uploads/files/video.bin"], f.files[0].1);
+}
+
+#[tokio::test]
+async fn only_the_owner_gets_a_link_and_an_expired_report_gives_none() {
+    let f = fixture().await;
+    let id = f.submit().await;
+    assert!(matches!(
+        f.worker().work(id).await.unwrap(),
+        WorkOutcome::Completed(_)
+    ));
+    let path = format!("/v1/requests/{id}/report");
+    let stranger = f.app.get("someone-else", &path).await;
+    assert_eq!(stranger.status, StatusCode::NOT_FOUND);
+    assert_response("GET", "/v1/requests/{id}/report", 404, &stranger.body);
+    assert_eq!(f.app.get(SUBJECT, &path).await.status, StatusCode::OK);
+
+    // The retention period passes.
+    f.app
+        .dynamodb
+        .update_item()
+        .table_name(f.app.table())
+        .key("pk", AttributeValue::S(format!("REQ#{id}")))
+        .key("sk", AttributeValue::S("META".into()))
+        .update_expression("SET report_expires_at = :past")
+        .expression_attribute_values(
+            ":past",
+            AttributeValue::S("2020-01-01T00:00:00.000Z".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let gone = f.app.get(SUBJECT, &path).await;
+    assert_eq!(gone.status, StatusCode::GONE);
+    assert_response("GET", "/v1/requests/{id}/report", 410, &gone.body);
+    assert!(gone.body.get("url").is_none());
+    assert_eq!(f.request(id).await.state, RequestState::Expired);
+    assert_eq!(
+        f.app.get(SUBJECT, &format!("/v1/requests/{id}")).await.body["state"],
+        "expired"
+    );
+}
