@@ -16,13 +16,14 @@ export RUST_LOG ?= info,aws_config=warn,aws_smithy_runtime=warn
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help run test token stack emulator rabbitmq provision lint stop
+.PHONY: help run test token stack emulator rabbitmq provision lint stop bench
 
 help:
 	@echo "make run              run the whole service locally (API on http://127.0.0.1:3000)"
 	@echo "make test             run every test against the local stack"
 	@echo "make token SUB=alice  print a bearer token for subject alice (last line)"
 	@echo "make lint             cargo fmt --check, clippy -D warnings, cfn-lint"
+	@echo "make bench            peak memory and time of 20 MB and 200 MB access reports"
 	@echo "make stop             stop the emulator this project started"
 
 stack: emulator rabbitmq
@@ -50,6 +51,13 @@ ifeq ($(NEXTEST),yes)
 else
 	$(CARGO) test --workspace --no-fail-fast
 endif
+
+# Figures in the README were measured with this (debug build; compression and hashing crates
+# are optimised even there, see Cargo.toml). `make bench BENCH_PROFILE=release` for release.
+BENCH_PROFILE ?= dev
+bench: emulator
+	$(CARGO) build --quiet --profile $(BENCH_PROFILE) -p dsr-local --bin report-bench
+	@for mb in 20 200; do target/$(if $(filter dev,$(BENCH_PROFILE)),debug,$(BENCH_PROFILE))/report-bench $$mb; done
 
 lint: emulator
 	$(CARGO) fmt --all -- --check

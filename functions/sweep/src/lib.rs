@@ -41,13 +41,15 @@ where
     Q: WorkQueue,
     C: Clock,
 {
-    let report = desk.sweep_lost_messages(settings).await?;
-    if report.reenqueued + report.failed > 0 {
+    let mut report = desk.sweep_lost_messages(settings).await?;
+    report.expired = desk.expire_reports(settings.batch_limit).await?;
+    if report.reenqueued + report.failed + report.expired > 0 {
         tracing::info!(
             examined = report.examined,
             reenqueued = report.reenqueued,
             failed = report.failed,
-            "sweep re-sent lost work messages"
+            expired = report.expired,
+            "sweep re-sent lost work messages or expired reports"
         );
     } else {
         tracing::debug!(examined = report.examined, "sweep found nothing lost");
@@ -108,6 +110,63 @@ mod tests {
             report.reenqueued, 0,
             "a recorded message is not sent again early"
         );
+    }
+
+    #[tokio::test]
+    async fn reports_past_their_retention_expire() {
+        let clock = Arc::new(FixedClock::at(
+            Utc.with_ymd_and_hms(2026, 5, 1, 9, 0, 0).unwrap(),
+        ));
+        let store = Arc::new(InMemoryRequestStore::default());
+        let desk = RequestDesk::new(
+            store.clone(),
+            InMemoryWorkQueue::default(),
+            clock.clone(),
+            SubjectHasher::new("sixteen-byte-key"),
+        );
+        let alice = SubjectId::parse("alice").unwrap();
+        let mut request = desk
+            .submit(&alice, RequestKind::Access, None)
+            .await
+            .unwrap()
+            .request()
+            .clone();
+        let hash = desk.subject_hash(&alice);
+        request
+            .transition_to(dsr_domain::RequestState::Collecting, clock.now())
+            .unwrap();
+        store
+            .save_transition(&request, &hash, dsr_domain::RequestState::Received)
+            .await
+            .unwrap();
+        request
+            .transition_to(dsr_domain::RequestState::ReportReady, clock.now())
+            .unwrap();
+        request.report = Some(dsr_domain::ReportInfo {
+            key: "k".into(),
+            size: 1,
+            sha256: "00".into(),
+            expires_at: clock.now() + Duration::days(30),
+        });
+        store.commit_fenced(&request, &hash, 0).await.unwrap();
+
+        assert_eq!(
+            handle(&desk, SweepSettings::default())
+                .await
+                .unwrap()
+                .expired,
+            0
+        );
+        clock.advance(Duration::days(30));
+        assert_eq!(
+            handle(&desk, SweepSettings::default())
+                .await
+                .unwrap()
+                .expired,
+            1
+        );
+        let state = store.get(request.id).await.unwrap().unwrap().state;
+        assert_eq!(state, dsr_domain::RequestState::Expired);
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct SweepReport {
     pub examined: usize,
     pub reenqueued: usize,
     pub failed: usize,
+    /// Reports past their retention whose requests moved to `expired`.
+    pub expired: usize,
 }
 
 pub struct RequestDesk<S, Q, C> {
@@ -262,6 +264,36 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
             }
         }
         Ok(report)
+    }
+
+    /// Moves requests whose report passed its retention (the bucket's lifecycle deletes the
+    /// object) to `expired`, so that what users and operators see matches what exists.
+    pub async fn expire_reports(&self, limit: usize) -> Result<usize, DeskError> {
+        let now = self.clock.now();
+        let mut expired = 0;
+        for mut request in self
+            .store
+            .in_state(RequestState::ReportReady, limit)
+            .await?
+        {
+            if request.report.as_ref().is_none_or(|r| r.expires_at > now) {
+                continue;
+            }
+            if request.transition_to(RequestState::Expired, now).is_err() {
+                continue;
+            }
+            let subject_hash = self.hasher.hash(&request.subject);
+            if self
+                .store
+                .save_transition(&request, &subject_hash, RequestState::ReportReady)
+                .await?
+                == TransitionOutcome::Applied
+            {
+                tracing::info!(request_id = %request.id, subject = %subject_hash, "report expired");
+                expired += 1;
+            }
+        }
+        Ok(expired)
     }
 
     /// Sends the work message and records it; on failure the request stays un-enqueued for the
