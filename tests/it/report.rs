@@ -621,6 +621,29 @@ async fn only_the_owner_gets_a_link_and_an_expired_report_gives_none() {
     assert_eq!(stranger.status, StatusCode::NOT_FOUND);
     assert_response("GET", "/v1/requests/{id}/report", 404, &stranger.body);
     assert_eq!(f.app.get(SUBJECT, &path).await.status, StatusCode::OK);
+    assert_eq!(f.app.get(SUBJECT, &path).await.status, StatusCode::OK);
+    let trail = f
+        .app
+        .dynamodb
+        .query()
+        .table_name(f.app.table())
+        .key_condition_expression("pk = :pk AND begins_with(sk, :evt)")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("REQ#{id}")))
+        .expression_attribute_values(":evt", AttributeValue::S("EVT#".into()))
+        .send()
+        .await
+        .unwrap();
+    let issued = trail
+        .items()
+        .iter()
+        .filter(|item| {
+            item.get("event")
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str)
+                == Some("report_link_issued")
+        })
+        .count();
+    assert_eq!(issued, 2, "every link handed out is in the audit trail");
 
     // The retention period passes.
     f.app
