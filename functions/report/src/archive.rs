@@ -130,8 +130,25 @@ pub async fn write_report(
         sink,
         part_size,
     };
+    // Every entry is dated when the report was generated (zip stores local time; we store UTC).
+    let modified = chrono::DateTime::parse_from_rfc3339(header.generated_at)
+        .ok()
+        .and_then(|t| {
+            use chrono::{Datelike, Timelike};
+            zip::DateTime::from_date_and_time(
+                u16::try_from(t.year()).ok()?,
+                u8::try_from(t.month()).ok()?,
+                u8::try_from(t.day()).ok()?,
+                u8::try_from(t.hour()).ok()?,
+                u8::try_from(t.minute()).ok()?,
+                u8::try_from(t.second()).ok()?,
+            )
+            .ok()
+        })
+        .unwrap_or_default();
     let options = SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
+        .last_modified_time(modified)
         .large_file(false);
 
     let mut manifest_sources = Vec::new();
