@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{
 use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_domain::{RequestId, RequestState, RequestStore, SystemClock};
 use dsr_local::event_source::{deliver_once, SqsFunction};
-use dsr_local::fake_services::{FakeData, FakeServices};
+use dsr_local::fake_services::{incompressible, FakeData, FakeServices};
 use dsr_report::{ReportWorker, WorkOutcome};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -32,19 +32,6 @@ struct Fixture {
     orders: Vec<Value>,
     logs: Vec<Value>,
     files: Vec<(String, Vec<u8>)>,
-}
-
-/// Bytes that do not compress, so a report of a given size really has that size.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 async fn fixture_with(files: Vec<(String, Vec<u8>)>) -> Fixture {
@@ -159,7 +146,7 @@ async fn fixture_with(files: Vec<(String, Vec<u8>)>) -> Fixture {
 
 async fn fixture() -> Fixture {
     fixture_with(vec![
-        ("photo.bin".into(), noise(3000, 7)),
+        ("photo.bin".into(), incompressible(3000, 7)),
         ("docs/cv.txt".into(), b"curriculum vitae".to_vec()),
     ])
     .await
@@ -544,7 +531,11 @@ async fn two_workers_at_once_make_one_report_and_a_late_worker_is_fenced_out() {
 #[tokio::test]
 async fn a_worker_killed_mid_upload_is_cleaned_up_by_the_next_attempt() {
     // 12 MB that does not compress: at least three 5 MiB parts.
-    let f = fixture_with(vec![("video.bin".into(), noise(12 * 1024 * 1024, 3))]).await;
+    let f = fixture_with(vec![(
+        "video.bin".into(),
+        incompressible(12 * 1024 * 1024, 3),
+    )])
+    .await;
     let id = f.submit().await;
     let mut doomed = f.worker();
     doomed.settings.lease_ttl = chrono::Duration::seconds(2);
@@ -669,4 +660,44 @@ async fn only_the_owner_gets_a_link_and_an_expired_report_gives_none() {
         f.app.get(SUBJECT, &format!("/v1/requests/{id}")).await.body["state"],
         "expired"
     );
+}
+
+#[tokio::test]
+async fn an_http_source_is_retried_within_an_attempt_and_sent_its_auth_header() {
+    let mut f = fixture().await;
+    f.registry = f.registry.replace(
+        "max_attempts: 1, timeout_ms: 5000",
+        "max_attempts: 3, timeout_ms: 5000, auth: { header: Authorization, value_from_env: ORDERS_TOKEN }",
+    );
+    *f.fake.data.orders_token.lock().unwrap() = Some("s3cret".into());
+    f.fake.data.failing_order_calls.store(2, Ordering::SeqCst);
+    let id = f.submit().await;
+    let mut worker = f.worker();
+    let aws = crate::helpers::aws().await;
+    worker.collectors = dsr_adapters::collect::Collectors::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        dsr_adapters::s3::client(&aws),
+        |name| (name == "ORDERS_TOKEN").then(|| "Bearer s3cret".to_owned()),
+    );
+    let outcome = worker.work(id).await.unwrap();
+    assert!(matches!(outcome, WorkOutcome::Completed(_)), "{outcome:?}");
+    assert_eq!(
+        f.fake.data.order_calls.load(Ordering::SeqCst),
+        3,
+        "two 500s, then success"
+    );
+    assert_eq!(
+        f.request(id).await.attempts,
+        0,
+        "one report attempt was enough"
+    );
+
+    // Without the secret the source refuses, and the attempt fails naming the problem.
+    let g = fixture().await;
+    *g.fake.data.orders_token.lock().unwrap() = Some("s3cret".into());
+    let id = g.submit().await;
+    match g.worker().work(id).await.unwrap() {
+        WorkOutcome::RetryLater { error, .. } => assert!(error.contains("401"), "{error}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -111,6 +111,15 @@ pub fn load_registry(lookup: impl Fn(&str) -> Option<String>) -> Result<ServiceR
         .map_err(|e| e.to_string())
 }
 
+/// The delay before attempt `attempts + 1`: `base`, doubling per failed attempt, capped below
+/// SQS's 12-hour visibility limit.
+pub fn retry_delay(base: Duration, attempts: u32) -> Duration {
+    let factor = 2i32.saturating_pow(attempts.saturating_sub(1).min(20));
+    base.checked_mul(factor)
+        .unwrap_or(Duration::MAX)
+        .min(Duration::hours(12) - Duration::seconds(1))
+}
+
 /// What became of one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkOutcome {
@@ -464,5 +473,63 @@ impl<S: RequestStore, C: Clock> ReportWorker<S, C> {
             // Not acknowledged then: SQS's redrive moves it after maxReceiveCount tries.
             tracing::error!(error = %aws_sdk_sqs::error::DisplayErrorContext(err), "could not dead-letter the message");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_sqs_limit() {
+        let base = Duration::seconds(60);
+        let delays: Vec<i64> = (1..=4)
+            .map(|a| retry_delay(base, a).num_seconds())
+            .collect();
+        assert_eq!(delays, [60, 120, 240, 480]);
+        assert_eq!(retry_delay(base, 40).num_seconds(), 12 * 3600 - 1);
+    }
+
+    #[test]
+    fn settings_read_the_environment_and_refuse_nonsense() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let settings = ReportSettings::from_lookup(env(&[
+            (REPORT_MAX_ATTEMPTS, "5"),
+            (REPORT_RETENTION_DAYS, "7"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (settings.max_attempts, settings.retention),
+            (5, Duration::days(7))
+        );
+        assert!(ReportSettings::from_lookup(env(&[(REPORT_PART_SIZE_BYTES, "1024")])).is_err());
+        assert!(ReportSettings::from_lookup(env(&[(REPORT_MAX_ATTEMPTS, "0")])).is_err());
+        assert!(ReportSettings::from_lookup(env(&[(REPORT_LEASE_SECONDS, "soon")])).is_err());
+    }
+
+    #[test]
+    fn the_registry_comes_inline_from_a_file_or_bundled() {
+        let bundled = load_registry(|_| None).unwrap();
+        assert!(bundled.services.is_empty());
+        let inline = load_registry(|name| {
+            (name == SERVICE_REGISTRY).then(|| "services: [{name: a}]".to_owned())
+        })
+        .unwrap();
+        assert_eq!(inline.services[0].name, "a");
+        let missing = load_registry(|name| {
+            (name == SERVICE_REGISTRY_FILE).then(|| "/nonexistent/registry.yaml".to_owned())
+        });
+        assert!(missing.unwrap_err().contains("/nonexistent/registry.yaml"));
+        assert!(load_registry(
+            |name| (name == SERVICE_REGISTRY).then(|| "services: [{name: A}]".to_owned())
+        )
+        .is_err());
     }
 }

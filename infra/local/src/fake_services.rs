@@ -28,6 +28,8 @@ pub struct FakeData {
     pub order_delay_ms: AtomicU32,
     /// Calls received, to check retries.
     pub order_calls: AtomicU32,
+    /// When set, order calls must carry `Authorization: Bearer <token>` (else 401).
+    pub orders_token: Mutex<Option<String>>,
 }
 
 pub struct FakeServices {
@@ -58,8 +60,25 @@ impl FakeServices {
     }
 }
 
-async fn orders(State(data): State<Arc<FakeData>>, Path(subject): Path<String>) -> Response {
+async fn orders(
+    State(data): State<Arc<FakeData>>,
+    Path(subject): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     data.order_calls.fetch_add(1, Ordering::SeqCst);
+    let expected = data
+        .orders_token
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(token) = expected {
+        let sent = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if sent != Some(format!("Bearer {token}").as_str()) {
+            return (StatusCode::UNAUTHORIZED, "missing or wrong token").into_response();
+        }
+    }
     let delay = data.order_delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
@@ -152,4 +171,17 @@ async fn search(
         .map(|d| json!({"_index": index, "_source": d, "sort": key(d)}))
         .collect();
     Json(json!({"hits": {"total": {"value": docs.len()}, "hits": hits}})).into_response()
+}
+
+/// Bytes that do not compress (xorshift), so a generated report really has the size asked for.
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
 }

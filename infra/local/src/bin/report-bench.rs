@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 use dsr_domain::{RequestDesk, RequestKind, SubjectHasher, SubjectId, SystemClock};
-use dsr_local::fake_services::{FakeData, FakeServices};
+use dsr_local::fake_services::{incompressible, FakeData, FakeServices};
 use dsr_local::stack::{LocalSettings, LocalStack};
 use serde_json::json;
 use std::sync::Arc;
@@ -22,18 +22,6 @@ fn peak_rss_kib() -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmHWM in /proc/self/status")
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 #[tokio::main]
@@ -60,7 +48,7 @@ async fn main() -> Result<()> {
         s3.put_object()
             .bucket(&bucket)
             .key(format!("u/{}/blob-{part:04}.bin", subject.as_str()))
-            .body(noise(size, part + 1).into())
+            .body(incompressible(size, part + 1).into())
             .send()
             .await?;
         left -= size;
