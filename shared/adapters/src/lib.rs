@@ -4,10 +4,14 @@
 #[cfg(feature = "collect")]
 pub mod collect;
 #[cfg(feature = "dynamodb")]
+pub mod delayed;
+#[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod memory;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(feature = "scheduler")]
+pub mod scheduler;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 #[cfg(all(feature = "dynamodb", feature = "sqs"))]

@@ -77,3 +77,64 @@ impl SqsOutbox {
         Ok(())
     }
 }
+
+/// Delivers delayed messages: to an SQS queue directly, or to RabbitMQ through the outbound
+/// queue (the bridge publishes the envelope). The key travels as `message_id` either way.
+#[derive(Clone, Debug)]
+pub struct SqsDestinationSender {
+    client: Client,
+    outbound_queue_url: String,
+}
+
+impl SqsDestinationSender {
+    pub fn new(client: Client, outbound_queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            outbound_queue_url: outbound_queue_url.into(),
+        }
+    }
+}
+
+impl dsr_domain::delayed::Sender for SqsDestinationSender {
+    async fn send(
+        &self,
+        destination: &dsr_domain::delayed::Destination,
+        message_id: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), dsr_domain::delayed::DispatchError> {
+        use dsr_domain::delayed::{Destination, DispatchError};
+        let (queue_url, body) = match destination {
+            Destination::Sqs { queue_url } => (queue_url.as_str(), payload.to_string()),
+            Destination::Rabbitmq {
+                exchange,
+                routing_key,
+            } => (
+                self.outbound_queue_url.as_str(),
+                serde_json::json!({
+                    "version": 1,
+                    "message_id": message_id,
+                    "exchange": exchange,
+                    "routing_key": routing_key,
+                    "payload": payload,
+                })
+                .to_string(),
+            ),
+        };
+        self.client
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .message_attributes(
+                "message_id",
+                aws_sdk_sqs::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(message_id)
+                    .build()
+                    .map_err(|e| DispatchError(e.to_string()))?,
+            )
+            .send()
+            .await
+            .map_err(|e| DispatchError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+        Ok(())
+    }
+}

@@ -5,6 +5,7 @@
 //! [`desk::RequestDesk`].
 
 pub mod clock;
+pub mod delayed;
 pub mod desk;
 pub mod messages;
 pub mod ports;
