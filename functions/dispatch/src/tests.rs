@@ -1,0 +1,207 @@
+//! The dispatcher with in-memory ports and a clock the tests move.
+
+use super::*;
+use chrono::{Duration, TimeZone};
+use dsr_adapters::memory::{InMemoryDelayedStore, RecordingDispatchPorts};
+use dsr_domain::delayed::{CancelOutcome, DispatchSettings, ScheduleOutcome};
+use dsr_domain::FixedClock;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+type TestDispatcher = Dispatcher<
+    Arc<InMemoryDelayedStore>,
+    Arc<RecordingDispatchPorts>,
+    Arc<RecordingDispatchPorts>,
+    Arc<FixedClock>,
+>;
+
+fn setup() -> (
+    TestDispatcher,
+    Arc<InMemoryDelayedStore>,
+    Arc<RecordingDispatchPorts>,
+    Arc<FixedClock>,
+) {
+    let store = Arc::new(InMemoryDelayedStore::default());
+    let ports = Arc::new(RecordingDispatchPorts::default());
+    let clock = Arc::new(FixedClock::at(
+        Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap(),
+    ));
+    let dispatcher = Dispatcher {
+        store: store.clone(),
+        waker: ports.clone(),
+        sender: ports.clone(),
+        clock: clock.clone(),
+        settings: DispatchSettings::default(),
+    };
+    (dispatcher, store, ports, clock)
+}
+
+fn message(key: &str, at: DateTime<Utc>, payload: Value) -> DelayedMessage {
+    DelayedMessage {
+        key: DelayKey::parse(key).unwrap(),
+        deliver_at: at,
+        destination: Destination::Sqs {
+            queue_url: "http://q".into(),
+        },
+        payload,
+    }
+}
+
+fn sent_ids(ports: &RecordingDispatchPorts) -> Vec<String> {
+    ports
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_72_hour_delay_wakes_once_and_is_sent_once_when_due() {
+    let (d, store, ports, clock) = setup();
+    let later = clock.now() + Duration::hours(72);
+    let m = message("erase-email:01ABC", later, json!({"erase": "email"}));
+    assert_eq!(d.schedule(&m).await.unwrap(), ScheduleOutcome::Created);
+    assert_eq!(
+        ports.wakes.lock().unwrap().get("erase-email:01ABC"),
+        Some(&later)
+    );
+    assert_eq!(
+        d.schedule(&m).await.unwrap(),
+        ScheduleOutcome::Unchanged,
+        "same key, same message"
+    );
+
+    assert_eq!(d.dispatch_due().await.unwrap().sent, 0, "not due yet");
+    clock.advance(Duration::hours(72) - Duration::seconds(1));
+    assert_eq!(d.dispatch_due().await.unwrap().sent, 0, "one second early");
+    clock.advance(Duration::seconds(1));
+    let report = d.dispatch_due().await.unwrap();
+    assert_eq!((report.due, report.sent), (1, 1));
+    assert_eq!(sent_ids(&ports), ["erase-email:01ABC"]);
+    assert_eq!(store.status("erase-email:01ABC"), Some("dispatched"));
+
+    assert_eq!(
+        d.dispatch_due().await.unwrap().sent,
+        0,
+        "a second sweep sends nothing"
+    );
+    assert_eq!(
+        d.schedule(&m).await.unwrap(),
+        ScheduleOutcome::AlreadyDispatched
+    );
+    assert_eq!(sent_ids(&ports).len(), 1);
+}
+
+#[tokio::test]
+async fn short_delays_are_left_to_the_sweep_and_rescheduling_moves_the_message() {
+    let (d, _, ports, clock) = setup();
+    let soon = clock.now() + Duration::minutes(5);
+    d.schedule(&message("k", soon, json!(1))).await.unwrap();
+    assert!(
+        ports.wakes.lock().unwrap().is_empty(),
+        "the recurring sweep covers five minutes"
+    );
+
+    let later = clock.now() + Duration::hours(2);
+    assert_eq!(
+        d.schedule(&message("k", later, json!(1))).await.unwrap(),
+        ScheduleOutcome::Moved
+    );
+    assert_eq!(ports.wakes.lock().unwrap().get("k"), Some(&later));
+    clock.advance(Duration::minutes(10));
+    assert_eq!(
+        d.dispatch_due().await.unwrap().sent,
+        0,
+        "it moved: not sent at the old time"
+    );
+    assert_eq!(
+        d.schedule(&message("k", soon, json!(2))).await.unwrap(),
+        ScheduleOutcome::Moved
+    );
+    assert!(
+        ports.wakes.lock().unwrap().is_empty(),
+        "moved back into the sweep's range"
+    );
+    assert_eq!(d.dispatch_due().await.unwrap().sent, 1);
+    assert_eq!(
+        ports.sent.lock().unwrap()[0].1,
+        json!(2),
+        "the latest content is sent"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_message_is_never_sent() {
+    let (d, _, ports, clock) = setup();
+    let m = message(
+        "retry:billing:1",
+        clock.now() + Duration::hours(1),
+        json!({}),
+    );
+    d.schedule(&m).await.unwrap();
+    assert_eq!(d.cancel(&m.key).await.unwrap(), CancelOutcome::Cancelled);
+    assert!(
+        ports.wakes.lock().unwrap().is_empty(),
+        "its wake-up is gone too"
+    );
+    clock.advance(Duration::hours(2));
+    assert_eq!(d.dispatch_due().await.unwrap().sent, 0);
+    assert!(ports.sent.lock().unwrap().is_empty());
+    assert_eq!(
+        d.cancel(&DelayKey::parse("nope").unwrap()).await.unwrap(),
+        CancelOutcome::NotFound
+    );
+}
+
+#[tokio::test]
+async fn a_failed_send_is_retried_by_the_next_sweep_with_the_same_message_id() {
+    let (d, _, ports, clock) = setup();
+    d.schedule(&message("k1", clock.now(), json!("x")))
+        .await
+        .unwrap();
+    ports.failing_sends.store(true, Ordering::SeqCst);
+    let report = d.dispatch_due().await.unwrap();
+    assert_eq!(report.failed, 1);
+    ports.failing_sends.store(false, Ordering::SeqCst);
+    assert_eq!(
+        d.dispatch_due().await.unwrap().sent,
+        0,
+        "its claim still holds"
+    );
+    clock.advance(d.settings.claim_for + Duration::seconds(1));
+    assert_eq!(d.dispatch_due().await.unwrap().sent, 1);
+    assert_eq!(sent_ids(&ports), ["k1"]);
+}
+
+#[tokio::test]
+async fn schedule_requests_arrive_over_sqs_and_poison_ones_are_reported() {
+    let (d, _, ports, clock) = setup();
+    let at = (clock.now() + Duration::hours(3)).to_rfc3339();
+    let records = json!({"Records": [
+        {"messageId": "m1", "body": json!({"action": "schedule", "version": 1, "key": "a", "deliver_at": at,
+            "destination": {"kind": "rabbitmq", "exchange": "commands", "routing_key": "email.erase"}, "payload": {"x": 1}}).to_string()},
+        {"messageId": "m2", "body": "{not json"},
+        {"messageId": "m3", "body": json!({"action": "cancel", "version": 2, "key": "a"}).to_string()},
+        {"messageId": "m4", "body": json!({"action": "schedule", "version": 1, "key": "now", "deliver_at": clock.now().to_rfc3339(),
+            "destination": {"kind": "sqs", "queue_url": "http://q"}, "payload": "hi"}).to_string()},
+    ]});
+    let response: SqsBatchResponse =
+        serde_json::from_value(handle(&d, records).await.unwrap()).unwrap();
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["m2", "m3"]);
+    assert!(ports.wakes.lock().unwrap().contains_key("a"));
+    assert_eq!(
+        sent_ids(&ports),
+        ["now"],
+        "a message due now goes out at once"
+    );
+
+    let wake = handle(&d, json!({"wake": "a"})).await.unwrap();
+    assert_eq!(wake["sent"], 0);
+}
