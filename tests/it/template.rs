@@ -23,12 +23,29 @@ fn cfn_lint_passes() {
 /// The resource or parameter a `!Ref` / `!GetAtt` names.
 fn referenced(value: &Value) -> Option<String> {
     match value {
-        Value::Tagged(tagged) => tagged
+        Value::Tagged(tagged) if tagged.tag != "Sub" => tagged
             .value
             .as_str()
             .map(|s| s.split('.').next().unwrap_or(s).to_owned()),
         _ => None,
     }
+}
+
+/// The names a `!Sub` string refers to (`${Name}` or `${Name.Attribute}`), pseudo
+/// parameters left out.
+fn substituted(value: &Value) -> Vec<String> {
+    let Value::Tagged(tagged) = value else {
+        return Vec::new();
+    };
+    let Some(text) = tagged.value.as_str().filter(|_| tagged.tag == "Sub") else {
+        return Vec::new();
+    };
+    text.split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split('}').next())
+        .filter(|name| !name.starts_with("AWS::"))
+        .map(|name| name.split('.').next().unwrap_or(name).to_owned())
+        .collect()
 }
 
 /// cfn-lint does not check references inside a serverless function's environment; this does.
@@ -47,7 +64,7 @@ fn every_resource_the_code_reads_from_its_environment_is_declared() {
         let env = template.function_environment_raw(function).unwrap();
         // Every reference, in every function, names something declared.
         for (variable, value) in &env {
-            if let Some(target) = referenced(value) {
+            for target in referenced(value).into_iter().chain(substituted(value)) {
                 assert!(
                     template.resource(&target).is_some() || parameters.contains(&target),
                     "{function}.{variable} refers to undeclared {target}"

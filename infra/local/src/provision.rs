@@ -40,6 +40,7 @@ pub async fn provision(
             .build(),
     );
 
+    let scheduler = aws_sdk_scheduler::Client::new(aws);
     let resources = template.resources();
     // Queues without a redrive policy first: the others name them as their dead-letter queue.
     let mut queues: Vec<_> = resources
@@ -52,6 +53,19 @@ pub async fn provision(
         let physical = match kind.as_str() {
             "AWS::DynamoDB::Table" => create_table(&dynamodb, &stack, id, props).await,
             "AWS::S3::Bucket" => create_bucket(&s3, &stack, id, props).await,
+            "AWS::Scheduler::ScheduleGroup" => {
+                create_schedule_group(&scheduler, &stack, id, props).await
+            }
+            "AWS::IAM::Role" => Ok(PhysicalResource {
+                kind: ResourceKind::Role,
+                arn: format!(
+                    "arn:aws:iam::{}:role/{}",
+                    stack.account_id,
+                    physical_name(&stack, id)
+                ),
+                name: physical_name(&stack, id),
+                url: None,
+            }),
             _ => continue,
         }
         .with_context(|| format!("provisioning {id}"))?;
@@ -268,6 +282,42 @@ async fn create_queue(
         name,
         arn,
         url: Some(url),
+    })
+}
+
+async fn create_schedule_group(
+    client: &aws_sdk_scheduler::Client,
+    stack: &StackContext,
+    id: &str,
+    props: &Value,
+) -> Result<PhysicalResource> {
+    let name = match props.get("Name") {
+        Some(name) => stack.resolve(name)?,
+        None => physical_name(stack, id),
+    };
+    let arn = match client.create_schedule_group().name(&name).send().await {
+        Ok(created) => created.schedule_group_arn,
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_conflict_exception()) =>
+        {
+            client
+                .get_schedule_group()
+                .name(&name)
+                .send()
+                .await
+                .map_err(|e| anyhow!(aws_sdk_scheduler::error::DisplayErrorContext(e).to_string()))?
+                .arn
+                .unwrap_or_default()
+        }
+        Err(err) => bail!(aws_sdk_scheduler::error::DisplayErrorContext(err).to_string()),
+    };
+    Ok(PhysicalResource {
+        kind: ResourceKind::ScheduleGroup,
+        name,
+        arn,
+        url: None,
     })
 }
 

@@ -11,10 +11,14 @@ use anyhow::{anyhow, Context, Result};
 use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use dsr_adapters::collect::Collectors;
+use dsr_adapters::delayed::DynamoDelayedStore;
 use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::s3::{self, S3ReportStore};
+use dsr_adapters::scheduler::SchedulerWaker;
+use dsr_adapters::sqs::SqsDestinationSender;
 use dsr_adapters::sqs::SqsOutbox;
 use dsr_adapters::wiring::{self, DeskConfig};
+use dsr_domain::delayed::{DispatchSettings, Dispatcher};
 use dsr_domain::{RequestMessage, SubjectHasher, SystemClock};
 use dsr_report::{ReportSettings, ReportWorker};
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +49,9 @@ pub struct LocalSettings {
     pub jwt_secret: String,
     pub parameters: HashMap<String, String>,
     pub sweep_every: Duration,
+    /// How often the dispatch function is woken (EventBridge Scheduler's job in AWS: moto
+    /// stores schedules but never fires them).
+    pub dispatch_every: Duration,
     /// Deliver the work queues to their functions: access requests to the report function;
     /// erasure requests to a logging consumer until the erasure function exists.
     pub consume_work_queues: bool,
@@ -63,6 +70,7 @@ impl LocalSettings {
             jwt_secret: crate::jwt::LOCAL_JWT_SECRET.to_owned(),
             parameters: local_parameters(),
             sweep_every: Duration::from_secs(10),
+            dispatch_every: Duration::from_secs(2),
             consume_work_queues: true,
             registry: None,
             demo: None,
@@ -194,6 +202,35 @@ impl LocalStack {
         })
     }
 
+    /// The dispatch function as Lambda would run it, with the given clock.
+    pub fn dispatcher<C: dsr_domain::Clock>(
+        &self,
+        clock: C,
+    ) -> Result<Dispatcher<DynamoDelayedStore, SchedulerWaker, SqsDestinationSender, C>> {
+        let env = self.environment("DispatchFunction")?;
+        let get = |name: &str| required(&env, name);
+        let aws = &self.aws;
+        Ok(Dispatcher {
+            store: DynamoDelayedStore::new(
+                aws_sdk_dynamodb::Client::new(aws),
+                get(dsr_dispatch::DELAYED_MESSAGES_TABLE)?,
+            ),
+            waker: SchedulerWaker::new(
+                aws_sdk_scheduler::Client::new(aws),
+                get(dsr_dispatch::SCHEDULE_GROUP)?,
+                get(dsr_dispatch::DISPATCH_TARGET_ARN)?,
+                get(dsr_dispatch::SCHEDULER_ROLE_ARN)?,
+                get(dsr_dispatch::SCHEDULER_DLQ_ARN)?,
+            ),
+            sender: SqsDestinationSender::new(
+                aws_sdk_sqs::Client::new(aws),
+                get(wiring::OUTBOUND_QUEUE_URL)?,
+            ),
+            clock,
+            settings: DispatchSettings::default(),
+        })
+    }
+
     /// The event source of `function` as the template declares it (queue, batch size).
     pub fn event_source(&self, function: &str) -> Result<EventSource> {
         let (queue, batch_size) = self
@@ -301,6 +338,37 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
             report,
             stopped.clone(),
         ));
+        let dispatcher = Arc::new(stack.dispatcher(SystemClock)?);
+        let requests = dispatcher.clone();
+        let dispatch: SqsFunction = Arc::new(move |event| {
+            let dispatcher = requests.clone();
+            Box::pin(async move {
+                let answer =
+                    dsr_dispatch::handle(&*dispatcher, serde_json::to_value(event)?).await?;
+                Ok(serde_json::from_value(answer)?)
+            })
+        });
+        tasks.spawn(event_source::run(
+            sqs.clone(),
+            stack.event_source("DispatchFunction")?,
+            dispatch,
+            stopped.clone(),
+        ));
+        let mut dispatch_stop = stopped.clone();
+        let every = settings.dispatch_every;
+        tasks.spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = async { let _ = dispatch_stop.wait_for(|stop| *stop).await; } => return,
+                    _ = ticks.tick() => {
+                        if let Err(err) = dsr_dispatch::handle(&*dispatcher, serde_json::json!({})).await {
+                            tracing::warn!(error = %err, "dispatch sweep failed");
+                        }
+                    }
+                }
+            }
+        });
         tasks.spawn(event_source::run(
             sqs.clone(),
             stack.queue("ErasureRequestsQueue")?,

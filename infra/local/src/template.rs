@@ -17,6 +17,9 @@ pub enum ResourceKind {
     Table,
     Queue,
     Bucket,
+    ScheduleGroup,
+    /// Not created locally (the emulator does not enforce IAM); only its ARN is made up.
+    Role,
 }
 
 /// A provisioned resource, as `Ref` and `Fn::GetAtt` see it.
@@ -275,7 +278,10 @@ impl StackContext {
         })?;
         Ok(match resource.kind {
             ResourceKind::Queue => resource.url.clone().unwrap_or_default(),
-            ResourceKind::Table | ResourceKind::Bucket => resource.name.clone(),
+            ResourceKind::Table
+            | ResourceKind::Bucket
+            | ResourceKind::ScheduleGroup
+            | ResourceKind::Role => resource.name.clone(),
         })
     }
 
