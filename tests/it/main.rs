@@ -4,6 +4,7 @@
 
 mod api;
 mod contract;
+mod dispatch;
 mod event_source;
 mod helpers;
 mod report;

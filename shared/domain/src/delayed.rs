@@ -205,6 +205,7 @@ impl<S: DelayedStore, W: Waker, X: Sender, C: Clock> Dispatcher<S, W, X, C> {
         &self,
         message: &DelayedMessage,
     ) -> Result<ScheduleOutcome, DispatchError> {
+        let message = &message.clone().normalized();
         let outcome = self.store.upsert(message).await?;
         if matches!(outcome, ScheduleOutcome::Created | ScheduleOutcome::Moved) {
             if message.deliver_at - self.clock.now() > self.settings.wake_after {
