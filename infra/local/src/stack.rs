@@ -304,21 +304,19 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
     let sweep_env = stack.environment("SweepFunction")?;
     let sweep_settings = dsr_sweep::settings_from_lookup(|name| sweep_env.get(name).cloned())
         .map_err(|e| anyhow!(e))?;
-    let mut sweep_stop = stopped.clone();
-    let every = settings.sweep_every;
-    tasks.spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = async { let _ = sweep_stop.wait_for(|stop| *stop).await; } => return,
-                _ = ticks.tick() => {
-                    if let Err(err) = dsr_sweep::handle(&sweep_desk, sweep_settings).await {
-                        tracing::warn!(error = %err, "sweep failed");
-                    }
+    let sweep_desk = Arc::new(sweep_desk);
+    tasks.spawn(recurring(
+        settings.sweep_every,
+        stopped.clone(),
+        move || {
+            let desk = sweep_desk.clone();
+            async move {
+                if let Err(err) = dsr_sweep::handle(&*desk, sweep_settings).await {
+                    tracing::warn!(error = %err, "sweep failed");
                 }
             }
-        }
-    });
+        },
+    ));
 
     let mut registry = settings.registry.clone();
     if let Some(listen) = settings.demo {
@@ -354,21 +352,20 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
             dispatch,
             stopped.clone(),
         ));
-        let mut dispatch_stop = stopped.clone();
-        let every = settings.dispatch_every;
-        tasks.spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = async { let _ = dispatch_stop.wait_for(|stop| *stop).await; } => return,
-                    _ = ticks.tick() => {
-                        if let Err(err) = dsr_dispatch::handle(&*dispatcher, serde_json::json!({})).await {
-                            tracing::warn!(error = %err, "dispatch sweep failed");
-                        }
+        tasks.spawn(recurring(
+            settings.dispatch_every,
+            stopped.clone(),
+            move || {
+                let dispatcher = dispatcher.clone();
+                async move {
+                    if let Err(err) =
+                        dsr_dispatch::handle(&*dispatcher, serde_json::json!({})).await
+                    {
+                        tracing::warn!(error = %err, "dispatch sweep failed");
                     }
                 }
-            }
-        });
+            },
+        ));
         tasks.spawn(event_source::run(
             sqs.clone(),
             stack.queue("ErasureRequestsQueue")?,
@@ -383,6 +380,21 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         shutdown,
         tasks,
     })
+}
+
+/// A recurring schedule, locally: runs `tick` every `every` until shutdown.
+async fn recurring<F, Fut>(every: Duration, mut stopped: watch::Receiver<bool>, tick: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = async { let _ = stopped.wait_for(|stop| *stop).await; } => return,
+            _ = ticks.tick() => tick().await,
+        }
+    }
 }
 
 /// Stands in for the report and erasure functions until they exist: checks each message
