@@ -57,10 +57,15 @@ for moving your data to another service) and <code>records.csv</code> (opens in 
     for (source, columns, rows) in previews {
         let _ = write!(
             html,
-            "<h2>{}</h2>\n<p>{}</p>\n<p class=\"note\">{} records.",
+            "<h2>{}</h2>\n<p>{}</p>\n<p class=\"note\">{} {}.",
             escape(&source.name),
             escape(&source.description),
-            source.record_count
+            source.record_count,
+            if source.record_count == 1 {
+                "record"
+            } else {
+                "records"
+            }
         );
         if source.record_count as usize > rows.len() {
             let _ = write!(

@@ -45,10 +45,6 @@ impl DynamoRequestStore {
         }
     }
 
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
     fn audit_event(
         &self,
         id: RequestId,

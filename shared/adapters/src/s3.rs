@@ -42,10 +42,6 @@ impl S3ReportStore {
         }
     }
 
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
     pub async fn begin(&self, key: &str) -> Result<MultipartUpload, StorageError> {
         let created = self
             .client
@@ -153,10 +149,6 @@ pub struct MultipartUpload {
 }
 
 impl MultipartUpload {
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     /// Uploads the next part. S3 wants every part but the last to be at least 5 MiB.
     pub async fn upload_part(&mut self, bytes: Vec<u8>) -> Result<(), StorageError> {
         let number = i32::try_from(self.parts.len() + 1)

@@ -45,10 +45,6 @@ impl SchedulerWaker {
         format!("dsr-delay-{}", &digest[..40])
     }
 
-    pub fn group(&self) -> &str {
-        &self.group
-    }
-
     fn target(&self, key: &DelayKey) -> Result<Target, DispatchError> {
         Target::builder()
             .arn(&self.target_arn)

@@ -72,11 +72,6 @@ impl SubjectHash {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// Rebuilds a hash read back from storage; it is only ever compared, never trusted as input.
-    pub fn from_stored(hex: impl Into<String>) -> Self {
-        Self(hex.into())
-    }
 }
 
 impl fmt::Display for SubjectHash {
