@@ -3,6 +3,7 @@
 //! stack from template.yaml under a unique name, so the suite runs in parallel.
 
 mod api;
+mod bridge;
 mod contract;
 mod dispatch;
 mod event_source;

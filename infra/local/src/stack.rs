@@ -38,6 +38,10 @@ pub fn local_parameters() -> HashMap<String, String> {
             "SubjectHashKey".to_owned(),
             "local-subject-hash-key-not-secret".to_owned(),
         ),
+        (
+            "RabbitMqUrl".to_owned(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
+        ),
     ])
 }
 
@@ -365,6 +369,21 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
                     }
                 }
             },
+        ));
+        let env = stack.environment("BridgeOutboundFunction")?;
+        let publisher = Arc::new(dsr_bridge::Publisher::new(
+            required(&env, dsr_bridge::RABBITMQ_URL)?,
+            required(&env, dsr_bridge::EVENTS_EXCHANGE)?,
+        ));
+        let bridge: SqsFunction = Arc::new(move |event| {
+            let publisher = publisher.clone();
+            Box::pin(async move { Ok(publisher.handle(event).await) })
+        });
+        tasks.spawn(event_source::run(
+            sqs.clone(),
+            stack.event_source("BridgeOutboundFunction")?,
+            bridge,
+            stopped.clone(),
         ));
         tasks.spawn(event_source::run(
             sqs.clone(),
