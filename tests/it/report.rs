@@ -701,3 +701,26 @@ async fn an_http_source_is_retried_within_an_attempt_and_sent_its_auth_header() 
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_source_fails_the_attempt_without_the_subject_id_in_the_error() {
+    let mut f = fixture().await;
+    // Nothing listens on the discard port: a transport error, whose text would name the URL.
+    f.registry = f.registry.replace(
+        &f.fake.orders_url(),
+        "http://127.0.0.1:9/users/{subject}/orders",
+    );
+    let id = f.submit().await;
+    match f.worker().work(id).await.unwrap() {
+        WorkOutcome::RetryLater { error, .. } => {
+            assert!(error.contains("orders"), "{error}");
+            assert!(
+                !error.contains(SUBJECT) && !error.contains("subject-7"),
+                "no personal data: {error}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let stored = f.request(id).await.last_error.unwrap();
+    assert!(!stored.contains("example"), "{stored}");
+}

@@ -353,7 +353,7 @@ impl Collectors {
                         .json::<Value>()
                         .await
                         .map(Some)
-                        .map_err(|e| format!("the response is not JSON: {e}"));
+                        .map_err(|e| format!("the response is not JSON: {}", e.without_url()));
                 }
                 Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
                     return Ok(None);
@@ -373,7 +373,8 @@ impl Collectors {
                     last_problem = format!("HTTP {}", response.status());
                 }
                 Ok(response) => return Err(format!("HTTP {}", response.status())),
-                Err(err) => last_problem = format!("{err}"),
+                // The URL holds the subject id, which must not reach logs or `last_error`.
+                Err(err) => last_problem = format!("{}", err.without_url()),
             }
             if attempt < max_attempts {
                 tokio::time::sleep(wait).await;
