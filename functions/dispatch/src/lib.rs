@@ -69,13 +69,16 @@ where
         )?);
     }
     let report = dispatcher.dispatch_due().await?;
-    tracing::info!(
-        due = report.due,
-        sent = report.sent,
-        skipped = report.skipped,
-        failed = report.failed,
-        "dispatch sweep"
-    );
+    // Woken every minute (every 2 s locally): only sweeps that found something are news.
+    if report.due > 0 {
+        tracing::info!(
+            due = report.due,
+            sent = report.sent,
+            skipped = report.skipped,
+            failed = report.failed,
+            "dispatch sweep"
+        );
+    }
     if report.failed > 0 {
         // Failing makes the scheduler retry (and, in the end, dead-letter) the wake-up.
         return Err(format!("{} due messages could not be sent", report.failed).into());
