@@ -7,12 +7,8 @@
 //!   sweep: either way everything due is sent.
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use chrono::{DateTime, Utc};
-use dsr_domain::delayed::{
-    DelayKey, DelayedMessage, DelayedStore, Destination, Dispatcher, Sender, Waker,
-};
+use dsr_domain::delayed::{DelayedMessage, DelayedStore, Dispatcher, Sender, Waker};
 use dsr_domain::Clock;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub const DELAYED_MESSAGES_TABLE: &str = "DELAYED_MESSAGES_TABLE";
@@ -21,34 +17,7 @@ pub const DISPATCH_TARGET_ARN: &str = "DISPATCH_TARGET_ARN";
 pub const SCHEDULER_ROLE_ARN: &str = "SCHEDULER_ROLE_ARN";
 pub const SCHEDULER_DLQ_ARN: &str = "SCHEDULER_DLQ_ARN";
 
-/// What other services send to `schedule-requests`. Contract: `docs/messages.schema.json`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ScheduleRequest {
-    Schedule {
-        version: u32,
-        key: DelayKey,
-        deliver_at: DateTime<Utc>,
-        destination: Destination,
-        payload: Value,
-    },
-    Cancel {
-        version: u32,
-        key: DelayKey,
-    },
-}
-
-impl ScheduleRequest {
-    pub const VERSION: u32 = 1;
-
-    fn version(&self) -> u32 {
-        match self {
-            ScheduleRequest::Schedule { version, .. } | ScheduleRequest::Cancel { version, .. } => {
-                *version
-            }
-        }
-    }
-}
+pub use dsr_domain::delayed::ScheduleRequest;
 
 /// One invocation, whatever woke it. Returns what Lambda should answer: the batch response
 /// for SQS, a summary for the scheduler.

@@ -24,8 +24,6 @@ use dsr_domain::{
 use std::path::PathBuf;
 use tracing::Instrument;
 
-pub const BUNDLED_REGISTRY: &str = include_str!("../registry.yaml");
-
 #[derive(Debug, Clone)]
 pub struct ReportSettings {
     /// Attempts before the request is `failed` and its message dead-lettered.
@@ -59,8 +57,7 @@ pub const REPORT_LEASE_SECONDS: &str = "REPORT_LEASE_SECONDS";
 pub const REPORT_RETENTION_DAYS: &str = "REPORT_RETENTION_DAYS";
 pub const REPORT_PART_SIZE_BYTES: &str = "REPORT_PART_SIZE_BYTES";
 pub const REPORT_RETRY_BASE_SECONDS: &str = "REPORT_RETRY_BASE_SECONDS";
-pub const SERVICE_REGISTRY: &str = "SERVICE_REGISTRY";
-pub const SERVICE_REGISTRY_FILE: &str = "SERVICE_REGISTRY_FILE";
+pub use dsr_domain::registry::{load_registry, SERVICE_REGISTRY, SERVICE_REGISTRY_FILE};
 
 impl ReportSettings {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
@@ -94,21 +91,6 @@ impl ReportSettings {
         }
         Ok(settings)
     }
-}
-
-/// The registry: inline in `SERVICE_REGISTRY`, or the file `SERVICE_REGISTRY_FILE`, or the one
-/// bundled with the function. YAML or JSON.
-pub fn load_registry(lookup: impl Fn(&str) -> Option<String>) -> Result<ServiceRegistry, String> {
-    let text = match (lookup(SERVICE_REGISTRY), lookup(SERVICE_REGISTRY_FILE)) {
-        (Some(inline), _) => inline,
-        (None, Some(path)) => std::fs::read_to_string(&path)
-            .map_err(|e| format!("reading the service registry {path}: {e}"))?,
-        (None, None) => BUNDLED_REGISTRY.to_owned(),
-    };
-    serde_yaml_ng::from_str::<ServiceRegistry>(&text)
-        .map_err(|e| format!("service registry: {e}"))?
-        .validated()
-        .map_err(|e| e.to_string())
 }
 
 /// The delay before attempt `attempts + 1`: `base`, doubling per failed attempt, capped below

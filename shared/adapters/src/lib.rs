@@ -7,6 +7,8 @@ pub mod collect;
 pub mod delayed;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
+#[cfg(feature = "erase")]
+pub mod erase;
 pub mod memory;
 #[cfg(feature = "s3")]
 pub mod s3;

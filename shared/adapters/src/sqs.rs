@@ -138,3 +138,97 @@ impl dsr_domain::delayed::Sender for SqsDestinationSender {
         Ok(())
     }
 }
+
+impl dsr_domain::erasure::EventOutbox for SqsOutbox {
+    async fn publish(
+        &self,
+        event: &dsr_domain::messages::DomainEvent,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        SqsOutbox::publish(self, event)
+            .await
+            .map_err(dsr_domain::erasure::ChannelError)
+    }
+}
+
+/// The watchdog's checks, scheduled with the delayed-dispatch service (its `schedule-requests`
+/// queue) for delivery to the `confirmations` queue.
+#[derive(Clone, Debug)]
+pub struct SqsCheckScheduler {
+    client: Client,
+    schedule_requests_queue_url: String,
+    confirmations_queue_url: String,
+}
+
+impl SqsCheckScheduler {
+    pub fn new(
+        client: Client,
+        schedule_requests_queue_url: impl Into<String>,
+        confirmations_queue_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            schedule_requests_queue_url: schedule_requests_queue_url.into(),
+            confirmations_queue_url: confirmations_queue_url.into(),
+        }
+    }
+}
+
+impl dsr_domain::erasure::CheckScheduler for SqsCheckScheduler {
+    async fn schedule(
+        &self,
+        check: &dsr_domain::erasure::ObligationDue,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        use dsr_domain::delayed::{DelayKey, Destination, ScheduleRequest};
+        use dsr_domain::erasure::{ChannelError, ConfirmationsMessage};
+        let fail = |e: String| ChannelError(format!("scheduling {}: {e}", check.message_id));
+        let request = ScheduleRequest::Schedule {
+            version: ScheduleRequest::VERSION,
+            key: DelayKey::parse(check.message_id.clone()).map_err(fail)?,
+            deliver_at: at,
+            destination: Destination::Sqs {
+                queue_url: self.confirmations_queue_url.clone(),
+            },
+            payload: serde_json::to_value(ConfirmationsMessage::ObligationDue(check.clone()))
+                .map_err(|e| fail(e.to_string()))?,
+        };
+        let body = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
+        self.client
+            .send_message()
+            .queue_url(&self.schedule_requests_queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| fail(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+        Ok(())
+    }
+}
+
+/// Moves a message that can never succeed to a dead-letter queue with the reason as the
+/// `reason` attribute, instead of letting it be retried `maxReceiveCount` times. `Err` means
+/// it was not moved: the caller leaves the message on its queue (SQS's redrive moves it later).
+pub async fn dead_letter(
+    client: &Client,
+    dead_letter_queue_url: &str,
+    body: &str,
+    reason: &str,
+) -> Result<(), String> {
+    let reason: String = reason.chars().take(1024).collect();
+    tracing::error!(%reason, "message dead-lettered");
+    client
+        .send_message()
+        .queue_url(dead_letter_queue_url)
+        .message_body(body)
+        .message_attributes(
+            "reason",
+            aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(reason)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .send()
+        .await
+        .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
+    Ok(())
+}

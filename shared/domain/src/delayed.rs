@@ -68,6 +68,35 @@ pub enum Destination {
     },
 }
 
+/// What other services send to `schedule-requests`. Contract: `docs/messages.schema.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScheduleRequest {
+    Schedule {
+        version: u32,
+        key: DelayKey,
+        deliver_at: DateTime<Utc>,
+        destination: Destination,
+        payload: serde_json::Value,
+    },
+    Cancel {
+        version: u32,
+        key: DelayKey,
+    },
+}
+
+impl ScheduleRequest {
+    pub const VERSION: u32 = 1;
+
+    pub fn version(&self) -> u32 {
+        match self {
+            ScheduleRequest::Schedule { version, .. } | ScheduleRequest::Cancel { version, .. } => {
+                *version
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DelayedMessage {

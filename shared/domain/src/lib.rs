@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod delayed;
 pub mod desk;
+pub mod erasure;
 pub mod messages;
 pub mod ports;
 pub mod registry;

@@ -71,3 +71,42 @@ impl DomainEvent {
         }
     }
 }
+
+impl DomainEvent {
+    /// "Your data was erased": every holder but the erase-last ones confirmed. The email
+    /// service tells the subject; its own erasure follows at `erase_last_at`.
+    pub fn erasure_notice(
+        request_id: RequestId,
+        subject: crate::SubjectId,
+        erase_last_at: DateTime<Utc>,
+        occurred_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            version: Self::VERSION,
+            message_id: format!("erasure_notice:{request_id}"),
+            event_type: "erasure_notice".into(),
+            request_id,
+            subject,
+            occurred_at,
+            detail: serde_json::json!({ "erase_last_at": erase_last_at }),
+        }
+    }
+
+    /// Every holder confirmed: the erasure is complete.
+    pub fn erasure_completed(
+        request_id: RequestId,
+        subject: crate::SubjectId,
+        holders: usize,
+        occurred_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            version: Self::VERSION,
+            message_id: format!("erasure_completed:{request_id}"),
+            event_type: "erasure_completed".into(),
+            request_id,
+            subject,
+            occurred_at,
+            detail: serde_json::json!({ "holders": holders }),
+        }
+    }
+}

@@ -22,6 +22,48 @@ pub struct DataHolder {
     /// How to collect its data for an access request; `None` if it holds nothing to report.
     #[serde(default)]
     pub collect: Option<CollectFrom>,
+    /// How to erase its data for an erasure request; `None` if it holds nothing to erase.
+    #[serde(default)]
+    pub erase: Option<EraseIn>,
+}
+
+/// How a holder is told to erase, and how long it may take to confirm.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EraseIn {
+    pub via: EraseVia,
+    /// Erased only after every other holder confirmed and the subject was told, plus a grace
+    /// period: the email service, which must still be able to send "your data was erased".
+    #[serde(default)]
+    pub last: bool,
+    /// A command not confirmed within this is sent again (the watchdog).
+    #[serde(default = "default_confirm_within")]
+    pub confirm_within_seconds: u64,
+    /// Commands sent at most; after that the obligation is escalated to an operator.
+    #[serde(default = "default_max_sends")]
+    pub max_sends: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EraseVia {
+    /// An internal service: an `erase_subject` command on the commands exchange with this
+    /// routing key; the service answers with an `erasure_confirmation`.
+    Rabbitmq { routing_key: String },
+    /// A third party's API, called directly: `method url` with an `Idempotency-Key`; a 2xx
+    /// answer is the confirmation (404: it held nothing) and its body the receipt.
+    Http {
+        url: String,
+        #[serde(default = "default_erase_method")]
+        method: String,
+        #[serde(default)]
+        auth: Option<AuthHeader>,
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+        /// The vendor's rate limit: calls per second at most, from one function instance.
+        #[serde(default = "default_rate")]
+        max_per_second: u32,
+    },
 }
 
 /// Where `{subject}` appears it is replaced by the (URL-encoded, where in a URL) subject id.
@@ -84,6 +126,38 @@ fn default_http_attempts() -> u32 {
 fn default_page_size() -> u32 {
     500
 }
+fn default_confirm_within() -> u64 {
+    3 * 24 * 3600
+}
+fn default_max_sends() -> u32 {
+    4
+}
+fn default_erase_method() -> String {
+    "DELETE".into()
+}
+fn default_rate() -> u32 {
+    5
+}
+
+/// The registry shipped with the functions (`shared/domain/registry.yaml`).
+pub const BUNDLED_REGISTRY: &str = include_str!("../registry.yaml");
+pub const SERVICE_REGISTRY: &str = "SERVICE_REGISTRY";
+pub const SERVICE_REGISTRY_FILE: &str = "SERVICE_REGISTRY_FILE";
+
+/// The registry: inline in `SERVICE_REGISTRY`, or the file `SERVICE_REGISTRY_FILE`, or the one
+/// bundled with the functions. YAML or JSON.
+pub fn load_registry(lookup: impl Fn(&str) -> Option<String>) -> Result<ServiceRegistry, String> {
+    let text = match (lookup(SERVICE_REGISTRY), lookup(SERVICE_REGISTRY_FILE)) {
+        (Some(inline), _) => inline,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading the service registry {path}: {e}"))?,
+        (None, None) => BUNDLED_REGISTRY.to_owned(),
+    };
+    serde_yaml_ng::from_str::<ServiceRegistry>(&text)
+        .map_err(|e| format!("service registry: {e}"))?
+        .validated()
+        .map_err(|e| e.to_string())
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("service registry: {0}")]
@@ -137,8 +211,57 @@ impl ServiceRegistry {
                 }
                 _ => {}
             }
+            if let Some(erase) = &holder.erase {
+                if erase.max_sends == 0 || erase.confirm_within_seconds == 0 {
+                    return Err(RegistryError(format!(
+                        "{name}: max_sends and confirm_within_seconds must be at least 1"
+                    )));
+                }
+                match &erase.via {
+                    EraseVia::Rabbitmq { routing_key } if routing_key.is_empty() => {
+                        return Err(RegistryError(format!("{name}: a routing_key is needed")));
+                    }
+                    EraseVia::Http {
+                        url,
+                        method,
+                        max_per_second,
+                        ..
+                    } => {
+                        if !url.contains("{subject}") {
+                            return Err(RegistryError(format!(
+                                "{name}: the erase url must contain {{subject}}"
+                            )));
+                        }
+                        if !["DELETE", "POST", "PUT"].contains(&method.as_str()) {
+                            return Err(RegistryError(format!(
+                                "{name}: the erase method must be DELETE, POST or PUT"
+                            )));
+                        }
+                        if *max_per_second == 0 {
+                            return Err(RegistryError(format!(
+                                "{name}: max_per_second must be at least 1"
+                            )));
+                        }
+                    }
+                    EraseVia::Rabbitmq { .. } => {}
+                }
+            }
         }
         Ok(self)
+    }
+
+    /// The holders an erasure must reach, in registry order.
+    pub fn erasable(&self) -> impl Iterator<Item = (&DataHolder, &EraseIn)> {
+        self.services
+            .iter()
+            .filter_map(|h| h.erase.as_ref().map(|e| (h, e)))
+    }
+
+    pub fn eraser(&self, service: &str) -> Option<&EraseIn> {
+        self.services
+            .iter()
+            .find(|h| h.name == service)
+            .and_then(|h| h.erase.as_ref())
     }
 
     /// The holders an access report collects from, in registry order.
@@ -167,11 +290,40 @@ mod tests {
             {"name": "orders", "collect": {"kind": "http", "url": "http://o/users/{subject}/orders"}},
             {"name": "access-log", "collect": {"kind": "search", "url": "http://es/logs", "field": "user", "sort": ["ts", "id"]}},
             {"name": "uploads", "collect": {"kind": "s3", "bucket": "b", "prefix": "u/{subject}/"}},
-            {"name": "email", "description": "newsletters"}
+            {"name": "email", "description": "newsletters",
+             "erase": {"via": {"kind": "rabbitmq", "routing_key": "erasure.email"}, "last": true}},
+            {"name": "ads", "erase": {"via": {"kind": "http", "url": "http://ads/users/{subject}"}}}
         ]}"#,
         )
         .unwrap();
         assert_eq!(r.collectable().count(), 4);
+        let erasable: Vec<_> = r
+            .erasable()
+            .map(|(h, e)| (h.name.as_str(), e.last))
+            .collect();
+        assert_eq!(erasable, [("email", true), ("ads", false)]);
+        match r.eraser("ads") {
+            Some(EraseIn {
+                via:
+                    EraseVia::Http {
+                        method,
+                        max_per_second,
+                        ..
+                    },
+                confirm_within_seconds,
+                max_sends,
+                ..
+            }) => assert_eq!(
+                (
+                    method.as_str(),
+                    *max_per_second,
+                    *confirm_within_seconds,
+                    *max_sends
+                ),
+                ("DELETE", 5, 259_200, 4)
+            ),
+            other => panic!("{other:?}"),
+        }
         match &r.services[1].collect {
             Some(CollectFrom::Http {
                 timeout_ms,
@@ -208,6 +360,14 @@ mod tests {
             (
                 r#"{"services": [{"name": "a", "colect": {}}]}"#,
                 "unknown field",
+            ),
+            (
+                r#"{"services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "http://x/"}}}]}"#,
+                "{subject}",
+            ),
+            (
+                r#"{"services": [{"name": "a", "erase": {"via": {"kind": "rabbitmq", "routing_key": "k"}, "max_sends": 0}}]}"#,
+                "at least 1",
             ),
         ] {
             let err = registry(bad).unwrap_err();

@@ -1,0 +1,143 @@
+//! How erasure commands leave: internal services get `erase_subject` on RabbitMQ (an envelope
+//! on the outbound queue, published by the bridge); third parties' APIs are called directly.
+
+use aws_sdk_sqs::Client;
+use dsr_domain::erasure::{
+    ChannelError, Delivery, ErasureChannel, ErasureCommand, ObligationStatus,
+};
+use dsr_domain::registry::{EraseIn, EraseVia};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+pub struct ErasureChannels {
+    sqs: Client,
+    outbound_queue_url: String,
+    commands_exchange: String,
+    http: reqwest::Client,
+    secrets: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    /// Per vendor: the earliest time the next call may start (its rate limit).
+    next_call: Mutex<HashMap<String, Instant>>,
+}
+
+impl ErasureChannels {
+    pub fn new(
+        sqs: Client,
+        outbound_queue_url: impl Into<String>,
+        commands_exchange: impl Into<String>,
+        secrets: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            sqs,
+            outbound_queue_url: outbound_queue_url.into(),
+            commands_exchange: commands_exchange.into(),
+            http: reqwest::Client::new(),
+            secrets: Box::new(secrets),
+            next_call: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn publish(
+        &self,
+        command: &ErasureCommand,
+        routing_key: &str,
+    ) -> Result<Delivery, ChannelError> {
+        let body = serde_json::json!({
+            "version": 1,
+            "message_id": command.message_id,
+            "exchange": self.commands_exchange,
+            "routing_key": routing_key,
+            "payload": command,
+        });
+        self.sqs
+            .send_message()
+            .queue_url(&self.outbound_queue_url)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| ChannelError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+        Ok(Delivery::Sent)
+    }
+
+    /// Waits for the vendor's next free slot: at most `per_second` calls start per second.
+    async fn pace(&self, vendor: &str, per_second: u32) {
+        let spacing = Duration::from_secs(1) / per_second.max(1);
+        let start = {
+            let mut next = self.next_call.lock().await;
+            let now = Instant::now();
+            let slot = next
+                .get(vendor)
+                .copied()
+                .filter(|t| *t > now)
+                .unwrap_or(now);
+            next.insert(vendor.to_owned(), slot + spacing);
+            slot
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+impl ErasureChannel for ErasureChannels {
+    async fn send(
+        &self,
+        command: &ErasureCommand,
+        how: &EraseIn,
+    ) -> Result<Delivery, ChannelError> {
+        let (url, method, auth, timeout_ms, per_second) = match &how.via {
+            EraseVia::Rabbitmq { routing_key } => return self.publish(command, routing_key).await,
+            EraseVia::Http {
+                url,
+                method,
+                auth,
+                timeout_ms,
+                max_per_second,
+            } => (url, method, auth, *timeout_ms, *max_per_second),
+        };
+        self.pace(&command.service, per_second).await;
+        let subject = percent_encoding::utf8_percent_encode(
+            command.subject.as_str(),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| ChannelError(e.to_string()))?;
+        let mut request = self
+            .http
+            .request(method, url.replace("{subject}", &subject))
+            .timeout(Duration::from_millis(timeout_ms))
+            .header("Idempotency-Key", &command.idempotency_key)
+            .header("X-Request-Id", command.request_id.to_string());
+        if let Some(auth) = auth {
+            let value = (self.secrets)(&auth.value_from_env)
+                .ok_or_else(|| ChannelError(format!("{} is not set", auth.value_from_env)))?;
+            request = request.header(&auth.header, value);
+        }
+        // The URL holds the subject id: errors are reported without it.
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => return Ok(Delivery::Failed(err.without_url().to_string())),
+        };
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        let body: String = body.chars().take(2000).collect();
+        let receipt = serde_json::json!({
+            "http_status": status.as_u16(),
+            "body": serde_json::from_str::<serde_json::Value>(&body).unwrap_or(serde_json::Value::String(body)),
+        })
+        .to_string();
+        Ok(if status.is_success() {
+            Delivery::Answered {
+                status: ObligationStatus::Confirmed,
+                receipt,
+            }
+        } else if status == reqwest::StatusCode::NOT_FOUND {
+            Delivery::Answered {
+                status: ObligationStatus::NotFound,
+                receipt,
+            }
+        } else {
+            Delivery::Failed(format!("the API answered {status}"))
+        })
+    }
+}
