@@ -6,6 +6,8 @@
 //! (`docs/messages.schema.json`): a `RabbitEnvelope` names its exchange and routing key; a
 //! `DomainEvent` goes to the events exchange with its type as the routing key.
 
+pub mod inbound;
+
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;

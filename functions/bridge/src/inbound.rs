@@ -1,0 +1,488 @@
+//! Inbound: what the platform's services publish on RabbitMQ for us (erasure confirmations,
+//! delayed-dispatch schedule requests) is forwarded to SQS. A RabbitMQ message is acknowledged
+//! only after SQS accepted it; one that breaks the contract is dead-lettered on the RabbitMQ
+//! side (a durable queue, the reason in the `x-reject-reason` header), never dropped.
+//!
+//! Two hosts for the same code: [`run_daemon`], a long-lived consumer that reconnects with
+//! backoff (locally and for a self-managed broker), and [`Inbound::handle_event`], the Lambda
+//! handler for the Amazon MQ for RabbitMQ event source.
+
+use crate::BridgeError;
+use aws_lambda_events::rabbitmq::RabbitMqEvent;
+use base64::Engine;
+use dsr_domain::delayed::ScheduleRequest;
+use dsr_domain::erasure::ConfirmationsMessage;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const RABBITMQ_NAMESPACE: &str = "RABBITMQ_NAMESPACE";
+pub const CONFIRMATIONS_QUEUE_URL: &str = "CONFIRMATIONS_QUEUE_URL";
+pub const SCHEDULE_REQUESTS_QUEUE_URL: &str = "SCHEDULE_REQUESTS_QUEUE_URL";
+
+/// The RabbitMQ names of one deployment, all under one namespace (`gdpr` by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Services publish `erasure_confirmation`s here (topic, any routing key).
+    pub confirmations_exchange: String,
+    pub confirmations_queue: String,
+    /// Services publish delayed-dispatch `schedule`/`cancel` requests here.
+    pub schedule_exchange: String,
+    pub schedule_queue: String,
+    /// Messages that broke the contract, with the reason.
+    pub dead_letter_queue: String,
+}
+
+impl Topology {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            confirmations_exchange: format!("{namespace}.confirmations"),
+            confirmations_queue: format!("{namespace}.bridge.confirmations"),
+            schedule_exchange: format!("{namespace}.schedule"),
+            schedule_queue: format!("{namespace}.bridge.schedule"),
+            dead_letter_queue: format!("{namespace}.bridge.dead-letter"),
+        }
+    }
+
+    /// The two queues consumed, and where their messages go.
+    fn routes(&self) -> [(&str, InboundKind); 2] {
+        [
+            (&self.confirmations_queue, InboundKind::Confirmation),
+            (&self.schedule_queue, InboundKind::ScheduleRequest),
+        ]
+    }
+
+    fn kind_of(&self, queue: &str) -> Option<InboundKind> {
+        self.routes()
+            .into_iter()
+            .find(|(name, _)| *name == queue)
+            .map(|(_, kind)| kind)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundKind {
+    Confirmation,
+    ScheduleRequest,
+}
+
+/// Checks an inbound body against its contract (`docs/messages.schema.json`): the text to
+/// forward, or why it can never be forwarded.
+pub fn validate(kind: InboundKind, body: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_owned())?;
+    match kind {
+        InboundKind::Confirmation => match serde_json::from_str::<ConfirmationsMessage>(text) {
+            Ok(ConfirmationsMessage::ErasureConfirmation(c)) if c.version == 1 => Ok(()),
+            Ok(ConfirmationsMessage::ErasureConfirmation(c)) => {
+                Err(format!("unknown confirmation version {}", c.version))
+            }
+            Ok(_) => Err("only erasure_confirmation messages are accepted here".into()),
+            Err(err) => Err(format!("not an erasure_confirmation: {err}")),
+        },
+        InboundKind::ScheduleRequest => match serde_json::from_str::<ScheduleRequest>(text) {
+            Ok(r) if r.version() == ScheduleRequest::VERSION => Ok(()),
+            Ok(r) => Err(format!("unknown schedule request version {}", r.version())),
+            Err(err) => Err(format!("not a schedule request: {err}")),
+        },
+    }?;
+    Ok(text.to_owned())
+}
+
+/// Forwards valid inbound messages to their SQS queues.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    pub sqs: aws_sdk_sqs::Client,
+    pub confirmations_queue_url: String,
+    pub schedule_requests_queue_url: String,
+    pub topology: Topology,
+}
+
+impl Inbound {
+    async fn forward(
+        &self,
+        kind: InboundKind,
+        body: String,
+        message_id: Option<&str>,
+    ) -> Result<(), BridgeError> {
+        let queue_url = match kind {
+            InboundKind::Confirmation => &self.confirmations_queue_url,
+            InboundKind::ScheduleRequest => &self.schedule_requests_queue_url,
+        };
+        let mut send = self
+            .sqs
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body);
+        if let Some(id) = message_id.filter(|id| !id.is_empty()) {
+            send = send.message_attributes(
+                "message_id",
+                aws_sdk_sqs::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(id)
+                    .build()
+                    .map_err(|e| BridgeError::Broker(e.to_string()))?,
+            );
+        }
+        send.send().await.map_err(|e| {
+            BridgeError::Broker(format!(
+                "SQS did not take the message: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(e)
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// The Lambda handler for the Amazon MQ event source. The event source has no partial batch
+    /// response: if SQS refuses one message the whole batch fails and is delivered again, which
+    /// the keyed consumers downstream absorb. Malformed messages are dead-lettered on the
+    /// broker through `dead_letters` (this function's own connection).
+    pub async fn handle_event(
+        &self,
+        event: RabbitMqEvent,
+        dead_letters: &DeadLetters,
+    ) -> Result<usize, BridgeError> {
+        let mut forwarded = 0;
+        for (queue_and_vhost, messages) in event.messages_by_queue {
+            // Keys look like `queue::vhost`.
+            let queue = queue_and_vhost
+                .split_once("::")
+                .map_or(queue_and_vhost.as_str(), |(q, _)| q);
+            for message in messages {
+                let message_id = message.basic_properties.message_id.clone();
+                let body = match &message.data {
+                    Some(data) => base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .map_err(|e| format!("the data is not base64: {e}")),
+                    None => Err("no data".to_owned()),
+                };
+                let checked = body.and_then(|body| match self.topology.kind_of(queue) {
+                    Some(kind) => validate(kind, &body).map(|text| (kind, text)),
+                    None => Err(format!("the bridge does not consume queue `{queue}`")),
+                });
+                match checked {
+                    Ok((kind, text)) => {
+                        self.forward(kind, text, message_id.as_deref()).await?;
+                        forwarded += 1;
+                    }
+                    Err(reason) => {
+                        let raw = message
+                            .data
+                            .as_deref()
+                            .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+                            .unwrap_or_default();
+                        dead_letters
+                            .publish(&raw, queue, &reason, message_id.as_deref())
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(forwarded)
+    }
+}
+
+/// Publishes rejected messages to the dead-letter queue, under publisher confirms.
+pub struct DeadLetters {
+    url: String,
+    queue: String,
+    channel: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+}
+
+impl DeadLetters {
+    pub fn new(url: impl Into<String>, topology: &Topology) -> Self {
+        Self {
+            url: url.into(),
+            queue: topology.dead_letter_queue.clone(),
+            channel: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn publish(
+        &self,
+        body: &[u8],
+        from_queue: &str,
+        reason: &str,
+        message_id: Option<&str>,
+    ) -> Result<(), BridgeError> {
+        let broker = |e: lapin::Error| BridgeError::Broker(e.to_string());
+        let mut guard = self.channel.lock().await;
+        let healthy = guard
+            .as_ref()
+            .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
+        if !healthy {
+            let conn = Connection::connect(&self.url, ConnectionProperties::default())
+                .await
+                .map_err(broker)?;
+            let channel = conn.create_channel().await.map_err(broker)?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(broker)?;
+            declare_dead_letter_queue(&channel, &self.queue).await?;
+            *guard = Some((conn, channel));
+        }
+        let Some((_, channel)) = guard.as_ref() else {
+            return Err(BridgeError::Broker("no channel".into()));
+        };
+        dead_letter(channel, &self.queue, body, from_queue, reason, message_id).await
+    }
+}
+
+async fn declare_dead_letter_queue(channel: &Channel, queue: &str) -> Result<(), BridgeError> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| BridgeError::Broker(e.to_string()))?;
+    Ok(())
+}
+
+async fn dead_letter(
+    channel: &Channel,
+    dead_letter_queue: &str,
+    body: &[u8],
+    from_queue: &str,
+    reason: &str,
+    message_id: Option<&str>,
+) -> Result<(), BridgeError> {
+    let reason: String = reason.chars().take(1024).collect();
+    tracing::warn!(queue = from_queue, message_id = message_id.unwrap_or_default(), %reason, "inbound message dead-lettered");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-reject-reason".into(),
+        AMQPValue::LongString(reason.as_str().into()),
+    );
+    headers.insert(
+        "x-original-queue".into(),
+        AMQPValue::LongString(from_queue.into()),
+    );
+    let mut properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    if let Some(id) = message_id {
+        properties = properties.with_message_id(id.into());
+    }
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            dead_letter_queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .map_err(|e| BridgeError::Broker(e.to_string()))?
+        .await
+        .map_err(|e| BridgeError::Broker(e.to_string()))?;
+    if confirm.is_ack() {
+        Ok(())
+    } else {
+        Err(BridgeError::Broker(
+            "the broker refused the dead letter".into(),
+        ))
+    }
+}
+
+/// Declares what the bridge consumes: durable topic exchanges, durable queues bound to them
+/// with `#`, and the dead-letter queue. Idempotent; run on every (re)connection.
+pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), BridgeError> {
+    let broker = |e: lapin::Error| BridgeError::Broker(e.to_string());
+    for (exchange, queue) in [
+        (
+            &topology.confirmations_exchange,
+            &topology.confirmations_queue,
+        ),
+        (&topology.schedule_exchange, &topology.schedule_queue),
+    ] {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+    }
+    declare_dead_letter_queue(channel, &topology.dead_letter_queue).await
+}
+
+/// The long-lived inbound bridge: consumes until `stopped` turns true, reconnecting with
+/// exponential backoff (0.5 s doubling to 30 s) whenever the broker goes away. Unacknowledged
+/// messages return to their queue when a connection dies, so a restart loses nothing.
+pub async fn run_daemon(url: String, inbound: Inbound, mut stopped: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let session = consume(&url, &inbound, &mut backoff);
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            result = session => {
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "inbound bridge disconnected; reconnecting");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn consume(url: &str, inbound: &Inbound, backoff: &mut Duration) -> Result<(), BridgeError> {
+    let broker = |e: lapin::Error| BridgeError::Broker(e.to_string());
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(broker)?;
+    let channel = conn.create_channel().await.map_err(broker)?;
+    declare_topology(&channel, &inbound.topology).await?;
+    // Dead letters go out on their own confirming channel.
+    let rejects = conn.create_channel().await.map_err(broker)?;
+    rejects
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(broker)?;
+    // Bounded in-flight work: SQS latency, not memory, limits throughput.
+    channel
+        .basic_qos(32, BasicQosOptions::default())
+        .await
+        .map_err(broker)?;
+    let mut streams = Vec::new();
+    for (queue, kind) in inbound.topology.routes() {
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                format!("dsr-bridge-{}", ulid::Ulid::new()).as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        let queue = queue.to_owned();
+        streams.push(consumer.map(move |d| (queue.clone(), kind, d)).boxed());
+    }
+    tracing::info!(
+        confirmations = %inbound.topology.confirmations_queue,
+        schedule = %inbound.topology.schedule_queue,
+        "inbound bridge consuming"
+    );
+    *backoff = Duration::from_millis(500);
+    let mut deliveries = futures::stream::select_all(streams);
+    while let Some((queue, kind, delivery)) = deliveries.next().await {
+        let delivery = delivery.map_err(broker)?;
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string());
+        match validate(kind, &delivery.data) {
+            Ok(text) => match inbound.forward(kind, text, message_id.as_deref()).await {
+                Ok(()) => {
+                    delivery
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(broker)?;
+                }
+                Err(err) => {
+                    // SQS is down: give the message back and slow down.
+                    tracing::warn!(error = %err, queue = %queue, "could not forward to SQS; requeued");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        })
+                        .await
+                        .map_err(broker)?;
+                }
+            },
+            Err(reason) => {
+                dead_letter(
+                    &rejects,
+                    &inbound.topology.dead_letter_queue,
+                    &delivery.data,
+                    &queue,
+                    &reason,
+                    message_id.as_deref(),
+                )
+                .await?;
+                delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(broker)?;
+            }
+        }
+    }
+    Err(BridgeError::Broker("the consumer stream ended".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_documented_messages_pass() {
+        let ok = br#"{"type":"erasure_confirmation","version":1,"message_id":"m","request_id":"01JABCDEFGHJKMNPQRSTVWXYZ0","service":"billing","outcome":"erased","receipt":{"rows":3}}"#;
+        assert!(validate(InboundKind::Confirmation, ok).is_ok());
+        let due = br#"{"type":"obligation_due","version":1,"message_id":"m","request_id":"01JABCDEFGHJKMNPQRSTVWXYZ0","service":"billing","attempt":1}"#;
+        assert!(validate(InboundKind::Confirmation, due)
+            .unwrap_err()
+            .contains("only erasure_confirmation"));
+        let v2 = String::from_utf8_lossy(ok).replace("\"version\":1", "\"version\":2");
+        assert!(validate(InboundKind::Confirmation, v2.as_bytes())
+            .unwrap_err()
+            .contains("version 2"));
+        assert!(validate(InboundKind::Confirmation, b"{oops")
+            .unwrap_err()
+            .contains("not an erasure_confirmation"));
+        let schedule = br#"{"action":"cancel","version":1,"key":"k1"}"#;
+        assert!(validate(InboundKind::ScheduleRequest, schedule).is_ok());
+        assert!(validate(InboundKind::ScheduleRequest, ok).is_err());
+        assert!(validate(InboundKind::ScheduleRequest, &[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn every_name_lives_under_the_namespace() {
+        let t = Topology::new("acme");
+        assert_eq!(
+            t.kind_of("acme.bridge.confirmations"),
+            Some(InboundKind::Confirmation)
+        );
+        assert_eq!(
+            t.kind_of("acme.bridge.schedule"),
+            Some(InboundKind::ScheduleRequest)
+        );
+        assert_eq!(t.kind_of("acme.bridge.dead-letter"), None);
+    }
+}
