@@ -103,7 +103,7 @@ async fn good_messages_are_deleted_once_and_a_poison_message_ends_in_the_dlq() {
             .unwrap();
     }
     let seen = Arc::new(Mutex::new(HashMap::new()));
-    let function = counting(dsr_local::stack::logging_consumer("test"), seen.clone());
+    let function = counting(logging_consumer("test"), seen.clone());
 
     let moved = eventually(Duration::from_secs(30), async || {
         deliver_once(&q.sqs, &q.source, &function).await.unwrap();
@@ -160,7 +160,7 @@ async fn a_failing_handler_leaves_the_whole_batch_for_a_retry() {
     );
 
     // The message comes back after its visibility timeout and now succeeds.
-    let ok = dsr_local::stack::logging_consumer("test");
+    let ok = logging_consumer("test");
     let redelivered = eventually(Duration::from_secs(10), async || {
         deliver_once(&q.sqs, &q.source, &ok)
             .await
@@ -197,4 +197,31 @@ async fn naming_a_message_not_in_the_batch_fails_the_whole_batch() {
     });
     let delivery = deliver_once(&q.sqs, &q.source, &confused).await.unwrap();
     assert_eq!((delivery.received, delivery.failed), (1, 1));
+}
+
+/// A consumer that checks each message against the work-message contract and logs it; a message that breaks the contract is reported as a
+/// batch item failure, so after `maxReceiveCount` tries it lands in the dead-letter queue.
+fn logging_consumer(queue: &'static str) -> SqsFunction {
+    Arc::new(move |event: SqsEvent| {
+        Box::pin(async move {
+            let mut response = SqsBatchResponse::default();
+            for record in event.records {
+                let id = record.message_id.clone().unwrap_or_default();
+                match serde_json::from_str::<dsr_domain::RequestMessage>(
+                    record.body.as_deref().unwrap_or(""),
+                ) {
+                    Ok(message) => {
+                        eprintln!("{queue}: work message for {}", message.request_id)
+                    }
+                    Err(err) => {
+                        eprintln!("{queue}: malformed work message {id}: {err}");
+                        let mut failure = BatchItemFailure::default();
+                        failure.item_identifier = id;
+                        response.batch_item_failures.push(failure);
+                    }
+                }
+            }
+            Ok(response)
+        })
+    })
 }

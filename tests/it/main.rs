@@ -6,6 +6,7 @@ mod api;
 mod bridge;
 mod contract;
 mod dispatch;
+mod erasure;
 mod event_source;
 mod helpers;
 mod report;

@@ -1,9 +1,11 @@
 //! The dispatcher with in-memory ports and a clock the tests move.
 
 use super::*;
-use chrono::{Duration, TimeZone};
+use chrono::{DateTime, Duration, TimeZone, Utc};
 use dsr_adapters::memory::{InMemoryDelayedStore, RecordingDispatchPorts};
-use dsr_domain::delayed::{CancelOutcome, DispatchSettings, ScheduleOutcome};
+use dsr_domain::delayed::{
+    CancelOutcome, DelayKey, Destination, DispatchSettings, ScheduleOutcome,
+};
 use dsr_domain::FixedClock;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

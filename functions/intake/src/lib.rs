@@ -4,6 +4,7 @@
 //! request body never names whose data it is about. Bad input gets a 4xx with
 //! `{"error": {"code", "message"}}` and never a 5xx. Contract: `docs/openapi.yaml`.
 
+use dsr_domain::erasure::ObligationStore;
 use dsr_domain::{
     Clock, DeskError, IdempotencyKey, ReportLinks, Request, RequestDesk, RequestId, RequestKind,
     RequestStore, StoreError, SubjectId, Submission, WorkQueue,
@@ -52,7 +53,7 @@ pub async fn handle<S, Q, C, L>(
     request: lambda_http::Request,
 ) -> Result<Response<Body>, Error>
 where
-    S: RequestStore,
+    S: RequestStore + ObligationStore,
     Q: WorkQueue,
     C: Clock,
     L: ReportLinks,
@@ -62,7 +63,7 @@ where
         .unwrap_or_else(ApiError::into_response))
 }
 
-async fn route<S: RequestStore, Q: WorkQueue, C: Clock, L: ReportLinks>(
+async fn route<S: RequestStore + ObligationStore, Q: WorkQueue, C: Clock, L: ReportLinks>(
     api: &IntakeApi<S, Q, C, L>,
     request: &lambda_http::Request,
 ) -> Result<Response<Body>, ApiError> {
@@ -84,7 +85,17 @@ async fn route<S: RequestStore, Q: WorkQueue, C: Clock, L: ReportLinks>(
             match *request.method() {
                 Method::GET => {
                     let found = desk.show(&subject, id).await?;
-                    Ok(json_response(StatusCode::OK, &RequestView::from(&found)))
+                    let mut view = RequestView::from(&found);
+                    if found.kind == RequestKind::Erasure {
+                        view.services = Some(
+                            desk.progress(&found)
+                                .await?
+                                .iter()
+                                .map(ServiceProgress::from)
+                                .collect(),
+                        );
+                    }
+                    Ok(json_response(StatusCode::OK, &view))
                 }
                 Method::DELETE => {
                     let cancelled = desk.cancel(&subject, id).await?;
@@ -234,6 +245,38 @@ pub struct RequestView {
     pub received_at: String,
     pub due_at: String,
     pub updated_at: String,
+    /// Erasure requests, on `GET /v1/requests/{id}`: each holder's progress (no data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<ServiceProgress>>,
+}
+
+/// One holder's part of an erasure, as the user sees it.
+#[derive(Debug, Serialize)]
+pub struct ServiceProgress {
+    pub service: String,
+    pub status: dsr_domain::erasure::ObligationStatus,
+    /// Erased after the others, once the subject was told (the email service).
+    pub erased_last: bool,
+    pub commands_sent: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<String>,
+    /// The holder did not confirm after every re-send; an operator is on it.
+    pub escalated: bool,
+}
+
+impl From<&dsr_domain::erasure::Obligation> for ServiceProgress {
+    fn from(o: &dsr_domain::erasure::Obligation) -> Self {
+        Self {
+            service: o.service.clone(),
+            status: o.status,
+            erased_last: o.last,
+            commands_sent: o.attempts,
+            confirmed_at: o
+                .confirmed_at
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            escalated: o.escalated_at.is_some(),
+        }
+    }
 }
 
 impl From<&Request> for RequestView {
@@ -248,6 +291,7 @@ impl From<&Request> for RequestView {
             received_at: time(request.received_at),
             due_at: time(request.due_at),
             updated_at: time(request.updated_at),
+            services: None,
         }
     }
 }

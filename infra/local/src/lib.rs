@@ -5,6 +5,7 @@ pub mod demo;
 pub mod event_source;
 pub mod fake_services;
 pub mod gateway;
+pub mod holders;
 pub mod jwt;
 pub mod provision;
 pub mod stack;

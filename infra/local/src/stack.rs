@@ -9,7 +9,6 @@ use crate::provision::provision;
 use crate::template::{StackContext, Template};
 use anyhow::{anyhow, Context, Result};
 use aws_config::SdkConfig;
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use dsr_adapters::collect::Collectors;
 use dsr_adapters::delayed::DynamoDelayedStore;
 use dsr_adapters::dynamodb::DynamoRequestStore;
@@ -19,7 +18,7 @@ use dsr_adapters::sqs::SqsDestinationSender;
 use dsr_adapters::sqs::SqsOutbox;
 use dsr_adapters::wiring::{self, DeskConfig};
 use dsr_domain::delayed::{DispatchSettings, Dispatcher};
-use dsr_domain::{RequestMessage, SubjectHasher, SystemClock};
+use dsr_domain::{SubjectHasher, SystemClock};
 use dsr_report::{ReportSettings, ReportWorker};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -42,6 +41,8 @@ pub fn local_parameters() -> HashMap<String, String> {
             "RabbitMqUrl".to_owned(),
             "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
         ),
+        // Locally the email service is erased 20 s after the notice, not 72 h.
+        ("ErasureGraceSeconds".to_owned(), "20".to_owned()),
     ])
 }
 
@@ -56,8 +57,8 @@ pub struct LocalSettings {
     /// How often the dispatch function is woken (EventBridge Scheduler's job in AWS: moto
     /// stores schedules but never fires them).
     pub dispatch_every: Duration,
-    /// Deliver the work queues to their functions: access requests to the report function;
-    /// erasure requests to a logging consumer until the erasure function exists.
+    /// Run the functions on their queues: reports, erasures, confirmations, delayed dispatch
+    /// and both directions of the RabbitMQ bridge.
     pub consume_work_queues: bool,
     /// The report function's service registry (YAML); `None` keeps the bundled one.
     pub registry: Option<String>,
@@ -166,6 +167,44 @@ impl LocalStack {
         }))
     }
 
+    /// The erasure or confirm function (`function`) as Lambda would run it; the registry (YAML)
+    /// replaces the bundled one when given.
+    pub fn erasure_function(
+        &self,
+        function: &str,
+        registry: Option<&str>,
+    ) -> Result<dsr_erasure::ErasureFunction<dsr_erasure::CloudErasureDesk>> {
+        let mut env = self.environment(function)?;
+        if let Some(registry) = registry {
+            env.insert(
+                dsr_domain::registry::SERVICE_REGISTRY.into(),
+                registry.to_owned(),
+            );
+        }
+        let actor = if function == "ConfirmFunction" {
+            "confirm"
+        } else {
+            "erasure"
+        };
+        dsr_erasure::desk_from_lookup(&self.aws, |name| env.get(name).cloned(), actor)
+            .map_err(|e| anyhow!(e))
+    }
+
+    /// The inbound bridge's forwarding side, with the template's environment.
+    pub fn inbound_bridge(&self) -> Result<(String, dsr_bridge::inbound::Inbound)> {
+        use dsr_bridge::inbound::{self, Inbound, Topology};
+        let env = self.environment("BridgeInboundFunction")?;
+        Ok((
+            required(&env, dsr_bridge::RABBITMQ_URL)?,
+            Inbound {
+                sqs: aws_sdk_sqs::Client::new(&self.aws),
+                confirmations_queue_url: required(&env, inbound::CONFIRMATIONS_QUEUE_URL)?,
+                schedule_requests_queue_url: required(&env, inbound::SCHEDULE_REQUESTS_QUEUE_URL)?,
+                topology: Topology::new(&required(&env, inbound::RABBITMQ_NAMESPACE)?),
+            },
+        ))
+    }
+
     /// The report function as Lambda would run it, with the template's environment; the
     /// registry (YAML) replaces the bundled one when given.
     pub fn report_worker(
@@ -271,6 +310,8 @@ pub fn template_authorizer(
 
 pub struct RunningStack {
     pub http_addr: SocketAddr,
+    /// The demo's fake data holders (`make run`).
+    pub holders: Option<Arc<crate::holders::Holders>>,
     pub stack: Arc<LocalStack>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -323,9 +364,23 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
     ));
 
     let mut registry = settings.registry.clone();
+    let mut holders = None;
     if let Some(listen) = settings.demo {
         let demo = crate::demo::seed(&stack, listen).await?;
-        registry = registry.or(Some(demo.registry));
+        // The services that take erasure commands: AMQP consumers and a vendor's HTTP API
+        // (on the next port), all holding data about the demo user.
+        let env = stack.environment("BridgeInboundFunction")?;
+        let fakes = crate::holders::start(
+            &required(&env, dsr_bridge::RABBITMQ_URL)?,
+            &required(&env, dsr_bridge::inbound::RABBITMQ_NAMESPACE)?,
+            SocketAddr::new(listen.ip(), listen.port().saturating_add(1)),
+            stopped.clone(),
+        )
+        .await?;
+        fakes.seed(crate::demo::DEMO_SUBJECT);
+        let demo_registry = format!("{}{}", demo.registry, fakes.registry_entries(60, 3));
+        registry = registry.or(Some(demo_registry));
+        holders = Some(Arc::new(fakes));
     }
     if settings.consume_work_queues {
         let sqs = aws_sdk_sqs::Client::new(aws);
@@ -385,16 +440,40 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
             bridge,
             stopped.clone(),
         ));
+        let erasure = Arc::new(stack.erasure_function("ErasureFunction", registry.as_deref())?);
+        let fan_out: SqsFunction = Arc::new(move |event| {
+            let erasure = erasure.clone();
+            Box::pin(async move { Ok(erasure.handle_requests(event).await) })
+        });
         tasks.spawn(event_source::run(
             sqs.clone(),
-            stack.queue("ErasureRequestsQueue")?,
-            logging_consumer("ErasureRequestsQueue"),
+            stack.event_source("ErasureFunction")?,
+            fan_out,
+            stopped.clone(),
+        ));
+        let confirm = Arc::new(stack.erasure_function("ConfirmFunction", registry.as_deref())?);
+        let confirmations: SqsFunction = Arc::new(move |event| {
+            let confirm = confirm.clone();
+            Box::pin(async move { Ok(dsr_confirm::handle(&*confirm, event).await) })
+        });
+        tasks.spawn(event_source::run(
+            sqs.clone(),
+            stack.event_source("ConfirmFunction")?,
+            confirmations,
+            stopped.clone(),
+        ));
+        // Inbound, as for a self-managed broker: the long-lived consumer.
+        let (url, inbound) = stack.inbound_bridge()?;
+        tasks.spawn(dsr_bridge::inbound::run_daemon(
+            url,
+            inbound,
             stopped.clone(),
         ));
     }
 
     Ok(RunningStack {
         http_addr,
+        holders,
         stack,
         shutdown,
         tasks,
@@ -414,33 +493,4 @@ where
             _ = ticks.tick() => tick().await,
         }
     }
-}
-
-/// Stands in for the report and erasure functions until they exist: checks each message
-/// against the contract and logs it; a message that breaks the contract is reported as a
-/// batch item failure, so after `maxReceiveCount` tries it lands in the dead-letter queue.
-pub fn logging_consumer(queue: &'static str) -> SqsFunction {
-    Arc::new(move |event: SqsEvent| {
-        Box::pin(async move {
-            let mut response = SqsBatchResponse::default();
-            for record in event.records {
-                let id = record.message_id.clone().unwrap_or_default();
-                match serde_json::from_str::<RequestMessage>(record.body.as_deref().unwrap_or("")) {
-                    Ok(message) => tracing::info!(
-                        queue,
-                        request_id = %message.request_id,
-                        kind = %message.kind,
-                        "work message received (no worker for it yet)"
-                    ),
-                    Err(err) => {
-                        tracing::warn!(queue, message_id = %id, reason = %err, "malformed work message; it will be dead-lettered");
-                        let mut failure = BatchItemFailure::default();
-                        failure.item_identifier = id;
-                        response.batch_item_failures.push(failure);
-                    }
-                }
-            }
-            Ok(response)
-        })
-    })
 }

@@ -17,6 +17,7 @@ struct Tables {
     open_guards: HashMap<(SubjectHash, dsr_domain::RequestKind), RequestId>,
     idempotency: HashMap<(SubjectHash, String), RequestId>,
     events: Vec<(RequestId, String)>,
+    obligations: HashMap<(RequestId, String), dsr_domain::erasure::Obligation>,
 }
 
 #[derive(Default)]
@@ -37,6 +38,118 @@ impl InMemoryRequestStore {
             .filter(|(r, _)| *r == id)
             .map(|(_, e)| e.clone())
             .collect()
+    }
+}
+
+impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
+    async fn plan(
+        &self,
+        request_id: RequestId,
+        obligations: &[dsr_domain::erasure::Obligation],
+        fencing_token: u64,
+    ) -> Result<(), StoreError> {
+        let mut tables = self.lock();
+        let fenced = tables
+            .requests
+            .get(&request_id)
+            .is_none_or(|(r, _)| r.fencing_token != fencing_token);
+        if fenced {
+            return Err(StoreError::Unavailable("fenced out".into()));
+        }
+        for obligation in obligations {
+            tables
+                .obligations
+                .entry((request_id, obligation.service.clone()))
+                .or_insert_with(|| obligation.clone());
+        }
+        Ok(())
+    }
+
+    async fn obligations(
+        &self,
+        request_id: RequestId,
+    ) -> Result<Vec<dsr_domain::erasure::Obligation>, StoreError> {
+        Ok(self
+            .lock()
+            .obligations
+            .values()
+            .filter(|o| o.request_id == request_id)
+            .cloned()
+            .collect())
+    }
+
+    async fn record_send(
+        &self,
+        request_id: RequestId,
+        service: &str,
+        attempt: u32,
+        status: dsr_domain::erasure::ObligationStatus,
+        error: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tables = self.lock();
+        match tables
+            .obligations
+            .get_mut(&(request_id, service.to_owned()))
+        {
+            Some(o) if o.attempts + 1 == attempt && !o.status.is_done() => {
+                o.attempts = attempt;
+                o.status = status;
+                o.sent_at = Some(at);
+                o.last_error = error.map(str::to_owned);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn record_answer(
+        &self,
+        request_id: RequestId,
+        service: &str,
+        status: dsr_domain::erasure::ObligationStatus,
+        receipt: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        use dsr_domain::erasure::ObligationStatus::{Failed, Pending, Sent};
+        let mut tables = self.lock();
+        match tables
+            .obligations
+            .get_mut(&(request_id, service.to_owned()))
+        {
+            Some(o)
+                if !o.status.is_done()
+                    && (status != Failed || matches!(o.status, Pending | Sent)) =>
+            {
+                o.status = status;
+                o.receipt = Some(receipt.to_owned());
+                if status != Failed {
+                    o.confirmed_at = Some(at);
+                    o.last_error = None;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn escalate(
+        &self,
+        request_id: RequestId,
+        service: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tables = self.lock();
+        match tables
+            .obligations
+            .get_mut(&(request_id, service.to_owned()))
+        {
+            Some(o) if o.escalated_at.is_none() => {
+                o.escalated_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }
 
@@ -211,6 +324,7 @@ impl RequestStore for InMemoryRequestStore {
 #[derive(Default)]
 pub struct InMemoryWorkQueue {
     sent: Mutex<Vec<RequestMessage>>,
+    announced: Mutex<Vec<dsr_domain::messages::DomainEvent>>,
     unavailable: AtomicBool,
 }
 
@@ -219,13 +333,25 @@ impl InMemoryWorkQueue {
         self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The `request_submitted` events announced with the messages.
+    pub fn announced(&self) -> Vec<dsr_domain::messages::DomainEvent> {
+        self.announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn set_unavailable(&self, unavailable: bool) {
         self.unavailable.store(unavailable, Ordering::SeqCst);
     }
 }
 
 impl WorkQueue for InMemoryWorkQueue {
-    async fn enqueue(&self, message: &RequestMessage) -> Result<(), QueueError> {
+    async fn enqueue(
+        &self,
+        message: &RequestMessage,
+        announcement: &dsr_domain::messages::DomainEvent,
+    ) -> Result<(), QueueError> {
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(QueueError {
                 request_id: message.request_id,
@@ -237,6 +363,10 @@ impl WorkQueue for InMemoryWorkQueue {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(message.clone());
+        self.announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(announcement.clone());
         Ok(())
     }
 }

@@ -8,6 +8,8 @@ pub struct SqsWorkQueue {
     client: Client,
     access_queue_url: String,
     erasure_queue_url: String,
+    /// Where `request_submitted` goes (the outbound queue); not announced when `None`.
+    outbound_queue_url: Option<String>,
 }
 
 impl SqsWorkQueue {
@@ -20,7 +22,14 @@ impl SqsWorkQueue {
             client,
             access_queue_url: access_queue_url.into(),
             erasure_queue_url: erasure_queue_url.into(),
+            outbound_queue_url: None,
         }
+    }
+
+    /// Announces every enqueued request on the outbound queue as `request_submitted`.
+    pub fn announcing_to(mut self, outbound_queue_url: Option<String>) -> Self {
+        self.outbound_queue_url = outbound_queue_url;
+        self
     }
 
     fn queue_url(&self, kind: RequestKind) -> &str {
@@ -32,7 +41,11 @@ impl SqsWorkQueue {
 }
 
 impl WorkQueue for SqsWorkQueue {
-    async fn enqueue(&self, message: &RequestMessage) -> Result<(), QueueError> {
+    async fn enqueue(
+        &self,
+        message: &RequestMessage,
+        announcement: &dsr_domain::messages::DomainEvent,
+    ) -> Result<(), QueueError> {
         let fail = |reason: String| QueueError {
             request_id: message.request_id,
             kind: message.kind,
@@ -46,6 +59,16 @@ impl WorkQueue for SqsWorkQueue {
             .send()
             .await
             .map_err(|e| fail(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+        if let Some(outbound) = &self.outbound_queue_url {
+            let body = serde_json::to_string(announcement).map_err(|e| fail(e.to_string()))?;
+            self.client
+                .send_message()
+                .queue_url(outbound)
+                .message_body(body)
+                .send()
+                .await
+                .map_err(|e| fail(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+        }
         Ok(())
     }
 }

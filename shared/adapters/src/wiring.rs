@@ -37,6 +37,8 @@ pub struct DeskConfig {
     pub access_queue_url: String,
     pub erasure_queue_url: String,
     pub subject_hash_key: String,
+    /// `request_submitted` events go here when set.
+    pub outbound_queue_url: Option<String>,
 }
 
 impl DeskConfig {
@@ -65,6 +67,7 @@ impl DeskConfig {
             access_queue_url: get(ACCESS_REQUESTS_QUEUE_URL)?,
             erasure_queue_url: get(ERASURE_REQUESTS_QUEUE_URL)?,
             subject_hash_key: get(SUBJECT_HASH_KEY)?,
+            outbound_queue_url: lookup(OUTBOUND_QUEUE_URL).filter(|u| !u.trim().is_empty()),
         };
         if config.subject_hash_key.len() < 16 {
             return Err(ConfigError {
@@ -87,7 +90,8 @@ impl DeskConfig {
                 aws_sdk_sqs::Client::new(aws),
                 &self.access_queue_url,
                 &self.erasure_queue_url,
-            ),
+            )
+            .announcing_to(self.outbound_queue_url.clone()),
             SystemClock,
             SubjectHasher::new(&self.subject_hash_key),
         )

@@ -92,6 +92,21 @@ pub struct RequestDesk<S, Q, C> {
     hasher: SubjectHasher,
 }
 
+impl<S: RequestStore + crate::erasure::ObligationStore, Q, C> RequestDesk<S, Q, C> {
+    /// Where each holder's erasure stands (empty for access requests), by service name.
+    pub async fn progress(
+        &self,
+        request: &Request,
+    ) -> Result<Vec<crate::erasure::Obligation>, DeskError> {
+        if request.kind != RequestKind::Erasure {
+            return Ok(Vec::new());
+        }
+        let mut obligations = self.store.obligations(request.id).await?;
+        obligations.sort_by(|a, b| a.service.cmp(&b.service));
+        Ok(obligations)
+    }
+}
+
 impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
     pub fn new(store: S, queue: Q, clock: C, hasher: SubjectHasher) -> Self {
         Self {
@@ -305,7 +320,8 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
     ) -> Option<chrono::DateTime<chrono::Utc>> {
         let now = self.clock.now();
         let message = RequestMessage::new(request.id, request.kind, now);
-        if let Err(err) = self.queue.enqueue(&message).await {
+        let announcement = crate::messages::DomainEvent::request_submitted(request, now);
+        if let Err(err) = self.queue.enqueue(&message, &announcement).await {
             tracing::warn!(request_id = %request.id, subject = %subject_hash, error = %err, "work message not sent; the sweep will retry");
             return None;
         }

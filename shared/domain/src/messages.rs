@@ -73,6 +73,20 @@ impl DomainEvent {
 }
 
 impl DomainEvent {
+    /// A request was accepted: the email service can acknowledge it to the subject, audit can
+    /// count it.
+    pub fn request_submitted(request: &crate::Request, occurred_at: DateTime<Utc>) -> Self {
+        Self {
+            version: Self::VERSION,
+            message_id: format!("request_submitted:{}", request.id),
+            event_type: "request_submitted".into(),
+            request_id: request.id,
+            subject: request.subject.clone(),
+            occurred_at,
+            detail: serde_json::json!({ "kind": request.kind, "due_at": request.due_at }),
+        }
+    }
+
     /// "Your data was erased": every holder but the erase-last ones confirmed. The email
     /// service tells the subject; its own erasure follows at `erase_last_at`.
     pub fn erasure_notice(

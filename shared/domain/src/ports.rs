@@ -141,16 +141,23 @@ pub trait ReportLinks: Send + Sync {
 
 /// The queues that feed the report and erasure workers.
 pub trait WorkQueue: Send + Sync {
+    /// Sends the work message, then tells the platform (`request_submitted`): both or an error,
+    /// so that the sweep's re-send of a failed enqueue repeats both (each keyed by its id).
     fn enqueue(
         &self,
         message: &RequestMessage,
+        announcement: &crate::messages::DomainEvent,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
 /// Shared adapters (one client, many handlers) are ports too.
 impl<T: WorkQueue> WorkQueue for Arc<T> {
-    async fn enqueue(&self, message: &RequestMessage) -> Result<(), QueueError> {
-        (**self).enqueue(message).await
+    async fn enqueue(
+        &self,
+        message: &RequestMessage,
+        announcement: &crate::messages::DomainEvent,
+    ) -> Result<(), QueueError> {
+        (**self).enqueue(message, announcement).await
     }
 }
 

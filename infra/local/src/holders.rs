@@ -1,0 +1,468 @@
+//! Stand-ins for the platform's existing services that hold personal data and take erasure
+//! commands: small RabbitMQ consumers (profile, billing, viewing-history, email) and a
+//! third-party HTTP API (an ad vendor). They behave as the contract asks real services to
+//! (`docs/messages.schema.json`): erase once per idempotency key, confirm every command, and
+//! the email service tells the subject on `erasure_notice`. They are not part of the service:
+//! only `make run` and the tests start them. Their state is open for tests to inspect.
+
+use anyhow::Result;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use dsr_domain::erasure::ErasureCommand;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How a fake holder misbehaves, to test the watchdog and duplicates.
+#[derive(Debug, Default)]
+pub struct Behaviour {
+    /// Takes commands and never confirms.
+    pub silent: AtomicBool,
+    /// Publishes every confirmation twice.
+    pub duplicate_confirmations: AtomicBool,
+    /// Hands every command back to the broker once after acting on it, so RabbitMQ delivers
+    /// it a second time (as after a consumer crash before its ack).
+    pub redeliver_once: AtomicBool,
+}
+
+/// One holder's data and what happened to it.
+#[derive(Default)]
+pub struct Holder {
+    pub name: String,
+    /// Records per subject.
+    pub data: Mutex<HashMap<String, Vec<Value>>>,
+    /// Message ids of every command received (duplicates included).
+    pub commands: Mutex<Vec<String>>,
+    /// Idempotency keys acted on, with when: one per real erasure.
+    pub erasures: Mutex<Vec<(String, DateTime<Utc>)>>,
+    /// Email only: notices sent to subjects, per request id, with when.
+    pub notices: Mutex<Vec<(String, DateTime<Utc>)>>,
+    pub behaviour: Behaviour,
+}
+
+impl Holder {
+    pub fn records(&self, subject: &str) -> usize {
+        lock(&self.data).get(subject).map_or(0, Vec::len)
+    }
+
+    pub fn erasures_of(&self, request_id: &str) -> Vec<DateTime<Utc>> {
+        lock(&self.erasures)
+            .iter()
+            .filter(|(key, _)| key.contains(request_id))
+            .map(|(_, at)| *at)
+            .collect()
+    }
+
+    pub fn commands_for(&self, request_id: &str) -> usize {
+        lock(&self.commands)
+            .iter()
+            .filter(|id| id.contains(request_id))
+            .count()
+    }
+
+    pub fn notices_of(&self, request_id: &str) -> Vec<DateTime<Utc>> {
+        lock(&self.notices)
+            .iter()
+            .filter(|(id, _)| id == request_id)
+            .map(|(_, at)| *at)
+            .collect()
+    }
+
+    fn seed(&self, subject: &str, records: Vec<Value>) {
+        lock(&self.data).insert(subject.to_owned(), records);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The AMQP holders of one namespace, plus the ad vendor's API.
+pub struct Holders {
+    pub amqp: HashMap<String, Arc<Holder>>,
+    pub vendor: Arc<Vendor>,
+    pub vendor_addr: SocketAddr,
+}
+
+impl Holders {
+    pub fn holder(&self, name: &str) -> &Arc<Holder> {
+        &self.amqp[name]
+    }
+
+    /// Seeds `subject` everywhere with a few records.
+    pub fn seed(&self, subject: &str) {
+        for (name, holder) in &self.amqp {
+            holder.seed(
+                subject,
+                vec![
+                    json!({"service": name, "kind": "example", "n": 1}),
+                    json!({"service": name, "kind": "example", "n": 2}),
+                ],
+            );
+        }
+        self.vendor
+            .holder
+            .seed(subject, vec![json!({"segment": "tea-lovers"})]);
+    }
+
+    /// Records left about `subject`, per holder (vendor as `ads`).
+    pub fn remaining(&self, subject: &str) -> HashMap<String, usize> {
+        let mut left: HashMap<String, usize> = self
+            .amqp
+            .iter()
+            .map(|(name, h)| (name.clone(), h.records(subject)))
+            .collect();
+        left.insert("ads".into(), self.vendor.holder.records(subject));
+        left
+    }
+
+    /// The registry entries (YAML list items) for these holders; `email` is erased last.
+    pub fn registry_entries(&self, confirm_within_seconds: u64, max_sends: u32) -> String {
+        let mut yaml = String::new();
+        let mut names: Vec<&String> = self.amqp.keys().collect();
+        names.sort();
+        for name in names {
+            let last = name == "email";
+            yaml.push_str(&format!(
+                "  - name: {name}\n    description: The {name} service.\n    erase: {{ via: {{ kind: rabbitmq, routing_key: erasure.{name} }}, last: {last}, confirm_within_seconds: {confirm_within_seconds}, max_sends: {max_sends} }}\n"
+            ));
+        }
+        yaml.push_str(&format!(
+            "  - name: ads\n    description: Our advertising partner.\n    erase: {{ via: {{ kind: http, url: \"http://{}/v2/users/{{subject}}\", max_per_second: 20, timeout_ms: 3000 }}, confirm_within_seconds: {confirm_within_seconds}, max_sends: {max_sends} }}\n",
+            self.vendor_addr
+        ));
+        yaml
+    }
+}
+
+pub const AMQP_HOLDERS: [&str; 4] = ["profile", "billing", "viewing-history", "email"];
+
+/// Starts the holders: each consumes its commands under `namespace` until `stopped`,
+/// reconnecting when the broker goes away, like a well-behaved service.
+pub async fn start(
+    url: &str,
+    namespace: &str,
+    vendor_listen: SocketAddr,
+    stopped: watch::Receiver<bool>,
+) -> Result<Holders> {
+    let mut amqp = HashMap::new();
+    for name in AMQP_HOLDERS {
+        let holder = Arc::new(Holder {
+            name: name.to_owned(),
+            ..Holder::default()
+        });
+        amqp.insert(name.to_owned(), holder.clone());
+        // Declared before returning, so no command published from now on finds no queue.
+        let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+        declare(&conn.create_channel().await?, namespace, name).await?;
+        let _ = conn.close(200, "declared".into()).await;
+        tokio::spawn(serve_amqp(
+            url.to_owned(),
+            namespace.to_owned(),
+            holder,
+            stopped.clone(),
+        ));
+    }
+    let vendor = Arc::new(Vendor {
+        holder: Holder {
+            name: "ads".into(),
+            ..Holder::default()
+        },
+        failing: AtomicBool::new(false),
+        calls: AtomicU32::new(0),
+        keys: Mutex::new(HashSet::new()),
+    });
+    let listener = tokio::net::TcpListener::bind(vendor_listen).await?;
+    let vendor_addr = listener.local_addr()?;
+    let router = Router::new()
+        .route("/v2/users/{subject}", delete(vendor_erase).get(vendor_show))
+        .with_state(vendor.clone())
+        .merge(
+            Router::new()
+                .route("/holders/{subject}", get(remaining))
+                .with_state(Arc::new((amqp.clone(), vendor.clone()))),
+        );
+    let mut vendor_stop = stopped.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = vendor_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    Ok(Holders {
+        amqp,
+        vendor,
+        vendor_addr,
+    })
+}
+
+fn queue_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}.svc.{name}")
+}
+
+async fn declare(channel: &Channel, namespace: &str, name: &str) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for exchange in ["commands", "events", "confirmations"] {
+        channel
+            .exchange_declare(
+                format!("{namespace}.{exchange}").as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let queue = queue_name(namespace, name);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            format!("{namespace}.commands").as_str().into(),
+            format!("erasure.{name}").as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    if name == "email" {
+        // The email service also listens for the notice it must send.
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                format!("{namespace}.events").as_str().into(),
+                "erasure_notice".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+async fn serve_amqp(
+    url: String,
+    namespace: String,
+    holder: Arc<Holder>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            result = consume(&url, &namespace, &holder) => {
+                if let Err(err) = result {
+                    tracing::debug!(holder = %holder.name, error = %err, "fake holder reconnecting");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn consume(url: &str, namespace: &str, holder: &Holder) -> anyhow::Result<()> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    declare(&channel, namespace, &holder.name).await?;
+    channel.basic_qos(16, BasicQosOptions::default()).await?;
+    let replies = conn.create_channel().await?;
+    replies
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue_name(namespace, &holder.name).as_str().into(),
+            format!("fake-{}", holder.name).as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        let body: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
+        if body["type"] == "erasure_notice" {
+            let request_id = body["request_id"].as_str().unwrap_or_default().to_owned();
+            let mut notices = lock(&holder.notices);
+            // Idempotent by message id: one email per request.
+            if !notices.iter().any(|(id, _)| *id == request_id) {
+                notices.push((request_id, Utc::now()));
+            }
+        } else if let Ok(command) = serde_json::from_value::<ErasureCommand>(body) {
+            lock(&holder.commands).push(command.message_id.clone());
+            let first = {
+                let mut erasures = lock(&holder.erasures);
+                let seen = erasures.iter().any(|(k, _)| *k == command.idempotency_key);
+                if !seen {
+                    erasures.push((command.idempotency_key.clone(), Utc::now()));
+                }
+                !seen
+            };
+            let removed = if first {
+                lock(&holder.data)
+                    .remove(command.subject.as_str())
+                    .map_or(0, |r| r.len())
+            } else {
+                0
+            };
+            if !holder.behaviour.silent.load(Ordering::SeqCst) {
+                let confirmation = json!({
+                    "type": "erasure_confirmation",
+                    "version": 1,
+                    "message_id": format!("confirmation:{}", command.message_id),
+                    "request_id": command.request_id,
+                    "service": holder.name,
+                    "outcome": if first && removed == 0 { "not_found" } else { "erased" },
+                    "receipt": { "records_deleted": removed, "reference": format!("{}-{}", holder.name, command.attempt) },
+                });
+                let copies = if holder
+                    .behaviour
+                    .duplicate_confirmations
+                    .load(Ordering::SeqCst)
+                {
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..copies {
+                    replies
+                        .basic_publish(
+                            format!("{namespace}.confirmations").as_str().into(),
+                            format!("confirmation.{}", holder.name).as_str().into(),
+                            BasicPublishOptions::default(),
+                            confirmation.to_string().as_bytes(),
+                            BasicProperties::default()
+                                .with_message_id(
+                                    format!("confirmation:{}", command.message_id)
+                                        .as_str()
+                                        .into(),
+                                )
+                                .with_delivery_mode(2),
+                        )
+                        .await?
+                        .await?;
+                }
+            }
+        }
+        // Acknowledged only after the confirmation is on the broker: a restart in between
+        // redelivers the command, which the idempotency key absorbs.
+        if holder.behaviour.redeliver_once.load(Ordering::SeqCst) && !delivery.redelivered {
+            delivery
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await?;
+        } else {
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+    }
+    Err(anyhow::anyhow!("consumer ended"))
+}
+
+/// A third party's erasure API: `DELETE /v2/users/{subject}` with an `Idempotency-Key`.
+pub struct Vendor {
+    pub holder: Holder,
+    /// Answers 503 while set.
+    pub failing: AtomicBool,
+    pub calls: AtomicU32,
+    keys: Mutex<HashSet<String>>,
+}
+
+impl Vendor {
+    /// Distinct idempotency keys seen.
+    pub fn keys(&self) -> usize {
+        lock(&self.keys).len()
+    }
+}
+
+async fn vendor_erase(
+    State(vendor): State<Arc<Vendor>>,
+    Path(subject): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    vendor.calls.fetch_add(1, Ordering::SeqCst);
+    let Some(key) = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "Idempotency-Key required"})),
+        );
+    };
+    if vendor.failing.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "maintenance"})),
+        );
+    }
+    let first = lock(&vendor.keys).insert(key.clone());
+    let removed = if first {
+        lock(&vendor.holder.erasures).push((key.clone(), Utc::now()));
+        lock(&vendor.holder.data)
+            .remove(&subject)
+            .map_or(0, |r| r.len())
+    } else {
+        0
+    };
+    (
+        StatusCode::OK,
+        Json(
+            json!({"deleted": removed, "deletion_id": format!("del-{}", key.len()), "replayed": !first}),
+        ),
+    )
+}
+
+/// `GET /holders/{subject}`: records each fake holder still has about the subject.
+async fn remaining(
+    State(state): State<Arc<(HashMap<String, Arc<Holder>>, Arc<Vendor>)>>,
+    Path(subject): Path<String>,
+) -> Json<Value> {
+    let (amqp, vendor) = &*state;
+    let mut left: serde_json::Map<String, Value> = amqp
+        .iter()
+        .map(|(name, h)| (name.clone(), json!(h.records(&subject))))
+        .collect();
+    left.insert("ads".into(), json!(vendor.holder.records(&subject)));
+    Json(Value::Object(left))
+}
+
+async fn vendor_show(
+    State(vendor): State<Arc<Vendor>>,
+    Path(subject): Path<String>,
+) -> (StatusCode, Json<Value>) {
+    match lock(&vendor.holder.data).get(&subject) {
+        Some(records) => (StatusCode::OK, Json(Value::Array(records.clone()))),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such user"})),
+        ),
+    }
+}

@@ -1,0 +1,492 @@
+//! Erasure over the wire: the local stack (emulator + the real RabbitMQ) with fake holders —
+//! four AMQP services (profile, billing, viewing-history, email) and a vendor's HTTP API — fan
+//! out, confirm, re-send to the silent, escalate, and erase the email service last.
+
+use crate::bridge::LOCAL_BROKER;
+use crate::contract::{assert_message, assert_response};
+use crate::helpers::{eventually, spawn_app_with, unique_name, TestApp};
+use dsr_local::holders::{self, Holders};
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub struct ErasureRig {
+    pub app: TestApp,
+    pub holders: Holders,
+    pub namespace: String,
+    /// Every event published on `<ns>.events`, in order.
+    pub events: Arc<Mutex<Vec<Value>>>,
+    _stop: watch::Sender<bool>,
+}
+
+pub struct RigSettings {
+    pub confirm_within_seconds: u64,
+    pub max_sends: u32,
+    pub grace_seconds: u64,
+}
+
+impl Default for RigSettings {
+    fn default() -> Self {
+        Self {
+            confirm_within_seconds: 30,
+            max_sends: 3,
+            grace_seconds: 2,
+        }
+    }
+}
+
+pub async fn rig(settings: RigSettings) -> ErasureRig {
+    let namespace = unique_name();
+    let (stop, stopped) = watch::channel(false);
+    let holders = holders::start(
+        LOCAL_BROKER,
+        &namespace,
+        "127.0.0.1:0".parse().unwrap(),
+        stopped,
+    )
+    .await
+    .expect("RabbitMQ runs (make test starts it)");
+    let events = spy_on_events(&namespace).await;
+    let registry = format!(
+        "services:\n{}",
+        holders.registry_entries(settings.confirm_within_seconds, settings.max_sends)
+    );
+    let ns = namespace.clone();
+    let app = spawn_app_with(move |s| {
+        s.consume_work_queues = true;
+        s.registry = Some(registry);
+        s.dispatch_every = Duration::from_millis(500);
+        s.parameters.insert("RabbitMqNamespace".into(), ns);
+        s.parameters.insert(
+            "ErasureGraceSeconds".into(),
+            settings.grace_seconds.to_string(),
+        );
+    })
+    .await;
+    ErasureRig {
+        app,
+        holders,
+        namespace,
+        events,
+        _stop: stop,
+    }
+}
+
+/// A queue bound to the events exchange, recording what the platform would hear.
+async fn spy_on_events(namespace: &str) -> Arc<Mutex<Vec<Value>>> {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let queue = format!("{namespace}.spy");
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            format!("{namespace}.events").as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "spy".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let seen = events.clone();
+    tokio::spawn(async move {
+        let _keep = conn;
+        while let Some(Ok(delivery)) = consumer.next().await {
+            if let Ok(event) = serde_json::from_slice::<Value>(&delivery.data) {
+                seen.lock().unwrap().push(event);
+            }
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+    });
+    events
+}
+
+impl ErasureRig {
+    pub async fn submit_erasure(&self, subject: &str) -> String {
+        self.holders.seed(subject);
+        let reply = self.app.submit(subject, "erasure").await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        reply.body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn show(&self, subject: &str, id: &str) -> Value {
+        let reply = self.app.get(subject, &format!("/v1/requests/{id}")).await;
+        assert_eq!(reply.status, 200);
+        assert_response("GET", "/v1/requests/{id}", 200, &reply.body);
+        reply.body
+    }
+
+    pub async fn wait_for(
+        &self,
+        subject: &str,
+        id: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut last = Value::Null;
+        let reached = eventually(within, async || {
+            last = self.show(subject, id).await;
+            done(&last)
+        })
+        .await;
+        assert!(
+            reached,
+            "not reached within {within:?}; last seen: {last:#}"
+        );
+        last
+    }
+
+    fn events_of(&self, id: &str, event_type: &str) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["request_id"] == id && e["type"] == event_type)
+            .cloned()
+            .collect()
+    }
+
+    /// The request's audit trail, oldest first.
+    pub async fn audit(&self, id: &str) -> Vec<String> {
+        let out = self
+            .app
+            .dynamodb
+            .query()
+            .table_name(self.app.table())
+            .key_condition_expression("pk = :pk AND begins_with(sk, :evt)")
+            .expression_attribute_values(
+                ":pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("REQ#{id}")),
+            )
+            .expression_attribute_values(
+                ":evt",
+                aws_sdk_dynamodb::types::AttributeValue::S("EVT#".into()),
+            )
+            .send()
+            .await
+            .unwrap();
+        out.items()
+            .iter()
+            .filter_map(|item| item.get("event")?.as_s().ok().cloned())
+            .collect()
+    }
+}
+
+fn service<'a>(view: &'a Value, name: &str) -> &'a Value {
+    view["services"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["service"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {view:#}"))
+}
+
+fn completed(view: &Value) -> bool {
+    view["state"] == "completed"
+}
+
+#[tokio::test]
+async fn an_erasure_reaches_every_holder_and_the_email_service_is_erased_last_after_the_notice() {
+    let rig = rig(RigSettings::default()).await;
+    let subject = format!("erin-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+
+    let view = rig
+        .wait_for(&subject, &id, Duration::from_secs(60), completed)
+        .await;
+
+    // Every holder erased, each exactly once, and the proof is on the request.
+    assert!(
+        rig.holders
+            .remaining(&subject)
+            .values()
+            .all(|left| *left == 0),
+        "{:?}",
+        rig.holders.remaining(&subject)
+    );
+    let services = view["services"].as_array().unwrap();
+    assert_eq!(services.len(), 5, "{view:#}");
+    for s in services {
+        assert_eq!(s["status"], "confirmed", "{s}");
+        assert_eq!(s["commands_sent"], 1, "{s}");
+        assert_eq!(s["escalated"], false, "{s}");
+    }
+    assert_eq!(service(&view, "email")["erased_last"], true);
+    for name in holders::AMQP_HOLDERS {
+        assert_eq!(rig.holders.holder(name).erasures_of(&id).len(), 1, "{name}");
+    }
+    assert_eq!(rig.holders.vendor.holder.erasures_of(&id).len(), 1);
+
+    // The email service: the notice first, its own erasure only after it and after all others.
+    let email = rig.holders.holder("email");
+    let notice = email.notices_of(&id);
+    assert_eq!(notice.len(), 1, "one notice");
+    let email_erased = email.erasures_of(&id)[0];
+    assert!(
+        email_erased > notice[0],
+        "email erased at {email_erased}, notice at {}",
+        notice[0]
+    );
+    for name in ["profile", "billing", "viewing-history"] {
+        assert!(
+            rig.holders.holder(name).erasures_of(&id)[0] < notice[0],
+            "{name}"
+        );
+    }
+    assert!(
+        (email_erased - notice[0]).num_milliseconds() >= 2_000,
+        "the grace period (2 s here) separates the notice from the email erasure"
+    );
+
+    // The platform heard about it, in the documented shapes.
+    assert!(
+        eventually(Duration::from_secs(10), async || rig
+            .events_of(&id, "erasure_completed")
+            .len()
+            == 1)
+        .await
+    );
+    for kind in ["request_submitted", "erasure_notice", "erasure_completed"] {
+        let events = rig.events_of(&id, kind);
+        assert_eq!(events.len(), 1, "{kind}");
+        assert_message(&events[0]);
+    }
+    let audit = rig.audit(&id).await;
+    for state in ["awaiting_confirmations", "notifying", "completed"] {
+        assert!(audit.iter().any(|e| e == state), "{state} in {audit:?}");
+    }
+    assert_eq!(
+        audit.iter().filter(|e| e.starts_with("lease#")).count(),
+        1,
+        "one fan-out"
+    );
+    // The user may now ask again: the erasure is no longer open.
+    assert_eq!(rig.app.submit(&subject, "erasure").await.status, 202);
+}
+
+#[tokio::test]
+async fn every_command_and_confirmation_delivered_twice_has_one_effect() {
+    let rig = rig(RigSettings::default()).await;
+    for name in holders::AMQP_HOLDERS {
+        let b = &rig.holders.holder(name).behaviour;
+        b.duplicate_confirmations.store(true, Ordering::SeqCst);
+        b.redeliver_once.store(true, Ordering::SeqCst);
+    }
+    let subject = format!("dup-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+    // The request's work message delivered twice as well.
+    let message = dsr_domain::RequestMessage::new(
+        id.parse().unwrap(),
+        dsr_domain::RequestKind::Erasure,
+        chrono::Utc::now(),
+    );
+    rig.app
+        .sqs
+        .send_message()
+        .queue_url(rig.app.queue_url("ErasureRequestsQueue"))
+        .message_body(serde_json::to_string(&message).unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    rig.wait_for(&subject, &id, Duration::from_secs(60), completed)
+        .await;
+    for name in holders::AMQP_HOLDERS {
+        let holder = rig.holders.holder(name);
+        assert_eq!(
+            holder.commands_for(&id),
+            2,
+            "{name}: the command arrived twice"
+        );
+        assert_eq!(holder.erasures_of(&id).len(), 1, "{name}: erased once");
+    }
+    assert_eq!(rig.holders.vendor.calls.load(Ordering::SeqCst), 1);
+    let audit = rig.audit(&id).await;
+    for name in holders::AMQP_HOLDERS.iter().chain(&["ads"]) {
+        let confirmed = audit
+            .iter()
+            .filter(|e| **e == format!("obligation_confirmed:{name}"))
+            .count();
+        assert_eq!(confirmed, 1, "{name}: {audit:?}");
+    }
+    assert_eq!(
+        audit.iter().filter(|e| e.starts_with("lease#")).count(),
+        1,
+        "one fan-out: {audit:?}"
+    );
+    assert_eq!(rig.holders.holder("email").notices_of(&id).len(), 1);
+}
+
+#[tokio::test]
+async fn a_silent_service_is_sent_again_then_escalated_and_the_erasure_stays_open() {
+    let rig = rig(RigSettings {
+        confirm_within_seconds: 2,
+        max_sends: 2,
+        grace_seconds: 1,
+    })
+    .await;
+    rig.holders
+        .holder("billing")
+        .behaviour
+        .silent
+        .store(true, Ordering::SeqCst);
+    let subject = format!("quiet-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+
+    let view = rig
+        .wait_for(&subject, &id, Duration::from_secs(60), |v| {
+            service(v, "billing")["escalated"] == true
+        })
+        .await;
+    let billing = service(&view, "billing");
+    assert_eq!(billing["commands_sent"], 2, "{billing}");
+    assert_eq!(billing["status"], "sent");
+    assert_eq!(rig.holders.holder("billing").commands_for(&id), 2);
+    // The others are done, the erasure is not: it completes only on every confirmation.
+    assert_eq!(view["state"], "awaiting_confirmations");
+    assert_eq!(service(&view, "profile")["status"], "confirmed");
+    assert_eq!(service(&view, "profile")["commands_sent"], 1);
+    assert_eq!(service(&view, "email")["status"], "pending");
+    assert!(rig
+        .audit(&id)
+        .await
+        .contains(&"escalated:billing".to_owned()));
+    assert!(rig.holders.holder("email").notices_of(&id).is_empty());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        rig.holders.holder("billing").commands_for(&id),
+        2,
+        "no sends after the escalation"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_third_party_api_is_retried_then_escalated() {
+    let rig = rig(RigSettings {
+        confirm_within_seconds: 1,
+        max_sends: 3,
+        grace_seconds: 1,
+    })
+    .await;
+    rig.holders.vendor.failing.store(true, Ordering::SeqCst);
+    let subject = format!("vend-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+
+    let view = rig
+        .wait_for(&subject, &id, Duration::from_secs(60), |v| {
+            service(v, "ads")["escalated"] == true
+        })
+        .await;
+    let ads = service(&view, "ads");
+    assert_eq!(
+        (ads["status"].as_str(), ads["commands_sent"].as_u64()),
+        (Some("failed"), Some(3))
+    );
+    assert_eq!(rig.holders.vendor.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        rig.holders.vendor.holder.records(&subject),
+        1,
+        "nothing erased"
+    );
+    assert_eq!(view["state"], "awaiting_confirmations");
+    assert!(rig.audit(&id).await.contains(&"escalated:ads".to_owned()));
+}
+
+#[tokio::test]
+async fn confirmations_for_unknown_requests_or_services_are_dead_lettered_with_the_reason() {
+    let rig = rig(RigSettings::default()).await;
+    let subject = format!("dlq-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+    rig.wait_for(&subject, &id, Duration::from_secs(60), completed)
+        .await;
+    let unknown_request = dsr_domain::RequestId::new_at(chrono::Utc::now()).to_string();
+    let bodies: HashMap<&str, String> = HashMap::from([
+        ("unknown request", serde_json::json!({"type": "erasure_confirmation", "version": 1, "message_id": "x1", "request_id": unknown_request, "service": "billing", "outcome": "erased"}).to_string()),
+        ("no obligation", serde_json::json!({"type": "erasure_confirmation", "version": 1, "message_id": "x2", "request_id": id, "service": "warehouse", "outcome": "erased"}).to_string()),
+        ("not a confirmation", "{\"hello\": 1}".to_owned()),
+    ]);
+    let queue = rig.app.queue_url("ConfirmationsQueue");
+    for body in bodies.values() {
+        rig.app
+            .sqs
+            .send_message()
+            .queue_url(&queue)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let dlq = rig.app.queue_url("ConfirmationsDeadLetterQueue");
+    let mut dead = Vec::new();
+    let all = eventually(Duration::from_secs(30), async || {
+        for m in rig
+            .app
+            .sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default()
+        {
+            let reason = m.message_attributes().unwrap()["reason"]
+                .string_value()
+                .unwrap()
+                .to_owned();
+            rig.app
+                .sqs
+                .delete_message()
+                .queue_url(&dlq)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+            dead.push((m.body().unwrap().to_owned(), reason));
+        }
+        dead.len() >= 3
+    })
+    .await;
+    assert!(all, "dead-lettered: {dead:?}");
+    for (body, reason) in &dead {
+        let why = bodies.iter().find(|(_, b)| *b == body).unwrap().0;
+        let expected = match *why {
+            "unknown request" => "unknown request",
+            "no obligation" => "no obligation for service `warehouse`",
+            _ => "not a confirmation",
+        };
+        assert!(reason.contains(expected), "{why}: {reason}");
+    }
+    // The completed request was not disturbed.
+    assert_eq!(rig.show(&subject, &id).await["state"], "completed");
+}
