@@ -160,3 +160,288 @@ async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_st
     );
     assert_eq!(got[1].3, event);
 }
+
+/// Publishes `body` to `exchange` (declared durable topic) with a message id, confirmed.
+async fn publish_to(channel: &lapin::Channel, exchange: &str, message_id: &str, body: &[u8]) {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            exchange.into(),
+            "from.a.service".into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default()
+                .with_message_id(message_id.into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// The dead-lettered messages of `queue`: (body, x-reject-reason, x-original-queue).
+async fn dead_letters(
+    channel: &lapin::Channel,
+    queue: &str,
+    want: usize,
+) -> Vec<(String, String, String)> {
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        match channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(message) => {
+                let header = |name: &str| {
+                    message
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| h.inner().get(name).cloned())
+                        .map(|v| match v {
+                            lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                            other => format!("{other:?}"),
+                        })
+                        .unwrap_or_default()
+                };
+                found.push((
+                    String::from_utf8_lossy(&message.data).into_owned(),
+                    header("x-reject-reason"),
+                    header("x-original-queue"),
+                ));
+                if found.len() == want {
+                    break;
+                }
+            }
+            None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    found
+}
+
+fn confirmation(request_id: &str) -> Value {
+    json!({"type": "erasure_confirmation", "version": 1, "message_id": "confirmation:1",
+           "request_id": request_id, "service": "billing", "outcome": "erased",
+           "receipt": {"records_deleted": 3}})
+}
+
+#[tokio::test]
+async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_dead_lettered_on_the_broker(
+) {
+    let name = unique_name();
+    let ns = name.clone();
+    let app = crate::helpers::spawn_app_with(move |s| {
+        s.parameters.insert("RabbitMqNamespace".into(), ns);
+    })
+    .await;
+    let (url, inbound) = app.stack.inbound_bridge().unwrap();
+    let topology = inbound.topology.clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let daemon = tokio::spawn(dsr_bridge::inbound::run_daemon(url, inbound, stopped));
+
+    let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // The daemon declares its queues; wait for them before publishing.
+    assert!(
+        crate::helpers::eventually(std::time::Duration::from_secs(10), async || channel
+            .queue_declare(
+                topology.confirmations_queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok())
+        .await
+    );
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+
+    let id = dsr_domain::RequestId::new_at(chrono::Utc::now()).to_string();
+    let good_confirmation = confirmation(&id);
+    assert_message(&good_confirmation);
+    let target = app.queue_url("AccessRequestsDeadLetterQueue");
+    let schedule = json!({"action": "schedule", "version": 1, "key": format!("{name}-k1"),
+        "deliver_at": "2030-01-01T00:00:00Z", "destination": {"kind": "sqs", "queue_url": target},
+        "payload": {"hello": "later"}});
+    assert_message(&schedule);
+    publish_to(
+        &channel,
+        &topology.confirmations_exchange,
+        "c-1",
+        good_confirmation.to_string().as_bytes(),
+    )
+    .await;
+    publish_to(
+        &channel,
+        &topology.confirmations_exchange,
+        "c-2",
+        b"{\"type\":\"erasure_confirmation\"}",
+    )
+    .await;
+    publish_to(
+        &channel,
+        &topology.schedule_exchange,
+        "s-1",
+        schedule.to_string().as_bytes(),
+    )
+    .await;
+    publish_to(
+        &channel,
+        &topology.schedule_exchange,
+        "s-2",
+        b"not json at all",
+    )
+    .await;
+
+    let confirmations = app.queue_url("ConfirmationsQueue");
+    let schedules = app.queue_url("ScheduleRequestsQueue");
+    let mut arrived: Vec<(String, String)> = Vec::new();
+    let both = crate::helpers::eventually(std::time::Duration::from_secs(20), async || {
+        for queue in [&confirmations, &schedules] {
+            let out = app
+                .sqs
+                .receive_message()
+                .queue_url(queue)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .unwrap();
+            for m in out.messages.unwrap_or_default() {
+                let message_id = m
+                    .message_attributes()
+                    .and_then(|a| a.get("message_id"))
+                    .and_then(|v| v.string_value())
+                    .unwrap_or_default()
+                    .to_owned();
+                arrived.push((message_id, m.body().unwrap_or_default().to_owned()));
+            }
+        }
+        arrived.len() >= 2
+    })
+    .await;
+    assert!(both, "{arrived:?}");
+    arrived.sort();
+    assert_eq!(arrived.len(), 2, "{arrived:?}");
+    assert_eq!(arrived[0].0, "c-1");
+    assert_eq!(
+        serde_json::from_str::<Value>(&arrived[0].1).unwrap(),
+        good_confirmation
+    );
+    assert_eq!(arrived[1].0, "s-1");
+    assert_eq!(
+        serde_json::from_str::<Value>(&arrived[1].1).unwrap(),
+        schedule
+    );
+
+    let mut dead = dead_letters(&channel, &topology.dead_letter_queue, 2).await;
+    dead.sort_by(|a, b| a.2.cmp(&b.2));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].0, "{\"type\":\"erasure_confirmation\"}");
+    assert_eq!(dead[0].2, topology.confirmations_queue);
+    assert!(
+        dead[0].1.contains("not an erasure_confirmation"),
+        "{}",
+        dead[0].1
+    );
+    assert_eq!(dead[1].0, "not json at all");
+    assert_eq!(dead[1].2, topology.schedule_queue);
+    assert!(
+        dead[1].1.contains("not a schedule request"),
+        "{}",
+        dead[1].1
+    );
+
+    // Everything was acknowledged: nothing waits on the bridge's queues.
+    for queue in [&topology.confirmations_queue, &topology.schedule_queue] {
+        let state = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(state.message_count(), 0, "{queue}");
+    }
+    let _ = stop.send(true);
+    daemon.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_amazon_mq_event_source_handler_forwards_and_dead_letters_like_the_daemon() {
+    let name = unique_name();
+    let ns = name.clone();
+    let app = crate::helpers::spawn_app_with(move |s| {
+        s.parameters.insert("RabbitMqNamespace".into(), ns);
+    })
+    .await;
+    let (url, inbound) = app.stack.inbound_bridge().unwrap();
+    let topology = inbound.topology.clone();
+    let dead = dsr_bridge::inbound::DeadLetters::new(url, &topology);
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let id = dsr_domain::RequestId::new_at(chrono::Utc::now()).to_string();
+    // The shape Lambda hands over (queue keys are `queue::vhost`).
+    let event: aws_lambda_events::rabbitmq::RabbitMqEvent = serde_json::from_value(json!({
+        "eventSource": "aws:rmq",
+        "eventSourceArn": "arn:aws:mq:us-east-1:000000000000:broker:b:b-1",
+        "rmqMessagesByQueue": {
+            format!("{}::/", topology.confirmations_queue): [
+                {"basicProperties": {"contentType": "application/json", "contentEncoding": null, "headers": {}, "deliveryMode": 2, "priority": 0, "correlationId": null, "replyTo": null, "expiration": null, "messageId": "c-1", "timestamp": null, "type": null, "userId": null, "appId": null, "clusterId": null, "bodySize": 10},
+                 "redelivered": false, "data": b64(&confirmation(&id).to_string())},
+                {"basicProperties": {"contentType": null, "contentEncoding": null, "headers": {}, "deliveryMode": 2, "priority": 0, "correlationId": null, "replyTo": null, "expiration": null, "messageId": "c-2", "timestamp": null, "type": null, "userId": null, "appId": null, "clusterId": null, "bodySize": 3},
+                 "redelivered": false, "data": b64("[1]")}
+            ]
+        }
+    }))
+    .unwrap();
+    let forwarded = inbound.handle_event(event, &dead).await.unwrap();
+    assert_eq!(forwarded, 1);
+    let got = crate::helpers::drain(&app.sqs, &app.queue_url("ConfirmationsQueue")).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        serde_json::from_str::<Value>(got[0].body().unwrap()).unwrap(),
+        confirmation(&id)
+    );
+    let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let dead = dead_letters(&channel, &topology.dead_letter_queue, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, "[1]");
+    assert!(
+        dead[0].1.contains("not an erasure_confirmation"),
+        "{}",
+        dead[0].1
+    );
+}

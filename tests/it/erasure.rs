@@ -490,3 +490,87 @@ async fn confirmations_for_unknown_requests_or_services_are_dead_lettered_with_t
     // The completed request was not disturbed.
     assert_eq!(rig.show(&subject, &id).await["state"], "completed");
 }
+
+/// Stops the RabbitMQ server and starts it again, as `make test` started it.
+async fn restart_rabbitmq() {
+    tokio::task::spawn_blocking(|| {
+        let stop = std::process::Command::new("bash")
+            .args(["-c", "PATH=/usr/sbin:$PATH rabbitmqctl shutdown"])
+            .status()
+            .unwrap();
+        assert!(stop.success(), "rabbitmqctl shutdown");
+        let start = std::process::Command::new("bash")
+            .arg(crate::helpers::repo_path("infra/local/ensure-rabbitmq.sh"))
+            .status()
+            .unwrap();
+        assert!(start.success(), "ensure-rabbitmq.sh");
+    })
+    .await
+    .unwrap();
+}
+
+/// Runs alone (`make test` runs it after the parallel suite): it restarts the shared broker.
+#[tokio::test]
+async fn rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_loses_nothing() {
+    const REQUESTS: usize = 100;
+    // No watchdog re-send within the test: whatever completes, completes on the first command.
+    let rig = rig(RigSettings {
+        confirm_within_seconds: 3600,
+        max_sends: 3,
+        grace_seconds: 1,
+    })
+    .await;
+    let mut submitted = Vec::new();
+    for i in 0..REQUESTS {
+        let subject = format!("bulk{i}-{}", rig.namespace);
+        let id = rig.submit_erasure(&subject).await;
+        submitted.push((subject, id));
+    }
+    // Restart once the fan-out is under way: some commands out, most not yet.
+    let profile = rig.holders.holder("profile");
+    assert!(
+        eventually(Duration::from_secs(120), async || {
+            profile.commands.lock().unwrap().len() >= 10
+        })
+        .await
+    );
+    let before = profile.commands.lock().unwrap().len();
+    restart_rabbitmq().await;
+    eprintln!("restart: broker restarted after {before} of {REQUESTS} profile commands");
+
+    let mut unfinished = submitted.clone();
+    let all_done = eventually(Duration::from_secs(480), async || {
+        let mut still = Vec::new();
+        for (subject, id) in &unfinished {
+            if rig.show(subject, id).await["state"] != "completed" {
+                still.push((subject.clone(), id.clone()));
+            }
+        }
+        unfinished = still;
+        unfinished.is_empty()
+    })
+    .await;
+    assert!(all_done, "{} of {REQUESTS} not completed", unfinished.len());
+    for (subject, id) in &submitted {
+        let view = rig.show(subject, id).await;
+        for s in view["services"].as_array().unwrap() {
+            assert_eq!(s["commands_sent"], 1, "no command needed a re-send: {s}");
+        }
+        assert!(rig.holders.remaining(subject).values().all(|n| *n == 0));
+        for name in holders::AMQP_HOLDERS {
+            assert_eq!(rig.holders.holder(name).erasures_of(id).len(), 1, "{name}");
+        }
+    }
+    for dlq in [
+        "ErasureRequestsDeadLetterQueue",
+        "ConfirmationsDeadLetterQueue",
+        "OutboundDeadLetterQueue",
+        "ScheduleRequestsDeadLetterQueue",
+    ] {
+        assert_eq!(
+            crate::helpers::queue_depth(&rig.app.sqs, &rig.app.queue_url(dlq)).await,
+            0,
+            "{dlq}"
+        );
+    }
+}
