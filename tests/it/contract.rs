@@ -97,3 +97,38 @@ fn the_domain_message_serializes_to_the_documented_shape() {
         dsr_domain::RequestMessage::new(id, dsr_domain::RequestKind::Erasure, chrono::Utc::now());
     assert_message(&serde_json::to_value(&message).unwrap());
 }
+
+#[test]
+fn the_erasure_messages_serialize_to_the_documented_shapes() {
+    use dsr_domain::erasure::{ConfirmationsMessage, ErasureCommand, ObligationDue};
+    use dsr_domain::messages::DomainEvent;
+    let now = chrono::Utc::now();
+    let request = dsr_domain::Request::receive(
+        dsr_domain::RequestKind::Erasure,
+        dsr_domain::SubjectId::parse("erin").unwrap(),
+        now,
+    );
+    let command =
+        serde_json::to_value(ErasureCommand::new(&request, "viewing-history", 2, now)).unwrap();
+    assert_message(&command);
+    assert_eq!(command["type"], "erase_subject");
+    let due = ConfirmationsMessage::ObligationDue(ObligationDue::new(request.id, "email", 0));
+    assert_message(&serde_json::to_value(due).unwrap());
+    for event in [
+        DomainEvent::request_submitted(&request, now),
+        DomainEvent::erasure_notice(request.id, request.subject.clone(), now, now),
+        DomainEvent::erasure_completed(request.id, request.subject.clone(), 5, now),
+    ] {
+        assert_message(&serde_json::to_value(event).unwrap());
+    }
+    // A command without its idempotency key is not a command.
+    let mut broken = command.clone();
+    broken.as_object_mut().unwrap().remove("idempotency_key");
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("docs/messages.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(!jsonschema::validator_for(&schema)
+        .unwrap()
+        .is_valid(&broken));
+}

@@ -164,3 +164,6 @@ mod tests {
         assert!(bad.unwrap_err().contains(ERASURE_GRACE_SECONDS));
     }
 }
+
+#[cfg(test)]
+mod use_cases;

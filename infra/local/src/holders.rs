@@ -440,9 +440,12 @@ async fn vendor_erase(
     )
 }
 
+/// The AMQP holders by name, and the vendor.
+type Everyone = (HashMap<String, Arc<Holder>>, Arc<Vendor>);
+
 /// `GET /holders/{subject}`: records each fake holder still has about the subject.
 async fn remaining(
-    State(state): State<Arc<(HashMap<String, Arc<Holder>>, Arc<Vendor>)>>,
+    State(state): State<Arc<Everyone>>,
     Path(subject): Path<String>,
 ) -> Json<Value> {
     let (amqp, vendor) = &*state;

@@ -11,12 +11,15 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+/// Reads a secret (an API token) by the name the registry gives.
+type Secrets = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 pub struct ErasureChannels {
     sqs: Client,
     outbound_queue_url: String,
     commands_exchange: String,
     http: reqwest::Client,
-    secrets: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    secrets: Secrets,
     /// Per vendor: the earliest time the next call may start (its rate limit).
     next_call: Mutex<HashMap<String, Instant>>,
 }

@@ -557,3 +557,82 @@ impl dsr_domain::delayed::Sender for RecordingDispatchPorts {
         Ok(())
     }
 }
+
+/// Records erasure commands, scheduled checks and events; a holder can be set to answer like a
+/// third-party API (`Answered`) or to fail.
+#[derive(Default)]
+pub struct RecordingErasurePorts {
+    pub commands: Mutex<Vec<dsr_domain::erasure::ErasureCommand>>,
+    pub checks: Mutex<Vec<(dsr_domain::erasure::ObligationDue, DateTime<Utc>)>>,
+    pub events: Mutex<Vec<dsr_domain::messages::DomainEvent>>,
+    /// Per service: what `send` answers instead of `Sent`.
+    pub answers: Mutex<HashMap<String, dsr_domain::erasure::Delivery>>,
+}
+
+impl RecordingErasurePorts {
+    pub fn commands(&self) -> Vec<dsr_domain::erasure::ErasureCommand> {
+        self.commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    pub fn checks(&self) -> Vec<(dsr_domain::erasure::ObligationDue, DateTime<Utc>)> {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    pub fn events(&self) -> Vec<dsr_domain::messages::DomainEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl dsr_domain::erasure::ErasureChannel for RecordingErasurePorts {
+    async fn send(
+        &self,
+        command: &dsr_domain::erasure::ErasureCommand,
+        _how: &dsr_domain::registry::EraseIn,
+    ) -> Result<dsr_domain::erasure::Delivery, dsr_domain::erasure::ChannelError> {
+        self.commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(command.clone());
+        Ok(self
+            .answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&command.service)
+            .cloned()
+            .unwrap_or(dsr_domain::erasure::Delivery::Sent))
+    }
+}
+
+impl dsr_domain::erasure::CheckScheduler for RecordingErasurePorts {
+    async fn schedule(
+        &self,
+        check: &dsr_domain::erasure::ObligationDue,
+        at: DateTime<Utc>,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((check.clone(), at));
+        Ok(())
+    }
+}
+
+impl dsr_domain::erasure::EventOutbox for RecordingErasurePorts {
+    async fn publish(
+        &self,
+        event: &dsr_domain::messages::DomainEvent,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event.clone());
+        Ok(())
+    }
+}

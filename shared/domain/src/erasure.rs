@@ -347,6 +347,28 @@ impl<T: ObligationStore> ObligationStore for Arc<T> {
     }
 }
 
+impl<T: ErasureChannel> ErasureChannel for Arc<T> {
+    async fn send(
+        &self,
+        command: &ErasureCommand,
+        how: &EraseIn,
+    ) -> Result<Delivery, ChannelError> {
+        (**self).send(command, how).await
+    }
+}
+
+impl<T: CheckScheduler> CheckScheduler for Arc<T> {
+    async fn schedule(&self, check: &ObligationDue, at: DateTime<Utc>) -> Result<(), ChannelError> {
+        (**self).schedule(check, at).await
+    }
+}
+
+impl<T: EventOutbox> EventOutbox for Arc<T> {
+    async fn publish(&self, event: &DomainEvent) -> Result<(), ChannelError> {
+        (**self).publish(event).await
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ErasureError {
     /// Worth retrying later (the message goes back to its queue).

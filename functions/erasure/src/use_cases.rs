@@ -1,0 +1,325 @@
+//! The erasure use cases with in-memory ports and a clock the tests move.
+
+use chrono::{Duration, TimeZone, Utc};
+use dsr_adapters::memory::{InMemoryRequestStore, RecordingErasurePorts};
+use dsr_domain::erasure::{
+    Confirmation, ConfirmationOutcome, Delivery, ErasureDesk, ErasureError, ErasureSettings,
+    Handled, ObligationDue, ObligationStatus, ObligationStore,
+};
+use dsr_domain::registry::ServiceRegistry;
+use dsr_domain::{
+    FixedClock, Request, RequestId, RequestKind, RequestState, RequestStore, SubjectHasher,
+    SubjectId,
+};
+use std::sync::Arc;
+
+type Desk = ErasureDesk<
+    Arc<InMemoryRequestStore>,
+    Arc<RecordingErasurePorts>,
+    Arc<RecordingErasurePorts>,
+    Arc<RecordingErasurePorts>,
+    Arc<FixedClock>,
+>;
+
+struct Fixture {
+    desk: Desk,
+    store: Arc<InMemoryRequestStore>,
+    ports: Arc<RecordingErasurePorts>,
+    clock: Arc<FixedClock>,
+}
+
+const REGISTRY: &str = r#"
+services:
+  - name: billing
+    erase: { via: { kind: rabbitmq, routing_key: erasure.billing }, confirm_within_seconds: 600, max_sends: 2 }
+  - name: profile
+    erase: { via: { kind: rabbitmq, routing_key: erasure.profile } }
+  - name: ads
+    erase: { via: { kind: http, url: "http://ads/users/{subject}" } }
+  - name: email
+    erase: { via: { kind: rabbitmq, routing_key: erasure.email }, last: true }
+  - name: orders
+    description: collected only, nothing to erase
+"#;
+
+fn fixture() -> Fixture {
+    let store = Arc::new(InMemoryRequestStore::default());
+    let ports = Arc::new(RecordingErasurePorts::default());
+    let clock = Arc::new(FixedClock::at(
+        Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap(),
+    ));
+    let registry: ServiceRegistry = serde_yaml_ng::from_str(REGISTRY).unwrap();
+    let desk = ErasureDesk {
+        store: store.clone(),
+        channel: ports.clone(),
+        checks: ports.clone(),
+        events: ports.clone(),
+        clock: clock.clone(),
+        registry: registry.validated().unwrap(),
+        hasher: SubjectHasher::new("a-test-key-of-16-bytes"),
+        settings: ErasureSettings::default(),
+        owner: "test".into(),
+    };
+    Fixture {
+        desk,
+        store,
+        ports,
+        clock,
+    }
+}
+
+impl Fixture {
+    async fn erasure(&self) -> RequestId {
+        let request = Request::receive(
+            RequestKind::Erasure,
+            SubjectId::parse("erin").unwrap(),
+            dsr_domain::Clock::now(&*self.clock),
+        );
+        let hash = SubjectHasher::new("a-test-key-of-16-bytes").hash(&request.subject);
+        self.store.create(&request, &hash, None).await.unwrap();
+        request.id
+    }
+
+    async fn state(&self, id: RequestId) -> RequestState {
+        self.store.get(id).await.unwrap().unwrap().state
+    }
+
+    async fn obligation(&self, id: RequestId, service: &str) -> dsr_domain::erasure::Obligation {
+        self.store
+            .obligations(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|o| o.service == service)
+            .unwrap()
+    }
+
+    async fn confirm(&self, id: RequestId, service: &str) -> Result<Handled, ErasureError> {
+        self.desk
+            .confirm(&Confirmation {
+                version: 1,
+                message_id: format!("c:{service}"),
+                request_id: id,
+                service: service.into(),
+                outcome: ConfirmationOutcome::Erased,
+                receipt: serde_json::json!({"rows": 1}),
+            })
+            .await
+    }
+}
+
+#[tokio::test]
+async fn fan_out_plans_every_erasable_holder_and_commands_all_but_the_erase_last_once() {
+    let f = fixture();
+    f.ports.answers.lock().unwrap().insert(
+        "ads".into(),
+        Delivery::Answered {
+            status: ObligationStatus::Confirmed,
+            receipt: "{\"http_status\":200}".into(),
+        },
+    );
+    let id = f.erasure().await;
+    assert_eq!(
+        f.desk.fan_out(id).await.unwrap(),
+        Handled::FannedOut { commands: 3 }
+    );
+    assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
+    let mut planned: Vec<_> = f
+        .store
+        .obligations(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.service, o.status, o.attempts))
+        .collect();
+    planned.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        planned,
+        [
+            ("ads".into(), ObligationStatus::Confirmed, 1),
+            ("billing".into(), ObligationStatus::Sent, 1),
+            ("email".into(), ObligationStatus::Pending, 0),
+            ("profile".into(), ObligationStatus::Sent, 1),
+        ]
+    );
+    let commands = f.ports.commands();
+    assert!(commands
+        .iter()
+        .all(|c| c.attempt == 1 && c.service != "email"));
+    let billing = commands.iter().find(|c| c.service == "billing").unwrap();
+    assert_eq!(billing.idempotency_key, format!("erase:{id}:billing"));
+    assert_eq!(billing.message_id, format!("erase:{id}:billing:1"));
+    // Each send has its watchdog, at the holder's own timeout.
+    let billing_check = f
+        .ports
+        .checks()
+        .into_iter()
+        .find(|(c, _)| c.service == "billing")
+        .unwrap();
+    assert_eq!(
+        billing_check.1,
+        dsr_domain::Clock::now(&*f.clock) + Duration::seconds(600)
+    );
+
+    // The same message again: nothing is sent twice.
+    assert!(matches!(
+        f.desk.fan_out(id).await.unwrap(),
+        Handled::Nothing(_)
+    ));
+    assert_eq!(f.ports.commands().len(), 3);
+}
+
+#[tokio::test]
+async fn the_email_service_is_released_after_the_notice_and_the_grace_period_then_completes() {
+    let f = fixture();
+    let id = f.erasure().await;
+    f.desk.fan_out(id).await.unwrap();
+    for service in ["billing", "profile", "ads"] {
+        assert_eq!(f.confirm(id, service).await.unwrap(), Handled::Recorded);
+    }
+    assert_eq!(f.state(id).await, RequestState::Notifying);
+    let events = f.ports.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, "erasure_notice");
+    let release = f
+        .ports
+        .checks()
+        .into_iter()
+        .find(|(c, _)| c.service == "email")
+        .unwrap();
+    assert_eq!(release.0.attempt, 0);
+    assert_eq!(
+        release.1,
+        dsr_domain::Clock::now(&*f.clock) + Duration::hours(72)
+    );
+    assert!(f.ports.commands().iter().all(|c| c.service != "email"));
+
+    f.clock.advance(Duration::hours(72));
+    assert_eq!(
+        f.desk.check(&release.0).await.unwrap(),
+        Handled::Resent { attempt: 1 }
+    );
+    assert_eq!(f.ports.commands().last().unwrap().service, "email");
+    // A duplicate of the release is stale now.
+    assert!(matches!(
+        f.desk.check(&release.0).await.unwrap(),
+        Handled::Nothing(_)
+    ));
+    f.confirm(id, "email").await.unwrap();
+    assert_eq!(f.state(id).await, RequestState::Completed);
+    let events = f.ports.events();
+    assert_eq!(events.last().unwrap().event_type, "erasure_completed");
+    assert_eq!(events.len(), 2);
+    // Confirming again changes nothing.
+    assert!(matches!(
+        f.confirm(id, "email").await.unwrap(),
+        Handled::Nothing(_)
+    ));
+    assert_eq!(f.ports.events().len(), 2);
+}
+
+#[tokio::test]
+async fn a_silent_holder_is_sent_again_until_max_sends_then_escalated_once() {
+    let f = fixture();
+    let id = f.erasure().await;
+    f.desk.fan_out(id).await.unwrap();
+    let first = ObligationDue::new(id, "billing", 1);
+    assert_eq!(
+        f.desk.check(&first).await.unwrap(),
+        Handled::Resent { attempt: 2 }
+    );
+    assert_eq!(f.obligation(id, "billing").await.attempts, 2);
+    assert_eq!(
+        f.desk
+            .check(&ObligationDue::new(id, "billing", 2))
+            .await
+            .unwrap(),
+        Handled::Escalated
+    );
+    assert!(f.obligation(id, "billing").await.escalated_at.is_some());
+    assert!(matches!(
+        f.desk
+            .check(&ObligationDue::new(id, "billing", 2))
+            .await
+            .unwrap(),
+        Handled::Nothing(_)
+    ));
+    assert_eq!(
+        f.ports
+            .commands()
+            .iter()
+            .filter(|c| c.service == "billing")
+            .count(),
+        2
+    );
+    // A late confirmation still counts: escalation does not close the obligation.
+    f.confirm(id, "billing").await.unwrap();
+    assert_eq!(
+        f.obligation(id, "billing").await.status,
+        ObligationStatus::Confirmed
+    );
+}
+
+#[tokio::test]
+async fn a_failed_api_call_is_recorded_and_a_failed_answer_waits_for_the_resend() {
+    let f = fixture();
+    f.ports.answers.lock().unwrap().insert(
+        "ads".into(),
+        Delivery::Failed("the API answered 503".into()),
+    );
+    let id = f.erasure().await;
+    f.desk.fan_out(id).await.unwrap();
+    let ads = f.obligation(id, "ads").await;
+    assert_eq!(
+        (ads.status, ads.attempts, ads.last_error.as_deref()),
+        (ObligationStatus::Failed, 1, Some("the API answered 503"))
+    );
+    let failed = Confirmation {
+        version: 1,
+        message_id: "c".into(),
+        request_id: id,
+        service: "profile".into(),
+        outcome: ConfirmationOutcome::Failed,
+        receipt: serde_json::Value::Null,
+    };
+    assert_eq!(f.desk.confirm(&failed).await.unwrap(), Handled::Recorded);
+    assert!(matches!(
+        f.desk.confirm(&failed).await.unwrap(),
+        Handled::Nothing(_)
+    ));
+    assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
+}
+
+#[tokio::test]
+async fn confirmations_for_unknown_requests_or_services_are_rejected() {
+    let f = fixture();
+    let id = f.erasure().await;
+    f.desk.fan_out(id).await.unwrap();
+    assert!(matches!(
+        f.confirm(id, "orders").await,
+        Err(ErasureError::Rejected(reason)) if reason.contains("no obligation for service `orders`")
+    ));
+    let unknown = RequestId::new_at(Utc::now());
+    assert!(matches!(
+        f.confirm(unknown, "billing").await,
+        Err(ErasureError::Rejected(reason)) if reason.contains("unknown request")
+    ));
+}
+
+#[tokio::test]
+async fn obligations_are_written_only_under_the_current_fencing_token() {
+    let f = fixture();
+    let id = f.erasure().await;
+    let stale = f
+        .store
+        .plan(
+            id,
+            &[dsr_domain::erasure::Obligation::planned(
+                id, "billing", false,
+            )],
+            7,
+        )
+        .await;
+    assert!(stale.is_err());
+    assert!(f.store.obligations(id).await.unwrap().is_empty());
+}
