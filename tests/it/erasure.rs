@@ -203,10 +203,14 @@ impl ErasureRig {
 }
 
 fn service<'a>(view: &'a Value, name: &str) -> &'a Value {
+    planned(view, name).unwrap_or_else(|| panic!("no {name} in {view:#}"))
+}
+
+/// The service's progress, once the fan-out planned it.
+fn planned<'a>(view: &'a Value, name: &str) -> Option<&'a Value> {
     view["services"]
         .as_array()
         .and_then(|all| all.iter().find(|s| s["service"] == name))
-        .unwrap_or_else(|| panic!("no {name} in {view:#}"))
 }
 
 fn completed(view: &Value) -> bool {
@@ -363,7 +367,7 @@ async fn a_silent_service_is_sent_again_then_escalated_and_the_erasure_stays_ope
 
     let view = rig
         .wait_for(&subject, &id, Duration::from_secs(60), |v| {
-            service(v, "billing")["escalated"] == true
+            planned(v, "billing").is_some_and(|s| s["escalated"] == true)
         })
         .await;
     let billing = service(&view, "billing");
@@ -402,7 +406,7 @@ async fn a_failing_third_party_api_is_retried_then_escalated() {
 
     let view = rig
         .wait_for(&subject, &id, Duration::from_secs(60), |v| {
-            service(v, "ads")["escalated"] == true
+            planned(v, "ads").is_some_and(|s| s["escalated"] == true)
         })
         .await;
     let ads = service(&view, "ads");

@@ -337,10 +337,17 @@ async fn a_report_holds_every_source_and_downloads_with_matching_hashes() {
     );
     assert!(html.contains("<h2>access-log</h2>"));
 
-    let events = drain(&f.app.sqs, &f.app.queue_url("OutboundQueue")).await;
-    assert_eq!(events.len(), 1);
-    let event: Value = serde_json::from_str(events[0].body().unwrap()).unwrap();
-    assert_message(&event);
+    let events: Vec<Value> = drain(&f.app.sqs, &f.app.queue_url("OutboundQueue"))
+        .await
+        .iter()
+        .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+        .collect();
+    for event in &events {
+        assert_message(event);
+    }
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["request_submitted", "report_ready"], "{events:?}");
+    let event = &events[1];
     assert_eq!(
         (event["type"].as_str(), event["request_id"].as_str()),
         (Some("report_ready"), Some(id.to_string().as_str()))

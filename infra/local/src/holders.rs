@@ -444,10 +444,7 @@ async fn vendor_erase(
 type Everyone = (HashMap<String, Arc<Holder>>, Arc<Vendor>);
 
 /// `GET /holders/{subject}`: records each fake holder still has about the subject.
-async fn remaining(
-    State(state): State<Arc<Everyone>>,
-    Path(subject): Path<String>,
-) -> Json<Value> {
+async fn remaining(State(state): State<Arc<Everyone>>, Path(subject): Path<String>) -> Json<Value> {
     let (amqp, vendor) = &*state;
     let mut left: serde_json::Map<String, Value> = amqp
         .iter()

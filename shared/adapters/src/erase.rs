@@ -144,3 +144,28 @@ impl ErasureChannel for ErasureChannels {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_to_one_vendor_are_spaced_by_its_rate_limit_and_vendors_do_not_wait_for_each_other(
+    ) {
+        let sqs = Client::from_conf(
+            aws_sdk_sqs::Config::builder()
+                .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+                .build(),
+        );
+        let channels = ErasureChannels::new(sqs, "q", "x", |_| None);
+        let start = Instant::now();
+        for _ in 0..5 {
+            channels.pace("ads", 2).await;
+        }
+        // Five calls at two per second: the fifth starts two seconds after the first.
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        let other = Instant::now();
+        channels.pace("crm", 2).await;
+        assert_eq!(other.elapsed(), Duration::ZERO);
+    }
+}
