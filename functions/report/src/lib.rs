@@ -15,6 +15,7 @@ use dsr_adapters::collect::Collectors;
 use dsr_adapters::s3::S3ReportStore;
 use dsr_adapters::sqs::SqsOutbox;
 use dsr_domain::messages::DomainEvent;
+use dsr_domain::metrics::{self, names, Metric};
 use dsr_domain::ports::{LeaseOutcome, TransitionOutcome};
 use dsr_domain::registry::ServiceRegistry;
 use dsr_domain::{
@@ -245,7 +246,15 @@ impl<S: RequestStore, C: Clock> ReportWorker<S, C> {
             )
             .await?;
         let mut request = match lease {
-            LeaseOutcome::Acquired(request) => *request,
+            LeaseOutcome::Acquired(request) => {
+                if request.fencing_token == 1 {
+                    // The first time a worker takes it: "received by the manager".
+                    metrics::emit(
+                        Metric::count(names::REQUESTS_RECEIVED, 1).with("Kind", "access"),
+                    );
+                }
+                *request
+            }
             LeaseOutcome::Held { until } => return Ok(WorkOutcome::Busy { until }),
             LeaseOutcome::NotWorkable(Some(RequestState::ReportReady)) => {
                 // The report was committed but the event may not have gone out: send it
@@ -301,6 +310,17 @@ impl<S: RequestStore, C: Clock> ReportWorker<S, C> {
                             duration_ms = (now - started).num_milliseconds(),
                             "report committed"
                         );
+                        metrics::emit(
+                            Metric::count(names::REQUESTS_COMPLETED, 1).with("Kind", "access"),
+                        );
+                        metrics::emit(Metric::bytes(
+                            names::REPORT_BYTES,
+                            request.report.as_ref().map_or(0, |r| r.size),
+                        ));
+                        metrics::emit(Metric::seconds(
+                            names::REPORT_DURATION,
+                            (now - started).num_milliseconds() as f64 / 1000.0,
+                        ));
                         self.announce(&request).await?;
                         Ok(WorkOutcome::Completed(
                             request.report.unwrap_or_else(|| unreachable!("set above")),
@@ -322,12 +342,18 @@ impl<S: RequestStore, C: Clock> ReportWorker<S, C> {
                     .await?
                 {
                     TransitionOutcome::Applied if next == RequestState::Failed => {
+                        metrics::emit(
+                            Metric::count(names::REQUESTS_FAILED, 1).with("Kind", "access"),
+                        );
                         Ok(WorkOutcome::Failed { error })
                     }
-                    TransitionOutcome::Applied => Ok(WorkOutcome::RetryLater {
-                        after: self.backoff(request.attempts),
-                        error,
-                    }),
+                    TransitionOutcome::Applied => {
+                        metrics::emit(Metric::count(names::RETRIES, 1).with("Kind", "access"));
+                        Ok(WorkOutcome::RetryLater {
+                            after: self.backoff(request.attempts),
+                            error,
+                        })
+                    }
                     _ => Ok(WorkOutcome::FencedOut),
                 }
             }

@@ -112,8 +112,8 @@ pub async fn seed(stack: &LocalStack, listen: SocketAddr) -> Result<Demo> {
 
     let registry = format!(
         r#"services:
-  - name: profile
-    description: Your account profile.
+  - name: account
+    description: Your account.
     collect: {{ kind: dynamodb, table: "{table}", key_attribute: user_id }}
   - name: orders
     description: Orders you placed.

@@ -168,7 +168,9 @@ pub async fn start(
         amqp.insert(name.to_owned(), holder.clone());
         // Declared before returning, so no command published from now on finds no queue.
         let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-        declare(&conn.create_channel().await?, namespace, name).await?;
+        let channel = conn.create_channel().await?;
+        declare(&channel, namespace, name).await?;
+        let _ = channel.close(200, "declared".into()).await;
         let _ = conn.close(200, "declared".into()).await;
         tokio::spawn(serve_amqp(
             url.to_owned(),
@@ -311,6 +313,7 @@ async fn consume(url: &str, namespace: &str, holder: &Holder) -> anyhow::Result<
             let mut notices = lock(&holder.notices);
             // Idempotent by message id: one email per request.
             if !notices.iter().any(|(id, _)| *id == request_id) {
+                tracing::info!(holder = %holder.name, %request_id, "fake email service: told the subject their data was erased");
                 notices.push((request_id, Utc::now()));
             }
         } else if let Ok(command) = serde_json::from_value::<ErasureCommand>(body) {
@@ -323,6 +326,7 @@ async fn consume(url: &str, namespace: &str, holder: &Holder) -> anyhow::Result<
                 }
                 !seen
             };
+            tracing::info!(holder = %holder.name, request_id = %command.request_id, attempt = command.attempt, first, "fake holder: erase command");
             let removed = if first {
                 lock(&holder.data)
                     .remove(command.subject.as_str())

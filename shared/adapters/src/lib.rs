@@ -7,6 +7,7 @@ pub mod collect;
 pub mod delayed;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
+pub mod emf;
 #[cfg(feature = "erase")]
 pub mod erase;
 pub mod memory;

@@ -3,6 +3,7 @@
 
 use crate::clock::Clock;
 use crate::messages::RequestMessage;
+use crate::metrics::{self, names, Metric};
 use crate::ports::{
     CreateOutcome, ReportLinks, RequestStore, StoreError, TransitionOutcome, WorkQueue,
 };
@@ -140,6 +141,9 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
         {
             CreateOutcome::Created => {
                 tracing::info!(request_id = %request.id, %kind, subject = %subject_hash, "request received");
+                metrics::emit(
+                    Metric::count(names::REQUESTS_SUBMITTED, 1).with("Kind", kind.as_str()),
+                );
                 request.enqueued_at = self.enqueue(&request, &subject_hash).await;
                 Ok(Submission::Created(request))
             }
@@ -193,6 +197,9 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
         {
             TransitionOutcome::Applied => {
                 tracing::info!(request_id = %id, subject = %subject_hash, "request cancelled");
+                metrics::emit(
+                    Metric::count(names::REQUESTS_CANCELLED, 1).with("Kind", request.kind.as_str()),
+                );
                 Ok(request)
             }
             // A worker picked it up between our read and our write.
@@ -273,6 +280,9 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
             let subject_hash = self.hasher.hash(&request.subject);
             if self.enqueue(&request, &subject_hash).await.is_some() {
                 tracing::info!(request_id = %request.id, subject = %subject_hash, "lost request message sent again");
+                metrics::emit(
+                    Metric::count(names::REDRIVES, 1).with("Kind", request.kind.as_str()),
+                );
                 report.reenqueued += 1;
             } else {
                 report.failed += 1;

@@ -17,6 +17,7 @@
 
 use crate::clock::Clock;
 use crate::messages::DomainEvent;
+use crate::metrics::{self, names, Metric};
 use crate::ports::{LeaseOutcome, RequestStore, StoreError, TransitionOutcome};
 use crate::registry::{EraseIn, ServiceRegistry};
 use crate::request::{Request, RequestId, RequestState};
@@ -452,7 +453,15 @@ where
             )
             .await?
         {
-            LeaseOutcome::Acquired(request) => *request,
+            LeaseOutcome::Acquired(request) => {
+                if request.fencing_token == 1 {
+                    // The first time a worker takes it: "received by the manager".
+                    metrics::emit(
+                        Metric::count(names::REQUESTS_RECEIVED, 1).with("Kind", "erasure"),
+                    );
+                }
+                *request
+            }
             LeaseOutcome::Held { .. } => return Err(ErasureError::Busy(id)),
             LeaseOutcome::NotWorkable(_) => return Ok(Handled::Nothing("not waiting for fan-out")),
         };
@@ -564,18 +573,25 @@ where
     /// rejected.
     pub async fn confirm(&self, confirmation: &Confirmation) -> Result<Handled, ErasureError> {
         let request = self.erasure(confirmation.request_id).await?;
-        let known = self
+        let Some(obligation) = self
             .store
             .obligations(request.id)
             .await?
             .into_iter()
-            .any(|o| o.service == confirmation.service);
-        if !known {
+            .find(|o| o.service == confirmation.service)
+        else {
             return Err(ErasureError::Rejected(format!(
                 "request {} has no obligation for service `{}`",
                 request.id,
                 truncated(&confirmation.service)
             )));
+        };
+        if let (Some(sent_at), false) = (obligation.sent_at, obligation.status.is_done()) {
+            let latency = (self.clock.now() - sent_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::emit(
+                Metric::seconds(names::CONFIRMATION_LATENCY, latency)
+                    .with("Holder", obligation.service.clone()),
+            );
         }
         let status = match confirmation.outcome {
             ConfirmationOutcome::Erased => ObligationStatus::Confirmed,
@@ -667,6 +683,9 @@ where
                     alert = "erasure_obligation_escalated",
                     "holder did not confirm the erasure: escalated"
                 );
+                metrics::emit(
+                    Metric::count(names::ESCALATIONS, 1).with("Holder", obligation.service.clone()),
+                );
                 return Ok(Handled::Escalated);
             }
             return Ok(Handled::Nothing("already escalated"));
@@ -674,6 +693,9 @@ where
         let attempt = due.attempt + 1;
         self.send(&request, &obligation.service, how, attempt)
             .await?;
+        if attempt > 1 {
+            metrics::emit(Metric::count(names::RETRIES, 1).with("Kind", "erasure"));
+        }
         Ok(Handled::Resent { attempt })
     }
 
@@ -743,6 +765,7 @@ where
                 == TransitionOutcome::Applied
             {
                 tracing::info!(request_id = %id, subject = %hash, holders = obligations.len(), "erasure completed");
+                metrics::emit(Metric::count(names::REQUESTS_COMPLETED, 1).with("Kind", "erasure"));
             }
         }
         Ok(())

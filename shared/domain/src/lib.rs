@@ -9,6 +9,7 @@ pub mod delayed;
 pub mod desk;
 pub mod erasure;
 pub mod messages;
+pub mod metrics;
 pub mod ports;
 pub mod registry;
 pub mod request;

@@ -1,0 +1,113 @@
+//! What the service counts and measures, as a facade like `tracing`'s: use cases call
+//! [`emit`]; the process installs one sink at start (in Lambda, CloudWatch Embedded Metric
+//! Format lines on stdout: `dsr_adapters::emf`). Without a sink nothing is recorded.
+//!
+//! Metric names are the dashboard's and the alarms' vocabulary (template.yaml); dimensions are
+//! low-cardinality (kind, state, holder), never a request or subject.
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Seconds,
+    Bytes,
+    None,
+}
+
+impl Unit {
+    /// The unit's name in CloudWatch.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Count => "Count",
+            Unit::Seconds => "Seconds",
+            Unit::Bytes => "Bytes",
+            Unit::None => "None",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: Unit,
+    pub value: f64,
+    pub dimensions: Vec<(&'static str, String)>,
+}
+
+impl Metric {
+    pub fn count(name: &'static str, value: usize) -> Self {
+        Self {
+            name,
+            unit: Unit::Count,
+            value: value as f64,
+            dimensions: Vec::new(),
+        }
+    }
+
+    pub fn seconds(name: &'static str, value: f64) -> Self {
+        Self {
+            name,
+            unit: Unit::Seconds,
+            value,
+            dimensions: Vec::new(),
+        }
+    }
+
+    pub fn bytes(name: &'static str, value: u64) -> Self {
+        Self {
+            name,
+            unit: Unit::Bytes,
+            value: value as f64,
+            dimensions: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, dimension: &'static str, value: impl Into<String>) -> Self {
+        self.dimensions.push((dimension, value.into()));
+        self
+    }
+}
+
+/// Where metrics go.
+pub trait MetricSink: Send + Sync {
+    fn record(&self, metric: &Metric);
+}
+
+fn sink() -> &'static RwLock<Option<Arc<dyn MetricSink>>> {
+    static SINK: OnceLock<RwLock<Option<Arc<dyn MetricSink>>>> = OnceLock::new();
+    SINK.get_or_init(|| RwLock::new(None))
+}
+
+/// Installs the process's sink (replacing any earlier one).
+pub fn install(new: Arc<dyn MetricSink>) {
+    *sink().write().unwrap_or_else(|p| p.into_inner()) = Some(new);
+}
+
+/// Records a metric with the installed sink, if any.
+pub fn emit(metric: Metric) {
+    if let Some(sink) = sink().read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        sink.record(&metric);
+    }
+}
+
+/// The names, in one place (the template's alarms and dashboard use the same).
+pub mod names {
+    pub const REQUESTS_SUBMITTED: &str = "RequestsSubmitted";
+    pub const REQUESTS_RECEIVED: &str = "RequestsReceived";
+    pub const REQUESTS_COMPLETED: &str = "RequestsCompleted";
+    pub const REQUESTS_FAILED: &str = "RequestsFailed";
+    pub const REQUESTS_CANCELLED: &str = "RequestsCancelled";
+    pub const REPORT_BYTES: &str = "ReportBytes";
+    pub const REPORT_DURATION: &str = "ReportDuration";
+    pub const CONFIRMATION_LATENCY: &str = "ConfirmationLatency";
+    pub const RETRIES: &str = "Retries";
+    pub const REDRIVES: &str = "Redrives";
+    pub const ESCALATIONS: &str = "Escalations";
+    pub const COLD_STARTS: &str = "ColdStarts";
+    pub const REQUESTS_IN_STATE: &str = "RequestsInState";
+    pub const DEADLINE_AT_RISK: &str = "DeadlineAtRisk";
+    pub const DEADLINE_MISSED: &str = "DeadlineMissed";
+    pub const COUNTS_IN_SYNC: &str = "CountsInSync";
+    pub const STUCK_REQUESTS: &str = "StuckRequests";
+}
