@@ -16,12 +16,13 @@ export RUST_LOG ?= info,aws_config=warn,aws_smithy_runtime=warn
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help run test token stack emulator rabbitmq provision lint stop bench
+.PHONY: help run test token ops stack emulator rabbitmq provision lint stop bench
 
 help:
 	@echo "make run              run the whole service locally (API on http://127.0.0.1:3000)"
 	@echo "make test             run every test against the local stack"
 	@echo "make token SUB=alice  print a bearer token for subject alice (last line)"
+	@echo "make ops ARGS=stats   the operator CLI (dsr-ops) against the local stack"
 	@echo "make lint             cargo fmt --check, clippy -D warnings, cfn-lint"
 	@echo "make bench            report memory/time (20 MB, 200 MB); 10,000 delayed messages due at once"
 	@echo "make stop             stop the emulator this project started"
@@ -44,6 +45,10 @@ provision: emulator
 token:
 	@test -n "$(SUB)" || { echo "usage: make token SUB=<subject>" >&2; exit 2; }
 	@$(CARGO) run --quiet -p dsr-local -- token --sub "$(SUB)"
+
+# The operator CLI against the local stack, e.g. make ops ARGS=stats, ARGS="show <id>".
+ops: emulator
+	@$(CARGO) run --quiet -p dsr-ops -- --local-stack $${DSR_STACK_NAME:-dsr-local} $(ARGS)
 
 # The bulk delayed-dispatch test (10,000 messages due at once) keeps the emulator busy for
 # minutes, so it runs on its own after the parallel suite instead of slowing every other test.

@@ -37,6 +37,7 @@ pub fn settings(stack_name: &str) -> LocalSettings {
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.consume_work_queues = false;
     settings.sweep_every = Duration::from_secs(3600);
+    settings.reconcile_every = Duration::from_secs(3600);
     settings
 }
 

@@ -12,6 +12,7 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
+    dsr_adapters::emf::install_for_lambda("bridge");
     let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     let url = env(RABBITMQ_URL)?;
     let topology =

@@ -4,6 +4,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
+    dsr_adapters::emf::install_for_lambda("confirm");
     let aws = aws_config().await;
     let function = dsr_erasure::desk_from_lookup(&aws, |n| std::env::var(n).ok(), "confirm")?;
     run(service_fn(

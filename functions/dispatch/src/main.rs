@@ -10,6 +10,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
+    dsr_adapters::emf::install_for_lambda("dispatch");
     let aws = aws_config().await;
     let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     let dispatcher = Dispatcher {

@@ -245,9 +245,19 @@ pub struct RequestView {
     pub received_at: String,
     pub due_at: String,
     pub updated_at: String,
+    /// Set when an operator extended the deadline (Art. 12(3)): by how much and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_extension: Option<ExtensionView>,
     /// Erasure requests, on `GET /v1/requests/{id}`: each holder's progress (no data).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<ServiceProgress>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExtensionView {
+    pub months: u32,
+    pub reason: String,
+    pub extended_at: String,
 }
 
 /// One holder's part of an erasure, as the user sees it.
@@ -291,6 +301,11 @@ impl From<&Request> for RequestView {
             received_at: time(request.received_at),
             due_at: time(request.due_at),
             updated_at: time(request.updated_at),
+            deadline_extension: request.deadline_extension.as_ref().map(|e| ExtensionView {
+                months: e.months,
+                reason: e.reason.clone(),
+                extended_at: time(e.extended_at),
+            }),
             services: None,
         }
     }
@@ -399,6 +414,9 @@ impl From<DeskError> for ApiError {
             }
             DeskError::ReportNotReady { .. } => {
                 Self::new(StatusCode::CONFLICT, "report_not_ready", err.to_string())
+            }
+            DeskError::CannotExtend(reason) | DeskError::CannotRetry(reason) => {
+                Self::new(StatusCode::CONFLICT, "cannot_extend", reason)
             }
             DeskError::ReportExpired => {
                 Self::new(StatusCode::GONE, "report_expired", err.to_string())

@@ -6,6 +6,7 @@ use lambda_http::{run, service_fn, Error};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_http::tracing::init_default_subscriber();
+    dsr_adapters::emf::install_for_lambda("intake");
     let aws = aws_config().await;
     let env = |name: &str| std::env::var(name).ok();
     let api = IntakeApi {

@@ -10,6 +10,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
+    dsr_adapters::emf::install_for_lambda("report");
     let env = |name: &str| std::env::var(name).ok();
     let config = DeskConfig::from_env()?;
     let aws = aws_config().await;

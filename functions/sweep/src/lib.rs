@@ -2,11 +2,60 @@
 //! accepted request whose message never reached its queue or was lost, so that a `202` always
 //! leads somewhere even when SQS was down at the moment of submission.
 
+use dsr_domain::reconcile::{ReconcileSettings, Reconciliation};
 use dsr_domain::{Clock, RequestDesk, RequestStore, SweepReport, SweepSettings, WorkQueue};
 use lambda_runtime::Error;
 
 pub const SWEEP_STALE_AFTER_SECONDS: &str = "SWEEP_STALE_AFTER_SECONDS";
 pub const SWEEP_UNQUEUED_GRACE_SECONDS: &str = "SWEEP_UNQUEUED_GRACE_SECONDS";
+pub const DEADLINE_WARNING_DAYS: &str = "DEADLINE_WARNING_DAYS";
+pub const STUCK_AFTER_SECONDS: &str = "STUCK_AFTER_SECONDS";
+
+/// Reconciliation settings from the environment, defaults for anything unset.
+pub fn reconcile_settings_from_lookup(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<ReconcileSettings, String> {
+    let mut settings = ReconcileSettings::default();
+    let number = |name: &str| -> Result<Option<i64>, String> {
+        lookup(name)
+            .map(|raw| {
+                raw.parse::<u32>()
+                    .map(i64::from)
+                    .map_err(|_| format!("{name} must be a whole number, not `{raw}`"))
+            })
+            .transpose()
+    };
+    if let Some(days) = number(DEADLINE_WARNING_DAYS)? {
+        settings.warning = chrono::Duration::days(days);
+    }
+    if let Some(seconds) = number(STUCK_AFTER_SECONDS)? {
+        settings.working_stuck_after = chrono::Duration::seconds(seconds);
+    }
+    Ok(settings)
+}
+
+/// The scheduled reconciliation (`{"task": "reconcile"}`): counts in sync, stuck requests
+/// re-driven, deadlines at risk. Everything it finds goes out as metrics and log lines.
+pub async fn reconcile<S, Q, C>(
+    desk: &RequestDesk<S, Q, C>,
+    settings: ReconcileSettings,
+) -> Result<Reconciliation, Error>
+where
+    S: RequestStore,
+    Q: WorkQueue,
+    C: Clock,
+{
+    let found = desk.reconcile(settings).await?;
+    tracing::info!(
+        in_sync = found.all_in_sync(),
+        deadline_at_risk = found.deadline_at_risk.len(),
+        deadline_missed = found.deadline_missed.len(),
+        stuck = found.stuck.len(),
+        redriven = found.redriven.len(),
+        "reconciliation"
+    );
+    Ok(found)
+}
 
 /// Settings from the environment, falling back to the defaults for anything unset.
 pub fn settings_from_lookup(
@@ -181,5 +230,117 @@ mod tests {
             SweepSettings::default().unqueued_grace
         );
         assert!(settings_from_lookup(|_| Some("soon".into())).is_err());
+    }
+
+    #[tokio::test]
+    async fn reconciliation_counts_flags_deadlines_and_redrives_a_request_whose_worker_died() {
+        use dsr_domain::reconcile::ReconcileSettings;
+        use dsr_domain::{LeaseOutcome, RequestState};
+        let clock = Arc::new(FixedClock::at(
+            Utc.with_ymd_and_hms(2026, 5, 1, 9, 0, 0).unwrap(),
+        ));
+        let store = Arc::new(InMemoryRequestStore::default());
+        let queue = Arc::new(InMemoryWorkQueue::default());
+        let desk = RequestDesk::new(
+            store.clone(),
+            queue.clone(),
+            clock.clone(),
+            SubjectHasher::new("sixteen-byte-key"),
+        );
+        let old = desk
+            .submit(&SubjectId::parse("old").unwrap(), RequestKind::Access, None)
+            .await
+            .unwrap();
+        // A worker takes it and dies: its lease runs out, the message is gone.
+        let taken = store
+            .acquire_lease(
+                old.request().id,
+                "dead-worker",
+                RequestState::Collecting,
+                clock.now(),
+                Duration::minutes(16),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(taken, LeaseOutcome::Acquired(_)));
+        clock.advance(Duration::days(25));
+        let young = desk
+            .submit(
+                &SubjectId::parse("young").unwrap(),
+                RequestKind::Erasure,
+                None,
+            )
+            .await
+            .unwrap();
+        let sent_before = queue.sent().len();
+
+        let found = reconcile(&desk, ReconcileSettings::default())
+            .await
+            .unwrap();
+        assert!(found.all_in_sync(), "{found:?}");
+        assert_eq!(
+            found.count(RequestKind::Access, RequestState::Collecting),
+            1
+        );
+        assert_eq!(found.count(RequestKind::Erasure, RequestState::Received), 1);
+        assert_eq!(
+            found.deadline_at_risk,
+            [old.request().id],
+            "25 of ~30 days used"
+        );
+        assert!(found.deadline_missed.is_empty());
+        assert_eq!(found.redriven, [old.request().id]);
+        assert_eq!(queue.sent().len(), sent_before + 1);
+        assert_eq!(queue.sent().last().unwrap().request_id, old.request().id);
+        assert!(!found.stuck.iter().any(|(id, _)| *id == young.request().id));
+
+        clock.advance(Duration::days(25));
+        let found = desk.reconcile(ReconcileSettings::default()).await.unwrap();
+        assert_eq!(found.deadline_missed, [old.request().id]);
+        assert_eq!(found.deadline_at_risk, [young.request().id]);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_is_extended_once_by_at_most_two_months_with_a_reason() {
+        let clock = Arc::new(FixedClock::at(
+            Utc.with_ymd_and_hms(2026, 1, 31, 9, 0, 0).unwrap(),
+        ));
+        let desk = RequestDesk::new(
+            InMemoryRequestStore::default(),
+            InMemoryWorkQueue::default(),
+            clock.clone(),
+            SubjectHasher::new("sixteen-byte-key"),
+        );
+        let id = desk
+            .submit(
+                &SubjectId::parse("carol").unwrap(),
+                RequestKind::Access,
+                None,
+            )
+            .await
+            .unwrap()
+            .request()
+            .id;
+        for (months, reason) in [(3, "too long"), (0, "none"), (1, "  ")] {
+            assert!(matches!(
+                desk.extend_deadline(id, months, reason).await,
+                Err(dsr_domain::DeskError::CannotExtend(_))
+            ));
+        }
+        let extended = desk
+            .extend_deadline(id, 2, "12 services hold data; complex request")
+            .await
+            .unwrap();
+        // 31 January + one month = 28 February; two further months = 28 April.
+        assert_eq!(
+            extended.due_at,
+            Utc.with_ymd_and_hms(2026, 4, 28, 9, 0, 0).unwrap()
+        );
+        let extension = extended.deadline_extension.unwrap();
+        assert_eq!(extension.months, 2);
+        assert!(matches!(
+            desk.extend_deadline(id, 1, "again").await,
+            Err(dsr_domain::DeskError::CannotExtend(reason)) if reason.contains("once")
+        ));
     }
 }

@@ -54,6 +54,8 @@ pub struct LocalSettings {
     pub jwt_secret: String,
     pub parameters: HashMap<String, String>,
     pub sweep_every: Duration,
+    /// How often the reconciliation runs (every 15 minutes in AWS).
+    pub reconcile_every: Duration,
     /// How often the dispatch function is woken (EventBridge Scheduler's job in AWS: moto
     /// stores schedules but never fires them).
     pub dispatch_every: Duration,
@@ -75,6 +77,7 @@ impl LocalSettings {
             jwt_secret: crate::jwt::LOCAL_JWT_SECRET.to_owned(),
             parameters: local_parameters(),
             sweep_every: Duration::from_secs(10),
+            reconcile_every: Duration::from_secs(60),
             dispatch_every: Duration::from_secs(2),
             consume_work_queues: true,
             registry: None,
@@ -358,6 +361,23 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
             async move {
                 if let Err(err) = dsr_sweep::handle(&*desk, sweep_settings).await {
                     tracing::warn!(error = %err, "sweep failed");
+                }
+            }
+        },
+    ));
+
+    let reconcile_desk = Arc::new(stack.desk_config("SweepFunction")?.desk(aws, "sweep"));
+    let reconcile_settings =
+        dsr_sweep::reconcile_settings_from_lookup(|name| sweep_env.get(name).cloned())
+            .map_err(|e| anyhow!(e))?;
+    tasks.spawn(recurring(
+        settings.reconcile_every,
+        stopped.clone(),
+        move || {
+            let desk = reconcile_desk.clone();
+            async move {
+                if let Err(err) = dsr_sweep::reconcile(&*desk, reconcile_settings).await {
+                    tracing::warn!(error = %err, "reconciliation failed");
                 }
             }
         },

@@ -19,7 +19,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use dsr_domain::erasure::{Obligation, ObligationStatus, ObligationStore};
 use dsr_domain::ports::{LeaseOutcome, TransitionOutcome};
 use dsr_domain::{
-    CreateOutcome, IdempotencyKey, Lease, ReportInfo, Request, RequestId, RequestKind,
+    AuditEvent, CreateOutcome, IdempotencyKey, Lease, ReportInfo, Request, RequestId, RequestKind,
     RequestState, RequestStore, StoreError, SubjectHash, SubjectId,
 };
 use std::collections::HashMap;
@@ -29,6 +29,9 @@ type Item = HashMap<String, AttributeValue>;
 pub const BY_SUBJECT_INDEX: &str = "BySubject";
 pub const BY_STATE_DUE_INDEX: &str = "ByStateDue";
 const IDEMPOTENCY_TTL_HOURS: i64 = 24;
+/// `pk = STATS, sk = SUBMITTED`: requests ever accepted, per kind.
+const STATS_PK: &str = "STATS";
+const SUBMITTED_SK: &str = "SUBMITTED";
 
 #[derive(Clone, Debug)]
 pub struct DynamoRequestStore {
@@ -139,6 +142,11 @@ impl DynamoRequestStore {
             items.push(TransactWriteItem::builder().delete(release).build());
         }
         items.push(self.audit_event(request.id, request.state.as_str(), request.updated_at)?);
+        self.transact(items).await
+    }
+
+    /// Runs a transaction; `Ok(false)` when one of its conditions failed.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool, StoreError> {
         match self
             .client
             .transact_write_items()
@@ -278,6 +286,17 @@ impl RequestStore for DynamoRequestStore {
             )?);
         }
         items.push(self.audit_event(request.id, "submitted", request.received_at)?);
+        // The "submitted" counter the reconciliation checks the counts by state against.
+        let counter = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(STATS_PK))
+            .key("sk", s(SUBMITTED_SK))
+            .update_expression("ADD #kind :one")
+            .expression_attribute_names("#kind", request.kind.as_str())
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(unavailable)?;
+        items.push(TransactWriteItem::builder().update(counter).build());
 
         // A cancelled transaction says *that* a condition failed; the item it failed on says
         // which request wins. A guard can vanish between the two (the open request was just
@@ -486,6 +505,120 @@ impl RequestStore for DynamoRequestStore {
         )
         .await
     }
+
+    async fn count(&self, kind: RequestKind, state: RequestState) -> Result<usize, StoreError> {
+        let mut total = 0usize;
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_STATE_DUE_INDEX)
+                .key_condition_expression("#state = :s")
+                .filter_expression("#kind = :k")
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_names("#kind", "kind")
+                .expression_attribute_values(":s", s(state.as_str()))
+                .expression_attribute_values(":k", s(kind.as_str()))
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            total += usize::try_from(out.count).unwrap_or(0);
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(total),
+            }
+        }
+    }
+
+    async fn submitted(&self, kind: RequestKind) -> Result<u64, StoreError> {
+        Ok(
+            match self.get_item(STATS_PK.to_owned(), SUBMITTED_SK).await? {
+                Some(item) => number_attr(&item, kind.as_str())?.unwrap_or(0),
+                None => 0,
+            },
+        )
+    }
+
+    async fn extend_deadline(
+        &self,
+        id: RequestId,
+        due_at: DateTime<Utc>,
+        extension: &dsr_domain::DeadlineExtension,
+    ) -> Result<bool, StoreError> {
+        let open: Vec<&str> = RequestState::ALL
+            .iter()
+            .filter(|state| state.is_open())
+            .map(|state| state.as_str())
+            .collect();
+        let placeholders: Vec<String> = (0..open.len()).map(|i| format!(":open{i}")).collect();
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(request_pk(id)))
+            .key("sk", s("META"))
+            .condition_expression(format!(
+                "attribute_exists(pk) AND attribute_not_exists(deadline_extended_at) AND #state IN ({})",
+                placeholders.join(", ")
+            ))
+            .update_expression(
+                "SET due_at = :due, deadline_extended_at = :at, deadline_extension_months = :months, deadline_extension_reason = :reason",
+            )
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":due", s(timestamp(due_at)))
+            .expression_attribute_values(":at", s(timestamp(extension.extended_at)))
+            .expression_attribute_values(":months", n(extension.months))
+            .expression_attribute_values(":reason", s(&extension.reason));
+        for (placeholder, state) in placeholders.iter().zip(&open) {
+            update = update.expression_attribute_values(placeholder.as_str(), s(*state));
+        }
+        let items = vec![
+            TransactWriteItem::builder()
+                .update(update.build().map_err(unavailable)?)
+                .build(),
+            self.audit_event(
+                id,
+                &format!("deadline_extended:{}m", extension.months),
+                extension.extended_at,
+            )?,
+        ];
+        self.transact(items).await
+    }
+
+    async fn audit_trail(&self, id: RequestId) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut events = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :evt)")
+                .expression_attribute_values(":pk", s(request_pk(id)))
+                .expression_attribute_values(":evt", s("EVT#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items() {
+                let at = DateTime::parse_from_rfc3339(string_attr(item, "at")?)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| corrupt(item, format!("at: {e}")))?;
+                events.push(AuditEvent {
+                    at,
+                    event: string_attr(item, "event")?.to_owned(),
+                    actor: string_attr(item, "actor").unwrap_or_default().to_owned(),
+                });
+            }
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(events),
+            }
+        }
+    }
 }
 
 fn put(table: &str, item: Item, condition: Option<&str>) -> Result<TransactWriteItem, StoreError> {
@@ -601,6 +734,18 @@ fn request_from_item(item: &Item) -> Result<Request, StoreError> {
             _ => None,
         },
         fencing_token: number_attr(item, "fencing_token")?.unwrap_or(0),
+        deadline_extension: match optional_time("deadline_extended_at")? {
+            Some(extended_at) => Some(dsr_domain::DeadlineExtension {
+                months: number_attr(item, "deadline_extension_months")?.unwrap_or(0),
+                reason: item
+                    .get("deadline_extension_reason")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default(),
+                extended_at,
+            }),
+            None => None,
+        },
         report: match item.get("report_key") {
             Some(AttributeValue::S(key)) => Some(ReportInfo {
                 key: key.clone(),

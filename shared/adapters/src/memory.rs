@@ -17,6 +17,7 @@ struct Tables {
     open_guards: HashMap<(SubjectHash, dsr_domain::RequestKind), RequestId>,
     idempotency: HashMap<(SubjectHash, String), RequestId>,
     events: Vec<(RequestId, String)>,
+    submitted: HashMap<dsr_domain::RequestKind, u64>,
     obligations: HashMap<(RequestId, String), dsr_domain::erasure::Obligation>,
 }
 
@@ -176,6 +177,7 @@ impl RequestStore for InMemoryRequestStore {
         tables
             .requests
             .insert(request.id, (request.clone(), subject.clone()));
+        *tables.submitted.entry(request.kind).or_insert(0) += 1;
         Ok(CreateOutcome::Created)
     }
 
@@ -318,6 +320,58 @@ impl RequestStore for InMemoryRequestStore {
         found.truncate(limit);
         Ok(found)
     }
+
+    async fn count(
+        &self,
+        kind: dsr_domain::RequestKind,
+        state: RequestState,
+    ) -> Result<usize, StoreError> {
+        Ok(self
+            .lock()
+            .requests
+            .values()
+            .filter(|(r, _)| r.kind == kind && r.state == state)
+            .count())
+    }
+
+    async fn submitted(&self, kind: dsr_domain::RequestKind) -> Result<u64, StoreError> {
+        Ok(self.lock().submitted.get(&kind).copied().unwrap_or(0))
+    }
+
+    async fn extend_deadline(
+        &self,
+        id: RequestId,
+        due_at: DateTime<Utc>,
+        extension: &dsr_domain::DeadlineExtension,
+    ) -> Result<bool, StoreError> {
+        let mut tables = self.lock();
+        let Some((request, _)) = tables.requests.get_mut(&id) else {
+            return Ok(false);
+        };
+        if request.deadline_extension.is_some() || !request.state.is_open() {
+            return Ok(false);
+        }
+        request.due_at = due_at;
+        request.deadline_extension = Some(extension.clone());
+        tables
+            .events
+            .push((id, format!("deadline_extended:{}m", extension.months)));
+        Ok(true)
+    }
+
+    /// In memory the trail keeps no times: every entry carries the time of the call.
+    async fn audit_trail(&self, id: RequestId) -> Result<Vec<dsr_domain::AuditEvent>, StoreError> {
+        let now = Utc::now();
+        Ok(self
+            .events(id)
+            .into_iter()
+            .map(|event| dsr_domain::AuditEvent {
+                at: now,
+                event,
+                actor: "memory".into(),
+            })
+            .collect())
+    }
 }
 
 /// Records every message; can be switched to fail, to test what happens when SQS is down.
@@ -350,7 +404,7 @@ impl WorkQueue for InMemoryWorkQueue {
     async fn enqueue(
         &self,
         message: &RequestMessage,
-        announcement: &dsr_domain::messages::DomainEvent,
+        announcement: Option<&dsr_domain::messages::DomainEvent>,
     ) -> Result<(), QueueError> {
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(QueueError {
@@ -363,10 +417,12 @@ impl WorkQueue for InMemoryWorkQueue {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(message.clone());
-        self.announced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(announcement.clone());
+        if let Some(announcement) = announcement {
+            self.announced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(announcement.clone());
+        }
         Ok(())
     }
 }

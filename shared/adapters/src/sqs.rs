@@ -44,7 +44,7 @@ impl WorkQueue for SqsWorkQueue {
     async fn enqueue(
         &self,
         message: &RequestMessage,
-        announcement: &dsr_domain::messages::DomainEvent,
+        announcement: Option<&dsr_domain::messages::DomainEvent>,
     ) -> Result<(), QueueError> {
         let fail = |reason: String| QueueError {
             request_id: message.request_id,
@@ -59,7 +59,7 @@ impl WorkQueue for SqsWorkQueue {
             .send()
             .await
             .map_err(|e| fail(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
-        if let Some(outbound) = &self.outbound_queue_url {
+        if let (Some(outbound), Some(announcement)) = (&self.outbound_queue_url, announcement) {
             let body = serde_json::to_string(announcement).map_err(|e| fail(e.to_string()))?;
             self.client
                 .send_message()

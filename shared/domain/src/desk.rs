@@ -24,6 +24,10 @@ pub enum DeskError {
     ReportNotReady { state: RequestState },
     #[error("the report has expired and was deleted; submit a new access request")]
     ReportExpired,
+    #[error("the deadline cannot be extended: {0}")]
+    CannotExtend(String),
+    #[error("the request cannot be retried: {0}")]
+    CannotRetry(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -87,10 +91,10 @@ pub struct SweepReport {
 }
 
 pub struct RequestDesk<S, Q, C> {
-    store: S,
-    queue: Q,
-    clock: C,
-    hasher: SubjectHasher,
+    pub(crate) store: S,
+    pub(crate) queue: Q,
+    pub(crate) clock: C,
+    pub(crate) hasher: SubjectHasher,
 }
 
 impl<S: RequestStore + crate::erasure::ObligationStore, Q, C> RequestDesk<S, Q, C> {
@@ -120,6 +124,10 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    pub fn hasher(&self) -> &SubjectHasher {
+        &self.hasher
     }
 
     pub fn subject_hash(&self, subject: &SubjectId) -> SubjectHash {
@@ -328,10 +336,22 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
         request: &Request,
         subject_hash: &SubjectHash,
     ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let announcement =
+            crate::messages::DomainEvent::request_submitted(request, self.clock.now());
+        self.send_work(request, subject_hash, Some(&announcement))
+            .await
+    }
+
+    /// Sends the request's work message (and the announcement, if any) and records it.
+    pub(crate) async fn send_work(
+        &self,
+        request: &Request,
+        subject_hash: &SubjectHash,
+        announcement: Option<&crate::messages::DomainEvent>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
         let now = self.clock.now();
         let message = RequestMessage::new(request.id, request.kind, now);
-        let announcement = crate::messages::DomainEvent::request_submitted(request, now);
-        if let Err(err) = self.queue.enqueue(&message, &announcement).await {
+        if let Err(err) = self.queue.enqueue(&message, announcement).await {
             tracing::warn!(request_id = %request.id, subject = %subject_hash, error = %err, "work message not sent; the sweep will retry");
             return None;
         }

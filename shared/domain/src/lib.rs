@@ -11,6 +11,7 @@ pub mod erasure;
 pub mod messages;
 pub mod metrics;
 pub mod ports;
+pub mod reconcile;
 pub mod registry;
 pub mod request;
 pub mod subject;
@@ -19,11 +20,11 @@ pub use clock::{Clock, FixedClock, SystemClock};
 pub use desk::{DeskError, ReportLink, RequestDesk, Submission, SweepReport, SweepSettings};
 pub use messages::RequestMessage;
 pub use ports::{
-    CreateOutcome, LeaseOutcome, QueueError, ReportLinks, RequestStore, StoreError,
+    AuditEvent, CreateOutcome, LeaseOutcome, QueueError, ReportLinks, RequestStore, StoreError,
     TransitionOutcome, WorkQueue,
 };
 pub use request::{
-    IdempotencyKey, IllegalTransition, Lease, ReportInfo, Request, RequestId, RequestIdError,
-    RequestKind, RequestState,
+    DeadlineExtension, IdempotencyKey, IllegalTransition, Lease, ReportInfo, Request, RequestId,
+    RequestIdError, RequestKind, RequestState,
 };
 pub use subject::{SubjectHash, SubjectHasher, SubjectId, SubjectIdError};

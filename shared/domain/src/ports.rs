@@ -120,6 +120,40 @@ pub trait RequestStore: Send + Sync {
         state: RequestState,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Request>, StoreError>> + Send;
+
+    /// How many requests of `kind` are in `state` now.
+    fn count(
+        &self,
+        kind: RequestKind,
+        state: RequestState,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// How many requests of `kind` were ever accepted: a counter written in the same
+    /// transaction as each new request, so it can be checked against the counts by state.
+    fn submitted(&self, kind: RequestKind) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Moves an open request's deadline to `due_at`, once: refused (false) if it was extended
+    /// before or is no longer open. Recorded in the audit trail.
+    fn extend_deadline(
+        &self,
+        id: RequestId,
+        due_at: DateTime<Utc>,
+        extension: &crate::request::DeadlineExtension,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The request's audit trail, oldest first.
+    fn audit_trail(
+        &self,
+        id: RequestId,
+    ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
+}
+
+/// One entry of a request's audit trail: what happened, when, by which function. No PII.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub at: DateTime<Utc>,
+    pub event: String,
+    pub actor: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,12 +175,13 @@ pub trait ReportLinks: Send + Sync {
 
 /// The queues that feed the report and erasure workers.
 pub trait WorkQueue: Send + Sync {
-    /// Sends the work message, then tells the platform (`request_submitted`): both or an error,
-    /// so that the sweep's re-send of a failed enqueue repeats both (each keyed by its id).
+    /// Sends the work message, then, if given, tells the platform (`request_submitted`): both
+    /// or an error, so that the sweep's re-send of a failed enqueue repeats both (each keyed by
+    /// its id). A re-drive of a stuck request announces nothing.
     fn enqueue(
         &self,
         message: &RequestMessage,
-        announcement: &crate::messages::DomainEvent,
+        announcement: Option<&crate::messages::DomainEvent>,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
@@ -155,7 +190,7 @@ impl<T: WorkQueue> WorkQueue for Arc<T> {
     async fn enqueue(
         &self,
         message: &RequestMessage,
-        announcement: &crate::messages::DomainEvent,
+        announcement: Option<&crate::messages::DomainEvent>,
     ) -> Result<(), QueueError> {
         (**self).enqueue(message, announcement).await
     }
@@ -219,5 +254,22 @@ impl<T: RequestStore> RequestStore for Arc<T> {
         limit: usize,
     ) -> Result<Vec<Request>, StoreError> {
         (**self).in_state(state, limit).await
+    }
+    async fn count(&self, kind: RequestKind, state: RequestState) -> Result<usize, StoreError> {
+        (**self).count(kind, state).await
+    }
+    async fn submitted(&self, kind: RequestKind) -> Result<u64, StoreError> {
+        (**self).submitted(kind).await
+    }
+    async fn extend_deadline(
+        &self,
+        id: RequestId,
+        due_at: DateTime<Utc>,
+        extension: &crate::request::DeadlineExtension,
+    ) -> Result<bool, StoreError> {
+        (**self).extend_deadline(id, due_at, extension).await
+    }
+    async fn audit_trail(&self, id: RequestId) -> Result<Vec<AuditEvent>, StoreError> {
+        (**self).audit_trail(id).await
     }
 }

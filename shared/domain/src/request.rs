@@ -272,6 +272,21 @@ pub struct Request {
     pub fencing_token: u64,
     /// The finished report of an access request.
     pub report: Option<ReportInfo>,
+    /// Art. 12(3): the deadline may be extended once, by up to two further months, with reasons
+    /// the subject is told.
+    pub deadline_extension: Option<DeadlineExtension>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadlineExtension {
+    pub months: u32,
+    pub reason: String,
+    pub extended_at: DateTime<Utc>,
+}
+
+impl DeadlineExtension {
+    pub const MAX_MONTHS: u32 = 2;
+    pub const MAX_REASON_CHARS: usize = 500;
 }
 
 /// "This worker may work on this request until then." Taken with a conditional write.
@@ -308,6 +323,7 @@ impl Request {
             lease: None,
             fencing_token: 0,
             report: None,
+            deadline_extension: None,
         }
     }
 

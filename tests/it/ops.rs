@@ -1,0 +1,335 @@
+//! Operations over the wire: metrics as EMF, reconciliation re-driving a lost message, the
+//! operator CLI against a local stack, and no raw subject id in the logs of a full run.
+
+use crate::erasure::{rig, RigSettings};
+use crate::helpers::{drain, eventually, queue_depth, spawn_app, unique_name};
+use dsr_adapters::emf::{validate, EmfSink};
+use dsr_domain::reconcile::ReconcileSettings;
+use dsr_domain::{LeaseOutcome, RequestState, RequestStore};
+use dsr_ops::{Command, Ops, Target};
+use serde_json::Value;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A writer tests can read back.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+async fn ops(stack_name: &str) -> Ops {
+    let target = Target {
+        local_stack: Some(stack_name.to_owned()),
+    };
+    Ops::connect(&crate::helpers::aws().await, &target, |_| None)
+        .await
+        .unwrap()
+}
+
+async fn run(ops: &Ops, command: Command) -> Result<String, String> {
+    let mut out = Vec::new();
+    let mut progress = Vec::new();
+    ops.run(&command, &mut out, &mut progress)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+// Each test runs in its own process (nextest), so a process-wide sink or subscriber sees only
+// this test's work.
+
+#[tokio::test]
+async fn a_full_run_emits_valid_emf_and_logs_no_raw_subject_id() {
+    let metrics = Captured::default();
+    dsr_domain::metrics::install(Arc::new(EmfSink::new(
+        "GdprDsr/test",
+        "local",
+        Box::new(metrics.clone()),
+    )));
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter("info")
+        .with_writer(move || writer.clone())
+        .init();
+
+    let rig = rig(RigSettings::default()).await;
+    let subject = format!("Zoë.Private+{}@example.com", unique_name());
+    let erasure = rig.submit_erasure(&subject).await;
+    let access = rig.app.submit(&subject, "access").await;
+    assert_eq!(access.status, 202);
+    let access = access.body["id"].as_str().unwrap().to_owned();
+    rig.wait_for(&subject, &erasure, Duration::from_secs(60), |v| {
+        v["state"] == "completed"
+    })
+    .await;
+    rig.wait_for(&subject, &access, Duration::from_secs(60), |v| {
+        v["state"] == "report_ready"
+    })
+    .await;
+    rig.app
+        .stack
+        .desk_config("SweepFunction")
+        .unwrap()
+        .desk(&rig.app.stack.aws, "sweep")
+        .reconcile(ReconcileSettings::default())
+        .await
+        .unwrap();
+
+    let lines = metrics.text();
+    let mut names = std::collections::HashSet::new();
+    for line in lines.lines() {
+        validate(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let doc: Value = serde_json::from_str(line).unwrap();
+        names.insert(
+            doc["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for expected in [
+        "RequestsSubmitted",
+        "RequestsReceived",
+        "RequestsCompleted",
+        "ReportBytes",
+        "ReportDuration",
+        "ConfirmationLatency",
+        "RequestsInState",
+        "CountsInSync",
+        "DeadlineAtRisk",
+    ] {
+        assert!(names.contains(expected), "{expected} not among {names:?}");
+    }
+
+    let logs = logs.text();
+    assert!(logs.contains(&erasure), "the logs were captured");
+    assert!(!logs.contains(&subject), "a raw subject id is in the logs");
+    assert!(
+        !logs.contains("Zoë.Private"),
+        "a raw subject id is in the logs"
+    );
+}
+
+#[tokio::test]
+async fn a_request_whose_worker_died_and_message_was_lost_is_redriven() {
+    let app = spawn_app().await;
+    let reply = app
+        .submit(&format!("lost-{}", unique_name()), "access")
+        .await;
+    let id: dsr_domain::RequestId = reply.body["id"].as_str().unwrap().parse().unwrap();
+    let queue = app.queue_url("AccessRequestsQueue");
+    // The message is taken and gone, and the worker holding the lease died.
+    assert_eq!(drain(&app.sqs, &queue).await.len(), 1);
+    let store =
+        dsr_adapters::dynamodb::DynamoRequestStore::new(app.dynamodb.clone(), app.table(), "test");
+    let lease = store
+        .acquire_lease(
+            id,
+            "a-worker-that-died",
+            RequestState::Collecting,
+            chrono::Utc::now(),
+            chrono::Duration::milliseconds(1),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(lease, LeaseOutcome::Acquired(_)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let desk = app
+        .stack
+        .desk_config("SweepFunction")
+        .unwrap()
+        .desk(&app.stack.aws, "sweep");
+    let found = desk
+        .reconcile(ReconcileSettings {
+            working_stuck_after: chrono::Duration::zero(),
+            ..ReconcileSettings::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.redriven, [id]);
+    assert!(found.all_in_sync(), "{found:?}");
+    let again = drain(&app.sqs, &queue).await;
+    assert_eq!(again.len(), 1);
+    let message: Value = serde_json::from_str(again[0].body().unwrap()).unwrap();
+    assert_eq!(message["request_id"], id.to_string());
+    assert_eq!(message["message_id"], format!("request:{id}"));
+}
+
+#[tokio::test]
+async fn the_operator_cli_works_against_the_local_stack() {
+    let app = spawn_app().await;
+    let stack_name = app.stack.context.stack_name.clone();
+    let ops = ops(&stack_name).await;
+    let subject = format!("op-{}", unique_name());
+    let reply = app.submit(&subject, "access").await;
+    let id = reply.body["id"].as_str().unwrap().to_owned();
+    app.submit(&format!("op2-{}", unique_name()), "erasure")
+        .await;
+
+    let stats = run(&ops, Command::Stats).await.unwrap();
+    let access_row = stats.lines().find(|l| l.starts_with("access")).unwrap();
+    let cells: Vec<&str> = access_row.split_whitespace().collect();
+    assert_eq!(cells[1], "1", "submitted: {stats}");
+    assert_eq!(cells[2], "1", "received: {stats}");
+    assert!(access_row.ends_with("yes"), "{stats}");
+    assert!(stats
+        .lines()
+        .any(|l| l.starts_with("erasure") && l.ends_with("yes")));
+
+    // retry: the work message again (the first one is still there too).
+    let queue = app.queue_url("AccessRequestsQueue");
+    let out = run(&ops, Command::Retry { id: id.clone() }).await.unwrap();
+    assert!(out.contains(&id), "{out}");
+    assert!(
+        eventually(Duration::from_secs(5), async || queue_depth(
+            &app.sqs, &queue
+        )
+        .await
+            == 2)
+        .await
+    );
+
+    // extend: once, the user sees it.
+    let out = run(
+        &ops,
+        Command::Extend {
+            id: id.clone(),
+            months: 2,
+            reason: "the request spans 14 systems".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("extended by 2 month(s)"), "{out}");
+    let seen = app.get(&subject, &format!("/v1/requests/{id}")).await;
+    crate::contract::assert_response("GET", "/v1/requests/{id}", 200, &seen.body);
+    assert_eq!(seen.body["deadline_extension"]["months"], 2);
+    assert_eq!(
+        seen.body["deadline_extension"]["reason"],
+        "the request spans 14 systems"
+    );
+    let due = chrono::DateTime::parse_from_rfc3339(seen.body["due_at"].as_str().unwrap()).unwrap();
+    let received =
+        chrono::DateTime::parse_from_rfc3339(seen.body["received_at"].as_str().unwrap()).unwrap();
+    assert!(
+        (due - received).num_days() >= 89,
+        "three months in all: {}",
+        seen.body
+    );
+    let twice = run(
+        &ops,
+        Command::Extend {
+            id: id.clone(),
+            months: 1,
+            reason: "again".into(),
+        },
+    )
+    .await;
+    assert!(twice.unwrap_err().contains("once"));
+
+    // show: the timeline.
+    let shown = run(&ops, Command::Show { id: id.clone() }).await.unwrap();
+    assert!(shown.contains("submitted"), "{shown}");
+    assert!(shown.contains("deadline_extended:2m"), "{shown}");
+    assert!(
+        !shown.contains(&subject),
+        "show prints the keyed hash, not the subject"
+    );
+
+    // stuck: nothing is near its deadline yet.
+    let stuck = run(&ops, Command::Stuck { warning_days: 7 }).await.unwrap();
+    assert!(stuck.contains("nothing stuck"), "{stuck}");
+    let stuck = run(&ops, Command::Stuck { warning_days: 40 })
+        .await
+        .unwrap();
+    assert!(
+        !stuck.contains(&id),
+        "the extended one is 3 months out: {stuck}"
+    );
+
+    // redrive: back from the dead-letter queue to its source.
+    let dlq = app.queue_url("AccessRequestsDeadLetterQueue");
+    for n in 0..12 {
+        app.sqs
+            .send_message()
+            .queue_url(&dlq)
+            .message_body(format!("{{\"n\": {n}}}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    drain(&app.sqs, &queue).await;
+    let out = run(
+        &ops,
+        Command::Redrive {
+            queue: "AccessRequestsDeadLetterQueue".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("moved 12 message(s)"), "{out}");
+    assert_eq!(queue_depth(&app.sqs, &dlq).await, 0);
+    assert_eq!(drain(&app.sqs, &queue).await.len(), 12);
+
+    // proof: only of erasures.
+    assert!(run(&ops, Command::Proof { id: id.clone() })
+        .await
+        .unwrap_err()
+        .contains("access request"));
+}
+
+#[tokio::test]
+async fn the_proof_of_erasure_lists_every_obligation_with_its_receipt() {
+    let rig = rig(RigSettings::default()).await;
+    let subject = format!("proof-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+    rig.wait_for(&subject, &id, Duration::from_secs(60), |v| {
+        v["state"] == "completed"
+    })
+    .await;
+    let ops = ops(&rig.app.stack.context.stack_name).await;
+    let proof: Value =
+        serde_json::from_str(&run(&ops, Command::Proof { id: id.clone() }).await.unwrap()).unwrap();
+    assert_eq!(proof["complete"], true);
+    let obligations = proof["obligations"].as_array().unwrap();
+    assert_eq!(obligations.len(), 5);
+    for o in obligations {
+        assert_eq!(o["status"], "confirmed", "{o}");
+        assert!(
+            o["confirmed_at"].is_string() && o["sent_at"].is_string(),
+            "{o}"
+        );
+        assert!(o["receipt"].is_object(), "{o}");
+    }
+    let ads = obligations.iter().find(|o| o["service"] == "ads").unwrap();
+    assert_eq!(ads["receipt"]["http_status"], 200);
+    let billing = obligations
+        .iter()
+        .find(|o| o["service"] == "billing")
+        .unwrap();
+    assert_eq!(billing["receipt"]["records_deleted"], 2);
+    assert!(!proof.to_string().contains(&subject));
+    assert!(proof["audit_trail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "completed"));
+}

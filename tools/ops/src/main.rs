@@ -1,0 +1,17 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = dsr_ops::Cli::parse();
+    let aws = dsr_adapters::wiring::aws_config().await;
+    let lookup = |name: &str| std::env::var(name).ok();
+    let ops = dsr_ops::Ops::connect(&aws, &cli.target, lookup).await?;
+    ops.run(&cli.command, &mut std::io::stdout(), &mut std::io::stderr())
+        .await
+}
