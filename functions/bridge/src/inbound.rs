@@ -256,6 +256,7 @@ async fn dead_letter(
 ) -> Result<(), BridgeError> {
     let reason: String = reason.chars().take(1024).collect();
     tracing::warn!(queue = from_queue, message_id = message_id.unwrap_or_default(), %reason, "inbound message dead-lettered");
+    dsr_domain::metrics::emit(dsr_domain::metrics::Metric::count("BridgeDeadLettered", 1));
     let mut headers = FieldTable::default();
     headers.insert(
         "x-reject-reason".into(),
@@ -413,6 +414,16 @@ async fn consume(url: &str, inbound: &Inbound, backoff: &mut Duration) -> Result
                         .ack(BasicAckOptions::default())
                         .await
                         .map_err(broker)?;
+                    tracing::info!(
+                        request_id = %crate::request_id_in(std::str::from_utf8(&delivery.data).unwrap_or_default()),
+                        message_id = message_id.as_deref().unwrap_or_default(),
+                        queue = %queue,
+                        "forwarded to SQS"
+                    );
+                    dsr_domain::metrics::emit(dsr_domain::metrics::Metric::count(
+                        "BridgeForwarded",
+                        1,
+                    ));
                 }
                 Err(err) => {
                     // SQS is down: give the message back and slow down.

@@ -9,6 +9,7 @@
 pub mod inbound;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use dsr_domain::metrics::{self, Metric};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -17,6 +18,16 @@ use std::collections::HashSet;
 use tokio::sync::Mutex;
 
 pub const RABBITMQ_URL: &str = "RABBITMQ_URL";
+
+/// The request a message is about, for the logs' correlation id ("" when it names none).
+pub fn request_id_in(body: &str) -> String {
+    let value: Value = serde_json::from_str(body).unwrap_or_default();
+    value["request_id"]
+        .as_str()
+        .or_else(|| value["payload"]["request_id"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
 pub const EVENTS_EXCHANGE: &str = "EVENTS_EXCHANGE";
 pub const DEFAULT_EVENTS_EXCHANGE: &str = "gdpr.events";
 
@@ -170,12 +181,16 @@ impl Publisher {
                 Err(err) => Err(err),
             };
             match published {
-                Ok(publication) => tracing::info!(
-                    message_id = %publication.message_id,
-                    exchange = %publication.exchange,
-                    routing_key = %publication.routing_key,
-                    "published to RabbitMQ"
-                ),
+                Ok(publication) => {
+                    tracing::info!(
+                        request_id = %request_id_in(record.body.as_deref().unwrap_or_default()),
+                        message_id = %publication.message_id,
+                        exchange = %publication.exchange,
+                        routing_key = %publication.routing_key,
+                        "published to RabbitMQ"
+                    );
+                    metrics::emit(Metric::count("BridgePublished", 1));
+                }
                 Err(err) => {
                     tracing::warn!(sqs_message_id = %id, reason = %err, "outbound message not published");
                     let mut failure = BatchItemFailure::default();

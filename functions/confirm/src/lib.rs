@@ -9,6 +9,7 @@ use dsr_domain::erasure::{
 };
 use dsr_domain::{Clock, RequestStore};
 use dsr_erasure::ErasureFunction;
+use tracing::Instrument;
 
 pub const CONFIRMATION_VERSION: u32 = 1;
 
@@ -40,12 +41,22 @@ where
                 )))
             }
             Ok(ConfirmationsMessage::ErasureConfirmation(c)) => {
-                function.desk.confirm(&c).await.map(|handled| {
+                function
+                    .desk
+                    .confirm(&c)
+                    .instrument(tracing::info_span!("confirmation", request_id = %c.request_id, service = %c.service))
+                    .await
+                    .map(|handled| {
                     tracing::info!(request_id = %c.request_id, service = %c.service, message_id = %c.message_id, outcome = ?handled, "confirmation handled");
                 })
             }
             Ok(ConfirmationsMessage::ObligationDue(due)) => {
-                function.desk.check(&due).await.map(|handled| {
+                function
+                    .desk
+                    .check(&due)
+                    .instrument(tracing::info_span!("check", request_id = %due.request_id, service = %due.service))
+                    .await
+                    .map(|handled| {
                     tracing::info!(request_id = %due.request_id, service = %due.service, attempt = due.attempt, outcome = ?handled, "obligation check handled");
                 })
             }

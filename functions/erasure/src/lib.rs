@@ -13,6 +13,7 @@ use dsr_domain::erasure::{
 };
 use dsr_domain::registry::load_registry;
 use dsr_domain::{Clock, RequestKind, RequestMessage, RequestStore, SubjectHasher, SystemClock};
+use tracing::Instrument;
 
 pub const COMMANDS_EXCHANGE: &str = "COMMANDS_EXCHANGE";
 pub const CONFIRMATIONS_QUEUE_URL: &str = "CONFIRMATIONS_QUEUE_URL";
@@ -119,7 +120,13 @@ where
                     "a {} request on the erasure queue",
                     m.kind
                 ))),
-                Ok(m) => self.desk.fan_out(m.request_id).await.map(|handled| {
+                Ok(m) => self
+                    .desk
+                    .fan_out(m.request_id)
+                    // Every line logged for this request carries its id: the correlation id.
+                    .instrument(tracing::info_span!("erasure", request_id = %m.request_id))
+                    .await
+                    .map(|handled| {
                     tracing::info!(request_id = %m.request_id, outcome = ?handled, "erasure request handled");
                 }),
             };

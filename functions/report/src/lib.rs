@@ -192,7 +192,11 @@ impl<S: RequestStore, C: Clock> ReportWorker<S, C> {
             }
         };
         let id = message.request_id;
-        match self.work(id).await {
+        match self
+            .work(id)
+            .instrument(tracing::info_span!("report", request_id = %id))
+            .await
+        {
             Ok(WorkOutcome::Completed(report)) => {
                 tracing::info!(request_id = %id, report_size = report.size, "report ready");
                 None

@@ -62,12 +62,20 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,aws_config=warn,aws_smithy_runtime=warn".into()),
-        )
-        .init();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,aws_config=warn,aws_smithy_runtime=warn".into())
+    };
+    // `DSR_LOG_FORMAT=json`: the structured lines the functions write in Lambda.
+    if std::env::var("DSR_LOG_FORMAT").as_deref() == Ok("json") {
+        tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_env_filter(filter())
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter()).init();
+    }
     let cli = Cli::parse();
     let mut settings = LocalSettings::new(&cli.template, &cli.stack);
     settings.jwt_secret = cli.jwt_secret.clone();
