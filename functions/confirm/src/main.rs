@@ -9,7 +9,7 @@ async fn main() -> Result<(), Error> {
     let function = dsr_erasure::desk_from_lookup(&aws, |n| std::env::var(n).ok(), "confirm")?;
     run(service_fn(
         |event: LambdaEvent<aws_lambda_events::sqs::SqsEvent>| async {
-            Ok::<_, Error>(dsr_confirm::handle(&function, event.payload).await)
+            Ok::<_, Error>(Box::pin(dsr_confirm::handle(&function, event.payload)).await)
         },
     ))
     .await
