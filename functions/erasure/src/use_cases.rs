@@ -323,3 +323,27 @@ async fn obligations_are_written_only_under_the_current_fencing_token() {
     assert!(stale.is_err());
     assert!(f.store.obligations(id).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_watchdog_check_moves_on_a_request_whose_confirmations_all_came_before_the_commit() {
+    let f = fixture();
+    let id = f.erasure().await;
+    f.desk.fan_out(id).await.unwrap();
+    for service in ["billing", "profile", "ads"] {
+        f.store
+            .record_answer(id, service, ObligationStatus::Confirmed, "{}", Utc::now())
+            .await
+            .unwrap();
+    }
+    // As if the fan-out had died between its commit and its own advance.
+    assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
+    assert!(matches!(
+        f.desk
+            .check(&ObligationDue::new(id, "billing", 1))
+            .await
+            .unwrap(),
+        Handled::Nothing(_)
+    ));
+    assert_eq!(f.state(id).await, RequestState::Notifying);
+    assert_eq!(f.ports.events()[0].event_type, "erasure_notice");
+}

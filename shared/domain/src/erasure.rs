@@ -651,6 +651,9 @@ where
             )));
         };
         if obligation.status.is_done() {
+            // The watchdog is also the safety net for moving on: if the last confirmation
+            // arrived while the fan-out was still committing, nothing else would advance it.
+            self.advance(request.id).await?;
             return Ok(Handled::Nothing("already confirmed"));
         }
         if obligation.attempts != due.attempt {
