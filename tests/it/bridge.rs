@@ -5,11 +5,9 @@ use crate::contract::assert_message;
 use crate::helpers::{queue_depth, spawn_app, unique_name};
 use dsr_bridge::Publisher;
 use dsr_local::event_source::{deliver_once, SqsFunction};
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -27,17 +25,7 @@ async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_st
         .expect("RabbitMQ runs (make test starts it)");
     let channel = conn.create_channel().await.unwrap();
     for exchange in [&events, &commands] {
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
+        dsr_bridge::declare_topic_exchange(&channel, exchange)
             .await
             .unwrap();
     }
@@ -163,16 +151,7 @@ async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_st
 
 /// Publishes `body` to `exchange` (declared durable topic) with a message id, confirmed.
 async fn publish_to(channel: &lapin::Channel, exchange: &str, message_id: &str, body: &[u8]) {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    dsr_bridge::declare_topic_exchange(channel, exchange)
         .await
         .unwrap();
     channel

@@ -15,10 +15,10 @@ use dsr_domain::erasure::ConfirmationsMessage;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -210,20 +210,12 @@ impl DeadLetters {
         reason: &str,
         message_id: Option<&str>,
     ) -> Result<(), BridgeError> {
-        let broker = |e: lapin::Error| BridgeError::Broker(e.to_string());
         let mut guard = self.channel.lock().await;
         let healthy = guard
             .as_ref()
             .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
         if !healthy {
-            let conn = Connection::connect(&self.url, ConnectionProperties::default())
-                .await
-                .map_err(broker)?;
-            let channel = conn.create_channel().await.map_err(broker)?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(broker)?;
+            let (conn, channel) = crate::open_confirming(&self.url).await?;
             declare_dead_letter_queue(&channel, &self.queue).await?;
             *guard = Some((conn, channel));
         }
@@ -304,16 +296,7 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<
         ),
         (&topology.schedule_exchange, &topology.schedule_queue),
     ] {
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        crate::declare_topic_exchange(channel, exchange)
             .await
             .map_err(broker)?;
         channel

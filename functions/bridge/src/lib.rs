@@ -86,6 +86,37 @@ pub fn route(body: &str, events_exchange: &str) -> Result<Publication, BridgeErr
     })
 }
 
+/// Declares a durable topic exchange (idempotent): durable so that the bindings of the
+/// platform's consumers survive broker restarts. Every exchange of the contract is one.
+pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// A connection and a channel in publisher-confirm mode: every publish here waits for the
+/// broker's ack.
+pub(crate) async fn open_confirming(url: &str) -> Result<(Connection, Channel), BridgeError> {
+    let broker = |e: lapin::Error| BridgeError::Broker(e.to_string());
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(broker)?;
+    let channel = conn.create_channel().await.map_err(broker)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(broker)?;
+    Ok((conn, channel))
+}
+
 /// A confirming channel, (re)opened on demand: a broker restart costs one failed batch, which
 /// SQS delivers again.
 pub struct Publisher {
@@ -114,31 +145,14 @@ impl Publisher {
             conn.status().connected() && channel.status().connected()
         });
         if !healthy {
-            let conn = Connection::connect(&self.url, ConnectionProperties::default())
-                .await
-                .map_err(broker)?;
-            let channel = conn.create_channel().await.map_err(broker)?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(broker)?;
+            let (conn, channel) = open_confirming(&self.url).await?;
             *guard = Some((conn, channel, HashSet::new()));
         }
         let Some((_, channel, declared)) = guard.as_mut() else {
             return Err(BridgeError::Broker("no channel".into()));
         };
         if !declared.contains(&publication.exchange) {
-            // Durable topic exchanges, so bindings of the platform's consumers survive restarts.
-            channel
-                .exchange_declare(
-                    publication.exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
+            declare_topic_exchange(channel, &publication.exchange)
                 .await
                 .map_err(broker)?;
             declared.insert(publication.exchange.clone());

@@ -15,10 +15,10 @@ use dsr_domain::erasure::ErasureCommand;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -218,19 +218,8 @@ fn queue_name(namespace: &str, name: &str) -> String {
 }
 
 async fn declare(channel: &Channel, namespace: &str, name: &str) -> lapin::Result<()> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
     for exchange in ["commands", "events", "confirmations"] {
-        channel
-            .exchange_declare(
-                format!("{namespace}.{exchange}").as_str().into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
+        dsr_bridge::declare_topic_exchange(channel, &format!("{namespace}.{exchange}")).await?;
     }
     let queue = queue_name(namespace, name);
     channel

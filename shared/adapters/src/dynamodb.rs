@@ -145,6 +145,31 @@ impl DynamoRequestStore {
         self.transact(items).await
     }
 
+    /// Every item of request `id` whose sort key starts with `prefix`, read consistently.
+    async fn items_under(&self, id: RequestId, prefix: &str) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(request_pk(id)))
+                .expression_attribute_values(":prefix", s(prefix))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(items),
+            }
+        }
+    }
+
     /// Runs a transaction; `Ok(false)` when one of its conditions failed.
     async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool, StoreError> {
         match self
@@ -588,36 +613,18 @@ impl RequestStore for DynamoRequestStore {
     }
 
     async fn audit_trail(&self, id: RequestId) -> Result<Vec<AuditEvent>, StoreError> {
-        let mut events = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :evt)")
-                .expression_attribute_values(":pk", s(request_pk(id)))
-                .expression_attribute_values(":evt", s("EVT#"))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items() {
-                let at = DateTime::parse_from_rfc3339(string_attr(item, "at")?)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| corrupt(item, format!("at: {e}")))?;
-                events.push(AuditEvent {
-                    at,
+        self.items_under(id, "EVT#")
+            .await?
+            .iter()
+            .map(|item| {
+                Ok(AuditEvent {
+                    at: optional_time(item, "at")?
+                        .ok_or_else(|| corrupt(item, "missing `at`".into()))?,
                     event: string_attr(item, "event")?.to_owned(),
                     actor: string_attr(item, "actor").unwrap_or_default().to_owned(),
-                });
-            }
-            match out.last_evaluated_key {
-                Some(key) => start = Some(key),
-                None => return Ok(events),
-            }
-        }
+                })
+            })
+            .collect()
     }
 }
 
@@ -705,9 +712,7 @@ fn request_from_item(item: &Item) -> Result<Request, StoreError> {
             .map(|t| t.with_timezone(&Utc))
             .map_err(|e| corrupt(item, format!("{name}: {e}")))
     };
-    let optional_time = |name: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
-        item.contains_key(name).then(|| time(name)).transpose()
-    };
+    let optional_time = |name: &str| optional_time(item, name);
     Ok(Request {
         id: string_attr(item, "id")?
             .parse()
@@ -758,6 +763,18 @@ fn request_from_item(item: &Item) -> Result<Request, StoreError> {
     })
 }
 
+/// A timestamp attribute that may be absent.
+fn optional_time(item: &Item, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(|raw| {
+            DateTime::parse_from_rfc3339(raw)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| corrupt(item, format!("{name}: {e}")))
+        })
+        .transpose()
+}
+
 fn number_attr<T: std::str::FromStr>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
     match item.get(name) {
         None => Ok(None),
@@ -795,16 +812,7 @@ fn obligation_sk(service: &str) -> String {
 }
 
 fn obligation_from_item(item: &Item) -> Result<Obligation, StoreError> {
-    let optional_time = |name: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
-        item.get(name)
-            .and_then(|v| v.as_s().ok())
-            .map(|raw| {
-                DateTime::parse_from_rfc3339(raw)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| corrupt(item, format!("{name}: {e}")))
-            })
-            .transpose()
-    };
+    let optional_time = |name: &str| optional_time(item, name);
     let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
     Ok(Obligation {
         request_id: string_attr(item, "request_id")?
@@ -856,16 +864,11 @@ impl ObligationStore for DynamoRequestStore {
         request_id: RequestId,
         obligations: &[Obligation],
         fencing_token: u64,
-    ) -> Result<(), StoreError> {
-        let existing: std::collections::HashSet<String> = self
-            .obligations(request_id)
-            .await?
-            .into_iter()
-            .map(|o| o.service)
-            .collect();
+    ) -> Result<Vec<Obligation>, StoreError> {
+        let mut all = self.obligations(request_id).await?;
         let missing: Vec<&Obligation> = obligations
             .iter()
-            .filter(|o| !existing.contains(&o.service))
+            .filter(|o| !all.iter().any(|e| e.service == o.service))
             .collect();
         // A transaction holds at most 100 items: the fence check plus 99 obligations.
         for chunk in missing.chunks(99) {
@@ -916,33 +919,16 @@ impl ObligationStore for DynamoRequestStore {
                 Err(err) => return Err(unavailable(err)),
             }
         }
-        Ok(())
+        all.extend(missing.into_iter().cloned());
+        Ok(all)
     }
 
     async fn obligations(&self, request_id: RequestId) -> Result<Vec<Obligation>, StoreError> {
-        let mut found = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :obl)")
-                .expression_attribute_values(":pk", s(request_pk(request_id)))
-                .expression_attribute_values(":obl", s("OBL#"))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items() {
-                found.push(obligation_from_item(item)?);
-            }
-            match out.last_evaluated_key {
-                Some(key) => start = Some(key),
-                None => return Ok(found),
-            }
-        }
+        self.items_under(request_id, "OBL#")
+            .await?
+            .iter()
+            .map(obligation_from_item)
+            .collect()
     }
 
     async fn record_send(

@@ -11,6 +11,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+/// A lock that survives a panicking holder: test doubles should not cascade failures.
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Default)]
 struct Tables {
     requests: HashMap<RequestId, (Request, SubjectHash)>,
@@ -28,7 +33,7 @@ pub struct InMemoryRequestStore {
 
 impl InMemoryRequestStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
-        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.tables)
     }
 
     /// The audit events recorded for a request, oldest first.
@@ -48,7 +53,7 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
         request_id: RequestId,
         obligations: &[dsr_domain::erasure::Obligation],
         fencing_token: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<dsr_domain::erasure::Obligation>, StoreError> {
         let mut tables = self.lock();
         let fenced = tables
             .requests
@@ -63,7 +68,12 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
                 .entry((request_id, obligation.service.clone()))
                 .or_insert_with(|| obligation.clone());
         }
-        Ok(())
+        Ok(tables
+            .obligations
+            .values()
+            .filter(|o| o.request_id == request_id)
+            .cloned()
+            .collect())
     }
 
     async fn obligations(
@@ -384,15 +394,12 @@ pub struct InMemoryWorkQueue {
 
 impl InMemoryWorkQueue {
     pub fn sent(&self) -> Vec<RequestMessage> {
-        self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        locked(&self.sent).clone()
     }
 
     /// The `request_submitted` events announced with the messages.
     pub fn announced(&self) -> Vec<dsr_domain::messages::DomainEvent> {
-        self.announced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        locked(&self.announced).clone()
     }
 
     pub fn set_unavailable(&self, unavailable: bool) {
@@ -413,15 +420,9 @@ impl WorkQueue for InMemoryWorkQueue {
                 reason: "queue unavailable (simulated)".into(),
             });
         }
-        self.sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(message.clone());
+        locked(&self.sent).push(message.clone());
         if let Some(announcement) = announcement {
-            self.announced
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(announcement.clone());
+            locked(&self.announced).push(announcement.clone());
         }
         Ok(())
     }
@@ -452,11 +453,7 @@ pub struct InMemoryDelayedStore {
 
 impl InMemoryDelayedStore {
     pub fn status(&self, key: &str) -> Option<&'static str> {
-        self.messages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .map(|m| m.status)
+        locked(&self.messages).get(key).map(|m| m.status)
     }
 }
 
@@ -466,7 +463,7 @@ impl dsr_domain::delayed::DelayedStore for InMemoryDelayedStore {
         message: &dsr_domain::delayed::DelayedMessage,
     ) -> Result<dsr_domain::delayed::ScheduleOutcome, dsr_domain::delayed::DispatchError> {
         use dsr_domain::delayed::ScheduleOutcome as O;
-        let mut messages = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+        let mut messages = locked(&self.messages);
         let fresh = StoredDelayed {
             message: message.clone(),
             status: "scheduled",
@@ -493,7 +490,7 @@ impl dsr_domain::delayed::DelayedStore for InMemoryDelayedStore {
         key: &dsr_domain::delayed::DelayKey,
     ) -> Result<dsr_domain::delayed::CancelOutcome, dsr_domain::delayed::DispatchError> {
         use dsr_domain::delayed::CancelOutcome as O;
-        let mut messages = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+        let mut messages = locked(&self.messages);
         Ok(match messages.get_mut(key.as_str()) {
             None => O::NotFound,
             Some(stored) if stored.status == "dispatched" => O::AlreadyDispatched,
@@ -509,7 +506,7 @@ impl dsr_domain::delayed::DelayedStore for InMemoryDelayedStore {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<dsr_domain::delayed::DelayedMessage>, dsr_domain::delayed::DispatchError> {
-        let messages = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+        let messages = locked(&self.messages);
         let mut due: Vec<_> = messages
             .values()
             .filter(|m| m.message.deliver_at <= now)
@@ -530,7 +527,7 @@ impl dsr_domain::delayed::DelayedStore for InMemoryDelayedStore {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool, dsr_domain::delayed::DispatchError> {
-        let mut messages = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+        let mut messages = locked(&self.messages);
         let Some(stored) = messages.get_mut(message.key.as_str()) else {
             return Ok(false);
         };
@@ -550,7 +547,7 @@ impl dsr_domain::delayed::DelayedStore for InMemoryDelayedStore {
         message: &dsr_domain::delayed::DelayedMessage,
         _forget_at: DateTime<Utc>,
     ) -> Result<bool, dsr_domain::delayed::DispatchError> {
-        let mut messages = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+        let mut messages = locked(&self.messages);
         match messages.get_mut(message.key.as_str()) {
             Some(stored) if stored.status == "dispatching" => {
                 stored.status = "dispatched";
@@ -575,10 +572,7 @@ impl dsr_domain::delayed::Waker for RecordingDispatchPorts {
         key: &dsr_domain::delayed::DelayKey,
         at: DateTime<Utc>,
     ) -> Result<(), dsr_domain::delayed::DispatchError> {
-        self.wakes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.as_str().to_owned(), at);
+        locked(&self.wakes).insert(key.as_str().to_owned(), at);
         Ok(())
     }
 
@@ -586,10 +580,7 @@ impl dsr_domain::delayed::Waker for RecordingDispatchPorts {
         &self,
         key: &dsr_domain::delayed::DelayKey,
     ) -> Result<(), dsr_domain::delayed::DispatchError> {
-        self.wakes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key.as_str());
+        locked(&self.wakes).remove(key.as_str());
         Ok(())
     }
 }
@@ -606,10 +597,7 @@ impl dsr_domain::delayed::Sender for RecordingDispatchPorts {
                 "destination down (simulated)".into(),
             ));
         }
-        self.sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((message_id.to_owned(), payload.clone()));
+        locked(&self.sent).push((message_id.to_owned(), payload.clone()));
         Ok(())
     }
 }
@@ -627,22 +615,13 @@ pub struct RecordingErasurePorts {
 
 impl RecordingErasurePorts {
     pub fn commands(&self) -> Vec<dsr_domain::erasure::ErasureCommand> {
-        self.commands
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        locked(&self.commands).clone()
     }
     pub fn checks(&self) -> Vec<(dsr_domain::erasure::ObligationDue, DateTime<Utc>)> {
-        self.checks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        locked(&self.checks).clone()
     }
     pub fn events(&self) -> Vec<dsr_domain::messages::DomainEvent> {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        locked(&self.events).clone()
     }
 }
 
@@ -652,10 +631,7 @@ impl dsr_domain::erasure::ErasureChannel for RecordingErasurePorts {
         command: &dsr_domain::erasure::ErasureCommand,
         _how: &dsr_domain::registry::EraseIn,
     ) -> Result<dsr_domain::erasure::Delivery, dsr_domain::erasure::ChannelError> {
-        self.commands
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(command.clone());
+        locked(&self.commands).push(command.clone());
         Ok(self
             .answers
             .lock()
@@ -672,10 +648,7 @@ impl dsr_domain::erasure::CheckScheduler for RecordingErasurePorts {
         check: &dsr_domain::erasure::ObligationDue,
         at: DateTime<Utc>,
     ) -> Result<(), dsr_domain::erasure::ChannelError> {
-        self.checks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((check.clone(), at));
+        locked(&self.checks).push((check.clone(), at));
         Ok(())
     }
 }
@@ -685,10 +658,7 @@ impl dsr_domain::erasure::EventOutbox for RecordingErasurePorts {
         &self,
         event: &dsr_domain::messages::DomainEvent,
     ) -> Result<(), dsr_domain::erasure::ChannelError> {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(event.clone());
+        locked(&self.events).push(event.clone());
         Ok(())
     }
 }

@@ -232,13 +232,14 @@ impl ObligationDue {
 /// The obligations of erasure requests. Kept with the request (`OBL#<service>` items).
 pub trait ObligationStore: Send + Sync {
     /// Writes the obligations that do not exist yet, only while `fencing_token` is still the
-    /// request's (the caller holds the lease). Existing ones are left as they are.
+    /// request's (the caller holds the lease). Existing ones are left as they are. Returns all
+    /// of the request's obligations as they now stand.
     fn plan(
         &self,
         request_id: RequestId,
         obligations: &[Obligation],
         fencing_token: u64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Obligation>, StoreError>> + Send;
 
     /// The request's obligations, read consistently, in no particular order.
     fn obligations(
@@ -307,7 +308,12 @@ pub trait EventOutbox: Send + Sync {
 pub struct ChannelError(pub String);
 
 impl<T: ObligationStore> ObligationStore for Arc<T> {
-    async fn plan(&self, id: RequestId, o: &[Obligation], token: u64) -> Result<(), StoreError> {
+    async fn plan(
+        &self,
+        id: RequestId,
+        o: &[Obligation],
+        token: u64,
+    ) -> Result<Vec<Obligation>, StoreError> {
         (**self).plan(id, o, token).await
     }
     async fn obligations(&self, id: RequestId) -> Result<Vec<Obligation>, StoreError> {
@@ -508,9 +514,8 @@ where
             .erasable()
             .map(|(holder, how)| Obligation::planned(request.id, &holder.name, how.last))
             .collect();
-        self.store.plan(request.id, &planned, token).await?;
         let mut commands = 0;
-        for obligation in self.store.obligations(request.id).await? {
+        for obligation in self.store.plan(request.id, &planned, token).await? {
             // A retry after a crash: what was sent is not sent again; the watchdog covers it.
             if obligation.last || obligation.attempts > 0 || obligation.status.is_done() {
                 continue;
