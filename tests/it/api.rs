@@ -4,7 +4,7 @@ use crate::contract::{assert_message, assert_response};
 use crate::helpers::{drain, spawn_app};
 use aws_sdk_dynamodb::types::AttributeValue;
 use dsr_adapters::dynamodb::DynamoRequestStore;
-use dsr_domain::{RequestState, RequestStore, SubjectHasher, SubjectId};
+use dsr_domain::{RequestState, RequestStore, SubjectId};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -183,13 +183,11 @@ async fn cancel_works_until_work_starts_then_conflicts() {
     working
         .transition_to(RequestState::FanningOut, chrono::Utc::now())
         .unwrap();
-    let hash = SubjectHasher::new(
-        &app.stack
-            .desk_config("IntakeFunction")
-            .unwrap()
-            .subject_hash_key,
-    )
-    .hash(&SubjectId::parse("erin").unwrap());
+    let hash = app
+        .stack
+        .subject_hasher()
+        .unwrap()
+        .hash(&SubjectId::parse("erin").unwrap());
     store
         .save_transition(&working, &hash, RequestState::Received)
         .await

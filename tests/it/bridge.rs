@@ -9,12 +9,11 @@ use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::{json, Value};
-use std::sync::Arc;
 
 pub const LOCAL_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 #[tokio::test]
-async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_stays_behind() {
+async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_is_dead_lettered() {
     let app = spawn_app().await;
     let name = unique_name();
     let (events, commands) = (format!("{name}.events"), format!("{name}.commands"));
@@ -86,11 +85,15 @@ async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_st
             .unwrap();
     }
 
-    let publisher = Arc::new(Publisher::new(LOCAL_BROKER, events.as_str()));
-    let function: SqsFunction = Arc::new(move |batch| {
-        let publisher = publisher.clone();
-        Box::pin(async move { Ok(publisher.handle(batch).await) })
-    });
+    let bridge = dsr_adapters::batch::QueueDriver::new(
+        "bridge",
+        Publisher::new(LOCAL_BROKER, events.as_str()),
+        app.sqs.clone(),
+        app.queue_url("OutboundQueue"),
+        Some(app.queue_url("OutboundDeadLetterQueue")),
+    );
+    let function: SqsFunction =
+        dsr_local::stack::queue_function(&app.stack, "BridgeOutboundFunction", bridge);
     let mut source = app.stack.queue("OutboundQueue").unwrap();
     source.batch_size = 10;
     let mut total = dsr_local::event_source::Delivery::default();
@@ -102,13 +105,29 @@ async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_st
     }
     assert_eq!(
         (total.succeeded, total.failed),
-        (2, 1),
-        "the poison message is not acknowledged"
+        (3, 0),
+        "two published, the poison one dead-lettered"
     );
-    assert_eq!(
-        queue_depth(&app.sqs, &outbound).await,
-        1,
-        "only the poison message is left, for the DLQ"
+    assert_eq!(queue_depth(&app.sqs, &outbound).await, 0);
+    let dead = app
+        .sqs
+        .receive_message()
+        .queue_url(app.queue_url("OutboundDeadLetterQueue"))
+        .message_attribute_names("All")
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(dead.len(), 1, "the poison message is in the DLQ");
+    assert_eq!(dead[0].body(), Some("{\"nonsense\": true}"));
+    let reason = dead[0].message_attributes().unwrap()["reason"]
+        .string_value()
+        .unwrap();
+    assert!(
+        reason.contains("an outbound envelope or event of version 0"),
+        "{reason}"
     );
 
     let mut got = Vec::new();
@@ -342,11 +361,7 @@ async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_de
     assert_eq!(dead.len(), 2, "{dead:?}");
     assert_eq!(dead[0].0, "{\"type\":\"erasure_confirmation\"}");
     assert_eq!(dead[0].2, topology.confirmations_queue);
-    assert!(
-        dead[0].1.contains("not an erasure_confirmation"),
-        "{}",
-        dead[0].1
-    );
+    assert!(dead[0].1.contains("not a confirmation"), "{}", dead[0].1);
     assert_eq!(dead[1].0, "not json at all");
     assert_eq!(dead[1].2, topology.schedule_queue);
     assert!(
@@ -417,9 +432,5 @@ async fn the_amazon_mq_event_source_handler_forwards_and_dead_letters_like_the_d
     let dead = dead_letters(&channel, &topology.dead_letter_queue, 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0, "[1]");
-    assert!(
-        dead[0].1.contains("not an erasure_confirmation"),
-        "{}",
-        dead[0].1
-    );
+    assert!(dead[0].1.contains("not a confirmation"), "{}", dead[0].1);
 }

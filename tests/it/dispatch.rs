@@ -6,7 +6,7 @@ use crate::helpers::{drain, queue_depth, spawn_app, unique_name, TestApp};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use chrono::{Duration, Utc};
 use dsr_adapters::delayed::DynamoDelayedStore;
-use dsr_adapters::scheduler::SchedulerWaker;
+use dsr_adapters::scheduler::SchedulerWakeUps;
 use dsr_adapters::sqs::SqsDestinationSender;
 use dsr_domain::delayed::{
     CancelOutcome, DelayKey, DelayedMessage, DelayedStore, Destination, Dispatcher,
@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 type TestDispatcher =
-    Dispatcher<DynamoDelayedStore, SchedulerWaker, SqsDestinationSender, Arc<FixedClock>>;
+    Dispatcher<DynamoDelayedStore, SchedulerWakeUps, SqsDestinationSender, Arc<FixedClock>>;
 
 struct Fixture {
     app: TestApp,
@@ -73,10 +73,10 @@ impl Fixture {
     ) -> Option<aws_sdk_scheduler::operation::get_schedule::GetScheduleOutput> {
         self.scheduler
             .get_schedule()
-            .name(SchedulerWaker::schedule_name(
+            .name(SchedulerWakeUps::schedule_name(
                 &DelayKey::parse(key).unwrap(),
             ))
-            .group_name(self.env(dsr_dispatch::SCHEDULE_GROUP))
+            .group_name(self.env(dsr_adapters::config::vars::SCHEDULE_GROUP))
             .send()
             .await
             .ok()
@@ -146,22 +146,31 @@ async fn a_long_delay_gets_a_one_time_schedule_that_moves_and_goes_with_it() {
     assert_eq!(schedule.schedule_expression_timezone(), Some("UTC"));
     assert_eq!(
         schedule.group_name(),
-        Some(f.env(dsr_dispatch::SCHEDULE_GROUP).as_str())
+        Some(f.env(dsr_adapters::config::vars::SCHEDULE_GROUP).as_str())
     );
     assert_eq!(
         schedule.action_after_completion().map(|a| a.as_str()),
         Some("DELETE")
     );
     let target = schedule.target().unwrap();
-    assert_eq!(target.arn(), f.env(dsr_dispatch::DISPATCH_TARGET_ARN));
+    assert_eq!(
+        target.arn(),
+        f.env(dsr_adapters::config::vars::DISPATCH_TARGET_ARN)
+    );
     assert!(target.arn().ends_with(&format!(
         ":function:{}-dispatch",
         f.app.stack.context.stack_name
     )));
-    assert_eq!(target.role_arn(), f.env(dsr_dispatch::SCHEDULER_ROLE_ARN));
+    assert_eq!(
+        target.role_arn(),
+        f.env(dsr_adapters::config::vars::SCHEDULER_ROLE_ARN)
+    );
     assert_eq!(
         target.dead_letter_config().and_then(|d| d.arn()),
-        Some(f.env(dsr_dispatch::SCHEDULER_DLQ_ARN).as_str())
+        Some(
+            f.env(dsr_adapters::config::vars::SCHEDULER_DLQ_ARN)
+                .as_str()
+        )
     );
     assert!(
         target
@@ -285,7 +294,7 @@ async fn a_crash_between_send_and_mark_resends_the_same_message_id() {
     // A dispatcher claims and sends, then dies before marking it dispatched.
     let store = DynamoDelayedStore::new(
         f.app.dynamodb.clone(),
-        f.env(dsr_dispatch::DELAYED_MESSAGES_TABLE),
+        f.env(dsr_adapters::config::vars::DELAYED_MESSAGES_TABLE),
     );
     let now = f.clock.now();
     assert!(store
@@ -374,11 +383,11 @@ async fn schedule_requests_over_sqs_reach_the_dispatch_function_and_poison_ends_
         .await
         .unwrap();
 
-    let dispatcher = Arc::new(f.app.stack.dispatcher(f.clock.clone()).unwrap());
+    let dispatch = Arc::new(f.app.stack.dispatch(f.clock.clone()).unwrap());
     let function: dsr_local::event_source::SqsFunction = Arc::new(move |event| {
-        let dispatcher = dispatcher.clone();
+        let dispatch = dispatch.clone();
         Box::pin(async move {
-            let answer = dsr_dispatch::handle(&*dispatcher, serde_json::to_value(event)?).await?;
+            let answer = dispatch.handle(serde_json::to_value(event)?, None).await?;
             Ok(serde_json::from_value(answer)?)
         })
     });

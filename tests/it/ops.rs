@@ -36,9 +36,13 @@ async fn ops(stack_name: &str) -> Ops {
     let target = Target {
         local_stack: Some(stack_name.to_owned()),
     };
-    Ops::connect(&crate::helpers::aws().await, &target, |_| None)
-        .await
-        .unwrap()
+    Ops::connect(
+        &crate::helpers::aws().await,
+        &target,
+        &dsr_adapters::config::Env::default(),
+    )
+    .await
+    .unwrap()
 }
 
 async fn run(ops: &Ops, command: Command) -> Result<String, String> {
@@ -85,9 +89,8 @@ async fn a_full_run_emits_valid_emf_and_logs_no_raw_subject_id() {
     .await;
     rig.app
         .stack
-        .desk_config("SweepFunction")
+        .desk("SweepFunction", "sweep")
         .unwrap()
-        .desk(&rig.app.stack.aws, "sweep")
         .reconcile(ReconcileSettings::default())
         .await
         .unwrap();
@@ -152,11 +155,7 @@ async fn a_request_whose_worker_died_and_message_was_lost_is_redriven() {
     assert!(matches!(lease, LeaseOutcome::Acquired(_)));
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    let desk = app
-        .stack
-        .desk_config("SweepFunction")
-        .unwrap()
-        .desk(&app.stack.aws, "sweep");
+    let desk = app.stack.desk("SweepFunction", "sweep").unwrap();
     let found = desk
         .reconcile(ReconcileSettings {
             working_stuck_after: chrono::Duration::zero(),

@@ -8,10 +8,11 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 use dsr_adapters::dynamodb::DynamoRequestStore;
-use dsr_domain::{RequestId, RequestState, RequestStore, SystemClock};
+use dsr_domain::report::WorkOutcome;
+use dsr_domain::{RequestId, RequestState, RequestStore};
 use dsr_local::event_source::{deliver_once, SqsFunction};
 use dsr_local::fake_services::{incompressible, FakeData, FakeServices};
-use dsr_report::{ReportWorker, WorkOutcome};
+use dsr_report::CloudReports;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -153,11 +154,22 @@ async fn fixture() -> Fixture {
 }
 
 impl Fixture {
-    fn worker(&self) -> ReportWorker<DynamoRequestStore, SystemClock> {
-        let mut worker = self.app.stack.report_worker(Some(&self.registry)).unwrap();
-        worker.settings.retry_base = chrono::Duration::seconds(1);
-        worker.settings.part_size = 5 * 1024 * 1024;
-        worker
+    /// The report function as the template wires it, with short retries and small parts.
+    fn function(&self) -> dsr_report::Handler {
+        let mut function = self.app.stack.report(Some(&self.registry)).unwrap();
+        let settings = &mut function.handler.reports.settings;
+        settings.retry_base = chrono::Duration::seconds(1);
+        settings.part_size = 5 * 1024 * 1024;
+        function
+    }
+
+    /// Its use case alone.
+    fn worker(&self) -> CloudReports {
+        self.function().handler.reports
+    }
+
+    fn sqs_function(&self, function: dsr_report::Handler) -> SqsFunction {
+        dsr_local::stack::queue_function(&self.app.stack, "ReportFunction", function)
     }
 
     async fn submit(&self) -> RequestId {
@@ -243,14 +255,7 @@ fn json_file(files: &std::collections::BTreeMap<String, Vec<u8>>, name: &str) ->
 async fn a_report_holds_every_source_and_downloads_with_matching_hashes() {
     let f = fixture().await;
     let id = f.submit().await;
-    let worker = Arc::new(f.worker());
-    let function: SqsFunction = {
-        let worker = worker.clone();
-        Arc::new(move |event| {
-            let worker = worker.clone();
-            Box::pin(async move { Ok(worker.handle(event).await) })
-        })
-    };
+    let function = f.sqs_function(f.function());
     let source = f.app.stack.event_source("ReportFunction").unwrap();
     assert_eq!(source.batch_size, 1, "as the template declares");
     let delivered = deliver_once(&f.app.sqs, &source, &function).await.unwrap();
@@ -358,7 +363,7 @@ async fn a_report_holds_every_source_and_downloads_with_matching_hashes() {
 
     // A duplicate of the message changes nothing but re-announces the same event.
     assert_eq!(
-        worker.work(id).await.unwrap(),
+        f.worker().generate(id).await.unwrap(),
         WorkOutcome::NothingToDo(Some(RequestState::ReportReady))
     );
     assert_eq!(f.request(id).await.report, Some(report));
@@ -373,7 +378,7 @@ async fn a_source_failing_once_leaves_nothing_and_the_next_attempt_succeeds() {
     let id = f.submit().await;
     f.fake.data.failing_order_calls.store(1, Ordering::SeqCst);
     let worker = f.worker();
-    match worker.work(id).await.unwrap() {
+    match worker.generate(id).await.unwrap() {
         WorkOutcome::RetryLater { error, after } => {
             assert!(error.contains("orders") && error.contains("500"), "{error}");
             assert_eq!(after, chrono::Duration::seconds(1));
@@ -399,7 +404,7 @@ async fn a_source_failing_once_leaves_nothing_and_the_next_attempt_succeeds() {
     assert_response("GET", "/v1/requests/{id}/report", 409, &status.body);
 
     assert!(matches!(
-        worker.work(id).await.unwrap(),
+        worker.generate(id).await.unwrap(),
         WorkOutcome::Completed(_)
     ));
     let request = f.request(id).await;
@@ -415,18 +420,11 @@ async fn a_source_failing_for_good_fails_the_request_into_the_dlq_with_nothing_d
     let f = fixture().await;
     let id = f.submit().await;
     f.fake.data.orders_down.store(true, Ordering::SeqCst);
-    let worker = Arc::new({
-        let mut w = f.worker();
-        w.settings.max_attempts = 2;
-        w
+    let function = f.sqs_function({
+        let mut function = f.function();
+        function.handler.reports.settings.max_attempts = 2;
+        function
     });
-    let function: SqsFunction = {
-        let worker = worker.clone();
-        Arc::new(move |event| {
-            let worker = worker.clone();
-            Box::pin(async move { Ok(worker.handle(event).await) })
-        })
-    };
     let source = f.app.stack.event_source("ReportFunction").unwrap();
     let first = deliver_once(&f.app.sqs, &source, &function).await.unwrap();
     assert_eq!(first.failed, 1, "retried later, not deleted");
@@ -478,9 +476,9 @@ async fn two_workers_at_once_make_one_report_and_a_late_worker_is_fenced_out() {
     let id = f.submit().await;
     f.fake.data.order_delay_ms.store(1500, Ordering::SeqCst);
     let (a, b) = (f.worker(), f.worker());
-    let (ra, rb) = tokio::join!(a.work(id), async {
+    let (ra, rb) = tokio::join!(a.generate(id), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        b.work(id).await
+        b.generate(id).await
     });
     assert!(matches!(ra.unwrap(), WorkOutcome::Completed(_)));
     assert!(
@@ -495,11 +493,11 @@ async fn two_workers_at_once_make_one_report_and_a_late_worker_is_fenced_out() {
     let id = f.submit().await;
     f.fake.data.order_delay_ms.store(2500, Ordering::SeqCst);
     let mut slow = f.worker();
-    slow.settings.lease_ttl = chrono::Duration::seconds(1);
+    slow.worker.lease_ttl = chrono::Duration::seconds(1);
     let fresh = f.worker();
-    let (slow_outcome, fresh_outcome) = tokio::join!(slow.work(id), async {
+    let (slow_outcome, fresh_outcome) = tokio::join!(slow.generate(id), async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        fresh.work(id).await
+        fresh.generate(id).await
     });
     assert_eq!(slow_outcome.unwrap(), WorkOutcome::FencedOut);
     let WorkOutcome::Completed(report) = fresh_outcome.unwrap() else {
@@ -520,14 +518,7 @@ async fn two_workers_at_once_make_one_report_and_a_late_worker_is_fenced_out() {
     let store = DynamoRequestStore::new(f.app.dynamodb.clone(), f.app.table(), "test");
     let mut stale = request.clone();
     stale.state = RequestState::Failed;
-    let hash = dsr_domain::SubjectHasher::new(
-        &f.app
-            .stack
-            .desk_config("ReportFunction")
-            .unwrap()
-            .subject_hash_key,
-    )
-    .hash(&request.subject);
+    let hash = f.app.stack.subject_hasher().unwrap().hash(&request.subject);
     assert_eq!(
         store.commit_fenced(&stale, &hash, 1).await.unwrap(),
         dsr_domain::TransitionOutcome::Fenced
@@ -545,8 +536,8 @@ async fn a_worker_killed_mid_upload_is_cleaned_up_by_the_next_attempt() {
     .await;
     let id = f.submit().await;
     let mut doomed = f.worker();
-    doomed.settings.lease_ttl = chrono::Duration::seconds(2);
-    let doomed = tokio::spawn(async move { doomed.work(id).await });
+    doomed.worker.lease_ttl = chrono::Duration::seconds(2);
+    let doomed = tokio::spawn(async move { doomed.generate(id).await });
 
     // Kill it as soon as it has started writing the report: the upload exists, the object not.
     let bucket = f.bucket();
@@ -590,11 +581,11 @@ async fn a_worker_killed_mid_upload_is_cleaned_up_by_the_next_attempt() {
 
     let next = f.worker();
     assert!(
-        matches!(next.work(id).await.unwrap(), WorkOutcome::Busy { .. }),
+        matches!(next.generate(id).await.unwrap(), WorkOutcome::Busy { .. }),
         "the lease is still live"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let WorkOutcome::Completed(report) = next.work(id).await.unwrap() else {
+    let WorkOutcome::Completed(report) = next.generate(id).await.unwrap() else {
         panic!("the next attempt completes")
     };
     assert_eq!(
@@ -611,7 +602,7 @@ async fn only_the_owner_gets_a_link_and_an_expired_report_gives_none() {
     let f = fixture().await;
     let id = f.submit().await;
     assert!(matches!(
-        f.worker().work(id).await.unwrap(),
+        f.worker().generate(id).await.unwrap(),
         WorkOutcome::Completed(_)
     ));
     let path = format!("/v1/requests/{id}/report");
@@ -681,12 +672,12 @@ async fn an_http_source_is_retried_within_an_attempt_and_sent_its_auth_header() 
     let id = f.submit().await;
     let mut worker = f.worker();
     let aws = crate::helpers::aws().await;
-    worker.collectors = dsr_adapters::collect::Collectors::new(
+    worker.sources = dsr_adapters::collect::Collectors::new(
         aws_sdk_dynamodb::Client::new(&aws),
         dsr_adapters::s3::client(&aws),
-        |name| (name == "ORDERS_TOKEN").then(|| "Bearer s3cret".to_owned()),
+        dsr_adapters::config::Env::from_pairs([("ORDERS_TOKEN", "Bearer s3cret")]),
     );
-    let outcome = worker.work(id).await.unwrap();
+    let outcome = worker.generate(id).await.unwrap();
     assert!(matches!(outcome, WorkOutcome::Completed(_)), "{outcome:?}");
     assert_eq!(
         f.fake.data.order_calls.load(Ordering::SeqCst),
@@ -703,7 +694,7 @@ async fn an_http_source_is_retried_within_an_attempt_and_sent_its_auth_header() 
     let g = fixture().await;
     *g.fake.data.orders_token.lock().unwrap() = Some("s3cret".into());
     let id = g.submit().await;
-    match g.worker().work(id).await.unwrap() {
+    match g.worker().generate(id).await.unwrap() {
         WorkOutcome::RetryLater { error, .. } => assert!(error.contains("401"), "{error}"),
         other => panic!("{other:?}"),
     }
@@ -718,7 +709,7 @@ async fn an_unreachable_source_fails_the_attempt_without_the_subject_id_in_the_e
         "http://127.0.0.1:9/users/{subject}/orders",
     );
     let id = f.submit().await;
-    match f.worker().work(id).await.unwrap() {
+    match f.worker().generate(id).await.unwrap() {
         WorkOutcome::RetryLater { error, .. } => {
             assert!(error.contains("orders"), "{error}");
             assert!(

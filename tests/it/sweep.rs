@@ -5,8 +5,7 @@ use chrono::{Duration, Utc};
 use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::sqs::SqsWorkQueue;
 use dsr_domain::{
-    FixedClock, RequestDesk, RequestKind, RequestState, RequestStore, SubjectHasher, SubjectId,
-    SweepSettings,
+    FixedClock, RequestDesk, RequestKind, RequestState, RequestStore, SubjectId, SweepSettings,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -18,12 +17,11 @@ fn sweep_desk(
     queue: SqsWorkQueue,
     clock: Arc<FixedClock>,
 ) -> RequestDesk<DynamoRequestStore, SqsWorkQueue, Arc<FixedClock>> {
-    let config = app.stack.desk_config("SweepFunction").unwrap();
     RequestDesk::new(
-        DynamoRequestStore::new(app.dynamodb.clone(), &config.requests_table, "sweep"),
+        DynamoRequestStore::new(app.dynamodb.clone(), app.table(), "sweep"),
         queue,
         clock,
-        SubjectHasher::new(&config.subject_hash_key),
+        app.stack.subject_hasher().unwrap(),
     )
 }
 
@@ -132,20 +130,14 @@ async fn a_request_whose_message_was_lost_from_the_queue_is_sent_again() {
 #[tokio::test]
 async fn the_sweep_function_handler_runs_against_the_template_environment() {
     let app = spawn_app().await;
-    let env = app.stack.environment("SweepFunction").unwrap();
-    let settings = dsr_sweep::settings_from_lookup(|n| env.get(n).cloned()).unwrap();
+    let sweep = dsr_sweep::build(&app.stack.aws, &app.stack.env("SweepFunction").unwrap()).unwrap();
     assert_eq!(
-        settings.stale_after,
+        sweep.sweep.stale_after,
         Duration::seconds(1800),
         "from the template's parameter default"
     );
-    let desk = app
-        .stack
-        .desk_config("SweepFunction")
-        .unwrap()
-        .desk(&crate::helpers::aws().await, "sweep");
     app.submit("heidi", "access").await;
-    let report = dsr_sweep::handle(&desk, settings).await.unwrap();
+    let report = dsr_sweep::handle(&sweep.desk, sweep.sweep).await.unwrap();
     assert_eq!(
         (report.examined, report.reenqueued),
         (1, 0),

@@ -2,7 +2,8 @@
 
 use crate::helpers::{aws, repo_path, unique_name};
 use aws_sdk_sqs::types::QueueAttributeName;
-use dsr_adapters::wiring::{DESK_RESOURCE_VARIABLES, SUBJECT_HASH_KEY};
+use dsr_adapters::config::vars::SUBJECT_HASH_KEY;
+use dsr_adapters::wiring::REQUEST_RESOURCE_VARIABLES;
 use dsr_local::template::Template;
 use serde_yaml_ng::Value;
 
@@ -75,7 +76,7 @@ fn every_resource_the_code_reads_from_its_environment_is_declared() {
     // And the variables the desk reads name tables, queues or buckets.
     for function in ["IntakeFunction", "SweepFunction"] {
         let env = template.function_environment_raw(function).unwrap();
-        for variable in DESK_RESOURCE_VARIABLES {
+        for variable in REQUEST_RESOURCE_VARIABLES {
             let value = env
                 .get(variable)
                 .unwrap_or_else(|| panic!("{function} does not set {variable}"));

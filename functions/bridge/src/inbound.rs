@@ -12,6 +12,7 @@ use aws_lambda_events::rabbitmq::RabbitMqEvent;
 use base64::Engine;
 use dsr_domain::delayed::ScheduleRequest;
 use dsr_domain::erasure::ConfirmationsMessage;
+use dsr_domain::messages::parse;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
@@ -21,10 +22,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::time::Duration;
 use tokio::sync::watch;
-
-pub const RABBITMQ_NAMESPACE: &str = "RABBITMQ_NAMESPACE";
-pub const CONFIRMATIONS_QUEUE_URL: &str = "CONFIRMATIONS_QUEUE_URL";
-pub const SCHEDULE_REQUESTS_QUEUE_URL: &str = "SCHEDULE_REQUESTS_QUEUE_URL";
 
 /// The RabbitMQ names of one deployment, all under one namespace (`gdpr` by default).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,19 +74,11 @@ pub enum InboundKind {
 pub fn validate(kind: InboundKind, body: &[u8]) -> Result<String, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_owned())?;
     match kind {
-        InboundKind::Confirmation => match serde_json::from_str::<ConfirmationsMessage>(text) {
-            Ok(ConfirmationsMessage::ErasureConfirmation(c)) if c.version == 1 => Ok(()),
-            Ok(ConfirmationsMessage::ErasureConfirmation(c)) => {
-                Err(format!("unknown confirmation version {}", c.version))
-            }
-            Ok(_) => Err("only erasure_confirmation messages are accepted here".into()),
-            Err(err) => Err(format!("not an erasure_confirmation: {err}")),
+        InboundKind::Confirmation => match parse::<ConfirmationsMessage>(text)? {
+            ConfirmationsMessage::ErasureConfirmation(_) => Ok(()),
+            _ => Err("only erasure_confirmation messages are accepted here".to_owned()),
         },
-        InboundKind::ScheduleRequest => match serde_json::from_str::<ScheduleRequest>(text) {
-            Ok(r) if r.version() == ScheduleRequest::VERSION => Ok(()),
-            Ok(r) => Err(format!("unknown schedule request version {}", r.version())),
-            Err(err) => Err(format!("not a schedule request: {err}")),
-        },
+        InboundKind::ScheduleRequest => parse::<ScheduleRequest>(text).map(|_| ()),
     }?;
     Ok(text.to_owned())
 }
@@ -459,7 +448,7 @@ mod tests {
             .contains("version 2"));
         assert!(validate(InboundKind::Confirmation, b"{oops")
             .unwrap_err()
-            .contains("not an erasure_confirmation"));
+            .contains("not a confirmation"));
         let schedule = br#"{"action":"cancel","version":1,"key":"k1"}"#;
         assert!(validate(InboundKind::ScheduleRequest, schedule).is_ok());
         assert!(validate(InboundKind::ScheduleRequest, ok).is_err());

@@ -8,8 +8,11 @@
 
 pub mod inbound;
 
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use dsr_adapters::batch::{Outcome, QueueDriver, RecordHandler};
+use dsr_adapters::config::{vars, ConfigError, Env};
+use dsr_domain::messages::QueueMessage;
 use dsr_domain::metrics::{self, Metric};
+use dsr_domain::RequestId;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -17,19 +20,114 @@ use serde_json::Value;
 use std::collections::HashSet;
 use tokio::sync::Mutex;
 
-pub const RABBITMQ_URL: &str = "RABBITMQ_URL";
-
 /// The request a message is about, for the logs' correlation id ("" when it names none).
 pub fn request_id_in(body: &str) -> String {
     let value: Value = serde_json::from_str(body).unwrap_or_default();
+    request_id_of(&value).unwrap_or_default().to_owned()
+}
+
+fn request_id_of(value: &Value) -> Option<&str> {
     value["request_id"]
         .as_str()
         .or_else(|| value["payload"]["request_id"].as_str())
-        .unwrap_or_default()
-        .to_owned()
 }
-pub const EVENTS_EXCHANGE: &str = "EVENTS_EXCHANGE";
+
 pub const DEFAULT_EVENTS_EXCHANGE: &str = "gdpr.events";
+pub const DEFAULT_NAMESPACE: &str = "gdpr";
+
+/// The bridge's three hosts, built from one configuration.
+pub struct Bridge {
+    /// The outbound Lambda: the SQS `outbound` queue to RabbitMQ.
+    pub outbound: QueueDriver<Publisher>,
+    /// The inbound side: RabbitMQ to SQS (the daemon, or the Amazon MQ Lambda).
+    pub inbound: inbound::Inbound,
+    /// Where the inbound Lambda dead-letters on the broker.
+    pub dead_letters: inbound::DeadLetters,
+    pub rabbitmq_url: String,
+}
+
+/// Builds the bridge from its configuration: the same wiring in Lambda, the daemon and the
+/// local stack. Queues a host does not use may be unset.
+pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Bridge, ConfigError> {
+    let rabbitmq_url = env.secret(vars::RABBITMQ_URL)?.expose().to_owned();
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    let topology = inbound::Topology::new(
+        &env.optional(vars::RABBITMQ_NAMESPACE)
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+    );
+    let publisher = Publisher::new(
+        rabbitmq_url.clone(),
+        env.optional(vars::EVENTS_EXCHANGE)
+            .unwrap_or_else(|| DEFAULT_EVENTS_EXCHANGE.into()),
+    );
+    Ok(Bridge {
+        outbound: QueueDriver::new(
+            "bridge",
+            publisher,
+            sqs.clone(),
+            env.optional(vars::OUTBOUND_QUEUE_URL).unwrap_or_default(),
+            env.optional(vars::DEAD_LETTER_QUEUE_URL),
+        ),
+        dead_letters: inbound::DeadLetters::new(rabbitmq_url.clone(), &topology),
+        inbound: inbound::Inbound {
+            sqs,
+            confirmations_queue_url: env
+                .optional(vars::CONFIRMATIONS_QUEUE_URL)
+                .unwrap_or_default(),
+            schedule_requests_queue_url: env
+                .optional(vars::SCHEDULE_REQUESTS_QUEUE_URL)
+                .unwrap_or_default(),
+            topology,
+        },
+        rabbitmq_url,
+    })
+}
+
+impl Bridge {
+    /// The daemon needs both inbound queues.
+    pub fn check_inbound(env: &Env) -> Result<(), ConfigError> {
+        env.required(vars::CONFIRMATIONS_QUEUE_URL)?;
+        env.required(vars::SCHEDULE_REQUESTS_QUEUE_URL)?;
+        Ok(())
+    }
+
+    /// The Lambda handler: the outbound queue's batches, or Amazon MQ's.
+    pub async fn handle_lambda(
+        &self,
+        event: lambda_runtime::LambdaEvent<Value>,
+    ) -> Result<Value, lambda_runtime::Error> {
+        if event.payload.get("rmqMessagesByQueue").is_some() {
+            let batch = serde_json::from_value(event.payload)?;
+            let forwarded = self.inbound.handle_event(batch, &self.dead_letters).await?;
+            return Ok(serde_json::json!({ "forwarded": forwarded }));
+        }
+        let deadline = (event.context.deadline > 0).then(|| event.context.deadline());
+        let batch = serde_json::from_value(event.payload)?;
+        Ok(serde_json::to_value(
+            self.outbound.handle(batch, deadline).await,
+        )?)
+    }
+}
+
+/// A body on the outbound queue: a `RabbitEnvelope` or a `DomainEvent`
+/// (`docs/messages.schema.json`), read as JSON and routed by [`route`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct OutboundMessage(pub Value);
+
+impl QueueMessage for OutboundMessage {
+    const VERSION: u32 = 1;
+    const NAME: &'static str = "an outbound envelope or event";
+    fn version(&self) -> u32 {
+        self.0["version"]
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0)
+    }
+    fn request_id(&self) -> Option<RequestId> {
+        request_id_of(&self.0)?.parse().ok()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -50,10 +148,10 @@ pub struct Publication {
     pub body: Vec<u8>,
 }
 
-/// Reads an outbound SQS body as one of the documented shapes.
-pub fn route(body: &str, events_exchange: &str) -> Result<Publication, BridgeError> {
-    let value: Value =
-        serde_json::from_str(body).map_err(|e| BridgeError::Malformed(e.to_string()))?;
+/// Where an outbound message goes: an envelope names its exchange and routing key; an event
+/// goes to the events exchange under its type.
+pub fn route(message: &OutboundMessage, events_exchange: &str) -> Result<Publication, BridgeError> {
+    let value = &message.0;
     let text = |name: &str| -> Result<String, BridgeError> {
         value[name]
             .as_str()
@@ -61,12 +159,6 @@ pub fn route(body: &str, events_exchange: &str) -> Result<Publication, BridgeErr
             .map(str::to_owned)
             .ok_or_else(|| BridgeError::Malformed(format!("no `{name}`")))
     };
-    if value["version"] != 1 {
-        return Err(BridgeError::Malformed(format!(
-            "unknown version {}",
-            value["version"]
-        )));
-    }
     if value.get("exchange").is_some() {
         // A RabbitEnvelope (delayed dispatch, commands): publish its payload as it is.
         return Ok(Publication {
@@ -82,7 +174,7 @@ pub fn route(body: &str, events_exchange: &str) -> Result<Publication, BridgeErr
         exchange: events_exchange.to_owned(),
         routing_key: text("type")?,
         message_id: text("message_id")?,
-        body: body.as_bytes().to_vec(),
+        body: serde_json::to_vec(value).map_err(|e| BridgeError::Malformed(e.to_string()))?,
     })
 }
 
@@ -180,40 +272,34 @@ impl Publisher {
             ))
         }
     }
+}
 
-    /// The outbound Lambda handler: each record is acknowledged only once the broker confirmed
-    /// it; a malformed record fails alone and reaches the outbound DLQ through SQS's redrive.
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let mut response = SqsBatchResponse::default();
-        for record in event.records {
-            let id = record.message_id.clone().unwrap_or_default();
-            let published = match route(
-                record.body.as_deref().unwrap_or_default(),
-                &self.events_exchange,
-            ) {
-                Ok(publication) => self.publish(&publication).await.map(|()| publication),
-                Err(err) => Err(err),
-            };
-            match published {
-                Ok(publication) => {
-                    tracing::info!(
-                        request_id = %request_id_in(record.body.as_deref().unwrap_or_default()),
-                        message_id = %publication.message_id,
-                        exchange = %publication.exchange,
-                        routing_key = %publication.routing_key,
-                        "published to RabbitMQ"
-                    );
-                    metrics::emit(Metric::count("BridgePublished", 1));
-                }
-                Err(err) => {
-                    tracing::warn!(sqs_message_id = %id, reason = %err, "outbound message not published");
-                    let mut failure = BatchItemFailure::default();
-                    failure.item_identifier = id;
-                    response.batch_item_failures.push(failure);
-                }
+/// The outbound queue: each message is acknowledged only once the broker confirmed it; a
+/// malformed one is dead-lettered with the reason.
+impl RecordHandler for Publisher {
+    type Message = OutboundMessage;
+
+    async fn handle(&self, message: OutboundMessage) -> Outcome {
+        let publication = match route(&message, &self.events_exchange) {
+            Ok(publication) => publication,
+            Err(err) => return Outcome::Reject(err.to_string()),
+        };
+        match self.publish(&publication).await {
+            Ok(()) => {
+                tracing::info!(
+                    message_id = %publication.message_id,
+                    exchange = %publication.exchange,
+                    routing_key = %publication.routing_key,
+                    "published to RabbitMQ"
+                );
+                metrics::emit(Metric::count("BridgePublished", 1));
+                Outcome::Done
+            }
+            Err(err) => {
+                tracing::warn!(reason = %err, "outbound message not published");
+                Outcome::Retry(None)
             }
         }
-        response
     }
 }
 
@@ -221,10 +307,14 @@ impl Publisher {
 mod tests {
     use super::*;
 
+    fn read(body: &str) -> Result<OutboundMessage, String> {
+        dsr_domain::messages::parse::<OutboundMessage>(body)
+    }
+
     #[test]
     fn envelopes_and_events_are_routed_and_garbage_is_refused() {
         let envelope = r#"{"version":1,"message_id":"k1","exchange":"gdpr.commands","routing_key":"email.erase","payload":{"a":1}}"#;
-        let p = route(envelope, "gdpr.events").unwrap();
+        let p = route(&read(envelope).unwrap(), "gdpr.events").unwrap();
         assert_eq!(
             (
                 p.exchange.as_str(),
@@ -236,22 +326,23 @@ mod tests {
         assert_eq!(p.body, br#"{"a":1}"#);
 
         let event = r#"{"version":1,"message_id":"report_ready:01","type":"report_ready","request_id":"01","subject":"s","occurred_at":"t","detail":{}}"#;
-        let p = route(event, "gdpr.events").unwrap();
+        let p = route(&read(event).unwrap(), "gdpr.events").unwrap();
         assert_eq!(
             (p.exchange.as_str(), p.routing_key.as_str()),
             ("gdpr.events", "report_ready")
         );
-        assert_eq!(p.body, event.as_bytes());
+        assert_eq!(
+            serde_json::from_slice::<Value>(&p.body).unwrap(),
+            serde_json::from_str::<Value>(event).unwrap()
+        );
 
-        for bad in [
-            "not json",
-            r#"{"version":2,"type":"x","message_id":"m"}"#,
-            r#"{"version":1,"type":"x"}"#,
-        ] {
-            assert!(
-                matches!(route(bad, "e"), Err(BridgeError::Malformed(_))),
-                "{bad}"
-            );
-        }
+        assert!(read("not json").is_err());
+        assert!(read(r#"{"version":2,"type":"x","message_id":"m"}"#)
+            .unwrap_err()
+            .contains("version 2"));
+        assert!(matches!(
+            route(&read(r#"{"version":1,"type":"x"}"#).unwrap(), "e"),
+            Err(BridgeError::Malformed(_))
+        ));
     }
 }

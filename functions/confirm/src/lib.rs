@@ -1,24 +1,38 @@
-//! The confirm function: holders' confirmations and the watchdog's checks (SQS
+//! The confirm function: services' confirmations and the watchdog's checks (SQS
 //! `confirmations`) move obligations on, and with them the erasure request (see
 //! `dsr_domain::erasure`).
 
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use dsr_adapters::batch::{Outcome, QueueDriver, RecordHandler};
+use dsr_adapters::config::{vars, ConfigError, Env};
+use dsr_adapters::wiring::{self, CloudErasures};
 use dsr_domain::erasure::{
-    CheckScheduler, ConfirmationsMessage, ErasureChannel, ErasureDesk, ErasureError, EventOutbox,
-    ObligationStore,
+    CheckScheduler, ConfirmationsMessage, ErasureChannel, ErasureDesk, EventOutbox, ObligationStore,
 };
 use dsr_domain::{Clock, RequestStore};
-use dsr_erasure::ErasureFunction;
-use tracing::Instrument;
 
-pub const CONFIRMATION_VERSION: u32 = 1;
+/// The function as Lambda runs it.
+pub type Handler = QueueDriver<ConfirmationHandler<CloudErasures>>;
 
-/// One SQS batch of `confirmations`. Unknown requests or services, and anything that is not a
-/// documented message, are dead-lettered with the reason; duplicates change nothing.
-pub async fn handle<S, X, D, E, C>(
-    function: &ErasureFunction<ErasureDesk<S, X, D, E, C>>,
-    event: SqsEvent,
-) -> SqsBatchResponse
+/// Builds the function from its configuration: the same wiring in Lambda and the local stack.
+pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
+    Ok(QueueDriver::new(
+        "confirm",
+        ConfirmationHandler {
+            erasures: wiring::erasures(aws, env, "confirm")?,
+        },
+        aws_sdk_sqs::Client::new(aws),
+        env.required(vars::CONFIRMATIONS_QUEUE_URL)?,
+        Some(env.required(vars::DEAD_LETTER_QUEUE_URL)?),
+    ))
+}
+
+/// One message of `confirmations`: a service's answer, or the watchdog's check. Unknown
+/// requests or services are rejected with the reason; duplicates change nothing.
+pub struct ConfirmationHandler<E> {
+    pub erasures: E,
+}
+
+impl<S, X, D, E, C> RecordHandler for ConfirmationHandler<ErasureDesk<S, X, D, E, C>>
 where
     S: RequestStore + ObligationStore,
     X: ErasureChannel,
@@ -26,46 +40,25 @@ where
     E: EventOutbox,
     C: Clock,
 {
-    let mut response = SqsBatchResponse::default();
-    for record in event.records {
-        let id = record.message_id.clone().unwrap_or_default();
-        let body = record.body.as_deref().unwrap_or_default();
-        let outcome = match serde_json::from_str::<ConfirmationsMessage>(body) {
-            Err(err) => Err(ErasureError::Rejected(format!(
-                "not a confirmation or check: {err}"
-            ))),
-            Ok(ConfirmationsMessage::ErasureConfirmation(c)) if c.version != CONFIRMATION_VERSION => {
-                Err(ErasureError::Rejected(format!(
-                    "unknown confirmation version {}",
-                    c.version
-                )))
-            }
-            Ok(ConfirmationsMessage::ErasureConfirmation(c)) => {
-                function
-                    .desk
-                    .confirm(&c)
-                    .instrument(tracing::info_span!("confirmation", request_id = %c.request_id, service = %c.service))
-                    .await
-                    .map(|handled| {
+    type Message = ConfirmationsMessage;
+
+    async fn handle(&self, message: ConfirmationsMessage) -> Outcome {
+        let handled = match &message {
+            ConfirmationsMessage::ErasureConfirmation(c) => {
+                let handled = self.erasures.confirm(c).await;
+                if let Ok(handled) = &handled {
                     tracing::info!(request_id = %c.request_id, service = %c.service, message_id = %c.message_id, outcome = ?handled, "confirmation handled");
-                })
+                }
+                handled
             }
-            Ok(ConfirmationsMessage::ObligationDue(due)) => {
-                function
-                    .desk
-                    .check(&due)
-                    .instrument(tracing::info_span!("check", request_id = %due.request_id, service = %due.service))
-                    .await
-                    .map(|handled| {
+            ConfirmationsMessage::ObligationDue(due) => {
+                let handled = self.erasures.check(due).await;
+                if let Ok(handled) = &handled {
                     tracing::info!(request_id = %due.request_id, service = %due.service, attempt = due.attempt, outcome = ?handled, "obligation check handled");
-                })
+                }
+                handled
             }
         };
-        if !function.settled(body, outcome).await {
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
-            response.batch_item_failures.push(failure);
-        }
+        handled.map_or_else(Outcome::from, |_| Outcome::Done)
     }
-    response
 }

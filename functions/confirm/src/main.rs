@@ -1,16 +1,11 @@
-use dsr_adapters::wiring::aws_config;
-use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use dsr_adapters::config::{self, Env};
+use lambda_runtime::{run, service_fn, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     dsr_adapters::emf::install_for_lambda("confirm");
-    let aws = aws_config().await;
-    let function = dsr_erasure::desk_from_lookup(&aws, |n| std::env::var(n).ok(), "confirm")?;
-    run(service_fn(
-        |event: LambdaEvent<aws_lambda_events::sqs::SqsEvent>| async {
-            Ok::<_, Error>(Box::pin(dsr_confirm::handle(&function, event.payload)).await)
-        },
-    ))
-    .await
+    let handler = dsr_confirm::build(&config::aws().await, &Env::from_process())?;
+    // Boxed: the handler's nested future types overflow the compiler's query depth otherwise.
+    run(service_fn(|event| Box::pin(handler.handle_lambda(event)))).await
 }

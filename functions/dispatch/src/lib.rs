@@ -6,117 +6,187 @@
 //! - an EventBridge Scheduler wake-up, one-time (`{"wake": key}`) or the recurring safety-net
 //!   sweep: either way everything due is sent.
 
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use dsr_domain::delayed::{DelayedMessage, DelayedStore, Dispatcher, Sender, Waker};
+use aws_lambda_events::sqs::SqsEvent;
+use dsr_adapters::batch::{Outcome, QueueDriver, RecordHandler};
+use dsr_adapters::config::{vars, ConfigError, Env};
+use dsr_adapters::delayed::DynamoDelayedStore;
+use dsr_adapters::scheduler::SchedulerWakeUps;
+use dsr_adapters::sqs::SqsDestinationSender;
+pub use dsr_domain::delayed::ScheduleRequest;
+use dsr_domain::delayed::{DelayedMessage, DelayedStore, Dispatcher, Sender, WakeUps};
 use dsr_domain::Clock;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
-pub const DELAYED_MESSAGES_TABLE: &str = "DELAYED_MESSAGES_TABLE";
-pub const SCHEDULE_GROUP: &str = "SCHEDULE_GROUP";
-pub const DISPATCH_TARGET_ARN: &str = "DISPATCH_TARGET_ARN";
-pub const SCHEDULER_ROLE_ARN: &str = "SCHEDULER_ROLE_ARN";
-pub const SCHEDULER_DLQ_ARN: &str = "SCHEDULER_DLQ_ARN";
+pub type CloudDispatcher<C> =
+    Dispatcher<DynamoDelayedStore, SchedulerWakeUps, SqsDestinationSender, C>;
 
-pub use dsr_domain::delayed::ScheduleRequest;
+/// The function as Lambda runs it.
+pub type Handler = Dispatch<CloudDispatcher<dsr_domain::SystemClock>>;
 
-/// One invocation, whatever woke it. Returns what Lambda should answer: the batch response
-/// for SQS, a summary for the scheduler.
-pub async fn handle<S, W, X, C>(
-    dispatcher: &Dispatcher<S, W, X, C>,
-    event: Value,
-) -> Result<Value, Box<dyn std::error::Error + Send + Sync>>
-where
-    S: DelayedStore,
-    W: Waker,
-    X: Sender,
-    C: Clock,
-{
-    if event.get("Records").is_some() {
-        let batch: SqsEvent = serde_json::from_value(event)?;
-        return Ok(serde_json::to_value(
-            handle_requests(dispatcher, batch).await,
-        )?);
-    }
-    let report = dispatcher.dispatch_due().await?;
-    // Woken every minute (every 2 s locally): only sweeps that found something are news.
-    if report.due > 0 {
-        tracing::info!(
-            due = report.due,
-            sent = report.sent,
-            skipped = report.skipped,
-            failed = report.failed,
-            "dispatch sweep"
-        );
-    }
-    if report.failed > 0 {
-        // Failing makes the scheduler retry (and, in the end, dead-letter) the wake-up.
-        return Err(format!("{} due messages could not be sent", report.failed).into());
-    }
-    Ok(json!({ "due": report.due, "sent": report.sent, "skipped": report.skipped }))
+/// Builds the function from its configuration: the same wiring in Lambda and the local stack.
+pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
+    build_with_clock(aws, env, dsr_domain::SystemClock)
 }
 
-async fn handle_requests<S, W, X, C>(
-    dispatcher: &Dispatcher<S, W, X, C>,
-    batch: SqsEvent,
-) -> SqsBatchResponse
-where
-    S: DelayedStore,
-    W: Waker,
-    X: Sender,
-    C: Clock,
+/// [`build`] with another clock (tests move time forward).
+pub fn build_with_clock<C: Clock>(
+    aws: &aws_config::SdkConfig,
+    env: &Env,
+    clock: C,
+) -> Result<Dispatch<CloudDispatcher<C>>, ConfigError> {
+    Ok(Dispatch::new(
+        dispatcher(aws, env, clock)?,
+        aws_sdk_sqs::Client::new(aws),
+        env.required(vars::SCHEDULE_REQUESTS_QUEUE_URL)?,
+        env.optional(vars::DEAD_LETTER_QUEUE_URL),
+    ))
+}
+
+/// The dispatcher alone, over the cloud adapters.
+pub fn dispatcher<C: Clock>(
+    aws: &aws_config::SdkConfig,
+    env: &Env,
+    clock: C,
+) -> Result<CloudDispatcher<C>, ConfigError> {
+    Ok(Dispatcher {
+        store: DynamoDelayedStore::new(
+            aws_sdk_dynamodb::Client::new(aws),
+            env.required(vars::DELAYED_MESSAGES_TABLE)?,
+        ),
+        wake_ups: SchedulerWakeUps::new(
+            aws_sdk_scheduler::Client::new(aws),
+            env.required(vars::SCHEDULE_GROUP)?,
+            env.required(vars::DISPATCH_TARGET_ARN)?,
+            env.required(vars::SCHEDULER_ROLE_ARN)?,
+            env.required(vars::SCHEDULER_DLQ_ARN)?,
+        ),
+        sender: SqsDestinationSender::new(
+            aws_sdk_sqs::Client::new(aws),
+            env.required(vars::OUTBOUND_QUEUE_URL)?,
+        ),
+        clock,
+        settings: Default::default(),
+    })
+}
+
+/// Schedule requests on their queue, and wake-ups.
+pub struct Dispatch<D> {
+    pub requests: QueueDriver<ScheduleRequests<D>>,
+}
+
+impl<S: DelayedStore, W: WakeUps, X: Sender, C: Clock> Dispatch<Dispatcher<S, W, X, C>> {
+    pub fn new(
+        dispatcher: Dispatcher<S, W, X, C>,
+        sqs: aws_sdk_sqs::Client,
+        queue_url: String,
+        dead_letter_queue_url: Option<String>,
+    ) -> Self {
+        let handler = ScheduleRequests {
+            dispatcher,
+            due_now: AtomicBool::new(false),
+        };
+        Self {
+            requests: QueueDriver::new("dispatch", handler, sqs, queue_url, dead_letter_queue_url),
+        }
+    }
+
+    pub fn dispatcher(&self) -> &Dispatcher<S, W, X, C> {
+        &self.requests.handler.dispatcher
+    }
+
+    /// The Lambda handler.
+    pub async fn handle_lambda(
+        &self,
+        event: lambda_runtime::LambdaEvent<Value>,
+    ) -> Result<Value, lambda_runtime::Error> {
+        let deadline = (event.context.deadline > 0).then(|| event.context.deadline());
+        self.handle(event.payload, deadline).await
+    }
+
+    /// One invocation, whatever woke it. Returns what Lambda should answer: the batch response
+    /// for SQS, a summary for the scheduler.
+    pub async fn handle(
+        &self,
+        event: Value,
+        deadline: Option<SystemTime>,
+    ) -> Result<Value, lambda_runtime::Error> {
+        if event.get("Records").is_some() {
+            let batch: SqsEvent = serde_json::from_value(event)?;
+            return Ok(serde_json::to_value(
+                self.requests.handle(batch, deadline).await,
+            )?);
+        }
+        let report = self.dispatcher().dispatch_due().await?;
+        // Woken every minute (every 2 s locally): only sweeps that found something are news.
+        if report.due > 0 {
+            tracing::info!(
+                due = report.due,
+                sent = report.sent,
+                skipped = report.skipped,
+                failed = report.failed,
+                "dispatch sweep"
+            );
+        }
+        if report.failed > 0 {
+            // Failing makes the scheduler retry (and, in the end, dead-letter) the wake-up.
+            return Err(format!("{} due messages could not be sent", report.failed).into());
+        }
+        Ok(json!({ "due": report.due, "sent": report.sent, "skipped": report.skipped }))
+    }
+}
+
+/// One message of `schedule-requests`: schedule or cancel a delayed message.
+pub struct ScheduleRequests<D> {
+    dispatcher: D,
+    /// Something in this batch was due at once: send it without waiting for the sweep.
+    due_now: AtomicBool,
+}
+
+impl<S: DelayedStore, W: WakeUps, X: Sender, C: Clock> RecordHandler
+    for ScheduleRequests<Dispatcher<S, W, X, C>>
 {
-    let mut response = SqsBatchResponse::default();
-    let mut due_now = false;
-    for record in batch.records {
-        let id = record.message_id.clone().unwrap_or_default();
-        let body = record.body.as_deref().unwrap_or_default();
-        let outcome = match serde_json::from_str::<ScheduleRequest>(body) {
-            Ok(request) if request.version() != ScheduleRequest::VERSION => Err(format!(
-                "unknown schedule request version {}",
-                request.version()
-            )),
-            Ok(ScheduleRequest::Schedule {
+    type Message = ScheduleRequest;
+
+    async fn handle(&self, request: ScheduleRequest) -> Outcome {
+        let taken = match request {
+            ScheduleRequest::Schedule {
                 key,
                 deliver_at,
                 destination,
                 payload,
                 ..
-            }) => {
-                due_now |= deliver_at <= dispatcher.clock.now();
+            } => {
+                if deliver_at <= self.dispatcher.clock.now() {
+                    self.due_now.store(true, Ordering::SeqCst);
+                }
                 let message = DelayedMessage {
                     key,
                     deliver_at,
                     destination,
                     payload,
                 };
-                dispatcher
-                    .schedule(&message)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                self.dispatcher.schedule(&message).await.map(|_| ())
             }
-            Ok(ScheduleRequest::Cancel { key, .. }) => dispatcher
-                .cancel(&key)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(err) => Err(format!("malformed schedule request: {err}")),
+            ScheduleRequest::Cancel { key, .. } => self.dispatcher.cancel(&key).await.map(|_| ()),
         };
-        if let Err(reason) = outcome {
-            // Retried, then dead-lettered by the queue's redrive policy.
-            tracing::warn!(message_id = %id, %reason, "schedule request not taken");
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
-            response.batch_item_failures.push(failure);
+        match taken {
+            Ok(()) => Outcome::Done,
+            Err(err) => {
+                tracing::warn!(error = %err, "schedule request not taken; will retry");
+                Outcome::Retry(None)
+            }
         }
     }
-    if due_now {
-        // Something was asked for "now" (or the past): no need to wait for the sweep.
-        if let Err(err) = dispatcher.dispatch_due().await {
-            tracing::warn!(error = %err, "immediate dispatch failed; the sweep will retry");
+
+    async fn after_batch(&self) {
+        if self.due_now.swap(false, Ordering::SeqCst) {
+            if let Err(err) = self.dispatcher.dispatch_due().await {
+                tracing::warn!(error = %err, "immediate dispatch failed; the sweep will retry");
+            }
         }
     }
-    response
 }
 
 #[cfg(test)]

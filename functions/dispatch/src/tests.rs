@@ -30,7 +30,7 @@ fn setup() -> (
     ));
     let dispatcher = Dispatcher {
         store: store.clone(),
-        waker: ports.clone(),
+        wake_ups: ports.clone(),
         sender: ports.clone(),
         clock: clock.clone(),
         settings: DispatchSettings::default(),
@@ -189,8 +189,9 @@ async fn schedule_requests_arrive_over_sqs_and_poison_ones_are_reported() {
         {"messageId": "m4", "body": json!({"action": "schedule", "version": 1, "key": "now", "deliver_at": clock.now().to_rfc3339(),
             "destination": {"kind": "sqs", "queue_url": "http://q"}, "payload": "hi"}).to_string()},
     ]});
-    let response: SqsBatchResponse =
-        serde_json::from_value(handle(&d, records).await.unwrap()).unwrap();
+    let dispatch = Dispatch::new(d, unused_sqs(), "queue".into(), None);
+    let response: aws_lambda_events::sqs::SqsBatchResponse =
+        serde_json::from_value(dispatch.handle(records, None).await.unwrap()).unwrap();
     let failed: Vec<&str> = response
         .batch_item_failures
         .iter()
@@ -204,6 +205,17 @@ async fn schedule_requests_arrive_over_sqs_and_poison_ones_are_reported() {
         "a message due now goes out at once"
     );
 
-    let wake = handle(&d, json!({"wake": "a"})).await.unwrap();
+    let wake = dispatch.handle(json!({"wake": "a"}), None).await.unwrap();
     assert_eq!(wake["sent"], 0);
+}
+
+/// A client the handler holds but these tests never reach (no retry delays, no dead-letter
+/// queue).
+fn unused_sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .build(),
+    )
 }

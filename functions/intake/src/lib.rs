@@ -4,10 +4,15 @@
 //! request body never names whose data it is about. Bad input gets a 4xx with
 //! `{"error": {"code", "message"}}` and never a 5xx. Contract: `docs/openapi.yaml`.
 
+use dsr_adapters::config::{vars, ConfigError, Env};
+use dsr_adapters::dynamodb::DynamoRequestStore;
+use dsr_adapters::s3::{self, S3ReportStore};
+use dsr_adapters::sqs::SqsWorkQueue;
+use dsr_adapters::wiring;
 use dsr_domain::erasure::ObligationStore;
 use dsr_domain::{
     Clock, DeskError, IdempotencyKey, ReportLinks, Request, RequestDesk, RequestId, RequestKind,
-    RequestStore, StoreError, SubjectId, Submission, WorkQueue,
+    RequestStore, StoreError, SubjectId, Submission, SystemClock, WorkQueue,
 };
 use lambda_http::http::{header, Method, StatusCode};
 use lambda_http::request::RequestContext;
@@ -18,7 +23,6 @@ use serde_json::json;
 /// Submissions are one small JSON object; anything bigger is not a submission.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
 
-pub const REPORT_URL_TTL_SECONDS: &str = "REPORT_URL_TTL_SECONDS";
 pub const DEFAULT_REPORT_URL_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// What the user API needs: the request desk, and where finished reports are linked from.
@@ -29,20 +33,42 @@ pub struct IntakeApi<S, Q, C, L> {
     pub link_ttl: std::time::Duration,
 }
 
-/// `REPORT_URL_TTL_SECONDS`, or 15 minutes.
-pub fn link_ttl_from_lookup(
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<std::time::Duration, String> {
-    match lookup(REPORT_URL_TTL_SECONDS) {
-        None => Ok(DEFAULT_REPORT_URL_TTL),
-        Some(raw) => raw
-            .parse::<u64>()
-            .ok()
-            .filter(|s| (1..=7 * 24 * 3600).contains(s))
-            .map(std::time::Duration::from_secs)
-            .ok_or_else(|| {
-                format!("{REPORT_URL_TTL_SECONDS} must be 1 to 604800 seconds, not `{raw}`")
-            }),
+pub type Handler = IntakeApi<DynamoRequestStore, SqsWorkQueue, SystemClock, S3ReportStore>;
+
+/// Builds the function from its configuration: the same wiring in Lambda and the local stack.
+pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
+    Ok(IntakeApi {
+        desk: wiring::desk(aws, env, "intake")?,
+        reports: S3ReportStore::new(s3::client(aws), env.required(vars::REPORTS_BUCKET)?),
+        link_ttl: link_ttl(env)?,
+    })
+}
+
+/// `REPORT_URL_TTL_SECONDS` (1 s to 7 days), or 15 minutes.
+pub fn link_ttl(env: &Env) -> Result<std::time::Duration, ConfigError> {
+    let ttl = env.seconds(
+        vars::REPORT_URL_TTL_SECONDS,
+        chrono::Duration::from_std(DEFAULT_REPORT_URL_TTL).unwrap_or_default(),
+    )?;
+    if !(1..=7 * 24 * 3600).contains(&ttl.num_seconds()) {
+        return Err(ConfigError::unusable(
+            vars::REPORT_URL_TTL_SECONDS,
+            "must be 1 to 604800 seconds",
+        ));
+    }
+    Ok(ttl.to_std().unwrap_or(DEFAULT_REPORT_URL_TTL))
+}
+
+impl<S, Q, C, L> IntakeApi<S, Q, C, L>
+where
+    S: RequestStore + ObligationStore,
+    Q: WorkQueue,
+    C: Clock,
+    L: ReportLinks,
+{
+    /// The Lambda handler (and the local stack's API Gateway).
+    pub async fn handle(&self, request: lambda_http::Request) -> Result<Response<Body>, Error> {
+        handle(self, request).await
     }
 }
 

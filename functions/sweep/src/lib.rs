@@ -2,36 +2,65 @@
 //! accepted request whose message never reached its queue or was lost, so that a `202` always
 //! leads somewhere even when SQS was down at the moment of submission.
 
+use dsr_adapters::config::{vars, ConfigError, Env};
+use dsr_adapters::dynamodb::DynamoRequestStore;
+use dsr_adapters::sqs::SqsWorkQueue;
+use dsr_adapters::wiring;
 use dsr_domain::reconcile::{ReconcileSettings, Reconciliation};
-use dsr_domain::{Clock, RequestDesk, RequestStore, SweepReport, SweepSettings, WorkQueue};
+use dsr_domain::{
+    Clock, RequestDesk, RequestStore, SweepReport, SweepSettings, SystemClock, WorkQueue,
+};
 use lambda_runtime::Error;
 
-pub const SWEEP_STALE_AFTER_SECONDS: &str = "SWEEP_STALE_AFTER_SECONDS";
-pub const SWEEP_UNQUEUED_GRACE_SECONDS: &str = "SWEEP_UNQUEUED_GRACE_SECONDS";
-pub const DEADLINE_WARNING_DAYS: &str = "DEADLINE_WARNING_DAYS";
-pub const STUCK_AFTER_SECONDS: &str = "STUCK_AFTER_SECONDS";
+/// The function as Lambda runs it: the desk and its two schedules' settings.
+pub struct Sweep<S, Q, C> {
+    pub desk: RequestDesk<S, Q, C>,
+    pub sweep: SweepSettings,
+    pub reconcile: ReconcileSettings,
+}
+
+pub type Handler = Sweep<DynamoRequestStore, SqsWorkQueue, SystemClock>;
+
+/// Builds the function from its configuration: the same wiring in Lambda and the local stack.
+pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
+    Ok(Sweep {
+        desk: wiring::desk(aws, env, "sweep")?,
+        sweep: settings(env)?,
+        reconcile: reconcile_settings(env)?,
+    })
+}
 
 /// Reconciliation settings from the environment, defaults for anything unset.
-pub fn reconcile_settings_from_lookup(
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<ReconcileSettings, String> {
-    let mut settings = ReconcileSettings::default();
-    let number = |name: &str| -> Result<Option<i64>, String> {
-        lookup(name)
-            .map(|raw| {
-                raw.parse::<u32>()
-                    .map(i64::from)
-                    .map_err(|_| format!("{name} must be a whole number, not `{raw}`"))
-            })
-            .transpose()
-    };
-    if let Some(days) = number(DEADLINE_WARNING_DAYS)? {
-        settings.warning = chrono::Duration::days(days);
+pub fn reconcile_settings(env: &Env) -> Result<ReconcileSettings, ConfigError> {
+    let defaults = ReconcileSettings::default();
+    Ok(ReconcileSettings {
+        warning: env.days(vars::DEADLINE_WARNING_DAYS, defaults.warning)?,
+        working_stuck_after: env
+            .seconds(vars::STUCK_AFTER_SECONDS, defaults.working_stuck_after)?,
+        ..defaults
+    })
+}
+
+/// Sweep settings from the environment, defaults for anything unset.
+pub fn settings(env: &Env) -> Result<SweepSettings, ConfigError> {
+    let defaults = SweepSettings::default();
+    Ok(SweepSettings {
+        unqueued_grace: env.seconds(vars::SWEEP_UNQUEUED_GRACE_SECONDS, defaults.unqueued_grace)?,
+        stale_after: env.seconds(vars::SWEEP_STALE_AFTER_SECONDS, defaults.stale_after)?,
+        ..defaults
+    })
+}
+
+impl<S: RequestStore, Q: WorkQueue, C: Clock> Sweep<S, Q, C> {
+    /// Two schedules wake the function: every minute the sweep; every 15 minutes
+    /// `{"task": "reconcile"}`.
+    pub async fn handle(&self, event: serde_json::Value) -> Result<(), Error> {
+        if event["task"] == "reconcile" {
+            reconcile(&self.desk, self.reconcile).await.map(|_| ())
+        } else {
+            handle(&self.desk, self.sweep).await.map(|_| ())
+        }
     }
-    if let Some(seconds) = number(STUCK_AFTER_SECONDS)? {
-        settings.working_stuck_after = chrono::Duration::seconds(seconds);
-    }
-    Ok(settings)
 }
 
 /// The scheduled reconciliation (`{"task": "reconcile"}`): counts in sync, stuck requests
@@ -55,29 +84,6 @@ where
         "reconciliation"
     );
     Ok(found)
-}
-
-/// Settings from the environment, falling back to the defaults for anything unset.
-pub fn settings_from_lookup(
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<SweepSettings, String> {
-    let mut settings = SweepSettings::default();
-    let seconds = |name: &str| -> Result<Option<chrono::Duration>, String> {
-        lookup(name)
-            .map(|raw| {
-                raw.parse::<u32>()
-                    .map(|s| chrono::Duration::seconds(i64::from(s)))
-                    .map_err(|_| format!("{name} must be a whole number of seconds, not `{raw}`"))
-            })
-            .transpose()
-    };
-    if let Some(grace) = seconds(SWEEP_UNQUEUED_GRACE_SECONDS)? {
-        settings.unqueued_grace = grace;
-    }
-    if let Some(stale) = seconds(SWEEP_STALE_AFTER_SECONDS)? {
-        settings.stale_after = stale;
-    }
-    Ok(settings)
 }
 
 /// One sweep. The event carries nothing we need: the schedule only says "now".
@@ -220,16 +226,20 @@ mod tests {
 
     #[test]
     fn settings_come_from_the_environment_with_defaults() {
-        let settings = settings_from_lookup(|name| {
-            (name == SWEEP_STALE_AFTER_SECONDS).then(|| "60".to_owned())
-        })
-        .unwrap();
+        let settings =
+            super::settings(&Env::from_pairs([(vars::SWEEP_STALE_AFTER_SECONDS, "60")])).unwrap();
         assert_eq!(settings.stale_after, Duration::seconds(60));
         assert_eq!(
             settings.unqueued_grace,
             SweepSettings::default().unqueued_grace
         );
-        assert!(settings_from_lookup(|_| Some("soon".into())).is_err());
+        let soon = Env::from_pairs([(vars::SWEEP_UNQUEUED_GRACE_SECONDS, "soon")]);
+        assert!(super::settings(&soon).is_err());
+        let days = Env::from_pairs([(vars::DEADLINE_WARNING_DAYS, "10")]);
+        assert_eq!(
+            reconcile_settings(&days).unwrap().warning,
+            Duration::days(10)
+        );
     }
 
     #[tokio::test]

@@ -79,7 +79,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let mut settings = LocalSettings::new(&cli.template, &cli.stack);
     settings.jwt_secret = cli.jwt_secret.clone();
-    let aws = dsr_adapters::wiring::aws_config().await;
+    let aws = dsr_adapters::config::aws().await;
 
     match cli.command {
         Command::Provision => {

@@ -9,22 +9,15 @@ use crate::provision::provision;
 use crate::template::{StackContext, Template};
 use anyhow::{anyhow, Context, Result};
 use aws_config::SdkConfig;
-use dsr_adapters::collect::Collectors;
-use dsr_adapters::delayed::DynamoDelayedStore;
-use dsr_adapters::dynamodb::DynamoRequestStore;
-use dsr_adapters::s3::{self, S3ReportStore};
-use dsr_adapters::scheduler::SchedulerWaker;
-use dsr_adapters::sqs::SqsDestinationSender;
-use dsr_adapters::sqs::SqsOutbox;
-use dsr_adapters::wiring::{self, DeskConfig};
-use dsr_domain::delayed::{DispatchSettings, Dispatcher};
+use dsr_adapters::batch::{QueueDriver, RecordHandler};
+use dsr_adapters::config::{vars, Env};
+use dsr_adapters::wiring::{self, CloudDesk};
 use dsr_domain::{SubjectHasher, SystemClock};
-use dsr_report::{ReportSettings, ReportWorker};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -86,12 +79,6 @@ impl LocalSettings {
     }
 }
 
-fn required(env: &BTreeMap<String, String>, name: &str) -> Result<String> {
-    env.get(name)
-        .cloned()
-        .ok_or_else(|| anyhow!("the template does not set {name}"))
-}
-
 /// The provisioned stack plus what is needed to host its functions.
 pub struct LocalStack {
     pub template: Template,
@@ -126,9 +113,29 @@ impl LocalStack {
         self.template.function_environment(function, &self.context)
     }
 
-    pub fn desk_config(&self, function: &str) -> Result<DeskConfig> {
-        let env = self.environment(function)?;
-        Ok(DeskConfig::from_lookup(|name| env.get(name).cloned())?)
+    /// What `function` reads its configuration from: this process's environment (where a
+    /// developer puts vendors' API tokens) under the template's variables, as in Lambda.
+    pub fn env(&self, function: &str) -> Result<Env> {
+        Ok(Env::from_process().overlaid_with(&Env::from_pairs(self.environment(function)?)))
+    }
+
+    /// `function`'s configuration with the service registry (YAML) given, when one is.
+    fn env_with_registry(&self, function: &str, registry: Option<&str>) -> Result<Env> {
+        let env = self.env(function)?;
+        Ok(match registry {
+            Some(registry) => env.with(vars::SERVICE_REGISTRY, registry),
+            None => env,
+        })
+    }
+
+    /// The request use cases as `function` builds them; `actor` names it in the audit trail.
+    pub fn desk(&self, function: &str, actor: &str) -> Result<CloudDesk> {
+        Ok(wiring::desk(&self.aws, &self.env(function)?, actor)?)
+    }
+
+    /// The subject hasher the functions share.
+    pub fn subject_hasher(&self) -> Result<SubjectHasher> {
+        Ok(wiring::subject_hasher(&self.env("IntakeFunction")?)?)
     }
 
     pub fn authorizer(&self) -> Result<JwtAuthorizer> {
@@ -152,129 +159,69 @@ impl LocalStack {
 
     /// The intake function, as API Gateway would call it.
     pub fn intake(&self) -> Result<HttpFunction> {
-        let env = self.environment("IntakeFunction")?;
-        let api = Arc::new(dsr_intake::IntakeApi {
-            desk: self
-                .desk_config("IntakeFunction")?
-                .desk(&self.aws, "intake"),
-            reports: S3ReportStore::new(
-                s3::client(&self.aws),
-                required(&env, wiring::REPORTS_BUCKET)?,
-            ),
-            link_ttl: dsr_intake::link_ttl_from_lookup(|n| env.get(n).cloned())
-                .map_err(|e| anyhow!(e))?,
-        });
+        let api = Arc::new(dsr_intake::build(&self.aws, &self.env("IntakeFunction")?)?);
         Ok(Arc::new(move |request| {
             let api = api.clone();
-            Box::pin(async move { dsr_intake::handle(&*api, request).await })
+            Box::pin(async move { api.handle(request).await })
         }))
     }
 
-    /// The erasure or confirm function (`function`) as Lambda would run it; the registry (YAML)
-    /// replaces the bundled one when given.
-    pub fn erasure_function(
-        &self,
-        function: &str,
-        registry: Option<&str>,
-    ) -> Result<dsr_erasure::ErasureFunction<dsr_erasure::CloudErasureDesk>> {
-        let mut env = self.environment(function)?;
-        if let Some(registry) = registry {
-            env.insert(
-                dsr_domain::registry::SERVICE_REGISTRY.into(),
-                registry.to_owned(),
-            );
-        }
-        let actor = if function == "ConfirmFunction" {
-            "confirm"
-        } else {
-            "erasure"
-        };
-        dsr_erasure::desk_from_lookup(&self.aws, |name| env.get(name).cloned(), actor)
-            .map_err(|e| anyhow!(e))
+    /// The erasure function as Lambda runs it; the registry (YAML) replaces the bundled one
+    /// when given.
+    pub fn erasure(&self, registry: Option<&str>) -> Result<dsr_erasure::Handler> {
+        let env = self.env_with_registry("ErasureFunction", registry)?;
+        Ok(dsr_erasure::build(&self.aws, &env)?)
+    }
+
+    /// The confirm function as Lambda runs it.
+    pub fn confirm(&self, registry: Option<&str>) -> Result<dsr_confirm::Handler> {
+        let env = self.env_with_registry("ConfirmFunction", registry)?;
+        Ok(dsr_confirm::build(&self.aws, &env)?)
     }
 
     /// The inbound bridge's forwarding side, with the template's environment.
     pub fn inbound_bridge(&self) -> Result<(String, dsr_bridge::inbound::Inbound)> {
-        use dsr_bridge::inbound::{self, Inbound, Topology};
-        let env = self.environment("BridgeInboundFunction")?;
-        Ok((
-            required(&env, dsr_bridge::RABBITMQ_URL)?,
-            Inbound {
-                sqs: aws_sdk_sqs::Client::new(&self.aws),
-                confirmations_queue_url: required(&env, inbound::CONFIRMATIONS_QUEUE_URL)?,
-                schedule_requests_queue_url: required(&env, inbound::SCHEDULE_REQUESTS_QUEUE_URL)?,
-                topology: Topology::new(&required(&env, inbound::RABBITMQ_NAMESPACE)?),
-            },
-        ))
+        let bridge = dsr_bridge::build(&self.aws, &self.env("BridgeInboundFunction")?)?;
+        Ok((bridge.rabbitmq_url, bridge.inbound))
     }
 
-    /// The report function as Lambda would run it, with the template's environment; the
-    /// registry (YAML) replaces the bundled one when given.
-    pub fn report_worker(
+    /// The outbound bridge as Lambda runs it.
+    pub fn outbound_bridge(&self) -> Result<dsr_bridge::Bridge> {
+        Ok(dsr_bridge::build(
+            &self.aws,
+            &self.env("BridgeOutboundFunction")?,
+        )?)
+    }
+
+    /// The report function as Lambda runs it; the registry (YAML) replaces the bundled one
+    /// when given.
+    pub fn report(&self, registry: Option<&str>) -> Result<dsr_report::Handler> {
+        let env = self.env_with_registry("ReportFunction", registry)?;
+        Ok(dsr_report::build(&self.aws, &env)?)
+    }
+
+    /// The dispatch function as Lambda runs it, with the given clock.
+    pub fn dispatch<C: dsr_domain::Clock>(
         &self,
-        registry: Option<&str>,
-    ) -> Result<ReportWorker<DynamoRequestStore, SystemClock>> {
-        let mut env = self.environment("ReportFunction")?;
-        if let Some(registry) = registry {
-            env.insert(dsr_report::SERVICE_REGISTRY.into(), registry.to_owned());
-        }
-        let lookup = |name: &str| env.get(name).cloned();
-        let config = DeskConfig::from_lookup(lookup)?;
-        let aws = &self.aws;
-        Ok(ReportWorker {
-            store: DynamoRequestStore::new(
-                aws_sdk_dynamodb::Client::new(aws),
-                &config.requests_table,
-                "report",
-            ),
-            clock: SystemClock,
-            hasher: SubjectHasher::new(&config.subject_hash_key),
-            registry: dsr_report::load_registry(lookup).map_err(|e| anyhow!(e))?,
-            collectors: Collectors::new(
-                aws_sdk_dynamodb::Client::new(aws),
-                s3::client(aws),
-                |name| std::env::var(name).ok(),
-            ),
-            reports: S3ReportStore::new(s3::client(aws), required(&env, wiring::REPORTS_BUCKET)?),
-            outbox: SqsOutbox::new(
-                aws_sdk_sqs::Client::new(aws),
-                required(&env, wiring::OUTBOUND_QUEUE_URL)?,
-            ),
-            sqs: aws_sdk_sqs::Client::new(aws),
-            queue_url: config.access_queue_url.clone(),
-            dead_letter_queue_url: required(&env, wiring::ACCESS_REQUESTS_DLQ_URL)?,
-            settings: ReportSettings::from_lookup(lookup).map_err(|e| anyhow!(e))?,
-            owner: format!("report-{}", ulid::Ulid::new()),
-        })
+        clock: C,
+    ) -> Result<dsr_dispatch::Dispatch<dsr_dispatch::CloudDispatcher<C>>> {
+        Ok(dsr_dispatch::build_with_clock(
+            &self.aws,
+            &self.env("DispatchFunction")?,
+            clock,
+        )?)
     }
 
-    /// The dispatch function as Lambda would run it, with the given clock.
+    /// The dispatcher alone, with the given clock.
     pub fn dispatcher<C: dsr_domain::Clock>(
         &self,
         clock: C,
-    ) -> Result<Dispatcher<DynamoDelayedStore, SchedulerWaker, SqsDestinationSender, C>> {
-        let env = self.environment("DispatchFunction")?;
-        let get = |name: &str| required(&env, name);
-        let aws = &self.aws;
-        Ok(Dispatcher {
-            store: DynamoDelayedStore::new(
-                aws_sdk_dynamodb::Client::new(aws),
-                get(dsr_dispatch::DELAYED_MESSAGES_TABLE)?,
-            ),
-            waker: SchedulerWaker::new(
-                aws_sdk_scheduler::Client::new(aws),
-                get(dsr_dispatch::SCHEDULE_GROUP)?,
-                get(dsr_dispatch::DISPATCH_TARGET_ARN)?,
-                get(dsr_dispatch::SCHEDULER_ROLE_ARN)?,
-                get(dsr_dispatch::SCHEDULER_DLQ_ARN)?,
-            ),
-            sender: SqsDestinationSender::new(
-                aws_sdk_sqs::Client::new(aws),
-                get(wiring::OUTBOUND_QUEUE_URL)?,
-            ),
+    ) -> Result<dsr_dispatch::CloudDispatcher<C>> {
+        Ok(dsr_dispatch::dispatcher(
+            &self.aws,
+            &self.env("DispatchFunction")?,
             clock,
-            settings: DispatchSettings::default(),
-        })
+        )?)
     }
 
     /// The event source of `function` as the template declares it (queue, batch size).
@@ -348,35 +295,27 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         }
     });
 
-    let sweep_desk = stack.desk_config("SweepFunction")?.desk(aws, "sweep");
-    let sweep_env = stack.environment("SweepFunction")?;
-    let sweep_settings = dsr_sweep::settings_from_lookup(|name| sweep_env.get(name).cloned())
-        .map_err(|e| anyhow!(e))?;
-    let sweep_desk = Arc::new(sweep_desk);
+    let sweep = Arc::new(dsr_sweep::build(aws, &stack.env("SweepFunction")?)?);
+    let sweeper = sweep.clone();
     tasks.spawn(recurring(
         settings.sweep_every,
         stopped.clone(),
         move || {
-            let desk = sweep_desk.clone();
+            let sweep = sweeper.clone();
             async move {
-                if let Err(err) = dsr_sweep::handle(&*desk, sweep_settings).await {
+                if let Err(err) = sweep.handle(serde_json::json!({})).await {
                     tracing::warn!(error = %err, "sweep failed");
                 }
             }
         },
     ));
-
-    let reconcile_desk = Arc::new(stack.desk_config("SweepFunction")?.desk(aws, "sweep"));
-    let reconcile_settings =
-        dsr_sweep::reconcile_settings_from_lookup(|name| sweep_env.get(name).cloned())
-            .map_err(|e| anyhow!(e))?;
     tasks.spawn(recurring(
         settings.reconcile_every,
         stopped.clone(),
         move || {
-            let desk = reconcile_desk.clone();
+            let sweep = sweep.clone();
             async move {
-                if let Err(err) = dsr_sweep::reconcile(&*desk, reconcile_settings).await {
+                if let Err(err) = sweep.handle(serde_json::json!({"task": "reconcile"})).await {
                     tracing::warn!(error = %err, "reconciliation failed");
                 }
             }
@@ -389,10 +328,10 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         let demo = crate::demo::seed(&stack, listen).await?;
         // The services that take erasure commands: AMQP consumers and a vendor's HTTP API
         // (on the next port), all holding data about the demo user.
-        let env = stack.environment("BridgeInboundFunction")?;
+        let env = stack.env("BridgeInboundFunction")?;
         let fakes = crate::holders::start(
-            &required(&env, dsr_bridge::RABBITMQ_URL)?,
-            &required(&env, dsr_bridge::inbound::RABBITMQ_NAMESPACE)?,
+            &env.required(vars::RABBITMQ_URL)?,
+            &env.required(vars::RABBITMQ_NAMESPACE)?,
             SocketAddr::new(listen.ip(), listen.port().saturating_add(1)),
             stopped.clone(),
         )
@@ -404,83 +343,71 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
     }
     if settings.consume_work_queues {
         let sqs = aws_sdk_sqs::Client::new(aws);
-        let worker = Arc::new(stack.report_worker(registry.as_deref())?);
-        let report: SqsFunction = Arc::new(move |event| {
-            let worker = worker.clone();
-            Box::pin(async move { Ok(worker.handle(event).await) })
-        });
-        tasks.spawn(event_source::run(
-            sqs.clone(),
-            stack.event_source("ReportFunction")?,
-            report,
-            stopped.clone(),
-        ));
-        let dispatcher = Arc::new(stack.dispatcher(SystemClock)?);
-        let requests = dispatcher.clone();
-        let dispatch: SqsFunction = Arc::new(move |event| {
-            let dispatcher = requests.clone();
-            Box::pin(async move {
-                let answer =
-                    dsr_dispatch::handle(&*dispatcher, serde_json::to_value(event)?).await?;
-                Ok(serde_json::from_value(answer)?)
-            })
-        });
-        tasks.spawn(event_source::run(
-            sqs.clone(),
-            stack.event_source("DispatchFunction")?,
-            dispatch,
-            stopped.clone(),
-        ));
+        let mut consume = |function: &str, handler: SqsFunction| -> Result<()> {
+            tasks.spawn(event_source::run(
+                sqs.clone(),
+                stack.event_source(function)?,
+                handler,
+                stopped.clone(),
+            ));
+            Ok(())
+        };
+        consume(
+            "ReportFunction",
+            queue_function(&stack, "ReportFunction", stack.report(registry.as_deref())?),
+        )?;
+        consume(
+            "ErasureFunction",
+            queue_function(
+                &stack,
+                "ErasureFunction",
+                stack.erasure(registry.as_deref())?,
+            ),
+        )?;
+        consume(
+            "ConfirmFunction",
+            queue_function(
+                &stack,
+                "ConfirmFunction",
+                stack.confirm(registry.as_deref())?,
+            ),
+        )?;
+        consume(
+            "BridgeOutboundFunction",
+            queue_function(
+                &stack,
+                "BridgeOutboundFunction",
+                stack.outbound_bridge()?.outbound,
+            ),
+        )?;
+        let dispatch = Arc::new(stack.dispatch(SystemClock)?);
+        let timeout = stack.template.function_timeout("DispatchFunction");
+        let requests = dispatch.clone();
+        consume(
+            "DispatchFunction",
+            Arc::new(move |event| {
+                let dispatch = requests.clone();
+                Box::pin(async move {
+                    let deadline = SystemTime::now() + timeout;
+                    let answer = dispatch
+                        .handle(serde_json::to_value(event)?, Some(deadline))
+                        .await?;
+                    Ok(serde_json::from_value(answer)?)
+                })
+            }),
+        )?;
+        // EventBridge Scheduler's wake-ups: moto stores schedules but never fires them.
         tasks.spawn(recurring(
             settings.dispatch_every,
             stopped.clone(),
             move || {
-                let dispatcher = dispatcher.clone();
+                let dispatch = dispatch.clone();
                 async move {
-                    if let Err(err) =
-                        dsr_dispatch::handle(&*dispatcher, serde_json::json!({})).await
-                    {
+                    if let Err(err) = dispatch.handle(serde_json::json!({}), None).await {
                         tracing::warn!(error = %err, "dispatch sweep failed");
                     }
                 }
             },
-        ));
-        let env = stack.environment("BridgeOutboundFunction")?;
-        let publisher = Arc::new(dsr_bridge::Publisher::new(
-            required(&env, dsr_bridge::RABBITMQ_URL)?,
-            required(&env, dsr_bridge::EVENTS_EXCHANGE)?,
-        ));
-        let bridge: SqsFunction = Arc::new(move |event| {
-            let publisher = publisher.clone();
-            Box::pin(async move { Ok(publisher.handle(event).await) })
-        });
-        tasks.spawn(event_source::run(
-            sqs.clone(),
-            stack.event_source("BridgeOutboundFunction")?,
-            bridge,
-            stopped.clone(),
-        ));
-        let erasure = Arc::new(stack.erasure_function("ErasureFunction", registry.as_deref())?);
-        let fan_out: SqsFunction = Arc::new(move |event| {
-            let erasure = erasure.clone();
-            Box::pin(async move { Ok(erasure.handle_requests(event).await) })
-        });
-        tasks.spawn(event_source::run(
-            sqs.clone(),
-            stack.event_source("ErasureFunction")?,
-            fan_out,
-            stopped.clone(),
-        ));
-        let confirm = Arc::new(stack.erasure_function("ConfirmFunction", registry.as_deref())?);
-        let confirmations: SqsFunction = Arc::new(move |event| {
-            let confirm = confirm.clone();
-            Box::pin(async move { Ok(dsr_confirm::handle(&*confirm, event).await) })
-        });
-        tasks.spawn(event_source::run(
-            sqs.clone(),
-            stack.event_source("ConfirmFunction")?,
-            confirmations,
-            stopped.clone(),
         ));
         // Inbound, as for a self-managed broker: the long-lived consumer.
         let (url, inbound) = stack.inbound_bridge()?;
@@ -497,6 +424,24 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         stack,
         shutdown,
         tasks,
+    })
+}
+
+/// A queue-fed function as Lambda's event source mapping calls it: with the deadline its
+/// template `Timeout` gives each invocation.
+pub fn queue_function<H: RecordHandler + 'static>(
+    stack: &LocalStack,
+    function: &str,
+    driver: QueueDriver<H>,
+) -> SqsFunction {
+    let timeout = stack.template.function_timeout(function);
+    let driver = Arc::new(driver);
+    Arc::new(move |event| {
+        let driver = driver.clone();
+        Box::pin(async move {
+            let deadline = SystemTime::now() + timeout;
+            Ok(driver.handle(event, Some(deadline)).await)
+        })
     })
 }
 

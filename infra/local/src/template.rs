@@ -110,6 +110,17 @@ impl Template {
             .unwrap_or_default()
     }
 
+    /// How long Lambda lets the function run (its `Timeout`, else the global one, else
+    /// Lambda's default of 3 s).
+    pub fn function_timeout(&self, logical_id: &str) -> std::time::Duration {
+        let seconds = |v: Option<&Value>| v.and_then(|v| v.get("Timeout")).and_then(Value::as_u64);
+        let own = self
+            .resource(logical_id)
+            .and_then(|(_, props)| seconds(Some(&props)));
+        let global = seconds(self.root.get("Globals").and_then(|g| g.get("Function")));
+        std::time::Duration::from_secs(own.or(global).unwrap_or(3))
+    }
+
     /// The function's environment variables as written (Globals merged in, function wins),
     /// values still unresolved.
     pub fn function_environment_raw(&self, logical_id: &str) -> Result<BTreeMap<String, Value>> {

@@ -3,41 +3,15 @@
 //! one chunk, so a report's size is bounded by disk, not by the function's memory.
 
 use base64::Engine;
-use dsr_domain::registry::{AuthHeader, CollectFrom, DataHolder};
+use dsr_domain::registry::{AuthHeader, CollectFrom, RegisteredService};
 use dsr_domain::SubjectId;
 use serde_json::{json, Map, Value};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-#[error("source {source_name}: {reason}")]
-pub struct CollectError {
-    pub source_name: String,
-    pub reason: String,
-}
-
-/// What one source yielded, on local disk.
-#[derive(Debug)]
-pub struct StagedSource {
-    pub name: String,
-    pub description: String,
-    /// One JSON record per line.
-    pub records: PathBuf,
-    pub record_count: u64,
-    pub files: Vec<StagedFile>,
-}
-
-#[derive(Debug, Clone)]
-pub struct StagedFile {
-    /// Path inside the source's folder of the report.
-    pub name: String,
-    pub path: PathBuf,
-    pub size: u64,
-}
-
-/// Reads configuration values by name (the process environment in Lambda).
-type EnvLookup = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+use crate::config::Env;
+pub use dsr_domain::report::{SourceError, StagedFile, StagedSource};
 
 /// Clients for every kind of source, built once per function instance.
 #[derive(Clone)]
@@ -45,34 +19,30 @@ pub struct Collectors {
     dynamodb: aws_sdk_dynamodb::Client,
     s3: aws_sdk_s3::Client,
     http: reqwest::Client,
-    /// Looks up the values of auth headers (`value_from_env`).
-    env: EnvLookup,
+    /// Where the values of auth headers (`value_from_env`) are read: secrets.
+    secrets: Env,
 }
 
 impl Collectors {
-    pub fn new(
-        dynamodb: aws_sdk_dynamodb::Client,
-        s3: aws_sdk_s3::Client,
-        env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
+    pub fn new(dynamodb: aws_sdk_dynamodb::Client, s3: aws_sdk_s3::Client, secrets: Env) -> Self {
         Self {
             dynamodb,
             s3,
             http: reqwest::Client::new(),
-            env: std::sync::Arc::new(env),
+            secrets,
         }
     }
 
     /// Collects `holder`'s data about `subject` into `dir` (which must exist).
     pub async fn collect(
         &self,
-        holder: &DataHolder,
+        holder: &RegisteredService,
         how: &CollectFrom,
         subject: &SubjectId,
         dir: &Path,
-    ) -> Result<StagedSource, CollectError> {
-        let fail = |reason: String| CollectError {
-            source_name: holder.name.clone(),
+    ) -> Result<StagedSource, SourceError> {
+        let fail = |reason: String| SourceError {
+            service: holder.name.clone(),
             reason,
         };
         let records_path = dir.join(format!("{}.ndjson", holder.name));
@@ -335,7 +305,8 @@ impl Collectors {
         let auth = match auth {
             Some(a) => Some((
                 a.header.clone(),
-                (self.env)(&a.value_from_env)
+                self.secrets
+                    .optional_secret(&a.value_from_env)
                     .ok_or_else(|| format!("auth header value {} is not set", a.value_from_env))?,
             )),
             None => None,
@@ -344,7 +315,7 @@ impl Collectors {
         for attempt in 1..=max_attempts.max(1) {
             let mut builder = request().timeout(Duration::from_millis(timeout_ms));
             if let Some((name, value)) = &auth {
-                builder = builder.header(name.as_str(), value.as_str());
+                builder = builder.header(name.as_str(), value.expose());
             }
             let mut wait = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
             match builder.send().await {
@@ -443,4 +414,16 @@ pub fn attribute_to_json(value: &aws_sdk_dynamodb::types::AttributeValue) -> Val
 
 fn url_encode(raw: &str) -> String {
     percent_encoding::utf8_percent_encode(raw, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl dsr_domain::report::ReportSources for Collectors {
+    async fn collect(
+        &self,
+        service: &RegisteredService,
+        how: &CollectFrom,
+        subject: &SubjectId,
+        dir: &Path,
+    ) -> Result<StagedSource, SourceError> {
+        Collectors::collect(self, service, how, subject, dir).await
+    }
 }

@@ -1,6 +1,7 @@
 //! How erasure commands leave: internal services get `erase_subject` on RabbitMQ (an envelope
 //! on the outbound queue, published by the bridge); third parties' APIs are called directly.
 
+use crate::config::Env;
 use aws_sdk_sqs::Client;
 use dsr_domain::erasure::{
     ChannelError, Delivery, ErasureChannel, ErasureCommand, ObligationStatus,
@@ -11,15 +12,13 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-/// Reads a secret (an API token) by the name the registry gives.
-type Secrets = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
-
 pub struct ErasureChannels {
     sqs: Client,
     outbound_queue_url: String,
     commands_exchange: String,
     http: reqwest::Client,
-    secrets: Secrets,
+    /// Where API tokens are read, by the name the registry gives.
+    secrets: Env,
     /// Per vendor: the earliest time the next call may start (its rate limit).
     next_call: Mutex<HashMap<String, Instant>>,
 }
@@ -29,14 +28,14 @@ impl ErasureChannels {
         sqs: Client,
         outbound_queue_url: impl Into<String>,
         commands_exchange: impl Into<String>,
-        secrets: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+        secrets: Env,
     ) -> Self {
         Self {
             sqs,
             outbound_queue_url: outbound_queue_url.into(),
             commands_exchange: commands_exchange.into(),
             http: reqwest::Client::new(),
-            secrets: Box::new(secrets),
+            secrets,
             next_call: Mutex::new(HashMap::new()),
         }
     }
@@ -112,9 +111,11 @@ impl ErasureChannel for ErasureChannels {
             .header("Idempotency-Key", &command.idempotency_key)
             .header("X-Request-Id", command.request_id.to_string());
         if let Some(auth) = auth {
-            let value = (self.secrets)(&auth.value_from_env)
+            let value = self
+                .secrets
+                .optional_secret(&auth.value_from_env)
                 .ok_or_else(|| ChannelError(format!("{} is not set", auth.value_from_env)))?;
-            request = request.header(&auth.header, value);
+            request = request.header(&auth.header, value.expose());
         }
         // The URL holds the subject id: errors are reported without it.
         let response = match request.send().await {
@@ -157,7 +158,7 @@ mod tests {
                 .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
                 .build(),
         );
-        let channels = ErasureChannels::new(sqs, "q", "x", |_| None);
+        let channels = ErasureChannels::new(sqs, "q", "x", Env::default());
         let start = Instant::now();
         for _ in 0..5 {
             channels.pace("ads", 2).await;

@@ -1,8 +1,12 @@
 //! Adapters for the domain's ports. Each cloud adapter sits behind a cargo feature so that a
-//! function links only the SDKs it uses; the in-memory adapters are always there, for unit tests.
+//! function links only the SDKs it uses; the in-memory adapters (feature `memory`) are for unit
+//! tests only.
 
+#[cfg(feature = "lambda")]
+pub mod batch;
 #[cfg(feature = "collect")]
 pub mod collect;
+pub mod config;
 #[cfg(feature = "dynamodb")]
 pub mod delayed;
 #[cfg(feature = "dynamodb")]
@@ -10,7 +14,9 @@ pub mod dynamodb;
 pub mod emf;
 #[cfg(feature = "erase")]
 pub mod erase;
+#[cfg(any(test, feature = "memory"))]
 pub mod memory;
+pub mod registry;
 #[cfg(feature = "s3")]
 pub mod s3;
 #[cfg(feature = "scheduler")]

@@ -7,9 +7,8 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-#[error("report storage: {0}")]
-pub struct StorageError(pub String);
+pub use dsr_domain::report::StorageError;
+use dsr_domain::report::{ReportStore, ReportUpload};
 
 fn storage_error<E>(err: E) -> StorageError
 where
@@ -150,7 +149,7 @@ pub struct MultipartUpload {
 
 impl MultipartUpload {
     /// Uploads the next part. S3 wants every part but the last to be at least 5 MiB.
-    pub async fn upload_part(&mut self, bytes: Vec<u8>) -> Result<(), StorageError> {
+    async fn upload_part(&mut self, bytes: Vec<u8>) -> Result<(), StorageError> {
         let number = i32::try_from(self.parts.len() + 1)
             .map_err(|_| StorageError("too many parts".into()))?;
         let uploaded = self
@@ -173,7 +172,7 @@ impl MultipartUpload {
         Ok(())
     }
 
-    pub async fn complete(self) -> Result<(), StorageError> {
+    async fn finish(self) -> Result<(), StorageError> {
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -190,7 +189,7 @@ impl MultipartUpload {
         Ok(())
     }
 
-    pub async fn abort(self) -> Result<(), StorageError> {
+    async fn cancel(self) -> Result<(), StorageError> {
         self.client
             .abort_multipart_upload()
             .bucket(&self.bucket)
@@ -200,6 +199,34 @@ impl MultipartUpload {
             .await
             .map_err(storage_error)?;
         Ok(())
+    }
+}
+
+impl ReportUpload for MultipartUpload {
+    async fn write_part(&mut self, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.upload_part(bytes).await
+    }
+    async fn complete(self) -> Result<(), StorageError> {
+        self.finish().await
+    }
+    async fn abort(self) -> Result<(), StorageError> {
+        self.cancel().await
+    }
+}
+
+impl ReportStore for S3ReportStore {
+    type Upload = MultipartUpload;
+    async fn begin(&self, key: &str) -> Result<MultipartUpload, StorageError> {
+        S3ReportStore::begin(self, key).await
+    }
+    async fn abort_unfinished(&self, prefix: &str) -> Result<usize, StorageError> {
+        S3ReportStore::abort_unfinished(self, prefix).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        S3ReportStore::list(self, prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        S3ReportStore::delete(self, key).await
     }
 }
 

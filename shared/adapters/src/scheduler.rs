@@ -8,11 +8,11 @@ use aws_sdk_scheduler::types::{
 };
 use aws_sdk_scheduler::Client;
 use chrono::{DateTime, Utc};
-use dsr_domain::delayed::{DelayKey, DispatchError, Waker};
+use dsr_domain::delayed::{DelayKey, DispatchError, WakeUps};
 use sha2::{Digest, Sha256};
 
 #[derive(Clone, Debug)]
-pub struct SchedulerWaker {
+pub struct SchedulerWakeUps {
     client: Client,
     group: String,
     /// The dispatch function.
@@ -22,7 +22,7 @@ pub struct SchedulerWaker {
     dead_letter_arn: String,
 }
 
-impl SchedulerWaker {
+impl SchedulerWakeUps {
     pub fn new(
         client: Client,
         group: impl Into<String>,
@@ -70,7 +70,7 @@ fn fail(err: impl std::error::Error) -> DispatchError {
     DispatchError(aws_sdk_scheduler::error::DisplayErrorContext(err).to_string())
 }
 
-impl Waker for SchedulerWaker {
+impl WakeUps for SchedulerWakeUps {
     async fn wake_at(&self, key: &DelayKey, at: DateTime<Utc>) -> Result<(), DispatchError> {
         let name = Self::schedule_name(key);
         let expression = format!("at({})", at.format("%Y-%m-%dT%H:%M:%S"));

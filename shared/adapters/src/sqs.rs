@@ -87,18 +87,6 @@ impl SqsOutbox {
             queue_url: queue_url.into(),
         }
     }
-
-    pub async fn publish(&self, event: &dsr_domain::messages::DomainEvent) -> Result<(), String> {
-        let body = serde_json::to_string(event).map_err(|e| e.to_string())?;
-        self.client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body)
-            .send()
-            .await
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
-        Ok(())
-    }
 }
 
 /// Delivers delayed messages: to an SQS queue directly, or to RabbitMQ through the outbound
@@ -162,14 +150,21 @@ impl dsr_domain::delayed::Sender for SqsDestinationSender {
     }
 }
 
-impl dsr_domain::erasure::EventOutbox for SqsOutbox {
+impl dsr_domain::ports::EventOutbox for SqsOutbox {
     async fn publish(
         &self,
         event: &dsr_domain::messages::DomainEvent,
-    ) -> Result<(), dsr_domain::erasure::ChannelError> {
-        SqsOutbox::publish(self, event)
+    ) -> Result<(), dsr_domain::ports::ChannelError> {
+        use dsr_domain::ports::ChannelError;
+        let body = serde_json::to_string(event).map_err(|e| ChannelError(e.to_string()))?;
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
             .await
-            .map_err(dsr_domain::erasure::ChannelError)
+            .map_err(|e| ChannelError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+        Ok(())
     }
 }
 
@@ -204,6 +199,7 @@ impl dsr_domain::erasure::CheckScheduler for SqsCheckScheduler {
     ) -> Result<(), dsr_domain::erasure::ChannelError> {
         use dsr_domain::delayed::{DelayKey, Destination, ScheduleRequest};
         use dsr_domain::erasure::{ChannelError, ConfirmationsMessage};
+        use dsr_domain::messages::QueueMessage;
         let fail = |e: String| ChannelError(format!("scheduling {}: {e}", check.message_id));
         let request = ScheduleRequest::Schedule {
             version: ScheduleRequest::VERSION,

@@ -1,107 +1,157 @@
-//! Builds the request desk from configuration. Every function that serves requests (intake,
-//! sweep, the local runner) wires it here, so they read the same environment variables, the
-//! ones `template.yaml` sets.
+//! The cloud adapters every function shares, built from its configuration. Each function's
+//! `build` (used by its `main.rs` and by the local stack) starts here, so all of them read the
+//! same variables, the ones `template.yaml` sets.
 
+use crate::config::{vars, ConfigError, Env};
 use crate::dynamodb::DynamoRequestStore;
 use crate::sqs::SqsWorkQueue;
 use dsr_domain::{RequestDesk, SubjectHasher, SystemClock};
 
-pub const REQUESTS_TABLE: &str = "REQUESTS_TABLE";
-pub const ACCESS_REQUESTS_QUEUE_URL: &str = "ACCESS_REQUESTS_QUEUE_URL";
-pub const ERASURE_REQUESTS_QUEUE_URL: &str = "ERASURE_REQUESTS_QUEUE_URL";
-pub const SUBJECT_HASH_KEY: &str = "SUBJECT_HASH_KEY";
-pub const REPORTS_BUCKET: &str = "REPORTS_BUCKET";
-pub const OUTBOUND_QUEUE_URL: &str = "OUTBOUND_QUEUE_URL";
-pub const ACCESS_REQUESTS_DLQ_URL: &str = "ACCESS_REQUESTS_DLQ_URL";
-
-/// The variables the desk reads that name a table, queue or bucket; each must be declared in
-/// the template (a test holds the template to this list).
-pub const DESK_RESOURCE_VARIABLES: [&str; 3] = [
-    REQUESTS_TABLE,
-    ACCESS_REQUESTS_QUEUE_URL,
-    ERASURE_REQUESTS_QUEUE_URL,
+/// The variables naming a table, queue or bucket that every request-serving function reads;
+/// each must be declared in the template (a test holds the template to this list).
+pub const REQUEST_RESOURCE_VARIABLES: [&str; 3] = [
+    vars::REQUESTS_TABLE,
+    vars::ACCESS_REQUESTS_QUEUE_URL,
+    vars::ERASURE_REQUESTS_QUEUE_URL,
 ];
 
 pub type CloudDesk = RequestDesk<DynamoRequestStore, SqsWorkQueue, SystemClock>;
 
-#[derive(Debug, thiserror::Error)]
-#[error("configuration variable {name} is {problem}")]
-pub struct ConfigError {
-    pub name: &'static str,
-    pub problem: &'static str,
+/// The keyed hash that stands for the subject in logs and keys: a secret of at least 16 bytes.
+pub fn subject_hasher(env: &Env) -> Result<SubjectHasher, ConfigError> {
+    let key = env.secret(vars::SUBJECT_HASH_KEY)?;
+    if key.expose().len() < 16 {
+        return Err(ConfigError::unusable(
+            vars::SUBJECT_HASH_KEY,
+            "shorter than 16 bytes",
+        ));
+    }
+    Ok(SubjectHasher::new(key.expose()))
 }
 
-#[derive(Clone, Debug)]
-pub struct DeskConfig {
-    pub requests_table: String,
-    pub access_queue_url: String,
-    pub erasure_queue_url: String,
-    pub subject_hash_key: String,
-    /// `request_submitted` events go here when set.
-    pub outbound_queue_url: Option<String>,
+/// The requests table; `actor` names the function in the audit trail.
+pub fn request_store(
+    aws: &aws_config::SdkConfig,
+    env: &Env,
+    actor: &str,
+) -> Result<DynamoRequestStore, ConfigError> {
+    Ok(DynamoRequestStore::new(
+        aws_sdk_dynamodb::Client::new(aws),
+        &env.required(vars::REQUESTS_TABLE)?,
+        actor,
+    ))
 }
 
-impl DeskConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+/// The work queues; `request_submitted` is announced on the outbound queue when one is set.
+pub fn work_queue(aws: &aws_config::SdkConfig, env: &Env) -> Result<SqsWorkQueue, ConfigError> {
+    Ok(SqsWorkQueue::new(
+        aws_sdk_sqs::Client::new(aws),
+        env.required(vars::ACCESS_REQUESTS_QUEUE_URL)?,
+        env.required(vars::ERASURE_REQUESTS_QUEUE_URL)?,
+    )
+    .announcing_to(env.optional(vars::OUTBOUND_QUEUE_URL)))
+}
+
+/// The request use cases (intake, sweep, operators).
+pub fn desk(aws: &aws_config::SdkConfig, env: &Env, actor: &str) -> Result<CloudDesk, ConfigError> {
+    Ok(RequestDesk::new(
+        request_store(aws, env, actor)?,
+        work_queue(aws, env)?,
+        SystemClock,
+        subject_hasher(env)?,
+    ))
+}
+
+/// The erasure use cases as the erasure and confirm functions run them.
+#[cfg(feature = "erase")]
+pub type CloudErasures = dsr_domain::erasure::ErasureDesk<
+    DynamoRequestStore,
+    crate::erase::ErasureChannels,
+    crate::sqs::SqsCheckScheduler,
+    crate::sqs::SqsOutbox,
+    SystemClock,
+>;
+
+/// The erasure use cases; `actor` names the function in leases and the audit trail. Third
+/// parties' API tokens are read as secrets.
+#[cfg(feature = "erase")]
+pub fn erasures(
+    aws: &aws_config::SdkConfig,
+    env: &Env,
+    actor: &str,
+) -> Result<CloudErasures, ConfigError> {
+    use dsr_domain::erasure::ErasureSettings;
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    let outbound = env.required(vars::OUTBOUND_QUEUE_URL)?;
+    let defaults = ErasureSettings::default();
+    Ok(dsr_domain::erasure::ErasureDesk {
+        store: request_store(aws, env, actor)?,
+        channel: crate::erase::ErasureChannels::new(
+            sqs.clone(),
+            outbound.clone(),
+            env.required(vars::COMMANDS_EXCHANGE)?,
+            env.clone(),
+        ),
+        checks: crate::sqs::SqsCheckScheduler::new(
+            sqs.clone(),
+            env.required(vars::SCHEDULE_REQUESTS_QUEUE_URL)?,
+            env.required(vars::CONFIRMATIONS_QUEUE_URL)?,
+        ),
+        events: crate::sqs::SqsOutbox::new(sqs, outbound),
+        clock: SystemClock,
+        registry: crate::registry::load(env)?,
+        hasher: subject_hasher(env)?,
+        settings: ErasureSettings {
+            grace: env.seconds(vars::ERASURE_GRACE_SECONDS, defaults.grace)?,
+            lease_ttl: env
+                .seconds(vars::ERASURE_LEASE_SECONDS, defaults.lease_ttl)?
+                .max(chrono::Duration::seconds(1)),
+        },
+        owner: format!("{actor}-{}", ulid::Ulid::new()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subject_hash_key_is_a_secret_of_16_bytes_at_least() {
+        let short = Env::from_pairs([(vars::SUBJECT_HASH_KEY, "short")]);
+        assert!(subject_hasher(&short)
+            .unwrap_err()
+            .to_string()
+            .contains("SUBJECT_HASH_KEY: shorter than 16 bytes"));
+        assert!(matches!(
+            subject_hasher(&Env::default()),
+            Err(ConfigError::Missing { .. })
+        ));
+        let ok = Env::from_pairs([(vars::SUBJECT_HASH_KEY, "sixteen-byte-key")]);
+        assert!(subject_hasher(&ok).is_ok());
     }
 
-    /// Reads the variables through `lookup`, so the local runner can hand each function the
-    /// environment the template gives it without touching the process environment.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &'static str| -> Result<String, ConfigError> {
-            match lookup(name) {
-                Some(value) if !value.trim().is_empty() => Ok(value),
-                Some(_) => Err(ConfigError {
-                    name,
-                    problem: "empty",
-                }),
-                None => Err(ConfigError {
-                    name,
-                    problem: "not set",
-                }),
-            }
+    #[cfg(feature = "erase")]
+    #[tokio::test]
+    async fn erasure_settings_default_to_72_hours_of_grace_and_refuse_nonsense() {
+        let aws = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let env = Env::from_pairs([
+            (vars::REQUESTS_TABLE, "t"),
+            (vars::OUTBOUND_QUEUE_URL, "o"),
+            (vars::COMMANDS_EXCHANGE, "c"),
+            (vars::SCHEDULE_REQUESTS_QUEUE_URL, "s"),
+            (vars::CONFIRMATIONS_QUEUE_URL, "q"),
+            (vars::SUBJECT_HASH_KEY, "sixteen-byte-key"),
+        ]);
+        let erasures = super::erasures(&aws, &env, "test").unwrap();
+        assert_eq!(erasures.settings.grace, chrono::Duration::hours(72));
+        let two = super::erasures(&aws, &env.with(vars::ERASURE_GRACE_SECONDS, "2"), "t").unwrap();
+        assert_eq!(two.settings.grace, chrono::Duration::seconds(2));
+        let Err(bad) = super::erasures(&aws, &env.with(vars::ERASURE_GRACE_SECONDS, "soon"), "t")
+        else {
+            panic!("a grace of `soon` was taken");
         };
-        let config = Self {
-            requests_table: get(REQUESTS_TABLE)?,
-            access_queue_url: get(ACCESS_REQUESTS_QUEUE_URL)?,
-            erasure_queue_url: get(ERASURE_REQUESTS_QUEUE_URL)?,
-            subject_hash_key: get(SUBJECT_HASH_KEY)?,
-            outbound_queue_url: lookup(OUTBOUND_QUEUE_URL).filter(|u| !u.trim().is_empty()),
-        };
-        if config.subject_hash_key.len() < 16 {
-            return Err(ConfigError {
-                name: SUBJECT_HASH_KEY,
-                problem: "shorter than 16 bytes",
-            });
-        }
-        Ok(config)
+        assert!(bad.to_string().contains("ERASURE_GRACE_SECONDS"));
     }
-
-    /// `actor` names the function in the audit trail.
-    pub fn desk(&self, aws: &aws_config::SdkConfig, actor: &str) -> CloudDesk {
-        RequestDesk::new(
-            DynamoRequestStore::new(
-                aws_sdk_dynamodb::Client::new(aws),
-                &self.requests_table,
-                actor,
-            ),
-            SqsWorkQueue::new(
-                aws_sdk_sqs::Client::new(aws),
-                &self.access_queue_url,
-                &self.erasure_queue_url,
-            )
-            .announcing_to(self.outbound_queue_url.clone()),
-            SystemClock,
-            SubjectHasher::new(&self.subject_hash_key),
-        )
-    }
-}
-
-/// Loads the AWS configuration the standard way: region, credentials and `AWS_ENDPOINT_URL`
-/// from the environment, so the same binary talks to AWS, LocalStack or moto.
-pub async fn aws_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await
 }

@@ -85,10 +85,10 @@ pub enum ScheduleRequest {
     },
 }
 
-impl ScheduleRequest {
-    pub const VERSION: u32 = 1;
-
-    pub fn version(&self) -> u32 {
+impl crate::messages::QueueMessage for ScheduleRequest {
+    const VERSION: u32 = 1;
+    const NAME: &'static str = "a schedule request";
+    fn version(&self) -> u32 {
         match self {
             ScheduleRequest::Schedule { version, .. } | ScheduleRequest::Cancel { version, .. } => {
                 *version
@@ -169,7 +169,7 @@ pub trait DelayedStore: Send + Sync {
 }
 
 /// Wakes the dispatcher at a given time (EventBridge Scheduler's one-time schedules).
-pub trait Waker: Send + Sync {
+pub trait WakeUps: Send + Sync {
     fn wake_at(
         &self,
         key: &DelayKey,
@@ -223,13 +223,13 @@ pub struct DispatchReport {
 
 pub struct Dispatcher<S, W, X, C> {
     pub store: S,
-    pub waker: W,
+    pub wake_ups: W,
     pub sender: X,
     pub clock: C,
     pub settings: DispatchSettings,
 }
 
-impl<S: DelayedStore, W: Waker, X: Sender, C: Clock> Dispatcher<S, W, X, C> {
+impl<S: DelayedStore, W: WakeUps, X: Sender, C: Clock> Dispatcher<S, W, X, C> {
     pub async fn schedule(
         &self,
         message: &DelayedMessage,
@@ -238,10 +238,12 @@ impl<S: DelayedStore, W: Waker, X: Sender, C: Clock> Dispatcher<S, W, X, C> {
         let outcome = self.store.upsert(message).await?;
         if matches!(outcome, ScheduleOutcome::Created | ScheduleOutcome::Moved) {
             if message.deliver_at - self.clock.now() > self.settings.wake_after {
-                self.waker.wake_at(&message.key, message.deliver_at).await?;
+                self.wake_ups
+                    .wake_at(&message.key, message.deliver_at)
+                    .await?;
             } else if outcome == ScheduleOutcome::Moved {
                 // Moved into the sweep's range: an earlier wake-up would only find nothing.
-                self.waker.forget(&message.key).await?;
+                self.wake_ups.forget(&message.key).await?;
             }
         }
         tracing::info!(key = message.key.as_str(), deliver_at = %message.deliver_at, outcome = ?outcome, "delayed message scheduled");
@@ -251,7 +253,7 @@ impl<S: DelayedStore, W: Waker, X: Sender, C: Clock> Dispatcher<S, W, X, C> {
     pub async fn cancel(&self, key: &DelayKey) -> Result<CancelOutcome, DispatchError> {
         let outcome = self.store.cancel(key).await?;
         if outcome == CancelOutcome::Cancelled {
-            self.waker.forget(key).await?;
+            self.wake_ups.forget(key).await?;
         }
         tracing::info!(key = key.as_str(), outcome = ?outcome, "delayed message cancel");
         Ok(outcome)
@@ -305,7 +307,7 @@ impl<S: DelayedStore, W: Waker, X: Sender, C: Clock> Dispatcher<S, W, X, C> {
 }
 
 /// Shared adapters (one instance serving several roles or handlers) are ports too.
-impl<T: Waker> Waker for std::sync::Arc<T> {
+impl<T: WakeUps> WakeUps for std::sync::Arc<T> {
     async fn wake_at(&self, key: &DelayKey, at: DateTime<Utc>) -> Result<(), DispatchError> {
         (**self).wake_at(key, at).await
     }

@@ -18,6 +18,7 @@
 use crate::clock::Clock;
 use crate::messages::DomainEvent;
 use crate::metrics::{self, names, Metric};
+pub use crate::ports::{ChannelError, EventOutbox};
 use crate::ports::{LeaseOutcome, RequestStore, StoreError, TransitionOutcome};
 use crate::registry::{EraseIn, ServiceRegistry};
 use crate::request::{Request, RequestId, RequestState};
@@ -193,6 +194,23 @@ pub enum ConfirmationsMessage {
     ObligationDue(ObligationDue),
 }
 
+impl crate::messages::QueueMessage for ConfirmationsMessage {
+    const VERSION: u32 = 1;
+    const NAME: &'static str = "a confirmation or check";
+    fn version(&self) -> u32 {
+        match self {
+            ConfirmationsMessage::ErasureConfirmation(c) => c.version,
+            ConfirmationsMessage::ObligationDue(d) => d.version,
+        }
+    }
+    fn request_id(&self) -> Option<RequestId> {
+        Some(match self {
+            ConfirmationsMessage::ErasureConfirmation(c) => c.request_id,
+            ConfirmationsMessage::ObligationDue(d) => d.request_id,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Confirmation {
@@ -297,16 +315,6 @@ pub trait CheckScheduler: Send + Sync {
     ) -> impl Future<Output = Result<(), ChannelError>> + Send;
 }
 
-/// Events for the platform (the email service, audit), through the outbound queue.
-pub trait EventOutbox: Send + Sync {
-    fn publish(&self, event: &DomainEvent)
-        -> impl Future<Output = Result<(), ChannelError>> + Send;
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ChannelError(pub String);
-
 impl<T: ObligationStore> ObligationStore for Arc<T> {
     async fn plan(
         &self,
@@ -367,12 +375,6 @@ impl<T: ErasureChannel> ErasureChannel for Arc<T> {
 impl<T: CheckScheduler> CheckScheduler for Arc<T> {
     async fn schedule(&self, check: &ObligationDue, at: DateTime<Utc>) -> Result<(), ChannelError> {
         (**self).schedule(check, at).await
-    }
-}
-
-impl<T: EventOutbox> EventOutbox for Arc<T> {
-    async fn publish(&self, event: &DomainEvent) -> Result<(), ChannelError> {
-        (**self).publish(event).await
     }
 }
 

@@ -8,11 +8,13 @@ pub mod clock;
 pub mod delayed;
 pub mod desk;
 pub mod erasure;
+pub mod lease;
 pub mod messages;
 pub mod metrics;
 pub mod ports;
 pub mod reconcile;
 pub mod registry;
+pub mod report;
 pub mod request;
 pub mod subject;
 

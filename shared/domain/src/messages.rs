@@ -2,7 +2,48 @@
 
 use crate::request::{RequestId, RequestKind};
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// A message this service reads from a queue. Each type says once which contract version it
+/// reads; [`parse`] refuses any other, so no handler checks versions by hand.
+pub trait QueueMessage: DeserializeOwned + Send {
+    /// The contract version this code reads.
+    const VERSION: u32;
+    /// What the message is called in rejection reasons.
+    const NAME: &'static str;
+    fn version(&self) -> u32;
+    /// The request it is about, for the logs' correlation id.
+    fn request_id(&self) -> Option<RequestId> {
+        None
+    }
+}
+
+/// Reads a queue body as `M`, or says why it never can be (the reason goes with the message
+/// to the dead-letter queue).
+pub fn parse<M: QueueMessage>(body: &str) -> Result<M, String> {
+    let message: M = serde_json::from_str(body).map_err(|err| format!("not {}: {err}", M::NAME))?;
+    if message.version() != M::VERSION {
+        return Err(format!(
+            "{} of version {}; this service reads version {}",
+            M::NAME,
+            message.version(),
+            M::VERSION
+        ));
+    }
+    Ok(message)
+}
+
+impl QueueMessage for RequestMessage {
+    const VERSION: u32 = 1;
+    const NAME: &'static str = "a request message";
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn request_id(&self) -> Option<RequestId> {
+        Some(self.request_id)
+    }
+}
 
 /// "Work on this request": put on the queue of its kind (`access-requests` /
 /// `erasure-requests`) when a request is accepted, and again by the sweep if it was lost.
@@ -19,11 +60,9 @@ pub struct RequestMessage {
 }
 
 impl RequestMessage {
-    pub const VERSION: u32 = 1;
-
     pub fn new(request_id: RequestId, kind: RequestKind, sent_at: DateTime<Utc>) -> Self {
         Self {
-            version: Self::VERSION,
+            version: <Self as QueueMessage>::VERSION,
             message_id: format!("request:{request_id}"),
             request_id,
             kind,

@@ -185,6 +185,26 @@ pub trait WorkQueue: Send + Sync {
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
+/// Events for the platform (the email service, audit), through the outbound queue.
+pub trait EventOutbox: Send + Sync {
+    fn publish(
+        &self,
+        event: &crate::messages::DomainEvent,
+    ) -> impl Future<Output = Result<(), ChannelError>> + Send;
+}
+
+/// A message could not be handed to its channel (queue, broker, third-party API); worth
+/// another attempt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ChannelError(pub String);
+
+impl<T: EventOutbox> EventOutbox for Arc<T> {
+    async fn publish(&self, event: &crate::messages::DomainEvent) -> Result<(), ChannelError> {
+        (**self).publish(event).await
+    }
+}
+
 /// Shared adapters (one client, many handlers) are ports too.
 impl<T: WorkQueue> WorkQueue for Arc<T> {
     async fn enqueue(

@@ -1,5 +1,6 @@
-//! The service registry: every service and third party that holds personal data, and how to
-//! collect from each. Configuration, not code: adding a service is an entry in a file.
+//! The service registry: every service and third party that holds personal data, how to
+//! collect from each and how to erase in each. Configuration, not code: adding a service is an
+//! entry in a file (read by `dsr_adapters::registry`).
 
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -7,13 +8,13 @@ use std::collections::HashSet;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceRegistry {
-    pub services: Vec<DataHolder>,
+    pub services: Vec<RegisteredService>,
 }
 
 /// One holder of personal data.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DataHolder {
+pub struct RegisteredService {
     /// Stable, lower-case name; used in file names of the report and in logs.
     pub name: String,
     /// What it holds, in words a data subject understands (shown in the report).
@@ -139,31 +140,18 @@ fn default_rate() -> u32 {
     5
 }
 
-/// The registry shipped with the functions (`shared/domain/registry.yaml`).
-pub const BUNDLED_REGISTRY: &str = include_str!("../registry.yaml");
-pub const SERVICE_REGISTRY: &str = "SERVICE_REGISTRY";
-pub const SERVICE_REGISTRY_FILE: &str = "SERVICE_REGISTRY_FILE";
-
-/// The registry: inline in `SERVICE_REGISTRY`, or the file `SERVICE_REGISTRY_FILE`, or the one
-/// bundled with the functions. YAML or JSON.
-pub fn load_registry(lookup: impl Fn(&str) -> Option<String>) -> Result<ServiceRegistry, String> {
-    let text = match (lookup(SERVICE_REGISTRY), lookup(SERVICE_REGISTRY_FILE)) {
-        (Some(inline), _) => inline,
-        (None, Some(path)) => std::fs::read_to_string(&path)
-            .map_err(|e| format!("reading the service registry {path}: {e}"))?,
-        (None, None) => BUNDLED_REGISTRY.to_owned(),
-    };
-    serde_yaml_ng::from_str::<ServiceRegistry>(&text)
-        .map_err(|e| format!("service registry: {e}"))?
-        .validated()
-        .map_err(|e| e.to_string())
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("service registry: {0}")]
 pub struct RegistryError(pub String);
 
 impl ServiceRegistry {
+    /// Reads a registry from YAML (or JSON, which is YAML) and validates it.
+    pub fn parse(text: &str) -> Result<Self, RegistryError> {
+        serde_yaml_ng::from_str::<ServiceRegistry>(text)
+            .map_err(|e| RegistryError(e.to_string()))?
+            .validated()
+    }
+
     /// Checks what the types cannot: unique, file-safe names and usable templates.
     pub fn validated(self) -> Result<Self, RegistryError> {
         let mut seen = HashSet::new();
@@ -251,7 +239,7 @@ impl ServiceRegistry {
     }
 
     /// The holders an erasure must reach, in registry order.
-    pub fn erasable(&self) -> impl Iterator<Item = (&DataHolder, &EraseIn)> {
+    pub fn erasable(&self) -> impl Iterator<Item = (&RegisteredService, &EraseIn)> {
         self.services
             .iter()
             .filter_map(|h| h.erase.as_ref().map(|e| (h, e)))
@@ -265,7 +253,7 @@ impl ServiceRegistry {
     }
 
     /// The holders an access report collects from, in registry order.
-    pub fn collectable(&self) -> impl Iterator<Item = (&DataHolder, &CollectFrom)> {
+    pub fn collectable(&self) -> impl Iterator<Item = (&RegisteredService, &CollectFrom)> {
         self.services
             .iter()
             .filter_map(|h| h.collect.as_ref().map(|c| (h, c)))

@@ -332,10 +332,10 @@ impl Request {
     pub fn fail_attempt(
         &mut self,
         error: impl Into<String>,
-        max_attempts: u32,
+        max_attempts: Option<u32>,
         at: DateTime<Utc>,
     ) -> Result<RequestState, IllegalTransition> {
-        let next = if self.attempts + 1 >= max_attempts {
+        let next = if max_attempts.is_some_and(|max| self.attempts + 1 >= max) {
             RequestState::Failed
         } else {
             RequestState::Received
@@ -454,18 +454,21 @@ mod tests {
         let mut request = Request::receive(Access, SubjectId::parse("a").unwrap(), t0);
         for attempt in 1..=2 {
             request.transition_to(Collecting, t0).unwrap();
-            assert_eq!(request.fail_attempt("source down", 3, t0), Ok(Received));
+            assert_eq!(
+                request.fail_attempt("source down", Some(3), t0),
+                Ok(Received)
+            );
             assert_eq!(request.attempts, attempt);
         }
         request.transition_to(Collecting, t0).unwrap();
-        assert_eq!(request.fail_attempt("still down", 3, t0), Ok(Failed));
+        assert_eq!(request.fail_attempt("still down", Some(3), t0), Ok(Failed));
         assert_eq!(
             (request.attempts, request.last_error.as_deref()),
             (3, Some("still down"))
         );
         let mut untouched = Request::receive(Access, SubjectId::parse("a").unwrap(), t0);
         untouched.state = ReportReady;
-        assert!(untouched.fail_attempt("x", 3, t0).is_err());
+        assert!(untouched.fail_attempt("x", Some(3), t0).is_err());
         assert_eq!(untouched.attempts, 0, "an illegal failure changes nothing");
     }
 

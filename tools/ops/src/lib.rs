@@ -3,8 +3,9 @@
 //! the same use cases the functions run: nothing here writes around the domain's rules.
 
 use anyhow::{anyhow, bail, Context, Result};
+use dsr_adapters::config::{vars, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;
-use dsr_adapters::wiring::{CloudDesk, DeskConfig};
+use dsr_adapters::wiring::{self, CloudDesk};
 use dsr_domain::erasure::ObligationStore;
 use dsr_domain::reconcile::ReconcileSettings;
 use dsr_domain::{RequestId, RequestKind, RequestState, RequestStore, SubjectHasher};
@@ -75,13 +76,9 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub async fn connect(
-        aws: &aws_config::SdkConfig,
-        target: &Target,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self> {
+    pub async fn connect(aws: &aws_config::SdkConfig, target: &Target, env: &Env) -> Result<Self> {
         let sqs = aws_sdk_sqs::Client::new(aws);
-        let config = match &target.local_stack {
+        let env = match &target.local_stack {
             Some(stack) => {
                 let url = |logical: &str| {
                     let sqs = sqs.clone();
@@ -97,24 +94,28 @@ impl Ops {
                             .map(|out| out.queue_url.unwrap_or_default())
                     }
                 };
-                DeskConfig {
-                    requests_table: format!("{stack}-RequestsTable"),
-                    access_queue_url: url("AccessRequestsQueue").await?,
-                    erasure_queue_url: url("ErasureRequestsQueue").await?,
-                    subject_hash_key: lookup("SUBJECT_HASH_KEY")
-                        .unwrap_or_else(|| LOCAL_SUBJECT_HASH_KEY.to_owned()),
-                    outbound_queue_url: None,
-                }
+                Env::from_pairs([
+                    (vars::REQUESTS_TABLE, format!("{stack}-RequestsTable")),
+                    (
+                        vars::ACCESS_REQUESTS_QUEUE_URL,
+                        url("AccessRequestsQueue").await?,
+                    ),
+                    (
+                        vars::ERASURE_REQUESTS_QUEUE_URL,
+                        url("ErasureRequestsQueue").await?,
+                    ),
+                    (
+                        vars::SUBJECT_HASH_KEY,
+                        env.optional(vars::SUBJECT_HASH_KEY)
+                            .unwrap_or_else(|| LOCAL_SUBJECT_HASH_KEY.to_owned()),
+                    ),
+                ])
             }
-            None => DeskConfig::from_lookup(&lookup)?,
+            None => env.clone(),
         };
         Ok(Self {
-            desk: config.desk(aws, "ops"),
-            store: DynamoRequestStore::new(
-                aws_sdk_dynamodb::Client::new(aws),
-                &config.requests_table,
-                "ops",
-            ),
+            desk: wiring::desk(aws, &env, "ops")?,
+            store: wiring::request_store(aws, &env, "ops")?,
             sqs,
             local_stack: target.local_stack.clone(),
         })

@@ -9,9 +9,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = dsr_ops::Cli::parse();
-    let aws = dsr_adapters::wiring::aws_config().await;
-    let lookup = |name: &str| std::env::var(name).ok();
-    let ops = dsr_ops::Ops::connect(&aws, &cli.target, lookup).await?;
+    let aws = dsr_adapters::config::aws().await;
+    let env = dsr_adapters::config::Env::from_process();
+    let ops = dsr_ops::Ops::connect(&aws, &cli.target, &env).await?;
     ops.run(&cli.command, &mut std::io::stdout(), &mut std::io::stderr())
         .await
 }

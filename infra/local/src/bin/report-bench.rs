@@ -6,7 +6,7 @@
 //! read from /proc after the peak of seeding is reset, so it is the report's alone.
 
 use anyhow::{Context, Result};
-use dsr_domain::{RequestDesk, RequestKind, SubjectHasher, SubjectId, SystemClock};
+use dsr_domain::{RequestKind, SubjectId};
 use dsr_local::fake_services::{incompressible, FakeData, FakeServices};
 use dsr_local::stack::{LocalSettings, LocalStack};
 use serde_json::json;
@@ -31,7 +31,7 @@ async fn main() -> Result<()> {
         .unwrap_or_else(|| "200".into())
         .parse()
         .context("usage: report-bench <megabytes>")?;
-    let aws = dsr_adapters::wiring::aws_config().await;
+    let aws = dsr_adapters::config::aws().await;
     let name = format!("bench{}", ulid::Ulid::new().to_string().to_lowercase());
     let settings = LocalSettings::new("template.yaml", &name);
     let stack = LocalStack::provision(&aws, &settings).await?;
@@ -64,39 +64,25 @@ async fn main() -> Result<()> {
         fake.access_logs_url()
     );
 
-    let config = stack.desk_config("IntakeFunction")?;
-    let desk = RequestDesk::new(
-        dsr_adapters::dynamodb::DynamoRequestStore::new(
-            aws_sdk_dynamodb::Client::new(&aws),
-            &config.requests_table,
-            "bench",
-        ),
-        dsr_adapters::sqs::SqsWorkQueue::new(
-            aws_sdk_sqs::Client::new(&aws),
-            &config.access_queue_url,
-            &config.erasure_queue_url,
-        ),
-        SystemClock,
-        SubjectHasher::new(&config.subject_hash_key),
-    );
+    let desk = stack.desk("IntakeFunction", "bench")?;
     let id = desk
         .submit(&subject, RequestKind::Access, None)
         .await?
         .request()
         .id;
-    let worker = stack.report_worker(Some(&registry))?;
+    let reports = stack.report(Some(&registry))?.handler.reports;
 
     // Forget seeding's peak: from here on the peak is the report's.
     std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
     let before = peak_rss_kib()?;
     let started = Instant::now();
-    let outcome = worker
-        .work(id)
+    let outcome = reports
+        .generate(id)
         .await
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let elapsed = started.elapsed();
     let peak = peak_rss_kib()?;
-    let dsr_report::WorkOutcome::Completed(report) = outcome else {
+    let dsr_domain::report::WorkOutcome::Completed(report) = outcome else {
         anyhow::bail!("the report did not complete: {outcome:?}");
     };
     println!(

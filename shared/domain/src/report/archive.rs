@@ -5,9 +5,9 @@
 //! Layout: `manifest.json`, `index.html`, and per source `sources/<name>/records.json`,
 //! `sources/<name>/records.csv` and `sources/<name>/files/...` (S3 sources).
 
-use crate::html;
-use dsr_adapters::collect::StagedSource;
-use dsr_adapters::s3::MultipartUpload;
+use super::cells::cell;
+use super::html::{self, ReportHeader, HTML_PREVIEW_ROWS};
+use super::ports::{ReportUpload, StagedSource};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -17,8 +17,6 @@ use zip::write::SimpleFileOptions;
 use zip::ZipWriter;
 
 const CHUNK: usize = 64 * 1024;
-/// Records shown per source in `index.html`; the files hold all of them.
-pub const HTML_PREVIEW_ROWS: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 #[error("writing the report: {0}")]
@@ -62,13 +60,13 @@ impl Write for PartSink {
 }
 
 /// Where the zip's bytes go: a multipart upload, one part at a time.
-struct Uploader<'a> {
-    upload: &'a mut MultipartUpload,
+struct Uploader<'a, U> {
+    upload: &'a mut U,
     sink: PartSink,
     part_size: usize,
 }
 
-impl Uploader<'_> {
+impl<U: ReportUpload> Uploader<'_, U> {
     /// Uploads a part once enough bytes are pending (`all` uploads whatever is left).
     async fn drain(&mut self, all: bool) -> Result<(), ArchiveError> {
         let part = {
@@ -78,7 +76,7 @@ impl Uploader<'_> {
             }
             std::mem::take(&mut pending.buffer)
         };
-        self.upload.upload_part(part).await.map_err(archive_error)
+        self.upload.write_part(part).await.map_err(archive_error)
     }
 }
 
@@ -110,14 +108,9 @@ impl<'z> Entry<'z> {
     }
 }
 
-pub struct ReportHeader<'a> {
-    pub request_id: &'a str,
-    pub subject_hash: &'a str,
-    pub generated_at: &'a str,
-}
-
-pub async fn write_report(
-    upload: &mut MultipartUpload,
+/// Writes the whole report into `upload` (which the caller completes or aborts).
+pub async fn write_report<U: ReportUpload>(
+    upload: &mut U,
     part_size: usize,
     header: &ReportHeader<'_>,
     sources: &[StagedSource],
@@ -284,34 +277,8 @@ impl Columns {
     }
 }
 
-pub(crate) fn cell(record: &Value, column: &str) -> String {
-    let value = match record {
-        Value::Object(fields) => fields.get(column),
-        other if column == "value" => Some(other),
-        _ => None,
-    };
-    match value {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => defuse_formula(s),
-        Some(other) => other.to_string(),
-    }
-}
-
 fn csv_row<'a>(cells: impl Iterator<Item = &'a str>) -> Result<Vec<u8>, ArchiveError> {
     let mut writer = csv::Writer::from_writer(Vec::with_capacity(256));
     writer.write_record(cells).map_err(archive_error)?;
     writer.into_inner().map_err(archive_error)
-}
-
-/// Text starting with `=`, `+`, `-`, `@`, tab or carriage return is a formula to a
-/// spreadsheet: defuse it with a leading quote, since the person opening the file should see
-/// their data, not run it (CSV injection). Numbers such as `-5` stay as they are; the JSON file
-/// keeps every value exactly.
-fn defuse_formula(text: &str) -> String {
-    let risky = text.starts_with(['=', '+', '-', '@', '\t', '\r']) && text.parse::<f64>().is_err();
-    if risky {
-        format!("'{text}")
-    } else {
-        text.to_owned()
-    }
 }

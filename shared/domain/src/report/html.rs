@@ -1,9 +1,19 @@
 //! `index.html`: the report for a person, readable in any browser without unpacking tools.
 
-use crate::archive::{cell, ReportHeader, HTML_PREVIEW_ROWS};
-use dsr_adapters::collect::StagedSource;
+use super::cells::cell;
+use super::ports::StagedSource;
 use serde_json::Value;
 use std::fmt::Write;
+
+/// Records shown per source in `index.html`; the files hold all of them.
+pub const HTML_PREVIEW_ROWS: usize = 100;
+
+/// Who and when the report is for, as it appears in the manifest and the page.
+pub struct ReportHeader<'a> {
+    pub request_id: &'a str,
+    pub subject_hash: &'a str,
+    pub generated_at: &'a str,
+}
 
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

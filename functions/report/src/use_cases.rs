@@ -1,0 +1,390 @@
+//! Report generation with in-memory ports and a clock the tests move: every path that the
+//! integration tests also walk over the wire, in milliseconds.
+
+use super::*;
+use chrono::{TimeZone, Utc};
+use dsr_adapters::memory::{
+    FakeSources, InMemoryReportStore, InMemoryRequestStore, RecordingOutbox,
+};
+use dsr_domain::registry::ServiceRegistry;
+use dsr_domain::{
+    FixedClock, Request, RequestId, RequestState, RequestStore, SubjectHasher, SubjectId,
+};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+type Reports = AccessReports<
+    Arc<InMemoryRequestStore>,
+    Arc<FakeSources>,
+    InMemoryReportStore,
+    Arc<RecordingOutbox>,
+    Arc<FixedClock>,
+>;
+
+const SUBJECT: &str = "rita@example.com";
+const REGISTRY: &str = r#"
+services:
+  - name: profile
+    description: Your profile
+    collect: { kind: dynamodb, table: profiles, key_attribute: uid }
+  - name: orders
+    description: Your orders
+    collect: { kind: http, url: "http://orders/users/{subject}" }
+  - name: newsletter
+    description: Holds nothing to report
+"#;
+
+struct Fixture {
+    store: Arc<InMemoryRequestStore>,
+    sources: Arc<FakeSources>,
+    reports: InMemoryReportStore,
+    events: Arc<RecordingOutbox>,
+    clock: Arc<FixedClock>,
+    staging: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let sources = Arc::new(FakeSources::default());
+    sources.hold(
+        "profile",
+        SUBJECT,
+        vec![json!({"uid": SUBJECT, "name": "Rita"})],
+    );
+    sources.hold(
+        "orders",
+        SUBJECT,
+        vec![json!({"order": 1}), json!({"order": 2, "note": "=SUM(A1)"})],
+    );
+    Fixture {
+        store: Arc::new(InMemoryRequestStore::default()),
+        sources,
+        reports: InMemoryReportStore::default(),
+        events: Arc::new(RecordingOutbox::default()),
+        clock: Arc::new(FixedClock::at(
+            Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap(),
+        )),
+        staging: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Fixture {
+    /// A worker named `owner`, as the function builds one.
+    fn worker(&self, owner: &str) -> Reports {
+        AccessReports {
+            store: self.store.clone(),
+            sources: self.sources.clone(),
+            reports: self.reports.clone(),
+            events: self.events.clone(),
+            clock: self.clock.clone(),
+            hasher: SubjectHasher::new("a-test-key-of-16-bytes"),
+            registry: ServiceRegistry::parse(REGISTRY).unwrap(),
+            settings: ReportSettings {
+                staging_dir: self.staging.path().to_owned(),
+                ..ReportSettings::default()
+            },
+            worker: Worker {
+                owner: owner.into(),
+                lease_ttl: Duration::seconds(960),
+            },
+        }
+    }
+
+    async fn access_request(&self) -> RequestId {
+        let request = Request::receive(
+            RequestKind::Access,
+            SubjectId::parse(SUBJECT).unwrap(),
+            self.clock.now(),
+        );
+        let hash = SubjectHasher::new("a-test-key-of-16-bytes").hash(&request.subject);
+        self.store.create(&request, &hash, None).await.unwrap();
+        request.id
+    }
+
+    async fn request(&self, id: RequestId) -> Request {
+        self.store.get(id).await.unwrap().unwrap()
+    }
+}
+
+fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    (0..archive.len())
+        .map(|i| {
+            let mut file = archive.by_index(i).unwrap();
+            let mut content = Vec::new();
+            file.read_to_end(&mut content).unwrap();
+            (file.name().unwrap().to_string(), content)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_report_holds_every_source_and_is_announced() {
+    let f = fixture();
+    let id = f.access_request().await;
+    let WorkOutcome::Completed(report) = f.worker("a").generate(id).await.unwrap() else {
+        panic!("not completed");
+    };
+    assert_eq!(report.key, format!("reports/{id}/1/report.zip"));
+    assert_eq!(f.reports.objects(), std::slice::from_ref(&report.key));
+    assert_eq!(f.reports.unfinished(), 0);
+
+    let files = unzip(&f.reports.object(&report.key).unwrap());
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let counts: Vec<(&str, u64)> = manifest["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["record_count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(counts, [("profile", 1), ("orders", 2)]);
+    let csv = String::from_utf8(files["sources/orders/records.csv"].clone()).unwrap();
+    assert!(csv.contains("'=SUM(A1)"), "formulas are defused: {csv}");
+    assert!(!files.keys().any(|f| f.contains("newsletter")));
+
+    let stored = f.request(id).await;
+    assert_eq!(stored.state, RequestState::ReportReady);
+    assert_eq!(stored.report, Some(report.clone()));
+    assert_eq!(
+        stored.report.unwrap().expires_at,
+        f.clock.now() + Duration::days(30)
+    );
+    let events = f.events.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, "report_ready");
+
+    // A duplicate message: nothing generated again, the event sent again (same id).
+    assert_eq!(
+        f.worker("b").generate(id).await.unwrap(),
+        WorkOutcome::NothingToDo(Some(RequestState::ReportReady))
+    );
+    assert_eq!(f.reports.objects().len(), 1);
+    let events = f.events.events();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].message_id, events[1].message_id);
+}
+
+#[tokio::test]
+async fn one_failing_source_leaves_nothing_and_hands_the_request_back() {
+    let f = fixture();
+    let id = f.access_request().await;
+    f.sources.set_failing("orders", true);
+    match f.worker("a").generate(id).await.unwrap() {
+        WorkOutcome::RetryLater { after, error } => {
+            assert_eq!(
+                after,
+                Duration::seconds(60),
+                "the first retry waits the base delay"
+            );
+            assert!(error.contains("orders"), "{error}");
+            assert!(
+                !error.contains(SUBJECT),
+                "no personal data in errors: {error}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let request = f.request(id).await;
+    assert_eq!(
+        (request.state, request.attempts),
+        (RequestState::Received, 1)
+    );
+    assert!(request.last_error.unwrap().contains("orders"));
+    assert!(f.reports.objects().is_empty());
+    assert_eq!(f.reports.unfinished(), 0, "no half report anywhere");
+    assert!(f.events.events().is_empty());
+
+    // The second failure waits twice as long; then the source is back and all is well.
+    match f.worker("a").generate(id).await.unwrap() {
+        WorkOutcome::RetryLater { after, .. } => assert_eq!(after, Duration::seconds(120)),
+        other => panic!("{other:?}"),
+    }
+    f.sources.set_failing("orders", false);
+    assert!(matches!(
+        f.worker("a").generate(id).await.unwrap(),
+        WorkOutcome::Completed(_)
+    ));
+    assert_eq!(f.request(id).await.last_error, None);
+}
+
+#[tokio::test]
+async fn the_last_attempt_fails_the_request_and_its_message_is_dead_lettered() {
+    let f = fixture();
+    let id = f.access_request().await;
+    f.sources.set_failing("profile", true);
+    let handler = AccessRequestHandler {
+        reports: AccessReports {
+            settings: ReportSettings {
+                max_attempts: 2,
+                staging_dir: f.staging.path().to_owned(),
+                ..ReportSettings::default()
+            },
+            ..f.worker("a")
+        },
+    };
+    let message = RequestMessage::new(id, RequestKind::Access, f.clock.now());
+    assert_eq!(
+        handler.handle(message.clone()).await,
+        Outcome::Retry(Some(std::time::Duration::from_secs(60)))
+    );
+    let Outcome::Reject(reason) = handler.handle(message).await else {
+        panic!("the last attempt is not retried");
+    };
+    assert!(
+        reason.contains("report failed after 2 attempts"),
+        "{reason}"
+    );
+    assert!(reason.contains("profile"), "{reason}");
+    let request = f.request(id).await;
+    assert_eq!((request.state, request.attempts), (RequestState::Failed, 2));
+    assert!(f.reports.objects().is_empty());
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_passed_to_another_is_fenced_out_and_its_report_deleted() {
+    let f = fixture();
+    let id = f.access_request().await;
+    // While the slow worker collects, its lease runs out and another worker takes over.
+    let (store, clock) = (f.store.clone(), f.clock.clone());
+    f.sources.before_next_collect(Box::pin(async move {
+        clock.advance(Duration::seconds(961));
+        let taken = store
+            .acquire_lease(
+                id,
+                "fast",
+                RequestState::Collecting,
+                clock.now(),
+                Duration::seconds(960),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(taken, dsr_domain::LeaseOutcome::Acquired(_)));
+    }));
+    assert_eq!(
+        f.worker("slow").generate(id).await.unwrap(),
+        WorkOutcome::FencedOut
+    );
+    assert!(f.reports.objects().is_empty(), "the fenced report is gone");
+    assert!(f.events.events().is_empty());
+    let request = f.request(id).await;
+    assert_eq!(
+        (request.state, request.fencing_token),
+        (RequestState::Collecting, 2),
+        "the request is the new worker's"
+    );
+}
+
+#[tokio::test]
+async fn what_a_dead_attempt_left_is_removed_before_the_next_one_starts() {
+    let f = fixture();
+    let id = f.access_request().await;
+    // A worker took the request, started an upload, and died; another left a finished object.
+    let dead = f
+        .store
+        .acquire_lease(
+            id,
+            "dead",
+            RequestState::Collecting,
+            f.clock.now(),
+            Duration::seconds(960),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(dead, dsr_domain::LeaseOutcome::Acquired(_)));
+    drop(
+        f.reports
+            .begin(&format!("reports/{id}/1/report.zip"))
+            .await
+            .unwrap(),
+    );
+    f.reports
+        .put(&format!("reports/{id}/0/report.zip"), b"half".to_vec());
+    assert_eq!(f.reports.unfinished(), 1);
+
+    // While the dead worker's lease lasts, the request is busy.
+    let WorkOutcome::Busy { until } = f.worker("next").generate(id).await.unwrap() else {
+        panic!("taken while leased");
+    };
+    assert_eq!(until, f.clock.now() + Duration::seconds(960));
+
+    f.clock.advance(Duration::seconds(961));
+    let WorkOutcome::Completed(report) = f.worker("next").generate(id).await.unwrap() else {
+        panic!("not completed");
+    };
+    assert_eq!(
+        f.reports.objects(),
+        [report.key],
+        "only the new report is left"
+    );
+    assert_eq!(f.reports.unfinished(), 0);
+}
+
+#[tokio::test]
+async fn a_store_refusing_to_complete_the_upload_is_a_failed_attempt_that_leaves_nothing() {
+    let f = fixture();
+    let id = f.access_request().await;
+    f.reports.set_failing_completion(true);
+    assert!(matches!(
+        f.worker("a").generate(id).await.unwrap(),
+        WorkOutcome::RetryLater { .. }
+    ));
+    assert!(f.reports.objects().is_empty());
+    assert_eq!(
+        f.reports.unfinished(),
+        0,
+        "the refused upload was aborted at once"
+    );
+    f.reports.set_failing_completion(false);
+    assert!(matches!(
+        f.worker("a").generate(id).await.unwrap(),
+        WorkOutcome::Completed(_)
+    ));
+    assert_eq!(f.reports.unfinished(), 0);
+}
+
+#[tokio::test]
+async fn an_announcement_that_fails_is_retried_and_the_report_kept() {
+    let f = fixture();
+    let id = f.access_request().await;
+    f.events.failing.store(true, Ordering::SeqCst);
+    let handler = AccessRequestHandler {
+        reports: f.worker("a"),
+    };
+    let message = RequestMessage::new(id, RequestKind::Access, f.clock.now());
+    assert!(matches!(
+        handler.handle(message.clone()).await,
+        Outcome::Retry(Some(_))
+    ));
+    assert_eq!(f.request(id).await.state, RequestState::ReportReady);
+    f.events.failing.store(false, Ordering::SeqCst);
+    assert_eq!(handler.handle(message).await, Outcome::Done);
+    assert_eq!(f.events.events().len(), 1, "announced on the redelivery");
+    assert_eq!(
+        f.reports.objects().len(),
+        1,
+        "the report was not made twice"
+    );
+}
+
+#[tokio::test]
+async fn erasure_messages_on_the_access_queue_are_rejected() {
+    let f = fixture();
+    let handler = AccessRequestHandler {
+        reports: f.worker("a"),
+    };
+    let message = RequestMessage::new(
+        RequestId::new_at(f.clock.now()),
+        RequestKind::Erasure,
+        f.clock.now(),
+    );
+    assert_eq!(
+        handler.handle(message).await,
+        Outcome::Reject("a request of kind `erasure` on the access-requests queue".into())
+    );
+}

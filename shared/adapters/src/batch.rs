@@ -1,0 +1,313 @@
+//! The one SQS batch driver every queue-fed function runs on.
+//!
+//! A function only says what one message means ([`RecordHandler`]); the driver does the rest,
+//! the same way for all of them:
+//! - reads the body as the handler's message type (one version check per type, in
+//!   [`dsr_domain::messages::parse`]); a body that is not one is rejected;
+//! - runs each record in a span carrying its SQS message id and the request it is about;
+//! - turns each [`Outcome`] into Lambda's partial batch answer: done records are left out of
+//!   `batchItemFailures` (Lambda deletes them), a retry changes the message's visibility to the
+//!   delay asked for, a rejection moves the message to the dead-letter queue with its reason;
+//! - stops before the invocation's deadline: records it did not reach are reported as failures
+//!   (they come back), instead of Lambda timing out the whole batch and re-running the records
+//!   that were done.
+
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use dsr_domain::messages::{parse, QueueMessage};
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+use tracing::Instrument;
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled (or nothing to do, as for a duplicate): delete it.
+    Done,
+    /// Try again later: after `Some(delay)`, or after the queue's visibility timeout.
+    Retry(Option<Duration>),
+    /// It can never succeed: to the dead-letter queue, with the reason.
+    Reject(String),
+}
+
+/// An erasure use case's error: a rejection can never succeed (to the dead-letter queue);
+/// anything else may later (store down, another worker busy).
+impl From<dsr_domain::erasure::ErasureError> for Outcome {
+    fn from(err: dsr_domain::erasure::ErasureError) -> Self {
+        match err {
+            dsr_domain::erasure::ErasureError::Rejected(reason) => Outcome::Reject(reason),
+            err => {
+                tracing::warn!(error = %err, "message returned to its queue for a later attempt");
+                Outcome::Retry(None)
+            }
+        }
+    }
+}
+
+/// What one function does with one message of its queue.
+pub trait RecordHandler: Send + Sync {
+    type Message: QueueMessage;
+
+    fn handle(&self, message: Self::Message) -> impl Future<Output = Outcome> + Send;
+
+    /// Runs once after every batch (delayed dispatch sends what became due meanwhile).
+    fn after_batch(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// A queue, its dead-letter queue, and the function that consumes it.
+pub struct QueueDriver<H> {
+    pub handler: H,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    dead_letter_queue_url: Option<String>,
+    /// Records are not started when less than this is left before the deadline.
+    reserve: Duration,
+    /// Names the function in logs.
+    function: &'static str,
+}
+
+impl<H: RecordHandler> QueueDriver<H> {
+    /// `dead_letter_queue_url`: where rejected messages go with their reason; without one a
+    /// rejected message is left to the queue's redrive policy (logged with the reason).
+    pub fn new(
+        function: &'static str,
+        handler: H,
+        sqs: aws_sdk_sqs::Client,
+        queue_url: impl Into<String>,
+        dead_letter_queue_url: Option<String>,
+    ) -> Self {
+        Self {
+            handler,
+            sqs,
+            queue_url: queue_url.into(),
+            dead_letter_queue_url,
+            reserve: Duration::from_secs(5),
+            function,
+        }
+    }
+
+    /// Records are not started when less than `reserve` is left before the deadline.
+    pub fn with_reserve(mut self, reserve: Duration) -> Self {
+        self.reserve = reserve;
+        self
+    }
+
+    /// The Lambda handler.
+    pub async fn handle_lambda(
+        &self,
+        event: lambda_runtime::LambdaEvent<SqsEvent>,
+    ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+        let deadline = (event.context.deadline > 0).then(|| event.context.deadline());
+        Ok(self.handle(event.payload, deadline).await)
+    }
+
+    /// One batch, to be answered by `deadline` (none: no limit).
+    pub async fn handle(&self, event: SqsEvent, deadline: Option<SystemTime>) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        let mut records = event.records.into_iter();
+        for record in records.by_ref() {
+            let sqs_id = record.message_id.clone().unwrap_or_default();
+            if deadline.is_some_and(|d| left_until(d) < self.reserve) {
+                tracing::warn!(
+                    function = self.function,
+                    "deadline near: the rest of the batch comes back"
+                );
+                response.batch_item_failures.push(failure(sqs_id));
+                break;
+            }
+            if !self.settle(&record, &sqs_id).await {
+                response.batch_item_failures.push(failure(sqs_id));
+            }
+        }
+        // Whatever was not reached comes back, unharmed.
+        response
+            .batch_item_failures
+            .extend(records.map(|r| failure(r.message_id.unwrap_or_default())));
+        self.handler.after_batch().await;
+        response
+    }
+
+    /// True when the message is done with (handled or dead-lettered).
+    async fn settle(&self, record: &SqsMessage, sqs_id: &str) -> bool {
+        let body = record.body.as_deref().unwrap_or_default();
+        let message = match parse::<H::Message>(body) {
+            Ok(message) => message,
+            Err(reason) => {
+                let span =
+                    tracing::info_span!("message", function = self.function, message_id = %sqs_id);
+                return self.dead_letter(body, &reason).instrument(span).await;
+            }
+        };
+        let request_id = message
+            .request_id()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        // Every line logged for this message carries the request id: the correlation id.
+        let span = tracing::info_span!("message", function = self.function, message_id = %sqs_id, request_id = %request_id);
+        async {
+            match self.handler.handle(message).await {
+                Outcome::Done => true,
+                Outcome::Retry(delay) => {
+                    if let Some(delay) = delay {
+                        self.delay(record, delay).await;
+                    }
+                    false
+                }
+                Outcome::Reject(reason) => self.dead_letter(body, &reason).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dead_letter(&self, body: &str, reason: &str) -> bool {
+        match &self.dead_letter_queue_url {
+            Some(dlq) => match crate::sqs::dead_letter(&self.sqs, dlq, body, reason).await {
+                Ok(()) => true,
+                Err(err) => {
+                    // Not acknowledged then: the queue's redrive moves it after its retries.
+                    tracing::error!(error = %err, %reason, "could not dead-letter the message");
+                    false
+                }
+            },
+            None => {
+                tracing::error!(%reason, "message refused; the queue's redrive will dead-letter it");
+                false
+            }
+        }
+    }
+
+    /// Makes a failed message come back after `delay` instead of the queue's default.
+    async fn delay(&self, record: &SqsMessage, delay: Duration) {
+        let Some(receipt) = record.receipt_handle.as_deref() else {
+            return;
+        };
+        // SQS takes visibility timeouts up to 12 hours.
+        let seconds = i32::try_from(delay.as_secs().min(43_199)).unwrap_or(43_199);
+        if let Err(err) = self
+            .sqs
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+        {
+            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(err), "could not delay the retry; the queue's timeout applies");
+        }
+    }
+}
+
+fn left_until(deadline: SystemTime) -> Duration {
+    deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+}
+
+fn failure(item_identifier: String) -> BatchItemFailure {
+    let mut failure = BatchItemFailure::default();
+    failure.item_identifier = item_identifier;
+    failure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dsr_domain::{RequestId, RequestKind, RequestMessage};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A handler that answers from the message's kind and counts what it saw.
+    #[derive(Default)]
+    struct ByKind {
+        seen: AtomicUsize,
+        batches: AtomicUsize,
+    }
+
+    impl RecordHandler for ByKind {
+        type Message = RequestMessage;
+        async fn handle(&self, message: RequestMessage) -> Outcome {
+            self.seen.fetch_add(1, Ordering::SeqCst);
+            match message.kind {
+                RequestKind::Access => Outcome::Done,
+                RequestKind::Erasure => Outcome::Retry(None),
+            }
+        }
+        async fn after_batch(&self) {
+            self.batches.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn driver() -> QueueDriver<ByKind> {
+        // Never called in these tests: no retry delay, no dead-letter queue.
+        let sqs = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::Config::builder()
+                .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+                .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+                .build(),
+        );
+        QueueDriver::new("test", ByKind::default(), sqs, "queue", None)
+    }
+
+    fn record(id: &str, body: String) -> SqsMessage {
+        let mut record = SqsMessage::default();
+        record.message_id = Some(id.into());
+        record.body = Some(body);
+        record
+    }
+
+    fn message(kind: RequestKind) -> String {
+        let now = chrono::Utc::now();
+        serde_json::to_string(&RequestMessage::new(RequestId::new_at(now), kind, now)).unwrap()
+    }
+
+    fn failed(response: &SqsBatchResponse) -> Vec<&str> {
+        response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn done_retry_and_poison_are_answered_per_record() {
+        let d = driver();
+        let mut event = SqsEvent::default();
+        let mut wrong_version: serde_json::Value =
+            serde_json::from_str(&message(RequestKind::Access)).unwrap();
+        wrong_version["version"] = 9.into();
+        event.records = vec![
+            record("a", message(RequestKind::Access)),
+            record("b", message(RequestKind::Erasure)),
+            record("c", "not json".into()),
+            record("d", wrong_version.to_string()),
+        ];
+        let response = d.handle(event, None).await;
+        // Without a dead-letter queue the poison ones are left to the redrive policy.
+        assert_eq!(failed(&response), ["b", "c", "d"]);
+        assert_eq!(
+            d.handler.seen.load(Ordering::SeqCst),
+            2,
+            "poison never reaches the handler"
+        );
+        assert_eq!(d.handler.batches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn records_not_reached_before_the_deadline_come_back() {
+        let d = driver().with_reserve(Duration::from_secs(5));
+        let mut event = SqsEvent::default();
+        event.records = (0..3)
+            .map(|i| record(&format!("m{i}"), message(RequestKind::Access)))
+            .collect();
+        let soon = SystemTime::now() + Duration::from_secs(2);
+        let response = d.handle(event.clone(), Some(soon)).await;
+        assert_eq!(failed(&response), ["m0", "m1", "m2"]);
+        assert_eq!(d.handler.seen.load(Ordering::SeqCst), 0);
+
+        let later = SystemTime::now() + Duration::from_secs(600);
+        let response = d.handle(event, Some(later)).await;
+        assert!(failed(&response).is_empty());
+        assert_eq!(d.handler.seen.load(Ordering::SeqCst), 3);
+    }
+}

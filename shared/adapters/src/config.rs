@@ -1,0 +1,337 @@
+//! Configuration: the names of every environment variable the functions read ([`vars`]), and
+//! one typed reader over them ([`Env`]) with one error type ([`ConfigError`]).
+//!
+//! Every function reads its settings through an [`Env`] built once at cold start: in Lambda
+//! from the process environment, in the local stack from the environment `template.yaml` gives
+//! that function. Secrets go through [`Env::secret`] only, so moving them to a secret store is a
+//! change in this one file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Every environment variable a function reads. `template.yaml` sets them; a test holds the
+/// template to the ones that name resources.
+pub mod vars {
+    // Requests: the table, the work queues and the subject hash.
+    pub const REQUESTS_TABLE: &str = "REQUESTS_TABLE";
+    pub const ACCESS_REQUESTS_QUEUE_URL: &str = "ACCESS_REQUESTS_QUEUE_URL";
+    pub const ERASURE_REQUESTS_QUEUE_URL: &str = "ERASURE_REQUESTS_QUEUE_URL";
+    pub const SUBJECT_HASH_KEY: &str = "SUBJECT_HASH_KEY";
+    pub const OUTBOUND_QUEUE_URL: &str = "OUTBOUND_QUEUE_URL";
+    /// The dead-letter queue of the queue a function consumes: poison messages go there with
+    /// their reason.
+    pub const DEAD_LETTER_QUEUE_URL: &str = "DEAD_LETTER_QUEUE_URL";
+
+    // Intake.
+    pub const REPORTS_BUCKET: &str = "REPORTS_BUCKET";
+    pub const REPORT_URL_TTL_SECONDS: &str = "REPORT_URL_TTL_SECONDS";
+
+    // Sweep and reconciliation.
+    pub const SWEEP_STALE_AFTER_SECONDS: &str = "SWEEP_STALE_AFTER_SECONDS";
+    pub const SWEEP_UNQUEUED_GRACE_SECONDS: &str = "SWEEP_UNQUEUED_GRACE_SECONDS";
+    pub const DEADLINE_WARNING_DAYS: &str = "DEADLINE_WARNING_DAYS";
+    pub const STUCK_AFTER_SECONDS: &str = "STUCK_AFTER_SECONDS";
+
+    // Reports.
+    pub const REPORT_MAX_ATTEMPTS: &str = "REPORT_MAX_ATTEMPTS";
+    pub const REPORT_LEASE_SECONDS: &str = "REPORT_LEASE_SECONDS";
+    pub const REPORT_RETENTION_DAYS: &str = "REPORT_RETENTION_DAYS";
+    pub const REPORT_PART_SIZE_BYTES: &str = "REPORT_PART_SIZE_BYTES";
+    pub const REPORT_RETRY_BASE_SECONDS: &str = "REPORT_RETRY_BASE_SECONDS";
+    /// Where sources are staged before the zip is written (defaults to the temp dir).
+    pub const REPORT_STAGING_DIR: &str = "REPORT_STAGING_DIR";
+
+    // The service registry: inline (YAML or JSON), or a file; else the bundled one.
+    pub const SERVICE_REGISTRY: &str = "SERVICE_REGISTRY";
+    pub const SERVICE_REGISTRY_FILE: &str = "SERVICE_REGISTRY_FILE";
+
+    // Erasure and confirmation.
+    pub const COMMANDS_EXCHANGE: &str = "COMMANDS_EXCHANGE";
+    pub const CONFIRMATIONS_QUEUE_URL: &str = "CONFIRMATIONS_QUEUE_URL";
+    pub const SCHEDULE_REQUESTS_QUEUE_URL: &str = "SCHEDULE_REQUESTS_QUEUE_URL";
+    pub const ERASURE_GRACE_SECONDS: &str = "ERASURE_GRACE_SECONDS";
+    pub const ERASURE_LEASE_SECONDS: &str = "ERASURE_LEASE_SECONDS";
+
+    // Delayed dispatch.
+    pub const DELAYED_MESSAGES_TABLE: &str = "DELAYED_MESSAGES_TABLE";
+    pub const SCHEDULE_GROUP: &str = "SCHEDULE_GROUP";
+    pub const DISPATCH_TARGET_ARN: &str = "DISPATCH_TARGET_ARN";
+    pub const SCHEDULER_ROLE_ARN: &str = "SCHEDULER_ROLE_ARN";
+    pub const SCHEDULER_DLQ_ARN: &str = "SCHEDULER_DLQ_ARN";
+
+    // The RabbitMQ bridge.
+    pub const RABBITMQ_URL: &str = "RABBITMQ_URL";
+    pub const RABBITMQ_NAMESPACE: &str = "RABBITMQ_NAMESPACE";
+    pub const EVENTS_EXCHANGE: &str = "EVENTS_EXCHANGE";
+
+    // Operations.
+    pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
+    pub const DSR_LOG_FORMAT: &str = "DSR_LOG_FORMAT";
+}
+
+/// Why a function cannot start with the configuration it was given. It names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration variable {name} is not set")]
+    Missing { name: String },
+    #[error("configuration variable {name} is empty")]
+    Empty { name: String },
+    #[error("configuration variable {name} must be {expected}, not `{value}`")]
+    Invalid {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
+    /// Read, but unusable (a key too short, a registry that does not validate).
+    #[error("configuration variable {name}: {reason}")]
+    Unusable { name: String, reason: String },
+}
+
+impl ConfigError {
+    pub fn unusable(name: &str, reason: impl fmt::Display) -> Self {
+        ConfigError::Unusable {
+            name: name.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A secret read from configuration: never printed by `Debug`, so it cannot reach a log line
+/// by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The variables a function was given, read once.
+#[derive(Clone, Default)]
+pub struct Env {
+    values: Arc<BTreeMap<String, String>>,
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values may be secrets: only the names.
+        f.debug_set().entries(self.values.keys()).finish()
+    }
+}
+
+impl Env {
+    /// The process environment: what Lambda gives a function.
+    pub fn from_process() -> Self {
+        Self::from_pairs(std::env::vars())
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            values: Arc::new(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// This environment with `name` set to `value` (the local stack's overrides).
+    pub fn with(&self, name: &str, value: impl Into<String>) -> Self {
+        let mut values = (*self.values).clone();
+        values.insert(name.to_owned(), value.into());
+        Self {
+            values: Arc::new(values),
+        }
+    }
+
+    /// This environment with `other`'s values on top.
+    pub fn overlaid_with(&self, other: &Env) -> Self {
+        let mut values = (*self.values).clone();
+        values.extend(other.values.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Self {
+            values: Arc::new(values),
+        }
+    }
+
+    /// The value, if set and not blank.
+    pub fn optional(&self, name: &str) -> Option<String> {
+        self.values
+            .get(name)
+            .filter(|v| !v.trim().is_empty())
+            .cloned()
+    }
+
+    pub fn required(&self, name: &str) -> Result<String, ConfigError> {
+        match self.values.get(name) {
+            Some(value) if !value.trim().is_empty() => Ok(value.clone()),
+            Some(_) => Err(ConfigError::Empty {
+                name: name.to_owned(),
+            }),
+            None => Err(ConfigError::Missing {
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    /// A whole number of seconds (0 allowed), or `default` when unset.
+    pub fn seconds(
+        &self,
+        name: &str,
+        default: chrono::Duration,
+    ) -> Result<chrono::Duration, ConfigError> {
+        self.parsed(name, "a whole number of seconds", |raw| {
+            raw.parse::<u32>()
+                .ok()
+                .map(|s| chrono::Duration::seconds(s.into()))
+        })
+        .map(|v| v.unwrap_or(default))
+    }
+
+    /// A whole number of days (0 allowed), or `default` when unset.
+    pub fn days(
+        &self,
+        name: &str,
+        default: chrono::Duration,
+    ) -> Result<chrono::Duration, ConfigError> {
+        self.parsed(name, "a whole number of days", |raw| {
+            raw.parse::<u16>()
+                .ok()
+                .map(|d| chrono::Duration::days(d.into()))
+        })
+        .map(|v| v.unwrap_or(default))
+    }
+
+    /// A whole number of at least 1, or `default` when unset.
+    pub fn positive(&self, name: &str, default: u64) -> Result<u64, ConfigError> {
+        self.parsed(name, "a positive whole number", |raw| {
+            raw.parse::<u64>().ok().filter(|n| *n > 0)
+        })
+        .map(|v| v.unwrap_or(default))
+    }
+
+    /// A secret. Today from the environment; the one place to change for a secret store.
+    pub fn secret(&self, name: &str) -> Result<Secret, ConfigError> {
+        self.required(name).map(Secret)
+    }
+
+    /// A secret that may be absent (a vendor's API key that is not configured here).
+    pub fn optional_secret(&self, name: &str) -> Option<Secret> {
+        self.optional(name).map(Secret)
+    }
+
+    fn parsed<T>(
+        &self,
+        name: &str,
+        expected: &'static str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(raw) = self.optional(name) else {
+            return Ok(None);
+        };
+        parse(raw.trim())
+            .map(Some)
+            .ok_or_else(|| ConfigError::Invalid {
+                name: name.to_owned(),
+                value: raw.chars().take(64).collect(),
+                expected,
+            })
+    }
+}
+
+/// Loads the AWS configuration the standard way: region, credentials and `AWS_ENDPOINT_URL`
+/// from the environment, so the same binary talks to AWS, LocalStack or moto.
+#[cfg(any(
+    feature = "dynamodb",
+    feature = "sqs",
+    feature = "s3",
+    feature = "scheduler"
+))]
+pub async fn aws() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn required_values_name_what_is_missing_or_empty() {
+        let e = env(&[("A", "x"), ("B", "  ")]);
+        assert_eq!(e.required("A").unwrap(), "x");
+        assert_eq!(
+            e.required("B").unwrap_err().to_string(),
+            "configuration variable B is empty"
+        );
+        assert_eq!(
+            e.required("C").unwrap_err().to_string(),
+            "configuration variable C is not set"
+        );
+        assert_eq!(e.optional("B"), None);
+    }
+
+    #[test]
+    fn numbers_are_typed_with_defaults_and_refuse_nonsense() {
+        let e = env(&[
+            ("S", "90"),
+            ("P", "0"),
+            ("Q", "soon"),
+            ("N", "-3"),
+            ("D", "7"),
+        ]);
+        let minute = chrono::Duration::seconds(60);
+        assert_eq!(e.seconds("S", minute).unwrap().num_seconds(), 90);
+        assert_eq!(e.seconds("unset", minute).unwrap(), minute);
+        assert_eq!(e.seconds("P", minute).unwrap().num_seconds(), 0);
+        assert!(matches!(
+            e.seconds("N", minute),
+            Err(ConfigError::Invalid { .. })
+        ));
+        assert_eq!(e.days("D", minute).unwrap().num_days(), 7);
+        assert_eq!(e.positive("S", 3).unwrap(), 90);
+        assert_eq!(e.positive("unset", 3).unwrap(), 3);
+        let zero = e.positive("P", 3).unwrap_err().to_string();
+        assert!(
+            zero.contains("P must be a positive whole number, not `0`"),
+            "{zero}"
+        );
+        assert!(e.positive("Q", 3).is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let e = env(&[("KEY", "hunter2-hunter2-hunter2")]);
+        let secret = e.secret("KEY").unwrap();
+        assert_eq!(secret.expose(), "hunter2-hunter2-hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        assert!(!format!("{e:?}").contains("hunter2"));
+        assert!(e.optional_secret("OTHER").is_none());
+    }
+
+    #[test]
+    fn overrides_win() {
+        let base = env(&[("A", "1"), ("B", "2")]);
+        let top = base.overlaid_with(&env(&[("B", "3")])).with("C", "4");
+        assert_eq!(
+            (top.optional("A"), top.optional("B"), top.optional("C")),
+            (Some("1".into()), Some("3".into()), Some("4".into()))
+        );
+        assert_eq!(base.optional("C"), None);
+    }
+}

@@ -1,0 +1,60 @@
+//! The work queues and report links in memory.
+
+use super::locked;
+use dsr_domain::{QueueError, RequestMessage, StoreError, WorkQueue};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Records every message; can be switched to fail, to test what happens when SQS is down.
+#[derive(Default)]
+pub struct InMemoryWorkQueue {
+    sent: Mutex<Vec<RequestMessage>>,
+    announced: Mutex<Vec<dsr_domain::messages::DomainEvent>>,
+    unavailable: AtomicBool,
+}
+
+impl InMemoryWorkQueue {
+    pub fn sent(&self) -> Vec<RequestMessage> {
+        locked(&self.sent).clone()
+    }
+
+    /// The `request_submitted` events announced with the messages.
+    pub fn announced(&self) -> Vec<dsr_domain::messages::DomainEvent> {
+        locked(&self.announced).clone()
+    }
+
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.unavailable.store(unavailable, Ordering::SeqCst);
+    }
+}
+
+impl WorkQueue for InMemoryWorkQueue {
+    async fn enqueue(
+        &self,
+        message: &RequestMessage,
+        announcement: Option<&dsr_domain::messages::DomainEvent>,
+    ) -> Result<(), QueueError> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(QueueError {
+                request_id: message.request_id,
+                kind: message.kind,
+                reason: "queue unavailable (simulated)".into(),
+            });
+        }
+        locked(&self.sent).push(message.clone());
+        if let Some(announcement) = announcement {
+            locked(&self.announced).push(announcement.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Links of the form `memory://<key>?ttl=<seconds>`, for handler tests.
+#[derive(Default)]
+pub struct InMemoryReportLinks;
+
+impl dsr_domain::ReportLinks for InMemoryReportLinks {
+    async fn link(&self, key: &str, ttl: std::time::Duration) -> Result<String, StoreError> {
+        Ok(format!("memory://{key}?ttl={}", ttl.as_secs()))
+    }
+}

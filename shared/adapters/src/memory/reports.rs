@@ -1,0 +1,220 @@
+//! Report generation's ports in memory: sources that answer from a map (or fail on demand), a
+//! report store whose uploads stay invisible until completed, and an outbox that records.
+
+use super::locked;
+use dsr_domain::messages::DomainEvent;
+use dsr_domain::ports::{ChannelError, EventOutbox};
+use dsr_domain::registry::{CollectFrom, RegisteredService};
+use dsr_domain::report::{
+    ReportSources, ReportStore, ReportUpload, SourceError, StagedSource, StorageError,
+};
+use dsr_domain::SubjectId;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+type Interlude = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Each service's records about each subject; services named in `failing` fail.
+#[derive(Default)]
+pub struct FakeSources {
+    records: Mutex<HashMap<(String, String), Vec<Value>>>,
+    failing: Mutex<HashSet<String>>,
+    /// Runs at the start of the next collection: what happens elsewhere while a worker works.
+    interlude: Mutex<Option<Interlude>>,
+}
+
+impl FakeSources {
+    pub fn before_next_collect(&self, interlude: Interlude) {
+        *locked(&self.interlude) = Some(interlude);
+    }
+
+    pub fn hold(&self, service: &str, subject: &str, records: Vec<Value>) {
+        locked(&self.records).insert((service.to_owned(), subject.to_owned()), records);
+    }
+
+    pub fn set_failing(&self, service: &str, failing: bool) {
+        let mut set = locked(&self.failing);
+        if failing {
+            set.insert(service.to_owned());
+        } else {
+            set.remove(service);
+        }
+    }
+}
+
+impl ReportSources for FakeSources {
+    async fn collect(
+        &self,
+        service: &RegisteredService,
+        _how: &CollectFrom,
+        subject: &SubjectId,
+        dir: &Path,
+    ) -> Result<StagedSource, SourceError> {
+        let fail = |reason: String| SourceError {
+            service: service.name.clone(),
+            reason,
+        };
+        let interlude = locked(&self.interlude).take();
+        if let Some(interlude) = interlude {
+            interlude.await;
+        }
+        if locked(&self.failing).contains(&service.name) {
+            return Err(fail("answered 503 (simulated)".into()));
+        }
+        let records = locked(&self.records)
+            .get(&(service.name.clone(), subject.as_str().to_owned()))
+            .cloned()
+            .unwrap_or_default();
+        let path = dir.join(format!("{}.ndjson", service.name));
+        let mut file = std::fs::File::create(&path).map_err(|e| fail(e.to_string()))?;
+        for record in &records {
+            writeln!(file, "{record}").map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(StagedSource {
+            name: service.name.clone(),
+            description: service.description.clone(),
+            records: path,
+            record_count: records.len() as u64,
+            files: Vec::new(),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Stored {
+    objects: BTreeMap<String, Vec<u8>>,
+    /// Unfinished uploads by id: (key, bytes so far).
+    uploads: BTreeMap<u64, (String, Vec<u8>)>,
+    next_upload: u64,
+}
+
+/// Objects and unfinished uploads, as S3 keeps them: an upload becomes an object only when
+/// completed. `failing_completion` makes completions fail.
+#[derive(Default, Clone)]
+pub struct InMemoryReportStore {
+    stored: Arc<Mutex<Stored>>,
+    failing_completion: Arc<AtomicBool>,
+}
+
+impl InMemoryReportStore {
+    pub fn objects(&self) -> Vec<String> {
+        locked(&self.stored).objects.keys().cloned().collect()
+    }
+
+    pub fn object(&self, key: &str) -> Option<Vec<u8>> {
+        locked(&self.stored).objects.get(key).cloned()
+    }
+
+    pub fn unfinished(&self) -> usize {
+        locked(&self.stored).uploads.len()
+    }
+
+    /// An object put there by hand (what a worker that died after completing left).
+    pub fn put(&self, key: &str, bytes: Vec<u8>) {
+        locked(&self.stored).objects.insert(key.to_owned(), bytes);
+    }
+
+    pub fn set_failing_completion(&self, failing: bool) {
+        self.failing_completion.store(failing, Ordering::SeqCst);
+    }
+}
+
+pub struct InMemoryUpload {
+    store: InMemoryReportStore,
+    id: u64,
+}
+
+impl ReportStore for InMemoryReportStore {
+    type Upload = InMemoryUpload;
+
+    async fn begin(&self, key: &str) -> Result<InMemoryUpload, StorageError> {
+        let mut stored = locked(&self.stored);
+        stored.next_upload += 1;
+        let id = stored.next_upload;
+        stored.uploads.insert(id, (key.to_owned(), Vec::new()));
+        Ok(InMemoryUpload {
+            store: self.clone(),
+            id,
+        })
+    }
+
+    async fn abort_unfinished(&self, prefix: &str) -> Result<usize, StorageError> {
+        let mut stored = locked(&self.stored);
+        let before = stored.uploads.len();
+        stored
+            .uploads
+            .retain(|_, (key, _)| !key.starts_with(prefix));
+        Ok(before - stored.uploads.len())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        Ok(locked(&self.stored)
+            .objects
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        locked(&self.stored).objects.remove(key);
+        Ok(())
+    }
+}
+
+impl ReportUpload for InMemoryUpload {
+    async fn write_part(&mut self, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let mut stored = locked(&self.store.stored);
+        let (_, written) = stored
+            .uploads
+            .get_mut(&self.id)
+            .ok_or_else(|| StorageError("the upload was aborted".into()))?;
+        written.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    async fn complete(self) -> Result<(), StorageError> {
+        if self.store.failing_completion.load(Ordering::SeqCst) {
+            return Err(StorageError("completion refused (simulated)".into()));
+        }
+        let mut stored = locked(&self.store.stored);
+        let (key, bytes) = stored
+            .uploads
+            .remove(&self.id)
+            .ok_or_else(|| StorageError("the upload was aborted".into()))?;
+        stored.objects.insert(key, bytes);
+        Ok(())
+    }
+
+    async fn abort(self) -> Result<(), StorageError> {
+        locked(&self.store.stored).uploads.remove(&self.id);
+        Ok(())
+    }
+}
+
+/// Records the events published; can be switched to fail.
+#[derive(Default)]
+pub struct RecordingOutbox {
+    events: Mutex<Vec<DomainEvent>>,
+    pub failing: AtomicBool,
+}
+
+impl RecordingOutbox {
+    pub fn events(&self) -> Vec<DomainEvent> {
+        locked(&self.events).clone()
+    }
+}
+
+impl EventOutbox for RecordingOutbox {
+    async fn publish(&self, event: &DomainEvent) -> Result<(), ChannelError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(ChannelError("outbox unavailable (simulated)".into()));
+        }
+        locked(&self.events).push(event.clone());
+        Ok(())
+    }
+}

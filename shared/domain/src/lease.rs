@@ -1,0 +1,192 @@
+//! Lease, work, commit or hand back: how every worker takes a request (report generation,
+//! erasure fan-out), written once.
+//!
+//! A worker takes the request with a conditional write that hands it a lease and a fencing
+//! token (one more than the last worker's). Everything it then writes is conditioned on that
+//! token, so a worker whose lease expired and passed to another can no longer write: its
+//! commit comes back [`Committed::FencedOut`]. On failure the worker hands the request back to
+//! `received` with the error (or to `failed` after its last attempt) for the next delivery of
+//! its message.
+
+use crate::clock::Clock;
+use crate::metrics::{self, names, Metric};
+use crate::ports::{LeaseOutcome, RequestStore, StoreError, TransitionOutcome};
+use crate::request::{IllegalTransition, Request, RequestId, RequestState};
+use crate::subject::{SubjectHash, SubjectHasher};
+use chrono::{DateTime, Duration, Utc};
+
+/// Who takes requests, and for how long.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    /// Names this worker in leases and the audit trail.
+    pub owner: String,
+    /// Longer than the function's timeout, so a live worker never outlives its lease.
+    pub lease_ttl: Duration,
+}
+
+/// What taking a request gave.
+pub enum Taken<'a, S> {
+    /// The request is ours until the lease expires.
+    Ours(OurLease<'a, S>),
+    /// Another worker holds it until then.
+    Busy { until: DateTime<Utc> },
+    /// Done, cancelled, failed, past this worker's part, or gone: a duplicate or late message.
+    NotWorkable(Option<RequestState>),
+}
+
+/// A request this worker holds, and the token its writes are fenced with.
+pub struct OurLease<'a, S> {
+    store: &'a S,
+    request: Box<Request>,
+    subject: SubjectHash,
+}
+
+/// Whether a fenced write landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    Applied,
+    /// Another worker took the request over: this one's write was refused.
+    FencedOut,
+}
+
+/// What handing a request back did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandedBack {
+    /// Back in `received` for another attempt, after `attempts` failed ones.
+    ForRetry {
+        attempts: u32,
+    },
+    /// That was the last attempt: the request is `failed`.
+    Failed,
+    FencedOut,
+}
+
+impl Worker {
+    /// Takes request `id` into `working` (from `received`, or from `working` when the previous
+    /// worker's lease expired). The first time any worker takes it is the moment it was
+    /// "received by a worker", counted per kind.
+    pub async fn take<'a, S: RequestStore, C: Clock>(
+        &self,
+        store: &'a S,
+        clock: &C,
+        hasher: &SubjectHasher,
+        id: RequestId,
+        working: RequestState,
+    ) -> Result<Taken<'a, S>, StoreError> {
+        let outcome = store
+            .acquire_lease(id, &self.owner, working, clock.now(), self.lease_ttl)
+            .await?;
+        Ok(match outcome {
+            LeaseOutcome::Acquired(request) => {
+                if request.fencing_token == 1 {
+                    metrics::emit(
+                        Metric::count(names::REQUESTS_RECEIVED, 1)
+                            .with("Kind", request.kind.as_str()),
+                    );
+                }
+                let subject = hasher.hash(&request.subject);
+                Taken::Ours(OurLease {
+                    store,
+                    request,
+                    subject,
+                })
+            }
+            LeaseOutcome::Held { until } => Taken::Busy { until },
+            LeaseOutcome::NotWorkable(state) => Taken::NotWorkable(state),
+        })
+    }
+}
+
+impl<S: RequestStore> OurLease<'_, S> {
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    pub fn token(&self) -> u64 {
+        self.request.fencing_token
+    }
+
+    /// The keyed hash of the subject: what logs carry instead of the id.
+    pub fn subject(&self) -> &SubjectHash {
+        &self.subject
+    }
+
+    /// Moves the request to `to` with `change` applied (a report, say), clears its error and
+    /// releases the lease, if the request is still ours.
+    pub async fn commit(
+        &self,
+        to: RequestState,
+        at: DateTime<Utc>,
+        change: impl FnOnce(&mut Request),
+    ) -> Result<Result<(Committed, Request), IllegalTransition>, StoreError> {
+        let mut request = (*self.request).clone();
+        if let Err(illegal) = request.transition_to(to, at) {
+            return Ok(Err(illegal));
+        }
+        request.last_error = None;
+        change(&mut request);
+        let committed = self.write(&request).await?;
+        Ok(Ok((committed, request)))
+    }
+
+    /// Hands the request back after a failed attempt, with the error: to `received` for the
+    /// next delivery of its message, or to `failed` once `max_attempts` have failed (`None`:
+    /// never).
+    pub async fn hand_back(
+        &self,
+        error: &str,
+        max_attempts: Option<u32>,
+        at: DateTime<Utc>,
+    ) -> Result<HandedBack, StoreError> {
+        let mut request = (*self.request).clone();
+        let Ok(next) = request.fail_attempt(error, max_attempts, at) else {
+            // Nothing to hand back from this state; the lease simply expires.
+            return Ok(HandedBack::FencedOut);
+        };
+        Ok(match self.write(&request).await? {
+            Committed::FencedOut => HandedBack::FencedOut,
+            Committed::Applied if next == RequestState::Failed => HandedBack::Failed,
+            Committed::Applied => HandedBack::ForRetry {
+                attempts: request.attempts,
+            },
+        })
+    }
+
+    async fn write(&self, request: &Request) -> Result<Committed, StoreError> {
+        Ok(
+            match self
+                .store
+                .commit_fenced(request, &self.subject, self.token())
+                .await?
+            {
+                TransitionOutcome::Applied => Committed::Applied,
+                TransitionOutcome::Fenced | TransitionOutcome::StateChanged => Committed::FencedOut,
+            },
+        )
+    }
+}
+
+/// The delay before attempt `attempts + 1`: `base`, doubling with every failed attempt, kept
+/// under SQS's 12-hour visibility limit (the retry rides on it).
+pub fn retry_delay(base: Duration, attempts: u32) -> Duration {
+    let factor = 2i32.saturating_pow(attempts.saturating_sub(1).min(20));
+    base.checked_mul(factor)
+        .unwrap_or(Duration::MAX)
+        .min(Duration::hours(12) - Duration::seconds(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_sqs_limit() {
+        let base = Duration::seconds(60);
+        let delays: Vec<i64> = (1..=4)
+            .map(|a| retry_delay(base, a).num_seconds())
+            .collect();
+        assert_eq!(delays, [60, 120, 240, 480]);
+        assert_eq!(retry_delay(base, 0).num_seconds(), 60);
+        assert_eq!(retry_delay(base, 40).num_seconds(), 12 * 3600 - 1);
+    }
+}
