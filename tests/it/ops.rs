@@ -4,7 +4,7 @@
 use crate::erasure::{rig, RigSettings};
 use crate::helpers::{drain, eventually, queue_depth, spawn_app, unique_name};
 use dsr_adapters::emf::{validate, EmfSink};
-use dsr_domain::reconcile::ReconcileSettings;
+use dsr_domain::requests::reconcile::ReconcileSettings;
 use dsr_domain::{LeaseOutcome, RequestState, RequestStore};
 use dsr_ops::{Command, Ops, Target};
 use serde_json::Value;
@@ -89,7 +89,7 @@ async fn a_full_run_emits_valid_emf_and_logs_no_raw_subject_id() {
     .await;
     rig.app
         .stack
-        .desk("SweepFunction", "sweep")
+        .requests("SweepFunction", "sweep")
         .unwrap()
         .reconcile(ReconcileSettings::default())
         .await
@@ -155,8 +155,8 @@ async fn a_request_whose_worker_died_and_message_was_lost_is_redriven() {
     assert!(matches!(lease, LeaseOutcome::Acquired(_)));
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    let desk = app.stack.desk("SweepFunction", "sweep").unwrap();
-    let found = desk
+    let requests = app.stack.requests("SweepFunction", "sweep").unwrap();
+    let found = requests
         .reconcile(ReconcileSettings {
             working_stuck_after: chrono::Duration::zero(),
             ..ReconcileSettings::default()

@@ -5,19 +5,19 @@ use chrono::{Duration, Utc};
 use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::sqs::SqsWorkQueue;
 use dsr_domain::{
-    FixedClock, RequestDesk, RequestKind, RequestState, RequestStore, SubjectId, SweepSettings,
+    FixedClock, RequestKind, RequestState, RequestStore, Requests, SubjectId, SweepSettings,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::sync::Arc;
 
-/// The desk the sweep function gets from the template, but with a clock the test moves.
-fn sweep_desk(
+/// The request use cases the sweep function gets from the template, but with a clock the test moves.
+fn sweep_requests(
     app: &TestApp,
     queue: SqsWorkQueue,
     clock: Arc<FixedClock>,
-) -> RequestDesk<DynamoRequestStore, SqsWorkQueue, Arc<FixedClock>> {
-    RequestDesk::new(
+) -> Requests<DynamoRequestStore, SqsWorkQueue, Arc<FixedClock>> {
+    Requests::new(
         DynamoRequestStore::new(app.dynamodb.clone(), app.table(), "sweep"),
         queue,
         clock,
@@ -40,7 +40,7 @@ async fn a_request_whose_message_never_reached_sqs_is_sent_by_the_sweep() {
     let missing = format!("{}-gone", app.queue_url("ErasureRequestsQueue"));
     let broken = SqsWorkQueue::new(app.sqs.clone(), &missing, &missing);
     let clock = Arc::new(FixedClock::at(Utc::now()));
-    let intake = sweep_desk(&app, broken, clock.clone());
+    let intake = sweep_requests(&app, broken, clock.clone());
     let frank = SubjectId::parse("frank").unwrap();
     let submitted = intake
         .submit(&frank, RequestKind::Erasure, None)
@@ -56,7 +56,7 @@ async fn a_request_whose_message_never_reached_sqs_is_sent_by_the_sweep() {
         .await
         .is_empty());
 
-    let sweep = sweep_desk(&app, real_queues(&app), clock.clone());
+    let sweep = sweep_requests(&app, real_queues(&app), clock.clone());
     let settings = SweepSettings::default();
     let early = sweep.sweep_lost_messages(settings).await.unwrap();
     assert_eq!(
@@ -102,7 +102,7 @@ async fn a_request_whose_message_was_lost_from_the_queue_is_sent_again() {
     );
 
     let clock = Arc::new(FixedClock::at(Utc::now()));
-    let sweep = sweep_desk(&app, real_queues(&app), clock.clone());
+    let sweep = sweep_requests(&app, real_queues(&app), clock.clone());
     let settings = SweepSettings::default();
     assert_eq!(
         sweep
@@ -137,7 +137,9 @@ async fn the_sweep_function_handler_runs_against_the_template_environment() {
         "from the template's parameter default"
     );
     app.submit("heidi", "access").await;
-    let report = dsr_sweep::handle(&sweep.desk, sweep.sweep).await.unwrap();
+    let report = dsr_sweep::handle(&sweep.requests, sweep.sweep)
+        .await
+        .unwrap();
     assert_eq!(
         (report.examined, report.reenqueued),
         (1, 0),

@@ -73,7 +73,7 @@ fn every_resource_the_code_reads_from_its_environment_is_declared() {
             }
         }
     }
-    // And the variables the desk reads name tables, queues or buckets.
+    // And the variables the requests reads name tables, queues or buckets.
     for function in ["IntakeFunction", "SweepFunction"] {
         let env = template.function_environment_raw(function).unwrap();
         for variable in REQUEST_RESOURCE_VARIABLES {

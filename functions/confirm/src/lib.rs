@@ -6,7 +6,7 @@ use dsr_adapters::batch::{Outcome, QueueDriver, RecordHandler};
 use dsr_adapters::config::{vars, ConfigError, Env};
 use dsr_adapters::wiring::{self, CloudErasures};
 use dsr_domain::erasure::{
-    CheckScheduler, ConfirmationsMessage, ErasureChannel, ErasureDesk, EventOutbox, ObligationStore,
+    CheckScheduler, ConfirmationsMessage, ErasureChannel, Erasures, EventOutbox, ObligationStore,
 };
 use dsr_domain::{Clock, RequestStore};
 
@@ -32,7 +32,7 @@ pub struct ConfirmationHandler<E> {
     pub erasures: E,
 }
 
-impl<S, X, D, E, C> RecordHandler for ConfirmationHandler<ErasureDesk<S, X, D, E, C>>
+impl<S, X, D, E, C> RecordHandler for ConfirmationHandler<Erasures<S, X, D, E, C>>
 where
     S: RequestStore + ObligationStore,
     X: ErasureChannel,

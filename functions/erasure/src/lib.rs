@@ -5,9 +5,7 @@
 use dsr_adapters::batch::{Outcome, QueueDriver, RecordHandler};
 use dsr_adapters::config::{vars, ConfigError, Env};
 use dsr_adapters::wiring::{self, CloudErasures};
-use dsr_domain::erasure::{
-    CheckScheduler, ErasureChannel, ErasureDesk, EventOutbox, ObligationStore,
-};
+use dsr_domain::erasure::{CheckScheduler, ErasureChannel, Erasures, EventOutbox, ObligationStore};
 use dsr_domain::{Clock, RequestKind, RequestMessage, RequestStore};
 
 /// The function as Lambda runs it.
@@ -31,7 +29,7 @@ pub struct ErasureRequestHandler<E> {
     pub erasures: E,
 }
 
-impl<S, X, D, E, C> RecordHandler for ErasureRequestHandler<ErasureDesk<S, X, D, E, C>>
+impl<S, X, D, E, C> RecordHandler for ErasureRequestHandler<Erasures<S, X, D, E, C>>
 where
     S: RequestStore + ObligationStore,
     X: ErasureChannel,

@@ -3,8 +3,8 @@
 use chrono::{Duration, TimeZone, Utc};
 use dsr_adapters::memory::{InMemoryRequestStore, RecordingErasurePorts};
 use dsr_domain::erasure::{
-    Confirmation, ConfirmationOutcome, Delivery, ErasureDesk, ErasureError, ErasureSettings,
-    Handled, ObligationDue, ObligationStatus, ObligationStore,
+    Confirmation, ConfirmationOutcome, Delivery, ErasureError, ErasureSettings, Erasures, Handled,
+    ObligationDue, ObligationStatus, ObligationStore,
 };
 use dsr_domain::registry::ServiceRegistry;
 use dsr_domain::{
@@ -13,7 +13,7 @@ use dsr_domain::{
 };
 use std::sync::Arc;
 
-type Desk = ErasureDesk<
+type TestErasures = Erasures<
     Arc<InMemoryRequestStore>,
     Arc<RecordingErasurePorts>,
     Arc<RecordingErasurePorts>,
@@ -22,7 +22,7 @@ type Desk = ErasureDesk<
 >;
 
 struct Fixture {
-    desk: Desk,
+    erasures: TestErasures,
     store: Arc<InMemoryRequestStore>,
     ports: Arc<RecordingErasurePorts>,
     clock: Arc<FixedClock>,
@@ -49,7 +49,7 @@ fn fixture() -> Fixture {
         Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap(),
     ));
     let registry: ServiceRegistry = serde_yaml_ng::from_str(REGISTRY).unwrap();
-    let desk = ErasureDesk {
+    let erasures = Erasures {
         store: store.clone(),
         channel: ports.clone(),
         checks: ports.clone(),
@@ -58,10 +58,13 @@ fn fixture() -> Fixture {
         registry: registry.validated().unwrap(),
         hasher: SubjectHasher::new("a-test-key-of-16-bytes"),
         settings: ErasureSettings::default(),
-        owner: "test".into(),
+        worker: dsr_domain::lease::Worker {
+            owner: "test".into(),
+            lease_ttl: dsr_domain::erasure::DEFAULT_FAN_OUT_LEASE,
+        },
     };
     Fixture {
-        desk,
+        erasures,
         store,
         ports,
         clock,
@@ -95,7 +98,7 @@ impl Fixture {
     }
 
     async fn confirm(&self, id: RequestId, service: &str) -> Result<Handled, ErasureError> {
-        self.desk
+        self.erasures
             .confirm(&Confirmation {
                 version: 1,
                 message_id: format!("c:{service}"),
@@ -120,7 +123,7 @@ async fn fan_out_plans_every_erasable_holder_and_commands_all_but_the_erase_last
     );
     let id = f.erasure().await;
     assert_eq!(
-        f.desk.fan_out(id).await.unwrap(),
+        f.erasures.fan_out(id).await.unwrap(),
         Handled::FannedOut { commands: 3 }
     );
     assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
@@ -163,7 +166,7 @@ async fn fan_out_plans_every_erasable_holder_and_commands_all_but_the_erase_last
 
     // The same message again: nothing is sent twice.
     assert!(matches!(
-        f.desk.fan_out(id).await.unwrap(),
+        f.erasures.fan_out(id).await.unwrap(),
         Handled::Nothing(_)
     ));
     assert_eq!(f.ports.commands().len(), 3);
@@ -173,7 +176,7 @@ async fn fan_out_plans_every_erasable_holder_and_commands_all_but_the_erase_last
 async fn the_email_service_is_released_after_the_notice_and_the_grace_period_then_completes() {
     let f = fixture();
     let id = f.erasure().await;
-    f.desk.fan_out(id).await.unwrap();
+    f.erasures.fan_out(id).await.unwrap();
     for service in ["billing", "profile", "ads"] {
         assert_eq!(f.confirm(id, service).await.unwrap(), Handled::Recorded);
     }
@@ -196,13 +199,13 @@ async fn the_email_service_is_released_after_the_notice_and_the_grace_period_the
 
     f.clock.advance(Duration::hours(72));
     assert_eq!(
-        f.desk.check(&release.0).await.unwrap(),
+        f.erasures.check(&release.0).await.unwrap(),
         Handled::Resent { attempt: 1 }
     );
     assert_eq!(f.ports.commands().last().unwrap().service, "email");
     // A duplicate of the release is stale now.
     assert!(matches!(
-        f.desk.check(&release.0).await.unwrap(),
+        f.erasures.check(&release.0).await.unwrap(),
         Handled::Nothing(_)
     ));
     f.confirm(id, "email").await.unwrap();
@@ -222,15 +225,15 @@ async fn the_email_service_is_released_after_the_notice_and_the_grace_period_the
 async fn a_silent_holder_is_sent_again_until_max_sends_then_escalated_once() {
     let f = fixture();
     let id = f.erasure().await;
-    f.desk.fan_out(id).await.unwrap();
+    f.erasures.fan_out(id).await.unwrap();
     let first = ObligationDue::new(id, "billing", 1);
     assert_eq!(
-        f.desk.check(&first).await.unwrap(),
+        f.erasures.check(&first).await.unwrap(),
         Handled::Resent { attempt: 2 }
     );
     assert_eq!(f.obligation(id, "billing").await.attempts, 2);
     assert_eq!(
-        f.desk
+        f.erasures
             .check(&ObligationDue::new(id, "billing", 2))
             .await
             .unwrap(),
@@ -238,7 +241,7 @@ async fn a_silent_holder_is_sent_again_until_max_sends_then_escalated_once() {
     );
     assert!(f.obligation(id, "billing").await.escalated_at.is_some());
     assert!(matches!(
-        f.desk
+        f.erasures
             .check(&ObligationDue::new(id, "billing", 2))
             .await
             .unwrap(),
@@ -268,7 +271,7 @@ async fn a_failed_api_call_is_recorded_and_a_failed_answer_waits_for_the_resend(
         Delivery::Failed("the API answered 503".into()),
     );
     let id = f.erasure().await;
-    f.desk.fan_out(id).await.unwrap();
+    f.erasures.fan_out(id).await.unwrap();
     let ads = f.obligation(id, "ads").await;
     assert_eq!(
         (ads.status, ads.attempts, ads.last_error.as_deref()),
@@ -282,9 +285,12 @@ async fn a_failed_api_call_is_recorded_and_a_failed_answer_waits_for_the_resend(
         outcome: ConfirmationOutcome::Failed,
         receipt: serde_json::Value::Null,
     };
-    assert_eq!(f.desk.confirm(&failed).await.unwrap(), Handled::Recorded);
+    assert_eq!(
+        f.erasures.confirm(&failed).await.unwrap(),
+        Handled::Recorded
+    );
     assert!(matches!(
-        f.desk.confirm(&failed).await.unwrap(),
+        f.erasures.confirm(&failed).await.unwrap(),
         Handled::Nothing(_)
     ));
     assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
@@ -294,7 +300,7 @@ async fn a_failed_api_call_is_recorded_and_a_failed_answer_waits_for_the_resend(
 async fn confirmations_for_unknown_requests_or_services_are_rejected() {
     let f = fixture();
     let id = f.erasure().await;
-    f.desk.fan_out(id).await.unwrap();
+    f.erasures.fan_out(id).await.unwrap();
     assert!(matches!(
         f.confirm(id, "orders").await,
         Err(ErasureError::Rejected(reason)) if reason.contains("no obligation for service `orders`")
@@ -328,7 +334,7 @@ async fn obligations_are_written_only_under_the_current_fencing_token() {
 async fn a_watchdog_check_moves_on_a_request_whose_confirmations_all_came_before_the_commit() {
     let f = fixture();
     let id = f.erasure().await;
-    f.desk.fan_out(id).await.unwrap();
+    f.erasures.fan_out(id).await.unwrap();
     for service in ["billing", "profile", "ads"] {
         f.store
             .record_answer(id, service, ObligationStatus::Confirmed, "{}", Utc::now())
@@ -338,7 +344,7 @@ async fn a_watchdog_check_moves_on_a_request_whose_confirmations_all_came_before
     // As if the fan-out had died between its commit and its own advance.
     assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
     assert!(matches!(
-        f.desk
+        f.erasures
             .check(&ObligationDue::new(id, "billing", 1))
             .await
             .unwrap(),

@@ -11,8 +11,8 @@ use dsr_adapters::sqs::SqsWorkQueue;
 use dsr_adapters::wiring;
 use dsr_domain::erasure::ObligationStore;
 use dsr_domain::{
-    Clock, DeskError, IdempotencyKey, ReportLinks, Request, RequestDesk, RequestId, RequestKind,
-    RequestStore, StoreError, SubjectId, Submission, SystemClock, WorkQueue,
+    Clock, IdempotencyKey, ReportLinks, Request, RequestError, RequestId, RequestKind,
+    RequestStore, Requests, StoreError, SubjectId, Submission, SystemClock, WorkQueue,
 };
 use lambda_http::http::{header, Method, StatusCode};
 use lambda_http::request::RequestContext;
@@ -25,9 +25,9 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024;
 
 pub const DEFAULT_REPORT_URL_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
-/// What the user API needs: the request desk, and where finished reports are linked from.
+/// What the user API needs: the request use cases, and where finished reports are linked from.
 pub struct IntakeApi<S, Q, C, L> {
-    pub desk: RequestDesk<S, Q, C>,
+    pub requests: Requests<S, Q, C>,
     pub reports: L,
     /// How long a download link stays valid.
     pub link_ttl: std::time::Duration,
@@ -38,7 +38,7 @@ pub type Handler = IntakeApi<DynamoRequestStore, SqsWorkQueue, SystemClock, S3Re
 /// Builds the function from its configuration: the same wiring in Lambda and the local stack.
 pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
     Ok(IntakeApi {
-        desk: wiring::desk(aws, env, "intake")?,
+        requests: wiring::requests(aws, env, "intake")?,
         reports: S3ReportStore::new(s3::client(aws), env.required(vars::REPORTS_BUCKET)?),
         link_ttl: link_ttl(env)?,
     })
@@ -93,15 +93,15 @@ async fn route<S: RequestStore + ObligationStore, Q: WorkQueue, C: Clock, L: Rep
     api: &IntakeApi<S, Q, C, L>,
     request: &lambda_http::Request,
 ) -> Result<Response<Body>, ApiError> {
-    let desk = &api.desk;
+    let requests = &api.requests;
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match segments.as_slice() {
         ["v1", "requests"] => {
             let subject = subject_of(request)?;
             match *request.method() {
-                Method::POST => submit(desk, &subject, request).await,
-                Method::GET => list(desk, &subject).await,
+                Method::POST => submit(requests, &subject, request).await,
+                Method::GET => list(requests, &subject).await,
                 _ => Err(ApiError::method_not_allowed("GET, POST")),
             }
         }
@@ -110,11 +110,12 @@ async fn route<S: RequestStore + ObligationStore, Q: WorkQueue, C: Clock, L: Rep
             let id = parse_id(id)?;
             match *request.method() {
                 Method::GET => {
-                    let found = desk.show(&subject, id).await?;
+                    let found = requests.show(&subject, id).await?;
                     let mut view = RequestView::from(&found);
                     if found.kind == RequestKind::Erasure {
                         view.services = Some(
-                            desk.progress(&found)
+                            requests
+                                .progress(&found)
                                 .await?
                                 .iter()
                                 .map(ServiceProgress::from)
@@ -124,7 +125,7 @@ async fn route<S: RequestStore + ObligationStore, Q: WorkQueue, C: Clock, L: Rep
                     Ok(json_response(StatusCode::OK, &view))
                 }
                 Method::DELETE => {
-                    let cancelled = desk.cancel(&subject, id).await?;
+                    let cancelled = requests.cancel(&subject, id).await?;
                     Ok(json_response(
                         StatusCode::OK,
                         &RequestView::from(&cancelled),
@@ -139,7 +140,7 @@ async fn route<S: RequestStore + ObligationStore, Q: WorkQueue, C: Clock, L: Rep
             if request.method() != Method::GET {
                 return Err(ApiError::method_not_allowed("GET"));
             }
-            let link = desk
+            let link = requests
                 .report_link(&subject, id, &api.reports, api.link_ttl)
                 .await?;
             Ok(json_response(
@@ -170,7 +171,7 @@ struct SubmitBody {
 }
 
 async fn submit<S: RequestStore, Q: WorkQueue, C: Clock>(
-    desk: &RequestDesk<S, Q, C>,
+    requests: &Requests<S, Q, C>,
     subject: &SubjectId,
     request: &lambda_http::Request,
 ) -> Result<Response<Body>, ApiError> {
@@ -219,7 +220,7 @@ async fn submit<S: RequestStore, Q: WorkQueue, C: Clock>(
         ),
     };
 
-    let submission = desk
+    let submission = requests
         .submit(subject, parsed.kind, idempotency_key.as_ref())
         .await?;
     let (status, replayed) = match &submission {
@@ -246,10 +247,10 @@ async fn submit<S: RequestStore, Q: WorkQueue, C: Clock>(
 }
 
 async fn list<S: RequestStore, Q: WorkQueue, C: Clock>(
-    desk: &RequestDesk<S, Q, C>,
+    requests: &Requests<S, Q, C>,
     subject: &SubjectId,
 ) -> Result<Response<Body>, ApiError> {
-    let requests = desk.list(subject).await?;
+    let requests = requests.list(subject).await?;
     let list = RequestList {
         requests: requests.iter().map(RequestView::from).collect(),
     };
@@ -431,28 +432,30 @@ impl ApiError {
     }
 }
 
-impl From<DeskError> for ApiError {
-    fn from(err: DeskError) -> Self {
+impl From<RequestError> for ApiError {
+    fn from(err: RequestError) -> Self {
         match err {
-            DeskError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", "no such request"),
-            DeskError::NotCancellable { .. } => {
+            RequestError::NotFound => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", "no such request")
+            }
+            RequestError::NotCancellable { .. } => {
                 Self::new(StatusCode::CONFLICT, "not_cancellable", err.to_string())
             }
-            DeskError::ReportNotReady { .. } => {
+            RequestError::ReportNotReady { .. } => {
                 Self::new(StatusCode::CONFLICT, "report_not_ready", err.to_string())
             }
-            DeskError::CannotExtend(reason) | DeskError::CannotRetry(reason) => {
+            RequestError::CannotExtend(reason) | RequestError::CannotRetry(reason) => {
                 Self::new(StatusCode::CONFLICT, "cannot_extend", reason)
             }
-            DeskError::ReportExpired => {
+            RequestError::ReportExpired => {
                 Self::new(StatusCode::GONE, "report_expired", err.to_string())
             }
-            DeskError::IdempotencyKeyReused => Self::new(
+            RequestError::IdempotencyKeyReused => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
                 err.to_string(),
             ),
-            DeskError::Store(StoreError::Unavailable(reason)) => {
+            RequestError::Store(StoreError::Unavailable(reason)) => {
                 tracing::error!(%reason, "request store unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -460,7 +463,7 @@ impl From<DeskError> for ApiError {
                     "the service is temporarily unavailable; retry shortly",
                 )
             }
-            DeskError::Store(corrupt @ StoreError::Corrupt { .. }) => {
+            RequestError::Store(corrupt @ StoreError::Corrupt { .. }) => {
                 tracing::error!(error = %corrupt, "stored request unreadable");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -29,7 +29,7 @@ fn harness() -> Harness {
     ));
     Harness {
         api: IntakeApi {
-            desk: RequestDesk::new(
+            requests: Requests::new(
                 store.clone(),
                 queue.clone(),
                 clock.clone(),
@@ -272,7 +272,7 @@ async fn cancel_while_received_then_conflict_once_work_started() {
     working
         .transition_to(RequestState::Collecting, Utc::now())
         .unwrap();
-    let hash = h.api.desk.subject_hash(&working.subject);
+    let hash = h.api.requests.subject_hash(&working.subject);
     h.store
         .save_transition(&working, &hash, RequestState::Received)
         .await
@@ -491,7 +491,7 @@ async fn the_report_link_is_for_the_owner_once_ready_and_gone_once_expired() {
 
     // The report worker finishes it.
     let mut ready = h.store.get(id).await.unwrap().unwrap();
-    let hash = h.api.desk.subject_hash(&ready.subject);
+    let hash = h.api.requests.subject_hash(&ready.subject);
     ready
         .transition_to(RequestState::Collecting, h.clock.now())
         .unwrap();

@@ -6,15 +6,15 @@ use dsr_adapters::config::{vars, ConfigError, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::sqs::SqsWorkQueue;
 use dsr_adapters::wiring;
-use dsr_domain::reconcile::{ReconcileSettings, Reconciliation};
+use dsr_domain::requests::reconcile::{ReconcileSettings, Reconciliation};
 use dsr_domain::{
-    Clock, RequestDesk, RequestStore, SweepReport, SweepSettings, SystemClock, WorkQueue,
+    Clock, RequestStore, Requests, SweepReport, SweepSettings, SystemClock, WorkQueue,
 };
 use lambda_runtime::Error;
 
-/// The function as Lambda runs it: the desk and its two schedules' settings.
+/// The function as Lambda runs it: the request use cases and its two schedules' settings.
 pub struct Sweep<S, Q, C> {
-    pub desk: RequestDesk<S, Q, C>,
+    pub requests: Requests<S, Q, C>,
     pub sweep: SweepSettings,
     pub reconcile: ReconcileSettings,
 }
@@ -24,7 +24,7 @@ pub type Handler = Sweep<DynamoRequestStore, SqsWorkQueue, SystemClock>;
 /// Builds the function from its configuration: the same wiring in Lambda and the local stack.
 pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
     Ok(Sweep {
-        desk: wiring::desk(aws, env, "sweep")?,
+        requests: wiring::requests(aws, env, "sweep")?,
         sweep: settings(env)?,
         reconcile: reconcile_settings(env)?,
     })
@@ -56,9 +56,9 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Sweep<S, Q, C> {
     /// `{"task": "reconcile"}`.
     pub async fn handle(&self, event: serde_json::Value) -> Result<(), Error> {
         if event["task"] == "reconcile" {
-            reconcile(&self.desk, self.reconcile).await.map(|_| ())
+            reconcile(&self.requests, self.reconcile).await.map(|_| ())
         } else {
-            handle(&self.desk, self.sweep).await.map(|_| ())
+            handle(&self.requests, self.sweep).await.map(|_| ())
         }
     }
 }
@@ -66,7 +66,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Sweep<S, Q, C> {
 /// The scheduled reconciliation (`{"task": "reconcile"}`): counts in sync, stuck requests
 /// re-driven, deadlines at risk. Everything it finds goes out as metrics and log lines.
 pub async fn reconcile<S, Q, C>(
-    desk: &RequestDesk<S, Q, C>,
+    requests: &Requests<S, Q, C>,
     settings: ReconcileSettings,
 ) -> Result<Reconciliation, Error>
 where
@@ -74,7 +74,7 @@ where
     Q: WorkQueue,
     C: Clock,
 {
-    let found = desk.reconcile(settings).await?;
+    let found = requests.reconcile(settings).await?;
     tracing::info!(
         in_sync = found.all_in_sync(),
         deadline_at_risk = found.deadline_at_risk.len(),
@@ -88,7 +88,7 @@ where
 
 /// One sweep. The event carries nothing we need: the schedule only says "now".
 pub async fn handle<S, Q, C>(
-    desk: &RequestDesk<S, Q, C>,
+    requests: &Requests<S, Q, C>,
     settings: SweepSettings,
 ) -> Result<SweepReport, Error>
 where
@@ -96,8 +96,8 @@ where
     Q: WorkQueue,
     C: Clock,
 {
-    let mut report = desk.sweep_lost_messages(settings).await?;
-    report.expired = desk.expire_reports(settings.batch_limit).await?;
+    let mut report = requests.sweep_lost_messages(settings).await?;
+    report.expired = requests.expire_reports(settings.batch_limit).await?;
     if report.reenqueued + report.failed + report.expired > 0 {
         tracing::info!(
             examined = report.examined,
@@ -130,7 +130,7 @@ mod tests {
             Utc.with_ymd_and_hms(2026, 5, 1, 9, 0, 0).unwrap(),
         ));
         let queue = Arc::new(InMemoryWorkQueue::default());
-        let desk = RequestDesk::new(
+        let requests = Requests::new(
             InMemoryRequestStore::default(),
             queue.clone(),
             clock.clone(),
@@ -138,29 +138,36 @@ mod tests {
         );
         let alice = SubjectId::parse("alice").unwrap();
         let bob = SubjectId::parse("bob").unwrap();
-        desk.submit(&alice, RequestKind::Access, None)
+        requests
+            .submit(&alice, RequestKind::Access, None)
             .await
             .unwrap();
         queue.set_unavailable(true);
-        let lost = desk.submit(&bob, RequestKind::Erasure, None).await.unwrap();
+        let lost = requests
+            .submit(&bob, RequestKind::Erasure, None)
+            .await
+            .unwrap();
         assert_eq!(queue.sent().len(), 1);
 
         let settings = SweepSettings::default();
-        let report = handle(&desk, settings).await;
+        let report = handle(&requests, settings).await;
         assert!(report.is_ok(), "nothing is old enough to resend yet");
         assert_eq!(queue.sent().len(), 1);
 
         clock.advance(settings.unqueued_grace + Duration::seconds(1));
-        assert!(handle(&desk, settings).await.is_err(), "queue still down");
+        assert!(
+            handle(&requests, settings).await.is_err(),
+            "queue still down"
+        );
 
         queue.set_unavailable(false);
-        let report = handle(&desk, settings).await.unwrap();
+        let report = handle(&requests, settings).await.unwrap();
         assert_eq!((report.examined, report.reenqueued), (2, 1));
         let sent = queue.sent();
         assert_eq!(sent.len(), 2);
         assert_eq!(sent[1].request_id, lost.request().id);
 
-        let report = handle(&desk, settings).await.unwrap();
+        let report = handle(&requests, settings).await.unwrap();
         assert_eq!(
             report.reenqueued, 0,
             "a recorded message is not sent again early"
@@ -173,20 +180,20 @@ mod tests {
             Utc.with_ymd_and_hms(2026, 5, 1, 9, 0, 0).unwrap(),
         ));
         let store = Arc::new(InMemoryRequestStore::default());
-        let desk = RequestDesk::new(
+        let requests = Requests::new(
             store.clone(),
             InMemoryWorkQueue::default(),
             clock.clone(),
             SubjectHasher::new("sixteen-byte-key"),
         );
         let alice = SubjectId::parse("alice").unwrap();
-        let mut request = desk
+        let mut request = requests
             .submit(&alice, RequestKind::Access, None)
             .await
             .unwrap()
             .request()
             .clone();
-        let hash = desk.subject_hash(&alice);
+        let hash = requests.subject_hash(&alice);
         request
             .transition_to(dsr_domain::RequestState::Collecting, clock.now())
             .unwrap();
@@ -206,7 +213,7 @@ mod tests {
         store.commit_fenced(&request, &hash, 0).await.unwrap();
 
         assert_eq!(
-            handle(&desk, SweepSettings::default())
+            handle(&requests, SweepSettings::default())
                 .await
                 .unwrap()
                 .expired,
@@ -214,7 +221,7 @@ mod tests {
         );
         clock.advance(Duration::days(30));
         assert_eq!(
-            handle(&desk, SweepSettings::default())
+            handle(&requests, SweepSettings::default())
                 .await
                 .unwrap()
                 .expired,
@@ -244,20 +251,20 @@ mod tests {
 
     #[tokio::test]
     async fn reconciliation_counts_flags_deadlines_and_redrives_a_request_whose_worker_died() {
-        use dsr_domain::reconcile::ReconcileSettings;
+        use dsr_domain::requests::reconcile::ReconcileSettings;
         use dsr_domain::{LeaseOutcome, RequestState};
         let clock = Arc::new(FixedClock::at(
             Utc.with_ymd_and_hms(2026, 5, 1, 9, 0, 0).unwrap(),
         ));
         let store = Arc::new(InMemoryRequestStore::default());
         let queue = Arc::new(InMemoryWorkQueue::default());
-        let desk = RequestDesk::new(
+        let requests = Requests::new(
             store.clone(),
             queue.clone(),
             clock.clone(),
             SubjectHasher::new("sixteen-byte-key"),
         );
-        let old = desk
+        let old = requests
             .submit(&SubjectId::parse("old").unwrap(), RequestKind::Access, None)
             .await
             .unwrap();
@@ -274,7 +281,7 @@ mod tests {
             .unwrap();
         assert!(matches!(taken, LeaseOutcome::Acquired(_)));
         clock.advance(Duration::days(25));
-        let young = desk
+        let young = requests
             .submit(
                 &SubjectId::parse("young").unwrap(),
                 RequestKind::Erasure,
@@ -284,7 +291,7 @@ mod tests {
             .unwrap();
         let sent_before = queue.sent().len();
 
-        let found = reconcile(&desk, ReconcileSettings::default())
+        let found = reconcile(&requests, ReconcileSettings::default())
             .await
             .unwrap();
         assert!(found.all_in_sync(), "{found:?}");
@@ -305,7 +312,10 @@ mod tests {
         assert!(!found.stuck.iter().any(|(id, _)| *id == young.request().id));
 
         clock.advance(Duration::days(25));
-        let found = desk.reconcile(ReconcileSettings::default()).await.unwrap();
+        let found = requests
+            .reconcile(ReconcileSettings::default())
+            .await
+            .unwrap();
         assert_eq!(found.deadline_missed, [old.request().id]);
         assert_eq!(found.deadline_at_risk, [young.request().id]);
     }
@@ -315,13 +325,13 @@ mod tests {
         let clock = Arc::new(FixedClock::at(
             Utc.with_ymd_and_hms(2026, 1, 31, 9, 0, 0).unwrap(),
         ));
-        let desk = RequestDesk::new(
+        let requests = Requests::new(
             InMemoryRequestStore::default(),
             InMemoryWorkQueue::default(),
             clock.clone(),
             SubjectHasher::new("sixteen-byte-key"),
         );
-        let id = desk
+        let id = requests
             .submit(
                 &SubjectId::parse("carol").unwrap(),
                 RequestKind::Access,
@@ -333,11 +343,11 @@ mod tests {
             .id;
         for (months, reason) in [(3, "too long"), (0, "none"), (1, "  ")] {
             assert!(matches!(
-                desk.extend_deadline(id, months, reason).await,
-                Err(dsr_domain::DeskError::CannotExtend(_))
+                requests.extend_deadline(id, months, reason).await,
+                Err(dsr_domain::RequestError::CannotExtend(_))
             ));
         }
-        let extended = desk
+        let extended = requests
             .extend_deadline(id, 2, "12 services hold data; complex request")
             .await
             .unwrap();
@@ -349,8 +359,8 @@ mod tests {
         let extension = extended.deadline_extension.unwrap();
         assert_eq!(extension.months, 2);
         assert!(matches!(
-            desk.extend_deadline(id, 1, "again").await,
-            Err(dsr_domain::DeskError::CannotExtend(reason)) if reason.contains("once")
+            requests.extend_deadline(id, 1, "again").await,
+            Err(dsr_domain::RequestError::CannotExtend(reason)) if reason.contains("once")
         ));
     }
 }

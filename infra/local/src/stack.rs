@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use aws_config::SdkConfig;
 use dsr_adapters::batch::{QueueDriver, RecordHandler};
 use dsr_adapters::config::{vars, Env};
-use dsr_adapters::wiring::{self, CloudDesk};
+use dsr_adapters::wiring::{self, CloudRequests};
 use dsr_domain::{SubjectHasher, SystemClock};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -129,8 +129,8 @@ impl LocalStack {
     }
 
     /// The request use cases as `function` builds them; `actor` names it in the audit trail.
-    pub fn desk(&self, function: &str, actor: &str) -> Result<CloudDesk> {
-        Ok(wiring::desk(&self.aws, &self.env(function)?, actor)?)
+    pub fn requests(&self, function: &str, actor: &str) -> Result<CloudRequests> {
+        Ok(wiring::requests(&self.aws, &self.env(function)?, actor)?)
     }
 
     /// The subject hasher the functions share.

@@ -5,7 +5,7 @@
 use crate::config::{vars, ConfigError, Env};
 use crate::dynamodb::DynamoRequestStore;
 use crate::sqs::SqsWorkQueue;
-use dsr_domain::{RequestDesk, SubjectHasher, SystemClock};
+use dsr_domain::{Requests, SubjectHasher, SystemClock};
 
 /// The variables naming a table, queue or bucket that every request-serving function reads;
 /// each must be declared in the template (a test holds the template to this list).
@@ -15,7 +15,7 @@ pub const REQUEST_RESOURCE_VARIABLES: [&str; 3] = [
     vars::ERASURE_REQUESTS_QUEUE_URL,
 ];
 
-pub type CloudDesk = RequestDesk<DynamoRequestStore, SqsWorkQueue, SystemClock>;
+pub type CloudRequests = Requests<DynamoRequestStore, SqsWorkQueue, SystemClock>;
 
 /// The keyed hash that stands for the subject in logs and keys: a secret of at least 16 bytes.
 pub fn subject_hasher(env: &Env) -> Result<SubjectHasher, ConfigError> {
@@ -53,8 +53,12 @@ pub fn work_queue(aws: &aws_config::SdkConfig, env: &Env) -> Result<SqsWorkQueue
 }
 
 /// The request use cases (intake, sweep, operators).
-pub fn desk(aws: &aws_config::SdkConfig, env: &Env, actor: &str) -> Result<CloudDesk, ConfigError> {
-    Ok(RequestDesk::new(
+pub fn requests(
+    aws: &aws_config::SdkConfig,
+    env: &Env,
+    actor: &str,
+) -> Result<CloudRequests, ConfigError> {
+    Ok(Requests::new(
         request_store(aws, env, actor)?,
         work_queue(aws, env)?,
         SystemClock,
@@ -64,7 +68,7 @@ pub fn desk(aws: &aws_config::SdkConfig, env: &Env, actor: &str) -> Result<Cloud
 
 /// The erasure use cases as the erasure and confirm functions run them.
 #[cfg(feature = "erase")]
-pub type CloudErasures = dsr_domain::erasure::ErasureDesk<
+pub type CloudErasures = dsr_domain::erasure::Erasures<
     DynamoRequestStore,
     crate::erase::ErasureChannels,
     crate::sqs::SqsCheckScheduler,
@@ -84,7 +88,7 @@ pub fn erasures(
     let sqs = aws_sdk_sqs::Client::new(aws);
     let outbound = env.required(vars::OUTBOUND_QUEUE_URL)?;
     let defaults = ErasureSettings::default();
-    Ok(dsr_domain::erasure::ErasureDesk {
+    Ok(dsr_domain::erasure::Erasures {
         store: request_store(aws, env, actor)?,
         channel: crate::erase::ErasureChannels::new(
             sqs.clone(),
@@ -103,11 +107,16 @@ pub fn erasures(
         hasher: subject_hasher(env)?,
         settings: ErasureSettings {
             grace: env.seconds(vars::ERASURE_GRACE_SECONDS, defaults.grace)?,
+        },
+        worker: dsr_domain::lease::Worker {
+            owner: format!("{actor}-{}", ulid::Ulid::new()),
             lease_ttl: env
-                .seconds(vars::ERASURE_LEASE_SECONDS, defaults.lease_ttl)?
+                .seconds(
+                    vars::ERASURE_LEASE_SECONDS,
+                    dsr_domain::erasure::DEFAULT_FAN_OUT_LEASE,
+                )?
                 .max(chrono::Duration::seconds(1)),
         },
-        owner: format!("{actor}-{}", ulid::Ulid::new()),
     })
 }
 

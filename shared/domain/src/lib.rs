@@ -2,24 +2,22 @@
 //!
 //! Everything here is plain Rust: no AWS SDK, no AMQP. Adapters in `dsr-adapters` implement the
 //! ports declared in [`ports`]; the Lambda functions only translate events into calls to
-//! [`desk::RequestDesk`].
+//! [`requests::Requests`].
 
 pub mod clock;
 pub mod delayed;
-pub mod desk;
 pub mod erasure;
 pub mod lease;
 pub mod messages;
 pub mod metrics;
 pub mod ports;
-pub mod reconcile;
 pub mod registry;
 pub mod report;
 pub mod request;
+pub mod requests;
 pub mod subject;
 
 pub use clock::{Clock, FixedClock, SystemClock};
-pub use desk::{DeskError, ReportLink, RequestDesk, Submission, SweepReport, SweepSettings};
 pub use messages::RequestMessage;
 pub use ports::{
     AuditEvent, CreateOutcome, LeaseOutcome, QueueError, ReportLinks, RequestStore, StoreError,
@@ -29,4 +27,5 @@ pub use request::{
     DeadlineExtension, IdempotencyKey, IllegalTransition, Lease, ReportInfo, Request, RequestId,
     RequestIdError, RequestKind, RequestState,
 };
+pub use requests::{ReportLink, RequestError, Requests, Submission, SweepReport, SweepSettings};
 pub use subject::{SubjectHash, SubjectHasher, SubjectId, SubjectIdError};

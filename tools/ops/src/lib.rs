@@ -5,9 +5,9 @@
 use anyhow::{anyhow, bail, Context, Result};
 use dsr_adapters::config::{vars, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;
-use dsr_adapters::wiring::{self, CloudDesk};
+use dsr_adapters::wiring::{self, CloudRequests};
 use dsr_domain::erasure::ObligationStore;
-use dsr_domain::reconcile::ReconcileSettings;
+use dsr_domain::requests::reconcile::ReconcileSettings;
 use dsr_domain::{RequestId, RequestKind, RequestState, RequestStore, SubjectHasher};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -69,7 +69,7 @@ pub enum Command {
 const LOCAL_SUBJECT_HASH_KEY: &str = "local-subject-hash-key-not-secret";
 
 pub struct Ops {
-    desk: CloudDesk,
+    requests: CloudRequests,
     store: DynamoRequestStore,
     sqs: aws_sdk_sqs::Client,
     local_stack: Option<String>,
@@ -114,7 +114,7 @@ impl Ops {
             None => env.clone(),
         };
         Ok(Self {
-            desk: wiring::desk(aws, &env, "ops")?,
+            requests: wiring::requests(aws, &env, "ops")?,
             store: wiring::request_store(aws, &env, "ops")?,
             sqs,
             local_stack: target.local_stack.clone(),
@@ -133,7 +133,7 @@ impl Ops {
             Command::Show { id } => self.show(parse(id)?, out).await,
             Command::Stuck { warning_days } => self.stuck(*warning_days, out).await,
             Command::Retry { id } => {
-                let request = self.desk.retry(parse(id)?).await?;
+                let request = self.requests.retry(parse(id)?).await?;
                 writeln!(
                     out,
                     "sent the work message of {} ({}, {}) again",
@@ -144,7 +144,7 @@ impl Ops {
             Command::Redrive { queue } => self.redrive(queue, out, progress).await,
             Command::Extend { id, months, reason } => {
                 let request = self
-                    .desk
+                    .requests
                     .extend_deadline(parse(id)?, *months, reason)
                     .await?;
                 writeln!(
@@ -164,7 +164,7 @@ impl Ops {
     }
 
     async fn stats(&self, out: &mut dyn Write) -> Result<()> {
-        let tally = self.desk.tally().await?;
+        let tally = self.requests.tally().await?;
         write!(out, "{:<8} {:>9}", "type", "submitted")?;
         for state in RequestState::ALL {
             write!(
@@ -265,7 +265,7 @@ impl Ops {
             redrive: false,
             ..ReconcileSettings::default()
         };
-        let found = self.desk.reconcile(settings).await?;
+        let found = self.requests.reconcile(settings).await?;
         for id in &found.deadline_missed {
             writeln!(out, "{id}  deadline missed")?;
         }
@@ -421,7 +421,7 @@ impl Ops {
     }
 
     fn subject_hasher(&self) -> SubjectHasher {
-        self.desk.hasher().clone()
+        self.requests.hasher().clone()
     }
 }
 

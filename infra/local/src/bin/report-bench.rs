@@ -64,8 +64,8 @@ async fn main() -> Result<()> {
         fake.access_logs_url()
     );
 
-    let desk = stack.desk("IntakeFunction", "bench")?;
-    let id = desk
+    let requests = stack.requests("IntakeFunction", "bench")?;
+    let id = requests
         .submit(&subject, RequestKind::Access, None)
         .await?
         .request()

@@ -6,11 +6,11 @@
 //! vanished or appeared outside the service; it fires an alarm.
 
 use crate::clock::Clock;
-use crate::desk::{DeskError, RequestDesk};
 use crate::metrics::{self, names, Metric};
 use crate::ports::{RequestStore, WorkQueue};
-use crate::request::{DeadlineExtension, Request, RequestId, RequestKind, RequestState};
-use chrono::{DateTime, Duration, Months, Utc};
+use crate::request::{Request, RequestId, RequestKind, RequestState};
+use crate::requests::{RequestError, Requests};
+use chrono::{DateTime, Duration, Utc};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ReconcileSettings {
@@ -79,13 +79,13 @@ const OPEN: [(RequestState, bool); 5] = [
     (RequestState::Notifying, false),
 ];
 
-impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
+impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
     /// Counts, checks the counts agree, flags deadlines and stuck requests, re-drives the
     /// stuck ones a worker can take over, and emits all of it as metrics.
     pub async fn reconcile(
         &self,
         settings: ReconcileSettings,
-    ) -> Result<Reconciliation, DeskError> {
+    ) -> Result<Reconciliation, RequestError> {
         let now = self.clock.now();
         let mut found = self.tally().await?;
         for &(kind, state, n) in &found.counts {
@@ -162,7 +162,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
     }
 
     /// The counts alone, read-only: per kind and state, and the submitted counter.
-    pub async fn tally(&self) -> Result<Reconciliation, DeskError> {
+    pub async fn tally(&self) -> Result<Reconciliation, RequestError> {
         let mut found = Reconciliation {
             at: Some(self.clock.now()),
             ..Reconciliation::default()
@@ -181,37 +181,6 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
         Ok(found)
     }
 
-    /// Sends the work message of a request a worker should pick up (received, or in a worker's
-    /// state whose lease ran out) again. Anything else is refused with what to do instead.
-    pub async fn retry(&self, id: RequestId) -> Result<Request, DeskError> {
-        let request = self.store.get(id).await?.ok_or(DeskError::NotFound)?;
-        let now = self.clock.now();
-        let takeable = match request.state {
-            RequestState::Received => true,
-            RequestState::Collecting | RequestState::FanningOut => {
-                request.lease.as_ref().is_none_or(|l| l.expires_at <= now)
-            }
-            _ => false,
-        };
-        if !takeable {
-            return Err(DeskError::CannotRetry(match request.state {
-                RequestState::Collecting | RequestState::FanningOut => {
-                    "a worker holds it right now".to_owned()
-                }
-                RequestState::AwaitingConfirmations | RequestState::Notifying => {
-                    "it waits on holders; the watchdog re-sends their commands".to_owned()
-                }
-                state => format!("it is {state}; the subject can submit a new request"),
-            }));
-        }
-        let hash = self.hasher.hash(&request.subject);
-        self.send_work(&request, &hash, None)
-            .await
-            .ok_or_else(|| DeskError::CannotRetry("the work queue refused the message".into()))?;
-        tracing::info!(request_id = %id, state = request.state.as_str(), "work message sent again by an operator");
-        Ok(request)
-    }
-
     fn check_deadline(
         &self,
         request: &Request,
@@ -227,45 +196,5 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
             tracing::warn!(request_id = %request.id, kind = request.kind.as_str(), due_at = %request.due_at, days_left = left.num_days(), alert = "deadline_at_risk", "request nearing its legal deadline");
             found.deadline_at_risk.push(request.id);
         }
-    }
-
-    /// Art. 12(3): extends an open request's deadline once, by one or two further months, with
-    /// the reason the subject is told (it shows on their request).
-    pub async fn extend_deadline(
-        &self,
-        id: RequestId,
-        months: u32,
-        reason: &str,
-    ) -> Result<Request, DeskError> {
-        if !(1..=DeadlineExtension::MAX_MONTHS).contains(&months) {
-            return Err(DeskError::CannotExtend(format!(
-                "by 1 or {} months, not {months}",
-                DeadlineExtension::MAX_MONTHS
-            )));
-        }
-        let reason = reason.trim();
-        if reason.is_empty() || reason.chars().count() > DeadlineExtension::MAX_REASON_CHARS {
-            return Err(DeskError::CannotExtend(format!(
-                "a reason of 1 to {} characters is required",
-                DeadlineExtension::MAX_REASON_CHARS
-            )));
-        }
-        let request = self.store.get(id).await?.ok_or(DeskError::NotFound)?;
-        let due_at = crate::request::one_month_after(request.received_at)
-            .checked_add_months(Months::new(months))
-            .ok_or_else(|| DeskError::CannotExtend("the new date is out of range".into()))?;
-        let extension = DeadlineExtension {
-            months,
-            reason: reason.to_owned(),
-            extended_at: self.clock.now(),
-        };
-        if !self.store.extend_deadline(id, due_at, &extension).await? {
-            return Err(DeskError::CannotExtend(match &request.deadline_extension {
-                Some(_) => "it was extended before (once is all the law allows)".to_owned(),
-                None => format!("the request is {}", request.state),
-            }));
-        }
-        tracing::info!(request_id = %id, months, due_at = %due_at, "deadline extended");
-        self.store.get(id).await?.ok_or(DeskError::NotFound)
     }
 }

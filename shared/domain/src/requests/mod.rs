@@ -1,5 +1,12 @@
-//! The request desk: the use cases behind the user API and the sweep, written once over the
-//! ports so that the intake Lambda, the sweep Lambda and the local runner share them.
+//! Requests: the use cases behind the user API (submit, list, show, cancel, download), the
+//! sweep, the reconciliation and the operators' commands, written once over the ports so that
+//! the intake and sweep functions, the operator CLI and the local stack share them.
+
+mod operator;
+pub mod reconcile;
+mod sweep;
+
+pub use sweep::{SweepReport, SweepSettings};
 
 use crate::clock::Clock;
 use crate::messages::RequestMessage;
@@ -12,7 +19,7 @@ use crate::subject::{SubjectHash, SubjectHasher, SubjectId};
 use chrono::Duration;
 
 #[derive(Debug, thiserror::Error)]
-pub enum DeskError {
+pub enum RequestError {
     /// Unknown id, or somebody else's request: the two are indistinguishable on purpose.
     #[error("no such request")]
     NotFound,
@@ -58,51 +65,19 @@ pub struct ReportLink {
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// When the sweep considers a `received` request's message lost.
-#[derive(Debug, Clone, Copy)]
-pub struct SweepSettings {
-    /// A request never enqueued is left alone this long, so the sweep does not race an intake
-    /// call that is still sending.
-    pub unqueued_grace: Duration,
-    /// A request enqueued this long ago and still `received` lost its message (expired, purged,
-    /// or dead-lettered and discarded): send it again. Consumers drop duplicates by request id.
-    pub stale_after: Duration,
-    /// Bound on one run's work; the next run picks up the rest.
-    pub batch_limit: usize,
-}
-
-impl Default for SweepSettings {
-    fn default() -> Self {
-        Self {
-            unqueued_grace: Duration::minutes(2),
-            stale_after: Duration::minutes(30),
-            batch_limit: 1000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SweepReport {
-    pub examined: usize,
-    pub reenqueued: usize,
-    pub failed: usize,
-    /// Reports past their retention whose requests moved to `expired`.
-    pub expired: usize,
-}
-
-pub struct RequestDesk<S, Q, C> {
+pub struct Requests<S, Q, C> {
     pub(crate) store: S,
     pub(crate) queue: Q,
     pub(crate) clock: C,
     pub(crate) hasher: SubjectHasher,
 }
 
-impl<S: RequestStore + crate::erasure::ObligationStore, Q, C> RequestDesk<S, Q, C> {
+impl<S: RequestStore + crate::erasure::ObligationStore, Q, C> Requests<S, Q, C> {
     /// Where each holder's erasure stands (empty for access requests), by service name.
     pub async fn progress(
         &self,
         request: &Request,
-    ) -> Result<Vec<crate::erasure::Obligation>, DeskError> {
+    ) -> Result<Vec<crate::erasure::Obligation>, RequestError> {
         if request.kind != RequestKind::Erasure {
             return Ok(Vec::new());
         }
@@ -112,7 +87,7 @@ impl<S: RequestStore + crate::erasure::ObligationStore, Q, C> RequestDesk<S, Q, 
     }
 }
 
-impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
+impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
     pub fn new(store: S, queue: Q, clock: C, hasher: SubjectHasher) -> Self {
         Self {
             store,
@@ -139,7 +114,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
         subject: &SubjectId,
         kind: RequestKind,
         idempotency_key: Option<&IdempotencyKey>,
-    ) -> Result<Submission, DeskError> {
+    ) -> Result<Submission, RequestError> {
         let subject_hash = self.hasher.hash(subject);
         let mut request = Request::receive(kind, subject.clone(), self.clock.now());
         match self
@@ -163,14 +138,14 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
             CreateOutcome::IdempotentReplay(id) => {
                 let earlier = self.stored(id).await?;
                 if earlier.kind != kind || &earlier.subject != subject {
-                    return Err(DeskError::IdempotencyKeyReused);
+                    return Err(RequestError::IdempotencyKeyReused);
                 }
                 Ok(Submission::Replayed(earlier))
             }
         }
     }
 
-    pub async fn list(&self, subject: &SubjectId) -> Result<Vec<Request>, DeskError> {
+    pub async fn list(&self, subject: &SubjectId) -> Result<Vec<Request>, RequestError> {
         Ok(self
             .store
             .list_for_subject(&self.hasher.hash(subject))
@@ -178,15 +153,19 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
     }
 
     /// The request, if it exists and belongs to `subject`.
-    pub async fn show(&self, subject: &SubjectId, id: RequestId) -> Result<Request, DeskError> {
+    pub async fn show(&self, subject: &SubjectId, id: RequestId) -> Result<Request, RequestError> {
         match self.store.get(id).await? {
             Some(request) if &request.subject == subject => Ok(request),
-            _ => Err(DeskError::NotFound),
+            _ => Err(RequestError::NotFound),
         }
     }
 
     /// Cancels a request that no work has started on. Cancelling twice is not an error.
-    pub async fn cancel(&self, subject: &SubjectId, id: RequestId) -> Result<Request, DeskError> {
+    pub async fn cancel(
+        &self,
+        subject: &SubjectId,
+        id: RequestId,
+    ) -> Result<Request, RequestError> {
         let mut request = self.show(subject, id).await?;
         if request.state == RequestState::Cancelled {
             return Ok(request);
@@ -194,7 +173,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
         let from = request.state;
         request
             .transition_to(RequestState::Cancelled, self.clock.now())
-            .map_err(|illegal| DeskError::NotCancellable {
+            .map_err(|illegal| RequestError::NotCancellable {
                 state: illegal.from,
             })?;
         let subject_hash = self.hasher.hash(subject);
@@ -216,7 +195,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
                 if now.state == RequestState::Cancelled {
                     Ok(now)
                 } else {
-                    Err(DeskError::NotCancellable { state: now.state })
+                    Err(RequestError::NotCancellable { state: now.state })
                 }
             }
         }
@@ -231,24 +210,24 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
         id: RequestId,
         links: &L,
         ttl: std::time::Duration,
-    ) -> Result<ReportLink, DeskError> {
+    ) -> Result<ReportLink, RequestError> {
         let mut request = self.show(subject, id).await?;
         let now = self.clock.now();
         let report = match (&request.report, request.state) {
             (Some(report), RequestState::ReportReady) => report.clone(),
-            (_, RequestState::Expired) => return Err(DeskError::ReportExpired),
-            (_, state) => return Err(DeskError::ReportNotReady { state }),
+            (_, RequestState::Expired) => return Err(RequestError::ReportExpired),
+            (_, state) => return Err(RequestError::ReportNotReady { state }),
         };
         if report.expires_at <= now {
             request
                 .transition_to(RequestState::Expired, now)
-                .map_err(|e| DeskError::ReportNotReady { state: e.from })?;
+                .map_err(|e| RequestError::ReportNotReady { state: e.from })?;
             let subject_hash = self.hasher.hash(subject);
             self.store
                 .save_transition(&request, &subject_hash, RequestState::ReportReady)
                 .await?;
             tracing::info!(request_id = %id, subject = %subject_hash, "report expired");
-            return Err(DeskError::ReportExpired);
+            return Err(RequestError::ReportExpired);
         }
         let expires_at = Duration::from_std(ttl)
             .ok()
@@ -260,73 +239,6 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
             .record_event(id, "report_link_issued", now)
             .await?;
         Ok(ReportLink { url, expires_at })
-    }
-
-    /// Re-sends the work message of every `received` request whose message never left or was
-    /// lost. Safe to run concurrently with itself: a duplicate message is dropped by consumers.
-    pub async fn sweep_lost_messages(
-        &self,
-        settings: SweepSettings,
-    ) -> Result<SweepReport, DeskError> {
-        let now = self.clock.now();
-        let waiting = self
-            .store
-            .in_state(RequestState::Received, settings.batch_limit)
-            .await?;
-        let mut report = SweepReport {
-            examined: waiting.len(),
-            ..SweepReport::default()
-        };
-        for request in waiting {
-            let lost = match request.enqueued_at {
-                None => request.received_at + settings.unqueued_grace <= now,
-                Some(sent) => sent + settings.stale_after <= now,
-            };
-            if !lost {
-                continue;
-            }
-            let subject_hash = self.hasher.hash(&request.subject);
-            if self.enqueue(&request, &subject_hash).await.is_some() {
-                tracing::info!(request_id = %request.id, subject = %subject_hash, "lost request message sent again");
-                metrics::emit(
-                    Metric::count(names::REDRIVES, 1).with("Kind", request.kind.as_str()),
-                );
-                report.reenqueued += 1;
-            } else {
-                report.failed += 1;
-            }
-        }
-        Ok(report)
-    }
-
-    /// Moves requests whose report passed its retention (the bucket's lifecycle deletes the
-    /// object) to `expired`, so that what users and operators see matches what exists.
-    pub async fn expire_reports(&self, limit: usize) -> Result<usize, DeskError> {
-        let now = self.clock.now();
-        let mut expired = 0;
-        for mut request in self
-            .store
-            .in_state(RequestState::ReportReady, limit)
-            .await?
-        {
-            if request.report.as_ref().is_none_or(|r| r.expires_at > now) {
-                continue;
-            }
-            if request.transition_to(RequestState::Expired, now).is_err() {
-                continue;
-            }
-            let subject_hash = self.hasher.hash(&request.subject);
-            if self
-                .store
-                .save_transition(&request, &subject_hash, RequestState::ReportReady)
-                .await?
-                == TransitionOutcome::Applied
-            {
-                tracing::info!(request_id = %request.id, subject = %subject_hash, "report expired");
-                expired += 1;
-            }
-        }
-        Ok(expired)
     }
 
     /// Sends the work message and records it; on failure the request stays un-enqueued for the
@@ -362,9 +274,9 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> RequestDesk<S, Q, C> {
         Some(now)
     }
 
-    async fn stored(&self, id: RequestId) -> Result<Request, DeskError> {
+    async fn stored(&self, id: RequestId) -> Result<Request, RequestError> {
         self.store.get(id).await?.ok_or_else(|| {
-            DeskError::Store(StoreError::Corrupt {
+            RequestError::Store(StoreError::Corrupt {
                 id: id.to_string(),
                 reason: "referenced by a guard or idempotency key but missing".into(),
             })

@@ -1,0 +1,221 @@
+//! The confirm function's part: services' answers, the watchdog's checks, and moving the
+//! request on to the notice and to completion.
+
+use super::*;
+use crate::messages::DomainEvent;
+use crate::metrics::{self, names, Metric};
+use crate::ports::TransitionOutcome;
+
+impl<S, X, D, E, C> Erasures<S, X, D, E, C>
+where
+    S: RequestStore + ObligationStore,
+    X: ErasureChannel,
+    D: CheckScheduler,
+    E: EventOutbox,
+    C: Clock,
+{
+    /// A holder's confirmation. Duplicates change nothing; an unknown request or service is
+    /// rejected.
+    pub async fn confirm(&self, confirmation: &Confirmation) -> Result<Handled, ErasureError> {
+        let request = self.erasure(confirmation.request_id).await?;
+        let Some(obligation) = self
+            .store
+            .obligations(request.id)
+            .await?
+            .into_iter()
+            .find(|o| o.service == confirmation.service)
+        else {
+            return Err(ErasureError::Rejected(format!(
+                "request {} has no obligation for service `{}`",
+                request.id,
+                truncated(&confirmation.service)
+            )));
+        };
+        if let (Some(sent_at), false) = (obligation.sent_at, obligation.status.is_done()) {
+            let latency = (self.clock.now() - sent_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::emit(
+                Metric::seconds(names::CONFIRMATION_LATENCY, latency)
+                    .with("Holder", obligation.service.clone()),
+            );
+        }
+        let status = match confirmation.outcome {
+            ConfirmationOutcome::Erased => ObligationStatus::Confirmed,
+            ConfirmationOutcome::NotFound => ObligationStatus::NotFound,
+            ConfirmationOutcome::Failed => ObligationStatus::Failed,
+        };
+        let receipt = confirmation.receipt.to_string();
+        self.answer(request.id, &confirmation.service, status, &receipt)
+            .await
+    }
+
+    pub(super) async fn answer(
+        &self,
+        id: RequestId,
+        service: &str,
+        status: ObligationStatus,
+        receipt: &str,
+    ) -> Result<Handled, ErasureError> {
+        let now = self.clock.now();
+        let receipt: String = receipt.chars().take(4096).collect();
+        if !self
+            .store
+            .record_answer(id, service, status, &receipt, now)
+            .await?
+        {
+            return Ok(Handled::Nothing("already answered"));
+        }
+        self.store
+            .record_event(
+                id,
+                &format!("obligation_{}:{service}", status.as_str()),
+                now,
+            )
+            .await?;
+        tracing::info!(request_id = %id, service, status = status.as_str(), "erasure answer recorded");
+        self.advance(id).await?;
+        Ok(Handled::Recorded)
+    }
+
+    /// The watchdog, and the release of the erase-last holders.
+    pub async fn check(&self, due: &ObligationDue) -> Result<Handled, ErasureError> {
+        let request = self.erasure(due.request_id).await?;
+        if request.state.is_terminal() {
+            return Ok(Handled::Nothing("request finished"));
+        }
+        let Some(obligation) = self
+            .store
+            .obligations(request.id)
+            .await?
+            .into_iter()
+            .find(|o| o.service == due.service)
+        else {
+            return Err(ErasureError::Rejected(format!(
+                "request {} has no obligation for service `{}`",
+                request.id,
+                truncated(&due.service)
+            )));
+        };
+        if obligation.status.is_done() {
+            // The watchdog is also the safety net for moving on: if the last confirmation
+            // arrived while the fan-out was still committing, nothing else would advance it.
+            self.advance(request.id).await?;
+            return Ok(Handled::Nothing("already confirmed"));
+        }
+        if obligation.attempts != due.attempt {
+            return Ok(Handled::Nothing("a newer send has its own check"));
+        }
+        if obligation.last && request.state != RequestState::Notifying {
+            return Ok(Handled::Nothing("erase-last holder waits for the notice"));
+        }
+        let how = self.eraser(&obligation.service)?;
+        if obligation.attempts >= how.max_sends {
+            let now = self.clock.now();
+            if self
+                .store
+                .escalate(request.id, &obligation.service, now)
+                .await?
+            {
+                self.store
+                    .record_event(
+                        request.id,
+                        &format!("escalated:{}", obligation.service),
+                        now,
+                    )
+                    .await?;
+                // The line operators alert on (see README, "Operating it").
+                tracing::warn!(
+                    request_id = %request.id,
+                    service = %obligation.service,
+                    attempts = obligation.attempts,
+                    status = obligation.status.as_str(),
+                    alert = "erasure_obligation_escalated",
+                    "holder did not confirm the erasure: escalated"
+                );
+                metrics::emit(
+                    Metric::count(names::ESCALATIONS, 1).with("Holder", obligation.service.clone()),
+                );
+                return Ok(Handled::Escalated);
+            }
+            return Ok(Handled::Nothing("already escalated"));
+        }
+        let attempt = due.attempt + 1;
+        self.send(&request, &obligation.service, how, attempt)
+            .await?;
+        if attempt > 1 {
+            metrics::emit(Metric::count(names::RETRIES, 1).with("Kind", "erasure"));
+        }
+        Ok(Handled::Resent { attempt })
+    }
+
+    /// Moves the request on when its obligations allow: notice and erase-last release once all
+    /// others are done, completion once every one is.
+    pub(super) async fn advance(&self, id: RequestId) -> Result<(), ErasureError> {
+        let Some(mut request) = self.store.get(id).await? else {
+            return Ok(());
+        };
+        let obligations = self.store.obligations(id).await?;
+        let hash = self.subject_hash(&request);
+        if request.state == RequestState::AwaitingConfirmations {
+            if !obligations
+                .iter()
+                .filter(|o| !o.last)
+                .all(|o| o.status.is_done())
+            {
+                return Ok(());
+            }
+            let now = self.clock.now();
+            // Keyed effects first, state last: a crash in between repeats them under the same
+            // keys, and the transition is what makes the next delivery skip them.
+            self.events
+                .publish(&DomainEvent::erasure_notice(
+                    id,
+                    request.subject.clone(),
+                    now + self.settings.grace,
+                    now,
+                ))
+                .await?;
+            for last in obligations.iter().filter(|o| o.last && o.attempts == 0) {
+                self.checks
+                    .schedule(
+                        &ObligationDue::new(id, &last.service, 0),
+                        now + self.settings.grace,
+                    )
+                    .await?;
+            }
+            let from = request.state;
+            request
+                .transition_to(RequestState::Notifying, now)
+                .map_err(|e| ErasureError::Rejected(e.to_string()))?;
+            if self.store.save_transition(&request, &hash, from).await?
+                != TransitionOutcome::Applied
+            {
+                return Ok(());
+            }
+            tracing::info!(request_id = %id, subject = %hash, "erasure notice sent; erase-last holders scheduled");
+        }
+        if request.state == RequestState::Notifying
+            && obligations.iter().all(|o| o.status.is_done())
+        {
+            let now = self.clock.now();
+            self.events
+                .publish(&DomainEvent::erasure_completed(
+                    id,
+                    request.subject.clone(),
+                    obligations.len(),
+                    now,
+                ))
+                .await?;
+            let from = request.state;
+            request
+                .transition_to(RequestState::Completed, now)
+                .map_err(|e| ErasureError::Rejected(e.to_string()))?;
+            if self.store.save_transition(&request, &hash, from).await?
+                == TransitionOutcome::Applied
+            {
+                tracing::info!(request_id = %id, subject = %hash, holders = obligations.len(), "erasure completed");
+                metrics::emit(Metric::count(names::REQUESTS_COMPLETED, 1).with("Kind", "erasure"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! The erasure function's part: plan one obligation per service, send each its command, and
+//! wait for confirmations.
+
+use super::*;
+use crate::lease::{Committed, Taken};
+
+impl<S, X, D, E, C> Erasures<S, X, D, E, C>
+where
+    S: RequestStore + ObligationStore,
+    X: ErasureChannel,
+    D: CheckScheduler,
+    E: EventOutbox,
+    C: Clock,
+{
+    /// The erasure function: plan, send, and wait for confirmations. A duplicate message finds
+    /// the request past `received` and does nothing.
+    pub async fn fan_out(&self, id: RequestId) -> Result<Handled, ErasureError> {
+        let lease = match self
+            .worker
+            .take(
+                &self.store,
+                &self.clock,
+                &self.hasher,
+                id,
+                RequestState::FanningOut,
+            )
+            .await?
+        {
+            Taken::Ours(lease) => lease,
+            Taken::Busy { .. } => return Err(ErasureError::Busy(id)),
+            Taken::NotWorkable(_) => return Ok(Handled::Nothing("not waiting for fan-out")),
+        };
+        match self.send_all(lease.request(), lease.token()).await {
+            Ok(commands) => {
+                match lease
+                    .commit(
+                        RequestState::AwaitingConfirmations,
+                        self.clock.now(),
+                        |_| {},
+                    )
+                    .await?
+                {
+                    Ok((Committed::Applied, _)) => {
+                        self.advance(id).await?;
+                        Ok(Handled::FannedOut { commands })
+                    }
+                    Ok((Committed::FencedOut, _)) => {
+                        Ok(Handled::Nothing("fenced out by a newer worker"))
+                    }
+                    Err(illegal) => Err(ErasureError::Rejected(illegal.to_string())),
+                }
+            }
+            Err(err) => {
+                // Hand the request back for the next delivery of the message; sends already
+                // recorded are not repeated, and the error stays on the request.
+                let _ = lease
+                    .hand_back(&err.to_string(), None, self.clock.now())
+                    .await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn send_all(&self, request: &Request, token: u64) -> Result<usize, ErasureError> {
+        let planned: Vec<Obligation> = self
+            .registry
+            .erasable()
+            .map(|(holder, how)| Obligation::planned(request.id, &holder.name, how.last))
+            .collect();
+        let mut commands = 0;
+        for obligation in self.store.plan(request.id, &planned, token).await? {
+            // A retry after a crash: what was sent is not sent again; the watchdog covers it.
+            if obligation.last || obligation.attempts > 0 || obligation.status.is_done() {
+                continue;
+            }
+            let how = self.eraser(&obligation.service)?;
+            self.send(request, &obligation.service, how, 1).await?;
+            commands += 1;
+        }
+        Ok(commands)
+    }
+
+    /// Send number `attempt` of one obligation. The check is scheduled before the command
+    /// leaves, so a crash after sending can never leave an obligation without a watchdog.
+    pub(super) async fn send(
+        &self,
+        request: &Request,
+        service: &str,
+        how: &EraseIn,
+        attempt: u32,
+    ) -> Result<(), ErasureError> {
+        let now = self.clock.now();
+        let timeout = chrono::Duration::seconds(
+            i64::try_from(how.confirm_within_seconds).unwrap_or(i64::MAX / 1000),
+        );
+        self.checks
+            .schedule(
+                &ObligationDue::new(request.id, service, attempt),
+                now + timeout,
+            )
+            .await?;
+        let command = ErasureCommand::new(request, service, attempt, now);
+        let delivery = self.channel.send(&command, how).await?;
+        let (status, error) = match &delivery {
+            Delivery::Sent | Delivery::Answered { .. } => (ObligationStatus::Sent, None),
+            Delivery::Failed(reason) => (ObligationStatus::Failed, Some(reason.as_str())),
+        };
+        self.store
+            .record_send(request.id, service, attempt, status, error, now)
+            .await?;
+        tracing::info!(
+            request_id = %request.id,
+            subject = %self.hasher.hash(&request.subject),
+            service,
+            attempt,
+            outcome = match &delivery {
+                Delivery::Sent => "sent",
+                Delivery::Answered { .. } => "answered",
+                Delivery::Failed(_) => "failed",
+            },
+            error = error.unwrap_or_default(),
+            "erasure command"
+        );
+        if let Delivery::Answered { status, receipt } = delivery {
+            self.answer(request.id, service, status, &receipt).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! What erasure sends and receives on the wire. Contract: `docs/messages.schema.json`.
+
+use crate::request::{Request, RequestId};
+use crate::subject::SubjectId;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// `erase_subject`, sent to one holder. Contract: `docs/messages.schema.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureCommand {
+    pub version: u32,
+    #[serde(rename = "type")]
+    pub command_type: String,
+    /// `erase:<request>:<service>:<attempt>`: unique per send.
+    pub message_id: String,
+    /// `erase:<request>:<service>`: the same for every send of this obligation; a holder that
+    /// sees it again confirms again without erasing again.
+    pub idempotency_key: String,
+    pub request_id: RequestId,
+    pub service: String,
+    /// Whom to erase: holders need the id they know the person by.
+    pub subject: SubjectId,
+    pub attempt: u32,
+    pub sent_at: DateTime<Utc>,
+}
+
+impl ErasureCommand {
+    pub const VERSION: u32 = 1;
+
+    pub fn new(
+        request: &Request,
+        service: &str,
+        attempt: u32,
+        sent_at: DateTime<Utc>,
+    ) -> ErasureCommand {
+        let idempotency_key = format!("erase:{}:{service}", request.id);
+        ErasureCommand {
+            version: Self::VERSION,
+            command_type: "erase_subject".into(),
+            message_id: format!("{idempotency_key}:{attempt}"),
+            idempotency_key,
+            request_id: request.id,
+            service: service.to_owned(),
+            subject: request.subject.clone(),
+            attempt,
+            sent_at,
+        }
+    }
+}
+
+/// A holder's answer to `erase_subject`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfirmationOutcome {
+    Erased,
+    NotFound,
+    Failed,
+}
+
+/// What arrives on the `confirmations` queue. Contract: `docs/messages.schema.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConfirmationsMessage {
+    /// A holder's answer, from RabbitMQ through the bridge.
+    ErasureConfirmation(Confirmation),
+    /// The watchdog: delivered by delayed dispatch when an obligation's time is up.
+    ObligationDue(ObligationDue),
+}
+
+impl crate::messages::QueueMessage for ConfirmationsMessage {
+    const VERSION: u32 = 1;
+    const NAME: &'static str = "a confirmation or check";
+    fn version(&self) -> u32 {
+        match self {
+            ConfirmationsMessage::ErasureConfirmation(c) => c.version,
+            ConfirmationsMessage::ObligationDue(d) => d.version,
+        }
+    }
+    fn request_id(&self) -> Option<RequestId> {
+        Some(match self {
+            ConfirmationsMessage::ErasureConfirmation(c) => c.request_id,
+            ConfirmationsMessage::ObligationDue(d) => d.request_id,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    pub version: u32,
+    pub message_id: String,
+    pub request_id: RequestId,
+    pub service: String,
+    pub outcome: ConfirmationOutcome,
+    /// The holder's proof (what it deleted, its own reference); kept with the obligation.
+    #[serde(default)]
+    pub receipt: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObligationDue {
+    pub version: u32,
+    pub message_id: String,
+    pub request_id: RequestId,
+    pub service: String,
+    /// The attempt this check was scheduled after (0: the erase-last release).
+    pub attempt: u32,
+}
+
+impl ObligationDue {
+    pub fn new(request_id: RequestId, service: &str, attempt: u32) -> Self {
+        Self {
+            version: 1,
+            message_id: format!("check:{request_id}:{service}:{attempt}"),
+            request_id,
+            service: service.to_owned(),
+            attempt,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Erasure (Art. 17): one obligation per holder in the registry, each proven by a confirmation.
+//!
+//! The life of an erasure request:
+//! 1. `fan_out` (erasure function, under the lease): writes the obligations, sends every holder
+//!    but the erase-last ones its command, and moves the request to `awaiting_confirmations`.
+//! 2. `confirm` (confirm function): a holder's confirmation marks its obligation; when all but
+//!    the erase-last holders are done, the subject is told (an `erasure_notice` event) and the
+//!    erase-last holders' commands are scheduled after a grace period (`notifying`); when those
+//!    confirm too the request is `completed` and `erasure_completed` is emitted.
+//! 3. `check` (confirm function, woken by delayed dispatch): an obligation still unconfirmed
+//!    when its holder's timeout passes is sent again, and after `max_sends` escalated.
+//!
+//! Every effect is keyed so that a duplicate delivery changes nothing: commands carry
+//! `erase:<request>:<service>` as idempotency key (and the attempt in their message id),
+//! events carry `<type>:<request>`, checks carry `check:<request>:<service>:<attempt>` and
+//! only act while the obligation is still at that attempt.
+
+mod confirmation;
+mod fan_out;
+mod messages;
+mod obligation;
+mod ports;
+
+pub use crate::ports::{ChannelError, EventOutbox};
+pub use messages::{
+    Confirmation, ConfirmationOutcome, ConfirmationsMessage, ErasureCommand, ObligationDue,
+};
+pub use obligation::{Delivery, Obligation, ObligationStatus};
+pub use ports::{CheckScheduler, ErasureChannel, ObligationStore};
+
+use crate::clock::Clock;
+use crate::lease::Worker;
+use crate::ports::{RequestStore, StoreError};
+use crate::registry::{EraseIn, ServiceRegistry};
+use crate::request::{Request, RequestId, RequestState};
+use crate::subject::SubjectHasher;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ErasureError {
+    /// Worth retrying later (the message goes back to its queue).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Channel(#[from] ChannelError),
+    /// Another worker holds the request.
+    #[error("request {0} is being fanned out by another worker")]
+    Busy(RequestId),
+    /// The message can never succeed (unknown request or service): dead-letter it.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErasureSettings {
+    /// How long after the notice the erase-last services are erased (default 72 h).
+    pub grace: chrono::Duration,
+}
+
+impl Default for ErasureSettings {
+    fn default() -> Self {
+        Self {
+            grace: chrono::Duration::hours(72),
+        }
+    }
+}
+
+/// The fan-out's lease: long enough to send every command, short enough that a dead worker's
+/// request is taken over soon.
+pub const DEFAULT_FAN_OUT_LEASE: chrono::Duration = chrono::Duration::seconds(120);
+
+/// What one message did, for the log and the tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    FannedOut {
+        commands: usize,
+    },
+    /// Nothing to do: a duplicate, a stale check, or a request no longer waiting.
+    Nothing(&'static str),
+    Recorded,
+    Resent {
+        attempt: u32,
+    },
+    Escalated,
+}
+
+/// The erasure use cases, shared by the erasure and confirm functions.
+pub struct Erasures<S, X, D, E, C> {
+    pub store: S,
+    pub channel: X,
+    pub checks: D,
+    pub events: E,
+    pub clock: C,
+    pub registry: ServiceRegistry,
+    pub hasher: SubjectHasher,
+    pub settings: ErasureSettings,
+    /// Who takes requests for fan-out (the erasure function).
+    pub worker: Worker,
+}
+
+impl<S, X, D, E, C> Erasures<S, X, D, E, C>
+where
+    S: RequestStore + ObligationStore,
+    X: ErasureChannel,
+    D: CheckScheduler,
+    E: EventOutbox,
+    C: Clock,
+{
+    async fn erasure(&self, id: RequestId) -> Result<Request, ErasureError> {
+        match self.store.get(id).await? {
+            Some(request) if request.kind == crate::RequestKind::Erasure => Ok(request),
+            Some(_) => Err(ErasureError::Rejected(format!(
+                "request {id} is not an erasure request"
+            ))),
+            None => Err(ErasureError::Rejected(format!("unknown request {id}"))),
+        }
+    }
+
+    fn eraser(&self, service: &str) -> Result<&EraseIn, ErasureError> {
+        self.registry.eraser(service).ok_or_else(|| {
+            ErasureError::Rejected(format!(
+                "service `{}` is not in the registry (any more)",
+                truncated(service)
+            ))
+        })
+    }
+
+    fn subject_hash(&self, request: &Request) -> crate::SubjectHash {
+        self.hasher.hash(&request.subject)
+    }
+}
+
+/// Names from messages go into errors and logs: keep them short.
+fn truncated(raw: &str) -> String {
+    raw.chars().take(64).collect()
+}

@@ -1,0 +1,108 @@
+//! An obligation: one service's part of one erasure request, and the proof of it.
+
+use crate::request::RequestId;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where one holder's erasure stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObligationStatus {
+    /// Written, no command sent yet (erase-last holders wait here until the notice is out).
+    Pending,
+    /// A command was sent; no answer yet.
+    Sent,
+    /// The holder confirmed the erasure.
+    Confirmed,
+    /// The holder confirmed it held nothing about the subject.
+    NotFound,
+    /// The holder answered that it could not erase (or its API failed); it is sent again.
+    Failed,
+}
+
+impl ObligationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObligationStatus::Pending => "pending",
+            ObligationStatus::Sent => "sent",
+            ObligationStatus::Confirmed => "confirmed",
+            ObligationStatus::NotFound => "not_found",
+            ObligationStatus::Failed => "failed",
+        }
+    }
+
+    /// The holder's part is done: nothing of the subject is left there.
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            ObligationStatus::Confirmed | ObligationStatus::NotFound
+        )
+    }
+}
+
+impl std::str::FromStr for ObligationStatus {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        [
+            ObligationStatus::Pending,
+            ObligationStatus::Sent,
+            ObligationStatus::Confirmed,
+            ObligationStatus::NotFound,
+            ObligationStatus::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+        .ok_or_else(|| format!("unknown obligation status `{raw}`"))
+    }
+}
+
+/// One holder's part of one erasure request: the proof of erasure, kept with its receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Obligation {
+    pub request_id: RequestId,
+    pub service: String,
+    pub status: ObligationStatus,
+    /// Erased after the notice and the grace period.
+    pub last: bool,
+    /// Commands sent so far.
+    pub attempts: u32,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    /// What the holder answered (JSON), kept as proof.
+    pub receipt: Option<String>,
+    /// Why the last attempt failed, if it did. Never personal data.
+    pub last_error: Option<String>,
+    /// Set once the holder stayed silent through `max_sends` commands.
+    pub escalated_at: Option<DateTime<Utc>>,
+}
+
+impl Obligation {
+    pub fn planned(request_id: RequestId, service: &str, last: bool) -> Self {
+        Self {
+            request_id,
+            service: service.to_owned(),
+            status: ObligationStatus::Pending,
+            last,
+            attempts: 0,
+            sent_at: None,
+            confirmed_at: None,
+            receipt: None,
+            last_error: None,
+            escalated_at: None,
+        }
+    }
+}
+
+/// What happened to one send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Handed over (to RabbitMQ): a confirmation will follow.
+    Sent,
+    /// A third party's API erased synchronously: its answer is the confirmation.
+    Answered {
+        status: ObligationStatus,
+        receipt: String,
+    },
+    /// The holder could not be reached or refused; the watchdog sends again.
+    Failed(String),
+}

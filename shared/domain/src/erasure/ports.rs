@@ -1,0 +1,141 @@
+//! What erasure needs from the outside world: the obligations' storage, the channels commands
+//! leave by, and delayed dispatch for the watchdog.
+
+use super::{Delivery, ErasureCommand, Obligation, ObligationDue, ObligationStatus};
+use crate::ports::{ChannelError, StoreError};
+use crate::registry::EraseIn;
+use crate::request::RequestId;
+use chrono::{DateTime, Utc};
+use std::future::Future;
+use std::sync::Arc;
+
+/// The obligations of erasure requests. Kept with the request (`OBL#<service>` items).
+pub trait ObligationStore: Send + Sync {
+    /// Writes the obligations that do not exist yet, only while `fencing_token` is still the
+    /// request's (the caller holds the lease). Existing ones are left as they are. Returns all
+    /// of the request's obligations as they now stand.
+    fn plan(
+        &self,
+        request_id: RequestId,
+        obligations: &[Obligation],
+        fencing_token: u64,
+    ) -> impl Future<Output = Result<Vec<Obligation>, StoreError>> + Send;
+
+    /// The request's obligations, read consistently, in no particular order.
+    fn obligations(
+        &self,
+        request_id: RequestId,
+    ) -> impl Future<Output = Result<Vec<Obligation>, StoreError>> + Send;
+
+    /// Records send number `attempt` (sent or failed) only if the obligation is not done and
+    /// still at `attempt - 1` sends. Returns whether it was written.
+    fn record_send(
+        &self,
+        request_id: RequestId,
+        service: &str,
+        attempt: u32,
+        status: ObligationStatus,
+        error: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records the holder's answer only if the obligation exists and is not done yet.
+    fn record_answer(
+        &self,
+        request_id: RequestId,
+        service: &str,
+        status: ObligationStatus,
+        receipt: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Marks the obligation escalated, once. Returns whether this call did it.
+    fn escalate(
+        &self,
+        request_id: RequestId,
+        service: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// Sends `erase_subject` the way the registry says: RabbitMQ (through the outbound queue) or a
+/// third party's HTTP API.
+pub trait ErasureChannel: Send + Sync {
+    fn send(
+        &self,
+        command: &ErasureCommand,
+        how: &EraseIn,
+    ) -> impl Future<Output = Result<Delivery, ChannelError>> + Send;
+}
+
+/// Delayed dispatch, as the erasure uses it: "deliver this check then".
+pub trait CheckScheduler: Send + Sync {
+    fn schedule(
+        &self,
+        check: &ObligationDue,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), ChannelError>> + Send;
+}
+
+impl<T: ObligationStore> ObligationStore for Arc<T> {
+    async fn plan(
+        &self,
+        id: RequestId,
+        o: &[Obligation],
+        token: u64,
+    ) -> Result<Vec<Obligation>, StoreError> {
+        (**self).plan(id, o, token).await
+    }
+    async fn obligations(&self, id: RequestId) -> Result<Vec<Obligation>, StoreError> {
+        (**self).obligations(id).await
+    }
+    async fn record_send(
+        &self,
+        id: RequestId,
+        service: &str,
+        attempt: u32,
+        status: ObligationStatus,
+        error: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        (**self)
+            .record_send(id, service, attempt, status, error, at)
+            .await
+    }
+    async fn record_answer(
+        &self,
+        id: RequestId,
+        service: &str,
+        status: ObligationStatus,
+        receipt: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        (**self)
+            .record_answer(id, service, status, receipt, at)
+            .await
+    }
+    async fn escalate(
+        &self,
+        id: RequestId,
+        service: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        (**self).escalate(id, service, at).await
+    }
+}
+
+impl<T: ErasureChannel> ErasureChannel for Arc<T> {
+    async fn send(
+        &self,
+        command: &ErasureCommand,
+        how: &EraseIn,
+    ) -> Result<Delivery, ChannelError> {
+        (**self).send(command, how).await
+    }
+}
+
+impl<T: CheckScheduler> CheckScheduler for Arc<T> {
+    async fn schedule(&self, check: &ObligationDue, at: DateTime<Utc>) -> Result<(), ChannelError> {
+        (**self).schedule(check, at).await
+    }
+}
