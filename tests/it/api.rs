@@ -24,8 +24,14 @@ async fn a_submission_is_stored_and_queued_on_the_queue_of_its_kind() {
         .dynamodb
         .get_item()
         .table_name(app.table())
-        .key("pk", AttributeValue::S(format!("REQ#{id}")))
-        .key("sk", AttributeValue::S("META".into()))
+        .key(
+            "pk",
+            AttributeValue::S(dsr_adapters::dynamodb::keys::request(id.parse().unwrap())),
+        )
+        .key(
+            "sk",
+            AttributeValue::S(dsr_adapters::dynamodb::keys::META.into()),
+        )
         .consistent_read(true)
         .send()
         .await

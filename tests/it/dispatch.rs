@@ -5,7 +5,7 @@ use crate::contract::assert_message;
 use crate::helpers::{drain, queue_depth, spawn_app, unique_name, TestApp};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use chrono::{Duration, Utc};
-use dsr_adapters::delayed::DynamoDelayedStore;
+use dsr_adapters::dynamodb::DynamoDelayedStore;
 use dsr_adapters::scheduler::SchedulerWakeUps;
 use dsr_adapters::sqs::SqsDestinationSender;
 use dsr_domain::delayed::{

@@ -186,11 +186,15 @@ impl ErasureRig {
             .key_condition_expression("pk = :pk AND begins_with(sk, :evt)")
             .expression_attribute_values(
                 ":pk",
-                aws_sdk_dynamodb::types::AttributeValue::S(format!("REQ#{id}")),
+                aws_sdk_dynamodb::types::AttributeValue::S(dsr_adapters::dynamodb::keys::request(
+                    id.parse().unwrap(),
+                )),
             )
             .expression_attribute_values(
                 ":evt",
-                aws_sdk_dynamodb::types::AttributeValue::S("EVT#".into()),
+                aws_sdk_dynamodb::types::AttributeValue::S(
+                    dsr_adapters::dynamodb::keys::EVENT_PREFIX.into(),
+                ),
             )
             .send()
             .await

@@ -617,8 +617,14 @@ async fn only_the_owner_gets_a_link_and_an_expired_report_gives_none() {
         .query()
         .table_name(f.app.table())
         .key_condition_expression("pk = :pk AND begins_with(sk, :evt)")
-        .expression_attribute_values(":pk", AttributeValue::S(format!("REQ#{id}")))
-        .expression_attribute_values(":evt", AttributeValue::S("EVT#".into()))
+        .expression_attribute_values(
+            ":pk",
+            AttributeValue::S(dsr_adapters::dynamodb::keys::request(id)),
+        )
+        .expression_attribute_values(
+            ":evt",
+            AttributeValue::S(dsr_adapters::dynamodb::keys::EVENT_PREFIX.into()),
+        )
         .send()
         .await
         .unwrap();
@@ -639,8 +645,14 @@ async fn only_the_owner_gets_a_link_and_an_expired_report_gives_none() {
         .dynamodb
         .update_item()
         .table_name(f.app.table())
-        .key("pk", AttributeValue::S(format!("REQ#{id}")))
-        .key("sk", AttributeValue::S("META".into()))
+        .key(
+            "pk",
+            AttributeValue::S(dsr_adapters::dynamodb::keys::request(id)),
+        )
+        .key(
+            "sk",
+            AttributeValue::S(dsr_adapters::dynamodb::keys::META.into()),
+        )
         .update_expression("SET report_expires_at = :past")
         .expression_attribute_values(
             ":past",

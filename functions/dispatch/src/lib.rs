@@ -9,7 +9,7 @@
 use aws_lambda_events::sqs::SqsEvent;
 use dsr_adapters::batch::{Outcome, QueueDriver, RecordHandler};
 use dsr_adapters::config::{vars, ConfigError, Env};
-use dsr_adapters::delayed::DynamoDelayedStore;
+use dsr_adapters::dynamodb::DynamoDelayedStore;
 use dsr_adapters::scheduler::SchedulerWakeUps;
 use dsr_adapters::sqs::SqsDestinationSender;
 pub use dsr_domain::delayed::ScheduleRequest;

@@ -8,8 +8,6 @@ pub mod batch;
 pub mod collect;
 pub mod config;
 #[cfg(feature = "dynamodb")]
-pub mod delayed;
-#[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod emf;
 #[cfg(feature = "erase")]

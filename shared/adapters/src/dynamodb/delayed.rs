@@ -2,16 +2,16 @@
 //! indexed by `status` + `deliver_at` (GSI `ByStatusDue`) so a sweep finds what is due. Every
 //! change of status is a conditional write; dispatched and cancelled items expire by TTL.
 
+use super::item::{conditional_failed, s, timestamp, Item};
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use dsr_domain::delayed::{
     CancelOutcome, DelayKey, DelayedMessage, DelayedStore, DispatchError, ScheduleOutcome,
 };
 use std::collections::HashMap;
 
 pub const BY_STATUS_DUE_INDEX: &str = "ByStatusDue";
-type Item = HashMap<String, AttributeValue>;
 
 #[derive(Clone, Debug)]
 pub struct DynamoDelayedStore {
@@ -229,25 +229,8 @@ impl DelayedStore for DynamoDelayedStore {
     }
 }
 
-fn conditional_failed<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
-    err.as_service_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "ConditionalCheckFailedException")
-}
-
 fn fail(err: impl std::error::Error) -> DispatchError {
     DispatchError(aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string())
-}
-
-fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn string<'a>(item: &'a Item, name: &str) -> Result<&'a str, DispatchError> {

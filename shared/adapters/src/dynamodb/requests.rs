@@ -1,0 +1,461 @@
+//! Requests, their guards, idempotency keys, audit trail and the submitted counter.
+
+use super::item::*;
+use super::keys::{self, BY_STATE_DUE_INDEX, BY_SUBJECT_INDEX};
+use super::store::DynamoRequestStore;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
+use chrono::{DateTime, Utc};
+use dsr_domain::ports::{LeaseOutcome, TransitionOutcome};
+use dsr_domain::{
+    AuditEvent, CreateOutcome, IdempotencyKey, Lease, ReportInfo, Request, RequestId, RequestKind,
+    RequestState, RequestStore, StoreError, SubjectHash, SubjectId,
+};
+use std::collections::HashMap;
+
+const IDEMPOTENCY_TTL_HOURS: i64 = 24;
+
+impl RequestStore for DynamoRequestStore {
+    async fn create(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<CreateOutcome, StoreError> {
+        let not_there = "attribute_not_exists(pk)";
+        let mut meta = request_item(request, subject);
+        meta.insert("pk".into(), s(keys::request(request.id)));
+        meta.insert("sk".into(), s(keys::META));
+        let mut items = vec![
+            put(&self.table, meta, Some(not_there))?,
+            put(
+                &self.table,
+                HashMap::from([
+                    ("pk".into(), s(keys::guard(subject))),
+                    ("sk".into(), s(keys::guard_sort(request.kind))),
+                    ("request_id".into(), s(request.id.to_string())),
+                ]),
+                Some(not_there),
+            )?,
+        ];
+        if let Some(key) = idempotency_key {
+            let expires = request.received_at + chrono::Duration::hours(IDEMPOTENCY_TTL_HOURS);
+            items.push(put(
+                &self.table,
+                HashMap::from([
+                    ("pk".into(), s(keys::idempotency(subject, key))),
+                    ("sk".into(), s(keys::IDEMPOTENCY)),
+                    ("request_id".into(), s(request.id.to_string())),
+                    (
+                        "expires_at".into(),
+                        AttributeValue::N(expires.timestamp().to_string()),
+                    ),
+                ]),
+                Some(not_there),
+            )?);
+        }
+        items.push(self.audit_event(request.id, "submitted", request.received_at)?);
+        // The "submitted" counter the reconciliation checks the counts by state against.
+        let counter = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(keys::STATS))
+            .key("sk", s(keys::SUBMITTED))
+            .update_expression("ADD #kind :one")
+            .expression_attribute_names("#kind", request.kind.as_str())
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(unavailable)?;
+        items.push(TransactWriteItem::builder().update(counter).build());
+
+        // A cancelled transaction says *that* a condition failed; the item it failed on says
+        // which request wins. A guard can vanish between the two (the open request was just
+        // cancelled), in which case trying again is right.
+        for _ in 0..3 {
+            let sent = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            match sent {
+                Ok(_) => return Ok(CreateOutcome::Created),
+                Err(SdkError::ServiceError(err))
+                    if matches!(
+                        err.err(),
+                        TransactWriteItemsError::TransactionCanceledException(_)
+                    ) =>
+                {
+                    if let Some(outcome) = self
+                        .explain_conflict(request, subject, idempotency_key)
+                        .await?
+                    {
+                        return Ok(outcome);
+                    }
+                }
+                Err(err) => return Err(unavailable(err)),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "submission kept conflicting with a request that disappeared".into(),
+        ))
+    }
+
+    async fn get(&self, id: RequestId) -> Result<Option<Request>, StoreError> {
+        self.get_item(keys::request(id), keys::META)
+            .await?
+            .map(|item| request_from_item(&item))
+            .transpose()
+    }
+
+    async fn list_for_subject(&self, subject: &SubjectHash) -> Result<Vec<Request>, StoreError> {
+        self.query_all(
+            BY_SUBJECT_INDEX,
+            "subject_hash = :h",
+            &[],
+            &[(":h", s(subject.as_str()))],
+            true,
+            usize::MAX,
+        )
+        .await
+    }
+
+    async fn save_transition(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        from: RequestState,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let written = self
+            .write_transition(
+                request,
+                subject,
+                from.is_open(),
+                "#state = :from",
+                (":from", s(from.as_str())),
+            )
+            .await?;
+        Ok(if written {
+            TransitionOutcome::Applied
+        } else {
+            TransitionOutcome::StateChanged
+        })
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: RequestId,
+        owner: &str,
+        working: RequestState,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::request(id)))
+            .key("sk", s(keys::META))
+            .update_expression(
+                "SET #state = :working, lease_owner = :owner, lease_expires_at = :expires, \
+                 updated_at = :now ADD fencing_token :one",
+            )
+            // From `received`, or over a dead worker whose lease ran out.
+            .condition_expression(
+                "#state = :received OR (#state = :working AND lease_expires_at < :now)",
+            )
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":working", s(working.as_str()))
+            .expression_attribute_values(":received", s(RequestState::Received.as_str()))
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":expires", s(timestamp(now + ttl)))
+            .expression_attribute_values(":now", s(timestamp(now)))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match updated {
+            Ok(out) => {
+                let request = request_from_item(&out.attributes.unwrap_or_default())?;
+                let event = format!("lease#{}#{owner}", request.fencing_token);
+                self.record_event(id, &event, now).await?;
+                Ok(LeaseOutcome::Acquired(Box::new(request)))
+            }
+            Err(err) if conditional_failed(&err) => {
+                let current = self.get(id).await?;
+                Ok(match current {
+                    Some(Request {
+                        state,
+                        lease: Some(lease),
+                        ..
+                    }) if state == working => LeaseOutcome::Held {
+                        until: lease.expires_at,
+                    },
+                    other => LeaseOutcome::NotWorkable(other.map(|r| r.state)),
+                })
+            }
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    async fn commit_fenced(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        token: u64,
+    ) -> Result<TransitionOutcome, StoreError> {
+        // A leased request is in a working state, and every working state is open.
+        let written = self
+            .write_transition(
+                request,
+                subject,
+                true,
+                "fencing_token = :token",
+                (":token", AttributeValue::N(token.to_string())),
+            )
+            .await?;
+        Ok(if written {
+            TransitionOutcome::Applied
+        } else {
+            TransitionOutcome::Fenced
+        })
+    }
+
+    async fn record_event(
+        &self,
+        id: RequestId,
+        event: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let item = self.audit_event(id, event, at)?;
+        let put = item
+            .put
+            .ok_or_else(|| StoreError::Unavailable("no audit put".into()))?;
+        self.client
+            .put_item()
+            .table_name(put.table_name)
+            .set_item(Some(put.item))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn mark_enqueued(&self, id: RequestId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::request(id)))
+            .key("sk", s(keys::META))
+            .update_expression("SET enqueued_at = :at")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":at", s(timestamp(at)))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn in_state(
+        &self,
+        state: RequestState,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        self.query_all(
+            BY_STATE_DUE_INDEX,
+            "#state = :s",
+            &[("#state", "state")],
+            &[(":s", s(state.as_str()))],
+            false,
+            limit,
+        )
+        .await
+    }
+
+    async fn count(&self, kind: RequestKind, state: RequestState) -> Result<usize, StoreError> {
+        let mut total = 0usize;
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_STATE_DUE_INDEX)
+                .key_condition_expression("#state = :s")
+                .filter_expression("#kind = :k")
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_names("#kind", "kind")
+                .expression_attribute_values(":s", s(state.as_str()))
+                .expression_attribute_values(":k", s(kind.as_str()))
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            total += usize::try_from(out.count).unwrap_or(0);
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(total),
+            }
+        }
+    }
+
+    async fn submitted(&self, kind: RequestKind) -> Result<u64, StoreError> {
+        Ok(
+            match self
+                .get_item(keys::STATS.to_owned(), keys::SUBMITTED)
+                .await?
+            {
+                Some(item) => number_attr(&item, kind.as_str())?.unwrap_or(0),
+                None => 0,
+            },
+        )
+    }
+
+    async fn extend_deadline(
+        &self,
+        id: RequestId,
+        due_at: DateTime<Utc>,
+        extension: &dsr_domain::DeadlineExtension,
+    ) -> Result<bool, StoreError> {
+        let open: Vec<&str> = RequestState::ALL
+            .iter()
+            .filter(|state| state.is_open())
+            .map(|state| state.as_str())
+            .collect();
+        let placeholders: Vec<String> = (0..open.len()).map(|i| format!(":open{i}")).collect();
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(keys::request(id)))
+            .key("sk", s(keys::META))
+            .condition_expression(format!(
+                "attribute_exists(pk) AND attribute_not_exists(deadline_extended_at) AND #state IN ({})",
+                placeholders.join(", ")
+            ))
+            .update_expression(
+                "SET due_at = :due, deadline_extended_at = :at, deadline_extension_months = :months, deadline_extension_reason = :reason",
+            )
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":due", s(timestamp(due_at)))
+            .expression_attribute_values(":at", s(timestamp(extension.extended_at)))
+            .expression_attribute_values(":months", n(extension.months))
+            .expression_attribute_values(":reason", s(&extension.reason));
+        for (placeholder, state) in placeholders.iter().zip(&open) {
+            update = update.expression_attribute_values(placeholder.as_str(), s(*state));
+        }
+        let items = vec![
+            TransactWriteItem::builder()
+                .update(update.build().map_err(unavailable)?)
+                .build(),
+            self.audit_event(
+                id,
+                &format!("deadline_extended:{}m", extension.months),
+                extension.extended_at,
+            )?,
+        ];
+        self.transact(items).await
+    }
+
+    async fn audit_trail(&self, id: RequestId) -> Result<Vec<AuditEvent>, StoreError> {
+        self.items_under(id, keys::EVENT_PREFIX)
+            .await?
+            .iter()
+            .map(|item| {
+                Ok(AuditEvent {
+                    at: optional_time(item, "at")?
+                        .ok_or_else(|| corrupt(item, "missing `at`".into()))?,
+                    event: string_attr(item, "event")?.to_owned(),
+                    actor: string_attr(item, "actor").unwrap_or_default().to_owned(),
+                })
+            })
+            .collect()
+    }
+}
+
+pub(super) fn request_item(request: &Request, subject: &SubjectHash) -> Item {
+    let mut item = HashMap::from([
+        ("id".to_owned(), s(request.id.to_string())),
+        ("kind".to_owned(), s(request.kind.as_str())),
+        ("subject".to_owned(), s(request.subject.as_str())),
+        ("subject_hash".to_owned(), s(subject.as_str())),
+        ("state".to_owned(), s(request.state.as_str())),
+        ("received_at".to_owned(), s(timestamp(request.received_at))),
+        ("due_at".to_owned(), s(timestamp(request.due_at))),
+        ("updated_at".to_owned(), s(timestamp(request.updated_at))),
+        ("attempts".to_owned(), n(request.attempts)),
+    ]);
+    if let Some(error) = &request.last_error {
+        item.insert("last_error".into(), s(error));
+    }
+    if let Some(at) = request.enqueued_at {
+        item.insert("enqueued_at".into(), s(timestamp(at)));
+    }
+    item.insert(
+        "fencing_token".into(),
+        AttributeValue::N(request.fencing_token.to_string()),
+    );
+    item
+}
+
+pub(super) fn request_id_attr(item: &Item) -> Result<RequestId, StoreError> {
+    let raw = string_attr(item, "request_id")?;
+    raw.parse()
+        .map_err(|e: dsr_domain::RequestIdError| corrupt(item, e.to_string()))
+}
+
+pub(super) fn request_from_item(item: &Item) -> Result<Request, StoreError> {
+    let time = |name: &str| -> Result<DateTime<Utc>, StoreError> {
+        DateTime::parse_from_rfc3339(string_attr(item, name)?)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| corrupt(item, format!("{name}: {e}")))
+    };
+    let optional_time = |name: &str| optional_time(item, name);
+    Ok(Request {
+        id: string_attr(item, "id")?
+            .parse()
+            .map_err(|e: dsr_domain::RequestIdError| corrupt(item, e.to_string()))?,
+        kind: string_attr(item, "kind")?
+            .parse()
+            .map_err(|e| corrupt(item, e))?,
+        subject: SubjectId::parse(string_attr(item, "subject")?)
+            .map_err(|e| corrupt(item, e.to_string()))?,
+        state: string_attr(item, "state")?
+            .parse()
+            .map_err(|e| corrupt(item, e))?,
+        received_at: time("received_at")?,
+        due_at: time("due_at")?,
+        updated_at: time("updated_at")?,
+        attempts: number_attr(item, "attempts")?.unwrap_or(0),
+        last_error: item.get("last_error").and_then(|v| v.as_s().ok()).cloned(),
+        enqueued_at: optional_time("enqueued_at")?,
+        lease: match (item.get("lease_owner"), optional_time("lease_expires_at")?) {
+            (Some(AttributeValue::S(owner)), Some(expires_at)) => Some(Lease {
+                owner: owner.clone(),
+                expires_at,
+            }),
+            _ => None,
+        },
+        fencing_token: number_attr(item, "fencing_token")?.unwrap_or(0),
+        deadline_extension: match optional_time("deadline_extended_at")? {
+            Some(extended_at) => Some(dsr_domain::DeadlineExtension {
+                months: number_attr(item, "deadline_extension_months")?.unwrap_or(0),
+                reason: item
+                    .get("deadline_extension_reason")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default(),
+                extended_at,
+            }),
+            None => None,
+        },
+        report: match item.get("report_key") {
+            Some(AttributeValue::S(key)) => Some(ReportInfo {
+                key: key.clone(),
+                size: number_attr(item, "report_size")?.unwrap_or(0),
+                sha256: string_attr(item, "report_sha256")?.to_owned(),
+                expires_at: time("report_expires_at")?,
+            }),
+            _ => None,
+        },
+    })
+}
