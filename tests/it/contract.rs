@@ -108,11 +108,17 @@ fn the_erasure_messages_serialize_to_the_documented_shapes() {
         dsr_domain::SubjectId::parse("erin").unwrap(),
         now,
     );
-    let command =
-        serde_json::to_value(ErasureCommand::new(&request, "viewing-history", 2, now)).unwrap();
+    let command = serde_json::to_value(ErasureCommand::new(
+        &request,
+        &service("viewing-history"),
+        2,
+        now,
+    ))
+    .unwrap();
     assert_message(&command);
     assert_eq!(command["type"], "erase_subject");
-    let due = ConfirmationsMessage::ObligationDue(ObligationDue::new(request.id, "email", 0));
+    let due =
+        ConfirmationsMessage::ObligationDue(ObligationDue::new(request.id, &service("email"), 0));
     assert_message(&serde_json::to_value(due).unwrap());
     for event in [
         DomainEvent::request_submitted(&request, now),
@@ -131,4 +137,8 @@ fn the_erasure_messages_serialize_to_the_documented_shapes() {
     assert!(!jsonschema::validator_for(&schema)
         .unwrap()
         .is_valid(&broken));
+}
+
+fn service(name: &str) -> dsr_domain::ServiceName {
+    dsr_domain::ServiceName::parse(name).unwrap()
 }

@@ -6,6 +6,7 @@ use dsr_domain::erasure::{
     Confirmation, ConfirmationOutcome, Delivery, ErasureError, ErasureSettings, Erasures, Handled,
     ObligationDue, ObligationStatus, ObligationStore,
 };
+use dsr_domain::messages::EventType;
 use dsr_domain::registry::ServiceRegistry;
 use dsr_domain::{
     FixedClock, Request, RequestId, RequestKind, RequestState, RequestStore, SubjectHasher,
@@ -103,7 +104,7 @@ impl Fixture {
                 version: 1,
                 message_id: format!("c:{service}"),
                 request_id: id,
-                service: service.into(),
+                service: svc(service),
                 outcome: ConfirmationOutcome::Erased,
                 receipt: serde_json::json!({"rows": 1}),
             })
@@ -115,7 +116,7 @@ impl Fixture {
 async fn fan_out_plans_every_erasable_holder_and_commands_all_but_the_erase_last_once() {
     let f = fixture();
     f.ports.answers.lock().unwrap().insert(
-        "ads".into(),
+        svc("ads"),
         Delivery::Answered {
             status: ObligationStatus::Confirmed,
             receipt: "{\"http_status\":200}".into(),
@@ -139,10 +140,10 @@ async fn fan_out_plans_every_erasable_holder_and_commands_all_but_the_erase_last
     assert_eq!(
         planned,
         [
-            ("ads".into(), ObligationStatus::Confirmed, 1),
-            ("billing".into(), ObligationStatus::Sent, 1),
-            ("email".into(), ObligationStatus::Pending, 0),
-            ("profile".into(), ObligationStatus::Sent, 1),
+            (svc("ads"), ObligationStatus::Confirmed, 1),
+            (svc("billing"), ObligationStatus::Sent, 1),
+            (svc("email"), ObligationStatus::Pending, 0),
+            (svc("profile"), ObligationStatus::Sent, 1),
         ]
     );
     let commands = f.ports.commands();
@@ -183,7 +184,7 @@ async fn the_email_service_is_released_after_the_notice_and_the_grace_period_the
     assert_eq!(f.state(id).await, RequestState::Notifying);
     let events = f.ports.events();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].event_type, "erasure_notice");
+    assert_eq!(events[0].event_type, EventType::ErasureNotice);
     let release = f
         .ports
         .checks()
@@ -211,7 +212,10 @@ async fn the_email_service_is_released_after_the_notice_and_the_grace_period_the
     f.confirm(id, "email").await.unwrap();
     assert_eq!(f.state(id).await, RequestState::Completed);
     let events = f.ports.events();
-    assert_eq!(events.last().unwrap().event_type, "erasure_completed");
+    assert_eq!(
+        events.last().unwrap().event_type,
+        EventType::ErasureCompleted
+    );
     assert_eq!(events.len(), 2);
     // Confirming again changes nothing.
     assert!(matches!(
@@ -226,7 +230,7 @@ async fn a_silent_holder_is_sent_again_until_max_sends_then_escalated_once() {
     let f = fixture();
     let id = f.erasure().await;
     f.erasures.fan_out(id).await.unwrap();
-    let first = ObligationDue::new(id, "billing", 1);
+    let first = ObligationDue::new(id, &svc("billing"), 1);
     assert_eq!(
         f.erasures.check(&first).await.unwrap(),
         Handled::Resent { attempt: 2 }
@@ -234,7 +238,7 @@ async fn a_silent_holder_is_sent_again_until_max_sends_then_escalated_once() {
     assert_eq!(f.obligation(id, "billing").await.attempts, 2);
     assert_eq!(
         f.erasures
-            .check(&ObligationDue::new(id, "billing", 2))
+            .check(&ObligationDue::new(id, &svc("billing"), 2))
             .await
             .unwrap(),
         Handled::Escalated
@@ -242,7 +246,7 @@ async fn a_silent_holder_is_sent_again_until_max_sends_then_escalated_once() {
     assert!(f.obligation(id, "billing").await.escalated_at.is_some());
     assert!(matches!(
         f.erasures
-            .check(&ObligationDue::new(id, "billing", 2))
+            .check(&ObligationDue::new(id, &svc("billing"), 2))
             .await
             .unwrap(),
         Handled::Nothing(_)
@@ -266,10 +270,11 @@ async fn a_silent_holder_is_sent_again_until_max_sends_then_escalated_once() {
 #[tokio::test]
 async fn a_failed_api_call_is_recorded_and_a_failed_answer_waits_for_the_resend() {
     let f = fixture();
-    f.ports.answers.lock().unwrap().insert(
-        "ads".into(),
-        Delivery::Failed("the API answered 503".into()),
-    );
+    f.ports
+        .answers
+        .lock()
+        .unwrap()
+        .insert(svc("ads"), Delivery::Failed("the API answered 503".into()));
     let id = f.erasure().await;
     f.erasures.fan_out(id).await.unwrap();
     let ads = f.obligation(id, "ads").await;
@@ -281,7 +286,7 @@ async fn a_failed_api_call_is_recorded_and_a_failed_answer_waits_for_the_resend(
         version: 1,
         message_id: "c".into(),
         request_id: id,
-        service: "profile".into(),
+        service: svc("profile"),
         outcome: ConfirmationOutcome::Failed,
         receipt: serde_json::Value::Null,
     };
@@ -321,7 +326,9 @@ async fn obligations_are_written_only_under_the_current_fencing_token() {
         .plan(
             id,
             &[dsr_domain::erasure::Obligation::planned(
-                id, "billing", false,
+                id,
+                &svc("billing"),
+                false,
             )],
             7,
         )
@@ -337,7 +344,13 @@ async fn a_watchdog_check_moves_on_a_request_whose_confirmations_all_came_before
     f.erasures.fan_out(id).await.unwrap();
     for service in ["billing", "profile", "ads"] {
         f.store
-            .record_answer(id, service, ObligationStatus::Confirmed, "{}", Utc::now())
+            .record_answer(
+                id,
+                &svc(service),
+                ObligationStatus::Confirmed,
+                "{}",
+                Utc::now(),
+            )
             .await
             .unwrap();
     }
@@ -345,11 +358,15 @@ async fn a_watchdog_check_moves_on_a_request_whose_confirmations_all_came_before
     assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
     assert!(matches!(
         f.erasures
-            .check(&ObligationDue::new(id, "billing", 1))
+            .check(&ObligationDue::new(id, &svc("billing"), 1))
             .await
             .unwrap(),
         Handled::Nothing(_)
     ));
     assert_eq!(f.state(id).await, RequestState::Notifying);
-    assert_eq!(f.ports.events()[0].event_type, "erasure_notice");
+    assert_eq!(f.ports.events()[0].event_type, EventType::ErasureNotice);
+}
+
+fn svc(name: &str) -> dsr_domain::ServiceName {
+    dsr_domain::ServiceName::parse(name).unwrap()
 }

@@ -287,17 +287,17 @@ pub struct ExtensionView {
     pub extended_at: String,
 }
 
-/// One holder's part of an erasure, as the user sees it.
+/// One service's part of an erasure, as the user sees it.
 #[derive(Debug, Serialize)]
 pub struct ServiceProgress {
-    pub service: String,
+    pub service: dsr_domain::ServiceName,
     pub status: dsr_domain::erasure::ObligationStatus,
     /// Erased after the others, once the subject was told (the email service).
     pub erased_last: bool,
     pub commands_sent: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confirmed_at: Option<String>,
-    /// The holder did not confirm after every re-send; an operator is on it.
+    /// The service did not confirm after every re-send; an operator is on it.
     pub escalated: bool,
 }
 
@@ -456,6 +456,7 @@ impl From<RequestError> for ApiError {
                 err.to_string(),
             ),
             RequestError::Store(StoreError::Unavailable(reason)) => {
+                let reason = dsr_domain::ports::chain(reason.as_ref());
                 tracing::error!(%reason, "request store unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

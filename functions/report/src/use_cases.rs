@@ -157,7 +157,10 @@ async fn a_report_holds_every_source_and_is_announced() {
     );
     let events = f.events.events();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].event_type, "report_ready");
+    assert_eq!(
+        events[0].event_type,
+        dsr_domain::messages::EventType::ReportReady
+    );
 
     // A duplicate message: nothing generated again, the event sent again (same id).
     assert_eq!(

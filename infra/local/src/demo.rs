@@ -4,7 +4,6 @@
 //! and an access-log search index (the fake services).
 
 use crate::fake_services::{FakeData, FakeServices};
-use crate::stack::LocalStack;
 use anyhow::{anyhow, Result};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
@@ -22,9 +21,14 @@ pub struct Demo {
     pub services: FakeServices,
 }
 
-pub async fn seed(stack: &LocalStack, listen: SocketAddr) -> Result<Demo> {
-    let name = |suffix: &str| format!("{}-demo-{suffix}", stack.context.stack_name);
-    let dynamodb = aws_sdk_dynamodb::Client::new(&stack.aws);
+/// Seeds the demo sources of stack `stack_name` and serves the fake services on `listen`.
+pub async fn seed(
+    aws: &aws_config::SdkConfig,
+    stack_name: &str,
+    listen: SocketAddr,
+) -> Result<Demo> {
+    let name = |suffix: &str| format!("{stack_name}-demo-{suffix}");
+    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
     let table = name("profiles");
     let created = dynamodb
         .create_table()
@@ -66,7 +70,7 @@ pub async fn seed(stack: &LocalStack, listen: SocketAddr) -> Result<Demo> {
         .await
         .map_err(|e| anyhow!(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
 
-    let s3 = dsr_adapters::s3::client(&stack.aws);
+    let s3 = dsr_adapters::s3::client(aws);
     let bucket = name("uploads").to_lowercase();
     if let Err(err) = s3.create_bucket().bucket(&bucket).send().await {
         if !err

@@ -325,7 +325,7 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
     let mut registry = settings.registry.clone();
     let mut holders = None;
     if let Some(listen) = settings.demo {
-        let demo = crate::demo::seed(&stack, listen).await?;
+        let demo = crate::demo::seed(aws, &stack.context.stack_name, listen).await?;
         // The services that take erasure commands: AMQP consumers and a vendor's HTTP API
         // (on the next port), all holding data about the demo user.
         let env = stack.env("BridgeInboundFunction")?;

@@ -33,19 +33,19 @@ impl Collectors {
         }
     }
 
-    /// Collects `holder`'s data about `subject` into `dir` (which must exist).
+    /// Collects `service`'s data about `subject` into `dir` (which must exist).
     pub async fn collect(
         &self,
-        holder: &RegisteredService,
+        service: &RegisteredService,
         how: &CollectFrom,
         subject: &SubjectId,
         dir: &Path,
     ) -> Result<StagedSource, SourceError> {
         let fail = |reason: String| SourceError {
-            service: holder.name.clone(),
+            service: service.name.clone(),
             reason,
         };
-        let records_path = dir.join(format!("{}.ndjson", holder.name));
+        let records_path = dir.join(format!("{}.ndjson", service.name));
         let mut records = RecordFile::create(&records_path).map_err(|e| fail(e.to_string()))?;
         let files = match how {
             CollectFrom::Dynamodb {
@@ -123,7 +123,7 @@ impl Collectors {
             }
             CollectFrom::S3 { bucket, prefix } => {
                 let prefix = prefix.replace("{subject}", subject.as_str());
-                let files_dir = dir.join(format!("{}.files", holder.name));
+                let files_dir = dir.join(format!("{}.files", service.name));
                 std::fs::create_dir_all(&files_dir).map_err(|e| fail(e.to_string()))?;
                 self.collect_s3(bucket, &prefix, &files_dir, &mut records)
                     .await
@@ -132,8 +132,8 @@ impl Collectors {
         };
         let record_count = records.finish().map_err(|e| fail(e.to_string()))?;
         Ok(StagedSource {
-            name: holder.name.clone(),
-            description: holder.description.clone(),
+            name: service.name.clone(),
+            description: service.description.clone(),
             records: records_path,
             record_count,
             files,

@@ -206,7 +206,7 @@ mod tests {
         let sink = EmfSink::new("GdprDsr/test", "report", Box::new(buffer.clone()));
         sink.record(&Metric::count("RequestsCompleted", 1).with("Kind", "access"));
         sink.record(&Metric::bytes("ReportBytes", 2048));
-        sink.record(&Metric::seconds("ConfirmationLatency", 1.5).with("Holder", "billing"));
+        sink.record(&Metric::seconds("ConfirmationLatency", 1.5).with("Service", "billing"));
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);

@@ -58,7 +58,7 @@ impl ErasureChannels {
             .message_body(body.to_string())
             .send()
             .await
-            .map_err(|e| ChannelError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+            .map_err(|e| ChannelError(Box::new(e)))?;
         Ok(Delivery::Sent)
     }
 
@@ -96,14 +96,14 @@ impl ErasureChannel for ErasureChannels {
                 max_per_second,
             } => (url, method, auth, *timeout_ms, *max_per_second),
         };
-        self.pace(&command.service, per_second).await;
+        self.pace(command.service.as_str(), per_second).await;
         let subject = percent_encoding::utf8_percent_encode(
             command.subject.as_str(),
             percent_encoding::NON_ALPHANUMERIC,
         )
         .to_string();
         let method = reqwest::Method::from_bytes(method.as_bytes())
-            .map_err(|e| ChannelError(e.to_string()))?;
+            .map_err(|e| ChannelError(Box::new(e)))?;
         let mut request = self
             .http
             .request(method, url.replace("{subject}", &subject))
@@ -114,7 +114,9 @@ impl ErasureChannel for ErasureChannels {
             let value = self
                 .secrets
                 .optional_secret(&auth.value_from_env)
-                .ok_or_else(|| ChannelError(format!("{} is not set", auth.value_from_env)))?;
+                .ok_or_else(|| {
+                    ChannelError(format!("{} is not set", auth.value_from_env).into())
+                })?;
             request = request.header(&auth.header, value.expose());
         }
         // The URL holds the subject id: errors are reported without it.

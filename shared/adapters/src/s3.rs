@@ -14,7 +14,7 @@ fn storage_error<E>(err: E) -> StorageError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    StorageError(aws_sdk_s3::error::DisplayErrorContext(err).to_string())
+    StorageError(Box::new(err))
 }
 
 /// An S3 client for `aws`: path-style addressing when an endpoint is configured (an emulator
@@ -234,6 +234,6 @@ impl dsr_domain::ReportLinks for S3ReportStore {
     async fn link(&self, key: &str, ttl: Duration) -> Result<String, dsr_domain::StoreError> {
         self.presign_get(key, ttl)
             .await
-            .map_err(|e| dsr_domain::StoreError::Unavailable(e.to_string()))
+            .map_err(|e| dsr_domain::StoreError::Unavailable(Box::new(e)))
     }
 }

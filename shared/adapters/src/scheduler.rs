@@ -66,8 +66,8 @@ impl SchedulerWakeUps {
     }
 }
 
-fn fail(err: impl std::error::Error) -> DispatchError {
-    DispatchError(aws_sdk_scheduler::error::DisplayErrorContext(err).to_string())
+fn fail(err: impl std::error::Error + Send + Sync + 'static) -> DispatchError {
+    DispatchError(Box::new(err))
 }
 
 impl WakeUps for SchedulerWakeUps {

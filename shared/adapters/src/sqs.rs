@@ -46,28 +46,28 @@ impl WorkQueue for SqsWorkQueue {
         message: &RequestMessage,
         announcement: Option<&dsr_domain::messages::DomainEvent>,
     ) -> Result<(), QueueError> {
-        let fail = |reason: String| QueueError {
+        let fail = |cause: dsr_domain::ports::Cause| QueueError {
             request_id: message.request_id,
             kind: message.kind,
-            reason,
+            cause,
         };
-        let body = serde_json::to_string(message).map_err(|e| fail(e.to_string()))?;
+        let body = serde_json::to_string(message).map_err(|e| fail(Box::new(e)))?;
         self.client
             .send_message()
             .queue_url(self.queue_url(message.kind))
             .message_body(body)
             .send()
             .await
-            .map_err(|e| fail(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+            .map_err(|e| fail(Box::new(e)))?;
         if let (Some(outbound), Some(announcement)) = (&self.outbound_queue_url, announcement) {
-            let body = serde_json::to_string(announcement).map_err(|e| fail(e.to_string()))?;
+            let body = serde_json::to_string(announcement).map_err(|e| fail(Box::new(e)))?;
             self.client
                 .send_message()
                 .queue_url(outbound)
                 .message_body(body)
                 .send()
                 .await
-                .map_err(|e| fail(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+                .map_err(|e| fail(Box::new(e)))?;
         }
         Ok(())
     }
@@ -141,11 +141,11 @@ impl dsr_domain::delayed::Sender for SqsDestinationSender {
                     .data_type("String")
                     .string_value(message_id)
                     .build()
-                    .map_err(|e| DispatchError(e.to_string()))?,
+                    .map_err(|e| DispatchError(Box::new(e)))?,
             )
             .send()
             .await
-            .map_err(|e| DispatchError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+            .map_err(|e| DispatchError(Box::new(e)))?;
         Ok(())
     }
 }
@@ -156,14 +156,14 @@ impl dsr_domain::ports::EventOutbox for SqsOutbox {
         event: &dsr_domain::messages::DomainEvent,
     ) -> Result<(), dsr_domain::ports::ChannelError> {
         use dsr_domain::ports::ChannelError;
-        let body = serde_json::to_string(event).map_err(|e| ChannelError(e.to_string()))?;
+        let body = serde_json::to_string(event).map_err(|e| ChannelError(Box::new(e)))?;
         self.client
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(body)
             .send()
             .await
-            .map_err(|e| ChannelError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+            .map_err(|e| ChannelError(Box::new(e)))?;
         Ok(())
     }
 }
@@ -200,7 +200,7 @@ impl dsr_domain::erasure::CheckScheduler for SqsCheckScheduler {
         use dsr_domain::delayed::{DelayKey, Destination, ScheduleRequest};
         use dsr_domain::erasure::{ChannelError, ConfirmationsMessage};
         use dsr_domain::messages::QueueMessage;
-        let fail = |e: String| ChannelError(format!("scheduling {}: {e}", check.message_id));
+        let fail = |e: String| ChannelError(format!("scheduling {}: {e}", check.message_id).into());
         let request = ScheduleRequest::Schedule {
             version: ScheduleRequest::VERSION,
             key: DelayKey::parse(check.message_id.clone()).map_err(fail)?,
@@ -218,7 +218,7 @@ impl dsr_domain::erasure::CheckScheduler for SqsCheckScheduler {
             .message_body(body)
             .send()
             .await
-            .map_err(|e| fail(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+            .map_err(|e| ChannelError(Box::new(e)))?;
         Ok(())
     }
 }

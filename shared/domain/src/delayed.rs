@@ -134,8 +134,8 @@ pub enum CancelOutcome {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("delayed dispatch: {0}")]
-pub struct DispatchError(pub String);
+#[error("delayed dispatch: {}", crate::ports::chain(.0.as_ref()))]
+pub struct DispatchError(#[source] pub crate::ports::Cause);
 
 pub trait DelayedStore: Send + Sync {
     fn upsert(

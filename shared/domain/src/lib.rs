@@ -4,6 +4,7 @@
 //! ports declared in [`ports`]; the Lambda functions only translate events into calls to
 //! [`requests::Requests`].
 
+pub mod audit;
 pub mod clock;
 pub mod delayed;
 pub mod erasure;
@@ -15,17 +16,19 @@ pub mod registry;
 pub mod report;
 pub mod request;
 pub mod requests;
+pub mod service;
 pub mod subject;
 
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use messages::RequestMessage;
 pub use ports::{
-    AuditEvent, CreateOutcome, LeaseOutcome, QueueError, ReportLinks, RequestStore, StoreError,
-    TransitionOutcome, WorkQueue,
+    AuditEvent, Audited, CreateOutcome, LeaseOutcome, QueueError, ReportLinks, RequestStore,
+    StoreError, TransitionOutcome, WorkQueue,
 };
 pub use request::{
     DeadlineExtension, IdempotencyKey, IllegalTransition, Lease, ReportInfo, Request, RequestId,
     RequestIdError, RequestKind, RequestState,
 };
 pub use requests::{ReportLink, RequestError, Requests, Submission, SweepReport, SweepSettings};
+pub use service::{ServiceName, ServiceNameError};
 pub use subject::{SubjectHash, SubjectHasher, SubjectId, SubjectIdError};

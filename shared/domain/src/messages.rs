@@ -80,7 +80,7 @@ pub struct DomainEvent {
     /// `<type>:<request id>`: the same event sent twice carries the same id.
     pub message_id: String,
     #[serde(rename = "type")]
-    pub event_type: String,
+    pub event_type: EventType,
     pub request_id: RequestId,
     /// Receivers (the email service) need to know whom to tell.
     pub subject: crate::SubjectId,
@@ -89,8 +89,56 @@ pub struct DomainEvent {
     pub detail: serde_json::Value,
 }
 
+/// What happened, as the platform's consumers bind to it (the routing key on the events
+/// exchange).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    RequestSubmitted,
+    ReportReady,
+    ErasureNotice,
+    ErasureCompleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::RequestSubmitted => "request_submitted",
+            EventType::ReportReady => "report_ready",
+            EventType::ErasureNotice => "erasure_notice",
+            EventType::ErasureCompleted => "erasure_completed",
+        }
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl DomainEvent {
     pub const VERSION: u32 = 1;
+
+    /// The one constructor: the message id is `<type>:<request id>`, so the same event sent
+    /// twice carries the same id and receivers drop the duplicate.
+    fn new(
+        event_type: EventType,
+        request_id: RequestId,
+        subject: crate::SubjectId,
+        occurred_at: DateTime<Utc>,
+        detail: serde_json::Value,
+    ) -> Self {
+        Self {
+            version: Self::VERSION,
+            message_id: format!("{event_type}:{request_id}"),
+            event_type,
+            request_id,
+            subject,
+            occurred_at,
+            detail,
+        }
+    }
 
     /// The report of an access request can be downloaded until `expires_at`.
     pub fn report_ready(
@@ -99,34 +147,28 @@ impl DomainEvent {
         expires_at: DateTime<Utc>,
         occurred_at: DateTime<Utc>,
     ) -> Self {
-        Self {
-            version: Self::VERSION,
-            message_id: format!("report_ready:{request_id}"),
-            event_type: "report_ready".into(),
+        Self::new(
+            EventType::ReportReady,
             request_id,
             subject,
             occurred_at,
-            detail: serde_json::json!({ "expires_at": expires_at }),
-        }
+            serde_json::json!({ "expires_at": expires_at }),
+        )
     }
-}
 
-impl DomainEvent {
     /// A request was accepted: the email service can acknowledge it to the subject, audit can
     /// count it.
     pub fn request_submitted(request: &crate::Request, occurred_at: DateTime<Utc>) -> Self {
-        Self {
-            version: Self::VERSION,
-            message_id: format!("request_submitted:{}", request.id),
-            event_type: "request_submitted".into(),
-            request_id: request.id,
-            subject: request.subject.clone(),
+        Self::new(
+            EventType::RequestSubmitted,
+            request.id,
+            request.subject.clone(),
             occurred_at,
-            detail: serde_json::json!({ "kind": request.kind, "due_at": request.due_at }),
-        }
+            serde_json::json!({ "kind": request.kind, "due_at": request.due_at }),
+        )
     }
 
-    /// "Your data was erased": every holder but the erase-last ones confirmed. The email
+    /// "Your data was erased": every service but the erase-last ones confirmed. The email
     /// service tells the subject; its own erasure follows at `erase_last_at`.
     pub fn erasure_notice(
         request_id: RequestId,
@@ -134,32 +176,28 @@ impl DomainEvent {
         erase_last_at: DateTime<Utc>,
         occurred_at: DateTime<Utc>,
     ) -> Self {
-        Self {
-            version: Self::VERSION,
-            message_id: format!("erasure_notice:{request_id}"),
-            event_type: "erasure_notice".into(),
+        Self::new(
+            EventType::ErasureNotice,
             request_id,
             subject,
             occurred_at,
-            detail: serde_json::json!({ "erase_last_at": erase_last_at }),
-        }
+            serde_json::json!({ "erase_last_at": erase_last_at }),
+        )
     }
 
-    /// Every holder confirmed: the erasure is complete.
+    /// Every service confirmed: the erasure is complete.
     pub fn erasure_completed(
         request_id: RequestId,
         subject: crate::SubjectId,
-        holders: usize,
+        services: usize,
         occurred_at: DateTime<Utc>,
     ) -> Self {
-        Self {
-            version: Self::VERSION,
-            message_id: format!("erasure_completed:{request_id}"),
-            event_type: "erasure_completed".into(),
+        Self::new(
+            EventType::ErasureCompleted,
             request_id,
             subject,
             occurred_at,
-            detail: serde_json::json!({ "holders": holders }),
-        }
+            serde_json::json!({ "services": services }),
+        )
     }
 }

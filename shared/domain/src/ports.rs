@@ -3,6 +3,7 @@
 //! Methods return `impl Future + Send` rather than `async fn` so that handlers built on them can
 //! be spawned on a multi-threaded runtime (the local runner does).
 
+pub use crate::audit::{AuditEvent, Audited};
 use crate::messages::RequestMessage;
 use crate::request::{IdempotencyKey, Request, RequestId, RequestKind, RequestState};
 use crate::subject::SubjectHash;
@@ -10,11 +11,31 @@ use chrono::{DateTime, Utc};
 use std::future::Future;
 use std::sync::Arc;
 
+/// The underlying failure of an adapter (an SDK error, an I/O error), kept whole rather than
+/// flattened to text so that its chain of causes is still there to read.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error and every cause under it, on one line: SDK errors say little at the top ("service
+/// error"), the detail is below.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        let line = next.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        cause = next.source();
+    }
+    text
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or refused the call; worth retrying later.
-    #[error("request store unavailable: {0}")]
-    Unavailable(String),
+    #[error("request store unavailable: {}", chain(.0.as_ref()))]
+    Unavailable(#[source] Cause),
     /// A stored item could not be read back as a request: a bug or a manual edit.
     #[error("corrupt stored request {id}: {reason}")]
     Corrupt { id: String, reason: String },
@@ -103,7 +124,7 @@ pub trait RequestStore: Send + Sync {
     fn record_event(
         &self,
         id: RequestId,
-        event: &str,
+        event: &Audited<'_>,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -148,20 +169,13 @@ pub trait RequestStore: Send + Sync {
     ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
 }
 
-/// One entry of a request's audit trail: what happened, when, by which function. No PII.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEvent {
-    pub at: DateTime<Utc>,
-    pub event: String,
-    pub actor: String,
-}
-
 #[derive(Debug, thiserror::Error)]
-#[error("could not enqueue the {kind} request {request_id}: {reason}")]
+#[error("could not enqueue the {kind} request {request_id}: {}", chain(.cause.as_ref()))]
 pub struct QueueError {
     pub request_id: RequestId,
     pub kind: RequestKind,
-    pub reason: String,
+    #[source]
+    pub cause: Cause,
 }
 
 /// Hands out time-limited download links to finished reports.
@@ -195,9 +209,9 @@ pub trait EventOutbox: Send + Sync {
 
 /// A message could not be handed to its channel (queue, broker, third-party API); worth
 /// another attempt.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ChannelError(pub String);
+#[derive(Debug, thiserror::Error)]
+#[error("{}", chain(.0.as_ref()))]
+pub struct ChannelError(#[source] pub Cause);
 
 impl<T: EventOutbox> EventOutbox for Arc<T> {
     async fn publish(&self, event: &crate::messages::DomainEvent) -> Result<(), ChannelError> {
@@ -260,7 +274,7 @@ impl<T: RequestStore> RequestStore for Arc<T> {
     async fn record_event(
         &self,
         id: RequestId,
-        event: &str,
+        event: &Audited<'_>,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         (**self).record_event(id, event, at).await
@@ -291,5 +305,27 @@ impl<T: RequestStore> RequestStore for Arc<T> {
     }
     async fn audit_trail(&self, id: RequestId) -> Result<Vec<AuditEvent>, StoreError> {
         (**self).audit_trail(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("service error")]
+    struct Terse(#[source] std::io::Error);
+
+    #[test]
+    fn an_unavailable_store_keeps_its_cause_and_says_it_in_one_line() {
+        let err = StoreError::Unavailable(Box::new(Terse(std::io::Error::other(
+            "ResourceNotFoundException: no table t",
+        ))));
+        assert_eq!(
+            err.to_string(),
+            "request store unavailable: service error: ResourceNotFoundException: no table t"
+        );
+        let cause = std::error::Error::source(&err).expect("the cause is kept");
+        assert_eq!(cause.to_string(), "service error");
     }
 }

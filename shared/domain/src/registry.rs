@@ -2,6 +2,7 @@
 //! collect from each and how to erase in each. Configuration, not code: adding a service is an
 //! entry in a file (read by `dsr_adapters::registry`).
 
+use crate::service::ServiceName;
 use serde::Deserialize;
 use std::collections::HashSet;
 
@@ -11,12 +12,12 @@ pub struct ServiceRegistry {
     pub services: Vec<RegisteredService>,
 }
 
-/// One holder of personal data.
+/// One service (or third party) that holds personal data.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisteredService {
-    /// Stable, lower-case name; used in file names of the report and in logs.
-    pub name: String,
+    /// Stable, lower-case name; used in file names of the report, keys and logs.
+    pub name: ServiceName,
     /// What it holds, in words a data subject understands (shown in the report).
     #[serde(default)]
     pub description: String,
@@ -28,12 +29,12 @@ pub struct RegisteredService {
     pub erase: Option<EraseIn>,
 }
 
-/// How a holder is told to erase, and how long it may take to confirm.
+/// How a service is told to erase, and how long it may take to confirm.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EraseIn {
     pub via: EraseVia,
-    /// Erased only after every other holder confirmed and the subject was told, plus a grace
+    /// Erased only after every other service confirmed and the subject was told, plus a grace
     /// period: the email service, which must still be able to send "your data was erased".
     #[serde(default)]
     pub last: bool,
@@ -155,22 +156,13 @@ impl ServiceRegistry {
     /// Checks what the types cannot: unique, file-safe names and usable templates.
     pub fn validated(self) -> Result<Self, RegistryError> {
         let mut seen = HashSet::new();
-        for holder in &self.services {
-            let name = &holder.name;
-            let file_safe = !name.is_empty()
-                && name.len() <= 64
-                && name.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                });
-            if !file_safe {
-                return Err(RegistryError(format!(
-                    "service name `{name}` must be 1-64 characters of a-z, 0-9, - and _"
-                )));
-            }
+        for service in &self.services {
+            // The name was checked when it was read (`ServiceName`).
+            let name = &service.name;
             if !seen.insert(name.clone()) {
                 return Err(RegistryError(format!("service `{name}` is listed twice")));
             }
-            match &holder.collect {
+            match &service.collect {
                 Some(CollectFrom::Http {
                     url, max_attempts, ..
                 }) => {
@@ -199,7 +191,7 @@ impl ServiceRegistry {
                 }
                 _ => {}
             }
-            if let Some(erase) = &holder.erase {
+            if let Some(erase) = &service.erase {
                 if erase.max_sends == 0 || erase.confirm_within_seconds == 0 {
                     return Err(RegistryError(format!(
                         "{name}: max_sends and confirm_within_seconds must be at least 1"
@@ -238,21 +230,21 @@ impl ServiceRegistry {
         Ok(self)
     }
 
-    /// The holders an erasure must reach, in registry order.
+    /// The services an erasure must reach, in registry order.
     pub fn erasable(&self) -> impl Iterator<Item = (&RegisteredService, &EraseIn)> {
         self.services
             .iter()
             .filter_map(|h| h.erase.as_ref().map(|e| (h, e)))
     }
 
-    pub fn eraser(&self, service: &str) -> Option<&EraseIn> {
+    pub fn eraser(&self, service: &ServiceName) -> Option<&EraseIn> {
         self.services
             .iter()
-            .find(|h| h.name == service)
+            .find(|s| &s.name == service)
             .and_then(|h| h.erase.as_ref())
     }
 
-    /// The holders an access report collects from, in registry order.
+    /// The services an access report collects from, in registry order.
     pub fn collectable(&self) -> impl Iterator<Item = (&RegisteredService, &CollectFrom)> {
         self.services
             .iter()
@@ -290,7 +282,7 @@ mod tests {
             .map(|(h, e)| (h.name.as_str(), e.last))
             .collect();
         assert_eq!(erasable, [("email", true), ("ads", false)]);
-        match r.eraser("ads") {
+        match r.eraser(&ServiceName::parse("ads").unwrap()) {
             Some(EraseIn {
                 via:
                     EraseVia::Http {

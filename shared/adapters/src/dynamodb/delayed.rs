@@ -119,10 +119,13 @@ impl DelayedStore for DynamoDelayedStore {
                 Err(err) => return Err(fail(err)),
             }
         }
-        Err(DispatchError(format!(
-            "{} kept changing while being scheduled",
-            message.key.as_str()
-        )))
+        Err(DispatchError(
+            format!(
+                "{} kept changing while being scheduled",
+                message.key.as_str()
+            )
+            .into(),
+        ))
     }
 
     async fn cancel(&self, key: &DelayKey) -> Result<CancelOutcome, DispatchError> {
@@ -229,22 +232,21 @@ impl DelayedStore for DynamoDelayedStore {
     }
 }
 
-fn fail(err: impl std::error::Error) -> DispatchError {
-    DispatchError(aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string())
+fn fail(err: impl std::error::Error + Send + Sync + 'static) -> DispatchError {
+    DispatchError(Box::new(err))
 }
 
 fn string<'a>(item: &'a Item, name: &str) -> Result<&'a str, DispatchError> {
     item.get(name)
         .and_then(|v| v.as_s().ok())
         .map(String::as_str)
-        .ok_or_else(|| DispatchError(format!("stored delayed message lacks `{name}`")))
+        .ok_or_else(|| DispatchError(format!("stored delayed message lacks `{name}`").into()))
 }
 
 fn item_from_message(message: &DelayedMessage) -> Result<Item, DispatchError> {
     let destination =
-        serde_json::to_string(&message.destination).map_err(|e| DispatchError(e.to_string()))?;
-    let payload =
-        serde_json::to_string(&message.payload).map_err(|e| DispatchError(e.to_string()))?;
+        serde_json::to_string(&message.destination).map_err(|e| DispatchError(e.into()))?;
+    let payload = serde_json::to_string(&message.payload).map_err(|e| DispatchError(e.into()))?;
     Ok(HashMap::from([
         ("key".to_owned(), s(message.key.as_str())),
         ("deliver_at".to_owned(), s(timestamp(message.deliver_at))),
@@ -255,7 +257,8 @@ fn item_from_message(message: &DelayedMessage) -> Result<Item, DispatchError> {
 }
 
 fn message_from_item(item: &Item) -> Result<DelayedMessage, DispatchError> {
-    let parse = |e: &dyn std::fmt::Display| DispatchError(format!("stored delayed message: {e}"));
+    let parse =
+        |e: &dyn std::fmt::Display| DispatchError(format!("stored delayed message: {e}").into());
     Ok(DelayedMessage {
         key: DelayKey::parse(string(item, "key")?).map_err(|e| parse(&e))?,
         deliver_at: DateTime::parse_from_rfc3339(string(item, "deliver_at")?)

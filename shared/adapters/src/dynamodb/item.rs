@@ -35,12 +35,9 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-pub fn unavailable(err: impl std::error::Error) -> StoreError {
-    // The SDK's Display is terse ("service error"); the debug chain names the cause.
-    StoreError::Unavailable(format!(
-        "{}",
-        aws_sdk_dynamodb::error::DisplayErrorContext(err)
-    ))
+pub fn unavailable(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    // Kept whole: the SDK's Display is terse ("service error"), its causes name the problem.
+    StoreError::Unavailable(Box::new(err))
 }
 
 /// A timestamp attribute that may be absent.

@@ -1,6 +1,6 @@
 //! The key schema of the requests table (see `RequestsTable` in template.yaml).
 
-use dsr_domain::{IdempotencyKey, RequestId, RequestKind, SubjectHash};
+use dsr_domain::{IdempotencyKey, RequestId, RequestKind, ServiceName, SubjectHash};
 
 /// GSI: a subject's requests, newest first ("my requests").
 pub const BY_SUBJECT_INDEX: &str = "BySubject";
@@ -43,6 +43,6 @@ pub fn event(at: &str, event: &str) -> String {
     format!("{EVENT_PREFIX}{at}#{event}")
 }
 
-pub fn obligation(service: &str) -> String {
+pub fn obligation(service: &ServiceName) -> String {
     format!("{OBLIGATION_PREFIX}{service}")
 }

@@ -8,7 +8,7 @@ use super::store::DynamoRequestStore;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use dsr_domain::erasure::{Obligation, ObligationStatus, ObligationStore};
-use dsr_domain::{RequestId, StoreError};
+use dsr_domain::{RequestId, ServiceName, StoreError};
 use std::collections::HashMap;
 
 fn obligation_from_item(item: &Item) -> Result<Obligation, StoreError> {
@@ -18,7 +18,8 @@ fn obligation_from_item(item: &Item) -> Result<Obligation, StoreError> {
         request_id: string_attr(item, "request_id")?
             .parse()
             .map_err(|e: dsr_domain::RequestIdError| corrupt(item, e.to_string()))?,
-        service: string_attr(item, "service")?.to_owned(),
+        service: ServiceName::parse(string_attr(item, "service")?)
+            .map_err(|e| corrupt(item, e.to_string()))?,
         status: string_attr(item, "status")?
             .parse()
             .map_err(|e| corrupt(item, e))?,
@@ -37,7 +38,7 @@ impl DynamoRequestStore {
     async fn update_obligation(
         &self,
         request_id: RequestId,
-        service: &str,
+        service: &ServiceName,
         update: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
     ) -> Result<bool, StoreError> {
         match update
@@ -82,7 +83,7 @@ impl ObligationStore for DynamoRequestStore {
                     ("pk".to_owned(), s(keys::request(request_id))),
                     ("sk".to_owned(), s(keys::obligation(&obligation.service))),
                     ("request_id".to_owned(), s(request_id.to_string())),
-                    ("service".to_owned(), s(&obligation.service)),
+                    ("service".to_owned(), s(obligation.service.as_str())),
                     ("status".to_owned(), s(obligation.status.as_str())),
                     (
                         "erase_last".to_owned(),
@@ -95,9 +96,12 @@ impl ObligationStore for DynamoRequestStore {
             if !self.transact(items).await? {
                 // Fenced out, or a concurrent planner wrote some first: either way the caller
                 // re-reads the obligations (and its commit will be fenced).
-                return Err(StoreError::Unavailable(format!(
-                    "obligations of {request_id} not written: fenced out or written concurrently"
-                )));
+                return Err(StoreError::Unavailable(
+                    format!(
+                        "obligations of {request_id} not written: fenced out or written concurrently"
+                    )
+                    .into(),
+                ));
             }
         }
         all.extend(missing.into_iter().cloned());
@@ -115,7 +119,7 @@ impl ObligationStore for DynamoRequestStore {
     async fn record_send(
         &self,
         request_id: RequestId,
-        service: &str,
+        service: &ServiceName,
         attempt: u32,
         status: ObligationStatus,
         error: Option<&str>,
@@ -151,7 +155,7 @@ impl ObligationStore for DynamoRequestStore {
     async fn record_answer(
         &self,
         request_id: RequestId,
-        service: &str,
+        service: &ServiceName,
         status: ObligationStatus,
         receipt: &str,
         at: DateTime<Utc>,
@@ -189,7 +193,7 @@ impl ObligationStore for DynamoRequestStore {
     async fn escalate(
         &self,
         request_id: RequestId,
-        service: &str,
+        service: &ServiceName,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let update = self

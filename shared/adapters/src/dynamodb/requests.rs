@@ -9,8 +9,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Up
 use chrono::{DateTime, Utc};
 use dsr_domain::ports::{LeaseOutcome, TransitionOutcome};
 use dsr_domain::{
-    AuditEvent, CreateOutcome, IdempotencyKey, Lease, ReportInfo, Request, RequestId, RequestKind,
-    RequestState, RequestStore, StoreError, SubjectHash, SubjectId,
+    AuditEvent, Audited, CreateOutcome, IdempotencyKey, Lease, ReportInfo, Request, RequestId,
+    RequestKind, RequestState, RequestStore, StoreError, SubjectHash, SubjectId,
 };
 use std::collections::HashMap;
 
@@ -55,7 +55,7 @@ impl RequestStore for DynamoRequestStore {
                 Some(not_there),
             )?);
         }
-        items.push(self.audit_event(request.id, "submitted", request.received_at)?);
+        items.push(self.audit_event(request.id, &Audited::Submitted, request.received_at)?);
         // The "submitted" counter the reconciliation checks the counts by state against.
         let counter = Update::builder()
             .table_name(&self.table)
@@ -177,7 +177,10 @@ impl RequestStore for DynamoRequestStore {
         match updated {
             Ok(out) => {
                 let request = request_from_item(&out.attributes.unwrap_or_default())?;
-                let event = format!("lease#{}#{owner}", request.fencing_token);
+                let event = Audited::LeaseTaken {
+                    token: request.fencing_token,
+                    owner,
+                };
                 self.record_event(id, &event, now).await?;
                 Ok(LeaseOutcome::Acquired(Box::new(request)))
             }
@@ -224,7 +227,7 @@ impl RequestStore for DynamoRequestStore {
     async fn record_event(
         &self,
         id: RequestId,
-        event: &str,
+        event: &Audited<'_>,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let item = self.audit_event(id, event, at)?;
@@ -349,7 +352,9 @@ impl RequestStore for DynamoRequestStore {
                 .build(),
             self.audit_event(
                 id,
-                &format!("deadline_extended:{}m", extension.months),
+                &Audited::DeadlineExtended {
+                    months: extension.months,
+                },
                 extension.extended_at,
             )?,
         ];

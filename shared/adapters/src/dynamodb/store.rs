@@ -9,7 +9,9 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
-use dsr_domain::{CreateOutcome, IdempotencyKey, Request, RequestId, StoreError, SubjectHash};
+use dsr_domain::{
+    Audited, CreateOutcome, IdempotencyKey, Request, RequestId, StoreError, SubjectHash,
+};
 
 #[derive(Clone, Debug)]
 pub struct DynamoRequestStore {
@@ -31,15 +33,16 @@ impl DynamoRequestStore {
     pub(super) fn audit_event(
         &self,
         id: RequestId,
-        event: &str,
+        event: &Audited<'_>,
         at: DateTime<Utc>,
     ) -> Result<TransactWriteItem, StoreError> {
         let at = timestamp(at);
+        let event = event.to_string();
         let put = Put::builder()
             .table_name(&self.table)
             .item("pk", s(keys::request(id)))
-            .item("sk", s(keys::event(&at, event)))
-            .item("event", s(event))
+            .item("sk", s(keys::event(&at, &event)))
+            .item("event", s(&event))
             .item("at", s(at))
             .item("actor", s(&self.actor))
             .build()
@@ -119,7 +122,11 @@ impl DynamoRequestStore {
                 .map_err(unavailable)?;
             items.push(TransactWriteItem::builder().delete(release).build());
         }
-        items.push(self.audit_event(request.id, request.state.as_str(), request.updated_at)?);
+        items.push(self.audit_event(
+            request.id,
+            &Audited::MovedTo(request.state),
+            request.updated_at,
+        )?);
         self.transact(items).await
     }
 

@@ -13,7 +13,7 @@ pub struct RecordingErasurePorts {
     pub checks: Mutex<Vec<(dsr_domain::erasure::ObligationDue, DateTime<Utc>)>>,
     pub events: Mutex<Vec<dsr_domain::messages::DomainEvent>>,
     /// Per service: what `send` answers instead of `Sent`.
-    pub answers: Mutex<HashMap<String, dsr_domain::erasure::Delivery>>,
+    pub answers: Mutex<HashMap<dsr_domain::ServiceName, dsr_domain::erasure::Delivery>>,
 }
 
 impl RecordingErasurePorts {

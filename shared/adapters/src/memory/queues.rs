@@ -38,7 +38,7 @@ impl WorkQueue for InMemoryWorkQueue {
             return Err(QueueError {
                 request_id: message.request_id,
                 kind: message.kind,
-                reason: "queue unavailable (simulated)".into(),
+                cause: "queue unavailable (simulated)".into(),
             });
         }
         locked(&self.sent).push(message.clone());

@@ -62,11 +62,11 @@ impl ReportSources for FakeSources {
         if let Some(interlude) = interlude {
             interlude.await;
         }
-        if locked(&self.failing).contains(&service.name) {
+        if locked(&self.failing).contains(service.name.as_str()) {
             return Err(fail("answered 503 (simulated)".into()));
         }
         let records = locked(&self.records)
-            .get(&(service.name.clone(), subject.as_str().to_owned()))
+            .get(&(service.name.to_string(), subject.as_str().to_owned()))
             .cloned()
             .unwrap_or_default();
         let path = dir.join(format!("{}.ndjson", service.name));

@@ -18,7 +18,7 @@ struct Tables {
     idempotency: HashMap<(SubjectHash, String), RequestId>,
     events: Vec<(RequestId, String)>,
     submitted: HashMap<dsr_domain::RequestKind, u64>,
-    obligations: HashMap<(RequestId, String), dsr_domain::erasure::Obligation>,
+    obligations: HashMap<(RequestId, dsr_domain::ServiceName), dsr_domain::erasure::Obligation>,
 }
 
 #[derive(Default)]
@@ -87,7 +87,7 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
     async fn record_send(
         &self,
         request_id: RequestId,
-        service: &str,
+        service: &dsr_domain::ServiceName,
         attempt: u32,
         status: dsr_domain::erasure::ObligationStatus,
         error: Option<&str>,
@@ -112,7 +112,7 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
     async fn record_answer(
         &self,
         request_id: RequestId,
-        service: &str,
+        service: &dsr_domain::ServiceName,
         status: dsr_domain::erasure::ObligationStatus,
         receipt: &str,
         at: DateTime<Utc>,
@@ -142,7 +142,7 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
     async fn escalate(
         &self,
         request_id: RequestId,
-        service: &str,
+        service: &dsr_domain::ServiceName,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut tables = self.lock();
@@ -256,9 +256,14 @@ impl RequestStore for InMemoryRequestStore {
             expires_at: now + ttl,
         });
         let acquired = stored.clone();
-        tables
-            .events
-            .push((id, format!("lease:{}", acquired.fencing_token)));
+        tables.events.push((
+            id,
+            dsr_domain::Audited::LeaseTaken {
+                token: acquired.fencing_token,
+                owner,
+            }
+            .to_string(),
+        ));
         Ok(LeaseOutcome::Acquired(Box::new(acquired)))
     }
 
@@ -285,19 +290,20 @@ impl RequestStore for InMemoryRequestStore {
         if was_open && !request.state.is_open() {
             tables.open_guards.remove(&(subject.clone(), request.kind));
         }
-        tables
-            .events
-            .push((request.id, request.state.as_str().to_owned()));
+        tables.events.push((
+            request.id,
+            dsr_domain::Audited::MovedTo(request.state).to_string(),
+        ));
         Ok(TransitionOutcome::Applied)
     }
 
     async fn record_event(
         &self,
         id: RequestId,
-        event: &str,
+        event: &dsr_domain::Audited<'_>,
         _at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.lock().events.push((id, event.to_owned()));
+        self.lock().events.push((id, event.to_string()));
         Ok(())
     }
 
@@ -358,9 +364,13 @@ impl RequestStore for InMemoryRequestStore {
         }
         request.due_at = due_at;
         request.deadline_extension = Some(extension.clone());
-        tables
-            .events
-            .push((id, format!("deadline_extended:{}m", extension.months)));
+        tables.events.push((
+            id,
+            dsr_domain::Audited::DeadlineExtended {
+                months: extension.months,
+            }
+            .to_string(),
+        ));
         Ok(true)
     }
 

@@ -4,7 +4,7 @@
 use super::*;
 use crate::messages::DomainEvent;
 use crate::metrics::{self, names, Metric};
-use crate::ports::TransitionOutcome;
+use crate::ports::{Audited, TransitionOutcome};
 
 impl<S, X, D, E, C> Erasures<S, X, D, E, C>
 where
@@ -27,15 +27,14 @@ where
         else {
             return Err(ErasureError::Rejected(format!(
                 "request {} has no obligation for service `{}`",
-                request.id,
-                truncated(&confirmation.service)
+                request.id, &confirmation.service
             )));
         };
         if let (Some(sent_at), false) = (obligation.sent_at, obligation.status.is_done()) {
             let latency = (self.clock.now() - sent_at).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::emit(
                 Metric::seconds(names::CONFIRMATION_LATENCY, latency)
-                    .with("Holder", obligation.service.clone()),
+                    .with("Service", obligation.service.clone()),
             );
         }
         let status = match confirmation.outcome {
@@ -51,7 +50,7 @@ where
     pub(super) async fn answer(
         &self,
         id: RequestId,
-        service: &str,
+        service: &ServiceName,
         status: ObligationStatus,
         receipt: &str,
     ) -> Result<Handled, ErasureError> {
@@ -62,16 +61,12 @@ where
             .record_answer(id, service, status, &receipt, now)
             .await?
         {
-            return Ok(Handled::Nothing("already answered"));
+            return Ok(Handled::Nothing(Skipped::AlreadyAnswered));
         }
         self.store
-            .record_event(
-                id,
-                &format!("obligation_{}:{service}", status.as_str()),
-                now,
-            )
+            .record_event(id, &Audited::Answered { service, status }, now)
             .await?;
-        tracing::info!(request_id = %id, service, status = status.as_str(), "erasure answer recorded");
+        tracing::info!(request_id = %id, service = %service, status = status.as_str(), "erasure answer recorded");
         self.advance(id).await?;
         Ok(Handled::Recorded)
     }
@@ -80,7 +75,7 @@ where
     pub async fn check(&self, due: &ObligationDue) -> Result<Handled, ErasureError> {
         let request = self.erasure(due.request_id).await?;
         if request.state.is_terminal() {
-            return Ok(Handled::Nothing("request finished"));
+            return Ok(Handled::Nothing(Skipped::RequestFinished));
         }
         let Some(obligation) = self
             .store
@@ -91,21 +86,20 @@ where
         else {
             return Err(ErasureError::Rejected(format!(
                 "request {} has no obligation for service `{}`",
-                request.id,
-                truncated(&due.service)
+                request.id, &due.service
             )));
         };
         if obligation.status.is_done() {
             // The watchdog is also the safety net for moving on: if the last confirmation
             // arrived while the fan-out was still committing, nothing else would advance it.
             self.advance(request.id).await?;
-            return Ok(Handled::Nothing("already confirmed"));
+            return Ok(Handled::Nothing(Skipped::AlreadyConfirmed));
         }
         if obligation.attempts != due.attempt {
-            return Ok(Handled::Nothing("a newer send has its own check"));
+            return Ok(Handled::Nothing(Skipped::NewerSendHasItsOwnCheck));
         }
         if obligation.last && request.state != RequestState::Notifying {
-            return Ok(Handled::Nothing("erase-last holder waits for the notice"));
+            return Ok(Handled::Nothing(Skipped::WaitsForTheNotice));
         }
         let how = self.eraser(&obligation.service)?;
         if obligation.attempts >= how.max_sends {
@@ -118,7 +112,9 @@ where
                 self.store
                     .record_event(
                         request.id,
-                        &format!("escalated:{}", obligation.service),
+                        &Audited::Escalated {
+                            service: &obligation.service,
+                        },
                         now,
                     )
                     .await?;
@@ -132,11 +128,12 @@ where
                     "holder did not confirm the erasure: escalated"
                 );
                 metrics::emit(
-                    Metric::count(names::ESCALATIONS, 1).with("Holder", obligation.service.clone()),
+                    Metric::count(names::ESCALATIONS, 1)
+                        .with("Service", obligation.service.clone()),
                 );
                 return Ok(Handled::Escalated);
             }
-            return Ok(Handled::Nothing("already escalated"));
+            return Ok(Handled::Nothing(Skipped::AlreadyEscalated));
         }
         let attempt = due.attempt + 1;
         self.send(&request, &obligation.service, how, attempt)

@@ -28,7 +28,7 @@ where
         {
             Taken::Ours(lease) => lease,
             Taken::Busy { .. } => return Err(ErasureError::Busy(id)),
-            Taken::NotWorkable(_) => return Ok(Handled::Nothing("not waiting for fan-out")),
+            Taken::NotWorkable(_) => return Ok(Handled::Nothing(Skipped::NotWaitingForFanOut)),
         };
         match self.send_all(lease.request(), lease.token()).await {
             Ok(commands) => {
@@ -44,9 +44,7 @@ where
                         self.advance(id).await?;
                         Ok(Handled::FannedOut { commands })
                     }
-                    Ok((Committed::FencedOut, _)) => {
-                        Ok(Handled::Nothing("fenced out by a newer worker"))
-                    }
+                    Ok((Committed::FencedOut, _)) => Ok(Handled::Nothing(Skipped::FencedOut)),
                     Err(illegal) => Err(ErasureError::Rejected(illegal.to_string())),
                 }
             }
@@ -65,7 +63,7 @@ where
         let planned: Vec<Obligation> = self
             .registry
             .erasable()
-            .map(|(holder, how)| Obligation::planned(request.id, &holder.name, how.last))
+            .map(|(service, how)| Obligation::planned(request.id, &service.name, how.last))
             .collect();
         let mut commands = 0;
         for obligation in self.store.plan(request.id, &planned, token).await? {
@@ -85,7 +83,7 @@ where
     pub(super) async fn send(
         &self,
         request: &Request,
-        service: &str,
+        service: &ServiceName,
         how: &EraseIn,
         attempt: u32,
     ) -> Result<(), ErasureError> {
@@ -111,7 +109,7 @@ where
         tracing::info!(
             request_id = %request.id,
             subject = %self.hasher.hash(&request.subject),
-            service,
+            service = %service,
             attempt,
             outcome = match &delivery {
                 Delivery::Sent => "sent",

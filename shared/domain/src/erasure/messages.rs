@@ -1,6 +1,7 @@
 //! What erasure sends and receives on the wire. Contract: `docs/messages.schema.json`.
 
 use crate::request::{Request, RequestId};
+use crate::service::ServiceName;
 use crate::subject::SubjectId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,7 @@ pub struct ErasureCommand {
     /// sees it again confirms again without erasing again.
     pub idempotency_key: String,
     pub request_id: RequestId,
-    pub service: String,
+    pub service: ServiceName,
     /// Whom to erase: holders need the id they know the person by.
     pub subject: SubjectId,
     pub attempt: u32,
@@ -30,7 +31,7 @@ impl ErasureCommand {
 
     pub fn new(
         request: &Request,
-        service: &str,
+        service: &ServiceName,
         attempt: u32,
         sent_at: DateTime<Utc>,
     ) -> ErasureCommand {
@@ -41,7 +42,7 @@ impl ErasureCommand {
             message_id: format!("{idempotency_key}:{attempt}"),
             idempotency_key,
             request_id: request.id,
-            service: service.to_owned(),
+            service: service.clone(),
             subject: request.subject.clone(),
             attempt,
             sent_at,
@@ -91,7 +92,7 @@ pub struct Confirmation {
     pub version: u32,
     pub message_id: String,
     pub request_id: RequestId,
-    pub service: String,
+    pub service: ServiceName,
     pub outcome: ConfirmationOutcome,
     /// The holder's proof (what it deleted, its own reference); kept with the obligation.
     #[serde(default)]
@@ -104,18 +105,18 @@ pub struct ObligationDue {
     pub version: u32,
     pub message_id: String,
     pub request_id: RequestId,
-    pub service: String,
+    pub service: ServiceName,
     /// The attempt this check was scheduled after (0: the erase-last release).
     pub attempt: u32,
 }
 
 impl ObligationDue {
-    pub fn new(request_id: RequestId, service: &str, attempt: u32) -> Self {
+    pub fn new(request_id: RequestId, service: &ServiceName, attempt: u32) -> Self {
         Self {
             version: 1,
             message_id: format!("check:{request_id}:{service}:{attempt}"),
             request_id,
-            service: service.to_owned(),
+            service: service.clone(),
             attempt,
         }
     }

@@ -33,6 +33,7 @@ use crate::lease::Worker;
 use crate::ports::{RequestStore, StoreError};
 use crate::registry::{EraseIn, ServiceRegistry};
 use crate::request::{Request, RequestId, RequestState};
+use crate::service::ServiceName;
 use crate::subject::SubjectHasher;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +76,32 @@ pub enum Handled {
         commands: usize,
     },
     /// Nothing to do: a duplicate, a stale check, or a request no longer waiting.
-    Nothing(&'static str),
+    Nothing(Skipped),
     Recorded,
     Resent {
         attempt: u32,
     },
     Escalated,
+}
+
+/// Why a message changed nothing; each is what a duplicate or late delivery looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// The request is past fan-out (or gone).
+    NotWaitingForFanOut,
+    /// A newer worker took the request over.
+    FencedOut,
+    /// The obligation already had its answer.
+    AlreadyAnswered,
+    /// The request is completed, cancelled or failed.
+    RequestFinished,
+    /// The service confirmed before the watchdog's check came.
+    AlreadyConfirmed,
+    /// The command was sent again since; that send has its own check.
+    NewerSendHasItsOwnCheck,
+    /// An erase-last service waits for the notice to the subject.
+    WaitsForTheNotice,
+    AlreadyEscalated,
 }
 
 /// The erasure use cases, shared by the erasure and confirm functions.
@@ -115,11 +136,11 @@ where
         }
     }
 
-    fn eraser(&self, service: &str) -> Result<&EraseIn, ErasureError> {
+    fn eraser(&self, service: &ServiceName) -> Result<&EraseIn, ErasureError> {
         self.registry.eraser(service).ok_or_else(|| {
             ErasureError::Rejected(format!(
                 "service `{}` is not in the registry (any more)",
-                truncated(service)
+                service
             ))
         })
     }
@@ -127,9 +148,4 @@ where
     fn subject_hash(&self, request: &Request) -> crate::SubjectHash {
         self.hasher.hash(&request.subject)
     }
-}
-
-/// Names from messages go into errors and logs: keep them short.
-fn truncated(raw: &str) -> String {
-    raw.chars().take(64).collect()
 }

@@ -1,6 +1,7 @@
 //! An obligation: one service's part of one erasure request, and the proof of it.
 
 use crate::request::RequestId;
+use crate::service::ServiceName;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +61,7 @@ impl std::str::FromStr for ObligationStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Obligation {
     pub request_id: RequestId,
-    pub service: String,
+    pub service: ServiceName,
     pub status: ObligationStatus,
     /// Erased after the notice and the grace period.
     pub last: bool,
@@ -77,10 +78,10 @@ pub struct Obligation {
 }
 
 impl Obligation {
-    pub fn planned(request_id: RequestId, service: &str, last: bool) -> Self {
+    pub fn planned(request_id: RequestId, service: &ServiceName, last: bool) -> Self {
         Self {
             request_id,
-            service: service.to_owned(),
+            service: service.clone(),
             status: ObligationStatus::Pending,
             last,
             attempts: 0,

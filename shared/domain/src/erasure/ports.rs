@@ -5,6 +5,7 @@ use super::{Delivery, ErasureCommand, Obligation, ObligationDue, ObligationStatu
 use crate::ports::{ChannelError, StoreError};
 use crate::registry::EraseIn;
 use crate::request::RequestId;
+use crate::service::ServiceName;
 use chrono::{DateTime, Utc};
 use std::future::Future;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub trait ObligationStore: Send + Sync {
     fn record_send(
         &self,
         request_id: RequestId,
-        service: &str,
+        service: &ServiceName,
         attempt: u32,
         status: ObligationStatus,
         error: Option<&str>,
@@ -43,7 +44,7 @@ pub trait ObligationStore: Send + Sync {
     fn record_answer(
         &self,
         request_id: RequestId,
-        service: &str,
+        service: &ServiceName,
         status: ObligationStatus,
         receipt: &str,
         at: DateTime<Utc>,
@@ -53,7 +54,7 @@ pub trait ObligationStore: Send + Sync {
     fn escalate(
         &self,
         request_id: RequestId,
-        service: &str,
+        service: &ServiceName,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
@@ -92,7 +93,7 @@ impl<T: ObligationStore> ObligationStore for Arc<T> {
     async fn record_send(
         &self,
         id: RequestId,
-        service: &str,
+        service: &ServiceName,
         attempt: u32,
         status: ObligationStatus,
         error: Option<&str>,
@@ -105,7 +106,7 @@ impl<T: ObligationStore> ObligationStore for Arc<T> {
     async fn record_answer(
         &self,
         id: RequestId,
-        service: &str,
+        service: &ServiceName,
         status: ObligationStatus,
         receipt: &str,
         at: DateTime<Utc>,
@@ -117,7 +118,7 @@ impl<T: ObligationStore> ObligationStore for Arc<T> {
     async fn escalate(
         &self,
         id: RequestId,
-        service: &str,
+        service: &ServiceName,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         (**self).escalate(id, service, at).await

@@ -68,7 +68,7 @@ for moving your data to another service) and <code>records.csv</code> (opens in 
         let _ = write!(
             html,
             "<h2>{}</h2>\n<p>{}</p>\n<p class=\"note\">{} {}.",
-            escape(&source.name),
+            escape(source.name.as_str()),
             escape(&source.description),
             source.record_count,
             if source.record_count == 1 {
@@ -81,7 +81,7 @@ for moving your data to another service) and <code>records.csv</code> (opens in 
             let _ = write!(
                 html,
                 " The first {HTML_PREVIEW_ROWS} are shown; all are in <code>sources/{}/records.csv</code>.",
-                escape(&source.name)
+                escape(source.name.as_str())
             );
         }
         html.push_str("</p>\n");
@@ -106,7 +106,7 @@ for moving your data to another service) and <code>records.csv</code> (opens in 
                 let _ = writeln!(
                     html,
                     "<li><a href=\"sources/{0}/files/{1}\">{1}</a> ({2} bytes)</li>",
-                    escape(&source.name),
+                    escape(source.name.as_str()),
                     escape(&file.name),
                     file.size
                 );

@@ -2,6 +2,7 @@
 //! in which a report becomes visible only when it is complete.
 
 use crate::registry::{CollectFrom, RegisteredService};
+use crate::service::ServiceName;
 use crate::subject::SubjectId;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("source {service}: {reason}")]
 pub struct SourceError {
-    pub service: String,
+    pub service: ServiceName,
     pub reason: String,
 }
 
@@ -20,7 +21,7 @@ pub struct SourceError {
 /// the function's memory.
 #[derive(Debug, Clone)]
 pub struct StagedSource {
-    pub name: String,
+    pub name: ServiceName,
     pub description: String,
     /// One JSON record per line.
     pub records: PathBuf,
@@ -50,9 +51,9 @@ pub trait ReportSources: Send + Sync {
 }
 
 /// The report store could not be reached or refused; worth another attempt.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("report storage: {0}")]
-pub struct StorageError(pub String);
+#[derive(Debug, thiserror::Error)]
+#[error("report storage: {}", crate::ports::chain(.0.as_ref()))]
+pub struct StorageError(#[source] pub crate::ports::Cause);
 
 /// Where reports are kept. A report is written as an upload that nobody can read until it is
 /// completed, so no half report is ever downloadable.

@@ -236,7 +236,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         let valid_for = (expires_at - now).to_std().unwrap_or_default();
         let url = links.link(&report.key, valid_for).await?;
         self.store
-            .record_event(id, "report_link_issued", now)
+            .record_event(id, &crate::audit::Audited::ReportLinkIssued, now)
             .await?;
         Ok(ReportLink { url, expires_at })
     }

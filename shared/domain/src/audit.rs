@@ -1,0 +1,94 @@
+//! The audit trail: what happened to a request, when, and by which function. A fixed
+//! vocabulary, never personal data; stored as text (`Display`) and read back as text.
+
+use crate::erasure::ObligationStatus;
+use crate::request::RequestState;
+use crate::service::ServiceName;
+use chrono::{DateTime, Utc};
+use std::fmt;
+
+/// Something worth recording about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audited<'a> {
+    /// Accepted from the subject.
+    Submitted,
+    /// Moved to a new state.
+    MovedTo(RequestState),
+    /// A worker took the request, with this fencing token.
+    LeaseTaken { token: u64, owner: &'a str },
+    /// A download link to the report was handed out.
+    ReportLinkIssued,
+    /// The deadline was extended by this many months (Art. 12(3)).
+    DeadlineExtended { months: u32 },
+    /// A service answered its erasure command.
+    Answered {
+        service: &'a ServiceName,
+        status: ObligationStatus,
+    },
+    /// A service stayed silent through every re-send: an operator takes over.
+    Escalated { service: &'a ServiceName },
+}
+
+impl fmt::Display for Audited<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Audited::Submitted => f.write_str("submitted"),
+            Audited::MovedTo(state) => f.write_str(state.as_str()),
+            Audited::LeaseTaken { token, owner } => write!(f, "lease#{token}#{owner}"),
+            Audited::ReportLinkIssued => f.write_str("report_link_issued"),
+            Audited::DeadlineExtended { months } => write!(f, "deadline_extended:{months}m"),
+            Audited::Answered { service, status } => {
+                write!(f, "obligation_{}:{service}", status.as_str())
+            }
+            Audited::Escalated { service } => write!(f, "escalated:{service}"),
+        }
+    }
+}
+
+/// One entry of a request's audit trail, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub at: DateTime<Utc>,
+    pub event: String,
+    pub actor: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_vocabulary_is_stable() {
+        let billing = ServiceName::parse("billing").unwrap();
+        let cases = [
+            (Audited::Submitted, "submitted"),
+            (Audited::MovedTo(RequestState::Collecting), "collecting"),
+            (
+                Audited::LeaseTaken {
+                    token: 3,
+                    owner: "report-1",
+                },
+                "lease#3#report-1",
+            ),
+            (Audited::ReportLinkIssued, "report_link_issued"),
+            (
+                Audited::DeadlineExtended { months: 2 },
+                "deadline_extended:2m",
+            ),
+            (
+                Audited::Answered {
+                    service: &billing,
+                    status: ObligationStatus::NotFound,
+                },
+                "obligation_not_found:billing",
+            ),
+            (
+                Audited::Escalated { service: &billing },
+                "escalated:billing",
+            ),
+        ];
+        for (event, text) in cases {
+            assert_eq!(event.to_string(), text);
+        }
+    }
+}
