@@ -1,11 +1,11 @@
-//! Erasure over the wire: the local stack (emulator + the real RabbitMQ) with fake holders —
+//! Erasure over the wire: the local stack (emulator + the real RabbitMQ) with fake services —
 //! four AMQP services (profile, billing, viewing-history, email) and a vendor's HTTP API — fan
 //! out, confirm, re-send to the silent, escalate, and erase the email service last.
 
 use crate::bridge::LOCAL_BROKER;
 use crate::contract::{assert_message, assert_response};
 use crate::helpers::{eventually, spawn_app_with, unique_name, TestApp};
-use dsr_local::holders::{self, Holders};
+use dsr_local::erasing_services::{self, ErasingServices};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 pub struct ErasureRig {
     pub app: TestApp,
-    pub holders: Holders,
+    pub services: ErasingServices,
     pub namespace: String,
     /// Every event published on `<ns>.events`, in order.
     pub events: Arc<Mutex<Vec<Value>>>,
@@ -45,7 +45,7 @@ impl Default for RigSettings {
 pub async fn rig(settings: RigSettings) -> ErasureRig {
     let namespace = unique_name();
     let (stop, stopped) = watch::channel(false);
-    let holders = holders::start(
+    let services = erasing_services::start(
         LOCAL_BROKER,
         &namespace,
         "127.0.0.1:0".parse().unwrap(),
@@ -56,7 +56,7 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
     let events = spy_on_events(&namespace).await;
     let registry = format!(
         "services:\n{}",
-        holders.registry_entries(settings.confirm_within_seconds, settings.max_sends)
+        services.registry_entries(settings.confirm_within_seconds, settings.max_sends)
     );
     let ns = namespace.clone();
     let app = spawn_app_with(move |s| {
@@ -72,7 +72,7 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
     .await;
     ErasureRig {
         app,
-        holders,
+        services,
         namespace,
         events,
         _stop: stop,
@@ -133,7 +133,7 @@ async fn spy_on_events(namespace: &str) -> Arc<Mutex<Vec<Value>>> {
 
 impl ErasureRig {
     pub async fn submit_erasure(&self, subject: &str) -> String {
-        self.holders.seed(subject);
+        self.services.seed(subject);
         let reply = self.app.submit(subject, "erasure").await;
         assert_eq!(reply.status, 202, "{}", reply.body);
         reply.body["id"].as_str().unwrap().to_owned()
@@ -222,7 +222,7 @@ fn completed(view: &Value) -> bool {
 }
 
 #[tokio::test]
-async fn an_erasure_reaches_every_holder_and_the_email_service_is_erased_last_after_the_notice() {
+async fn an_erasure_reaches_every_service_and_the_email_service_is_erased_last_after_the_notice() {
     let rig = rig(RigSettings::default()).await;
     let subject = format!("erin-{}", unique_name());
     let id = rig.submit_erasure(&subject).await;
@@ -231,14 +231,14 @@ async fn an_erasure_reaches_every_holder_and_the_email_service_is_erased_last_af
         .wait_for(&subject, &id, Duration::from_secs(60), completed)
         .await;
 
-    // Every holder erased, each exactly once, and the proof is on the request.
+    // Every service erased, each exactly once, and the proof is on the request.
     assert!(
-        rig.holders
+        rig.services
             .remaining(&subject)
             .values()
             .all(|left| *left == 0),
         "{:?}",
-        rig.holders.remaining(&subject)
+        rig.services.remaining(&subject)
     );
     let services = view["services"].as_array().unwrap();
     assert_eq!(services.len(), 5, "{view:#}");
@@ -248,13 +248,17 @@ async fn an_erasure_reaches_every_holder_and_the_email_service_is_erased_last_af
         assert_eq!(s["escalated"], false, "{s}");
     }
     assert_eq!(service(&view, "email")["erased_last"], true);
-    for name in holders::AMQP_HOLDERS {
-        assert_eq!(rig.holders.holder(name).erasures_of(&id).len(), 1, "{name}");
+    for name in erasing_services::AMQP_SERVICES {
+        assert_eq!(
+            rig.services.service(name).erasures_of(&id).len(),
+            1,
+            "{name}"
+        );
     }
-    assert_eq!(rig.holders.vendor.holder.erasures_of(&id).len(), 1);
+    assert_eq!(rig.services.vendor.service.erasures_of(&id).len(), 1);
 
     // The email service: the notice first, its own erasure only after it and after all others.
-    let email = rig.holders.holder("email");
+    let email = rig.services.service("email");
     let notice = email.notices_of(&id);
     assert_eq!(notice.len(), 1, "one notice");
     let email_erased = email.erasures_of(&id)[0];
@@ -265,7 +269,7 @@ async fn an_erasure_reaches_every_holder_and_the_email_service_is_erased_last_af
     );
     for name in ["profile", "billing", "viewing-history"] {
         assert!(
-            rig.holders.holder(name).erasures_of(&id)[0] < notice[0],
+            rig.services.service(name).erasures_of(&id)[0] < notice[0],
             "{name}"
         );
     }
@@ -303,8 +307,8 @@ async fn an_erasure_reaches_every_holder_and_the_email_service_is_erased_last_af
 #[tokio::test]
 async fn every_command_and_confirmation_delivered_twice_has_one_effect() {
     let rig = rig(RigSettings::default()).await;
-    for name in holders::AMQP_HOLDERS {
-        let b = &rig.holders.holder(name).behaviour;
+    for name in erasing_services::AMQP_SERVICES {
+        let b = &rig.services.service(name).behaviour;
         b.duplicate_confirmations.store(true, Ordering::SeqCst);
         b.redeliver_once.store(true, Ordering::SeqCst);
     }
@@ -327,18 +331,18 @@ async fn every_command_and_confirmation_delivered_twice_has_one_effect() {
 
     rig.wait_for(&subject, &id, Duration::from_secs(60), completed)
         .await;
-    for name in holders::AMQP_HOLDERS {
-        let holder = rig.holders.holder(name);
+    for name in erasing_services::AMQP_SERVICES {
+        let service = rig.services.service(name);
         assert_eq!(
-            holder.commands_for(&id),
+            service.commands_for(&id),
             2,
             "{name}: the command arrived twice"
         );
-        assert_eq!(holder.erasures_of(&id).len(), 1, "{name}: erased once");
+        assert_eq!(service.erasures_of(&id).len(), 1, "{name}: erased once");
     }
-    assert_eq!(rig.holders.vendor.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(rig.services.vendor.calls.load(Ordering::SeqCst), 1);
     let audit = rig.audit(&id).await;
-    for name in holders::AMQP_HOLDERS.iter().chain(&["ads"]) {
+    for name in erasing_services::AMQP_SERVICES.iter().chain(&["ads"]) {
         let confirmed = audit
             .iter()
             .filter(|e| **e == format!("obligation_confirmed:{name}"))
@@ -350,7 +354,7 @@ async fn every_command_and_confirmation_delivered_twice_has_one_effect() {
         1,
         "one fan-out: {audit:?}"
     );
-    assert_eq!(rig.holders.holder("email").notices_of(&id).len(), 1);
+    assert_eq!(rig.services.service("email").notices_of(&id).len(), 1);
 }
 
 #[tokio::test]
@@ -361,8 +365,8 @@ async fn a_silent_service_is_sent_again_then_escalated_and_the_erasure_stays_ope
         grace_seconds: 1,
     })
     .await;
-    rig.holders
-        .holder("billing")
+    rig.services
+        .service("billing")
         .behaviour
         .silent
         .store(true, Ordering::SeqCst);
@@ -377,7 +381,7 @@ async fn a_silent_service_is_sent_again_then_escalated_and_the_erasure_stays_ope
     let billing = service(&view, "billing");
     assert_eq!(billing["commands_sent"], 2, "{billing}");
     assert_eq!(billing["status"], "sent");
-    assert_eq!(rig.holders.holder("billing").commands_for(&id), 2);
+    assert_eq!(rig.services.service("billing").commands_for(&id), 2);
     // The others are done, the erasure is not: it completes only on every confirmation.
     assert_eq!(view["state"], "awaiting_confirmations");
     assert_eq!(service(&view, "profile")["status"], "confirmed");
@@ -387,10 +391,10 @@ async fn a_silent_service_is_sent_again_then_escalated_and_the_erasure_stays_ope
         .audit(&id)
         .await
         .contains(&"escalated:billing".to_owned()));
-    assert!(rig.holders.holder("email").notices_of(&id).is_empty());
+    assert!(rig.services.service("email").notices_of(&id).is_empty());
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        rig.holders.holder("billing").commands_for(&id),
+        rig.services.service("billing").commands_for(&id),
         2,
         "no sends after the escalation"
     );
@@ -404,7 +408,7 @@ async fn a_failing_third_party_api_is_retried_then_escalated() {
         grace_seconds: 1,
     })
     .await;
-    rig.holders.vendor.failing.store(true, Ordering::SeqCst);
+    rig.services.vendor.failing.store(true, Ordering::SeqCst);
     let subject = format!("vend-{}", unique_name());
     let id = rig.submit_erasure(&subject).await;
 
@@ -418,9 +422,9 @@ async fn a_failing_third_party_api_is_retried_then_escalated() {
         (ads["status"].as_str(), ads["commands_sent"].as_u64()),
         (Some("failed"), Some(3))
     );
-    assert_eq!(rig.holders.vendor.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(rig.services.vendor.calls.load(Ordering::SeqCst), 3);
     assert_eq!(
-        rig.holders.vendor.holder.records(&subject),
+        rig.services.vendor.service.records(&subject),
         1,
         "nothing erased"
     );
@@ -535,7 +539,7 @@ async fn rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_loses_not
         submitted.push((subject, id));
     }
     // Restart once the fan-out is under way: some commands out, most not yet.
-    let profile = rig.holders.holder("profile");
+    let profile = rig.services.service("profile");
     assert!(
         eventually(Duration::from_secs(120), async || {
             profile.commands.lock().unwrap().len() >= 10
@@ -564,9 +568,13 @@ async fn rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_loses_not
         for s in view["services"].as_array().unwrap() {
             assert_eq!(s["commands_sent"], 1, "no command needed a re-send: {s}");
         }
-        assert!(rig.holders.remaining(subject).values().all(|n| *n == 0));
-        for name in holders::AMQP_HOLDERS {
-            assert_eq!(rig.holders.holder(name).erasures_of(id).len(), 1, "{name}");
+        assert!(rig.services.remaining(subject).values().all(|n| *n == 0));
+        for name in erasing_services::AMQP_SERVICES {
+            assert_eq!(
+                rig.services.service(name).erasures_of(id).len(),
+                1,
+                "{name}"
+            );
         }
     }
     for dlq in [

@@ -501,7 +501,7 @@ async fn two_workers_at_once_make_one_report_and_a_late_worker_is_fenced_out() {
     });
     assert_eq!(slow_outcome.unwrap(), WorkOutcome::FencedOut);
     let WorkOutcome::Completed(report) = fresh_outcome.unwrap() else {
-        panic!("the new lease holder completes")
+        panic!("the new lease owner completes")
     };
     let request = f.request(id).await;
     assert_eq!(

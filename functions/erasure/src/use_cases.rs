@@ -113,7 +113,7 @@ impl Fixture {
 }
 
 #[tokio::test]
-async fn fan_out_plans_every_erasable_holder_and_commands_all_but_the_erase_last_once() {
+async fn fan_out_plans_every_erasable_service_and_commands_all_but_the_erase_last_once() {
     let f = fixture();
     f.ports.answers.lock().unwrap().insert(
         svc("ads"),
@@ -153,7 +153,7 @@ async fn fan_out_plans_every_erasable_holder_and_commands_all_but_the_erase_last
     let billing = commands.iter().find(|c| c.service == "billing").unwrap();
     assert_eq!(billing.idempotency_key, format!("erase:{id}:billing"));
     assert_eq!(billing.message_id, format!("erase:{id}:billing:1"));
-    // Each send has its watchdog, at the holder's own timeout.
+    // Each send has its watchdog, at the service's own timeout.
     let billing_check = f
         .ports
         .checks()
@@ -226,7 +226,7 @@ async fn the_email_service_is_released_after_the_notice_and_the_grace_period_the
 }
 
 #[tokio::test]
-async fn a_silent_holder_is_sent_again_until_max_sends_then_escalated_once() {
+async fn a_silent_service_is_sent_again_until_max_sends_then_escalated_once() {
     let f = fixture();
     let id = f.erasure().await;
     f.erasures.fan_out(id).await.unwrap();

@@ -275,7 +275,7 @@ pub struct RequestView {
     /// Set when an operator extended the deadline (Art. 12(3)): by how much and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_extension: Option<ExtensionView>,
-    /// Erasure requests, on `GET /v1/requests/{id}`: each holder's progress (no data).
+    /// Erasure requests, on `GET /v1/requests/{id}`: each service's progress (no data).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<ServiceProgress>>,
 }

@@ -2,10 +2,10 @@
 //! one process, with API Gateway's and SQS event source mappings' semantics.
 
 pub mod demo;
+pub mod erasing_services;
 pub mod event_source;
 pub mod fake_services;
 pub mod gateway;
-pub mod holders;
 pub mod jwt;
 pub mod provision;
 pub mod stack;

@@ -260,8 +260,8 @@ pub fn template_authorizer(
 
 pub struct RunningStack {
     pub http_addr: SocketAddr,
-    /// The demo's fake data holders (`make run`).
-    pub holders: Option<Arc<crate::holders::Holders>>,
+    /// The demo's fake data services (`make run`).
+    pub services: Option<Arc<crate::erasing_services::ErasingServices>>,
     pub stack: Arc<LocalStack>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -323,13 +323,13 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
     ));
 
     let mut registry = settings.registry.clone();
-    let mut holders = None;
+    let mut services = None;
     if let Some(listen) = settings.demo {
         let demo = crate::demo::seed(aws, &stack.context.stack_name, listen).await?;
         // The services that take erasure commands: AMQP consumers and a vendor's HTTP API
         // (on the next port), all holding data about the demo user.
         let env = stack.env("BridgeInboundFunction")?;
-        let fakes = crate::holders::start(
+        let fakes = crate::erasing_services::start(
             &env.required(vars::RABBITMQ_URL)?,
             &env.required(vars::RABBITMQ_NAMESPACE)?,
             SocketAddr::new(listen.ip(), listen.port().saturating_add(1)),
@@ -339,7 +339,7 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         fakes.seed(crate::demo::DEMO_SUBJECT);
         let demo_registry = format!("{}{}", demo.registry, fakes.registry_entries(60, 3));
         registry = registry.or(Some(demo_registry));
-        holders = Some(Arc::new(fakes));
+        services = Some(Arc::new(fakes));
     }
     if settings.consume_work_queues {
         let sqs = aws_sdk_sqs::Client::new(aws);
@@ -420,7 +420,7 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
 
     Ok(RunningStack {
         http_addr,
-        holders,
+        services,
         stack,
         shutdown,
         tasks,

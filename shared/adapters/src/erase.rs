@@ -6,7 +6,7 @@ use aws_sdk_sqs::Client;
 use dsr_domain::erasure::{
     ChannelError, Delivery, ErasureChannel, ErasureCommand, ObligationStatus,
 };
-use dsr_domain::registry::{EraseIn, EraseVia};
+use dsr_domain::registry::{ErasureRoute, HowToErase};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -84,11 +84,13 @@ impl ErasureChannel for ErasureChannels {
     async fn send(
         &self,
         command: &ErasureCommand,
-        how: &EraseIn,
+        how: &HowToErase,
     ) -> Result<Delivery, ChannelError> {
         let (url, method, auth, timeout_ms, per_second) = match &how.via {
-            EraseVia::Rabbitmq { routing_key } => return self.publish(command, routing_key).await,
-            EraseVia::Http {
+            ErasureRoute::Rabbitmq { routing_key } => {
+                return self.publish(command, routing_key).await
+            }
+            ErasureRoute::Http {
                 url,
                 method,
                 auth,

@@ -3,7 +3,7 @@
 //! Format lines on stdout: `dsr_adapters::emf`). Without a sink nothing is recorded.
 //!
 //! Metric names are the dashboard's and the alarms' vocabulary (template.yaml); dimensions are
-//! low-cardinality (kind, state, holder), never a request or subject.
+//! low-cardinality (kind, state, service), never a request or subject.
 
 use std::sync::{Arc, OnceLock, RwLock};
 

@@ -26,14 +26,14 @@ pub struct RegisteredService {
     pub collect: Option<CollectFrom>,
     /// How to erase its data for an erasure request; `None` if it holds nothing to erase.
     #[serde(default)]
-    pub erase: Option<EraseIn>,
+    pub erase: Option<HowToErase>,
 }
 
 /// How a service is told to erase, and how long it may take to confirm.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EraseIn {
-    pub via: EraseVia,
+pub struct HowToErase {
+    pub via: ErasureRoute,
     /// Erased only after every other service confirmed and the subject was told, plus a grace
     /// period: the email service, which must still be able to send "your data was erased".
     #[serde(default)]
@@ -48,7 +48,7 @@ pub struct EraseIn {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum EraseVia {
+pub enum ErasureRoute {
     /// An internal service: an `erase_subject` command on the commands exchange with this
     /// routing key; the service answers with an `erasure_confirmation`.
     Rabbitmq { routing_key: String },
@@ -198,10 +198,10 @@ impl ServiceRegistry {
                     )));
                 }
                 match &erase.via {
-                    EraseVia::Rabbitmq { routing_key } if routing_key.is_empty() => {
+                    ErasureRoute::Rabbitmq { routing_key } if routing_key.is_empty() => {
                         return Err(RegistryError(format!("{name}: a routing_key is needed")));
                     }
-                    EraseVia::Http {
+                    ErasureRoute::Http {
                         url,
                         method,
                         max_per_second,
@@ -223,7 +223,7 @@ impl ServiceRegistry {
                             )));
                         }
                     }
-                    EraseVia::Rabbitmq { .. } => {}
+                    ErasureRoute::Rabbitmq { .. } => {}
                 }
             }
         }
@@ -231,13 +231,13 @@ impl ServiceRegistry {
     }
 
     /// The services an erasure must reach, in registry order.
-    pub fn erasable(&self) -> impl Iterator<Item = (&RegisteredService, &EraseIn)> {
+    pub fn erasable(&self) -> impl Iterator<Item = (&RegisteredService, &HowToErase)> {
         self.services
             .iter()
             .filter_map(|h| h.erase.as_ref().map(|e| (h, e)))
     }
 
-    pub fn eraser(&self, service: &ServiceName) -> Option<&EraseIn> {
+    pub fn eraser(&self, service: &ServiceName) -> Option<&HowToErase> {
         self.services
             .iter()
             .find(|s| &s.name == service)
@@ -283,9 +283,9 @@ mod tests {
             .collect();
         assert_eq!(erasable, [("email", true), ("ads", false)]);
         match r.eraser(&ServiceName::parse("ads").unwrap()) {
-            Some(EraseIn {
+            Some(HowToErase {
                 via:
-                    EraseVia::Http {
+                    ErasureRoute::Http {
                         method,
                         max_per_second,
                         ..

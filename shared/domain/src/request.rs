@@ -59,7 +59,7 @@ impl fmt::Display for RequestId {
 pub enum RequestKind {
     /// Art. 15 access and Art. 20 portability: a downloadable report.
     Access,
-    /// Art. 17 erasure: every holder deletes, and confirms.
+    /// Art. 17 erasure: every service deletes, and confirms.
     Erasure,
 }
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// Records erasure commands, scheduled checks and events; a holder can be set to answer like a
+/// Records erasure commands, scheduled checks and events; a service can be set to answer like a
 /// third-party API (`Answered`) or to fail.
 #[derive(Default)]
 pub struct RecordingErasurePorts {
@@ -32,7 +32,7 @@ impl dsr_domain::erasure::ErasureChannel for RecordingErasurePorts {
     async fn send(
         &self,
         command: &dsr_domain::erasure::ErasureCommand,
-        _how: &dsr_domain::registry::EraseIn,
+        _how: &dsr_domain::registry::HowToErase,
     ) -> Result<dsr_domain::erasure::Delivery, dsr_domain::erasure::ChannelError> {
         locked(&self.commands).push(command.clone());
         Ok(self

@@ -14,7 +14,7 @@ pub use queues::{InMemoryReportLinks, InMemoryWorkQueue};
 pub use reports::{FakeSources, InMemoryReportStore, RecordingOutbox};
 pub use requests::InMemoryRequestStore;
 
-/// A lock that survives a panicking holder: test doubles should not cascade failures.
+/// A lock that survives a thread that panicked while holding it: test doubles should not cascade failures.
 fn locked<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

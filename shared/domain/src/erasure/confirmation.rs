@@ -14,7 +14,7 @@ where
     E: EventOutbox,
     C: Clock,
 {
-    /// A holder's confirmation. Duplicates change nothing; an unknown request or service is
+    /// A service's confirmation. Duplicates change nothing; an unknown request or service is
     /// rejected.
     pub async fn confirm(&self, confirmation: &Confirmation) -> Result<Handled, ErasureError> {
         let request = self.erasure(confirmation.request_id).await?;
@@ -71,7 +71,7 @@ where
         Ok(Handled::Recorded)
     }
 
-    /// The watchdog, and the release of the erase-last holders.
+    /// The watchdog, and the release of the erase-last services.
     pub async fn check(&self, due: &ObligationDue) -> Result<Handled, ErasureError> {
         let request = self.erasure(due.request_id).await?;
         if request.state.is_terminal() {
@@ -125,7 +125,7 @@ where
                     attempts = obligation.attempts,
                     status = obligation.status.as_str(),
                     alert = "erasure_obligation_escalated",
-                    "holder did not confirm the erasure: escalated"
+                    "service did not confirm the erasure: escalated"
                 );
                 metrics::emit(
                     Metric::count(names::ESCALATIONS, 1)
@@ -188,7 +188,7 @@ where
             {
                 return Ok(());
             }
-            tracing::info!(request_id = %id, subject = %hash, "erasure notice sent; erase-last holders scheduled");
+            tracing::info!(request_id = %id, subject = %hash, "erasure notice sent; erase-last services scheduled");
         }
         if request.state == RequestState::Notifying
             && obligations.iter().all(|o| o.status.is_done())
@@ -209,7 +209,7 @@ where
             if self.store.save_transition(&request, &hash, from).await?
                 == TransitionOutcome::Applied
             {
-                tracing::info!(request_id = %id, subject = %hash, holders = obligations.len(), "erasure completed");
+                tracing::info!(request_id = %id, subject = %hash, services = obligations.len(), "erasure completed");
                 metrics::emit(Metric::count(names::REQUESTS_COMPLETED, 1).with("Kind", "erasure"));
             }
         }

@@ -84,7 +84,7 @@ where
         &self,
         request: &Request,
         service: &ServiceName,
-        how: &EraseIn,
+        how: &HowToErase,
         attempt: u32,
     ) -> Result<(), ErasureError> {
         let now = self.clock.now();

@@ -6,7 +6,7 @@ use crate::subject::SubjectId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// `erase_subject`, sent to one holder. Contract: `docs/messages.schema.json`.
+/// `erase_subject`, sent to one service. Contract: `docs/messages.schema.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErasureCommand {
@@ -15,12 +15,12 @@ pub struct ErasureCommand {
     pub command_type: String,
     /// `erase:<request>:<service>:<attempt>`: unique per send.
     pub message_id: String,
-    /// `erase:<request>:<service>`: the same for every send of this obligation; a holder that
+    /// `erase:<request>:<service>`: the same for every send of this obligation; a service that
     /// sees it again confirms again without erasing again.
     pub idempotency_key: String,
     pub request_id: RequestId,
     pub service: ServiceName,
-    /// Whom to erase: holders need the id they know the person by.
+    /// Whom to erase: services need the id they know the person by.
     pub subject: SubjectId,
     pub attempt: u32,
     pub sent_at: DateTime<Utc>,
@@ -50,7 +50,7 @@ impl ErasureCommand {
     }
 }
 
-/// A holder's answer to `erase_subject`.
+/// A service's answer to `erase_subject`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConfirmationOutcome {
@@ -63,7 +63,7 @@ pub enum ConfirmationOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ConfirmationsMessage {
-    /// A holder's answer, from RabbitMQ through the bridge.
+    /// A service's answer, from RabbitMQ through the bridge.
     ErasureConfirmation(Confirmation),
     /// The watchdog: delivered by delayed dispatch when an obligation's time is up.
     ObligationDue(ObligationDue),
@@ -94,7 +94,7 @@ pub struct Confirmation {
     pub request_id: RequestId,
     pub service: ServiceName,
     pub outcome: ConfirmationOutcome,
-    /// The holder's proof (what it deleted, its own reference); kept with the obligation.
+    /// The service's proof (what it deleted, its own reference); kept with the obligation.
     #[serde(default)]
     pub receipt: serde_json::Value,
 }

@@ -1,14 +1,14 @@
-//! Erasure (Art. 17): one obligation per holder in the registry, each proven by a confirmation.
+//! Erasure (Art. 17): one obligation per service in the registry, each proven by a confirmation.
 //!
 //! The life of an erasure request:
-//! 1. `fan_out` (erasure function, under the lease): writes the obligations, sends every holder
+//! 1. `fan_out` (erasure function, under the lease): writes the obligations, sends every service
 //!    but the erase-last ones its command, and moves the request to `awaiting_confirmations`.
-//! 2. `confirm` (confirm function): a holder's confirmation marks its obligation; when all but
-//!    the erase-last holders are done, the subject is told (an `erasure_notice` event) and the
-//!    erase-last holders' commands are scheduled after a grace period (`notifying`); when those
+//! 2. `confirm` (confirm function): a service's confirmation marks its obligation; when all but
+//!    the erase-last services are done, the subject is told (an `erasure_notice` event) and the
+//!    erase-last services' commands are scheduled after a grace period (`notifying`); when those
 //!    confirm too the request is `completed` and `erasure_completed` is emitted.
 //! 3. `check` (confirm function, woken by delayed dispatch): an obligation still unconfirmed
-//!    when its holder's timeout passes is sent again, and after `max_sends` escalated.
+//!    when its service's timeout passes is sent again, and after `max_sends` escalated.
 //!
 //! Every effect is keyed so that a duplicate delivery changes nothing: commands carry
 //! `erase:<request>:<service>` as idempotency key (and the attempt in their message id),
@@ -31,7 +31,7 @@ pub use ports::{CheckScheduler, ErasureChannel, ObligationStore};
 use crate::clock::Clock;
 use crate::lease::Worker;
 use crate::ports::{RequestStore, StoreError};
-use crate::registry::{EraseIn, ServiceRegistry};
+use crate::registry::{HowToErase, ServiceRegistry};
 use crate::request::{Request, RequestId, RequestState};
 use crate::service::ServiceName;
 use crate::subject::SubjectHasher;
@@ -136,7 +136,7 @@ where
         }
     }
 
-    fn eraser(&self, service: &ServiceName) -> Result<&EraseIn, ErasureError> {
+    fn eraser(&self, service: &ServiceName) -> Result<&HowToErase, ErasureError> {
         self.registry.eraser(service).ok_or_else(|| {
             ErasureError::Rejected(format!(
                 "service `{}` is not in the registry (any more)",

@@ -5,19 +5,19 @@ use crate::service::ServiceName;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Where one holder's erasure stands.
+/// Where one service's erasure stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ObligationStatus {
-    /// Written, no command sent yet (erase-last holders wait here until the notice is out).
+    /// Written, no command sent yet (erase-last services wait here until the notice is out).
     Pending,
     /// A command was sent; no answer yet.
     Sent,
-    /// The holder confirmed the erasure.
+    /// The service confirmed the erasure.
     Confirmed,
-    /// The holder confirmed it held nothing about the subject.
+    /// The service confirmed it held nothing about the subject.
     NotFound,
-    /// The holder answered that it could not erase (or its API failed); it is sent again.
+    /// The service answered that it could not erase (or its API failed); it is sent again.
     Failed,
 }
 
@@ -32,7 +32,7 @@ impl ObligationStatus {
         }
     }
 
-    /// The holder's part is done: nothing of the subject is left there.
+    /// The service's part is done: nothing of the subject is left there.
     pub fn is_done(self) -> bool {
         matches!(
             self,
@@ -57,7 +57,7 @@ impl std::str::FromStr for ObligationStatus {
     }
 }
 
-/// One holder's part of one erasure request: the proof of erasure, kept with its receipt.
+/// One service's part of one erasure request: the proof of erasure, kept with its receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Obligation {
     pub request_id: RequestId,
@@ -69,11 +69,11 @@ pub struct Obligation {
     pub attempts: u32,
     pub sent_at: Option<DateTime<Utc>>,
     pub confirmed_at: Option<DateTime<Utc>>,
-    /// What the holder answered (JSON), kept as proof.
+    /// What the service answered (JSON), kept as proof.
     pub receipt: Option<String>,
     /// Why the last attempt failed, if it did. Never personal data.
     pub last_error: Option<String>,
-    /// Set once the holder stayed silent through `max_sends` commands.
+    /// Set once the service stayed silent through `max_sends` commands.
     pub escalated_at: Option<DateTime<Utc>>,
 }
 
@@ -104,6 +104,6 @@ pub enum Delivery {
         status: ObligationStatus,
         receipt: String,
     },
-    /// The holder could not be reached or refused; the watchdog sends again.
+    /// The service could not be reached or refused; the watchdog sends again.
     Failed(String),
 }

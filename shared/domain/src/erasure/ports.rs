@@ -3,7 +3,7 @@
 
 use super::{Delivery, ErasureCommand, Obligation, ObligationDue, ObligationStatus};
 use crate::ports::{ChannelError, StoreError};
-use crate::registry::EraseIn;
+use crate::registry::HowToErase;
 use crate::request::RequestId;
 use crate::service::ServiceName;
 use chrono::{DateTime, Utc};
@@ -40,7 +40,7 @@ pub trait ObligationStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Records the holder's answer only if the obligation exists and is not done yet.
+    /// Records the service's answer only if the obligation exists and is not done yet.
     fn record_answer(
         &self,
         request_id: RequestId,
@@ -65,7 +65,7 @@ pub trait ErasureChannel: Send + Sync {
     fn send(
         &self,
         command: &ErasureCommand,
-        how: &EraseIn,
+        how: &HowToErase,
     ) -> impl Future<Output = Result<Delivery, ChannelError>> + Send;
 }
 
@@ -129,7 +129,7 @@ impl<T: ErasureChannel> ErasureChannel for Arc<T> {
     async fn send(
         &self,
         command: &ErasureCommand,
-        how: &EraseIn,
+        how: &HowToErase,
     ) -> Result<Delivery, ChannelError> {
         (**self).send(command, how).await
     }

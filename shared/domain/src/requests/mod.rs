@@ -73,7 +73,7 @@ pub struct Requests<S, Q, C> {
 }
 
 impl<S: RequestStore + crate::erasure::ObligationStore, Q, C> Requests<S, Q, C> {
-    /// Where each holder's erasure stands (empty for access requests), by service name.
+    /// Where each service's erasure stands (empty for access requests), by service name.
     pub async fn progress(
         &self,
         request: &Request,

@@ -26,7 +26,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                     "a worker holds it right now".to_owned()
                 }
                 RequestState::AwaitingConfirmations | RequestState::Notifying => {
-                    "it waits on holders; the watchdog re-sends their commands".to_owned()
+                    "it waits on services; the watchdog re-sends their commands".to_owned()
                 }
                 state => format!("it is {state}; the subject can submit a new request"),
             }));

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How a fake holder misbehaves, to test the watchdog and duplicates.
+/// How a fake service misbehaves, to test the watchdog and duplicates.
 #[derive(Debug, Default)]
 pub struct Behaviour {
     /// Takes commands and never confirms.
@@ -39,9 +39,9 @@ pub struct Behaviour {
     pub redeliver_once: AtomicBool,
 }
 
-/// One holder's data and what happened to it.
+/// One service's data and what happened to it.
 #[derive(Default)]
-pub struct Holder {
+pub struct ErasingService {
     pub name: String,
     /// Records per subject.
     pub data: Mutex<HashMap<String, Vec<Value>>>,
@@ -54,7 +54,7 @@ pub struct Holder {
     pub behaviour: Behaviour,
 }
 
-impl Holder {
+impl ErasingService {
     pub fn records(&self, subject: &str) -> usize {
         lock(&self.data).get(subject).map_or(0, Vec::len)
     }
@@ -91,22 +91,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The AMQP holders of one namespace, plus the ad vendor's API.
-pub struct Holders {
-    pub amqp: HashMap<String, Arc<Holder>>,
+/// The AMQP services of one namespace, plus the ad vendor's API.
+pub struct ErasingServices {
+    pub amqp: HashMap<String, Arc<ErasingService>>,
     pub vendor: Arc<Vendor>,
     pub vendor_addr: SocketAddr,
 }
 
-impl Holders {
-    pub fn holder(&self, name: &str) -> &Arc<Holder> {
+impl ErasingServices {
+    pub fn service(&self, name: &str) -> &Arc<ErasingService> {
         &self.amqp[name]
     }
 
     /// Seeds `subject` everywhere with a few records.
     pub fn seed(&self, subject: &str) {
-        for (name, holder) in &self.amqp {
-            holder.seed(
+        for (name, service) in &self.amqp {
+            service.seed(
                 subject,
                 vec![
                     json!({"service": name, "kind": "example", "n": 1}),
@@ -115,22 +115,22 @@ impl Holders {
             );
         }
         self.vendor
-            .holder
+            .service
             .seed(subject, vec![json!({"segment": "tea-lovers"})]);
     }
 
-    /// Records left about `subject`, per holder (vendor as `ads`).
+    /// Records left about `subject`, per service (vendor as `ads`).
     pub fn remaining(&self, subject: &str) -> HashMap<String, usize> {
         let mut left: HashMap<String, usize> = self
             .amqp
             .iter()
             .map(|(name, h)| (name.clone(), h.records(subject)))
             .collect();
-        left.insert("ads".into(), self.vendor.holder.records(subject));
+        left.insert("ads".into(), self.vendor.service.records(subject));
         left
     }
 
-    /// The registry entries (YAML list items) for these holders; `email` is erased last.
+    /// The registry entries (YAML list items) for these services; `email` is erased last.
     pub fn registry_entries(&self, confirm_within_seconds: u64, max_sends: u32) -> String {
         let mut yaml = String::new();
         let mut names: Vec<&String> = self.amqp.keys().collect();
@@ -149,23 +149,23 @@ impl Holders {
     }
 }
 
-pub const AMQP_HOLDERS: [&str; 4] = ["profile", "billing", "viewing-history", "email"];
+pub const AMQP_SERVICES: [&str; 4] = ["profile", "billing", "viewing-history", "email"];
 
-/// Starts the holders: each consumes its commands under `namespace` until `stopped`,
+/// Starts the services: each consumes its commands under `namespace` until `stopped`,
 /// reconnecting when the broker goes away, like a well-behaved service.
 pub async fn start(
     url: &str,
     namespace: &str,
     vendor_listen: SocketAddr,
     stopped: watch::Receiver<bool>,
-) -> Result<Holders> {
+) -> Result<ErasingServices> {
     let mut amqp = HashMap::new();
-    for name in AMQP_HOLDERS {
-        let holder = Arc::new(Holder {
+    for name in AMQP_SERVICES {
+        let service = Arc::new(ErasingService {
             name: name.to_owned(),
-            ..Holder::default()
+            ..ErasingService::default()
         });
-        amqp.insert(name.to_owned(), holder.clone());
+        amqp.insert(name.to_owned(), service.clone());
         // Declared before returning, so no command published from now on finds no queue.
         let conn = Connection::connect(url, ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
@@ -175,14 +175,14 @@ pub async fn start(
         tokio::spawn(serve_amqp(
             url.to_owned(),
             namespace.to_owned(),
-            holder,
+            service,
             stopped.clone(),
         ));
     }
     let vendor = Arc::new(Vendor {
-        holder: Holder {
+        service: ErasingService {
             name: "ads".into(),
-            ..Holder::default()
+            ..ErasingService::default()
         },
         failing: AtomicBool::new(false),
         calls: AtomicU32::new(0),
@@ -195,7 +195,7 @@ pub async fn start(
         .with_state(vendor.clone())
         .merge(
             Router::new()
-                .route("/holders/{subject}", get(remaining))
+                .route("/services/{subject}", get(remaining))
                 .with_state(Arc::new((amqp.clone(), vendor.clone()))),
         );
     let mut vendor_stop = stopped.clone();
@@ -206,7 +206,7 @@ pub async fn start(
             })
             .await;
     });
-    Ok(Holders {
+    Ok(ErasingServices {
         amqp,
         vendor,
         vendor_addr,
@@ -256,16 +256,16 @@ async fn declare(channel: &Channel, namespace: &str, name: &str) -> lapin::Resul
 async fn serve_amqp(
     url: String,
     namespace: String,
-    holder: Arc<Holder>,
+    service: Arc<ErasingService>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(250);
     loop {
         tokio::select! {
             _ = stopped.wait_for(|s| *s) => return,
-            result = consume(&url, &namespace, &holder) => {
+            result = consume(&url, &namespace, &service) => {
                 if let Err(err) = result {
-                    tracing::debug!(holder = %holder.name, error = %err, "fake holder reconnecting");
+                    tracing::debug!(service = %service.name, error = %err, "fake service reconnecting");
                 }
             }
         }
@@ -277,10 +277,10 @@ async fn serve_amqp(
     }
 }
 
-async fn consume(url: &str, namespace: &str, holder: &Holder) -> anyhow::Result<()> {
+async fn consume(url: &str, namespace: &str, service: &ErasingService) -> anyhow::Result<()> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
-    declare(&channel, namespace, &holder.name).await?;
+    declare(&channel, namespace, &service.name).await?;
     channel.basic_qos(16, BasicQosOptions::default()).await?;
     let replies = conn.create_channel().await?;
     replies
@@ -288,8 +288,8 @@ async fn consume(url: &str, namespace: &str, holder: &Holder) -> anyhow::Result<
         .await?;
     let mut consumer = channel
         .basic_consume(
-            queue_name(namespace, &holder.name).as_str().into(),
-            format!("fake-{}", holder.name).as_str().into(),
+            queue_name(namespace, &service.name).as_str().into(),
+            format!("fake-{}", service.name).as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -299,41 +299,41 @@ async fn consume(url: &str, namespace: &str, holder: &Holder) -> anyhow::Result<
         let body: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
         if body["type"] == "erasure_notice" {
             let request_id = body["request_id"].as_str().unwrap_or_default().to_owned();
-            let mut notices = lock(&holder.notices);
+            let mut notices = lock(&service.notices);
             // Idempotent by message id: one email per request.
             if !notices.iter().any(|(id, _)| *id == request_id) {
-                tracing::info!(holder = %holder.name, %request_id, "fake email service: told the subject their data was erased");
+                tracing::info!(service = %service.name, %request_id, "fake email service: told the subject their data was erased");
                 notices.push((request_id, Utc::now()));
             }
         } else if let Ok(command) = serde_json::from_value::<ErasureCommand>(body) {
-            lock(&holder.commands).push(command.message_id.clone());
+            lock(&service.commands).push(command.message_id.clone());
             let first = {
-                let mut erasures = lock(&holder.erasures);
+                let mut erasures = lock(&service.erasures);
                 let seen = erasures.iter().any(|(k, _)| *k == command.idempotency_key);
                 if !seen {
                     erasures.push((command.idempotency_key.clone(), Utc::now()));
                 }
                 !seen
             };
-            tracing::info!(holder = %holder.name, request_id = %command.request_id, attempt = command.attempt, first, "fake holder: erase command");
+            tracing::info!(service = %service.name, request_id = %command.request_id, attempt = command.attempt, first, "fake service: erase command");
             let removed = if first {
-                lock(&holder.data)
+                lock(&service.data)
                     .remove(command.subject.as_str())
                     .map_or(0, |r| r.len())
             } else {
                 0
             };
-            if !holder.behaviour.silent.load(Ordering::SeqCst) {
+            if !service.behaviour.silent.load(Ordering::SeqCst) {
                 let confirmation = json!({
                     "type": "erasure_confirmation",
                     "version": 1,
                     "message_id": format!("confirmation:{}", command.message_id),
                     "request_id": command.request_id,
-                    "service": holder.name,
+                    "service": service.name,
                     "outcome": if first && removed == 0 { "not_found" } else { "erased" },
-                    "receipt": { "records_deleted": removed, "reference": format!("{}-{}", holder.name, command.attempt) },
+                    "receipt": { "records_deleted": removed, "reference": format!("{}-{}", service.name, command.attempt) },
                 });
-                let copies = if holder
+                let copies = if service
                     .behaviour
                     .duplicate_confirmations
                     .load(Ordering::SeqCst)
@@ -346,7 +346,7 @@ async fn consume(url: &str, namespace: &str, holder: &Holder) -> anyhow::Result<
                     replies
                         .basic_publish(
                             format!("{namespace}.confirmations").as_str().into(),
-                            format!("confirmation.{}", holder.name).as_str().into(),
+                            format!("confirmation.{}", service.name).as_str().into(),
                             BasicPublishOptions::default(),
                             confirmation.to_string().as_bytes(),
                             BasicProperties::default()
@@ -364,7 +364,7 @@ async fn consume(url: &str, namespace: &str, holder: &Holder) -> anyhow::Result<
         }
         // Acknowledged only after the confirmation is on the broker: a restart in between
         // redelivers the command, which the idempotency key absorbs.
-        if holder.behaviour.redeliver_once.load(Ordering::SeqCst) && !delivery.redelivered {
+        if service.behaviour.redeliver_once.load(Ordering::SeqCst) && !delivery.redelivered {
             delivery
                 .nack(lapin::options::BasicNackOptions {
                     requeue: true,
@@ -380,7 +380,7 @@ async fn consume(url: &str, namespace: &str, holder: &Holder) -> anyhow::Result<
 
 /// A third party's erasure API: `DELETE /v2/users/{subject}` with an `Idempotency-Key`.
 pub struct Vendor {
-    pub holder: Holder,
+    pub service: ErasingService,
     /// Answers 503 while set.
     pub failing: AtomicBool,
     pub calls: AtomicU32,
@@ -418,8 +418,8 @@ async fn vendor_erase(
     }
     let first = lock(&vendor.keys).insert(key.clone());
     let removed = if first {
-        lock(&vendor.holder.erasures).push((key.clone(), Utc::now()));
-        lock(&vendor.holder.data)
+        lock(&vendor.service.erasures).push((key.clone(), Utc::now()));
+        lock(&vendor.service.data)
             .remove(&subject)
             .map_or(0, |r| r.len())
     } else {
@@ -433,17 +433,17 @@ async fn vendor_erase(
     )
 }
 
-/// The AMQP holders by name, and the vendor.
-type Everyone = (HashMap<String, Arc<Holder>>, Arc<Vendor>);
+/// The AMQP services by name, and the vendor.
+type Everyone = (HashMap<String, Arc<ErasingService>>, Arc<Vendor>);
 
-/// `GET /holders/{subject}`: records each fake holder still has about the subject.
+/// `GET /services/{subject}`: records each fake service still has about the subject.
 async fn remaining(State(state): State<Arc<Everyone>>, Path(subject): Path<String>) -> Json<Value> {
     let (amqp, vendor) = &*state;
     let mut left: serde_json::Map<String, Value> = amqp
         .iter()
         .map(|(name, h)| (name.clone(), json!(h.records(&subject))))
         .collect();
-    left.insert("ads".into(), json!(vendor.holder.records(&subject)));
+    left.insert("ads".into(), json!(vendor.service.records(&subject)));
     Json(Value::Object(left))
 }
 
@@ -451,7 +451,7 @@ async fn vendor_show(
     State(vendor): State<Arc<Vendor>>,
     Path(subject): Path<String>,
 ) -> (StatusCode, Json<Value>) {
-    match lock(&vendor.holder.data).get(&subject) {
+    match lock(&vendor.service.data).get(&subject) {
         Some(records) => (StatusCode::OK, Json(Value::Array(records.clone()))),
         None => (
             StatusCode::NOT_FOUND,
