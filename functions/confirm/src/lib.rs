@@ -15,15 +15,10 @@ pub type Handler = QueueDriver<ConfirmationHandler<CloudErasures>>;
 
 /// Builds the function from its configuration: the same wiring in Lambda and the local stack.
 pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
-    Ok(QueueDriver::new(
-        "confirm",
-        ConfirmationHandler {
-            erasures: wiring::erasures(aws, env, "confirm")?,
-        },
-        aws_sdk_sqs::Client::new(aws),
-        env.required(vars::CONFIRMATIONS_QUEUE_URL)?,
-        Some(env.required(vars::DEAD_LETTER_QUEUE_URL)?),
-    ))
+    let handler = ConfirmationHandler {
+        erasures: wiring::erasures(aws, env, "confirm")?,
+    };
+    QueueDriver::from_env("confirm", handler, aws, env, vars::CONFIRMATIONS_QUEUE_URL)
 }
 
 /// One message of `confirmations`: a service's answer, or the watchdog's check. Unknown

@@ -13,15 +13,16 @@ pub type Handler = QueueDriver<ErasureRequestHandler<CloudErasures>>;
 
 /// Builds the function from its configuration: the same wiring in Lambda and the local stack.
 pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
-    Ok(QueueDriver::new(
+    let handler = ErasureRequestHandler {
+        erasures: wiring::erasures(aws, env, "erasure")?,
+    };
+    QueueDriver::from_env(
         "erasure",
-        ErasureRequestHandler {
-            erasures: wiring::erasures(aws, env, "erasure")?,
-        },
-        aws_sdk_sqs::Client::new(aws),
-        env.required(vars::ERASURE_REQUESTS_QUEUE_URL)?,
-        Some(env.required(vars::DEAD_LETTER_QUEUE_URL)?),
-    ))
+        handler,
+        aws,
+        env,
+        vars::ERASURE_REQUESTS_QUEUE_URL,
+    )
 }
 
 /// One message of `erasure-requests`: one request to fan out.

@@ -25,7 +25,6 @@ pub type Handler = QueueDriver<AccessRequestHandler<CloudReports>>;
 
 /// Builds the function from its configuration: the same wiring in Lambda and the local stack.
 pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
-    let sqs = aws_sdk_sqs::Client::new(aws);
     let reports = AccessReports {
         store: dsr_adapters::wiring::request_store(aws, env, "report")?,
         sources: Collectors::new(
@@ -34,7 +33,10 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
             env.clone(),
         ),
         reports: S3ReportStore::new(s3::client(aws), env.required(vars::REPORTS_BUCKET)?),
-        events: SqsOutbox::new(sqs.clone(), env.required(vars::OUTBOUND_QUEUE_URL)?),
+        events: SqsOutbox::new(
+            aws_sdk_sqs::Client::new(aws),
+            env.required(vars::OUTBOUND_QUEUE_URL)?,
+        ),
         clock: SystemClock,
         hasher: dsr_adapters::wiring::subject_hasher(env)?,
         registry: dsr_adapters::registry::load(env)?,
@@ -44,13 +46,8 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
             lease_ttl: env.seconds(vars::REPORT_LEASE_SECONDS, Duration::seconds(960))?,
         },
     };
-    Ok(QueueDriver::new(
-        "report",
-        AccessRequestHandler { reports },
-        sqs,
-        env.required(vars::ACCESS_REQUESTS_QUEUE_URL)?,
-        Some(env.required(vars::DEAD_LETTER_QUEUE_URL)?),
-    ))
+    let handler = AccessRequestHandler { reports };
+    QueueDriver::from_env("report", handler, aws, env, vars::ACCESS_REQUESTS_QUEUE_URL)
 }
 
 /// The report settings a function was configured with; defaults for anything unset.

@@ -87,6 +87,26 @@ impl<H: RecordHandler> QueueDriver<H> {
         }
     }
 
+    /// The driver of a function that consumes the queue named by `queue_variable`, and
+    /// dead-letters to `DEAD_LETTER_QUEUE_URL` (required: a poison message must end there with
+    /// its reason).
+    pub fn from_env(
+        function: &'static str,
+        handler: H,
+        aws: &aws_config::SdkConfig,
+        env: &crate::config::Env,
+        queue_variable: &str,
+    ) -> Result<Self, crate::config::ConfigError> {
+        use crate::config::vars::DEAD_LETTER_QUEUE_URL;
+        Ok(Self::new(
+            function,
+            handler,
+            aws_sdk_sqs::Client::new(aws),
+            env.required(queue_variable)?,
+            Some(env.required(DEAD_LETTER_QUEUE_URL)?),
+        ))
+    }
+
     /// Records are not started when less than `reserve` is left before the deadline.
     pub fn with_reserve(mut self, reserve: Duration) -> Self {
         self.reserve = reserve;
