@@ -67,7 +67,12 @@ async fn main() -> Result<()> {
             .unwrap_or_else(|_| "info,aws_config=warn,aws_smithy_runtime=warn".into())
     };
     // `DSR_LOG_FORMAT=json`: the structured lines the functions write in Lambda.
-    if std::env::var("DSR_LOG_FORMAT").as_deref() == Ok("json") {
+    let env = dsr_adapters::config::Env::from_process();
+    if env
+        .optional(dsr_adapters::config::vars::DSR_LOG_FORMAT)
+        .as_deref()
+        == Some("json")
+    {
         tracing_subscriber::fmt()
             .json()
             .with_current_span(true)

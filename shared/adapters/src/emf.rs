@@ -11,7 +11,6 @@ use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::sync::Mutex;
 
-pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
 pub const DEFAULT_NAMESPACE: &str = "GdprDsr";
 
 /// One EMF document for `metric`, emitted by `function` at `timestamp_ms`.
@@ -66,7 +65,9 @@ impl EmfSink {
     /// The sink a Lambda function installs: stdout, the namespace from `METRICS_NAMESPACE`.
     pub fn stdout(function: &str) -> Self {
         Self::new(
-            std::env::var(METRICS_NAMESPACE).unwrap_or_else(|_| DEFAULT_NAMESPACE.into()),
+            crate::config::Env::from_process()
+                .optional(crate::config::vars::METRICS_NAMESPACE)
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
             function,
             Box::new(std::io::stdout()),
         )
