@@ -42,11 +42,14 @@ pub struct OurLease<'a, S> {
 }
 
 /// Whether a fenced write landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Committed {
-    Applied,
+    /// Written; the request as it now is.
+    Applied(Box<Request>),
     /// Another worker took the request over: this one's write was refused.
     FencedOut,
+    /// The transition table does not allow the move (a bug, not a race): nothing written.
+    Illegal(IllegalTransition),
 }
 
 /// What handing a request back did.
@@ -118,15 +121,18 @@ impl<S: RequestStore> OurLease<'_, S> {
         to: RequestState,
         at: DateTime<Utc>,
         change: impl FnOnce(&mut Request),
-    ) -> Result<Result<(Committed, Request), IllegalTransition>, StoreError> {
+    ) -> Result<Committed, StoreError> {
         let mut request = (*self.request).clone();
         if let Err(illegal) = request.transition_to(to, at) {
-            return Ok(Err(illegal));
+            return Ok(Committed::Illegal(illegal));
         }
         request.last_error = None;
         change(&mut request);
-        let committed = self.write(&request).await?;
-        Ok(Ok((committed, request)))
+        Ok(if self.write(&request).await? {
+            Committed::Applied(Box::new(request))
+        } else {
+            Committed::FencedOut
+        })
     }
 
     /// Hands the request back after a failed attempt, with the error: to `received` for the
@@ -144,25 +150,21 @@ impl<S: RequestStore> OurLease<'_, S> {
             return Ok(HandedBack::FencedOut);
         };
         Ok(match self.write(&request).await? {
-            Committed::FencedOut => HandedBack::FencedOut,
-            Committed::Applied if next == RequestState::Failed => HandedBack::Failed,
-            Committed::Applied => HandedBack::ForRetry {
+            false => HandedBack::FencedOut,
+            true if next == RequestState::Failed => HandedBack::Failed,
+            true => HandedBack::ForRetry {
                 attempts: request.attempts,
             },
         })
     }
 
-    async fn write(&self, request: &Request) -> Result<Committed, StoreError> {
-        Ok(
-            match self
-                .store
-                .commit_fenced(request, &self.subject, self.token())
-                .await?
-            {
-                TransitionOutcome::Applied => Committed::Applied,
-                TransitionOutcome::Fenced | TransitionOutcome::StateChanged => Committed::FencedOut,
-            },
-        )
+    /// True when the write landed: the request was still ours.
+    async fn write(&self, request: &Request) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .commit_fenced(request, &self.subject, self.token())
+            .await?
+            == TransitionOutcome::Applied)
     }
 }
 

@@ -40,12 +40,12 @@ where
                     )
                     .await?
                 {
-                    Ok((Committed::Applied, _)) => {
+                    Committed::Applied(_) => {
                         self.advance(id).await?;
                         Ok(Handled::FannedOut { commands })
                     }
-                    Ok((Committed::FencedOut, _)) => Ok(Handled::Nothing(Skipped::FencedOut)),
-                    Err(illegal) => Err(ErasureError::Rejected(illegal.to_string())),
+                    Committed::FencedOut => Ok(Handled::Nothing(Skipped::FencedOut)),
+                    Committed::Illegal(illegal) => Err(ErasureError::Rejected(illegal.to_string())),
                 }
             }
             Err(err) => {

@@ -188,7 +188,7 @@ where
             })
             .await?;
         match committed {
-            Ok((Committed::Applied, request)) => {
+            Committed::Applied(request) => {
                 let id = request.id;
                 let seconds = (now - started).num_milliseconds() as f64 / 1000.0;
                 tracing::info!(request_id = %id, report_bytes = report.size, duration_ms = (now - started).num_milliseconds(), "report committed");
@@ -199,7 +199,7 @@ where
                 Ok(WorkOutcome::Completed(report))
             }
             // Fenced out, or the request moved on meanwhile: this report is nobody's.
-            Ok((Committed::FencedOut, _)) | Err(_) => {
+            Committed::FencedOut | Committed::Illegal(_) => {
                 let _ = self.reports.delete(&key).await;
                 Ok(WorkOutcome::FencedOut)
             }
