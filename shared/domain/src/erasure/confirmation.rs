@@ -18,18 +18,7 @@ where
     /// rejected.
     pub async fn confirm(&self, confirmation: &Confirmation) -> Result<Handled, ErasureError> {
         let request = self.erasure(confirmation.request_id).await?;
-        let Some(obligation) = self
-            .store
-            .obligations(request.id)
-            .await?
-            .into_iter()
-            .find(|o| o.service == confirmation.service)
-        else {
-            return Err(ErasureError::Rejected(format!(
-                "request {} has no obligation for service `{}`",
-                request.id, &confirmation.service
-            )));
-        };
+        let obligation = self.obligation(&request, &confirmation.service).await?;
         if let (Some(sent_at), false) = (obligation.sent_at, obligation.status.is_done()) {
             let latency = (self.clock.now() - sent_at).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::emit(
@@ -77,18 +66,7 @@ where
         if request.state.is_terminal() {
             return Ok(Handled::Nothing(Skipped::RequestFinished));
         }
-        let Some(obligation) = self
-            .store
-            .obligations(request.id)
-            .await?
-            .into_iter()
-            .find(|o| o.service == due.service)
-        else {
-            return Err(ErasureError::Rejected(format!(
-                "request {} has no obligation for service `{}`",
-                request.id, &due.service
-            )));
-        };
+        let obligation = self.obligation(&request, &due.service).await?;
         if obligation.status.is_done() {
             // The watchdog is also the safety net for moving on: if the last confirmation
             // arrived while the fan-out was still committing, nothing else would advance it.

@@ -136,6 +136,25 @@ where
         }
     }
 
+    /// The request's obligation for `service`; a message naming another is rejected.
+    async fn obligation(
+        &self,
+        request: &Request,
+        service: &ServiceName,
+    ) -> Result<Obligation, ErasureError> {
+        self.store
+            .obligations(request.id)
+            .await?
+            .into_iter()
+            .find(|o| &o.service == service)
+            .ok_or_else(|| {
+                ErasureError::Rejected(format!(
+                    "request {} has no obligation for service `{service}`",
+                    request.id
+                ))
+            })
+    }
+
     fn eraser(&self, service: &ServiceName) -> Result<&HowToErase, ErasureError> {
         self.registry.eraser(service).ok_or_else(|| {
             ErasureError::Rejected(format!(
