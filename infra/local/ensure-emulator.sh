@@ -36,7 +36,8 @@ fi
 
 mkdir -p "$state"
 log "emulator: starting moto on $host:$port (log: $state/moto.log)"
-MOTO_ACCOUNT_ID=000000000000 setsid nohup "$venv/bin/moto_server" -H "$host" -p "$port" \
+# moto_server.py is moto's own server with DynamoDB's writes made atomic (see the file).
+MOTO_ACCOUNT_ID=000000000000 setsid nohup "$venv/bin/python" "$here/moto_server.py" -H "$host" -p "$port" \
   >"$state/moto.log" 2>&1 </dev/null &
 echo $! >"$state/moto.pid"
 wait_for "$host" "$port" 60 moto
