@@ -36,7 +36,7 @@ fi
 
 mkdir -p "$state"
 log "emulator: starting moto on $host:$port (log: $state/moto.log)"
-# moto_server.py is moto's own server with DynamoDB's writes made atomic (see the file).
+# moto_server.py is moto's own server with DynamoDB transactions made atomic (see the file).
 MOTO_ACCOUNT_ID=000000000000 setsid nohup "$venv/bin/python" "$here/moto_server.py" -H "$host" -p "$port" \
   >"$state/moto.log" 2>&1 </dev/null &
 echo $! >"$state/moto.pid"
