@@ -30,6 +30,8 @@ pub struct RigSettings {
     pub confirm_within_seconds: u64,
     pub max_sends: u32,
     pub grace_seconds: u64,
+    /// The vendor API's path in the registry (a wrong one, to see what a wrong URL does).
+    pub vendor_path: &'static str,
 }
 
 impl Default for RigSettings {
@@ -38,9 +40,12 @@ impl Default for RigSettings {
             confirm_within_seconds: 30,
             max_sends: 3,
             grace_seconds: 2,
+            vendor_path: VENDOR_PATH,
         }
     }
 }
+
+const VENDOR_PATH: &str = "/v2/users/{subject}";
 
 pub async fn rig(settings: RigSettings) -> ErasureRig {
     let namespace = unique_name();
@@ -57,7 +62,8 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
     let registry = format!(
         "services:\n{}",
         services.registry_entries(settings.confirm_within_seconds, settings.max_sends)
-    );
+    )
+    .replace(VENDOR_PATH, settings.vendor_path);
     let ns = namespace.clone();
     let app = spawn_app_with(move |s| {
         s.consume_work_queues = true;
@@ -363,6 +369,7 @@ async fn a_silent_service_is_sent_again_then_escalated_and_the_erasure_stays_ope
         confirm_within_seconds: 2,
         max_sends: 2,
         grace_seconds: 1,
+        ..RigSettings::default()
     })
     .await;
     rig.services
@@ -406,6 +413,7 @@ async fn a_failing_third_party_api_is_retried_then_escalated() {
         confirm_within_seconds: 1,
         max_sends: 3,
         grace_seconds: 1,
+        ..RigSettings::default()
     })
     .await;
     rig.services.vendor.failing.store(true, Ordering::SeqCst);
@@ -430,6 +438,71 @@ async fn a_failing_third_party_api_is_retried_then_escalated() {
     );
     assert_eq!(view["state"], "awaiting_confirmations");
     assert!(rig.audit(&id).await.contains(&"escalated:ads".to_owned()));
+}
+
+/// The vendor's obligation as stored, with its last error.
+async fn vendor_obligation(rig: &ErasureRig, id: &str) -> dsr_domain::erasure::Obligation {
+    use dsr_domain::erasure::ObligationStore;
+    dsr_adapters::wiring::request_store(
+        &crate::helpers::aws().await,
+        &rig.app.stack.env("ErasureFunction").unwrap(),
+        "test",
+    )
+    .unwrap()
+    .obligations(id.parse().unwrap())
+    .await
+    .unwrap()
+    .into_iter()
+    .find(|o| o.service.as_str() == "ads")
+    .expect("an obligation for ads")
+}
+
+#[tokio::test]
+async fn a_vendor_that_never_heard_of_the_subject_says_so_in_its_documented_answer() {
+    let rig = rig(RigSettings::default()).await;
+    let subject = format!("nobody-{}", unique_name());
+    // Seeded in every internal service, but not at the vendor.
+    rig.services.seed(&subject);
+    rig.services.vendor.service.forget(&subject);
+    let reply = rig.app.submit(&subject, "erasure").await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let id = reply.body["id"].as_str().unwrap().to_owned();
+    let view = rig
+        .wait_for(&subject, &id, Duration::from_secs(60), completed)
+        .await;
+    assert_eq!(service(&view, "ads")["status"], "not_found");
+}
+
+#[tokio::test]
+async fn a_wrong_vendor_url_answering_a_bare_404_or_a_redirect_never_completes_the_erasure() {
+    for (path, why) in [
+        ("/v3/users/{subject}", "not its documented not-found answer"),
+        ("/v1/users/{subject}", "redirects are not followed"),
+    ] {
+        let rig = rig(RigSettings {
+            confirm_within_seconds: 1,
+            max_sends: 2,
+            grace_seconds: 1,
+            vendor_path: path,
+        })
+        .await;
+        let subject = format!("wrong-url-{}", unique_name());
+        let id = rig.submit_erasure(&subject).await;
+        let view = rig
+            .wait_for(&subject, &id, Duration::from_secs(60), |v| {
+                planned(v, "ads").is_some_and(|s| s["escalated"] == true)
+            })
+            .await;
+        assert_eq!(service(&view, "ads")["status"], "failed", "{path}");
+        assert_eq!(view["state"], "awaiting_confirmations", "{path}");
+        assert_eq!(
+            rig.services.vendor.service.records(&subject),
+            1,
+            "{path}: the vendor still holds the data, and nobody pretends otherwise"
+        );
+        let error = vendor_obligation(&rig, &id).await.last_error.unwrap();
+        assert!(error.contains(why), "{path}: {error}");
+    }
 }
 
 #[tokio::test]
@@ -530,6 +603,7 @@ async fn rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_loses_not
         confirm_within_seconds: 3600,
         max_sends: 3,
         grace_seconds: 1,
+        ..RigSettings::default()
     })
     .await;
     let mut submitted = Vec::new();

@@ -734,3 +734,23 @@ async fn an_unreachable_source_fails_the_attempt_without_the_subject_id_in_the_e
     let stored = f.request(id).await.last_error.unwrap();
     assert!(!stored.contains("example"), "{stored}");
 }
+
+#[tokio::test]
+async fn a_source_answering_300_mb_fails_cleanly_without_reading_it_all() {
+    let mut f = fixture().await;
+    f.registry = f
+        .registry
+        .replace(&f.fake.orders_url(), &f.fake.bulky_orders_url());
+    let id = f.submit().await;
+    match f.worker().generate(id).await.unwrap() {
+        WorkOutcome::RetryLater { error, .. } => {
+            assert!(
+                error.contains("orders") && error.contains("larger than 32 MiB"),
+                "{error}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let (objects, uploads) = f.leftovers(id).await;
+    assert_eq!((objects.len(), uploads), (0, 0), "nothing left behind");
+}

@@ -6,7 +6,16 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn the_runner_serves_the_api_drains_the_work_queues_and_stops_cleanly() {
-    let app = spawn_app_with(|settings| settings.consume_work_queues = true).await;
+    let app = spawn_app_with(|settings| {
+        settings.consume_work_queues = true;
+        // A registry the functions accept: one source (the stack's own table, which holds
+        // nothing under the subject's id as a key) and one service to erase.
+        settings.registry = Some(format!(
+            "services:\n  - {{ name: records, collect: {{ kind: dynamodb, table: {}-RequestsTable, key_attribute: pk }} }}\n  - {{ name: crm, erase: {{ via: {{ kind: rabbitmq, routing_key: erasure.crm }} }} }}\n",
+            settings.stack_name
+        ));
+    })
+    .await;
     let reply = app.submit("ivan", "access").await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
     let reply = app.submit("ivan", "erasure").await;

@@ -36,7 +36,7 @@ services:
   - name: profile
     erase: { via: { kind: rabbitmq, routing_key: erasure.profile } }
   - name: ads
-    erase: { via: { kind: http, url: "http://ads/users/{subject}" } }
+    erase: { via: { kind: http, url: "https://ads.example/users/{subject}" } }
   - name: email
     erase: { via: { kind: rabbitmq, routing_key: erasure.email }, last: true }
   - name: orders

@@ -39,7 +39,7 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
         ),
         clock: SystemClock,
         hasher: dsr_adapters::wiring::subject_hasher(env)?,
-        registry: dsr_adapters::registry::load(env)?,
+        registry: dsr_adapters::registry::load_collectable(env)?,
         settings: settings(env)?,
         worker: Worker {
             owner: format!("report-{}", ulid::Ulid::new()),

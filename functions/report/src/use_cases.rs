@@ -31,7 +31,7 @@ services:
     collect: { kind: dynamodb, table: profiles, key_attribute: uid }
   - name: orders
     description: Your orders
-    collect: { kind: http, url: "http://orders/users/{subject}" }
+    collect: { kind: http, url: "https://orders.example/users/{subject}" }
   - name: newsletter
     description: Holds nothing to report
 "#;

@@ -55,6 +55,11 @@ pub struct ErasingService {
 }
 
 impl ErasingService {
+    /// Drops everything about `subject`, as if it had never been seen.
+    pub fn forget(&self, subject: &str) {
+        lock(&self.data).remove(subject);
+    }
+
     pub fn records(&self, subject: &str) -> usize {
         lock(&self.data).get(subject).map_or(0, Vec::len)
     }
@@ -142,7 +147,7 @@ impl ErasingServices {
             ));
         }
         yaml.push_str(&format!(
-            "  - name: ads\n    description: Our advertising partner.\n    erase: {{ via: {{ kind: http, url: \"http://{}/v2/users/{{subject}}\", max_per_second: 20, timeout_ms: 3000 }}, confirm_within_seconds: {confirm_within_seconds}, max_sends: {max_sends} }}\n",
+            "  - name: ads\n    description: Our advertising partner.\n    collect: {{ kind: http, url: \"http://{0}/v2/users/{{subject}}\", timeout_ms: 3000 }}\n    erase: {{ via: {{ kind: http, url: \"http://{0}/v2/users/{{subject}}\", not_found: {{ status: 404, body_contains: no_such_user }}, max_per_second: 20, timeout_ms: 3000 }}, confirm_within_seconds: {confirm_within_seconds}, max_sends: {max_sends} }}\n",
             self.vendor_addr
         ));
         yaml
@@ -192,6 +197,8 @@ pub async fn start(
     let vendor_addr = listener.local_addr()?;
     let router = Router::new()
         .route("/v2/users/{subject}", delete(vendor_erase).get(vendor_show))
+        // An old API version that moved: a client following the redirect would erase there.
+        .route("/v1/users/{subject}", delete(vendor_moved))
         .with_state(vendor.clone())
         .merge(
             Router::new()
@@ -416,6 +423,14 @@ async fn vendor_erase(
             Json(json!({"error": "maintenance"})),
         );
     }
+    let known = lock(&vendor.service.data).contains_key(&subject);
+    if !known && !lock(&vendor.keys).contains(&key) {
+        // The vendor's documented "never heard of them" (the registry's `not_found`).
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no_such_user"})),
+        );
+    }
     let first = lock(&vendor.keys).insert(key.clone());
     let removed = if first {
         lock(&vendor.service.erasures).push((key.clone(), Utc::now()));
@@ -431,6 +446,18 @@ async fn vendor_erase(
             json!({"deleted": removed, "deletion_id": format!("del-{}", key.len()), "replayed": !first}),
         ),
     )
+}
+
+async fn vendor_moved(
+    State(vendor): State<Arc<Vendor>>,
+    Path(subject): Path<String>,
+) -> (StatusCode, HeaderMap) {
+    vendor.calls.fetch_add(1, Ordering::SeqCst);
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = format!("/v2/users/{subject}").parse() {
+        headers.insert(axum::http::header::LOCATION, location);
+    }
+    (StatusCode::PERMANENT_REDIRECT, headers)
 }
 
 /// The AMQP services by name, and the vendor.

@@ -44,6 +44,7 @@ impl FakeServices {
         let router = Router::new()
             .route("/orders/users/{subject}/orders", get(orders))
             .route("/search/{index}/_search", post(search))
+            .route("/bulky/users/{subject}/orders", get(bulky_orders))
             .with_state(data.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -55,9 +56,38 @@ impl FakeServices {
         format!("http://{}/orders/users/{{subject}}/orders", self.addr)
     }
 
+    /// A misbehaving source: `GET` answers a 300 MB JSON array, streamed (never in memory),
+    /// without a Content-Length, as a service dumping a whole table would.
+    pub fn bulky_orders_url(&self) -> String {
+        format!("http://{}/bulky/users/{{subject}}/orders", self.addr)
+    }
+
     pub fn access_logs_url(&self) -> String {
         format!("http://{}/search/access-logs", self.addr)
     }
+}
+
+/// The size of the bulky answer.
+pub const BULKY_ANSWER_BYTES: usize = 300 << 20;
+
+async fn bulky_orders() -> Response {
+    const CHUNK: usize = 64 << 10;
+    let record = format!("{{\"note\":\"{}\"}},", "x".repeat(CHUNK - 12));
+    let chunks = BULKY_ANSWER_BYTES / record.len();
+    let body = futures::stream::iter(
+        std::iter::once(bytes_of("["))
+            .chain(std::iter::repeat_n(bytes_of(&record), chunks))
+            .chain(std::iter::once(bytes_of("{}]")))
+            .map(Ok::<_, std::convert::Infallible>),
+    );
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn bytes_of(text: &str) -> axum::body::Bytes {
+    axum::body::Bytes::copy_from_slice(text.as_bytes())
 }
 
 async fn orders(

@@ -21,6 +21,32 @@ pub struct Collectors {
     http: reqwest::Client,
     /// Where the values of auth headers (`value_from_env`) are read: secrets.
     secrets: Env,
+    /// The most of one HTTP answer (a source's records, one search page) that is read.
+    pub max_answer_bytes: usize,
+}
+
+/// One HTTP source answer or search page is at most this big; a source with more pages it.
+pub const MAX_SOURCE_ANSWER_BYTES: usize = 32 << 20;
+
+/// An S3 prefix for `subject`: the subject percent-encoded (a `/` in it cannot reach another
+/// folder), into a template whose `{subject}` is followed by `/` (checked with the registry),
+/// so that `alice` never lists `alice2`'s objects.
+pub fn s3_prefix(template: &str, subject: &SubjectId) -> String {
+    const KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'@')
+        .remove(b'+');
+    let encoded = percent_encoding::utf8_percent_encode(subject.as_str(), KEPT).to_string();
+    // `.` and `..` are names S3 keeps literally, but tools that map keys to paths do not.
+    let encoded = match encoded.as_str() {
+        "." => "%2E".to_owned(),
+        ".." => "%2E%2E".to_owned(),
+        _ => encoded,
+    };
+    template.replace("{subject}", &encoded)
 }
 
 impl Collectors {
@@ -28,8 +54,9 @@ impl Collectors {
         Self {
             dynamodb,
             s3,
-            http: reqwest::Client::new(),
+            http: crate::http::client(),
             secrets,
+            max_answer_bytes: MAX_SOURCE_ANSWER_BYTES,
         }
     }
 
@@ -122,7 +149,7 @@ impl Collectors {
                 Vec::new()
             }
             CollectFrom::S3 { bucket, prefix } => {
-                let prefix = prefix.replace("{subject}", subject.as_str());
+                let prefix = s3_prefix(prefix, subject);
                 let files_dir = dir.join(format!("{}.files", service.name));
                 std::fs::create_dir_all(&files_dir).map_err(|e| fail(e.to_string()))?;
                 self.collect_s3(bucket, &prefix, &files_dir, &mut records)
@@ -320,11 +347,19 @@ impl Collectors {
             let mut wait = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
             match builder.send().await {
                 Ok(response) if response.status().is_success() => {
-                    return response
-                        .json::<Value>()
+                    let cap = self.max_answer_bytes;
+                    let body = crate::http::read_capped(response, cap)
                         .await
+                        .map_err(|e| format!("reading the answer: {}", e.without_url()))?;
+                    if body.truncated {
+                        return Err(format!(
+                            "the answer is larger than {} (the most one answer may be); the source must page its records",
+                            crate::http::describe_size(cap)
+                        ));
+                    }
+                    return serde_json::from_slice::<Value>(&body.bytes)
                         .map(Some)
-                        .map_err(|e| format!("the response is not JSON: {}", e.without_url()));
+                        .map_err(|e| format!("the response is not JSON: {e}"));
                 }
                 Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
                     return Ok(None);
@@ -425,5 +460,28 @@ impl dsr_domain::report::ReportSources for Collectors {
         dir: &Path,
     ) -> Result<StagedSource, SourceError> {
         Collectors::collect(self, service, how, subject, dir).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_stays_inside_its_own_folder() {
+        let subject = |s: &str| SubjectId::parse(s).unwrap();
+        assert_eq!(
+            s3_prefix("u/{subject}/", &subject("alice@example.com")),
+            "u/alice@example.com/"
+        );
+        assert_eq!(
+            s3_prefix("u/{subject}/", &subject("acme/bob")),
+            "u/acme%2Fbob/"
+        );
+        assert_eq!(s3_prefix("u/{subject}/", &subject("..")), "u/%2E%2E/");
+        assert_eq!(
+            s3_prefix("u/{subject}/", &subject("a b?c#d")),
+            "u/a%20b%3Fc%23d/"
+        );
     }
 }

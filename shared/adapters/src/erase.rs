@@ -34,7 +34,7 @@ impl ErasureChannels {
             sqs,
             outbound_queue_url: outbound_queue_url.into(),
             commands_exchange: commands_exchange.into(),
-            http: reqwest::Client::new(),
+            http: crate::http::client(),
             secrets,
             next_call: Mutex::new(HashMap::new()),
         }
@@ -86,7 +86,7 @@ impl ErasureChannel for ErasureChannels {
         command: &ErasureCommand,
         how: &HowToErase,
     ) -> Result<Delivery, ChannelError> {
-        let (url, method, auth, timeout_ms, per_second) = match &how.via {
+        let (url, method, auth, timeout_ms, per_second, not_found) = match &how.via {
             ErasureRoute::Rabbitmq { routing_key } => {
                 return self.publish(command, routing_key).await
             }
@@ -96,7 +96,15 @@ impl ErasureChannel for ErasureChannels {
                 auth,
                 timeout_ms,
                 max_per_second,
-            } => (url, method, auth, *timeout_ms, *max_per_second),
+                not_found,
+            } => (
+                url,
+                method,
+                auth,
+                *timeout_ms,
+                *max_per_second,
+                not_found.as_ref(),
+            ),
         };
         self.pace(command.service.as_str(), per_second).await;
         let subject = percent_encoding::utf8_percent_encode(
@@ -127,26 +135,54 @@ impl ErasureChannel for ErasureChannels {
             Err(err) => return Ok(Delivery::Failed(err.without_url().to_string())),
         };
         let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        let body: String = body.chars().take(2000).collect();
+        let body = match crate::http::read_capped(response, MAX_VENDOR_ANSWER_BYTES).await {
+            Ok(body) => body,
+            Err(err) => return Ok(Delivery::Failed(err.without_url().to_string())),
+        };
+        let text = String::from_utf8_lossy(&body.bytes);
+        let shown: String = text.chars().take(2000).collect();
         let receipt = serde_json::json!({
             "http_status": status.as_u16(),
-            "body": serde_json::from_str::<serde_json::Value>(&body).unwrap_or(serde_json::Value::String(body)),
+            "body": serde_json::from_str::<serde_json::Value>(&shown).unwrap_or(serde_json::Value::String(shown)),
+            "truncated": body.truncated,
         })
         .to_string();
-        Ok(if status.is_success() {
-            Delivery::Answered {
-                status: ObligationStatus::Confirmed,
-                receipt,
-            }
-        } else if status == reqwest::StatusCode::NOT_FOUND {
-            Delivery::Answered {
-                status: ObligationStatus::NotFound,
-                receipt,
-            }
-        } else {
-            Delivery::Failed(format!("the API answered {status}"))
-        })
+        Ok(answer(status, &text, not_found, receipt))
+    }
+}
+
+/// A vendor's erase answer is a small JSON document; more is not read.
+pub const MAX_VENDOR_ANSWER_BYTES: usize = 64 * 1024;
+
+/// What a vendor's answer means: 2xx erased; the registry's `not_found` answer held nothing;
+/// anything else (a bare 404 from a wrong URL, a redirect, 5xx) is a failure, retried and in
+/// the end escalated, never a confirmation.
+fn answer(
+    status: reqwest::StatusCode,
+    body: &str,
+    not_found: Option<&dsr_domain::registry::NotFoundAnswer>,
+    receipt: String,
+) -> Delivery {
+    if status.is_success() {
+        Delivery::Answered {
+            status: ObligationStatus::Confirmed,
+            receipt,
+        }
+    } else if not_found.is_some_and(|n| n.matches(status.as_u16(), body)) {
+        Delivery::Answered {
+            status: ObligationStatus::NotFound,
+            receipt,
+        }
+    } else if status.is_redirection() {
+        Delivery::Failed(format!(
+            "the API answered {status}; redirects are not followed (fix the url in the registry)"
+        ))
+    } else if status == reqwest::StatusCode::NOT_FOUND {
+        Delivery::Failed(format!(
+            "the API answered {status}, which is not its documented not-found answer (is the url right? see `not_found` in the registry)"
+        ))
+    } else {
+        Delivery::Failed(format!("the API answered {status}"))
     }
 }
 
@@ -172,5 +208,52 @@ mod tests {
         let other = Instant::now();
         channels.pace("crm", 2).await;
         assert_eq!(other.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn only_a_2xx_or_the_documented_not_found_answer_is_an_answer() {
+        use dsr_domain::registry::NotFoundAnswer;
+        use reqwest::StatusCode;
+        let documented = NotFoundAnswer {
+            status: Some(404),
+            body_contains: Some("no_such_user".into()),
+        };
+        let status = |d: Delivery| match d {
+            Delivery::Answered { status, .. } => Ok(status),
+            Delivery::Failed(reason) => Err(reason),
+            other => panic!("{other:?}"),
+        };
+        let r = String::new;
+        assert_eq!(
+            status(answer(StatusCode::OK, "{}", None, r())),
+            Ok(ObligationStatus::Confirmed)
+        );
+        assert_eq!(
+            status(answer(
+                StatusCode::NOT_FOUND,
+                r#"{"error":"no_such_user"}"#,
+                Some(&documented),
+                r()
+            )),
+            Ok(ObligationStatus::NotFound)
+        );
+        let bare = status(answer(StatusCode::NOT_FOUND, "", Some(&documented), r())).unwrap_err();
+        assert!(
+            bare.contains("not its documented not-found answer"),
+            "{bare}"
+        );
+        let no_contract = status(answer(StatusCode::NOT_FOUND, "no_such_user", None, r()));
+        assert!(
+            no_contract.is_err(),
+            "no `not_found` in the registry: a 404 is a failure"
+        );
+        let moved = status(answer(
+            StatusCode::TEMPORARY_REDIRECT,
+            "",
+            Some(&documented),
+            r(),
+        ))
+        .unwrap_err();
+        assert!(moved.contains("redirects are not followed"), "{moved}");
     }
 }

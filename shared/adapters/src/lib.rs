@@ -12,6 +12,8 @@ pub mod dynamodb;
 pub mod emf;
 #[cfg(feature = "erase")]
 pub mod erase;
+#[cfg(any(feature = "collect", feature = "erase"))]
+pub mod http;
 #[cfg(any(test, feature = "memory"))]
 pub mod memory;
 pub mod registry;

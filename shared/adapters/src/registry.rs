@@ -9,6 +9,28 @@ pub const BUNDLED_REGISTRY: &str = include_str!("../registry.yaml");
 
 /// Loads and validates the registry a function was configured with. YAML or JSON.
 pub fn load(env: &Env) -> Result<ServiceRegistry, ConfigError> {
+    load_named(env).map(|(_, registry)| registry)
+}
+
+/// The registry of a function that erases: refused without a service to erase.
+pub fn load_erasable(env: &Env) -> Result<ServiceRegistry, ConfigError> {
+    let (name, registry) = load_named(env)?;
+    registry
+        .require_erasable()
+        .map_err(|e| ConfigError::unusable(name, e))?;
+    Ok(registry)
+}
+
+/// The registry of report generation: refused without a source to collect from.
+pub fn load_collectable(env: &Env) -> Result<ServiceRegistry, ConfigError> {
+    let (name, registry) = load_named(env)?;
+    registry
+        .require_collectable()
+        .map_err(|e| ConfigError::unusable(name, e))?;
+    Ok(registry)
+}
+
+fn load_named(env: &Env) -> Result<(&'static str, ServiceRegistry), ConfigError> {
     let (name, text) = match (
         env.optional(vars::SERVICE_REGISTRY),
         env.optional(vars::SERVICE_REGISTRY_FILE),
@@ -22,7 +44,9 @@ pub fn load(env: &Env) -> Result<ServiceRegistry, ConfigError> {
         ),
         (None, None) => (vars::SERVICE_REGISTRY, BUNDLED_REGISTRY.to_owned()),
     };
-    ServiceRegistry::parse(&text).map_err(|e| ConfigError::unusable(name, e))
+    ServiceRegistry::parse(&text)
+        .map(|registry| (name, registry))
+        .map_err(|e| ConfigError::unusable(name, e))
 }
 
 #[cfg(test)]
@@ -31,8 +55,9 @@ mod tests {
 
     #[test]
     fn the_registry_comes_inline_from_a_file_or_bundled() {
-        let bundled = load(&Env::default()).unwrap();
-        assert!(bundled.services.is_empty());
+        // The bundled registry lists nothing: a deployment must bring its own.
+        let bundled = load(&Env::default()).unwrap_err().to_string();
+        assert!(bundled.contains("no services are registered"), "{bundled}");
         let inline = load(&Env::from_pairs([(
             vars::SERVICE_REGISTRY,
             "services: [{name: a}]",
@@ -55,6 +80,20 @@ mod tests {
         assert!(
             invalid.to_string().contains("SERVICE_REGISTRY"),
             "{invalid}"
+        );
+    }
+
+    #[test]
+    fn each_function_refuses_a_registry_with_nothing_for_it() {
+        let only_reads = Env::from_pairs([(
+            vars::SERVICE_REGISTRY,
+            r#"services: [{name: p, collect: {kind: s3, bucket: b, prefix: "u/{subject}/"}}]"#,
+        )]);
+        assert!(load_collectable(&only_reads).is_ok());
+        let refused = load_erasable(&only_reads).unwrap_err().to_string();
+        assert!(
+            refused.contains("SERVICE_REGISTRY") && refused.contains("erased nothing"),
+            "{refused}"
         );
     }
 }

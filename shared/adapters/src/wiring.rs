@@ -103,7 +103,7 @@ pub fn erasures(
         ),
         events: crate::sqs::SqsOutbox::new(sqs, outbound),
         clock: SystemClock,
-        registry: crate::registry::load(env)?,
+        registry: crate::registry::load_erasable(env)?,
         hasher: subject_hasher(env)?,
         settings: ErasureSettings {
             grace: env.seconds(vars::ERASURE_GRACE_SECONDS, defaults.grace)?,
@@ -152,6 +152,10 @@ mod tests {
             (vars::SCHEDULE_REQUESTS_QUEUE_URL, "s"),
             (vars::CONFIRMATIONS_QUEUE_URL, "q"),
             (vars::SUBJECT_HASH_KEY, "sixteen-byte-key"),
+            (
+                vars::SERVICE_REGISTRY,
+                "services: [{name: p, erase: {via: {kind: rabbitmq, routing_key: k}}}]",
+            ),
         ]);
         let erasures = super::erasures(&aws, &env, "test").unwrap();
         assert_eq!(erasures.settings.grace, chrono::Duration::hours(72));

@@ -53,9 +53,12 @@ pub enum ErasureRoute {
     /// routing key; the service answers with an `erasure_confirmation`.
     Rabbitmq { routing_key: String },
     /// A third party's API, called directly: `method url` with an `Idempotency-Key`; a 2xx
-    /// answer is the confirmation (404: it held nothing) and its body the receipt.
+    /// answer is the confirmation and its body the receipt. "Held nothing" only when the answer
+    /// is the one `not_found` describes: a bare 404 may be a wrong URL, with the data still there.
     Http {
         url: String,
+        #[serde(default)]
+        not_found: Option<NotFoundAnswer>,
         #[serde(default = "default_erase_method")]
         method: String,
         #[serde(default)]
@@ -66,6 +69,29 @@ pub enum ErasureRoute {
         #[serde(default = "default_rate")]
         max_per_second: u32,
     },
+}
+
+/// The vendor's documented answer for "no such subject": its status and/or a text its body
+/// contains. Both given: both must match.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotFoundAnswer {
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub body_contains: Option<String>,
+}
+
+impl NotFoundAnswer {
+    /// Whether a non-2xx answer is the vendor saying it holds nothing about the subject.
+    pub fn matches(&self, status: u16, body: &str) -> bool {
+        (self.status.is_some() || self.body_contains.is_some())
+            && self.status.is_none_or(|s| s == status)
+            && self
+                .body_contains
+                .as_deref()
+                .is_none_or(|text| body.contains(text))
+    }
 }
 
 /// Where `{subject}` appears it is replaced by the (URL-encoded, where in a URL) subject id.
@@ -153,14 +179,25 @@ impl ServiceRegistry {
             .validated()
     }
 
-    /// Checks what the types cannot: unique, file-safe names and usable templates.
+    /// Checks what the types cannot: unique, file-safe names, usable templates, and URLs that
+    /// keep the subject and any credentials on the configured host.
     pub fn validated(self) -> Result<Self, RegistryError> {
+        if self.services.is_empty() {
+            return Err(RegistryError(
+                "no services are registered: an erasure would complete without erasing anything and a report would be empty".into(),
+            ));
+        }
         let mut seen = HashSet::new();
         for service in &self.services {
             // The name was checked when it was read (`ServiceName`).
             let name = &service.name;
             if !seen.insert(name.clone()) {
                 return Err(RegistryError(format!("service `{name}` is listed twice")));
+            }
+            if let Some(CollectFrom::Http { url, .. } | CollectFrom::Search { url, .. }) =
+                &service.collect
+            {
+                check_url(name, url)?;
             }
             match &service.collect {
                 Some(CollectFrom::Http {
@@ -177,9 +214,9 @@ impl ServiceRegistry {
                         )));
                     }
                 }
-                Some(CollectFrom::S3 { prefix, .. }) if !prefix.contains("{subject}") => {
+                Some(CollectFrom::S3 { prefix, .. }) if !prefix.contains("{subject}/") => {
                     return Err(RegistryError(format!(
-                        "{name}: the prefix must contain {{subject}}"
+                        "{name}: the prefix must contain {{subject}} followed by `/` (else `alice` would collect `alice2`'s objects)"
                     )));
                 }
                 Some(CollectFrom::Search {
@@ -205,8 +242,18 @@ impl ServiceRegistry {
                         url,
                         method,
                         max_per_second,
+                        not_found,
                         ..
                     } => {
+                        check_url(name, url)?;
+                        if not_found
+                            .as_ref()
+                            .is_some_and(|n| n.status.is_none() && n.body_contains.is_none())
+                        {
+                            return Err(RegistryError(format!(
+                                "{name}: not_found needs a status, a body_contains, or both"
+                            )));
+                        }
                         if !url.contains("{subject}") {
                             return Err(RegistryError(format!(
                                 "{name}: the erase url must contain {{subject}}"
@@ -228,6 +275,27 @@ impl ServiceRegistry {
             }
         }
         Ok(self)
+    }
+
+    /// For the functions that erase: a registry without a service to erase would "complete"
+    /// every erasure having erased nothing, so they refuse to start with it.
+    pub fn require_erasable(&self) -> Result<(), RegistryError> {
+        if self.erasable().next().is_none() {
+            return Err(RegistryError(
+                "no service has an `erase` entry: every erasure would complete having erased nothing".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// For report generation: a registry without a source would send every user an empty report.
+    pub fn require_collectable(&self) -> Result<(), RegistryError> {
+        if self.collectable().next().is_none() {
+            return Err(RegistryError(
+                "no service has a `collect` entry: every access report would be empty".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The services an erasure must reach, in registry order.
@@ -252,6 +320,35 @@ impl ServiceRegistry {
     }
 }
 
+/// An HTTP endpoint the service calls with the subject (and perhaps a credential): `https`, or
+/// plain `http` to the loopback interface only (a sidecar, the local stack); and `{subject}` only
+/// after the host, so that no subject id can choose where the call, and its auth header, goes.
+fn check_url(name: &ServiceName, url: &str) -> Result<(), RegistryError> {
+    let bad = |why: &str| Err(RegistryError(format!("{name}: the url `{url}` {why}")));
+    let (scheme, rest) = match url.split_once("://") {
+        Some(parts) => parts,
+        None => return bad("is not an absolute URL"),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('{') || authority.contains('@') {
+        return bad("must name a fixed host (no {subject} and no user info before the path)");
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match scheme {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => bad("must use https (plain http is allowed to the loopback interface only)"),
+        _ => bad("must use https"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,12 +364,12 @@ mod tests {
         let r = registry(
             r#"{"services": [
             {"name": "profile", "collect": {"kind": "dynamodb", "table": "profiles", "key_attribute": "user_id"}},
-            {"name": "orders", "collect": {"kind": "http", "url": "http://o/users/{subject}/orders"}},
-            {"name": "access-log", "collect": {"kind": "search", "url": "http://es/logs", "field": "user", "sort": ["ts", "id"]}},
+            {"name": "orders", "collect": {"kind": "http", "url": "https://o/users/{subject}/orders"}},
+            {"name": "access-log", "collect": {"kind": "search", "url": "http://127.0.0.1:9200/logs", "field": "user", "sort": ["ts", "id"]}},
             {"name": "uploads", "collect": {"kind": "s3", "bucket": "b", "prefix": "u/{subject}/"}},
             {"name": "email", "description": "newsletters",
              "erase": {"via": {"kind": "rabbitmq", "routing_key": "erasure.email"}, "last": true}},
-            {"name": "ads", "erase": {"via": {"kind": "http", "url": "http://ads/users/{subject}"}}}
+            {"name": "ads", "erase": {"via": {"kind": "http", "url": "https://ads/users/{subject}", "not_found": {"status": 404, "body_contains": "no_such_user"}}}}
         ]}"#,
         )
         .unwrap();
@@ -322,7 +419,7 @@ mod tests {
             (r#"{"services": [{"name": "A b"}]}"#, "must be"),
             (r#"{"services": [{"name": "a"}, {"name": "a"}]}"#, "twice"),
             (
-                r#"{"services": [{"name": "a", "collect": {"kind": "http", "url": "http://x/"}}]}"#,
+                r#"{"services": [{"name": "a", "collect": {"kind": "http", "url": "https://x/"}}]}"#,
                 "{subject}",
             ),
             (
@@ -330,7 +427,11 @@ mod tests {
                 "{subject}",
             ),
             (
-                r#"{"services": [{"name": "a", "collect": {"kind": "search", "url": "u", "field": "f", "sort": []}}]}"#,
+                r#"{"services": [{"name": "a", "collect": {"kind": "s3", "bucket": "b", "prefix": "uploads/{subject}"}}]}"#,
+                "followed by `/`",
+            ),
+            (
+                r#"{"services": [{"name": "a", "collect": {"kind": "search", "url": "https://es/u", "field": "f", "sort": []}}]}"#,
                 "sort",
             ),
             (
@@ -342,16 +443,96 @@ mod tests {
                 "unknown field",
             ),
             (
-                r#"{"services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "http://x/"}}}]}"#,
+                r#"{"services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "https://x/"}}}]}"#,
                 "{subject}",
             ),
             (
                 r#"{"services": [{"name": "a", "erase": {"via": {"kind": "rabbitmq", "routing_key": "k"}, "max_sends": 0}}]}"#,
                 "at least 1",
             ),
+            (r#"{"services": []}"#, "no services"),
+            (
+                r#"{"services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "http://vendor.example/u/{subject}"}}}]}"#,
+                "must use https",
+            ),
+            (
+                r#"{"services": [{"name": "a", "collect": {"kind": "http", "url": "ftp://vendor.example/u/{subject}"}}]}"#,
+                "must use https",
+            ),
+            (
+                r#"{"services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "https://{subject}.vendor.example/u"}}}]}"#,
+                "fixed host",
+            ),
+            (
+                r#"{"services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "https://{subject}@vendor.example/u/{subject}"}}}]}"#,
+                "fixed host",
+            ),
+            (
+                r#"{"services": [{"name": "a", "collect": {"kind": "search", "url": "http://es.internal:9200/logs", "field": "f", "sort": ["id"]}}]}"#,
+                "must use https",
+            ),
+            (
+                r#"{"services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "https://v/u/{subject}", "not_found": {}}}}]}"#,
+                "not_found needs",
+            ),
         ] {
             let err = registry(bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn loopback_may_use_plain_http() {
+        for url in [
+            "http://127.0.0.1:3002/u/{subject}",
+            "http://localhost/u/{subject}",
+            "http://[::1]:80/u/{subject}",
+        ] {
+            let json = format!(
+                r#"{{"services": [{{"name": "a", "erase": {{"via": {{"kind": "http", "url": "{url}"}}}}}}]}}"#
+            );
+            assert!(registry(&json).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn functions_refuse_a_registry_with_nothing_for_them() {
+        let only_reads = registry(
+            r#"{"services": [{"name": "p", "collect": {"kind": "s3", "bucket": "b", "prefix": "u/{subject}/"}}]}"#,
+        )
+        .unwrap();
+        assert!(only_reads.require_collectable().is_ok());
+        assert!(only_reads
+            .require_erasable()
+            .unwrap_err()
+            .to_string()
+            .contains("erased nothing"));
+        let only_erases = registry(
+            r#"{"services": [{"name": "p", "erase": {"via": {"kind": "rabbitmq", "routing_key": "k"}}}]}"#,
+        )
+        .unwrap();
+        assert!(only_erases.require_erasable().is_ok());
+        assert!(only_erases.require_collectable().is_err());
+    }
+
+    #[test]
+    fn held_nothing_is_only_the_vendors_documented_answer() {
+        let status_and_body = NotFoundAnswer {
+            status: Some(404),
+            body_contains: Some("no_such_user".into()),
+        };
+        assert!(status_and_body.matches(404, r#"{"error":"no_such_user"}"#));
+        assert!(!status_and_body.matches(404, ""), "a bare 404");
+        assert!(!status_and_body.matches(410, "no_such_user"));
+        let body_only = NotFoundAnswer {
+            status: None,
+            body_contains: Some("unknown subject".into()),
+        };
+        assert!(body_only.matches(422, "unknown subject"));
+        assert!(!NotFoundAnswer {
+            status: None,
+            body_contains: None
+        }
+        .matches(404, ""));
     }
 }

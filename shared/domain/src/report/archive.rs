@@ -144,9 +144,21 @@ pub async fn write_report<U: ReportUpload>(
         .last_modified_time(modified)
         .large_file(false);
 
+    // File names come from other services' object keys: made safe before anything uses them.
+    let sources: Vec<StagedSource> = sources
+        .iter()
+        .map(|source| {
+            let mut source = source.clone();
+            let mut seen = HashSet::new();
+            for file in &mut source.files {
+                file.name = unique_entry_name(&file.name, &mut seen);
+            }
+            source
+        })
+        .collect();
     let mut manifest_sources = Vec::new();
     let mut previews = Vec::new();
-    for source in sources {
+    for source in &sources {
         let mut files = Vec::new();
         let base = format!("sources/{}", source.name);
 
@@ -242,6 +254,39 @@ pub async fn write_report<U: ReportUpload>(
     })
 }
 
+/// A file's name inside the zip: its path segments, split on `/` and `\\` alike (an unzip tool on
+/// Windows splits on both), without empty, `.` and `..` segments, drive letters or control
+/// characters; so no entry can be extracted outside the folder it is unpacked into.
+pub fn entry_name(raw: &str) -> String {
+    let segments: Vec<String> = raw
+        .split(['/', '\\'])
+        .filter(|s| !s.is_empty() && *s != "." && *s != "..")
+        .map(|s| {
+            s.chars()
+                .map(|c| if c.is_control() || c == ':' { '_' } else { c })
+                .collect::<String>()
+        })
+        .filter(|s| !s.trim_matches('.').is_empty())
+        .collect();
+    if segments.is_empty() {
+        "unnamed".to_owned()
+    } else {
+        segments.join("/")
+    }
+}
+
+/// [`entry_name`], made unique among `seen` (`a\\b` and `a/b` would otherwise collide).
+fn unique_entry_name(raw: &str, seen: &mut HashSet<String>) -> String {
+    let name = entry_name(raw);
+    let mut candidate = name.clone();
+    let mut n = 1;
+    while !seen.insert(candidate.clone()) {
+        n += 1;
+        candidate = format!("{name}~{n}");
+    }
+    candidate
+}
+
 fn records(
     source: &StagedSource,
 ) -> Result<impl Iterator<Item = Result<String, ArchiveError>>, ArchiveError> {
@@ -281,4 +326,29 @@ fn csv_row<'a>(cells: impl Iterator<Item = &'a str>) -> Result<Vec<u8>, ArchiveE
     let mut writer = csv::Writer::from_writer(Vec::with_capacity(256));
     writer.write_record(cells).map_err(archive_error)?;
     writer.into_inner().map_err(archive_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_entry_climbs_out_of_its_folder_whatever_the_separator() {
+        for (raw, safe) in [
+            ("docs/cv.txt", "docs/cv.txt"),
+            ("..\\..\\Windows\\evil.dll", "Windows/evil.dll"),
+            ("../../etc/passwd", "etc/passwd"),
+            ("/abs/./x", "abs/x"),
+            ("C:\\boot.ini", "C_/boot.ini"),
+            ("a\u{0}b", "a_b"),
+            ("...", "unnamed"),
+            ("", "unnamed"),
+        ] {
+            assert_eq!(entry_name(raw), safe, "{raw:?}");
+        }
+        let mut seen = HashSet::new();
+        assert_eq!(unique_entry_name("a/b", &mut seen), "a/b");
+        assert_eq!(unique_entry_name("a\\b", &mut seen), "a/b~2");
+        assert_eq!(unique_entry_name("a\\b", &mut seen), "a/b~3");
+    }
 }
