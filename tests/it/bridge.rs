@@ -71,10 +71,14 @@ async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_is
     assert_message(&event);
     assert_message(&envelope);
     let outbound = app.queue_url("OutboundQueue");
+    // An envelope for an exchange the bridge does not publish to (here: the platform's
+    // fanout of choice): the outbound queue is not a way onto any exchange.
+    let elsewhere = json!({"version": 1, "message_id": "x:1", "exchange": "amq.fanout", "routing_key": "", "payload": {}});
     for body in [
         event.to_string(),
         envelope.to_string(),
         "{\"nonsense\": true}".to_owned(),
+        elsewhere.to_string(),
     ] {
         app.sqs
             .send_message()
@@ -87,7 +91,8 @@ async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_is
 
     let bridge = dsr_adapters::batch::QueueDriver::new(
         "bridge",
-        Publisher::new(LOCAL_BROKER, events.as_str()),
+        Publisher::new(LOCAL_BROKER, events.as_str())
+            .publishing_to(std::collections::HashSet::from([commands.clone()])),
         app.sqs.clone(),
         app.queue_url("OutboundQueue"),
         Some(app.queue_url("OutboundDeadLetterQueue")),
@@ -97,7 +102,7 @@ async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_is
     let mut source = app.stack.queue("OutboundQueue").unwrap();
     source.batch_size = 10;
     let mut total = dsr_local::event_source::Delivery::default();
-    while total.received < 3 {
+    while total.received < 4 {
         let d = deliver_once(&app.sqs, &source, &function).await.unwrap();
         total.received += d.received;
         total.succeeded += d.succeeded;
@@ -105,29 +110,41 @@ async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_is
     }
     assert_eq!(
         (total.succeeded, total.failed),
-        (3, 0),
-        "two published, the poison one dead-lettered"
+        (4, 0),
+        "two published, the poison one and the stray one dead-lettered"
     );
     assert_eq!(queue_depth(&app.sqs, &outbound).await, 0);
-    let dead = app
-        .sqs
-        .receive_message()
-        .queue_url(app.queue_url("OutboundDeadLetterQueue"))
-        .message_attribute_names("All")
-        .wait_time_seconds(1)
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
-    assert_eq!(dead.len(), 1, "the poison message is in the DLQ");
-    assert_eq!(dead[0].body(), Some("{\"nonsense\": true}"));
-    let reason = dead[0].message_attributes().unwrap()["reason"]
-        .string_value()
-        .unwrap();
+    let mut dead: Vec<(String, String)> =
+        crate::helpers::drain(&app.sqs, &app.queue_url("OutboundDeadLetterQueue"))
+            .await
+            .iter()
+            .map(|m| {
+                (
+                    m.body().unwrap_or_default().to_owned(),
+                    m.message_attributes().unwrap()["reason"]
+                        .string_value()
+                        .unwrap()
+                        .to_owned(),
+                )
+            })
+            .collect();
+    dead.sort();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[1].0, "{\"nonsense\": true}");
     assert!(
-        reason.contains("an outbound envelope or event of version 0"),
-        "{reason}"
+        dead[1]
+            .1
+            .contains("an outbound envelope or event of version 0"),
+        "{}",
+        dead[1].1
+    );
+    assert_eq!(dead[0].0, elsewhere.to_string());
+    assert!(
+        dead[0]
+            .1
+            .contains("exchange `amq.fanout` is not one the bridge publishes to"),
+        "{}",
+        dead[0].1
     );
 
     let mut got = Vec::new();
@@ -168,8 +185,20 @@ async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_is
     assert_eq!(got[1].3, event);
 }
 
-/// Publishes `body` to `exchange` (declared durable topic) with a message id, confirmed.
+/// Publishes `body` to `exchange` (declared durable topic) with a message id, confirmed, as the
+/// connection's user (`guest`), which the `user_id` property names.
 async fn publish_to(channel: &lapin::Channel, exchange: &str, message_id: &str, body: &[u8]) {
+    publish_as(channel, exchange, message_id, body, Some("guest")).await;
+}
+
+/// [`publish_to`] with another `user_id`, or none.
+pub async fn publish_as(
+    channel: &lapin::Channel,
+    exchange: &str,
+    message_id: &str,
+    body: &[u8],
+    user_id: Option<&str>,
+) {
     dsr_bridge::declare_topic_exchange(channel, exchange)
         .await
         .unwrap();
@@ -179,9 +208,12 @@ async fn publish_to(channel: &lapin::Channel, exchange: &str, message_id: &str, 
             "from.a.service".into(),
             lapin::options::BasicPublishOptions::default(),
             body,
-            lapin::BasicProperties::default()
-                .with_message_id(message_id.into())
-                .with_delivery_mode(2),
+            match user_id {
+                Some(user) => lapin::BasicProperties::default().with_user_id(user.into()),
+                None => lapin::BasicProperties::default(),
+            }
+            .with_message_id(message_id.into())
+            .with_delivery_mode(2),
         )
         .await
         .unwrap()
@@ -314,10 +346,19 @@ async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_de
         b"not json at all",
     )
     .await;
+    // Anonymous: without user_id nobody can tell who sent it.
+    publish_as(
+        &channel,
+        &topology.confirmations_exchange,
+        "c-3",
+        good_confirmation.to_string().as_bytes(),
+        None,
+    )
+    .await;
 
     let confirmations = app.queue_url("ConfirmationsQueue");
     let schedules = app.queue_url("ScheduleRequestsQueue");
-    let mut arrived: Vec<(String, String)> = Vec::new();
+    let mut arrived: Vec<(String, String, String)> = Vec::new();
     let both = crate::helpers::eventually(std::time::Duration::from_secs(20), async || {
         for queue in [&confirmations, &schedules] {
             let out = app
@@ -336,7 +377,17 @@ async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_de
                     .and_then(|v| v.string_value())
                     .unwrap_or_default()
                     .to_owned();
-                arrived.push((message_id, m.body().unwrap_or_default().to_owned()));
+                let publisher = m
+                    .message_attributes()
+                    .and_then(|a| a.get("broker_user"))
+                    .and_then(|v| v.string_value())
+                    .unwrap_or_default()
+                    .to_owned();
+                arrived.push((
+                    message_id,
+                    m.body().unwrap_or_default().to_owned(),
+                    publisher,
+                ));
             }
         }
         arrived.len() >= 2
@@ -350,24 +401,30 @@ async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_de
         serde_json::from_str::<Value>(&arrived[0].1).unwrap(),
         good_confirmation
     );
+    assert_eq!(
+        arrived[0].2, "guest",
+        "the publisher, as RabbitMQ checked it"
+    );
     assert_eq!(arrived[1].0, "s-1");
     assert_eq!(
         serde_json::from_str::<Value>(&arrived[1].1).unwrap(),
         schedule
     );
 
-    let mut dead = dead_letters(&channel, &topology.dead_letter_queue, 2).await;
-    dead.sort_by(|a, b| a.2.cmp(&b.2));
-    assert_eq!(dead.len(), 2, "{dead:?}");
-    assert_eq!(dead[0].0, "{\"type\":\"erasure_confirmation\"}");
-    assert_eq!(dead[0].2, topology.confirmations_queue);
-    assert!(dead[0].1.contains("not a confirmation"), "{}", dead[0].1);
-    assert_eq!(dead[1].0, "not json at all");
-    assert_eq!(dead[1].2, topology.schedule_queue);
+    let mut dead = dead_letters(&channel, &topology.dead_letter_queue, 3).await;
+    dead.sort_by(|a, b| (&a.2, &a.0).cmp(&(&b.2, &b.0)));
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert_eq!(dead[0].0, good_confirmation.to_string());
+    assert!(dead[0].1.contains("no user_id"), "{}", dead[0].1);
+    assert_eq!(dead[1].0, "{\"type\":\"erasure_confirmation\"}");
+    assert_eq!(dead[1].2, topology.confirmations_queue);
+    assert!(dead[1].1.contains("not a confirmation"), "{}", dead[1].1);
+    assert_eq!(dead[2].0, "not json at all");
+    assert_eq!(dead[2].2, topology.schedule_queue);
     assert!(
-        dead[1].1.contains("not a schedule request"),
+        dead[2].1.contains("not a schedule request"),
         "{}",
-        dead[1].1
+        dead[2].1
     );
 
     // Everything was acknowledged: nothing waits on the bridge's queues.
@@ -409,9 +466,9 @@ async fn the_amazon_mq_event_source_handler_forwards_and_dead_letters_like_the_d
         "eventSourceArn": "arn:aws:mq:us-east-1:000000000000:broker:b:b-1",
         "rmqMessagesByQueue": {
             format!("{}::/", topology.confirmations_queue): [
-                {"basicProperties": {"contentType": "application/json", "contentEncoding": null, "headers": {}, "deliveryMode": 2, "priority": 0, "correlationId": null, "replyTo": null, "expiration": null, "messageId": "c-1", "timestamp": null, "type": null, "userId": null, "appId": null, "clusterId": null, "bodySize": 10},
+                {"basicProperties": {"contentType": "application/json", "contentEncoding": null, "headers": {}, "deliveryMode": 2, "priority": 0, "correlationId": null, "replyTo": null, "expiration": null, "messageId": "c-1", "timestamp": null, "type": null, "userId": "svc-billing", "appId": null, "clusterId": null, "bodySize": 10},
                  "redelivered": false, "data": b64(&confirmation(&id).to_string())},
-                {"basicProperties": {"contentType": null, "contentEncoding": null, "headers": {}, "deliveryMode": 2, "priority": 0, "correlationId": null, "replyTo": null, "expiration": null, "messageId": "c-2", "timestamp": null, "type": null, "userId": null, "appId": null, "clusterId": null, "bodySize": 3},
+                {"basicProperties": {"contentType": null, "contentEncoding": null, "headers": {}, "deliveryMode": 2, "priority": 0, "correlationId": null, "replyTo": null, "expiration": null, "messageId": "c-2", "timestamp": null, "type": null, "userId": "svc-billing", "appId": null, "clusterId": null, "bodySize": 3},
                  "redelivered": false, "data": b64("[1]")}
             ]
         }
@@ -424,6 +481,10 @@ async fn the_amazon_mq_event_source_handler_forwards_and_dead_letters_like_the_d
     assert_eq!(
         serde_json::from_str::<Value>(got[0].body().unwrap()).unwrap(),
         confirmation(&id)
+    );
+    assert_eq!(
+        got[0].message_attributes().unwrap()["broker_user"].string_value(),
+        Some("svc-billing")
     );
     let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
         .await

@@ -362,10 +362,22 @@ async fn a_rabbitmq_destination_goes_out_through_the_outbound_queue() {
 async fn schedule_requests_over_sqs_reach_the_dispatch_function_and_poison_ends_in_the_dlq() {
     let f = fixture().await;
     let at = (Utc::now() + Duration::hours(5)).to_rfc3339();
+    let confirmations = f.app.queue_url("ConfirmationsQueue");
     let request = json!({"action": "schedule", "version": 1, "key": "via-sqs", "deliver_at": at,
-        "destination": {"kind": "sqs", "queue_url": f.target}, "payload": {"p": 1}});
+        "destination": {"kind": "sqs", "queue_url": confirmations}, "payload": {"p": 1}});
     assert_message(&request);
+    // Even the service's own roles reach only its own queue through delayed dispatch.
+    let elsewhere = json!({"action": "schedule", "version": 1, "key": "elsewhere", "deliver_at": at,
+        "destination": {"kind": "sqs", "queue_url": f.target}, "payload": {"p": 2}});
     let queue = f.app.queue_url("ScheduleRequestsQueue");
+    f.app
+        .sqs
+        .send_message()
+        .queue_url(&queue)
+        .message_body(elsewhere.to_string())
+        .send()
+        .await
+        .unwrap();
     f.app
         .sqs
         .send_message()
@@ -414,14 +426,18 @@ async fn schedule_requests_over_sqs_reach_the_dispatch_function_and_poison_ends_
             &f.app.queue_url("ScheduleRequestsDeadLetterQueue"),
         )
         .await
-            == 1
+            == 2
     })
     .await;
-    assert!(dead, "the poison request was dead-lettered");
     assert!(
-        f.schedule_of("via-sqs").await.is_some(),
-        "the good request was scheduled"
+        dead,
+        "the poison and the unlisted destination were dead-lettered"
     );
+    assert!(
+        f.schedule_of("dsr/via-sqs").await.is_some(),
+        "the good request was scheduled, in the service's own key namespace"
+    );
+    assert!(f.schedule_of("dsr/elsewhere").await.is_none());
 }
 
 /// Run on its own after the rest of the suite (see the Makefile): it keeps the emulator busy

@@ -32,6 +32,8 @@ pub struct RigSettings {
     pub grace_seconds: u64,
     /// The vendor API's path in the registry (a wrong one, to see what a wrong URL does).
     pub vendor_path: &'static str,
+    /// Platform services allowed to use delayed dispatch (the template's parameter).
+    pub dispatch_callers: Option<String>,
 }
 
 impl Default for RigSettings {
@@ -41,6 +43,7 @@ impl Default for RigSettings {
             max_sends: 3,
             grace_seconds: 2,
             vendor_path: VENDOR_PATH,
+            dispatch_callers: None,
         }
     }
 }
@@ -74,6 +77,10 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
             "ErasureGraceSeconds".into(),
             settings.grace_seconds.to_string(),
         );
+        if let Some(callers) = settings.dispatch_callers {
+            s.parameters
+                .insert("DelayedDispatchCallers".into(), callers);
+        }
     })
     .await;
     ErasureRig {
@@ -484,6 +491,7 @@ async fn a_wrong_vendor_url_answering_a_bare_404_or_a_redirect_never_completes_t
             max_sends: 2,
             grace_seconds: 1,
             vendor_path: path,
+            ..RigSettings::default()
         })
         .await;
         let subject = format!("wrong-url-{}", unique_name());
@@ -505,35 +513,13 @@ async fn a_wrong_vendor_url_answering_a_bare_404_or_a_redirect_never_completes_t
     }
 }
 
-#[tokio::test]
-async fn confirmations_for_unknown_requests_or_services_are_dead_lettered_with_the_reason() {
-    let rig = rig(RigSettings::default()).await;
-    let subject = format!("dlq-{}", unique_name());
-    let id = rig.submit_erasure(&subject).await;
-    rig.wait_for(&subject, &id, Duration::from_secs(60), completed)
-        .await;
-    let unknown_request = dsr_domain::RequestId::new_at(chrono::Utc::now()).to_string();
-    let bodies: HashMap<&str, String> = HashMap::from([
-        ("unknown request", serde_json::json!({"type": "erasure_confirmation", "version": 1, "message_id": "x1", "request_id": unknown_request, "service": "billing", "outcome": "erased"}).to_string()),
-        ("no obligation", serde_json::json!({"type": "erasure_confirmation", "version": 1, "message_id": "x2", "request_id": id, "service": "warehouse", "outcome": "erased"}).to_string()),
-        ("not a confirmation", "{\"hello\": 1}".to_owned()),
-    ]);
-    let queue = rig.app.queue_url("ConfirmationsQueue");
-    for body in bodies.values() {
-        rig.app
-            .sqs
-            .send_message()
-            .queue_url(&queue)
-            .message_body(body)
-            .send()
-            .await
-            .unwrap();
-    }
-    let dlq = rig.app.queue_url("ConfirmationsDeadLetterQueue");
+/// Waits for `want` messages on the dead-letter queue `queue` (logical id) and takes them:
+/// (body, reason).
+async fn dead_lettered(app: &TestApp, queue: &str, want: usize) -> Vec<(String, String)> {
+    let dlq = app.queue_url(queue);
     let mut dead = Vec::new();
-    let all = eventually(Duration::from_secs(30), async || {
-        for m in rig
-            .app
+    eventually(Duration::from_secs(30), async || {
+        for m in app
             .sqs
             .receive_message()
             .queue_url(&dlq)
@@ -549,8 +535,7 @@ async fn confirmations_for_unknown_requests_or_services_are_dead_lettered_with_t
                 .string_value()
                 .unwrap()
                 .to_owned();
-            rig.app
-                .sqs
+            app.sqs
                 .delete_message()
                 .queue_url(&dlq)
                 .receipt_handle(m.receipt_handle().unwrap())
@@ -559,21 +544,261 @@ async fn confirmations_for_unknown_requests_or_services_are_dead_lettered_with_t
                 .unwrap();
             dead.push((m.body().unwrap().to_owned(), reason));
         }
-        dead.len() >= 3
+        dead.len() >= want
     })
     .await;
-    assert!(all, "dead-lettered: {dead:?}");
+    dead
+}
+
+/// Sends `body` straight to SQS `queue` (logical id), stamped as the bridge stamps what
+/// `broker_user` published.
+async fn send_as(app: &TestApp, queue: &str, body: &str, broker_user: Option<&str>) {
+    let mut send = app
+        .sqs
+        .send_message()
+        .queue_url(app.queue_url(queue))
+        .message_body(body);
+    if let Some(user) = broker_user {
+        send = send.message_attributes(
+            "broker_user",
+            aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(user)
+                .build()
+                .unwrap(),
+        );
+    }
+    send.send().await.unwrap();
+}
+
+#[tokio::test]
+async fn confirmations_for_unknown_requests_or_services_are_dead_lettered_with_the_reason() {
+    let rig = rig(RigSettings::default()).await;
+    let subject = format!("dlq-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+    rig.wait_for(&subject, &id, Duration::from_secs(60), completed)
+        .await;
+    let unknown_request = dsr_domain::RequestId::new_at(chrono::Utc::now()).to_string();
+    let billing = erasing_services::broker_user("billing");
+    let bodies: HashMap<&str, String> = HashMap::from([
+        ("unknown request", serde_json::json!({"type": "erasure_confirmation", "version": 1, "message_id": "x1", "request_id": unknown_request, "service": "billing", "outcome": "erased"}).to_string()),
+        ("no obligation", serde_json::json!({"type": "erasure_confirmation", "version": 1, "message_id": "x2", "request_id": id, "service": "warehouse", "outcome": "erased"}).to_string()),
+        ("not a confirmation", "{\"hello\": 1}".to_owned()),
+    ]);
+    for body in bodies.values() {
+        send_as(&rig.app, "ConfirmationsQueue", body, Some(&billing)).await;
+    }
+    let dead = dead_lettered(&rig.app, "ConfirmationsDeadLetterQueue", 3).await;
+    assert_eq!(dead.len(), 3, "dead-lettered: {dead:?}");
     for (body, reason) in &dead {
         let why = bodies.iter().find(|(_, b)| *b == body).unwrap().0;
         let expected = match *why {
             "unknown request" => "unknown request",
-            "no obligation" => "no obligation for service `warehouse`",
+            "no obligation" => "no broker user is registered for service `warehouse`",
             _ => "not a confirmation",
         };
         assert!(reason.contains(expected), "{why}: {reason}");
     }
     // The completed request was not disturbed.
     assert_eq!(rig.show(&subject, &id).await["state"], "completed");
+}
+
+#[tokio::test]
+async fn a_confirmation_not_published_by_the_service_itself_never_counts() {
+    let rig = rig(RigSettings::default()).await;
+    rig.services
+        .service("billing")
+        .behaviour
+        .silent
+        .store(true, Ordering::SeqCst);
+    let subject = format!("forged-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+    rig.wait_for(&subject, &id, Duration::from_secs(60), |v| {
+        planned(v, "billing").is_some_and(|s| s["status"] == "sent")
+    })
+    .await;
+    let forged = serde_json::json!({"type": "erasure_confirmation", "version": 1,
+        "message_id": "forged-1", "request_id": id, "service": "billing", "outcome": "erased",
+        "receipt": {"records_deleted": 2}});
+
+    // Another service, connected as itself, claims to be billing: RabbitMQ refuses a user_id
+    // that is not the connection's own, so it can only name itself...
+    let profile = erasing_services::broker_user("profile");
+    let url = erasing_services::broker_url_as(LOCAL_BROKER, &profile);
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let impostor = conn.create_channel().await.unwrap();
+    impostor
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let exchange = format!("{}.confirmations", rig.namespace);
+    let pretending = async {
+        impostor
+            .basic_publish(
+                exchange.as_str().into(),
+                "confirmation.billing".into(),
+                lapin::options::BasicPublishOptions::default(),
+                forged.to_string().as_bytes(),
+                lapin::BasicProperties::default()
+                    .with_user_id(erasing_services::broker_user("billing").as_str().into()),
+            )
+            .await?
+            .await
+    }
+    .await;
+    assert!(
+        pretending.is_err() || pretending.is_ok_and(|c| !c.is_ack()),
+        "RabbitMQ takes no user_id but the connection's own"
+    );
+    // ...and then the confirmation is dead-lettered, naming who sent it.
+    let honest = conn.create_channel().await.unwrap();
+    crate::bridge::publish_as(
+        &honest,
+        &exchange,
+        "forged-2",
+        forged.to_string().as_bytes(),
+        Some(&profile),
+    )
+    .await;
+    let dead = dead_lettered(&rig.app, "ConfirmationsDeadLetterQueue", 1).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].1.contains("from broker user `dsr-demo-profile`")
+            && dead[0].1.contains("`dsr-demo-billing`"),
+        "{}",
+        dead[0].1
+    );
+    let view = rig.show(&subject, &id).await;
+    assert_eq!(service(&view, "billing")["status"], "sent", "never counted");
+    assert_ne!(view["state"], "completed");
+}
+
+#[tokio::test]
+async fn delayed_dispatch_takes_from_each_caller_only_its_own_destinations_and_keys() {
+    let namespace_hint = unique_name();
+    let retries = format!("{namespace_hint}-billing.retries");
+    let rig = rig(RigSettings {
+        dispatch_callers: Some(format!(
+            "callers: [{{name: billing, broker_user: {}, destinations: [{{exchange: {retries}, routing_key: \"retry.*\"}}]}}]",
+            erasing_services::broker_user("billing")
+        )),
+        ..RigSettings::default()
+    })
+    .await;
+    let ns = &rig.namespace;
+    // What billing's retry consumer would get.
+    let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let spy = conn.create_channel().await.unwrap();
+    dsr_bridge::declare_topic_exchange(&spy, &retries)
+        .await
+        .unwrap();
+    let spy_queue = format!("{retries}.spy");
+    spy.queue_declare(
+        spy_queue.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    spy.queue_bind(
+        spy_queue.as_str().into(),
+        retries.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    let now = chrono::Utc::now().to_rfc3339();
+    let schedule = |key: &str, destination: Value| {
+        serde_json::json!({"action": "schedule", "version": 1, "key": key, "deliver_at": now,
+            "destination": destination, "payload": {"type": "erase_subject", "subject": "victim"}})
+        .to_string()
+    };
+    let commands = serde_json::json!({"kind": "rabbitmq", "exchange": format!("{ns}.commands"), "routing_key": "erasure.profile"});
+    let allowed =
+        serde_json::json!({"kind": "rabbitmq", "exchange": retries, "routing_key": "retry.1"});
+    let confirmations =
+        serde_json::json!({"kind": "sqs", "queue_url": rig.app.queue_url("ConfirmationsQueue")});
+    let publish = |user: String, body: String| {
+        let exchange = format!("{ns}.schedule");
+        async move {
+            let url = erasing_services::broker_url_as(LOCAL_BROKER, &user);
+            let conn = Connection::connect(&url, ConnectionProperties::default())
+                .await
+                .unwrap();
+            let channel = conn.create_channel().await.unwrap();
+            channel
+                .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            crate::bridge::publish_as(&channel, &exchange, "m", body.as_bytes(), Some(&user)).await;
+        }
+    };
+    let billing = erasing_services::broker_user("billing");
+    let stranger = erasing_services::broker_user("profile");
+    publish(billing.clone(), schedule("ok", allowed.clone())).await;
+    publish(billing.clone(), schedule("evil", commands)).await;
+    publish(billing.clone(), schedule("inject", confirmations)).await;
+    publish(stranger, schedule("ok", allowed)).await;
+
+    let dead = dead_lettered(&rig.app, "ScheduleRequestsDeadLetterQueue", 3).await;
+    let mut reasons: Vec<&str> = dead.iter().map(|(_, r)| r.as_str()).collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{dead:?}");
+    assert!(
+        reasons[0].contains("`dsr-demo-billing` may not deliver to SQS"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains(&format!("may not deliver to exchange `{ns}.commands`")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].contains("`dsr-demo-profile` is not allowed to use delayed dispatch"),
+        "{reasons:?}"
+    );
+
+    // The allowed one arrives, once, under the caller's own key namespace.
+    let mut consumer = spy
+        .basic_consume(
+            spy_queue.as_str().into(),
+            "spy".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .expect("the allowed message is delivered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string()),
+        Some("svc/billing/ok".to_owned())
+    );
+    assert_eq!(delivery.routing_key.as_str(), "retry.1");
+    // Nothing reached the profile service's command queue.
+    assert!(rig
+        .services
+        .service("profile")
+        .commands
+        .lock()
+        .unwrap()
+        .is_empty());
 }
 
 /// Stops the RabbitMQ server and starts it again, as `make test` started it.

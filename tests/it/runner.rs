@@ -11,7 +11,7 @@ async fn the_runner_serves_the_api_drains_the_work_queues_and_stops_cleanly() {
         // A registry the functions accept: one source (the stack's own table, which holds
         // nothing under the subject's id as a key) and one service to erase.
         settings.registry = Some(format!(
-            "services:\n  - {{ name: records, collect: {{ kind: dynamodb, table: {}-RequestsTable, key_attribute: pk }} }}\n  - {{ name: crm, erase: {{ via: {{ kind: rabbitmq, routing_key: erasure.crm }} }} }}\n",
+            "services:\n  - {{ name: records, collect: {{ kind: dynamodb, table: {}-RequestsTable, key_attribute: pk }} }}\n  - {{ name: crm, broker_user: svc-crm, erase: {{ via: {{ kind: rabbitmq, routing_key: erasure.crm }} }} }}\n",
             settings.stack_name
         ));
     })

@@ -69,10 +69,38 @@ pub enum InboundKind {
     ScheduleRequest,
 }
 
-/// Checks an inbound body against its contract (`docs/messages.schema.json`): the text to
-/// forward, or why it can never be forwarded.
-pub fn validate(kind: InboundKind, body: &[u8]) -> Result<String, String> {
+/// The largest body forwarded: SQS takes 256 KiB per message, attributes included.
+pub const MAX_FORWARDED_BYTES: usize = 250 * 1024;
+
+/// A message fit to forward: its text, and the broker user that published it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub text: String,
+    pub broker_user: String,
+}
+
+/// Checks an inbound message against its contract (`docs/messages.schema.json`) and against
+/// what SQS accepts, and requires the publisher's identity: the `user_id` property, which
+/// RabbitMQ refuses unless it is the user the publisher connected as. The text and user to
+/// forward, or why the message can never be forwarded.
+pub fn validate(kind: InboundKind, body: &[u8], user_id: Option<&str>) -> Result<Checked, String> {
+    let broker_user = user_id
+        .filter(|u| !u.is_empty())
+        .ok_or("no user_id property: publish with user_id set to your broker user (RabbitMQ checks it), so the service knows who sent the message")?
+        .to_owned();
+    if body.len() > MAX_FORWARDED_BYTES {
+        return Err(format!(
+            "the body is {} bytes; at most {MAX_FORWARDED_BYTES} are forwarded",
+            body.len()
+        ));
+    }
     let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_owned())?;
+    if let Some(bad) = text.chars().find(|c| !sqs_accepts(*c)) {
+        return Err(format!(
+            "the body holds character U+{:04X}, which SQS does not accept",
+            u32::from(bad)
+        ));
+    }
     match kind {
         InboundKind::Confirmation => match parse::<ConfirmationsMessage>(text)? {
             ConfirmationsMessage::ErasureConfirmation(_) => Ok(()),
@@ -80,7 +108,15 @@ pub fn validate(kind: InboundKind, body: &[u8]) -> Result<String, String> {
         },
         InboundKind::ScheduleRequest => parse::<ScheduleRequest>(text).map(|_| ()),
     }?;
-    Ok(text.to_owned())
+    Ok(Checked {
+        text: text.to_owned(),
+        broker_user,
+    })
+}
+
+/// The characters an SQS message body may hold (XML 1.0's).
+fn sqs_accepts(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
 /// Forwards valid inbound messages to their SQS queues.
@@ -96,9 +132,16 @@ impl Inbound {
     async fn forward(
         &self,
         kind: InboundKind,
-        body: String,
+        checked: Checked,
         message_id: Option<&str>,
     ) -> Result<(), BridgeError> {
+        let attribute = |value: &str| {
+            aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .map_err(|e| BridgeError::Broker(e.to_string()))
+        };
         let queue_url = match kind {
             InboundKind::Confirmation => &self.confirmations_queue_url,
             InboundKind::ScheduleRequest => &self.schedule_requests_queue_url,
@@ -107,16 +150,14 @@ impl Inbound {
             .sqs
             .send_message()
             .queue_url(queue_url)
-            .message_body(body);
-        if let Some(id) = message_id.filter(|id| !id.is_empty()) {
-            send = send.message_attributes(
-                "message_id",
-                aws_sdk_sqs::types::MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(id)
-                    .build()
-                    .map_err(|e| BridgeError::Broker(e.to_string()))?,
+            .message_body(checked.text)
+            // Who published it, as RabbitMQ verified: the consumers decide what it may do.
+            .message_attributes(
+                dsr_adapters::sqs::BROKER_USER_ATTRIBUTE,
+                attribute(&checked.broker_user)?,
             );
+        if let Some(id) = message_id.filter(|id| !id.is_empty()) {
+            send = send.message_attributes("message_id", attribute(id)?);
         }
         send.send().await.map_err(|e| {
             BridgeError::Broker(format!(
@@ -144,6 +185,7 @@ impl Inbound {
                 .map_or(queue_and_vhost.as_str(), |(q, _)| q);
             for message in messages {
                 let message_id = message.basic_properties.message_id.clone();
+                let user_id = message.basic_properties.user_id.clone();
                 let body = match &message.data {
                     Some(data) => base64::engine::general_purpose::STANDARD
                         .decode(data)
@@ -151,7 +193,9 @@ impl Inbound {
                     None => Err("no data".to_owned()),
                 };
                 let checked = body.and_then(|body| match self.topology.kind_of(queue) {
-                    Some(kind) => validate(kind, &body).map(|text| (kind, text)),
+                    Some(kind) => {
+                        validate(kind, &body, user_id.as_deref()).map(|checked| (kind, checked))
+                    }
                     None => Err(format!("the bridge does not consume queue `{queue}`")),
                 });
                 match checked {
@@ -379,8 +423,13 @@ async fn consume(url: &str, inbound: &Inbound, backoff: &mut Duration) -> Result
             .message_id()
             .as_ref()
             .map(|id| id.to_string());
-        match validate(kind, &delivery.data) {
-            Ok(text) => match inbound.forward(kind, text, message_id.as_deref()).await {
+        let user_id = delivery
+            .properties
+            .user_id()
+            .as_ref()
+            .map(|u| u.to_string());
+        match validate(kind, &delivery.data, user_id.as_deref()) {
+            Ok(checked) => match inbound.forward(kind, checked, message_id.as_deref()).await {
                 Ok(()) => {
                     delivery
                         .ack(BasicAckOptions::default())
@@ -436,8 +485,12 @@ mod tests {
 
     #[test]
     fn only_documented_messages_pass() {
+        let validate = |kind, body: &[u8]| validate(kind, body, Some("svc-billing"));
         let ok = br#"{"type":"erasure_confirmation","version":1,"message_id":"m","request_id":"01JABCDEFGHJKMNPQRSTVWXYZ0","service":"billing","outcome":"erased","receipt":{"rows":3}}"#;
-        assert!(validate(InboundKind::Confirmation, ok).is_ok());
+        assert_eq!(
+            validate(InboundKind::Confirmation, ok).unwrap().broker_user,
+            "svc-billing"
+        );
         let due = br#"{"type":"obligation_due","version":1,"message_id":"m","request_id":"01JABCDEFGHJKMNPQRSTVWXYZ0","service":"billing","attempt":1}"#;
         assert!(validate(InboundKind::Confirmation, due)
             .unwrap_err()
@@ -453,6 +506,27 @@ mod tests {
         assert!(validate(InboundKind::ScheduleRequest, schedule).is_ok());
         assert!(validate(InboundKind::ScheduleRequest, ok).is_err());
         assert!(validate(InboundKind::ScheduleRequest, &[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn only_what_sqs_takes_from_a_known_publisher_is_forwarded() {
+        let ok = br#"{"action":"cancel","version":1,"key":"k1"}"#;
+        let anonymous = validate(InboundKind::ScheduleRequest, ok, None).unwrap_err();
+        assert!(anonymous.contains("no user_id"), "{anonymous}");
+        let huge = format!(
+            r#"{{"action":"cancel","version":1,"key":"k1","pad":"{}"}}"#,
+            "x".repeat(MAX_FORWARDED_BYTES)
+        );
+        let too_big =
+            validate(InboundKind::ScheduleRequest, huge.as_bytes(), Some("u")).unwrap_err();
+        assert!(
+            too_big.contains("at most 256000 are forwarded"),
+            "{too_big}"
+        );
+        let nonchar = "{\"action\":\"cancel\",\"version\":1,\"key\":\"k\u{FFFF}\"}";
+        let refused =
+            validate(InboundKind::ScheduleRequest, nonchar.as_bytes(), Some("u")).unwrap_err();
+        assert!(refused.contains("U+FFFF"), "{refused}");
     }
 
     #[test]

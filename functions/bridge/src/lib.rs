@@ -10,7 +10,7 @@ pub mod inbound;
 
 use dsr_adapters::batch::{Outcome, QueueDriver, RecordHandler};
 use dsr_adapters::config::{vars, ConfigError, Env};
-use dsr_domain::messages::QueueMessage;
+use dsr_domain::messages::{Origin, QueueMessage};
 use dsr_domain::metrics::{self, Metric};
 use dsr_domain::RequestId;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -32,7 +32,6 @@ fn request_id_of(value: &Value) -> Option<&str> {
         .or_else(|| value["payload"]["request_id"].as_str())
 }
 
-pub const DEFAULT_EVENTS_EXCHANGE: &str = "gdpr.events";
 pub const DEFAULT_NAMESPACE: &str = "gdpr";
 
 /// The bridge's three hosts, built from one configuration.
@@ -55,11 +54,25 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Bridge, ConfigErr
         &env.optional(vars::RABBITMQ_NAMESPACE)
             .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
     );
-    let publisher = Publisher::new(
-        rabbitmq_url.clone(),
-        env.optional(vars::EVENTS_EXCHANGE)
-            .unwrap_or_else(|| DEFAULT_EVENTS_EXCHANGE.into()),
-    );
+    let namespace = env
+        .optional(vars::RABBITMQ_NAMESPACE)
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let events_exchange = env
+        .optional(vars::EVENTS_EXCHANGE)
+        .unwrap_or_else(|| format!("{namespace}.events"));
+    // The exchanges it publishes to: the service's events and commands, and the ones delayed
+    // dispatch may deliver to for its callers. An envelope naming any other is dead-lettered.
+    let callers = dsr_domain::delayed::DispatchPolicy::new(
+        env.optional(vars::DELAYED_DISPATCH_CALLERS).as_deref(),
+        namespace.clone(),
+        Vec::new(),
+    )
+    .map_err(|e| ConfigError::unusable(vars::DELAYED_DISPATCH_CALLERS, e))?;
+    let mut exchanges: HashSet<String> =
+        callers.destination_exchanges().map(str::to_owned).collect();
+    exchanges.insert(format!("{namespace}.commands"));
+    exchanges.insert(events_exchange.clone());
+    let publisher = Publisher::new(rabbitmq_url.clone(), events_exchange).publishing_to(exchanges);
     Ok(Bridge {
         outbound: QueueDriver::new(
             "bridge",
@@ -214,6 +227,8 @@ pub(crate) async fn open_confirming(url: &str) -> Result<(Connection, Channel), 
 pub struct Publisher {
     url: String,
     events_exchange: String,
+    /// The exchanges it declares and publishes to; `None`: any (tests of the bridge alone).
+    exchanges: Option<HashSet<String>>,
     channel: Mutex<Option<(Connection, Channel, HashSet<String>)>>,
 }
 
@@ -222,8 +237,25 @@ impl Publisher {
         Self {
             url: url.into(),
             events_exchange: events_exchange.into(),
+            exchanges: None,
             channel: Mutex::new(None),
         }
+    }
+
+    /// Publishes only to these exchanges (and the events exchange).
+    pub fn publishing_to(mut self, exchanges: HashSet<String>) -> Self {
+        let mut exchanges = exchanges;
+        exchanges.insert(self.events_exchange.clone());
+        self.exchanges = Some(exchanges);
+        self
+    }
+
+    /// Whether it publishes to `exchange`: one of its own or a delayed-dispatch destination,
+    /// never one named only by a message (the outbound queue is not a way onto any exchange).
+    pub fn publishes_to(&self, exchange: &str) -> bool {
+        self.exchanges
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(exchange))
     }
 
     pub fn events_exchange(&self) -> &str {
@@ -279,11 +311,17 @@ impl Publisher {
 impl RecordHandler for Publisher {
     type Message = OutboundMessage;
 
-    async fn handle(&self, message: OutboundMessage) -> Outcome {
+    async fn handle(&self, message: OutboundMessage, _: &Origin) -> Outcome {
         let publication = match route(&message, &self.events_exchange) {
             Ok(publication) => publication,
             Err(err) => return Outcome::Reject(err.to_string()),
         };
+        if !self.publishes_to(&publication.exchange) {
+            return Outcome::Reject(format!(
+                "exchange `{}` is not one the bridge publishes to (its events and commands exchanges and the delayed-dispatch callers' destinations)",
+                publication.exchange
+            ));
+        }
         match self.publish(&publication).await {
             Ok(()) => {
                 tracing::info!(

@@ -8,6 +8,7 @@ use dsr_adapters::wiring::{self, CloudErasures};
 use dsr_domain::erasure::{
     CheckScheduler, ConfirmationsMessage, ErasureChannel, Erasures, EventOutbox, ObligationStore,
 };
+use dsr_domain::messages::Origin;
 use dsr_domain::{Clock, RequestStore};
 
 /// The function as Lambda runs it.
@@ -37,14 +38,21 @@ where
 {
     type Message = ConfirmationsMessage;
 
-    async fn handle(&self, message: ConfirmationsMessage) -> Outcome {
+    async fn handle(&self, message: ConfirmationsMessage, origin: &Origin) -> Outcome {
         let handled = match &message {
             ConfirmationsMessage::ErasureConfirmation(c) => {
-                let handled = self.erasures.confirm(c).await;
+                let handled = self.erasures.confirm(c, origin).await;
                 if let Ok(handled) = &handled {
                     tracing::info!(request_id = %c.request_id, service = %c.service, message_id = %c.message_id, outcome = ?handled, "confirmation handled");
                 }
                 handled
+            }
+            ConfirmationsMessage::ObligationDue(_) if *origin != Origin::Internal => {
+                // The watchdog's checks are the service's own: from outside, one could stop a
+                // re-send or escalate an obligation at will.
+                return Outcome::Reject(format!(
+                    "an obligation check from {origin}; only the service schedules its checks"
+                ));
             }
             ConfirmationsMessage::ObligationDue(due) => {
                 let handled = self.erasures.check(due).await;

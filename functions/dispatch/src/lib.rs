@@ -1,8 +1,11 @@
 //! The dispatch function: delayed dispatch as a service (see `dsr_domain::delayed`).
 //!
 //! Two kinds of invocation reach it:
-//! - an SQS batch from `schedule-requests`: `schedule` and `cancel` requests from any service
-//!   (RabbitMQ's `schedule` messages arrive here through the bridge);
+//! - an SQS batch from `schedule-requests`: `schedule` and `cancel` requests from the service
+//!   itself, and from the platform services its configuration allows (RabbitMQ's `schedule`
+//!   messages arrive here through the bridge, stamped with the publisher's broker user). Each
+//!   caller works in its own key namespace and may deliver only where the [`DispatchPolicy`]
+//!   lets it; anything else is dead-lettered with the reason;
 //! - an EventBridge Scheduler wake-up, one-time (`{"wake": key}`) or the recurring safety-net
 //!   sweep: either way everything due is sent.
 
@@ -13,7 +16,8 @@ use dsr_adapters::dynamodb::DynamoDelayedStore;
 use dsr_adapters::scheduler::SchedulerWakeUps;
 use dsr_adapters::sqs::SqsDestinationSender;
 pub use dsr_domain::delayed::ScheduleRequest;
-use dsr_domain::delayed::{DelayedMessage, DelayedStore, Dispatcher, Sender, WakeUps};
+use dsr_domain::delayed::{Admitted, DelayedStore, DispatchPolicy, Dispatcher, Sender, WakeUps};
+use dsr_domain::messages::Origin;
 use dsr_domain::Clock;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,10 +42,22 @@ pub fn build_with_clock<C: Clock>(
 ) -> Result<Dispatch<CloudDispatcher<C>>, ConfigError> {
     Ok(Dispatch::new(
         dispatcher(aws, env, clock)?,
+        policy(env)?,
         aws_sdk_sqs::Client::new(aws),
         env.required(vars::SCHEDULE_REQUESTS_QUEUE_URL)?,
         env.optional(vars::DEAD_LETTER_QUEUE_URL),
     ))
+}
+
+/// Who may schedule what: the service's own queue for its checks, and the configured callers.
+pub fn policy(env: &Env) -> Result<DispatchPolicy, ConfigError> {
+    DispatchPolicy::new(
+        env.optional(vars::DELAYED_DISPATCH_CALLERS).as_deref(),
+        env.optional(vars::RABBITMQ_NAMESPACE)
+            .unwrap_or_else(|| "gdpr".into()),
+        vec![env.required(vars::CONFIRMATIONS_QUEUE_URL)?],
+    )
+    .map_err(|e| ConfigError::unusable(vars::DELAYED_DISPATCH_CALLERS, e))
 }
 
 /// The dispatcher alone, over the cloud adapters.
@@ -79,12 +95,14 @@ pub struct Dispatch<D> {
 impl<S: DelayedStore, W: WakeUps, X: Sender, C: Clock> Dispatch<Dispatcher<S, W, X, C>> {
     pub fn new(
         dispatcher: Dispatcher<S, W, X, C>,
+        policy: DispatchPolicy,
         sqs: aws_sdk_sqs::Client,
         queue_url: String,
         dead_letter_queue_url: Option<String>,
     ) -> Self {
         let handler = ScheduleRequests {
             dispatcher,
+            policy,
             due_now: AtomicBool::new(false),
         };
         Self {
@@ -140,6 +158,7 @@ impl<S: DelayedStore, W: WakeUps, X: Sender, C: Clock> Dispatch<Dispatcher<S, W,
 /// One message of `schedule-requests`: schedule or cancel a delayed message.
 pub struct ScheduleRequests<D> {
     dispatcher: D,
+    policy: DispatchPolicy,
     /// Something in this batch was due at once: send it without waiting for the sweep.
     due_now: AtomicBool,
 }
@@ -149,27 +168,19 @@ impl<S: DelayedStore, W: WakeUps, X: Sender, C: Clock> RecordHandler
 {
     type Message = ScheduleRequest;
 
-    async fn handle(&self, request: ScheduleRequest) -> Outcome {
-        let taken = match request {
-            ScheduleRequest::Schedule {
-                key,
-                deliver_at,
-                destination,
-                payload,
-                ..
-            } => {
-                if deliver_at <= self.dispatcher.clock.now() {
+    async fn handle(&self, request: ScheduleRequest, origin: &Origin) -> Outcome {
+        let taken = match self.policy.admit(origin, request) {
+            Err(refused) => {
+                tracing::warn!(%origin, reason = %refused, "schedule request refused");
+                return Outcome::Reject(refused);
+            }
+            Ok(Admitted::Schedule(message)) => {
+                if message.deliver_at <= self.dispatcher.clock.now() {
                     self.due_now.store(true, Ordering::SeqCst);
                 }
-                let message = DelayedMessage {
-                    key,
-                    deliver_at,
-                    destination,
-                    payload,
-                };
                 self.dispatcher.schedule(&message).await.map(|_| ())
             }
-            ScheduleRequest::Cancel { key, .. } => self.dispatcher.cancel(&key).await.map(|_| ()),
+            Ok(Admitted::Cancel(key)) => self.dispatcher.cancel(&key).await.map(|_| ()),
         };
         match taken {
             Ok(()) => Outcome::Done,

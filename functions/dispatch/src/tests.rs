@@ -4,7 +4,7 @@ use super::*;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use dsr_adapters::memory::{InMemoryDelayedStore, RecordingDispatchPorts};
 use dsr_domain::delayed::{
-    CancelOutcome, DelayKey, Destination, DispatchSettings, ScheduleOutcome,
+    CancelOutcome, DelayKey, DelayedMessage, Destination, DispatchSettings, ScheduleOutcome,
 };
 use dsr_domain::FixedClock;
 use std::sync::atomic::Ordering;
@@ -188,8 +188,20 @@ async fn schedule_requests_arrive_over_sqs_and_poison_ones_are_reported() {
         {"messageId": "m3", "body": json!({"action": "cancel", "version": 2, "key": "a"}).to_string()},
         {"messageId": "m4", "body": json!({"action": "schedule", "version": 1, "key": "now", "deliver_at": clock.now().to_rfc3339(),
             "destination": {"kind": "sqs", "queue_url": "http://q"}, "payload": "hi"}).to_string()},
+        // Through the bridge: an allowed caller, and a stranger.
+        {"messageId": "m5", "body": json!({"action": "schedule", "version": 1, "key": "a", "deliver_at": at,
+            "destination": {"kind": "rabbitmq", "exchange": "billing.retries", "routing_key": "retry"}, "payload": {}}).to_string(),
+            "messageAttributes": {"broker_user": {"dataType": "String", "stringValue": "svc-billing"}}},
+        {"messageId": "m6", "body": json!({"action": "cancel", "version": 1, "key": "a"}).to_string(),
+            "messageAttributes": {"broker_user": {"dataType": "String", "stringValue": "mallory"}}},
     ]});
-    let dispatch = Dispatch::new(d, unused_sqs(), "queue".into(), None);
+    let policy = DispatchPolicy::new(
+        Some("callers: [{name: billing, broker_user: svc-billing, destinations: [{exchange: billing.retries}]}]"),
+        "gdpr",
+        vec!["http://q".into()],
+    )
+    .unwrap();
+    let dispatch = Dispatch::new(d, policy, unused_sqs(), "queue".into(), None);
     let response: aws_lambda_events::sqs::SqsBatchResponse =
         serde_json::from_value(dispatch.handle(records, None).await.unwrap()).unwrap();
     let failed: Vec<&str> = response
@@ -197,11 +209,15 @@ async fn schedule_requests_arrive_over_sqs_and_poison_ones_are_reported() {
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
-    assert_eq!(failed, ["m2", "m3"]);
-    assert!(ports.wakes.lock().unwrap().contains_key("a"));
+    assert_eq!(failed, ["m2", "m3", "m6"]);
+    let wakes = ports.wakes.lock().unwrap().clone();
+    assert!(
+        wakes.contains_key("dsr/a") && wakes.contains_key("svc/billing/a"),
+        "each caller's `a` is its own: {wakes:?}"
+    );
     assert_eq!(
         sent_ids(&ports),
-        ["now"],
+        ["dsr/now"],
         "a message due now goes out at once"
     );
 

@@ -6,6 +6,7 @@ use dsr_adapters::batch::{Outcome, QueueDriver, RecordHandler};
 use dsr_adapters::config::{vars, ConfigError, Env};
 use dsr_adapters::wiring::{self, CloudErasures};
 use dsr_domain::erasure::{CheckScheduler, ErasureChannel, Erasures, EventOutbox, ObligationStore};
+use dsr_domain::messages::Origin;
 use dsr_domain::{Clock, RequestKind, RequestMessage, RequestStore};
 
 /// The function as Lambda runs it.
@@ -40,7 +41,7 @@ where
 {
     type Message = RequestMessage;
 
-    async fn handle(&self, message: RequestMessage) -> Outcome {
+    async fn handle(&self, message: RequestMessage, _: &Origin) -> Outcome {
         if message.kind != RequestKind::Erasure {
             return Outcome::Reject(format!(
                 "a request of kind `{}` on the erasure-requests queue",

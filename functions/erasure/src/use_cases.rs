@@ -6,7 +6,7 @@ use dsr_domain::erasure::{
     Confirmation, ConfirmationOutcome, Delivery, ErasureError, ErasureSettings, Erasures, Handled,
     ObligationDue, ObligationStatus, ObligationStore,
 };
-use dsr_domain::messages::EventType;
+use dsr_domain::messages::{EventType, Origin};
 use dsr_domain::registry::ServiceRegistry;
 use dsr_domain::{
     FixedClock, Request, RequestId, RequestKind, RequestState, RequestStore, SubjectHasher,
@@ -32,12 +32,17 @@ struct Fixture {
 const REGISTRY: &str = r#"
 services:
   - name: billing
+    broker_user: svc-billing
     erase: { via: { kind: rabbitmq, routing_key: erasure.billing }, confirm_within_seconds: 600, max_sends: 2 }
   - name: profile
+    broker_user: svc-profile
     erase: { via: { kind: rabbitmq, routing_key: erasure.profile } }
   - name: ads
+    # A vendor erased over HTTP; bound to a broker user too, so tests may answer for it.
+    broker_user: svc-ads
     erase: { via: { kind: http, url: "https://ads.example/users/{subject}" } }
   - name: email
+    broker_user: svc-email
     erase: { via: { kind: rabbitmq, routing_key: erasure.email }, last: true }
   - name: orders
     description: collected only, nothing to erase
@@ -98,16 +103,30 @@ impl Fixture {
             .unwrap()
     }
 
+    /// The service's confirmation, published as the service's own broker user.
     async fn confirm(&self, id: RequestId, service: &str) -> Result<Handled, ErasureError> {
+        self.confirm_as(id, service, &Origin::Broker(format!("svc-{service}")))
+            .await
+    }
+
+    async fn confirm_as(
+        &self,
+        id: RequestId,
+        service: &str,
+        origin: &Origin,
+    ) -> Result<Handled, ErasureError> {
         self.erasures
-            .confirm(&Confirmation {
-                version: 1,
-                message_id: format!("c:{service}"),
-                request_id: id,
-                service: svc(service),
-                outcome: ConfirmationOutcome::Erased,
-                receipt: serde_json::json!({"rows": 1}),
-            })
+            .confirm(
+                &Confirmation {
+                    version: 1,
+                    message_id: format!("c:{service}"),
+                    request_id: id,
+                    service: svc(service),
+                    outcome: ConfirmationOutcome::Erased,
+                    receipt: serde_json::json!({"rows": 1}),
+                },
+                origin,
+            )
             .await
     }
 }
@@ -291,11 +310,17 @@ async fn a_failed_api_call_is_recorded_and_a_failed_answer_waits_for_the_resend(
         receipt: serde_json::Value::Null,
     };
     assert_eq!(
-        f.erasures.confirm(&failed).await.unwrap(),
+        f.erasures
+            .confirm(&failed, &Origin::Broker("svc-profile".into()))
+            .await
+            .unwrap(),
         Handled::Recorded
     );
     assert!(matches!(
-        f.erasures.confirm(&failed).await.unwrap(),
+        f.erasures
+            .confirm(&failed, &Origin::Broker("svc-profile".into()))
+            .await
+            .unwrap(),
         Handled::Nothing(_)
     ));
     assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
@@ -308,13 +333,52 @@ async fn confirmations_for_unknown_requests_or_services_are_rejected() {
     f.erasures.fan_out(id).await.unwrap();
     assert!(matches!(
         f.confirm(id, "orders").await,
-        Err(ErasureError::Rejected(reason)) if reason.contains("no obligation for service `orders`")
+        Err(ErasureError::Rejected(reason)) if reason.contains("no broker user is registered for service `orders`")
     ));
     let unknown = RequestId::new_at(Utc::now());
     assert!(matches!(
         f.confirm(unknown, "billing").await,
         Err(ErasureError::Rejected(reason)) if reason.contains("unknown request")
     ));
+}
+
+#[tokio::test]
+async fn only_the_services_own_broker_user_may_confirm_for_it() {
+    let f = fixture();
+    let id = f.erasure().await;
+    f.erasures.fan_out(id).await.unwrap();
+    for (origin, why) in [
+        (
+            Origin::Broker("svc-profile".into()),
+            "from broker user `svc-profile`",
+        ),
+        (
+            Origin::Broker("mallory".into()),
+            "from broker user `mallory`",
+        ),
+        (Origin::Internal, "from the service itself"),
+    ] {
+        match f.confirm_as(id, "billing", &origin).await {
+            Err(ErasureError::Rejected(reason)) => {
+                assert!(
+                    reason.contains(why) && reason.contains("`svc-billing`"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{origin}: {other:?}"),
+        }
+    }
+    let billing = f.obligation(id, "billing").await;
+    assert_eq!(
+        billing.status,
+        ObligationStatus::Sent,
+        "no forged confirmation counted"
+    );
+    assert!(f.confirm(id, "billing").await.is_ok());
+    assert_eq!(
+        f.obligation(id, "billing").await.status,
+        ObligationStatus::Confirmed
+    );
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::s3::{self, S3ReportStore};
 use dsr_adapters::sqs::SqsOutbox;
 use dsr_domain::lease::Worker;
+use dsr_domain::messages::Origin;
 use dsr_domain::ports::{EventOutbox, RequestStore};
 use dsr_domain::report::{AccessReports, ReportSettings, ReportSources, ReportStore, WorkOutcome};
 use dsr_domain::{Clock, RequestKind, RequestMessage, SystemClock};
@@ -89,7 +90,7 @@ where
 {
     type Message = RequestMessage;
 
-    async fn handle(&self, message: RequestMessage) -> Outcome {
+    async fn handle(&self, message: RequestMessage, _: &Origin) -> Outcome {
         if message.kind != RequestKind::Access {
             return Outcome::Reject(format!(
                 "a request of kind `{}` on the access-requests queue",

@@ -233,10 +233,10 @@ async fn the_last_attempt_fails_the_request_and_its_message_is_dead_lettered() {
     };
     let message = RequestMessage::new(id, RequestKind::Access, f.clock.now());
     assert_eq!(
-        handler.handle(message.clone()).await,
+        handler.handle(message.clone(), &Origin::Internal).await,
         Outcome::Retry(Some(std::time::Duration::from_secs(60)))
     );
-    let Outcome::Reject(reason) = handler.handle(message).await else {
+    let Outcome::Reject(reason) = handler.handle(message, &Origin::Internal).await else {
         panic!("the last attempt is not retried");
     };
     assert!(
@@ -361,12 +361,15 @@ async fn an_announcement_that_fails_is_retried_and_the_report_kept() {
     };
     let message = RequestMessage::new(id, RequestKind::Access, f.clock.now());
     assert!(matches!(
-        handler.handle(message.clone()).await,
+        handler.handle(message.clone(), &Origin::Internal).await,
         Outcome::Retry(Some(_))
     ));
     assert_eq!(f.request(id).await.state, RequestState::ReportReady);
     f.events.failing.store(false, Ordering::SeqCst);
-    assert_eq!(handler.handle(message).await, Outcome::Done);
+    assert_eq!(
+        handler.handle(message, &Origin::Internal).await,
+        Outcome::Done
+    );
     assert_eq!(f.events.events().len(), 1, "announced on the redelivery");
     assert_eq!(
         f.reports.objects().len(),
@@ -387,7 +390,7 @@ async fn erasure_messages_on_the_access_queue_are_rejected() {
         f.clock.now(),
     );
     assert_eq!(
-        handler.handle(message).await,
+        handler.handle(message, &Origin::Internal).await,
         Outcome::Reject("a request of kind `erasure` on the access-requests queue".into())
     );
 }

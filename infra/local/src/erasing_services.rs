@@ -143,7 +143,8 @@ impl ErasingServices {
         for name in names {
             let last = name == "email";
             yaml.push_str(&format!(
-                "  - name: {name}\n    description: The {name} service.\n    erase: {{ via: {{ kind: rabbitmq, routing_key: erasure.{name} }}, last: {last}, confirm_within_seconds: {confirm_within_seconds}, max_sends: {max_sends} }}\n"
+                "  - name: {name}\n    description: The {name} service.\n    broker_user: {user}\n    erase: {{ via: {{ kind: rabbitmq, routing_key: erasure.{name} }}, last: {last}, confirm_within_seconds: {confirm_within_seconds}, max_sends: {max_sends} }}\n",
+                user = broker_user(name)
             ));
         }
         yaml.push_str(&format!(
@@ -155,6 +156,23 @@ impl ErasingServices {
 }
 
 pub const AMQP_SERVICES: [&str; 4] = ["profile", "billing", "viewing-history", "email"];
+
+/// The broker user a demo service connects and publishes as (`ensure-rabbitmq.sh` creates
+/// them, password = user name): each service has its own identity, as on a real platform.
+pub fn broker_user(service: &str) -> String {
+    format!("dsr-demo-{service}")
+}
+
+/// `url` with `user`'s credentials instead of its own (local demo passwords are the names).
+pub fn broker_url_as(url: &str, user: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{user}:{user}@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
 
 /// Starts the services: each consumes its commands under `namespace` until `stopped`,
 /// reconnecting when the broker goes away, like a well-behaved service.
@@ -171,6 +189,8 @@ pub async fn start(
             ..ErasingService::default()
         });
         amqp.insert(name.to_owned(), service.clone());
+        // Each service is its own broker user: its confirmations carry that identity.
+        let url = &broker_url_as(url, &broker_user(name));
         // Declared before returning, so no command published from now on finds no queue.
         let conn = Connection::connect(url, ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
@@ -362,6 +382,9 @@ async fn consume(url: &str, namespace: &str, service: &ErasingService) -> anyhow
                                         .as_str()
                                         .into(),
                                 )
+                                // Who is confirming: RabbitMQ refuses a user_id that is not
+                                // the connection's own, so this cannot be forged.
+                                .with_user_id(broker_user(&service.name).as_str().into())
                                 .with_delivery_mode(2),
                         )
                         .await?

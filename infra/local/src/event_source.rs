@@ -154,6 +154,21 @@ fn lambda_record(message: &Message, source: &EventSource) -> SqsMessage {
                 .collect()
         })
         .unwrap_or_default();
+    // As Lambda's event source does: the bridge's `broker_user` travels here.
+    record.message_attributes = message
+        .message_attributes()
+        .map(|attributes| {
+            attributes
+                .iter()
+                .map(|(name, value)| {
+                    let mut attribute = aws_lambda_events::sqs::SqsMessageAttribute::default();
+                    attribute.string_value = value.string_value().map(str::to_owned);
+                    attribute.data_type = Some(value.data_type().to_owned());
+                    (name.clone(), attribute)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     record.event_source = Some("aws:sqs".into());
     record.event_source_arn = Some(source.queue_arn.clone());
     record.aws_region = Some(source.region.clone());

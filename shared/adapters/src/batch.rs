@@ -13,7 +13,7 @@
 //!   that were done.
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use dsr_domain::messages::{parse, QueueMessage};
+use dsr_domain::messages::{parse, Origin, QueueMessage};
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 use tracing::Instrument;
@@ -47,7 +47,12 @@ impl From<dsr_domain::erasure::ErasureError> for Outcome {
 pub trait RecordHandler: Send + Sync {
     type Message: QueueMessage;
 
-    fn handle(&self, message: Self::Message) -> impl Future<Output = Outcome> + Send;
+    /// `origin`: who sent it (the broker user the bridge vouches for, or the service itself).
+    fn handle(
+        &self,
+        message: Self::Message,
+        origin: &Origin,
+    ) -> impl Future<Output = Outcome> + Send;
 
     /// Runs once after every batch (delayed dispatch sends what became due meanwhile).
     fn after_batch(&self) -> impl Future<Output = ()> + Send {
@@ -166,7 +171,7 @@ impl<H: RecordHandler> QueueDriver<H> {
         // Every line logged for this message carries the request id: the correlation id.
         let span = tracing::info_span!("message", function = self.function, message_id = %sqs_id, request_id = %request_id);
         async {
-            match self.handler.handle(message).await {
+            match self.handler.handle(message, &origin_of(record)).await {
                 Outcome::Done => true,
                 Outcome::Retry(delay) => {
                     if let Some(delay) = delay {
@@ -219,6 +224,16 @@ impl<H: RecordHandler> QueueDriver<H> {
     }
 }
 
+/// Who sent a record: the broker user the bridge stamped on it, else the service itself (only
+/// its own roles and the bridge may send to its queues).
+pub fn origin_of(record: &SqsMessage) -> Origin {
+    record
+        .message_attributes
+        .get(crate::sqs::BROKER_USER_ATTRIBUTE)
+        .and_then(|a| a.string_value.clone())
+        .map_or(Origin::Internal, Origin::Broker)
+}
+
 fn left_until(deadline: SystemTime) -> Duration {
     deadline
         .duration_since(SystemTime::now())
@@ -246,7 +261,7 @@ mod tests {
 
     impl RecordHandler for ByKind {
         type Message = RequestMessage;
-        async fn handle(&self, message: RequestMessage) -> Outcome {
+        async fn handle(&self, message: RequestMessage, _: &Origin) -> Outcome {
             self.seen.fetch_add(1, Ordering::SeqCst);
             match message.kind {
                 RequestKind::Access => Outcome::Done,

@@ -59,6 +59,8 @@ pub mod vars {
     pub const DISPATCH_TARGET_ARN: &str = "DISPATCH_TARGET_ARN";
     pub const SCHEDULER_ROLE_ARN: &str = "SCHEDULER_ROLE_ARN";
     pub const SCHEDULER_DLQ_ARN: &str = "SCHEDULER_DLQ_ARN";
+    /// Platform services allowed to use delayed dispatch (YAML, see the template's parameter).
+    pub const DELAYED_DISPATCH_CALLERS: &str = "DELAYED_DISPATCH_CALLERS";
 
     // The RabbitMQ bridge.
     pub const RABBITMQ_URL: &str = "RABBITMQ_URL";

@@ -89,6 +89,10 @@ impl SqsOutbox {
     }
 }
 
+/// The SQS message attribute carrying the publisher's broker user, set by the bridge on every
+/// message it forwards from RabbitMQ (and by nothing else).
+pub const BROKER_USER_ATTRIBUTE: &str = "broker_user";
+
 /// Delivers delayed messages: to an SQS queue directly, or to RabbitMQ through the outbound
 /// queue (the bridge publishes the envelope). The key travels as `message_id` either way.
 #[derive(Clone, Debug)]

@@ -154,7 +154,7 @@ mod tests {
             (vars::SUBJECT_HASH_KEY, "sixteen-byte-key"),
             (
                 vars::SERVICE_REGISTRY,
-                "services: [{name: p, erase: {via: {kind: rabbitmq, routing_key: k}}}]",
+                "services: [{name: p, broker_user: p, erase: {via: {kind: rabbitmq, routing_key: k}}}]",
             ),
         ]);
         let erasures = super::erasures(&aws, &env, "test").unwrap();

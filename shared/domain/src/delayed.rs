@@ -9,6 +9,7 @@
 //! expire, and the next sweep sends the same message id again, never a different one.
 
 use crate::clock::Clock;
+use crate::messages::Origin;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -19,10 +20,32 @@ use std::future::Future;
 pub struct DelayKey(String);
 
 impl DelayKey {
+    /// The longest key a caller may choose; the stored key adds the caller's namespace.
+    pub const MAX_LEN: usize = 200;
+    const MAX_STORED_LEN: usize = Self::MAX_LEN + 80;
+
     pub fn parse(raw: impl Into<String>) -> Result<Self, String> {
-        let raw = raw.into();
+        Self::checked(raw.into(), Self::MAX_LEN)
+    }
+
+    /// A key as the store keeps it: the caller's namespace and the caller's key.
+    pub fn stored(raw: impl Into<String>) -> Result<Self, String> {
+        Self::checked(raw.into(), Self::MAX_STORED_LEN)
+    }
+
+    /// `key` in `caller`'s own namespace: `dsr/<key>` for the service itself, `svc/<name>/<key>`
+    /// for a platform service. A caller cannot write `/` into its name (configuration) and its
+    /// key is always prefixed, so no caller can reach another's keys, or the service's.
+    pub fn scoped(caller: &Caller, key: &DelayKey) -> DelayKey {
+        match caller {
+            Caller::Service(name) => DelayKey(format!("svc/{name}/{}", key.0)),
+            Caller::Internal => DelayKey(format!("dsr/{}", key.0)),
+        }
+    }
+
+    fn checked(raw: String, max: usize) -> Result<Self, String> {
         let fine = !raw.is_empty()
-            && raw.len() <= 200
+            && raw.len() <= max
             && raw
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.:/#@".contains(&b));
@@ -30,7 +53,7 @@ impl DelayKey {
             Ok(Self(raw))
         } else {
             Err(format!(
-                "a delay key is 1-200 characters of A-Z a-z 0-9 - _ . : / # @, not `{}`",
+                "a delay key is 1-{max} characters of A-Z a-z 0-9 - _ . : / # @, not `{}`",
                 raw.chars().take(64).collect::<String>()
             ))
         }
@@ -95,6 +118,235 @@ impl crate::messages::QueueMessage for ScheduleRequest {
             }
         }
     }
+}
+
+/// Who scheduled a message, once admitted: the service itself, or a platform service by the
+/// name its configuration gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Internal,
+    Service(String),
+}
+
+/// One platform service allowed to use delayed dispatch through the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedCaller {
+    /// Names the caller's key namespace (`svc/<name>/...`): a-z, 0-9, `-` and `_`.
+    pub name: String,
+    /// The RabbitMQ user it publishes as (checked by RabbitMQ, carried by the bridge).
+    pub broker_user: String,
+    /// Where its messages may go: RabbitMQ exchanges, each with a routing-key pattern.
+    pub destinations: Vec<AllowedDestination>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedDestination {
+    pub exchange: String,
+    /// A topic pattern: words separated by `.`, `*` one word, `#` any number (default `#`).
+    #[serde(default = "any_routing_key")]
+    pub routing_key: String,
+}
+
+fn any_routing_key() -> String {
+    "#".into()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallersFile {
+    #[serde(default)]
+    callers: Vec<AllowedCaller>,
+}
+
+/// Who may schedule what. The service itself may deliver to its own queues (`internal_queues`:
+/// the watchdog's checks go to the confirmations queue) and to RabbitMQ; a platform service
+/// only to the exchanges its entry allows, never to the service's own exchanges (everything
+/// under the namespace: commands, confirmations, schedule, events) nor to any SQS queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DispatchPolicy {
+    pub internal_queues: Vec<String>,
+    pub callers: Vec<AllowedCaller>,
+    /// The service's RabbitMQ namespace: `<namespace>.` exchanges are its own.
+    pub namespace: String,
+}
+
+/// What an admitted schedule request does, in its caller's key namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admitted {
+    Schedule(DelayedMessage),
+    Cancel(DelayKey),
+}
+
+impl DispatchPolicy {
+    /// Reads the callers (YAML or JSON: `callers: [{name, broker_user, destinations}]`) and
+    /// checks that none may reach the service's own exchanges.
+    pub fn new(
+        callers_yaml: Option<&str>,
+        namespace: impl Into<String>,
+        internal_queues: Vec<String>,
+    ) -> Result<Self, String> {
+        let namespace = namespace.into();
+        let file: CallersFile = match callers_yaml.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(text) => serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?,
+            None => CallersFile::default(),
+        };
+        let mut names = std::collections::HashSet::new();
+        let mut users = std::collections::HashSet::new();
+        for caller in &file.callers {
+            let fine_name = !caller.name.is_empty()
+                && caller.name.len() <= 64
+                && caller
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b));
+            if !fine_name {
+                return Err(format!(
+                    "caller name `{}`: 1-64 characters of a-z 0-9 - _",
+                    caller.name
+                ));
+            }
+            if !names.insert(caller.name.as_str()) || !users.insert(caller.broker_user.as_str()) {
+                return Err(format!(
+                    "caller `{}` or its broker user is listed twice",
+                    caller.name
+                ));
+            }
+            for allowed in &caller.destinations {
+                if allowed.exchange.is_empty() || is_own_exchange(&namespace, &allowed.exchange) {
+                    return Err(format!(
+                        "caller `{}` may not be given exchange `{}`: the service's own exchanges (`{namespace}.*`) are not destinations",
+                        caller.name, allowed.exchange
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            internal_queues,
+            callers: file.callers,
+            namespace,
+        })
+    }
+
+    /// Every exchange a caller may have messages published to (the bridge declares them).
+    pub fn destination_exchanges(&self) -> impl Iterator<Item = &str> {
+        self.callers
+            .iter()
+            .flat_map(|c| c.destinations.iter().map(|d| d.exchange.as_str()))
+    }
+
+    /// Checks a request against who sent it, and puts its key in the sender's namespace; or
+    /// says why it is refused (the reason goes to the dead-letter queue with the message).
+    pub fn admit(&self, origin: &Origin, request: ScheduleRequest) -> Result<Admitted, String> {
+        let caller = match origin {
+            Origin::Internal => Caller::Internal,
+            Origin::Broker(user) => {
+                let Some(allowed) = self.callers.iter().find(|c| &c.broker_user == user) else {
+                    return Err(format!(
+                        "{origin} is not allowed to use delayed dispatch (no caller entry)"
+                    ));
+                };
+                Caller::Service(allowed.name.clone())
+            }
+        };
+        match request {
+            ScheduleRequest::Cancel { key, .. } => {
+                Ok(Admitted::Cancel(DelayKey::scoped(&caller, &key)))
+            }
+            ScheduleRequest::Schedule {
+                key,
+                deliver_at,
+                destination,
+                payload,
+                ..
+            } => {
+                self.check_destination(&caller, origin, &destination)?;
+                Ok(Admitted::Schedule(DelayedMessage {
+                    key: DelayKey::scoped(&caller, &key),
+                    deliver_at,
+                    destination,
+                    payload,
+                }))
+            }
+        }
+    }
+
+    fn check_destination(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        destination: &Destination,
+    ) -> Result<(), String> {
+        match (caller, destination) {
+            (Caller::Internal, Destination::Sqs { queue_url }) => {
+                if self.internal_queues.iter().any(|q| q == queue_url) {
+                    Ok(())
+                } else {
+                    Err(
+                        "the SQS queue is not one of the service's delayed-dispatch destinations"
+                            .into(),
+                    )
+                }
+            }
+            (Caller::Internal, Destination::Rabbitmq { .. }) => Ok(()),
+            (Caller::Service(_), Destination::Sqs { .. }) => Err(format!(
+                "{origin} may not deliver to SQS queues; only to its allowed exchanges"
+            )),
+            (
+                Caller::Service(name),
+                Destination::Rabbitmq {
+                    exchange,
+                    routing_key,
+                },
+            ) => {
+                let allowed = self
+                    .callers
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .is_some_and(|c| {
+                        c.destinations.iter().any(|d| {
+                            &d.exchange == exchange && topic_matches(&d.routing_key, routing_key)
+                        })
+                    });
+                if allowed && !is_own_exchange(&self.namespace, exchange) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{origin} may not deliver to exchange `{exchange}` with routing key `{routing_key}`"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn is_own_exchange(namespace: &str, exchange: &str) -> bool {
+    exchange
+        .strip_prefix(namespace)
+        .is_some_and(|rest| rest.starts_with('.'))
+        || exchange.is_empty()
+        || exchange.starts_with("amq.")
+}
+
+/// RabbitMQ's topic matching: `*` is one word, `#` zero or more.
+pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(word), Some(key)) if word == key => go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = if routing_key.is_empty() {
+        Vec::new()
+    } else {
+        routing_key.split('.').collect()
+    };
+    go(&p, &k)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -355,5 +607,162 @@ impl<T: DelayedStore> DelayedStore for std::sync::Arc<T> {
         forget_at: DateTime<Utc>,
     ) -> Result<bool, DispatchError> {
         (**self).mark_dispatched(message, forget_at).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CALLERS: &str = r#"
+callers:
+  - name: billing
+    broker_user: svc-billing
+    destinations:
+      - { exchange: billing.retries, routing_key: "invoice.*" }
+"#;
+
+    fn policy() -> DispatchPolicy {
+        DispatchPolicy::new(
+            Some(CALLERS),
+            "gdpr",
+            vec!["https://sqs/confirmations".into()],
+        )
+        .unwrap()
+    }
+
+    fn schedule(key: &str, destination: Destination) -> ScheduleRequest {
+        ScheduleRequest::Schedule {
+            version: 1,
+            key: DelayKey::parse(key).unwrap(),
+            deliver_at: Utc::now(),
+            destination,
+            payload: serde_json::json!({"subject": "alice"}),
+        }
+    }
+
+    fn rabbit(exchange: &str, routing_key: &str) -> Destination {
+        Destination::Rabbitmq {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        }
+    }
+
+    #[test]
+    fn a_platform_service_reaches_only_its_allowed_exchanges_in_its_own_namespace() {
+        let billing = Origin::Broker("svc-billing".into());
+        match policy().admit(
+            &billing,
+            schedule("check:01J:email:1", rabbit("billing.retries", "invoice.42")),
+        ) {
+            Ok(Admitted::Schedule(m)) => {
+                assert_eq!(m.key.as_str(), "svc/billing/check:01J:email:1")
+            }
+            other => panic!("{other:?}"),
+        }
+        for (destination, why) in [
+            (
+                rabbit("gdpr.commands", "erasure.profile"),
+                "may not deliver to exchange `gdpr.commands`",
+            ),
+            (
+                rabbit("billing.retries", "refund.1"),
+                "routing key `refund.1`",
+            ),
+            (rabbit("other.exchange", "invoice.1"), "other.exchange"),
+            (
+                Destination::Sqs {
+                    queue_url: "https://sqs/confirmations".into(),
+                },
+                "may not deliver to SQS",
+            ),
+        ] {
+            let refused = policy()
+                .admit(&billing, schedule("k", destination))
+                .unwrap_err();
+            assert!(refused.contains(why), "{refused}");
+        }
+        // Cancelling `check:*` reaches only the caller's own key of that name.
+        match policy().admit(
+            &billing,
+            ScheduleRequest::Cancel {
+                version: 1,
+                key: DelayKey::parse("check:01J:email:1").unwrap(),
+            },
+        ) {
+            Ok(Admitted::Cancel(key)) => assert_eq!(key.as_str(), "svc/billing/check:01J:email:1"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn strangers_are_refused_and_the_service_keeps_its_own_keys_and_queues() {
+        let stranger = Origin::Broker("mallory".into());
+        let refused = policy()
+            .admit(
+                &stranger,
+                schedule("k", rabbit("billing.retries", "invoice.1")),
+            )
+            .unwrap_err();
+        assert!(
+            refused.contains("broker user `mallory` is not allowed"),
+            "{refused}"
+        );
+
+        let confirmations = Destination::Sqs {
+            queue_url: "https://sqs/confirmations".into(),
+        };
+        match policy().admit(
+            &Origin::Internal,
+            schedule("check:01J:email:1", confirmations),
+        ) {
+            Ok(Admitted::Schedule(m)) => assert_eq!(m.key.as_str(), "dsr/check:01J:email:1"),
+            other => panic!("{other:?}"),
+        }
+        let elsewhere = Destination::Sqs {
+            queue_url: "https://sqs/work".into(),
+        };
+        assert!(policy()
+            .admit(&Origin::Internal, schedule("k", elsewhere))
+            .is_err());
+    }
+
+    #[test]
+    fn no_caller_may_be_given_the_services_own_exchanges() {
+        for exchange in ["gdpr.commands", "gdpr.events", "amq.topic", ""] {
+            let yaml = format!(
+                "callers: [{{name: x, broker_user: x, destinations: [{{exchange: \"{exchange}\"}}]}}]"
+            );
+            assert!(
+                DispatchPolicy::new(Some(&yaml), "gdpr", vec![]).is_err(),
+                "{exchange}"
+            );
+        }
+        assert!(DispatchPolicy::new(
+            Some("callers: [{name: A/b, broker_user: x, destinations: []}]"),
+            "gdpr",
+            vec![]
+        )
+        .is_err());
+        assert!(DispatchPolicy::new(None, "gdpr", vec![])
+            .unwrap()
+            .callers
+            .is_empty());
+    }
+
+    #[test]
+    fn topic_patterns_match_as_rabbitmq_does() {
+        for (pattern, key, expected) in [
+            ("#", "", true),
+            ("#", "a.b", true),
+            ("a.*", "a.b", true),
+            ("a.*", "a.b.c", false),
+            ("a.#", "a", true),
+            ("a.#.c", "a.x.y.c", true),
+            ("a.b", "a.c", false),
+            ("*", "", false),
+        ] {
+            assert_eq!(topic_matches(pattern, key), expected, "{pattern} {key}");
+        }
     }
 }

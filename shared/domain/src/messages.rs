@@ -19,6 +19,27 @@ pub trait QueueMessage: DeserializeOwned + Send {
     }
 }
 
+/// Who put a message on a queue, as far as its transport vouches for it. Only the service's
+/// own roles may write its queues (IAM); the RabbitMQ bridge is the one door for the platform's
+/// services, and it stamps every message it forwards with the publisher's broker user, which
+/// RabbitMQ itself checked against the connection (the `user_id` property).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// One of the service's own functions (the watchdog's checks, the fan-out's schedules).
+    Internal,
+    /// A platform service, through the broker, authenticated as this broker user.
+    Broker(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Internal => f.write_str("the service itself"),
+            Origin::Broker(user) => write!(f, "broker user `{user}`"),
+        }
+    }
+}
+
 /// Reads a queue body as `M`, or says why it never can be (the reason goes with the message
 /// to the dead-letter queue).
 pub fn parse<M: QueueMessage>(body: &str) -> Result<M, String> {

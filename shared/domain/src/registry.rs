@@ -27,6 +27,11 @@ pub struct RegisteredService {
     /// How to erase its data for an erasure request; `None` if it holds nothing to erase.
     #[serde(default)]
     pub erase: Option<HowToErase>,
+    /// The RabbitMQ user the service publishes as: only a confirmation published under it
+    /// (RabbitMQ checks the `user_id` property against the connection) counts as the service's.
+    /// Required for services erased over RabbitMQ.
+    #[serde(default)]
+    pub broker_user: Option<String>,
 }
 
 /// How a service is told to erase, and how long it may take to confirm.
@@ -238,6 +243,13 @@ impl ServiceRegistry {
                     ErasureRoute::Rabbitmq { routing_key } if routing_key.is_empty() => {
                         return Err(RegistryError(format!("{name}: a routing_key is needed")));
                     }
+                    ErasureRoute::Rabbitmq { .. }
+                        if service.broker_user.as_deref().is_none_or(str::is_empty) =>
+                    {
+                        return Err(RegistryError(format!(
+                            "{name}: a service erased over RabbitMQ needs its broker_user (the user its confirmations are published as)"
+                        )));
+                    }
                     ErasureRoute::Http {
                         url,
                         method,
@@ -296,6 +308,11 @@ impl ServiceRegistry {
             ));
         }
         Ok(())
+    }
+
+    /// The service called `name`.
+    pub fn service(&self, name: &ServiceName) -> Option<&RegisteredService> {
+        self.services.iter().find(|s| &s.name == name)
     }
 
     /// The services an erasure must reach, in registry order.
@@ -367,7 +384,7 @@ mod tests {
             {"name": "orders", "collect": {"kind": "http", "url": "https://o/users/{subject}/orders"}},
             {"name": "access-log", "collect": {"kind": "search", "url": "http://127.0.0.1:9200/logs", "field": "user", "sort": ["ts", "id"]}},
             {"name": "uploads", "collect": {"kind": "s3", "bucket": "b", "prefix": "u/{subject}/"}},
-            {"name": "email", "description": "newsletters",
+            {"name": "email", "description": "newsletters", "broker_user": "svc-email",
              "erase": {"via": {"kind": "rabbitmq", "routing_key": "erasure.email"}, "last": true}},
             {"name": "ads", "erase": {"via": {"kind": "http", "url": "https://ads/users/{subject}", "not_found": {"status": 404, "body_contains": "no_such_user"}}}}
         ]}"#,
@@ -447,10 +464,14 @@ mod tests {
                 "{subject}",
             ),
             (
-                r#"{"services": [{"name": "a", "erase": {"via": {"kind": "rabbitmq", "routing_key": "k"}, "max_sends": 0}}]}"#,
+                r#"{"services": [{"name": "a", "broker_user": "a", "erase": {"via": {"kind": "rabbitmq", "routing_key": "k"}, "max_sends": 0}}]}"#,
                 "at least 1",
             ),
             (r#"{"services": []}"#, "no services"),
+            (
+                r#"{"services": [{"name": "a", "erase": {"via": {"kind": "rabbitmq", "routing_key": "k"}}}]}"#,
+                "needs its broker_user",
+            ),
             (
                 r#"{"services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "http://vendor.example/u/{subject}"}}}]}"#,
                 "must use https",
@@ -508,7 +529,7 @@ mod tests {
             .to_string()
             .contains("erased nothing"));
         let only_erases = registry(
-            r#"{"services": [{"name": "p", "erase": {"via": {"kind": "rabbitmq", "routing_key": "k"}}}]}"#,
+            r#"{"services": [{"name": "p", "broker_user": "p", "erase": {"via": {"kind": "rabbitmq", "routing_key": "k"}}}]}"#,
         )
         .unwrap();
         assert!(only_erases.require_erasable().is_ok());

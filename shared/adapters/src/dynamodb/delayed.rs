@@ -260,7 +260,7 @@ fn message_from_item(item: &Item) -> Result<DelayedMessage, DispatchError> {
     let parse =
         |e: &dyn std::fmt::Display| DispatchError(format!("stored delayed message: {e}").into());
     Ok(DelayedMessage {
-        key: DelayKey::parse(string(item, "key")?).map_err(|e| parse(&e))?,
+        key: DelayKey::stored(string(item, "key")?).map_err(|e| parse(&e))?,
         deliver_at: DateTime::parse_from_rfc3339(string(item, "deliver_at")?)
             .map_err(|e| parse(&e))?
             .with_timezone(&Utc),

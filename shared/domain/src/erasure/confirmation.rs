@@ -2,7 +2,7 @@
 //! request on to the notice and to completion.
 
 use super::*;
-use crate::messages::DomainEvent;
+use crate::messages::{DomainEvent, Origin};
 use crate::metrics::{self, names, Metric};
 use crate::ports::{Audited, TransitionOutcome};
 
@@ -15,8 +15,33 @@ where
     C: Clock,
 {
     /// A service's confirmation. Duplicates change nothing; an unknown request or service is
-    /// rejected.
-    pub async fn confirm(&self, confirmation: &Confirmation) -> Result<Handled, ErasureError> {
+    /// rejected. It counts only if `origin` is the service: published through the
+    /// broker under the user the registry binds it to. Anything else is rejected (to the
+    /// dead-letter queue with the reason) before the request is even looked at.
+    pub async fn confirm(
+        &self,
+        confirmation: &Confirmation,
+        origin: &Origin,
+    ) -> Result<Handled, ErasureError> {
+        let bound = self
+            .registry
+            .service(&confirmation.service)
+            .and_then(|s| s.broker_user.as_deref());
+        match (origin, bound) {
+            (Origin::Broker(user), Some(bound)) if user == bound => {}
+            (_, None) => {
+                return Err(ErasureError::Rejected(format!(
+                    "no broker user is registered for service `{}`: it cannot confirm over the broker",
+                    confirmation.service
+                )))
+            }
+            (origin, Some(bound)) => {
+                return Err(ErasureError::Rejected(format!(
+                    "a confirmation for `{}` from {origin}; only `{bound}`, the service's own broker user, may confirm for it",
+                    confirmation.service
+                )))
+            }
+        }
         let request = self.erasure(confirmation.request_id).await?;
         let obligation = self.obligation(&request, &confirmation.service).await?;
         if let (Some(sent_at), false) = (obligation.sent_at, obligation.status.is_done()) {
