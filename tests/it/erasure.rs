@@ -5,6 +5,7 @@
 use crate::bridge::LOCAL_BROKER;
 use crate::contract::{assert_message, assert_response};
 use crate::helpers::{eventually, spawn_app_with, unique_name, TestApp};
+use dsr_domain::erasure::OWN_COPIES;
 use dsr_local::erasing_services::{self, ErasingServices};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -254,7 +255,11 @@ async fn an_erasure_reaches_every_service_and_the_email_service_is_erased_last_a
         rig.services.remaining(&subject)
     );
     let services = view["services"].as_array().unwrap();
-    assert_eq!(services.len(), 5, "{view:#}");
+    assert_eq!(
+        services.len(),
+        6,
+        "five services and the service's own copies: {view:#}"
+    );
     for s in services {
         assert_eq!(s["status"], "confirmed", "{s}");
         assert_eq!(s["commands_sent"], 1, "{s}");
@@ -511,6 +516,60 @@ async fn a_wrong_vendor_url_answering_a_bare_404_or_a_redirect_never_completes_t
         let error = vendor_obligation(&rig, &id).await.last_error.unwrap();
         assert!(error.contains(why), "{path}: {error}");
     }
+}
+
+#[tokio::test]
+async fn an_erasure_deletes_the_subjects_report_and_its_link_answers_410() {
+    let rig = rig(RigSettings::default()).await;
+    let subject = format!("reported-{}", unique_name());
+    rig.services.seed(&subject);
+    let access = rig.app.submit(&subject, "access").await;
+    assert_eq!(access.status, 202, "{}", access.body);
+    let access = access.body["id"].as_str().unwrap().to_owned();
+    rig.wait_for(&subject, &access, Duration::from_secs(60), |v| {
+        v["state"] == "report_ready"
+    })
+    .await;
+    let link = rig
+        .app
+        .get(&subject, &format!("/v1/requests/{access}/report"))
+        .await;
+    assert_eq!(link.status, 200, "{}", link.body);
+    let s3 = dsr_adapters::s3::client(&crate::helpers::aws().await);
+    let bucket = rig.app.stack.context.resources["ReportsBucket"]
+        .name
+        .clone();
+    let objects = |s3: aws_sdk_s3::Client, bucket: String, prefix: String| async move {
+        s3.list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap()
+            .contents()
+            .len()
+    };
+    let prefix = format!("reports/{access}/");
+    assert_eq!(objects(s3.clone(), bucket.clone(), prefix.clone()).await, 1);
+
+    let erasure = rig.app.submit(&subject, "erasure").await;
+    let erasure = erasure.body["id"].as_str().unwrap().to_owned();
+    let view = rig
+        .wait_for(&subject, &erasure, Duration::from_secs(60), completed)
+        .await;
+    assert_eq!(service(&view, OWN_COPIES)["status"], "confirmed");
+    assert_eq!(objects(s3, bucket, prefix).await, 0, "the report is gone");
+    let gone = rig
+        .app
+        .get(&subject, &format!("/v1/requests/{access}/report"))
+        .await;
+    assert_eq!(gone.status, 410, "{}", gone.body);
+    assert_response("GET", "/v1/requests/{id}/report", 410, &gone.body);
+    assert_eq!(rig.show(&subject, &access).await["state"], "expired");
+    assert!(rig
+        .audit(&access)
+        .await
+        .contains(&format!("closed_by_erasure:{erasure}")));
 }
 
 /// Waits for `want` messages on the dead-letter queue `queue` (logical id) and takes them:

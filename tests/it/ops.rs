@@ -75,16 +75,18 @@ async fn a_full_run_emits_valid_emf_and_logs_no_raw_subject_id() {
 
     let rig = rig(RigSettings::default()).await;
     let subject = format!("Zoë.Private+{}@example.com", unique_name());
-    let erasure = rig.submit_erasure(&subject).await;
+    // The report first: the erasure that follows deletes it (the service's own copy).
+    rig.services.seed(&subject);
     let access = rig.app.submit(&subject, "access").await;
     assert_eq!(access.status, 202);
     let access = access.body["id"].as_str().unwrap().to_owned();
-    rig.wait_for(&subject, &erasure, Duration::from_secs(60), |v| {
-        v["state"] == "completed"
-    })
-    .await;
     rig.wait_for(&subject, &access, Duration::from_secs(60), |v| {
         v["state"] == "report_ready"
+    })
+    .await;
+    let erasure = rig.submit_erasure(&subject).await;
+    rig.wait_for(&subject, &erasure, Duration::from_secs(60), |v| {
+        v["state"] == "completed"
     })
     .await;
     rig.app
@@ -309,7 +311,12 @@ async fn the_proof_of_erasure_lists_every_obligation_with_its_receipt() {
         serde_json::from_str(&run(&ops, Command::Proof { id: id.clone() }).await.unwrap()).unwrap();
     assert_eq!(proof["complete"], true);
     let obligations = proof["obligations"].as_array().unwrap();
-    assert_eq!(obligations.len(), 5);
+    assert_eq!(obligations.len(), 6);
+    let own = obligations
+        .iter()
+        .find(|o| o["service"] == dsr_domain::erasure::OWN_COPIES)
+        .unwrap();
+    assert_eq!(own["receipt"]["report_objects_deleted"], 0, "{own}");
     for o in obligations {
         assert_eq!(o["status"], "confirmed", "{o}");
         assert!(

@@ -9,6 +9,7 @@ use dsr_domain::erasure::{
     CheckScheduler, ConfirmationsMessage, ErasureChannel, Erasures, EventOutbox, ObligationStore,
 };
 use dsr_domain::messages::Origin;
+use dsr_domain::report::ReportStore;
 use dsr_domain::{Clock, RequestStore};
 
 /// The function as Lambda runs it.
@@ -28,13 +29,14 @@ pub struct ConfirmationHandler<E> {
     pub erasures: E,
 }
 
-impl<S, X, D, E, C> RecordHandler for ConfirmationHandler<Erasures<S, X, D, E, C>>
+impl<S, X, D, E, C, R> RecordHandler for ConfirmationHandler<Erasures<S, X, D, E, C, R>>
 where
     S: RequestStore + ObligationStore,
     X: ErasureChannel,
     D: CheckScheduler,
     E: EventOutbox,
     C: Clock,
+    R: ReportStore,
 {
     type Message = ConfirmationsMessage;
 

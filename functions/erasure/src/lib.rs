@@ -7,6 +7,7 @@ use dsr_adapters::config::{vars, ConfigError, Env};
 use dsr_adapters::wiring::{self, CloudErasures};
 use dsr_domain::erasure::{CheckScheduler, ErasureChannel, Erasures, EventOutbox, ObligationStore};
 use dsr_domain::messages::Origin;
+use dsr_domain::report::ReportStore;
 use dsr_domain::{Clock, RequestKind, RequestMessage, RequestStore};
 
 /// The function as Lambda runs it.
@@ -31,13 +32,14 @@ pub struct ErasureRequestHandler<E> {
     pub erasures: E,
 }
 
-impl<S, X, D, E, C> RecordHandler for ErasureRequestHandler<Erasures<S, X, D, E, C>>
+impl<S, X, D, E, C, R> RecordHandler for ErasureRequestHandler<Erasures<S, X, D, E, C, R>>
 where
     S: RequestStore + ObligationStore,
     X: ErasureChannel,
     D: CheckScheduler,
     E: EventOutbox,
     C: Clock,
+    R: ReportStore,
 {
     type Message = RequestMessage;
 

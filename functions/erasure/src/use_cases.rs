@@ -1,10 +1,10 @@
 //! The erasure use cases with in-memory ports and a clock the tests move.
 
 use chrono::{Duration, TimeZone, Utc};
-use dsr_adapters::memory::{InMemoryRequestStore, RecordingErasurePorts};
+use dsr_adapters::memory::{InMemoryReportStore, InMemoryRequestStore, RecordingErasurePorts};
 use dsr_domain::erasure::{
     Confirmation, ConfirmationOutcome, Delivery, ErasureError, ErasureSettings, Erasures, Handled,
-    ObligationDue, ObligationStatus, ObligationStore,
+    ObligationDue, ObligationStatus, ObligationStore, OWN_COPIES,
 };
 use dsr_domain::messages::{EventType, Origin};
 use dsr_domain::registry::ServiceRegistry;
@@ -20,6 +20,7 @@ type TestErasures = Erasures<
     Arc<RecordingErasurePorts>,
     Arc<RecordingErasurePorts>,
     Arc<FixedClock>,
+    InMemoryReportStore,
 >;
 
 struct Fixture {
@@ -27,6 +28,7 @@ struct Fixture {
     store: Arc<InMemoryRequestStore>,
     ports: Arc<RecordingErasurePorts>,
     clock: Arc<FixedClock>,
+    reports: InMemoryReportStore,
 }
 
 const REGISTRY: &str = r#"
@@ -55,11 +57,13 @@ fn fixture() -> Fixture {
         Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap(),
     ));
     let registry: ServiceRegistry = serde_yaml_ng::from_str(REGISTRY).unwrap();
+    let reports = InMemoryReportStore::default();
     let erasures = Erasures {
         store: store.clone(),
         channel: ports.clone(),
         checks: ports.clone(),
         events: ports.clone(),
+        reports: reports.clone(),
         clock: clock.clone(),
         registry: registry.validated().unwrap(),
         hasher: SubjectHasher::new("a-test-key-of-16-bytes"),
@@ -74,6 +78,7 @@ fn fixture() -> Fixture {
         store,
         ports,
         clock,
+        reports,
     }
 }
 
@@ -161,6 +166,7 @@ async fn fan_out_plans_every_erasable_service_and_commands_all_but_the_erase_las
         [
             (svc("ads"), ObligationStatus::Confirmed, 1),
             (svc("billing"), ObligationStatus::Sent, 1),
+            (svc(OWN_COPIES), ObligationStatus::Confirmed, 1),
             (svc("email"), ObligationStatus::Pending, 0),
             (svc("profile"), ObligationStatus::Sent, 1),
         ]
@@ -242,6 +248,110 @@ async fn the_email_service_is_released_after_the_notice_and_the_grace_period_the
         Handled::Nothing(_)
     ));
     assert_eq!(f.ports.events().len(), 2);
+}
+
+impl Fixture {
+    /// An access request of `subject` in `state`, with a finished report object and one
+    /// unfinished upload under its prefix when it got that far.
+    async fn access_request(&self, subject: &str, state: RequestState) -> RequestId {
+        use dsr_domain::report::ReportStore;
+        let now = dsr_domain::Clock::now(&*self.clock);
+        let mut request =
+            Request::receive(RequestKind::Access, SubjectId::parse(subject).unwrap(), now);
+        let hash = SubjectHasher::new("a-test-key-of-16-bytes").hash(&request.subject);
+        self.store.create(&request, &hash, None).await.unwrap();
+        request.state = state;
+        let key = format!("reports/{}/attempt-1/report.zip", request.id);
+        if state == RequestState::ReportReady {
+            self.reports.put(&key, b"zip".to_vec());
+            self.reports.put(
+                &format!("reports/{}/attempt-0/report.zip", request.id),
+                b"old".to_vec(),
+            );
+            request.report = Some(dsr_domain::ReportInfo {
+                key,
+                size: 3,
+                sha256: "x".into(),
+                expires_at: now + Duration::days(30),
+            });
+        }
+        if state == RequestState::Collecting {
+            let _upload = self
+                .reports
+                .begin(&format!("reports/{}/attempt-2/report.zip", request.id))
+                .await
+                .unwrap();
+        }
+        self.store
+            .save_transition(&request, &hash, RequestState::Received)
+            .await
+            .unwrap();
+        request.id
+    }
+}
+
+#[tokio::test]
+async fn the_erasure_deletes_the_subjects_reports_and_closes_their_access_requests_with_proof() {
+    let f = fixture();
+    let ready = f.access_request("erin", RequestState::ReportReady).await;
+    let collecting = f.access_request("erin", RequestState::Collecting).await;
+    let someone_else = f.access_request("erik", RequestState::ReportReady).await;
+    let id = f.erasure().await;
+    f.erasures.fan_out(id).await.unwrap();
+
+    assert_eq!(
+        f.state(ready).await,
+        RequestState::Expired,
+        "its link gives 410"
+    );
+    assert_eq!(f.state(collecting).await, RequestState::Cancelled);
+    assert_eq!(f.state(someone_else).await, RequestState::ReportReady);
+    let left = f.reports.objects();
+    assert!(
+        left.iter().all(|k| k.contains(&someone_else.to_string())) && left.len() == 2,
+        "only the other subject's objects are left: {left:?}"
+    );
+    assert_eq!(
+        f.reports.unfinished(),
+        0,
+        "the collecting attempt's upload is aborted"
+    );
+
+    let own = f.obligation(id, OWN_COPIES).await;
+    assert_eq!(own.status, ObligationStatus::Confirmed);
+    let receipt: serde_json::Value = serde_json::from_str(own.receipt.as_deref().unwrap()).unwrap();
+    assert_eq!(receipt["report_objects_deleted"], 2);
+    assert_eq!(receipt["unfinished_uploads_aborted"], 1);
+    assert_eq!(
+        receipt["access_requests_closed"].as_array().unwrap().len(),
+        2
+    );
+    let trail = f.store.audit_trail(ready).await.unwrap();
+    assert!(trail
+        .iter()
+        .any(|e| e.event == format!("closed_by_erasure:{id}")));
+
+    // An access request made while the erasure waits on the services is closed before the end.
+    let late = f.access_request("erin", RequestState::ReportReady).await;
+    for service in ["billing", "profile", "ads"] {
+        f.confirm(id, service).await.unwrap();
+    }
+    f.clock.advance(Duration::hours(72));
+    let release = ObligationDue::new(id, &svc("email"), 0);
+    f.erasures.check(&release).await.unwrap();
+    f.confirm(id, "email").await.unwrap();
+    assert_eq!(f.state(id).await, RequestState::Completed);
+    assert_eq!(f.state(late).await, RequestState::Expired);
+    assert!(f
+        .reports
+        .objects()
+        .iter()
+        .all(|k| !k.contains(&late.to_string())));
+    let trail = f.store.audit_trail(id).await.unwrap();
+    assert!(
+        trail.iter().any(|e| e.event == "own_copies_erased:1:2"),
+        "{trail:?}"
+    );
 }
 
 #[tokio::test]

@@ -74,6 +74,7 @@ pub type CloudErasures = dsr_domain::erasure::Erasures<
     crate::sqs::SqsCheckScheduler,
     crate::sqs::SqsOutbox,
     SystemClock,
+    crate::s3::S3ReportStore,
 >;
 
 /// The erasure use cases; `actor` names the function in leases and the audit trail. Third
@@ -102,6 +103,10 @@ pub fn erasures(
             env.required(vars::CONFIRMATIONS_QUEUE_URL)?,
         ),
         events: crate::sqs::SqsOutbox::new(sqs, outbound),
+        reports: crate::s3::S3ReportStore::new(
+            crate::s3::client(aws),
+            env.required(vars::REPORTS_BUCKET)?,
+        ),
         clock: SystemClock,
         registry: crate::registry::load_erasable(env)?,
         hasher: subject_hasher(env)?,
@@ -152,6 +157,7 @@ mod tests {
             (vars::SCHEDULE_REQUESTS_QUEUE_URL, "s"),
             (vars::CONFIRMATIONS_QUEUE_URL, "q"),
             (vars::SUBJECT_HASH_KEY, "sixteen-byte-key"),
+            (vars::REPORTS_BUCKET, "reports"),
             (
                 vars::SERVICE_REGISTRY,
                 "services: [{name: p, broker_user: p, erase: {via: {kind: rabbitmq, routing_key: k}}}]",

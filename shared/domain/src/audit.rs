@@ -27,6 +27,10 @@ pub enum Audited<'a> {
     },
     /// A service stayed silent through every re-send: an operator takes over.
     Escalated { service: &'a ServiceName },
+    /// This access request was closed (and its report deleted) by the subject's erasure.
+    ClosedByErasure { erasure: crate::RequestId },
+    /// Before completing, the erasure found more of the service's own copies and erased them.
+    OwnCopiesErased { closed: usize, objects: usize },
 }
 
 impl fmt::Display for Audited<'_> {
@@ -41,6 +45,10 @@ impl fmt::Display for Audited<'_> {
                 write!(f, "obligation_{}:{service}", status.as_str())
             }
             Audited::Escalated { service } => write!(f, "escalated:{service}"),
+            Audited::ClosedByErasure { erasure } => write!(f, "closed_by_erasure:{erasure}"),
+            Audited::OwnCopiesErased { closed, objects } => {
+                write!(f, "own_copies_erased:{closed}:{objects}")
+            }
         }
     }
 }

@@ -199,6 +199,11 @@ impl ServiceRegistry {
             if !seen.insert(name.clone()) {
                 return Err(RegistryError(format!("service `{name}` is listed twice")));
             }
+            if name.as_str() == crate::erasure::OWN_COPIES {
+                return Err(RegistryError(format!(
+                    "`{name}` is the service's own obligation (its access reports); choose another name"
+                )));
+            }
             if let Some(CollectFrom::Http { url, .. } | CollectFrom::Search { url, .. }) =
                 &service.collect
             {

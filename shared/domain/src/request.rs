@@ -206,6 +206,9 @@ pub fn transition(
         (Access, Received | Collecting, Failed) => true,
         (Erasure, Received | FanningOut | AwaitingConfirmations | Notifying, Failed) => true,
 
+        // The subject's erasure closes an access request being collected: the worker's commit
+        // is then refused and its report deleted (users cancel only before work started).
+        (Access, Collecting, Cancelled) => true,
         (Access, Received, Collecting) => true,
         (Access, Collecting, ReportReady) => true,
         (Access, Collecting, Received) => true,
@@ -378,6 +381,7 @@ mod tests {
         (Access, Collecting, Received),
         (Access, ReportReady, Expired),
         (Access, Received, Cancelled),
+        (Access, Collecting, Cancelled),
         (Access, Received, Failed),
         (Access, Collecting, Failed),
         (Erasure, Received, FanningOut),
@@ -427,11 +431,12 @@ mod tests {
     }
 
     #[test]
-    fn cancel_is_only_possible_before_work_starts() {
+    fn cancel_is_only_possible_before_work_starts_or_by_the_subjects_erasure() {
         for kind in RequestKind::ALL {
             for from in RequestState::ALL {
                 let ok = transition(kind, from, Cancelled).is_ok();
-                assert_eq!(ok, from == Received, "{kind}: {from} -> cancelled");
+                let expected = from == Received || (kind == Access && from == Collecting);
+                assert_eq!(ok, expected, "{kind}: {from} -> cancelled");
             }
         }
     }

@@ -6,13 +6,14 @@ use crate::messages::{DomainEvent, Origin};
 use crate::metrics::{self, names, Metric};
 use crate::ports::{Audited, TransitionOutcome};
 
-impl<S, X, D, E, C> Erasures<S, X, D, E, C>
+impl<S, X, D, E, C, R> Erasures<S, X, D, E, C, R>
 where
     S: RequestStore + ObligationStore,
     X: ErasureChannel,
     D: CheckScheduler,
     E: EventOutbox,
     C: Clock,
+    R: ReportStore,
 {
     /// A service's confirmation. Duplicates change nothing; an unknown request or service is
     /// rejected. It counts only if `origin` is the service: published through the
@@ -196,6 +197,20 @@ where
         if request.state == RequestState::Notifying
             && obligations.iter().all(|o| o.status.is_done())
         {
+            // A report asked for while the erasure ran is erased too, before "completed".
+            let again = self.erase_own_copies(&request).await?;
+            if again.found_anything() {
+                self.store
+                    .record_event(
+                        id,
+                        &Audited::OwnCopiesErased {
+                            closed: again.closed.len(),
+                            objects: again.objects_deleted,
+                        },
+                        self.clock.now(),
+                    )
+                    .await?;
+            }
             let now = self.clock.now();
             self.events
                 .publish(&DomainEvent::erasure_completed(

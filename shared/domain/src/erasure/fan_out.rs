@@ -4,13 +4,14 @@
 use super::*;
 use crate::lease::{Committed, Taken};
 
-impl<S, X, D, E, C> Erasures<S, X, D, E, C>
+impl<S, X, D, E, C, R> Erasures<S, X, D, E, C, R>
 where
     S: RequestStore + ObligationStore,
     X: ErasureChannel,
     D: CheckScheduler,
     E: EventOutbox,
     C: Clock,
+    R: ReportStore,
 {
     /// The erasure function: plan, send, and wait for confirmations. A duplicate message finds
     /// the request past `received` and does nothing.
@@ -60,13 +61,41 @@ where
     }
 
     async fn send_all(&self, request: &Request, token: u64) -> Result<usize, ErasureError> {
-        let planned: Vec<Obligation> = self
-            .registry
-            .erasable()
-            .map(|(service, how)| Obligation::planned(request.id, &service.name, how.last))
-            .collect();
+        // The service's own copies first: no new report of the subject is made from here on.
+        let planned: Vec<Obligation> =
+            std::iter::once(Obligation::planned(request.id, &Self::own_copies(), false))
+                .chain(
+                    self.registry.erasable().map(|(service, how)| {
+                        Obligation::planned(request.id, &service.name, how.last)
+                    }),
+                )
+                .collect();
         let mut commands = 0;
         for obligation in self.store.plan(request.id, &planned, token).await? {
+            if obligation.service.as_str() == OWN_COPIES {
+                if !obligation.status.is_done() {
+                    let erased = self.erase_own_copies(request).await?;
+                    let now = self.clock.now();
+                    self.store
+                        .record_send(
+                            request.id,
+                            &obligation.service,
+                            1,
+                            ObligationStatus::Sent,
+                            None,
+                            now,
+                        )
+                        .await?;
+                    self.answer(
+                        request.id,
+                        &obligation.service,
+                        ObligationStatus::Confirmed,
+                        &erased.receipt(),
+                    )
+                    .await?;
+                }
+                continue;
+            }
             // A retry after a crash: what was sent is not sent again; the watchdog covers it.
             if obligation.last || obligation.attempts > 0 || obligation.status.is_done() {
                 continue;

@@ -3,6 +3,9 @@
 //! The life of an erasure request:
 //! 1. `fan_out` (erasure function, under the lease): writes the obligations, sends every service
 //!    but the erase-last ones its command, and moves the request to `awaiting_confirmations`.
+//!    The service is a holder too: its own obligation ([`OWN_COPIES`]) deletes the subject's
+//!    access reports and closes their open access requests, there and then; it is repeated
+//!    just before completion for anything that appeared meanwhile.
 //! 2. `confirm` (confirm function): a service's confirmation marks its obligation; when all but
 //!    the erase-last services are done, the subject is told (an `erasure_notice` event) and the
 //!    erase-last services' commands are scheduled after a grace period (`notifying`); when those
@@ -19,6 +22,7 @@ mod confirmation;
 mod fan_out;
 mod messages;
 mod obligation;
+mod own_copies;
 mod ports;
 
 pub use crate::ports::{ChannelError, EventOutbox};
@@ -26,12 +30,14 @@ pub use messages::{
     Confirmation, ConfirmationOutcome, ConfirmationsMessage, ErasureCommand, ObligationDue,
 };
 pub use obligation::{Delivery, Obligation, ObligationStatus};
+pub use own_copies::OWN_COPIES;
 pub use ports::{CheckScheduler, ErasureChannel, ObligationStore};
 
 use crate::clock::Clock;
 use crate::lease::Worker;
 use crate::ports::{RequestStore, StoreError};
 use crate::registry::{HowToErase, ServiceRegistry};
+use crate::report::ReportStore;
 use crate::request::{Request, RequestId, RequestState};
 use crate::service::ServiceName;
 use crate::subject::SubjectHasher;
@@ -105,11 +111,13 @@ pub enum Skipped {
 }
 
 /// The erasure use cases, shared by the erasure and confirm functions.
-pub struct Erasures<S, X, D, E, C> {
+pub struct Erasures<S, X, D, E, C, R> {
     pub store: S,
     pub channel: X,
     pub checks: D,
     pub events: E,
+    /// Where this service keeps its own copies of the subject's data: the access reports.
+    pub reports: R,
     pub clock: C,
     pub registry: ServiceRegistry,
     pub hasher: SubjectHasher,
@@ -118,13 +126,14 @@ pub struct Erasures<S, X, D, E, C> {
     pub worker: Worker,
 }
 
-impl<S, X, D, E, C> Erasures<S, X, D, E, C>
+impl<S, X, D, E, C, R> Erasures<S, X, D, E, C, R>
 where
     S: RequestStore + ObligationStore,
     X: ErasureChannel,
     D: CheckScheduler,
     E: EventOutbox,
     C: Clock,
+    R: ReportStore,
 {
     async fn erasure(&self, id: RequestId) -> Result<Request, ErasureError> {
         match self.store.get(id).await? {

@@ -170,6 +170,12 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         if request.state == RequestState::Cancelled {
             return Ok(request);
         }
+        // Once work started, the user cannot stop it (an erasure may have reached services).
+        if request.state != RequestState::Received {
+            return Err(RequestError::NotCancellable {
+                state: request.state,
+            });
+        }
         let from = request.state;
         request
             .transition_to(RequestState::Cancelled, self.clock.now())
