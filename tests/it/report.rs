@@ -665,6 +665,22 @@ async fn only_the_owner_gets_a_link_and_an_expired_report_gives_none() {
     assert_eq!(gone.status, StatusCode::GONE);
     assert_response("GET", "/v1/requests/{id}/report", 410, &gone.body);
     assert!(gone.body.get("url").is_none());
+    // The sweep deletes it: the service keeps no report past its retention, whatever the
+    // bucket's lifecycle rule does at its next run.
+    let (objects, _) = f.leftovers(id).await;
+    assert_eq!(objects.len(), 1, "still there until the sweep: {objects:?}");
+    let sweep =
+        dsr_sweep::build(&f.app.stack.aws, &f.app.stack.env("SweepFunction").unwrap()).unwrap();
+    let swept = dsr_sweep::handle(&sweep.requests, &sweep.reports, sweep.sweep)
+        .await
+        .unwrap();
+    assert_eq!(swept.expired, 1);
+    let (objects, uploads) = f.leftovers(id).await;
+    assert_eq!(
+        (objects.len(), uploads),
+        (0, 0),
+        "the report object is gone"
+    );
     assert_eq!(f.request(id).await.state, RequestState::Expired);
     assert_eq!(
         f.app.get(SUBJECT, &format!("/v1/requests/{id}")).await.body["state"],

@@ -137,7 +137,7 @@ async fn the_sweep_function_handler_runs_against_the_template_environment() {
         "from the template's parameter default"
     );
     app.submit("heidi", "access").await;
-    let report = dsr_sweep::handle(&sweep.requests, sweep.sweep)
+    let report = dsr_sweep::handle(&sweep.requests, &sweep.reports, sweep.sweep)
         .await
         .unwrap();
     assert_eq!(

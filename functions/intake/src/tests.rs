@@ -540,7 +540,8 @@ async fn the_report_link_is_for_the_owner_once_ready_and_gone_once_expired() {
     );
     assert_eq!(
         h.store.get(id).await.unwrap().unwrap().state,
-        RequestState::Expired
+        RequestState::ReportReady,
+        "the sweep deletes it and moves it on"
     );
     let (status, _, _) = call(&h, event("GET", &path, Some("alice"), None, &[])).await;
     assert_eq!(status, StatusCode::GONE, "and stays gone");

@@ -4,27 +4,35 @@
 
 use dsr_adapters::config::{vars, ConfigError, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;
+use dsr_adapters::s3::S3ReportStore;
 use dsr_adapters::sqs::SqsWorkQueue;
 use dsr_adapters::wiring;
+use dsr_domain::report::ReportStore;
 use dsr_domain::requests::reconcile::{ReconcileSettings, Reconciliation};
 use dsr_domain::{
     Clock, RequestStore, Requests, SweepReport, SweepSettings, SystemClock, WorkQueue,
 };
 use lambda_runtime::Error;
 
-/// The function as Lambda runs it: the request use cases and its two schedules' settings.
-pub struct Sweep<S, Q, C> {
+/// The function as Lambda runs it: the request use cases, where reports are kept, and its two
+/// schedules' settings.
+pub struct Sweep<S, Q, C, R> {
     pub requests: Requests<S, Q, C>,
+    pub reports: R,
     pub sweep: SweepSettings,
     pub reconcile: ReconcileSettings,
 }
 
-pub type Handler = Sweep<DynamoRequestStore, SqsWorkQueue, SystemClock>;
+pub type Handler = Sweep<DynamoRequestStore, SqsWorkQueue, SystemClock, S3ReportStore>;
 
 /// Builds the function from its configuration: the same wiring in Lambda and the local stack.
 pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
     Ok(Sweep {
         requests: wiring::requests(aws, env, "sweep")?,
+        reports: S3ReportStore::new(
+            dsr_adapters::s3::client(aws),
+            env.required(vars::REPORTS_BUCKET)?,
+        ),
         sweep: settings(env)?,
         reconcile: reconcile_settings(env)?,
     })
@@ -51,14 +59,16 @@ pub fn settings(env: &Env) -> Result<SweepSettings, ConfigError> {
     })
 }
 
-impl<S: RequestStore, Q: WorkQueue, C: Clock> Sweep<S, Q, C> {
+impl<S: RequestStore, Q: WorkQueue, C: Clock, R: ReportStore> Sweep<S, Q, C, R> {
     /// Two schedules wake the function: every minute the sweep; every 15 minutes
     /// `{"task": "reconcile"}`.
     pub async fn handle(&self, event: serde_json::Value) -> Result<(), Error> {
         if event["task"] == "reconcile" {
             reconcile(&self.requests, self.reconcile).await.map(|_| ())
         } else {
-            handle(&self.requests, self.sweep).await.map(|_| ())
+            handle(&self.requests, &self.reports, self.sweep)
+                .await
+                .map(|_| ())
         }
     }
 }
@@ -87,17 +97,21 @@ where
 }
 
 /// One sweep. The event carries nothing we need: the schedule only says "now".
-pub async fn handle<S, Q, C>(
+pub async fn handle<S, Q, C, R>(
     requests: &Requests<S, Q, C>,
+    reports: &R,
     settings: SweepSettings,
 ) -> Result<SweepReport, Error>
 where
     S: RequestStore,
     Q: WorkQueue,
     C: Clock,
+    R: ReportStore,
 {
     let mut report = requests.sweep_lost_messages(settings).await?;
-    report.expired = requests.expire_reports(settings.batch_limit).await?;
+    report.expired = requests
+        .expire_reports(reports, settings.batch_limit)
+        .await?;
     if report.reenqueued + report.failed + report.expired > 0 {
         tracing::info!(
             examined = report.examined,
@@ -120,7 +134,7 @@ where
 mod tests {
     use super::*;
     use chrono::{Duration, TimeZone, Utc};
-    use dsr_adapters::memory::{InMemoryRequestStore, InMemoryWorkQueue};
+    use dsr_adapters::memory::{InMemoryReportStore, InMemoryRequestStore, InMemoryWorkQueue};
     use dsr_domain::{FixedClock, RequestKind, SubjectHasher, SubjectId};
     use std::sync::Arc;
 
@@ -150,24 +164,30 @@ mod tests {
         assert_eq!(queue.sent().len(), 1);
 
         let settings = SweepSettings::default();
-        let report = handle(&requests, settings).await;
+        let report = handle(&requests, &InMemoryReportStore::default(), settings).await;
         assert!(report.is_ok(), "nothing is old enough to resend yet");
         assert_eq!(queue.sent().len(), 1);
 
         clock.advance(settings.unqueued_grace + Duration::seconds(1));
         assert!(
-            handle(&requests, settings).await.is_err(),
+            handle(&requests, &InMemoryReportStore::default(), settings)
+                .await
+                .is_err(),
             "queue still down"
         );
 
         queue.set_unavailable(false);
-        let report = handle(&requests, settings).await.unwrap();
+        let report = handle(&requests, &InMemoryReportStore::default(), settings)
+            .await
+            .unwrap();
         assert_eq!((report.examined, report.reenqueued), (2, 1));
         let sent = queue.sent();
         assert_eq!(sent.len(), 2);
         assert_eq!(sent[1].request_id, lost.request().id);
 
-        let report = handle(&requests, settings).await.unwrap();
+        let report = handle(&requests, &InMemoryReportStore::default(), settings)
+            .await
+            .unwrap();
         assert_eq!(
             report.reenqueued, 0,
             "a recorded message is not sent again early"
@@ -204,16 +224,20 @@ mod tests {
         request
             .transition_to(dsr_domain::RequestState::ReportReady, clock.now())
             .unwrap();
+        let key = format!("reports/{}/attempt-1/report.zip", request.id);
         request.report = Some(dsr_domain::ReportInfo {
-            key: "k".into(),
+            key: key.clone(),
             size: 1,
             sha256: "00".into(),
             expires_at: clock.now() + Duration::days(30),
         });
         store.commit_fenced(&request, &hash, 0).await.unwrap();
+        let reports = InMemoryReportStore::default();
+        reports.put(&key, b"zip".to_vec());
+        reports.put("reports/someone-elses/report.zip", b"zip".to_vec());
 
         assert_eq!(
-            handle(&requests, SweepSettings::default())
+            handle(&requests, &reports, SweepSettings::default())
                 .await
                 .unwrap()
                 .expired,
@@ -221,7 +245,7 @@ mod tests {
         );
         clock.advance(Duration::days(30));
         assert_eq!(
-            handle(&requests, SweepSettings::default())
+            handle(&requests, &reports, SweepSettings::default())
                 .await
                 .unwrap()
                 .expired,
@@ -229,6 +253,11 @@ mod tests {
         );
         let state = store.get(request.id).await.unwrap().unwrap().state;
         assert_eq!(state, dsr_domain::RequestState::Expired);
+        assert_eq!(
+            reports.objects(),
+            ["reports/someone-elses/report.zip"],
+            "the service deleted the report itself"
+        );
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
 
     /// A download link for the subject's finished report, valid for `ttl` (never beyond the
     /// report's own expiry). Every link handed out is recorded in the audit trail. A report
-    /// past its expiry moves the request to `expired`.
+    /// past its expiry gives none.
     pub async fn report_link<L: ReportLinks>(
         &self,
         subject: &SubjectId,
@@ -217,7 +217,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         links: &L,
         ttl: std::time::Duration,
     ) -> Result<ReportLink, RequestError> {
-        let mut request = self.show(subject, id).await?;
+        let request = self.show(subject, id).await?;
         let now = self.clock.now();
         let report = match (&request.report, request.state) {
             (Some(report), RequestState::ReportReady) => report.clone(),
@@ -225,14 +225,8 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
             (_, state) => return Err(RequestError::ReportNotReady { state }),
         };
         if report.expires_at <= now {
-            request
-                .transition_to(RequestState::Expired, now)
-                .map_err(|e| RequestError::ReportNotReady { state: e.from })?;
-            let subject_hash = self.hasher.hash(subject);
-            self.store
-                .save_transition(&request, &subject_hash, RequestState::ReportReady)
-                .await?;
-            tracing::info!(request_id = %id, subject = %subject_hash, "report expired");
+            // Past its retention: no link. The sweep deletes the report and moves the request
+            // to `expired` (within its minute), so the deletion has one place.
             return Err(RequestError::ReportExpired);
         }
         let expires_at = Duration::from_std(ttl)

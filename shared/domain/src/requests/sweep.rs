@@ -78,9 +78,14 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         Ok(report)
     }
 
-    /// Moves requests whose report passed its retention (the bucket's lifecycle deletes the
-    /// object) to `expired`, so that what users and operators see matches what exists.
-    pub async fn expire_reports(&self, limit: usize) -> Result<usize, RequestError> {
+    /// Deletes reports past their retention (every object of every attempt; the bucket's
+    /// lifecycle rule is only the backstop) and moves their requests to `expired`, so that
+    /// what users and operators see matches what exists.
+    pub async fn expire_reports<R: crate::report::ReportStore>(
+        &self,
+        reports: &R,
+        limit: usize,
+    ) -> Result<usize, RequestError> {
         let now = self.clock.now();
         let mut expired = 0;
         for mut request in self
@@ -94,6 +99,21 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
             if request.transition_to(RequestState::Expired, now).is_err() {
                 continue;
             }
+            let prefix = format!("reports/{}/", request.id);
+            let deleted = async {
+                reports.abort_unfinished(&prefix).await?;
+                for key in reports.list(&prefix).await? {
+                    reports.delete(&key).await?;
+                }
+                Ok::<_, crate::report::StorageError>(())
+            }
+            .await;
+            if let Err(err) = deleted {
+                // Left in `report_ready` (no link is handed out past expiry): the next sweep
+                // tries again.
+                tracing::warn!(request_id = %request.id, error = %err, "expired report not deleted yet");
+                continue;
+            }
             let subject_hash = self.hasher.hash(&request.subject);
             if self
                 .store
@@ -101,7 +121,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                 .await?
                 == TransitionOutcome::Applied
             {
-                tracing::info!(request_id = %request.id, subject = %subject_hash, "report expired");
+                tracing::info!(request_id = %request.id, subject = %subject_hash, "report expired and deleted");
                 expired += 1;
             }
         }
