@@ -96,6 +96,128 @@ fn every_resource_the_code_reads_from_its_environment_is_declared() {
     }
 }
 
+/// Every IAM statement (functions' policies, roles), as (where, statement).
+fn statements(template: &Template) -> Vec<(String, Value)> {
+    let mut found = Vec::new();
+    for (id, kind, props) in template.resources() {
+        let documents: Vec<&Value> = match kind.as_str() {
+            "AWS::Serverless::Function" => props["Policies"]
+                .as_sequence()
+                .map(|p| p.iter().collect())
+                .unwrap_or_default(),
+            "AWS::IAM::Role" => props["Policies"]
+                .as_sequence()
+                .map(|p| p.iter().map(|p| &p["PolicyDocument"]).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        for document in documents {
+            for statement in document["Statement"].as_sequence().into_iter().flatten() {
+                found.push((id.clone(), statement.clone()));
+            }
+        }
+    }
+    found
+}
+
+fn as_list(value: &Value) -> Vec<Value> {
+    match value {
+        Value::Sequence(items) => items.clone(),
+        Value::Null => Vec::new(),
+        other => vec![other.clone()],
+    }
+}
+
+/// No statement grants a `*` resource (or a whole account's) for a service whose resources
+/// have names: queues, tables, buckets, secrets, parameters, the broker, functions.
+#[test]
+fn iam_names_every_resource_it_can() {
+    let template = Template::load(repo_path("template.yaml")).unwrap();
+    let named = [
+        "sqs:",
+        "dynamodb:",
+        "s3:",
+        "secretsmanager:",
+        "ssm:",
+        "mq:",
+        "lambda:",
+        "kms:",
+    ];
+    let all = statements(&template);
+    assert!(all.len() > 10, "the statements were found: {}", all.len());
+    for (id, statement) in all {
+        if statement["Effect"].as_str() != Some("Allow") {
+            continue;
+        }
+        let actions: Vec<String> = as_list(&statement["Action"])
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        for resource in as_list(&statement["Resource"]) {
+            let text = match &resource {
+                Value::String(text) => text.clone(),
+                Value::Tagged(tagged) => tagged.value.as_str().unwrap_or_default().to_owned(),
+                _ => String::new(),
+            };
+            let wildcard = text == "*" || text.ends_with(":*") || text.ends_with("}:*");
+            if wildcard {
+                let offending: Vec<&String> = actions
+                    .iter()
+                    .filter(|a| named.iter().any(|n| a.starts_with(n)))
+                    .collect();
+                assert!(
+                    offending.is_empty(),
+                    "{id}: {offending:?} on `{text}`: name the resource"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_api_is_throttled_and_submissions_more_tightly() {
+    let template = Template::load(repo_path("template.yaml")).unwrap();
+    let (_, api) = template.resource("HttpApi").unwrap();
+    let rate = |settings: &Value| settings["ThrottlingRateLimit"].as_u64();
+    let all = rate(&api["DefaultRouteSettings"]).expect("a default route throttle");
+    let submit = rate(&api["RouteSettings"]["POST /v1/requests"]).expect("a submit throttle");
+    assert!(submit < all, "submit {submit} < default {all}");
+}
+
+#[test]
+fn reports_travel_only_over_tls_and_every_log_group_has_a_retention() {
+    let template = Template::load(repo_path("template.yaml")).unwrap();
+    let (_, policy) = template.resource("ReportsBucketPolicy").unwrap();
+    let denies_plain_http = as_list(&policy["PolicyDocument"]["Statement"])
+        .iter()
+        .any(|s| {
+            s["Effect"].as_str() == Some("Deny")
+                && s["Condition"]["Bool"]["aws:SecureTransport"].as_str() == Some("false")
+        });
+    assert!(denies_plain_http);
+    let resources = template.resources();
+    let functions: Vec<&String> = resources
+        .iter()
+        .filter(|(_, kind, _)| kind == "AWS::Serverless::Function")
+        .map(|(id, _, _)| id)
+        .collect();
+    for function in functions {
+        let group = resources
+            .iter()
+            .find(|(_, kind, props)| {
+                kind == "AWS::Logs::LogGroup"
+                    && serde_yaml_ng::to_string(&props["LogGroupName"])
+                        .unwrap()
+                        .contains(&format!("${{{function}}}"))
+            })
+            .unwrap_or_else(|| panic!("{function} has no log group of its own"));
+        assert!(
+            !group.2["RetentionInDays"].is_null(),
+            "{function}'s logs are kept forever"
+        );
+    }
+}
+
 #[tokio::test]
 async fn provisioning_creates_what_the_template_declares() {
     let aws = aws().await;

@@ -369,10 +369,13 @@ fn path_for_error(path: &str) -> String {
     path.chars().take(128).collect()
 }
 
+/// Every answer is about one person's requests (and may carry a download link that works for
+/// anyone holding it): no cache, shared or private, keeps a copy.
 fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
         .body(Body::Text(
             serde_json::to_string(body).expect("response bodies serialize"),
         ))

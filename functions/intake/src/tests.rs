@@ -513,8 +513,13 @@ async fn the_report_link_is_for_the_owner_once_ready_and_gone_once_expired() {
         .await
         .unwrap();
 
-    let (status, link, _) = call(&h, event("GET", &path, Some("alice"), None, &[])).await;
+    let (status, link, response) = call(&h, event("GET", &path, Some("alice"), None, &[])).await;
     assert_eq!(status, StatusCode::OK, "{link}");
+    assert_eq!(
+        response.headers()["cache-control"],
+        "no-store",
+        "no cache keeps a working download link"
+    );
     assert_eq!(
         link["url"],
         format!("memory://reports/{id}/1/report.zip?ttl=900")
