@@ -1,7 +1,7 @@
 //! The user API over HTTP, backed by DynamoDB and SQS in the emulator.
 
 use crate::contract::{assert_message, assert_response};
-use crate::helpers::{drain, spawn_app};
+use crate::helpers::{drain, spawn_app, spawn_app_with};
 use aws_sdk_dynamodb::types::AttributeValue;
 use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_domain::{RequestState, RequestStore, SubjectId};
@@ -345,4 +345,93 @@ async fn bad_input_gets_its_4xx_with_an_error_body_and_is_not_stored() {
     assert!(drain(&app.sqs, &app.queue_url("AccessRequestsQueue"))
         .await
         .is_empty());
+}
+
+#[tokio::test]
+async fn the_list_comes_in_pages_whose_cursor_works_for_its_subject_only_and_access_requests_are_limited(
+) {
+    let app = spawn_app_with(|s| {
+        s.parameters
+            .insert("AccessRequestsPerDay".into(), "3".into());
+    })
+    .await;
+    // Three access requests, each cancelled so the next is a new one; then the fourth is refused.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let reply = app.submit("paula", "access").await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+        let id = reply.body["id"].as_str().unwrap().to_owned();
+        let cancelled = app.delete("paula", &format!("/v1/requests/{id}")).await;
+        assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+        ids.push(id);
+    }
+    let refused = app.submit("paula", "access").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    assert_response("POST", "/v1/requests", 429, &refused.body);
+    assert_eq!(refused.body["error"]["code"], "too_many_access_requests");
+    let retry_after: i64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=24 * 3600).contains(&retry_after),
+        "about a day: {retry_after}"
+    );
+    // Other kinds and other subjects are not limited by it.
+    assert_eq!(
+        app.submit("paula", "erasure").await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        app.submit("quentin", "access").await.status,
+        StatusCode::ACCEPTED
+    );
+
+    // Four requests, two per page, newest first.
+    let first = app.get("paula", "/v1/requests?limit=2").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_response("GET", "/v1/requests", 200, &first.body);
+    assert_eq!(first.body["requests"].as_array().unwrap().len(), 2);
+    assert_eq!(first.headers["cache-control"], "no-store");
+    let cursor = first.body["next_cursor"].as_str().unwrap().to_owned();
+    let second = app
+        .get("paula", &format!("/v1/requests?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    assert!(second.body.get("next_cursor").is_none(), "{}", second.body);
+    let listed: Vec<&str> = first.body["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second.body["requests"].as_array().unwrap())
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 4);
+    assert_eq!(
+        listed[1..],
+        [ids[2].as_str(), ids[1].as_str(), ids[0].as_str()]
+    );
+
+    // Somebody else's cursor, a forged one, a page too big.
+    for (who, query) in [
+        ("quentin", format!("cursor={cursor}")),
+        ("paula", format!("cursor={}.{}", ids[2], "0".repeat(32))),
+        ("paula", "limit=1000".to_owned()),
+        ("paula", "limit=0".to_owned()),
+    ] {
+        let reply = app.get(who, &format!("/v1/requests?{query}")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{who} {query}: {}",
+            reply.body
+        );
+        assert_response("GET", "/v1/requests", 400, &reply.body);
+    }
 }

@@ -10,6 +10,7 @@ use dsr_adapters::s3::{self, S3ReportStore};
 use dsr_adapters::sqs::SqsWorkQueue;
 use dsr_adapters::wiring;
 use dsr_domain::erasure::ObligationStore;
+use dsr_domain::requests::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use dsr_domain::{
     Clock, IdempotencyKey, ReportLinks, Request, RequestError, RequestId, RequestKind,
     RequestStore, Requests, StoreError, SubjectId, Submission, SystemClock, WorkQueue,
@@ -101,7 +102,7 @@ async fn route<S: RequestStore + ObligationStore, Q: WorkQueue, C: Clock, L: Rep
             let subject = subject_of(request)?;
             match *request.method() {
                 Method::POST => submit(requests, &subject, request).await,
-                Method::GET => list(requests, &subject).await,
+                Method::GET => list(requests, &subject, request).await,
                 _ => Err(ApiError::method_not_allowed("GET, POST")),
             }
         }
@@ -246,13 +247,33 @@ async fn submit<S: RequestStore, Q: WorkQueue, C: Clock>(
     Ok(response)
 }
 
+/// `GET /v1/requests?limit=&cursor=`: one page, newest first.
 async fn list<S: RequestStore, Q: WorkQueue, C: Clock>(
     requests: &Requests<S, Q, C>,
     subject: &SubjectId,
+    request: &lambda_http::Request,
 ) -> Result<Response<Body>, ApiError> {
-    let requests = requests.list(subject).await?;
+    let query = request.query_string_parameters();
+    let limit = match query.first("limit") {
+        None => DEFAULT_PAGE_SIZE,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_limit",
+                    format!("limit must be a whole number from 1 to {MAX_PAGE_SIZE}"),
+                )
+            })?,
+    };
+    let page = requests
+        .list_page(subject, query.first("cursor"), limit)
+        .await?;
     let list = RequestList {
-        requests: requests.iter().map(RequestView::from).collect(),
+        requests: page.requests.iter().map(RequestView::from).collect(),
+        next_cursor: page.next,
     };
     Ok(json_response(StatusCode::OK, &list))
 }
@@ -260,6 +281,9 @@ async fn list<S: RequestStore, Q: WorkQueue, C: Clock>(
 #[derive(Debug, Serialize)]
 pub struct RequestList {
     pub requests: Vec<RequestView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A request as the user sees it: no subject id (they know who they are), no internals.
@@ -389,6 +413,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     allow: Option<&'static str>,
+    /// Seconds until trying again makes sense (`Retry-After`).
+    retry_after: Option<i64>,
 }
 
 impl ApiError {
@@ -398,6 +424,7 @@ impl ApiError {
             code,
             message: message.into(),
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -426,10 +453,18 @@ impl ApiError {
                 .headers_mut()
                 .insert(header::ALLOW, allow.parse().expect("static header"));
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, "5".parse().expect("static header"));
+        let retry_after = match self.status {
+            StatusCode::SERVICE_UNAVAILABLE => Some(5),
+            _ => self.retry_after,
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                seconds
+                    .to_string()
+                    .parse()
+                    .expect("digits are a valid header"),
+            );
         }
         response
     }
@@ -441,6 +476,17 @@ impl From<RequestError> for ApiError {
             RequestError::NotFound => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", "no such request")
             }
+            RequestError::InvalidCursor => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_cursor", err.to_string())
+            }
+            RequestError::TooManyAccessRequests { retry_after, .. } => Self {
+                retry_after: Some(retry_after.num_seconds().max(1)),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_access_requests",
+                    err.to_string(),
+                )
+            },
             RequestError::NotCancellable { .. } => {
                 Self::new(StatusCode::CONFLICT, "not_cancellable", err.to_string())
             }

@@ -25,6 +25,8 @@ pub mod vars {
 
     // Intake.
     pub const REPORTS_BUCKET: &str = "REPORTS_BUCKET";
+    /// Access requests one subject may start per 24 hours (default 5).
+    pub const ACCESS_REQUESTS_PER_DAY: &str = "ACCESS_REQUESTS_PER_DAY";
     pub const REPORT_URL_TTL_SECONDS: &str = "REPORT_URL_TTL_SECONDS";
 
     // Sweep and reconciliation.

@@ -58,12 +58,19 @@ pub fn requests(
     env: &Env,
     actor: &str,
 ) -> Result<CloudRequests, ConfigError> {
-    Ok(Requests::new(
+    let mut requests = Requests::new(
         request_store(aws, env, actor)?,
         work_queue(aws, env)?,
         SystemClock,
         subject_hasher(env)?,
-    ))
+    );
+    let per_day = env.positive(
+        vars::ACCESS_REQUESTS_PER_DAY,
+        u64::from(requests.limits.access_requests),
+    )?;
+    requests.limits.access_requests = u32::try_from(per_day)
+        .map_err(|_| ConfigError::unusable(vars::ACCESS_REQUESTS_PER_DAY, "too large"))?;
+    Ok(requests)
 }
 
 /// The erasure use cases as the erasure and confirm functions run them.

@@ -91,6 +91,15 @@ pub trait RequestStore: Send + Sync {
         subject: &SubjectHash,
     ) -> impl Future<Output = Result<Vec<Request>, StoreError>> + Send;
 
+    /// At most `limit` of the subject's requests older than `before` (all, without it),
+    /// newest first: one page of the user's list.
+    fn page_for_subject(
+        &self,
+        subject: &SubjectHash,
+        before: Option<RequestId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Request>, StoreError>> + Send;
+
     /// Moves a request from `from` to `request.state` only if it is still in `from`; releases
     /// the subject's open-request guard when the request stops being open.
     fn save_transition(
@@ -244,6 +253,14 @@ impl<T: RequestStore> RequestStore for Arc<T> {
     }
     async fn list_for_subject(&self, subject: &SubjectHash) -> Result<Vec<Request>, StoreError> {
         (**self).list_for_subject(subject).await
+    }
+    async fn page_for_subject(
+        &self,
+        subject: &SubjectHash,
+        before: Option<RequestId>,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        (**self).page_for_subject(subject, before, limit).await
     }
     async fn save_transition(
         &self,

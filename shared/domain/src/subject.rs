@@ -98,6 +98,15 @@ impl SubjectHasher {
         mac.update(subject.as_str().as_bytes());
         SubjectHash(hex::encode(mac.finalize().into_bytes()))
     }
+
+    /// A keyed tag of any text (hex, the first 32 digits): what a client holds (a page cursor)
+    /// can then be checked to be one this service made, for this subject.
+    pub fn tag(&self, text: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(b"tag\0");
+        mac.update(text.as_bytes());
+        hex::encode(mac.finalize().into_bytes())[..32].to_owned()
+    }
 }
 
 impl fmt::Debug for SubjectHasher {

@@ -120,6 +120,41 @@ impl RequestStore for DynamoRequestStore {
         .await
     }
 
+    async fn page_for_subject(
+        &self,
+        subject: &SubjectHash,
+        before: Option<RequestId>,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        match before {
+            Some(before) => {
+                self.query_all(
+                    BY_SUBJECT_INDEX,
+                    "subject_hash = :h AND id < :before",
+                    &[],
+                    &[
+                        (":h", s(subject.as_str())),
+                        (":before", s(before.to_string())),
+                    ],
+                    true,
+                    limit,
+                )
+                .await
+            }
+            None => {
+                self.query_all(
+                    BY_SUBJECT_INDEX,
+                    "subject_hash = :h",
+                    &[],
+                    &[(":h", s(subject.as_str()))],
+                    true,
+                    limit,
+                )
+                .await
+            }
+        }
+    }
+
     async fn save_transition(
         &self,
         request: &Request,

@@ -202,6 +202,18 @@ impl RequestStore for InMemoryRequestStore {
         Ok(mine)
     }
 
+    async fn page_for_subject(
+        &self,
+        subject: &SubjectHash,
+        before: Option<RequestId>,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        let mut mine = self.list_for_subject(subject).await?;
+        mine.retain(|r| before.is_none_or(|b| r.id < b));
+        mine.truncate(limit);
+        Ok(mine)
+    }
+
     async fn save_transition(
         &self,
         request: &Request,

@@ -35,6 +35,14 @@ pub enum RequestError {
     CannotExtend(String),
     #[error("the request cannot be retried: {0}")]
     CannotRetry(String),
+    #[error("the cursor is not one this list gave out")]
+    InvalidCursor,
+    #[error("at most {max} access requests per {window_hours} hours; the next one is possible in {} seconds", .retry_after.num_seconds().max(1))]
+    TooManyAccessRequests {
+        max: u32,
+        window_hours: i64,
+        retry_after: Duration,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -70,7 +78,36 @@ pub struct Requests<S, Q, C> {
     pub(crate) queue: Q,
     pub(crate) clock: C,
     pub(crate) hasher: SubjectHasher,
+    pub limits: SubmitLimits,
 }
+
+/// How often one subject may start a full access collection: each one reads every source of
+/// the platform, so a loop of them would be a load on everyone's services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubmitLimits {
+    pub access_requests: u32,
+    pub window: Duration,
+}
+
+impl Default for SubmitLimits {
+    fn default() -> Self {
+        Self {
+            access_requests: 5,
+            window: Duration::hours(24),
+        }
+    }
+}
+
+/// One page of a subject's requests, newest first, and the cursor of the next page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPage {
+    pub requests: Vec<Request>,
+    pub next: Option<String>,
+}
+
+/// Page sizes of the user's list.
+pub const DEFAULT_PAGE_SIZE: usize = 20;
+pub const MAX_PAGE_SIZE: usize = 100;
 
 impl<S: RequestStore + crate::erasure::ObligationStore, Q, C> Requests<S, Q, C> {
     /// Where each service's erasure stands (empty for access requests), by service name.
@@ -94,6 +131,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
             queue,
             clock,
             hasher,
+            limits: SubmitLimits::default(),
         }
     }
 
@@ -116,6 +154,11 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<Submission, RequestError> {
         let subject_hash = self.hasher.hash(subject);
+        if kind == RequestKind::Access {
+            if let Some(open) = self.over_access_limit(&subject_hash).await? {
+                return Ok(Submission::AlreadyOpen(open));
+            }
+        }
         let mut request = Request::receive(kind, subject.clone(), self.clock.now());
         match self
             .store
@@ -143,6 +186,78 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                 Ok(Submission::Replayed(earlier))
             }
         }
+    }
+
+    /// `Err(TooManyAccessRequests)` when the subject used up its access requests of the
+    /// window; but an open one is no new collection, so it is answered as "already open".
+    async fn over_access_limit(
+        &self,
+        subject: &SubjectHash,
+    ) -> Result<Option<Request>, RequestError> {
+        let limits = self.limits;
+        let now = self.clock.now();
+        let since = now - limits.window;
+        // Newest first: the window's requests are at the head of the list.
+        let recent: Vec<Request> = self
+            .store
+            .page_for_subject(subject, None, MAX_PAGE_SIZE)
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == RequestKind::Access && r.received_at > since)
+            .collect();
+        if recent.len() < limits.access_requests as usize {
+            return Ok(None);
+        }
+        if let Some(open) = recent.iter().find(|r| r.state.is_open()) {
+            return Ok(Some(open.clone()));
+        }
+        let oldest = recent.iter().map(|r| r.received_at).min().unwrap_or(now);
+        tracing::info!(subject = %subject, recent = recent.len(), "access request refused: per-subject limit");
+        Err(RequestError::TooManyAccessRequests {
+            max: limits.access_requests,
+            window_hours: limits.window.num_hours(),
+            retry_after: (oldest + limits.window - now).max(Duration::seconds(1)),
+        })
+    }
+
+    /// One page of the subject's requests. `cursor`: the `next` of the previous page; it only
+    /// works for the subject it was made for.
+    pub async fn list_page(
+        &self,
+        subject: &SubjectId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<RequestPage, RequestError> {
+        let hash = self.hasher.hash(subject);
+        let before = match cursor {
+            None => None,
+            Some(cursor) => {
+                let (id, tag) = cursor.split_once('.').ok_or(RequestError::InvalidCursor)?;
+                let id: RequestId = id.parse().map_err(|_| RequestError::InvalidCursor)?;
+                if tag != self.cursor_tag(&hash, id) {
+                    return Err(RequestError::InvalidCursor);
+                }
+                Some(id)
+            }
+        };
+        let limit = limit.clamp(1, MAX_PAGE_SIZE);
+        let mut requests = self
+            .store
+            .page_for_subject(&hash, before, limit + 1)
+            .await?;
+        let next = if requests.len() > limit {
+            requests.truncate(limit);
+            requests
+                .last()
+                .map(|last| format!("{}.{}", last.id, self.cursor_tag(&hash, last.id)))
+        } else {
+            None
+        };
+        Ok(RequestPage { requests, next })
+    }
+
+    fn cursor_tag(&self, subject: &SubjectHash, after: RequestId) -> String {
+        self.hasher.tag(&format!("page:{subject}:{after}"))
     }
 
     pub async fn list(&self, subject: &SubjectId) -> Result<Vec<Request>, RequestError> {
