@@ -62,7 +62,8 @@ async fn outbound_messages_reach_rabbitmq_exchanges_with_their_ids_and_poison_is
     let id = dsr_domain::RequestId::new_at(chrono::Utc::now());
     let event = dsr_domain::messages::DomainEvent::report_ready(
         id,
-        dsr_domain::SubjectId::parse("alice").unwrap(),
+        dsr_domain::SubjectHasher::new("sixteen-byte-key")
+            .hash(&dsr_domain::SubjectId::parse("alice").unwrap()),
         chrono::Utc::now(),
         chrono::Utc::now(),
     );

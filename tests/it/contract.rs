@@ -101,7 +101,7 @@ fn the_domain_message_serializes_to_the_documented_shape() {
 #[test]
 fn the_erasure_messages_serialize_to_the_documented_shapes() {
     use dsr_domain::erasure::{ConfirmationsMessage, ErasureCommand, ObligationDue};
-    use dsr_domain::messages::DomainEvent;
+    use dsr_domain::messages::{DomainEvent, SubjectNotice};
     let now = chrono::Utc::now();
     let request = dsr_domain::Request::receive(
         dsr_domain::RequestKind::Erasure,
@@ -120,12 +120,24 @@ fn the_erasure_messages_serialize_to_the_documented_shapes() {
     let due =
         ConfirmationsMessage::ObligationDue(ObligationDue::new(request.id, &service("email"), 0));
     assert_message(&serde_json::to_value(due).unwrap());
+    let hash = dsr_domain::SubjectHasher::new("sixteen-byte-key").hash(&request.subject);
     for event in [
-        DomainEvent::request_submitted(&request, now),
-        DomainEvent::erasure_notice(request.id, request.subject.clone(), now, now),
-        DomainEvent::erasure_completed(request.id, request.subject.clone(), 5, now),
+        DomainEvent::request_submitted(&request, hash.clone(), now),
+        DomainEvent::erasure_notice(request.id, hash.clone(), now, now),
+        DomainEvent::erasure_completed(request.id, hash.clone(), 5, now),
     ] {
-        assert_message(&serde_json::to_value(event).unwrap());
+        let value = serde_json::to_value(&event).unwrap();
+        assert_message(&value);
+        assert!(
+            !value.to_string().contains("erin"),
+            "events carry the hash, never the subject: {value}"
+        );
+        if event.event_type == dsr_domain::messages::EventType::ErasureNotice {
+            let notice =
+                serde_json::to_value(SubjectNotice::of(&event, request.subject.clone())).unwrap();
+            assert_message(&notice);
+            assert_eq!(notice["subject"], "erin");
+        }
     }
     // A command without its idempotency key is not a command.
     let mut broken = command.clone();

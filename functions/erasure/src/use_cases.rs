@@ -210,6 +210,15 @@ async fn the_email_service_is_released_after_the_notice_and_the_grace_period_the
     let events = f.ports.events();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event_type, EventType::ErasureNotice);
+    // Broadcast with the hash only; the subject id goes to the notifying service alone.
+    assert!(!serde_json::to_string(&events[0]).unwrap().contains("erin"));
+    let notices = f.ports.notices();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(
+        (notices[0].notice, notices[0].subject.as_str()),
+        (EventType::ErasureNotice, "erin")
+    );
+    assert_eq!(notices[0].routing_key(), "notice.erasure_notice");
     let release = f
         .ports
         .checks()

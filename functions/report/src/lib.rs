@@ -37,6 +37,7 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
         events: SqsOutbox::new(
             aws_sdk_sqs::Client::new(aws),
             env.required(vars::OUTBOUND_QUEUE_URL)?,
+            env.required(vars::COMMANDS_EXCHANGE)?,
         ),
         clock: SystemClock,
         hasher: dsr_adapters::wiring::subject_hasher(env)?,

@@ -161,6 +161,19 @@ async fn a_report_holds_every_source_and_is_announced() {
         events[0].event_type,
         dsr_domain::messages::EventType::ReportReady
     );
+    let notices = f.events.notices();
+    assert_eq!(
+        notices.len(),
+        1,
+        "the subject is told, by the notifying service"
+    );
+    assert_eq!(notices[0].subject, stored.subject);
+    assert!(
+        !serde_json::to_string(&events[0])
+            .unwrap()
+            .contains(stored.subject.as_str()),
+        "the event names nobody"
+    );
 
     // A duplicate message: nothing generated again, the event sent again (same id).
     assert_eq!(

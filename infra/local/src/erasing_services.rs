@@ -266,12 +266,12 @@ async fn declare(channel: &Channel, namespace: &str, name: &str) -> lapin::Resul
         )
         .await?;
     if name == "email" {
-        // The email service also listens for the notice it must send.
+        // The email service also takes what it must tell subjects (`notice.*` on commands).
         channel
             .queue_bind(
                 queue.as_str().into(),
-                format!("{namespace}.events").as_str().into(),
-                "erasure_notice".into(),
+                format!("{namespace}.commands").as_str().into(),
+                "notice.#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -324,7 +324,7 @@ async fn consume(url: &str, namespace: &str, service: &ErasingService) -> anyhow
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         let body: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
-        if body["type"] == "erasure_notice" {
+        if body["type"] == "subject_notice" && body["notice"] == "erasure_notice" {
             let request_id = body["request_id"].as_str().unwrap_or_default().to_owned();
             let mut notices = lock(&service.notices);
             // Idempotent by message id: one email per request.

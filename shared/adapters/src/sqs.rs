@@ -78,14 +78,32 @@ impl WorkQueue for SqsWorkQueue {
 pub struct SqsOutbox {
     client: Client,
     queue_url: String,
+    /// Where notices to the subject go (as commands: not to the events exchange).
+    commands_exchange: String,
 }
 
 impl SqsOutbox {
-    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
+    pub fn new(
+        client: Client,
+        queue_url: impl Into<String>,
+        commands_exchange: impl Into<String>,
+    ) -> Self {
         Self {
             client,
             queue_url: queue_url.into(),
+            commands_exchange: commands_exchange.into(),
         }
+    }
+
+    async fn send(&self, body: String) -> Result<(), dsr_domain::ports::ChannelError> {
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| dsr_domain::ports::ChannelError(Box::new(e)))?;
+        Ok(())
     }
 }
 
@@ -161,14 +179,22 @@ impl dsr_domain::ports::EventOutbox for SqsOutbox {
     ) -> Result<(), dsr_domain::ports::ChannelError> {
         use dsr_domain::ports::ChannelError;
         let body = serde_json::to_string(event).map_err(|e| ChannelError(Box::new(e)))?;
-        self.client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body)
-            .send()
-            .await
-            .map_err(|e| ChannelError(Box::new(e)))?;
-        Ok(())
+        self.send(body).await
+    }
+
+    /// An envelope for the bridge: the notice, to the commands exchange under `notice.<type>`.
+    async fn tell(
+        &self,
+        notice: &dsr_domain::messages::SubjectNotice,
+    ) -> Result<(), dsr_domain::ports::ChannelError> {
+        let body = serde_json::json!({
+            "version": 1,
+            "message_id": notice.message_id,
+            "exchange": self.commands_exchange,
+            "routing_key": notice.routing_key(),
+            "payload": notice,
+        });
+        self.send(body.to_string()).await
     }
 }
 

@@ -95,13 +95,14 @@ pub fn erasures(
     use dsr_domain::erasure::ErasureSettings;
     let sqs = aws_sdk_sqs::Client::new(aws);
     let outbound = env.required(vars::OUTBOUND_QUEUE_URL)?;
+    let commands = env.required(vars::COMMANDS_EXCHANGE)?;
     let defaults = ErasureSettings::default();
     Ok(dsr_domain::erasure::Erasures {
         store: request_store(aws, env, actor)?,
         channel: crate::erase::ErasureChannels::new(
             sqs.clone(),
             outbound.clone(),
-            env.required(vars::COMMANDS_EXCHANGE)?,
+            commands.clone(),
             env.clone(),
         ),
         checks: crate::sqs::SqsCheckScheduler::new(
@@ -109,7 +110,7 @@ pub fn erasures(
             env.required(vars::SCHEDULE_REQUESTS_QUEUE_URL)?,
             env.required(vars::CONFIRMATIONS_QUEUE_URL)?,
         ),
-        events: crate::sqs::SqsOutbox::new(sqs, outbound),
+        events: crate::sqs::SqsOutbox::new(sqs, outbound, commands),
         reports: crate::s3::S3ReportStore::new(
             crate::s3::client(aws),
             env.required(vars::REPORTS_BUCKET)?,

@@ -103,11 +103,57 @@ pub struct DomainEvent {
     #[serde(rename = "type")]
     pub event_type: EventType,
     pub request_id: RequestId,
-    /// Receivers (the email service) need to know whom to tell.
-    pub subject: crate::SubjectId,
+    /// The keyed hash of the subject, to correlate events: never the subject id itself, as
+    /// anyone allowed to bind to the events exchange reads them. Whoever must tell the
+    /// subject gets a [`SubjectNotice`].
+    pub subject_hash: crate::SubjectHash,
     pub occurred_at: DateTime<Utc>,
     /// Event-specific details.
     pub detail: serde_json::Value,
+}
+
+/// Something the subject must be told ("your report is ready", "your data was erased"), for
+/// the service that tells them (the email service). Besides erasure commands it is the one
+/// message that carries the subject id, so it is sent like a command: to the commands exchange
+/// under `notice.<event type>`, which only the notifying service may read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectNotice {
+    /// Always `subject_notice`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    /// `notice:<type>:<request id>`.
+    pub message_id: String,
+    /// Which event the subject is told about.
+    pub notice: EventType,
+    pub request_id: RequestId,
+    pub subject: crate::SubjectId,
+    pub occurred_at: DateTime<Utc>,
+    pub detail: serde_json::Value,
+}
+
+impl SubjectNotice {
+    pub const KIND: &'static str = "subject_notice";
+
+    /// The notice of `event`, for `subject`.
+    pub fn of(event: &DomainEvent, subject: crate::SubjectId) -> Self {
+        Self {
+            kind: Self::KIND.into(),
+            version: 1,
+            message_id: format!("notice:{}", event.message_id),
+            notice: event.event_type,
+            request_id: event.request_id,
+            subject,
+            occurred_at: event.occurred_at,
+            detail: event.detail.clone(),
+        }
+    }
+
+    /// The routing key on the commands exchange.
+    pub fn routing_key(&self) -> String {
+        format!("notice.{}", self.notice)
+    }
 }
 
 /// What happened, as the platform's consumers bind to it (the routing key on the events
@@ -146,7 +192,7 @@ impl DomainEvent {
     fn new(
         event_type: EventType,
         request_id: RequestId,
-        subject: crate::SubjectId,
+        subject_hash: crate::SubjectHash,
         occurred_at: DateTime<Utc>,
         detail: serde_json::Value,
     ) -> Self {
@@ -155,7 +201,7 @@ impl DomainEvent {
             message_id: format!("{event_type}:{request_id}"),
             event_type,
             request_id,
-            subject,
+            subject_hash,
             occurred_at,
             detail,
         }
@@ -164,14 +210,14 @@ impl DomainEvent {
     /// The report of an access request can be downloaded until `expires_at`.
     pub fn report_ready(
         request_id: RequestId,
-        subject: crate::SubjectId,
+        subject_hash: crate::SubjectHash,
         expires_at: DateTime<Utc>,
         occurred_at: DateTime<Utc>,
     ) -> Self {
         Self::new(
             EventType::ReportReady,
             request_id,
-            subject,
+            subject_hash,
             occurred_at,
             serde_json::json!({ "expires_at": expires_at }),
         )
@@ -179,11 +225,15 @@ impl DomainEvent {
 
     /// A request was accepted: the email service can acknowledge it to the subject, audit can
     /// count it.
-    pub fn request_submitted(request: &crate::Request, occurred_at: DateTime<Utc>) -> Self {
+    pub fn request_submitted(
+        request: &crate::Request,
+        subject_hash: crate::SubjectHash,
+        occurred_at: DateTime<Utc>,
+    ) -> Self {
         Self::new(
             EventType::RequestSubmitted,
             request.id,
-            request.subject.clone(),
+            subject_hash,
             occurred_at,
             serde_json::json!({ "kind": request.kind, "due_at": request.due_at }),
         )
@@ -193,14 +243,14 @@ impl DomainEvent {
     /// service tells the subject; its own erasure follows at `erase_last_at`.
     pub fn erasure_notice(
         request_id: RequestId,
-        subject: crate::SubjectId,
+        subject_hash: crate::SubjectHash,
         erase_last_at: DateTime<Utc>,
         occurred_at: DateTime<Utc>,
     ) -> Self {
         Self::new(
             EventType::ErasureNotice,
             request_id,
-            subject,
+            subject_hash,
             occurred_at,
             serde_json::json!({ "erase_last_at": erase_last_at }),
         )
@@ -209,14 +259,14 @@ impl DomainEvent {
     /// Every service confirmed: the erasure is complete.
     pub fn erasure_completed(
         request_id: RequestId,
-        subject: crate::SubjectId,
+        subject_hash: crate::SubjectHash,
         services: usize,
         occurred_at: DateTime<Utc>,
     ) -> Self {
         Self::new(
             EventType::ErasureCompleted,
             request_id,
-            subject,
+            subject_hash,
             occurred_at,
             serde_json::json!({ "services": services }),
         )

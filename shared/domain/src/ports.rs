@@ -214,6 +214,12 @@ pub trait EventOutbox: Send + Sync {
         &self,
         event: &crate::messages::DomainEvent,
     ) -> impl Future<Output = Result<(), ChannelError>> + Send;
+
+    /// Sends the notifying service (the email service) what to tell the subject.
+    fn tell(
+        &self,
+        notice: &crate::messages::SubjectNotice,
+    ) -> impl Future<Output = Result<(), ChannelError>> + Send;
 }
 
 /// A message could not be handed to its channel (queue, broker, third-party API); worth
@@ -225,6 +231,9 @@ pub struct ChannelError(#[source] pub Cause);
 impl<T: EventOutbox> EventOutbox for Arc<T> {
     async fn publish(&self, event: &crate::messages::DomainEvent) -> Result<(), ChannelError> {
         (**self).publish(event).await
+    }
+    async fn tell(&self, notice: &crate::messages::SubjectNotice) -> Result<(), ChannelError> {
+        (**self).tell(notice).await
     }
 }
 

@@ -12,6 +12,7 @@ pub struct RecordingErasurePorts {
     pub commands: Mutex<Vec<dsr_domain::erasure::ErasureCommand>>,
     pub checks: Mutex<Vec<(dsr_domain::erasure::ObligationDue, DateTime<Utc>)>>,
     pub events: Mutex<Vec<dsr_domain::messages::DomainEvent>>,
+    pub notices: Mutex<Vec<dsr_domain::messages::SubjectNotice>>,
     /// Per service: what `send` answers instead of `Sent`.
     pub answers: Mutex<HashMap<dsr_domain::ServiceName, dsr_domain::erasure::Delivery>>,
 }
@@ -25,6 +26,9 @@ impl RecordingErasurePorts {
     }
     pub fn events(&self) -> Vec<dsr_domain::messages::DomainEvent> {
         locked(&self.events).clone()
+    }
+    pub fn notices(&self) -> Vec<dsr_domain::messages::SubjectNotice> {
+        locked(&self.notices).clone()
     }
 }
 
@@ -62,6 +66,14 @@ impl dsr_domain::erasure::EventOutbox for RecordingErasurePorts {
         event: &dsr_domain::messages::DomainEvent,
     ) -> Result<(), dsr_domain::erasure::ChannelError> {
         locked(&self.events).push(event.clone());
+        Ok(())
+    }
+
+    async fn tell(
+        &self,
+        notice: &dsr_domain::messages::SubjectNotice,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        locked(&self.notices).push(notice.clone());
         Ok(())
     }
 }

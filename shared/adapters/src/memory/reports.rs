@@ -200,12 +200,17 @@ impl ReportUpload for InMemoryUpload {
 #[derive(Default)]
 pub struct RecordingOutbox {
     events: Mutex<Vec<DomainEvent>>,
+    notices: Mutex<Vec<dsr_domain::messages::SubjectNotice>>,
     pub failing: AtomicBool,
 }
 
 impl RecordingOutbox {
     pub fn events(&self) -> Vec<DomainEvent> {
         locked(&self.events).clone()
+    }
+
+    pub fn notices(&self) -> Vec<dsr_domain::messages::SubjectNotice> {
+        locked(&self.notices).clone()
     }
 }
 
@@ -215,6 +220,14 @@ impl EventOutbox for RecordingOutbox {
             return Err(ChannelError("outbox unavailable (simulated)".into()));
         }
         locked(&self.events).push(event.clone());
+        Ok(())
+    }
+
+    async fn tell(&self, notice: &dsr_domain::messages::SubjectNotice) -> Result<(), ChannelError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(ChannelError("outbox unavailable (simulated)".into()));
+        }
+        locked(&self.notices).push(notice.clone());
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! request on to the notice and to completion.
 
 use super::*;
-use crate::messages::{DomainEvent, Origin};
+use crate::messages::{DomainEvent, Origin, SubjectNotice};
 use crate::metrics::{self, names, Metric};
 use crate::ports::{Audited, TransitionOutcome};
 
@@ -167,14 +167,13 @@ where
             let now = self.clock.now();
             // Keyed effects first, state last: a crash in between repeats them under the same
             // keys, and the transition is what makes the next delivery skip them.
+            let notice =
+                DomainEvent::erasure_notice(id, hash.clone(), now + self.settings.grace, now);
+            // The subject is told first (their email address is still there to tell them).
             self.events
-                .publish(&DomainEvent::erasure_notice(
-                    id,
-                    request.subject.clone(),
-                    now + self.settings.grace,
-                    now,
-                ))
+                .tell(&SubjectNotice::of(&notice, request.subject.clone()))
                 .await?;
+            self.events.publish(&notice).await?;
             for last in obligations.iter().filter(|o| o.last && o.attempts == 0) {
                 self.checks
                     .schedule(
@@ -215,7 +214,7 @@ where
             self.events
                 .publish(&DomainEvent::erasure_completed(
                     id,
-                    request.subject.clone(),
+                    hash.clone(),
                     obligations.len(),
                     now,
                 ))

@@ -293,10 +293,16 @@ where
         };
         let event = DomainEvent::report_ready(
             request.id,
-            request.subject.clone(),
+            self.hasher.hash(&request.subject),
             report.expires_at,
             self.clock.now(),
         );
+        self.events
+            .tell(&crate::messages::SubjectNotice::of(
+                &event,
+                request.subject.clone(),
+            ))
+            .await?;
         self.events.publish(&event).await
     }
 }

@@ -363,8 +363,11 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         request: &Request,
         subject_hash: &SubjectHash,
     ) -> Option<chrono::DateTime<chrono::Utc>> {
-        let announcement =
-            crate::messages::DomainEvent::request_submitted(request, self.clock.now());
+        let announcement = crate::messages::DomainEvent::request_submitted(
+            request,
+            subject_hash.clone(),
+            self.clock.now(),
+        );
         self.send_work(request, subject_hash, Some(&announcement))
             .await
     }
