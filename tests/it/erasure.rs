@@ -572,6 +572,76 @@ async fn an_erasure_deletes_the_subjects_report_and_its_link_answers_410() {
         .contains(&format!("closed_by_erasure:{erasure}")));
 }
 
+#[tokio::test]
+async fn past_its_retention_a_finished_request_keeps_only_the_hash_and_the_proof() {
+    use dsr_domain::erasure::ObligationStore;
+    let rig = rig(RigSettings::default()).await;
+    let subject = format!("forget-me-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+    rig.wait_for(&subject, &id, Duration::from_secs(60), completed)
+        .await;
+    let requests = rig.app.stack.requests("SweepFunction", "sweep").unwrap();
+    let request_id: dsr_domain::RequestId = id.parse().unwrap();
+    // A vendor that echoed the user id in its answer.
+    requests
+        .store()
+        .replace_receipt(
+            request_id,
+            &dsr_domain::ServiceName::parse("ads").unwrap(),
+            &format!(r#"{{"deleted_user":"{subject}","ok":true}}"#),
+        )
+        .await
+        .unwrap();
+    let not_yet = requests
+        .forget_finished_subjects(chrono::Duration::days(1), 1000)
+        .await
+        .unwrap();
+    assert_eq!(not_yet, 0, "within its retention nothing changes");
+    let forgotten = requests
+        .forget_finished_subjects(chrono::Duration::zero(), 1000)
+        .await
+        .unwrap();
+    assert!(forgotten >= 1);
+
+    // The stored items hold no subject id any more...
+    let items = rig
+        .app
+        .dynamodb
+        .query()
+        .table_name(rig.app.table())
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(
+            ":pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(dsr_adapters::dynamodb::keys::request(
+                request_id,
+            )),
+        )
+        .send()
+        .await
+        .unwrap();
+    let everything = format!("{:?}", items.items());
+    assert!(!everything.contains(&subject), "{everything}");
+    assert!(everything.contains("[subject]"), "the receipt is scrubbed");
+    // ...but the proof and the owner's view stay.
+    let obligations = requests.store().obligations(request_id).await.unwrap();
+    assert_eq!(obligations.len(), 6);
+    assert!(obligations
+        .iter()
+        .all(|o| o.status.is_done() && o.receipt.is_some()));
+    assert_eq!(rig.show(&subject, &id).await["state"], "completed");
+    let list = rig.app.get(&subject, "/v1/requests").await;
+    assert!(list.body["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["id"] == id.as_str()));
+    let stranger = rig
+        .app
+        .get("someone-else", &format!("/v1/requests/{id}"))
+        .await;
+    assert_eq!(stranger.status, 404);
+}
+
 /// Waits for `want` messages on the dead-letter queue `queue` (logical id) and takes them:
 /// (body, reason).
 async fn dead_lettered(app: &TestApp, queue: &str, want: usize) -> Vec<(String, String)> {

@@ -7,6 +7,7 @@ use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::s3::S3ReportStore;
 use dsr_adapters::sqs::SqsWorkQueue;
 use dsr_adapters::wiring;
+use dsr_domain::erasure::ObligationStore;
 use dsr_domain::report::ReportStore;
 use dsr_domain::requests::reconcile::{ReconcileSettings, Reconciliation};
 use dsr_domain::{
@@ -19,6 +20,8 @@ use lambda_runtime::Error;
 pub struct Sweep<S, Q, C, R> {
     pub requests: Requests<S, Q, C>,
     pub reports: R,
+    /// How long a finished request keeps the raw subject id (then only its keyed hash).
+    pub retention: chrono::Duration,
     pub sweep: SweepSettings,
     pub reconcile: ReconcileSettings,
 }
@@ -33,6 +36,7 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
             dsr_adapters::s3::client(aws),
             env.required(vars::REPORTS_BUCKET)?,
         ),
+        retention: env.days(vars::REQUEST_RETENTION_DAYS, chrono::Duration::days(90))?,
         sweep: settings(env)?,
         reconcile: reconcile_settings(env)?,
     })
@@ -59,12 +63,27 @@ pub fn settings(env: &Env) -> Result<SweepSettings, ConfigError> {
     })
 }
 
-impl<S: RequestStore, Q: WorkQueue, C: Clock, R: ReportStore> Sweep<S, Q, C, R> {
+impl<S, Q, C, R> Sweep<S, Q, C, R>
+where
+    S: RequestStore + ObligationStore,
+    Q: WorkQueue,
+    C: Clock,
+    R: ReportStore,
+{
     /// Two schedules wake the function: every minute the sweep; every 15 minutes
-    /// `{"task": "reconcile"}`.
+    /// `{"task": "reconcile"}`, which also takes the raw subject id out of finished requests
+    /// past their retention.
     pub async fn handle(&self, event: serde_json::Value) -> Result<(), Error> {
         if event["task"] == "reconcile" {
-            reconcile(&self.requests, self.reconcile).await.map(|_| ())
+            reconcile(&self.requests, self.reconcile).await?;
+            let forgotten = self
+                .requests
+                .forget_finished_subjects(self.retention, self.sweep.batch_limit)
+                .await?;
+            if forgotten > 0 {
+                tracing::info!(forgotten, "subject ids removed from finished requests");
+            }
+            Ok(())
         } else {
             handle(&self.requests, &self.reports, self.sweep)
                 .await

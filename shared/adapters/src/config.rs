@@ -39,6 +39,8 @@ pub mod vars {
     pub const REPORT_MAX_ATTEMPTS: &str = "REPORT_MAX_ATTEMPTS";
     pub const REPORT_LEASE_SECONDS: &str = "REPORT_LEASE_SECONDS";
     pub const REPORT_RETENTION_DAYS: &str = "REPORT_RETENTION_DAYS";
+    /// Days a finished request keeps the raw subject id; then only its keyed hash (default 90).
+    pub const REQUEST_RETENTION_DAYS: &str = "REQUEST_RETENTION_DAYS";
     pub const REPORT_PART_SIZE_BYTES: &str = "REPORT_PART_SIZE_BYTES";
     pub const REPORT_RETRY_BASE_SECONDS: &str = "REPORT_RETRY_BASE_SECONDS";
     /// Where sources are staged before the zip is written (defaults to the temp dir).

@@ -91,6 +91,15 @@ pub trait RequestStore: Send + Sync {
         subject: &SubjectHash,
     ) -> impl Future<Output = Result<Vec<Request>, StoreError>> + Send;
 
+    /// Removes the raw subject id from a request in terminal state `state` (its keyed hash
+    /// stays, and so it stays in its owner's list). False: not in that state any more.
+    fn forget_subject(
+        &self,
+        id: RequestId,
+        state: RequestState,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// At most `limit` of the subject's requests older than `before` (all, without it),
     /// newest first: one page of the user's list.
     fn page_for_subject(
@@ -270,6 +279,14 @@ impl<T: RequestStore> RequestStore for Arc<T> {
         limit: usize,
     ) -> Result<Vec<Request>, StoreError> {
         (**self).page_for_subject(subject, before, limit).await
+    }
+    async fn forget_subject(
+        &self,
+        id: RequestId,
+        state: RequestState,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        (**self).forget_subject(id, state, at).await
     }
     async fn save_transition(
         &self,

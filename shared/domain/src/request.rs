@@ -20,6 +20,11 @@ impl RequestId {
     pub fn new_at(at: DateTime<Utc>) -> Self {
         Self(Ulid::from_datetime(at.into()))
     }
+
+    /// The id just after this one, to page from "this one and older" (`None` at the end).
+    pub fn following(id: RequestId) -> Option<RequestId> {
+        id.0.increment().map(Self)
+    }
 }
 
 impl FromStr for RequestId {

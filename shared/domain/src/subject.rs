@@ -41,6 +41,16 @@ impl SubjectId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What a request's subject reads as once its retention passed and the id was removed.
+    /// No real subject can equal it: `parse` refuses control characters.
+    pub fn redacted() -> Self {
+        Self("\u{0}redacted".into())
+    }
+
+    pub fn is_redacted(&self) -> bool {
+        self.0.starts_with('\u{0}')
+    }
 }
 
 impl TryFrom<String> for SubjectId {

@@ -190,6 +190,22 @@ impl ObligationStore for DynamoRequestStore {
         self.update_obligation(request_id, service, update).await
     }
 
+    async fn replace_receipt(
+        &self,
+        request_id: RequestId,
+        service: &ServiceName,
+        receipt: &str,
+    ) -> Result<(), StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .condition_expression("attribute_exists(pk)")
+            .update_expression("SET receipt = :receipt")
+            .expression_attribute_values(":receipt", s(receipt));
+        self.update_obligation(request_id, service, update).await?;
+        Ok(())
+    }
+
     async fn escalate(
         &self,
         request_id: RequestId,

@@ -155,6 +155,32 @@ impl RequestStore for DynamoRequestStore {
         }
     }
 
+    async fn forget_subject(
+        &self,
+        id: RequestId,
+        state: RequestState,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let forgotten = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::request(id)))
+            .key("sk", s(keys::META))
+            .update_expression("REMOVE subject SET subject_forgotten_at = :at")
+            .condition_expression("#state = :state AND attribute_exists(subject)")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":state", s(state.as_str()))
+            .expression_attribute_values(":at", s(timestamp(at)))
+            .send()
+            .await;
+        match forgotten {
+            Ok(_) => Ok(true),
+            Err(err) if conditional_failed(&err) => Ok(false),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
     async fn save_transition(
         &self,
         request: &Request,
@@ -457,8 +483,12 @@ pub(super) fn request_from_item(item: &Item) -> Result<Request, StoreError> {
         kind: string_attr(item, "kind")?
             .parse()
             .map_err(|e| corrupt(item, e))?,
-        subject: SubjectId::parse(string_attr(item, "subject")?)
-            .map_err(|e| corrupt(item, e.to_string()))?,
+        // Gone once the request's retention passed (only its keyed hash stays).
+        subject: match item.get("subject") {
+            None => SubjectId::redacted(),
+            Some(_) => SubjectId::parse(string_attr(item, "subject")?)
+                .map_err(|e| corrupt(item, e.to_string()))?,
+        },
         state: string_attr(item, "state")?
             .parse()
             .map_err(|e| corrupt(item, e))?,

@@ -109,6 +109,22 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
         }
     }
 
+    async fn replace_receipt(
+        &self,
+        request_id: RequestId,
+        service: &dsr_domain::ServiceName,
+        receipt: &str,
+    ) -> Result<(), StoreError> {
+        if let Some(o) = self
+            .lock()
+            .obligations
+            .get_mut(&(request_id, service.to_owned()))
+        {
+            o.receipt = Some(receipt.to_owned());
+        }
+        Ok(())
+    }
+
     async fn record_answer(
         &self,
         request_id: RequestId,
@@ -200,6 +216,21 @@ impl RequestStore for InMemoryRequestStore {
             .collect();
         mine.sort_by_key(|r| std::cmp::Reverse(r.id));
         Ok(mine)
+    }
+
+    async fn forget_subject(
+        &self,
+        id: RequestId,
+        state: RequestState,
+        _at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        match self.lock().requests.get_mut(&id) {
+            Some((request, _)) if request.state == state && !request.subject.is_redacted() => {
+                request.subject = dsr_domain::SubjectId::redacted();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn page_for_subject(

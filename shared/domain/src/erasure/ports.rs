@@ -50,6 +50,14 @@ pub trait ObligationStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Replaces a recorded receipt (to take personal data out of it once retention passed).
+    fn replace_receipt(
+        &self,
+        request_id: RequestId,
+        service: &ServiceName,
+        receipt: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Marks the obligation escalated, once. Returns whether this call did it.
     fn escalate(
         &self,
@@ -114,6 +122,14 @@ impl<T: ObligationStore> ObligationStore for Arc<T> {
         (**self)
             .record_answer(id, service, status, receipt, at)
             .await
+    }
+    async fn replace_receipt(
+        &self,
+        id: RequestId,
+        service: &ServiceName,
+        receipt: &str,
+    ) -> Result<(), StoreError> {
+        (**self).replace_receipt(id, service, receipt).await
     }
     async fn escalate(
         &self,

@@ -109,6 +109,44 @@ pub struct RequestPage {
 pub const DEFAULT_PAGE_SIZE: usize = 20;
 pub const MAX_PAGE_SIZE: usize = 100;
 
+impl<S: RequestStore + crate::erasure::ObligationStore, Q, C: Clock> Requests<S, Q, C> {
+    /// Once a finished request's retention has passed, the raw subject id leaves it: the
+    /// request keeps the keyed hash (its owner still finds it in their list) and the proof
+    /// (who confirmed what, when), with the subject id scrubbed out of any receipt that
+    /// quoted it. Returns how many requests it did this to.
+    pub async fn forget_finished_subjects(
+        &self,
+        retention: Duration,
+        limit: usize,
+    ) -> Result<usize, RequestError> {
+        let now = self.clock.now();
+        let mut forgotten = 0;
+        for state in RequestState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for request in self.store.in_state(state, limit).await? {
+                if request.subject.is_redacted() || request.updated_at > now - retention {
+                    continue;
+                }
+                let subject = request.subject.as_str();
+                for obligation in self.store.obligations(request.id).await? {
+                    if let Some(receipt) = obligation.receipt.as_deref() {
+                        if receipt.contains(subject) {
+                            let scrubbed = receipt.replace(subject, "[subject]");
+                            self.store
+                                .replace_receipt(request.id, &obligation.service, &scrubbed)
+                                .await?;
+                        }
+                    }
+                }
+                if self.store.forget_subject(request.id, state, now).await? {
+                    tracing::info!(request_id = %request.id, subject = %self.hasher.hash(&request.subject), "subject id removed after retention");
+                    forgotten += 1;
+                }
+            }
+        }
+        Ok(forgotten)
+    }
+}
+
 impl<S: RequestStore + crate::erasure::ObligationStore, Q, C> Requests<S, Q, C> {
     /// Where each service's erasure stands (empty for access requests), by service name.
     pub async fn progress(
@@ -271,6 +309,21 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
     pub async fn show(&self, subject: &SubjectId, id: RequestId) -> Result<Request, RequestError> {
         match self.store.get(id).await? {
             Some(request) if &request.subject == subject => Ok(request),
+            // Past retention only the hash tells whose it is: it is theirs if it is in their list.
+            Some(request) if request.subject.is_redacted() => {
+                let hash = self.hasher.hash(subject);
+                let theirs = self
+                    .store
+                    .page_for_subject(&hash, RequestId::following(id), 1)
+                    .await?
+                    .iter()
+                    .any(|r| r.id == id);
+                if theirs {
+                    Ok(request)
+                } else {
+                    Err(RequestError::NotFound)
+                }
+            }
             _ => Err(RequestError::NotFound),
         }
     }
