@@ -91,8 +91,30 @@ fn every_resource_the_code_reads_from_its_environment_is_declared() {
                 "{function}.{variable} refers to a {kind}"
             );
         }
-        let key = referenced(&env[SUBJECT_HASH_KEY]).unwrap();
-        assert!(parameters.contains(&key), "the hash key is a parameter");
+        // Secrets are named, never passed: the function reads them from Parameter Store.
+        assert!(
+            !env.contains_key(SUBJECT_HASH_KEY),
+            "{function} is given the key itself"
+        );
+        let named = substituted(&env[&format!("{SUBJECT_HASH_KEY}_PARAMETER")]);
+        assert_eq!(
+            named,
+            ["SecretsPath"],
+            "{function}'s key lives under SecretsPath"
+        );
+    }
+    // No secret value anywhere in any function's environment.
+    for function in &functions {
+        let env = template.function_environment_raw(function).unwrap();
+        for (variable, value) in &env {
+            if let Some(target) = referenced(value) {
+                let no_echo = template.parameter_no_echo(&target);
+                assert!(
+                    !no_echo,
+                    "{function}.{variable} passes the secret {target} as a value"
+                );
+            }
+        }
     }
 }
 
@@ -290,5 +312,54 @@ async fn provisioning_creates_what_the_template_declares() {
     assert_eq!(
         again.resources["RequestsTable"].arn,
         stack.resources["RequestsTable"].arn
+    );
+}
+
+/// Secrets reach a function only through Parameter Store: the stack put them there, the
+/// functions' configuration names them, and the one configuration reader fetches them.
+#[tokio::test]
+async fn secrets_are_read_from_parameter_store_by_name() {
+    use dsr_adapters::config::{self, vars, Env};
+    let aws = aws().await;
+    let app = crate::helpers::spawn_app().await;
+    let declared = app.stack.environment("IntakeFunction").unwrap();
+    assert!(!declared.contains_key(vars::SUBJECT_HASH_KEY));
+    let name = &declared[&format!("{}_PARAMETER", vars::SUBJECT_HASH_KEY)];
+    let resolved = app.stack.env("IntakeFunction").unwrap();
+    assert_eq!(
+        resolved.secret(vars::SUBJECT_HASH_KEY).unwrap().expose(),
+        dsr_local::stack::local_secrets()["subject-hash-key"]
+    );
+
+    // A rotated value is what the next cold start reads.
+    let ssm = aws_sdk_ssm::Client::new(&aws);
+    ssm.put_parameter()
+        .name(name)
+        .value("a-rotated-key-of-enough-bytes")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
+    let fresh = config::with_parameters(&aws, Env::from_pairs(declared.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh.secret(vars::SUBJECT_HASH_KEY).unwrap().expose(),
+        "a-rotated-key-of-enough-bytes"
+    );
+
+    // A missing one stops the function at init, naming the variable.
+    let missing = format!("/dsr-local/{}/nothing-here", unique_name());
+    let err = config::with_parameters(
+        &aws,
+        Env::from_pairs([("VENDOR_TOKEN_PARAMETER", missing.as_str())]),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("VENDOR_TOKEN_PARAMETER") && err.contains(&missing),
+        "{err}"
     );
 }

@@ -2,7 +2,7 @@
 //! Lambda (Amazon MQ event source), and `bridge daemon`, the long-lived inbound consumer for a
 //! self-managed broker.
 
-use dsr_adapters::config::{self, Env};
+use dsr_adapters::config;
 use dsr_bridge::{inbound::run_daemon, Bridge};
 use lambda_runtime::{run, service_fn, Error};
 
@@ -10,8 +10,10 @@ use lambda_runtime::{run, service_fn, Error};
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     dsr_adapters::emf::install_for_lambda("bridge");
-    let env = Env::from_process();
-    let bridge = dsr_bridge::build(&config::aws().await, &env)?;
+    let aws = config::aws().await;
+    // Secrets (the RabbitMQ URL) come from SSM Parameter Store, by the names the environment gives.
+    let env = config::from_process_with_secrets(&aws).await?;
+    let bridge = dsr_bridge::build(&aws, &env)?;
     if std::env::args().nth(1).as_deref() == Some("daemon") {
         Bridge::check_inbound(&env)?;
         let (stop, stopped) = tokio::sync::watch::channel(false);

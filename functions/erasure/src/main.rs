@@ -1,11 +1,13 @@
-use dsr_adapters::config::{self, Env};
+use dsr_adapters::config;
 use lambda_runtime::{run, service_fn, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     dsr_adapters::emf::install_for_lambda("erasure");
-    let handler = dsr_erasure::build(&config::aws().await, &Env::from_process())?;
+    let aws = config::aws().await;
+    // Secrets come from SSM Parameter Store, by the names the environment gives.
+    let handler = dsr_erasure::build(&aws, &config::from_process_with_secrets(&aws).await?)?;
     // Boxed: the handler's nested future types overflow the compiler's query depth otherwise.
     run(service_fn(|event| Box::pin(handler.handle_lambda(event)))).await
 }

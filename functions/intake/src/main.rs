@@ -1,10 +1,12 @@
-use dsr_adapters::config::{self, Env};
+use dsr_adapters::config;
 use lambda_http::{run, service_fn, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_http::tracing::init_default_subscriber();
     dsr_adapters::emf::install_for_lambda("intake");
-    let api = dsr_intake::build(&config::aws().await, &Env::from_process())?;
+    let aws = config::aws().await;
+    // Secrets come from SSM Parameter Store, by the names the environment gives.
+    let api = dsr_intake::build(&aws, &config::from_process_with_secrets(&aws).await?)?;
     run(service_fn(|request| api.handle(request))).await
 }

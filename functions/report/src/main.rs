@@ -1,10 +1,12 @@
-use dsr_adapters::config::{self, Env};
+use dsr_adapters::config;
 use lambda_runtime::{run, service_fn, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     dsr_adapters::emf::install_for_lambda("report");
-    let handler = dsr_report::build(&config::aws().await, &Env::from_process())?;
+    let aws = config::aws().await;
+    // Secrets come from SSM Parameter Store, by the names the environment gives.
+    let handler = dsr_report::build(&aws, &config::from_process_with_secrets(&aws).await?)?;
     run(service_fn(|event| handler.handle_lambda(event))).await
 }

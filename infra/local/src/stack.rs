@@ -21,21 +21,28 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// Parameter values for the local stack; documented in the README. Not secrets anywhere else.
+/// Parameter values for the local stack; documented in the README.
 pub fn local_parameters() -> HashMap<String, String> {
     HashMap::from([
         ("JwtIssuer".to_owned(), "dsr-local".to_owned()),
         ("JwtAudience".to_owned(), "dsr-api".to_owned()),
+        // Locally the email service is erased 20 s after the notice, not 72 h.
+        ("ErasureGraceSeconds".to_owned(), "20".to_owned()),
+    ])
+}
+
+/// The secrets the local stack puts in the emulator's Parameter Store (as SecureStrings, under
+/// the stack's `SecretsPath`), by name. Not secrets anywhere else.
+pub fn local_secrets() -> HashMap<String, String> {
+    HashMap::from([
         (
-            "SubjectHashKey".to_owned(),
+            "subject-hash-key".to_owned(),
             "local-subject-hash-key-not-secret".to_owned(),
         ),
         (
-            "RabbitMqUrl".to_owned(),
+            "rabbitmq-url".to_owned(),
             "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
         ),
-        // Locally the email service is erased 20 s after the notice, not 72 h.
-        ("ErasureGraceSeconds".to_owned(), "20".to_owned()),
     ])
 }
 
@@ -46,6 +53,8 @@ pub struct LocalSettings {
     pub listen: SocketAddr,
     pub jwt_secret: String,
     pub parameters: HashMap<String, String>,
+    /// Put into the emulator's Parameter Store under `SecretsPath` (see [`local_secrets`]).
+    pub secrets: HashMap<String, String>,
     pub sweep_every: Duration,
     /// How often the reconciliation runs (every 15 minutes in AWS).
     pub reconcile_every: Duration,
@@ -63,12 +72,17 @@ pub struct LocalSettings {
 
 impl LocalSettings {
     pub fn new(template: impl Into<PathBuf>, stack_name: impl Into<String>) -> Self {
+        let stack_name = stack_name.into();
+        let mut parameters = local_parameters();
+        // Each stack its own secrets: tests run many stacks against one emulator.
+        parameters.insert("SecretsPath".into(), format!("/dsr-local/{stack_name}"));
         Self {
             template: template.into(),
-            stack_name: stack_name.into(),
+            stack_name,
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             jwt_secret: crate::jwt::LOCAL_JWT_SECRET.to_owned(),
-            parameters: local_parameters(),
+            parameters,
+            secrets: local_secrets(),
             sweep_every: Duration::from_secs(10),
             reconcile_every: Duration::from_secs(60),
             dispatch_every: Duration::from_secs(2),
@@ -85,6 +99,9 @@ pub struct LocalStack {
     pub context: StackContext,
     pub aws: SdkConfig,
     pub jwt_secret: String,
+    /// Each function's configuration with its secrets read from Parameter Store, as each
+    /// function's `main` reads it, once.
+    envs: HashMap<String, Env>,
 }
 
 impl LocalStack {
@@ -100,11 +117,40 @@ impl LocalStack {
         .context(
             "provisioning the template into the emulator (is it running on AWS_ENDPOINT_URL?)",
         )?;
+        let path = context
+            .parameters
+            .get("SecretsPath")
+            .cloned()
+            .unwrap_or_else(|| "/gdpr-dsr".to_owned());
+        let ssm = aws_sdk_ssm::Client::new(aws);
+        for (name, value) in &settings.secrets {
+            ssm.put_parameter()
+                .name(format!("{path}/{name}"))
+                .value(value)
+                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .overwrite(true)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", aws_sdk_ssm::error::DisplayErrorContext(e)))
+                .with_context(|| format!("putting the secret {path}/{name}"))?;
+        }
+        let mut envs = HashMap::new();
+        for (function, kind, _) in template.resources() {
+            if kind != "AWS::Serverless::Function" {
+                continue;
+            }
+            let declared = Env::from_pairs(template.function_environment(&function, &context)?);
+            let resolved = dsr_adapters::config::with_parameters(aws, declared)
+                .await
+                .with_context(|| format!("reading {function}'s secrets"))?;
+            envs.insert(function, resolved);
+        }
         Ok(Self {
             template,
             context,
             aws: aws.clone(),
             jwt_secret: settings.jwt_secret.clone(),
+            envs,
         })
     }
 
@@ -116,7 +162,11 @@ impl LocalStack {
     /// What `function` reads its configuration from: this process's environment (where a
     /// developer puts vendors' API tokens) under the template's variables, as in Lambda.
     pub fn env(&self, function: &str) -> Result<Env> {
-        Ok(Env::from_process().overlaid_with(&Env::from_pairs(self.environment(function)?)))
+        let declared = match self.envs.get(function) {
+            Some(env) => env.clone(),
+            None => Env::from_pairs(self.environment(function)?),
+        };
+        Ok(Env::from_process().overlaid_with(&declared))
     }
 
     /// `function`'s configuration with the service registry (YAML) given, when one is.

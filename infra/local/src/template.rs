@@ -98,6 +98,11 @@ impl Template {
             .collect()
     }
 
+    /// Whether parameter `name` is declared `NoEcho` (a secret value).
+    pub fn parameter_no_echo(&self, name: &str) -> bool {
+        self.root["Parameters"][name]["NoEcho"].as_bool() == Some(true)
+    }
+
     pub fn parameter_names(&self) -> Vec<String> {
         self.root
             .get("Parameters")

@@ -261,12 +261,85 @@ impl Env {
     feature = "dynamodb",
     feature = "sqs",
     feature = "s3",
-    feature = "scheduler"
+    feature = "scheduler",
+    feature = "ssm"
 ))]
 pub async fn aws() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await
+}
+
+/// A variable `<NAME>_PARAMETER` names the SSM parameter (a SecureString) that holds `<NAME>`:
+/// the subject hash key, the RabbitMQ URL with its password, vendors' tokens. The deployment
+/// passes names, never values; values are read once, at init.
+pub const PARAMETER_SUFFIX: &str = "_PARAMETER";
+
+impl Env {
+    /// (variable, SSM parameter name) for every `<NAME>_PARAMETER` variable.
+    pub fn parameter_references(&self) -> Vec<(String, String)> {
+        self.values
+            .iter()
+            .filter_map(|(key, parameter)| {
+                let name = key.strip_suffix(PARAMETER_SUFFIX)?;
+                (!name.is_empty() && !parameter.is_empty())
+                    .then(|| (name.to_owned(), parameter.clone()))
+            })
+            .collect()
+    }
+}
+
+/// The process's configuration with every `<NAME>_PARAMETER` resolved from SSM Parameter Store
+/// (decrypted): what each function's `main` reads, once per cold start.
+#[cfg(feature = "ssm")]
+pub async fn from_process_with_secrets(aws: &aws_config::SdkConfig) -> Result<Env, ConfigError> {
+    with_parameters(aws, Env::from_process()).await
+}
+
+/// `env` with its `<NAME>_PARAMETER` references resolved: `<NAME>` set to the parameter's value.
+/// Ten names per call (the API's limit); a missing or unreadable parameter is an error naming
+/// the variable that referred to it.
+#[cfg(feature = "ssm")]
+pub async fn with_parameters(aws: &aws_config::SdkConfig, env: Env) -> Result<Env, ConfigError> {
+    let references = env.parameter_references();
+    if references.is_empty() {
+        return Ok(env);
+    }
+    let client = aws_sdk_ssm::Client::new(aws);
+    let mut values = BTreeMap::new();
+    for chunk in references.chunks(10) {
+        let names: Vec<String> = chunk.iter().map(|(_, p)| p.clone()).collect();
+        let out = client
+            .get_parameters()
+            .set_names(Some(names))
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| {
+                ConfigError::unusable(
+                    &format!("{}{PARAMETER_SUFFIX}", chunk[0].0),
+                    format!(
+                        "reading SSM parameters: {}",
+                        aws_sdk_ssm::error::DisplayErrorContext(e)
+                    ),
+                )
+            })?;
+        let found: BTreeMap<&str, &str> = out
+            .parameters()
+            .iter()
+            .filter_map(|p| Some((p.name()?, p.value()?)))
+            .collect();
+        for (variable, parameter) in chunk {
+            let value = found.get(parameter.as_str()).ok_or_else(|| {
+                ConfigError::unusable(
+                    &format!("{variable}{PARAMETER_SUFFIX}"),
+                    format!("SSM parameter `{parameter}` does not exist or cannot be read"),
+                )
+            })?;
+            values.insert(variable.clone(), (*value).to_owned());
+        }
+    }
+    Ok(env.overlaid_with(&Env::from_pairs(values)))
 }
 
 #[cfg(test)]
@@ -275,6 +348,27 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         Env::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn variables_ending_in_parameter_name_where_a_secret_is_kept() {
+        let e = env(&[
+            ("SUBJECT_HASH_KEY_PARAMETER", "/dsr/subject-hash-key"),
+            ("VENDOR_TOKEN_PARAMETER", "/dsr/vendor"),
+            ("_PARAMETER", "/odd"),
+            ("EMPTY_PARAMETER", ""),
+            ("REQUESTS_TABLE", "t"),
+        ]);
+        assert_eq!(
+            e.parameter_references(),
+            [
+                (
+                    "SUBJECT_HASH_KEY".to_owned(),
+                    "/dsr/subject-hash-key".to_owned()
+                ),
+                ("VENDOR_TOKEN".to_owned(), "/dsr/vendor".to_owned()),
+            ]
+        );
     }
 
     #[test]

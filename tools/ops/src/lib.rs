@@ -28,7 +28,8 @@ pub struct Cli {
 pub struct Target {
     /// Operate on the local stack of this name (`make run` uses `dsr-local`). Without it, the
     /// resources come from REQUESTS_TABLE, ACCESS_REQUESTS_QUEUE_URL,
-    /// ERASURE_REQUESTS_QUEUE_URL and SUBJECT_HASH_KEY (the stack's outputs and parameter).
+    /// ERASURE_REQUESTS_QUEUE_URL (the stack's outputs) and the subject hash key, read from
+    /// Parameter Store by SUBJECT_HASH_KEY_PARAMETER (`<SecretsPath>/subject-hash-key`).
     #[arg(long, env = "DSR_LOCAL_STACK")]
     pub local_stack: Option<String>,
 }

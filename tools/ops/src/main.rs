@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = dsr_ops::Cli::parse();
     let aws = dsr_adapters::config::aws().await;
-    let env = dsr_adapters::config::Env::from_process();
+    let env = dsr_adapters::config::from_process_with_secrets(&aws).await?;
     let ops = dsr_ops::Ops::connect(&aws, &cli.target, &env).await?;
     ops.run(&cli.command, &mut std::io::stdout(), &mut std::io::stderr())
         .await
