@@ -347,6 +347,18 @@ async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_de
         b"not json at all",
     )
     .await;
+    // Bigger than SQS takes: refused here, not lost between the broker and SQS.
+    let oversized = format!(
+        "{{\"pad\":\"{}\"}}",
+        "x".repeat(dsr_bridge::inbound::MAX_FORWARDED_BYTES)
+    );
+    publish_to(
+        &channel,
+        &topology.schedule_exchange,
+        "s-3",
+        oversized.as_bytes(),
+    )
+    .await;
     // Anonymous: without user_id nobody can tell who sent it.
     publish_as(
         &channel,
@@ -412,9 +424,21 @@ async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_de
         schedule
     );
 
-    let mut dead = dead_letters(&channel, &topology.dead_letter_queue, 3).await;
+    let mut dead = dead_letters(&channel, &topology.dead_letter_queue, 4).await;
     dead.sort_by(|a, b| (&a.2, &a.0).cmp(&(&b.2, &b.0)));
-    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert_eq!(
+        dead.len(),
+        4,
+        "{:?}",
+        dead.iter().map(|d| &d.1).collect::<Vec<_>>()
+    );
+    let big = dead
+        .iter()
+        .position(|d| d.0.len() == oversized.len())
+        .expect("the oversized message is dead-lettered whole");
+    let too_big = dead.remove(big);
+    assert!(too_big.0 == oversized, "kept as it was published");
+    assert!(too_big.1.contains("are forwarded"), "{}", too_big.1);
     assert_eq!(dead[0].0, good_confirmation.to_string());
     assert!(dead[0].1.contains("no user_id"), "{}", dead[0].1);
     assert_eq!(dead[1].0, "{\"type\":\"erasure_confirmation\"}");
