@@ -26,9 +26,19 @@ demo_users() {
   done
 }
 
+# The tests give every test its own namespace `t<ulid>.`; its durable queues outlive the test.
+# They expire after 10 minutes unused, or a long-lived broker would recover thousands of them
+# at every start (and run out of file handles doing so). Nothing else matches the pattern.
+test_queue_expiry() {
+  as_root env PATH="/usr/sbin:$PATH" rabbitmqctl -q set_policy --apply-to queues \
+    dsr-test-namespaces '^t[0-9a-z]{26}\.' '{"expires": 600000}' >/dev/null \
+    || log "rabbitmq: could not set the expiry policy of test queues"
+}
+
 if answers 127.0.0.1 5672; then
   log "rabbitmq: already answering on 127.0.0.1:5672"
   demo_users
+  test_queue_expiry
   exit 0
 fi
 if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
@@ -37,7 +47,9 @@ if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-ser
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq rabbitmq-server >/dev/null
 fi
 log "rabbitmq: starting"
-as_root env PATH="/usr/sbin:$PATH" rabbitmq-server -detached
+# A broker recovering many durable queues needs a file handle per queue.
+as_root bash -c 'ulimit -n 65536 2>/dev/null || true; PATH="/usr/sbin:$PATH" exec rabbitmq-server -detached'
 wait_for 127.0.0.1 5672 120 rabbitmq
 log "rabbitmq: ready on 127.0.0.1:5672"
 demo_users
+test_queue_expiry
