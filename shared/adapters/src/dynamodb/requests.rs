@@ -109,15 +109,7 @@ impl RequestStore for DynamoRequestStore {
     }
 
     async fn list_for_subject(&self, subject: &SubjectHash) -> Result<Vec<Request>, StoreError> {
-        self.query_all(
-            BY_SUBJECT_INDEX,
-            "subject_hash = :h",
-            &[],
-            &[(":h", s(subject.as_str()))],
-            true,
-            usize::MAX,
-        )
-        .await
+        self.page_for_subject(subject, None, usize::MAX).await
     }
 
     async fn page_for_subject(
@@ -126,33 +118,17 @@ impl RequestStore for DynamoRequestStore {
         before: Option<RequestId>,
         limit: usize,
     ) -> Result<Vec<Request>, StoreError> {
-        match before {
-            Some(before) => {
-                self.query_all(
-                    BY_SUBJECT_INDEX,
-                    "subject_hash = :h AND id < :before",
-                    &[],
-                    &[
-                        (":h", s(subject.as_str())),
-                        (":before", s(before.to_string())),
-                    ],
-                    true,
-                    limit,
-                )
-                .await
-            }
-            None => {
-                self.query_all(
-                    BY_SUBJECT_INDEX,
-                    "subject_hash = :h",
-                    &[],
-                    &[(":h", s(subject.as_str()))],
-                    true,
-                    limit,
-                )
-                .await
-            }
+        let mut values = vec![(":h", s(subject.as_str()))];
+        if let Some(before) = before {
+            values.push((":before", s(before.to_string())));
         }
+        let condition = if before.is_some() {
+            "subject_hash = :h AND id < :before"
+        } else {
+            "subject_hash = :h"
+        };
+        self.query_all(BY_SUBJECT_INDEX, condition, &[], &values, true, limit)
+            .await
     }
 
     async fn forget_subject(
