@@ -59,28 +59,19 @@ where
     ) -> Result<OwnCopiesErased, ErasureError> {
         let hash = self.subject_hash(erasure);
         let mut erased = OwnCopiesErased::default();
-        let access_requests = self
-            .store
-            .list_for_subject(&hash)
-            .await?
-            .into_iter()
-            .filter(|r| r.kind == RequestKind::Access && r.subject == erasure.subject);
-        for access in access_requests {
-            let id = access.id;
-            if self.close(access, erasure.id).await? {
-                erased.closed.push(id);
-            }
-        }
-        // Closed ones were collected above; now every access request's objects, closed or not.
-        let all: Vec<RequestId> = self
+        let access_requests: Vec<Request> = self
             .store
             .list_for_subject(&hash)
             .await?
             .into_iter()
             .filter(|r| r.kind == RequestKind::Access && r.subject == erasure.subject)
-            .map(|r| r.id)
             .collect();
-        for id in all {
+        for access in access_requests {
+            let id = access.id;
+            if self.close(access, erasure.id).await? {
+                erased.closed.push(id);
+            }
+            // Every attempt's objects, whatever state the request is in now.
             let prefix = format!("reports/{id}/");
             erased.uploads_aborted += self
                 .reports
