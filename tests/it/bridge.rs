@@ -520,3 +520,356 @@ async fn the_amazon_mq_event_source_handler_forwards_and_dead_letters_like_the_d
     assert_eq!(dead[0].0, "[1]");
     assert!(dead[0].1.contains("not a confirmation"), "{}", dead[0].1);
 }
+
+/// Runs the outbound queue through `driver` once per round, `rounds` times, and returns what
+/// each round did.
+async fn outbound_rounds(
+    app: &crate::helpers::TestApp,
+    driver: dsr_adapters::batch::QueueDriver<Publisher>,
+    rounds: usize,
+) -> Vec<dsr_local::event_source::Delivery> {
+    let function: SqsFunction =
+        dsr_local::stack::queue_function(&app.stack, "BridgeOutboundFunction", driver);
+    let source = app.stack.queue("OutboundQueue").unwrap();
+    let mut done = Vec::new();
+    for _ in 0..rounds {
+        let mut delivery = deliver_once(&app.sqs, &source, &function).await.unwrap();
+        // A message put back to wait has a delay of its own; look again until it is seen.
+        for _ in 0..20 {
+            if delivery.received > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            delivery = deliver_once(&app.sqs, &source, &function).await.unwrap();
+        }
+        done.push(delivery);
+    }
+    done
+}
+
+fn outbound_driver(
+    app: &crate::helpers::TestApp,
+    publisher: Publisher,
+) -> dsr_adapters::batch::QueueDriver<Publisher> {
+    dsr_adapters::batch::QueueDriver::new(
+        "bridge",
+        publisher,
+        app.sqs.clone(),
+        app.queue_url("OutboundQueue"),
+        Some(app.queue_url("OutboundDeadLetterQueue")),
+    )
+    .with_wait_base(std::time::Duration::ZERO)
+}
+
+/// A durable queue bound to `exchange` under `key`, as a holder's would be.
+pub async fn bound_queue(channel: &lapin::Channel, exchange: &str, key: &str, queue: &str) {
+    dsr_bridge::declare_topic_exchange(channel, exchange)
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn get_one(channel: &lapin::Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    for _ in 0..50 {
+        if let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            return Some(message);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_broker_outage_longer_than_the_queues_receive_limit_loses_nothing_and_the_notice_is_receipted(
+) {
+    let app = spawn_app().await;
+    let name = unique_name();
+    let (events, commands) = (format!("{name}.events"), format!("{name}.commands"));
+    let id = dsr_domain::RequestId::new_at(chrono::Utc::now());
+    let notice = json!({"version": 1, "message_id": format!("notice:erasure_notice:{id}"),
+        "exchange": commands, "routing_key": "notice.erasure_notice", "receipt": true,
+        "payload": {"type": "subject_notice", "request_id": id.to_string()}});
+    assert_message(&notice);
+    app.sqs
+        .send_message()
+        .queue_url(app.queue_url("OutboundQueue"))
+        .message_body(notice.to_string())
+        .send()
+        .await
+        .unwrap();
+
+    // The broker is away (nothing listens on that port) for more rounds than the queue's
+    // maxReceiveCount (5): the message waits, it is never dead-lettered.
+    let away = "amqp://guest:guest@127.0.0.1:1/%2f";
+    let rounds = outbound_rounds(
+        &app,
+        outbound_driver(&app, Publisher::new(away, events.as_str())),
+        8,
+    )
+    .await;
+    assert!(
+        rounds.iter().all(|d| d.received == 1 && d.succeeded == 1),
+        "each round put the message back as a fresh one: {rounds:?}"
+    );
+    assert_eq!(
+        queue_depth(&app.sqs, &app.queue_url("OutboundDeadLetterQueue")).await,
+        0
+    );
+    let waiting = app
+        .sqs
+        .receive_message()
+        .queue_url(app.queue_url("OutboundQueue"))
+        .message_attribute_names("All")
+        .visibility_timeout(0)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap();
+    let waiting = &waiting.messages()[0];
+    assert_eq!(waiting.body(), Some(notice.to_string().as_str()));
+    assert_eq!(
+        waiting.message_attributes().unwrap()["waits"].string_value(),
+        Some("8")
+    );
+
+    // The broker is back: the notice is published once, and the service gets its receipt.
+    let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let email = format!("{name}.email");
+    bound_queue(&channel, &commands, "notice.#", &email).await;
+    let back = Publisher::new(LOCAL_BROKER, events.as_str())
+        .with_receipts(app.sqs.clone(), app.queue_url("ConfirmationsQueue"));
+    let rounds = outbound_rounds(&app, outbound_driver(&app, back), 1).await;
+    assert_eq!((rounds[0].succeeded, rounds[0].failed), (1, 0));
+    let published = get_one(&channel, &email).await.expect("the notice arrived");
+    assert_eq!(
+        published
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string()),
+        Some(format!("notice:erasure_notice:{id}"))
+    );
+    let receipts = crate::helpers::drain(&app.sqs, &app.queue_url("ConfirmationsQueue")).await;
+    assert_eq!(receipts.len(), 1);
+    let receipt: Value = serde_json::from_str(receipts[0].body().unwrap()).unwrap();
+    assert_message(&receipt);
+    assert_eq!(receipt["type"], "published");
+    assert_eq!(receipt["request_id"], id.to_string());
+    assert_eq!(receipt["message_id"], format!("notice:erasure_notice:{id}"));
+    assert_eq!(
+        queue_depth(&app.sqs, &app.queue_url("OutboundQueue")).await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_unroutable_command_is_retried_and_alarmed_until_its_queue_is_bound_never_dropped() {
+    let app = spawn_app().await;
+    let name = unique_name();
+    let (events, commands) = (format!("{name}.events"), format!("{name}.commands"));
+    let command = json!({"version": 1, "message_id": "erase:r:billing:1", "exchange": commands,
+        "routing_key": "erasure.billing", "payload": {"type": "erase_subject"}});
+    let unheard = json!({"version": 1, "message_id": "x:2", "exchange": commands,
+        "routing_key": "erasure.nobody", "payload": {}});
+    for body in [&command, &unheard] {
+        app.sqs
+            .send_message()
+            .queue_url(app.queue_url("OutboundQueue"))
+            .message_body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    // Nobody is bound yet: the broker returns both; they stay on the outbound queue.
+    let publisher = || Publisher::new(LOCAL_BROKER, events.as_str());
+    let function: SqsFunction = dsr_local::stack::queue_function(
+        &app.stack,
+        "BridgeOutboundFunction",
+        outbound_driver(&app, publisher()),
+    );
+    let mut source = app.stack.queue("OutboundQueue").unwrap();
+    source.batch_size = 10;
+    let mut seen = 0;
+    for _ in 0..40 {
+        seen += deliver_once(&app.sqs, &source, &function)
+            .await
+            .unwrap()
+            .received;
+        if seen >= 6 {
+            break;
+        }
+    }
+    assert!(seen >= 6, "both came back three times: {seen}");
+    assert_eq!(
+        queue_depth(&app.sqs, &app.queue_url("OutboundDeadLetterQueue")).await,
+        0
+    );
+
+    // The billing service binds its queue: the command is delivered on the next round.
+    let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let billing = format!("{name}.billing");
+    bound_queue(&channel, &commands, "erasure.billing", &billing).await;
+    // The other one, unheard for longer than the bridge waits, is dead-lettered with why.
+    let impatient = outbound_driver(
+        &app,
+        publisher().with_unroutable_dead_letter_after(std::time::Duration::ZERO),
+    );
+    let function: SqsFunction =
+        dsr_local::stack::queue_function(&app.stack, "BridgeOutboundFunction", impatient);
+    let mut settled = 0;
+    for _ in 0..40 {
+        let d = deliver_once(&app.sqs, &source, &function).await.unwrap();
+        settled += d.succeeded;
+        if settled >= 2 {
+            break;
+        }
+    }
+    let got = get_one(&channel, &billing)
+        .await
+        .expect("the command arrived");
+    assert_eq!(
+        got.properties.message_id().as_ref().map(|s| s.to_string()),
+        Some("erase:r:billing:1".to_owned())
+    );
+    let dead = crate::helpers::drain(&app.sqs, &app.queue_url("OutboundDeadLetterQueue")).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body(), Some(unheard.to_string().as_str()));
+    let reason = dead[0].message_attributes().unwrap()["reason"]
+        .string_value()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("unroutable") && reason.contains("erasure.nobody"),
+        "{reason}"
+    );
+    assert_eq!(
+        queue_depth(&app.sqs, &app.queue_url("OutboundQueue")).await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn with_amazon_mq_the_outbound_lambda_declares_what_the_inbound_lambda_consumes() {
+    // A fresh namespace: nothing of it exists on the broker, and no daemon runs.
+    let name = unique_name();
+    let ns = name.clone();
+    let app = crate::helpers::spawn_app_with(move |s| {
+        s.parameters.insert("RabbitMqNamespace".into(), ns);
+    })
+    .await;
+    let bridge = app.stack.outbound_bridge().unwrap();
+    let id = dsr_domain::RequestId::new_at(chrono::Utc::now());
+    let command = json!({"version": 1, "message_id": format!("erase:{id}:billing:1"),
+        "exchange": format!("{name}.commands"), "routing_key": "erasure.billing",
+        "payload": {"type": "erase_subject", "request_id": id.to_string()}});
+    let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let billing = format!("{name}.billing");
+    bound_queue(&channel, &format!("{name}.commands"), "erasure.#", &billing).await;
+    // The Lambda handler, as the outbound queue's event source mapping calls it.
+    let mut record = aws_lambda_events::sqs::SqsMessage::default();
+    record.message_id = Some("m-1".into());
+    record.body = Some(command.to_string());
+    let mut batch = aws_lambda_events::sqs::SqsEvent::default();
+    batch.records = vec![record];
+    let answer = bridge
+        .handle_lambda(lambda_runtime::LambdaEvent::new(
+            serde_json::to_value(batch).unwrap(),
+            lambda_runtime::Context::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+    assert!(get_one(&channel, &billing).await.is_some());
+
+    // The billing service answers to `<ns>.confirmations`: the bridge's queue is there, bound.
+    let confirm_channel = conn.create_channel().await.unwrap();
+    confirm_channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let confirmation = confirmation(&id.to_string());
+    let routed = confirm_channel
+        .basic_publish(
+            format!("{name}.confirmations").as_str().into(),
+            "billing".into(),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..lapin::options::BasicPublishOptions::default()
+            },
+            confirmation.to_string().as_bytes(),
+            lapin::BasicProperties::default()
+                .with_user_id("guest".into())
+                .with_message_id("c-1".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        matches!(routed, lapin::Confirmation::Ack(None)),
+        "routed to the bridge's queue: {routed:?}"
+    );
+    // What Amazon MQ's event source would hand the inbound Lambda from that queue.
+    let topology = &bridge.inbound.topology;
+    let message = get_one(&channel, &topology.confirmations_queue)
+        .await
+        .expect("queued for the inbound Lambda");
+    use base64::Engine;
+    let event = json!({
+        "eventSource": "aws:rmq",
+        "eventSourceArn": "arn:aws:mq:us-east-1:000000000000:broker:b:b-1",
+        "rmqMessagesByQueue": {
+            format!("{}::/", topology.confirmations_queue): [
+                {"basicProperties": {"contentType": null, "contentEncoding": null, "headers": {}, "deliveryMode": 2, "priority": 0, "correlationId": null, "replyTo": null, "expiration": null, "messageId": "c-1", "timestamp": null, "type": null, "userId": "guest", "appId": null, "clusterId": null, "bodySize": 10},
+                 "redelivered": false, "data": base64::engine::general_purpose::STANDARD.encode(&message.data)}
+            ]
+        }
+    });
+    let answer = bridge
+        .handle_lambda(lambda_runtime::LambdaEvent::new(
+            event,
+            lambda_runtime::Context::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer["forwarded"], 1);
+    let got = crate::helpers::drain(&app.sqs, &app.queue_url("ConfirmationsQueue")).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        serde_json::from_str::<Value>(got[0].body().unwrap()).unwrap(),
+        confirmation
+    );
+}

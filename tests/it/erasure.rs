@@ -101,28 +101,7 @@ async fn spy_on_events(namespace: &str) -> Arc<Mutex<Vec<Value>>> {
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
     let queue = format!("{namespace}.spy");
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            format!("{namespace}.events").as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    crate::bridge::bound_queue(&channel, &format!("{namespace}.events"), "#", &queue).await;
     let mut consumer = channel
         .basic_consume(
             queue.as_str().into(),

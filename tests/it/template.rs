@@ -196,6 +196,34 @@ fn iam_names_every_resource_it_can() {
     }
 }
 
+/// AWS's rule for SQS event sources: a queue's visibility timeout at least six times its
+/// function's timeout, or a message still being worked on (or retried by Lambda) comes back to
+/// another worker and is done twice.
+#[test]
+fn every_queue_hides_its_messages_for_six_times_its_functions_timeout() {
+    let template = Template::load(repo_path("template.yaml")).unwrap();
+    let mut mappings = 0;
+    for (function, kind, _) in template.resources() {
+        if kind != "AWS::Serverless::Function" {
+            continue;
+        }
+        let timeout = template.function_timeout(&function).as_secs();
+        for (queue, _) in template.sqs_event_sources(&function) {
+            mappings += 1;
+            let (_, props) = template.resource(&queue).unwrap();
+            let visibility = props["VisibilityTimeout"].as_u64().unwrap_or(30);
+            assert!(
+                visibility >= 6 * timeout,
+                "{queue}: visibility {visibility} s < 6 × {function}'s timeout {timeout} s"
+            );
+        }
+    }
+    assert!(
+        mappings >= 5,
+        "the SQS event sources were found: {mappings}"
+    );
+}
+
 #[test]
 fn the_api_is_throttled_and_submissions_more_tightly() {
     let template = Template::load(repo_path("template.yaml")).unwrap();

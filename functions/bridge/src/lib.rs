@@ -72,7 +72,15 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Bridge, ConfigErr
         callers.destination_exchanges().map(str::to_owned).collect();
     exchanges.insert(format!("{namespace}.commands"));
     exchanges.insert(events_exchange.clone());
-    let publisher = Publisher::new(rabbitmq_url.clone(), events_exchange).publishing_to(exchanges);
+    // The outbound side declares the inbound topology too: with Amazon MQ no daemon runs, and
+    // the platform's services must find the bridge's queues bound before their first answer
+    // (which can only follow a command this side published).
+    let mut publisher = Publisher::new(rabbitmq_url.clone(), events_exchange)
+        .publishing_to(exchanges)
+        .declaring(topology.clone());
+    if let Some(confirmations) = env.optional(vars::CONFIRMATIONS_QUEUE_URL) {
+        publisher = publisher.with_receipts(sqs.clone(), confirmations);
+    }
     Ok(Bridge {
         outbound: QueueDriver::new(
             "bridge",
@@ -150,7 +158,20 @@ pub enum BridgeError {
     /// The broker is unreachable or refused; worth retrying.
     #[error("broker: {0}")]
     Broker(String),
+    /// The broker took it but no queue is bound to receive it (returned as unroutable).
+    #[error(
+        "unroutable: no queue is bound to exchange `{exchange}` for routing key `{routing_key}`"
+    )]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
 }
+
+/// How long an unroutable message is retried before it is dead-lettered (the dead-letter
+/// queue's alarm then calls an operator; it is kept there for redrive).
+pub const UNROUTABLE_DEAD_LETTER_AFTER: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
 
 /// Where one outbound message goes, and what is published.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,6 +180,9 @@ pub struct Publication {
     pub routing_key: String,
     pub message_id: String,
     pub body: Vec<u8>,
+    /// Tell the service once the broker confirmed it (a `published` receipt on its
+    /// confirmations queue for this request).
+    pub receipt_for: Option<RequestId>,
 }
 
 /// Where an outbound message goes: an envelope names its exchange and routing key; an event
@@ -174,12 +198,26 @@ pub fn route(message: &OutboundMessage, events_exchange: &str) -> Result<Publica
     };
     if value.get("exchange").is_some() {
         // A RabbitEnvelope (delayed dispatch, commands): publish its payload as it is.
+        let receipt_for = match value.get("receipt") {
+            None | Some(Value::Bool(false)) => None,
+            Some(Value::Bool(true)) => Some(
+                request_id_of(value)
+                    .and_then(|id| id.parse().ok())
+                    .ok_or_else(|| {
+                        BridgeError::Malformed(
+                            "a receipt is asked for a payload without a `request_id`".into(),
+                        )
+                    })?,
+            ),
+            Some(_) => return Err(BridgeError::Malformed("`receipt` is not a boolean".into())),
+        };
         return Ok(Publication {
             exchange: text("exchange")?,
             routing_key: value["routing_key"].as_str().unwrap_or_default().to_owned(),
             message_id: text("message_id")?,
             body: serde_json::to_vec(&value["payload"])
                 .map_err(|e| BridgeError::Malformed(e.to_string()))?,
+            receipt_for,
         });
     }
     // A DomainEvent: the whole event, routed by its type.
@@ -188,6 +226,7 @@ pub fn route(message: &OutboundMessage, events_exchange: &str) -> Result<Publica
         routing_key: text("type")?,
         message_id: text("message_id")?,
         body: serde_json::to_vec(value).map_err(|e| BridgeError::Malformed(e.to_string()))?,
+        receipt_for: None,
     })
 }
 
@@ -209,7 +248,7 @@ pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> lapin::Res
 
 /// A connection and a channel in publisher-confirm mode: every publish here waits for the
 /// broker's ack.
-pub(crate) async fn open_confirming(url: &str) -> Result<(Connection, Channel), BridgeError> {
+pub async fn open_confirming(url: &str) -> Result<(Connection, Channel), BridgeError> {
     let broker = |e: lapin::Error| BridgeError::Broker(e.to_string());
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
@@ -222,14 +261,22 @@ pub(crate) async fn open_confirming(url: &str) -> Result<(Connection, Channel), 
     Ok((conn, channel))
 }
 
-/// A confirming channel, (re)opened on demand: a broker restart costs one failed batch, which
-/// SQS delivers again.
+/// A confirming channel, (re)opened on demand. Every message is published `mandatory`: one
+/// that no queue is bound to receive comes back from the broker and is retried (alarmed),
+/// never acknowledged into nothing. While the broker is away messages wait it out without
+/// using up their receives (see [`Outcome::WaitOut`]).
 pub struct Publisher {
     url: String,
     events_exchange: String,
     /// The exchanges it declares and publishes to; `None`: any (tests of the bridge alone).
     exchanges: Option<HashSet<String>>,
     channel: Mutex<Option<(Connection, Channel, HashSet<String>)>>,
+    /// Where publication receipts go (the service's confirmations queue).
+    receipts: Option<(aws_sdk_sqs::Client, String)>,
+    unroutable_dead_letter_after: std::time::Duration,
+    /// Declared on every new connection before anything is published (the Amazon MQ mode, where
+    /// no daemon declares the inbound queues the platform's services publish to).
+    topology: Option<inbound::Topology>,
 }
 
 impl Publisher {
@@ -239,7 +286,29 @@ impl Publisher {
             events_exchange: events_exchange.into(),
             exchanges: None,
             channel: Mutex::new(None),
+            receipts: None,
+            unroutable_dead_letter_after: UNROUTABLE_DEAD_LETTER_AFTER,
+            topology: None,
         }
+    }
+
+    /// Sends publication receipts to this queue (the confirmations queue).
+    pub fn with_receipts(mut self, sqs: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        self.receipts = Some((sqs, queue_url.into()));
+        self
+    }
+
+    /// Dead-letters an unroutable message after it was retried this long.
+    pub fn with_unroutable_dead_letter_after(mut self, after: std::time::Duration) -> Self {
+        self.unroutable_dead_letter_after = after;
+        self
+    }
+
+    /// Declares the bridge's whole topology (exchanges, inbound queues, bindings) on every new
+    /// connection.
+    pub fn declaring(mut self, topology: inbound::Topology) -> Self {
+        self.topology = Some(topology);
+        self
     }
 
     /// Publishes only to these exchanges (and the events exchange).
@@ -270,6 +339,9 @@ impl Publisher {
         });
         if !healthy {
             let (conn, channel) = open_confirming(&self.url).await?;
+            if let Some(topology) = &self.topology {
+                inbound::declare_topology(&channel, topology).await?;
+            }
             *guard = Some((conn, channel, HashSet::new()));
         }
         let Some((_, channel, declared)) = guard.as_mut() else {
@@ -285,7 +357,10 @@ impl Publisher {
             .basic_publish(
                 publication.exchange.as_str().into(),
                 publication.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 &publication.body,
                 BasicProperties::default()
                     .with_message_id(publication.message_id.as_str().into())
@@ -296,13 +371,44 @@ impl Publisher {
             .map_err(broker)?
             .await
             .map_err(broker)?;
-        if confirm.is_ack() {
-            Ok(())
-        } else {
-            Err(BridgeError::Broker(
+        match confirm {
+            lapin::Confirmation::Ack(None) => Ok(()),
+            lapin::Confirmation::Ack(Some(_)) | lapin::Confirmation::Nack(Some(_)) => {
+                Err(BridgeError::Unroutable {
+                    exchange: publication.exchange.clone(),
+                    routing_key: publication.routing_key.clone(),
+                })
+            }
+            _ => Err(BridgeError::Broker(
                 "the broker did not confirm the message".into(),
-            ))
+            )),
         }
+    }
+
+    /// Tells the service that the broker confirmed `publication`.
+    async fn send_receipt(
+        &self,
+        publication: &Publication,
+        request_id: RequestId,
+    ) -> Result<(), String> {
+        let Some((sqs, queue_url)) = &self.receipts else {
+            return Err("a receipt is asked for, but the bridge has no confirmations queue (CONFIRMATIONS_QUEUE_URL)".into());
+        };
+        let receipt = dsr_domain::erasure::ConfirmationsMessage::Published(
+            dsr_domain::erasure::Published::new(
+                publication.message_id.clone(),
+                request_id,
+                chrono::Utc::now(),
+            ),
+        );
+        let body = serde_json::to_string(&receipt).map_err(|e| e.to_string())?;
+        sqs.send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
+        Ok(())
     }
 }
 
@@ -331,11 +437,41 @@ impl RecordHandler for Publisher {
                     "published to RabbitMQ"
                 );
                 metrics::emit(Metric::count("BridgePublished", 1));
+                if let Some(request_id) = publication.receipt_for {
+                    if let Err(err) = self.send_receipt(&publication, request_id).await {
+                        // Published but not told: it is published again (consumers dedupe by
+                        // message id) until the receipt is out.
+                        tracing::error!(message_id = %publication.message_id, error = %err, "publication receipt not sent");
+                        return Outcome::Retry(Some(dsr_adapters::batch::RETRY_SOON));
+                    }
+                }
                 Outcome::Done
             }
+            Err(err @ BridgeError::Unroutable { .. }) => {
+                // The line operators alert on: a holder's queue is not bound, or nobody listens.
+                tracing::error!(
+                    message_id = %publication.message_id,
+                    exchange = %publication.exchange,
+                    routing_key = %publication.routing_key,
+                    alert = "outbound_unroutable",
+                    "{err}"
+                );
+                metrics::emit(
+                    Metric::count("BridgeUnroutable", 1)
+                        .with("Exchange", publication.exchange.clone()),
+                );
+                Outcome::WaitOut {
+                    reason: err.to_string(),
+                    dead_letter_after: Some(self.unroutable_dead_letter_after),
+                }
+            }
             Err(err) => {
-                tracing::warn!(reason = %err, "outbound message not published");
-                Outcome::Retry(None)
+                // The broker is away: not the message's fault, it waits without limit.
+                metrics::emit(Metric::count("BridgeBrokerUnavailable", 1));
+                Outcome::WaitOut {
+                    reason: err.to_string(),
+                    dead_letter_after: None,
+                }
             }
         }
     }

@@ -1,6 +1,6 @@
 //! One binary, three hosts: the outbound Lambda (SQS `outbound` event source), the inbound
 //! Lambda (Amazon MQ event source), and `bridge daemon`, the long-lived inbound consumer for a
-//! self-managed broker.
+//! self-managed broker; `bridge declare` declares the RabbitMQ topology (at deploy time).
 
 use dsr_adapters::config;
 use dsr_bridge::{inbound::run_daemon, Bridge};
@@ -14,6 +14,14 @@ async fn main() -> Result<(), Error> {
     // Secrets (the RabbitMQ URL) come from SSM Parameter Store, by the names the environment gives.
     let env = config::from_process_with_secrets(&aws).await?;
     let bridge = dsr_bridge::build(&aws, &env)?;
+    if std::env::args().nth(1).as_deref() == Some("declare") {
+        // At deploy time: the exchanges and the bridge's inbound queues, before any service
+        // publishes to them (the outbound side declares them too, on its first connection).
+        let (_conn, channel) = dsr_bridge::open_confirming(&bridge.rabbitmq_url).await?;
+        dsr_bridge::inbound::declare_topology(&channel, &bridge.inbound.topology).await?;
+        tracing::info!("RabbitMQ topology declared");
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("daemon") {
         Bridge::check_inbound(&env)?;
         let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -1,6 +1,6 @@
-//! The confirm function: services' confirmations and the watchdog's checks (SQS
-//! `confirmations`) move obligations on, and with them the erasure request (see
-//! `dsr_domain::erasure`).
+//! The confirm function: services' confirmations, the watchdog's checks and the bridge's
+//! publication receipts (SQS `confirmations`) move obligations on, and with them the erasure
+//! request (see `dsr_domain::erasure`).
 
 use dsr_adapters::batch::{Outcome, QueueDriver, RecordHandler};
 use dsr_adapters::config::{vars, ConfigError, Env};
@@ -60,6 +60,13 @@ where
                 let handled = self.erasures.check(due).await;
                 if let Ok(handled) = &handled {
                     tracing::info!(request_id = %due.request_id, service = %due.service, attempt = due.attempt, outcome = ?handled, "obligation check handled");
+                }
+                handled
+            }
+            ConfirmationsMessage::Published(receipt) => {
+                let handled = self.erasures.published(receipt, origin).await;
+                if let Ok(handled) = &handled {
+                    tracing::info!(request_id = %receipt.request_id, message_id = %receipt.message_id, outcome = ?handled, "publication receipt handled");
                 }
                 handled
             }

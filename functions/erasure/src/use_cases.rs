@@ -4,7 +4,7 @@ use chrono::{Duration, TimeZone, Utc};
 use dsr_adapters::memory::{InMemoryReportStore, InMemoryRequestStore, RecordingErasurePorts};
 use dsr_domain::erasure::{
     Confirmation, ConfirmationOutcome, Delivery, ErasureError, ErasureSettings, Erasures, Handled,
-    ObligationDue, ObligationStatus, ObligationStore, OWN_COPIES,
+    ObligationDue, ObligationStatus, ObligationStore, Published, OWN_COPIES,
 };
 use dsr_domain::messages::{EventType, Origin};
 use dsr_domain::registry::ServiceRegistry;
@@ -114,6 +114,36 @@ impl Fixture {
             .await
     }
 
+    /// Answers written straight into the store, as if confirmed while nobody moved the request.
+    async fn answers_recorded_behind_its_back(&self, id: RequestId, services: &[&str]) {
+        for service in services {
+            self.store
+                .record_answer(
+                    id,
+                    &svc(service),
+                    ObligationStatus::Confirmed,
+                    "{}",
+                    Utc::now(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The bridge's receipt for the erasure notice: the broker confirmed it at `at`.
+    async fn publish_notice(
+        &self,
+        id: RequestId,
+        at: chrono::DateTime<Utc>,
+    ) -> Result<Handled, ErasureError> {
+        self.erasures
+            .published(
+                &Published::new(format!("notice:erasure_notice:{id}"), id, at),
+                &Origin::Internal,
+            )
+            .await
+    }
+
     async fn confirm_as(
         &self,
         id: RequestId,
@@ -219,6 +249,17 @@ async fn the_email_service_is_released_after_the_notice_and_the_grace_period_the
         (EventType::ErasureNotice, "erin")
     );
     assert_eq!(notices[0].routing_key(), "notice.erasure_notice");
+    // Queued is not told: nothing is scheduled for the email service until the broker
+    // confirmed the notice.
+    assert!(f.ports.checks().iter().all(|(c, _)| c.service != "email"));
+    f.clock.advance(Duration::minutes(5));
+    let published_at = dsr_domain::Clock::now(&*f.clock);
+    assert_eq!(
+        f.publish_notice(id, published_at).await.unwrap(),
+        Handled::NoticePublished {
+            release_at: published_at + Duration::hours(72)
+        }
+    );
     let release = f
         .ports
         .checks()
@@ -226,10 +267,7 @@ async fn the_email_service_is_released_after_the_notice_and_the_grace_period_the
         .find(|(c, _)| c.service == "email")
         .unwrap();
     assert_eq!(release.0.attempt, 0);
-    assert_eq!(
-        release.1,
-        dsr_domain::Clock::now(&*f.clock) + Duration::hours(72)
-    );
+    assert_eq!(release.1, published_at + Duration::hours(72));
     assert!(f.ports.commands().iter().all(|c| c.service != "email"));
 
     f.clock.advance(Duration::hours(72));
@@ -525,18 +563,8 @@ async fn a_watchdog_check_moves_on_a_request_whose_confirmations_all_came_before
     let f = fixture();
     let id = f.erasure().await;
     f.erasures.fan_out(id).await.unwrap();
-    for service in ["billing", "profile", "ads"] {
-        f.store
-            .record_answer(
-                id,
-                &svc(service),
-                ObligationStatus::Confirmed,
-                "{}",
-                Utc::now(),
-            )
-            .await
-            .unwrap();
-    }
+    f.answers_recorded_behind_its_back(id, &["billing", "profile", "ads"])
+        .await;
     // As if the fan-out had died between its commit and its own advance.
     assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
     assert!(matches!(
@@ -548,6 +576,185 @@ async fn a_watchdog_check_moves_on_a_request_whose_confirmations_all_came_before
     ));
     assert_eq!(f.state(id).await, RequestState::Notifying);
     assert_eq!(f.ports.events()[0].event_type, EventType::ErasureNotice);
+}
+
+#[tokio::test]
+async fn the_grace_period_runs_from_the_broker_confirmed_notice_never_from_a_queued_one() {
+    let f = fixture();
+    let id = f.erasure().await;
+    f.erasures.fan_out(id).await.unwrap();
+    for service in ["billing", "profile", "ads"] {
+        f.confirm(id, service).await.unwrap();
+    }
+    assert_eq!(f.state(id).await, RequestState::Notifying);
+    // A release check that arrives without a published notice (scheduled by an older version
+    // when the notice was only queued, or forged) erases nothing.
+    f.clock.advance(Duration::hours(73));
+    let release = ObligationDue::new(id, &svc("email"), 0);
+    assert_eq!(
+        f.erasures.check(&release).await.unwrap(),
+        Handled::Nothing(dsr_domain::erasure::Skipped::WaitsForTheNotice)
+    );
+    assert!(f.ports.commands().iter().all(|c| c.service != "email"));
+
+    // Receipts come only from the service's own bridge.
+    let now = dsr_domain::Clock::now(&*f.clock);
+    let forged = Published::new(format!("notice:erasure_notice:{id}"), id, now);
+    assert!(matches!(
+        f.erasures.published(&forged, &Origin::Broker("svc-email".into())).await,
+        Err(ErasureError::Rejected(reason)) if reason.contains("only the service's own bridge")
+    ));
+    // A receipt for another message moves nothing.
+    assert_eq!(
+        f.erasures
+            .published(
+                &Published::new(format!("erasure_notice:{id}"), id, now),
+                &Origin::Internal
+            )
+            .await
+            .unwrap(),
+        Handled::Nothing(dsr_domain::erasure::Skipped::NothingWaitsForIt)
+    );
+
+    f.publish_notice(id, now).await.unwrap();
+    // The notice published twice (a redelivered outbound message): the first time holds.
+    f.clock.advance(Duration::hours(1));
+    let later = dsr_domain::Clock::now(&*f.clock);
+    assert_eq!(
+        f.publish_notice(id, later).await.unwrap(),
+        Handled::NoticePublished {
+            release_at: now + Duration::hours(72)
+        }
+    );
+    assert_eq!(
+        f.obligation(id, "email").await.release_at,
+        Some(now + Duration::hours(72))
+    );
+    // Before the grace period is over the release waits; then the command leaves once.
+    assert_eq!(
+        f.erasures.check(&release).await.unwrap(),
+        Handled::Nothing(dsr_domain::erasure::Skipped::WaitsForTheNotice)
+    );
+    f.clock.advance(Duration::hours(71));
+    assert_eq!(
+        f.erasures.check(&release).await.unwrap(),
+        Handled::Resent { attempt: 1 }
+    );
+    let trail = f.store.events(id);
+    assert_eq!(
+        trail.iter().filter(|e| *e == "notice_published").count(),
+        1,
+        "{trail:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_confirmation_finishes_what_its_first_delivery_left_half_done() {
+    let f = fixture();
+    let id = f.erasure().await;
+    f.erasures.fan_out(id).await.unwrap();
+    for service in ["billing", "profile"] {
+        f.confirm(id, service).await.unwrap();
+    }
+    // The last answer is recorded, then telling the subject fails.
+    f.ports.fail_next("tell", 1);
+    assert!(f.confirm(id, "ads").await.is_err());
+    assert_eq!(
+        f.obligation(id, "ads").await.status,
+        ObligationStatus::Confirmed
+    );
+    assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
+    // SQS delivers the same confirmation again: it finds its answer recorded, and moves on.
+    assert_eq!(
+        f.confirm(id, "ads").await.unwrap(),
+        Handled::Nothing(dsr_domain::erasure::Skipped::AlreadyAnswered)
+    );
+    assert_eq!(f.state(id).await, RequestState::Notifying);
+    assert_eq!(f.ports.notices().len(), 1);
+
+    // The same for the receipt: the release time is set, scheduling its check fails.
+    let now = dsr_domain::Clock::now(&*f.clock);
+    f.ports.fail_next("schedule", 1);
+    assert!(f.publish_notice(id, now).await.is_err());
+    assert!(f.ports.checks().iter().all(|(c, _)| c.service != "email"));
+    f.publish_notice(id, now).await.unwrap();
+    let release: Vec<_> = f
+        .ports
+        .checks()
+        .into_iter()
+        .filter(|(c, _)| c.service == "email")
+        .collect();
+    assert_eq!(release.len(), 1);
+    assert_eq!(release[0].1, now + Duration::hours(72));
+
+    // And for completion: the email service's answer recorded, the completion event fails.
+    f.clock.advance(Duration::hours(72));
+    f.erasures.check(&release[0].0).await.unwrap();
+    f.ports.fail_next("publish", 1);
+    assert!(f.confirm(id, "email").await.is_err());
+    assert_eq!(f.state(id).await, RequestState::Notifying);
+    f.confirm(id, "email").await.unwrap();
+    assert_eq!(f.state(id).await, RequestState::Completed);
+    assert_eq!(
+        f.ports.events().last().unwrap().event_type,
+        EventType::ErasureCompleted
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_fan_out_message_moves_on_a_request_whose_answers_are_all_in() {
+    let f = fixture();
+    let id = f.erasure().await;
+    // Every answer came in while the fan-out was still running, and it died right after its
+    // commit, before moving on.
+    f.erasures.fan_out(id).await.unwrap();
+    f.answers_recorded_behind_its_back(id, &["billing", "profile", "ads"])
+        .await;
+    assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
+    assert_eq!(
+        f.erasures.fan_out(id).await.unwrap(),
+        Handled::Nothing(dsr_domain::erasure::Skipped::NotWaitingForFanOut)
+    );
+    assert_eq!(f.state(id).await, RequestState::Notifying);
+    assert_eq!(f.ports.notices().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_fan_out_keeps_the_request_out_of_the_subjects_reach_and_the_next_attempt_finishes_it(
+) {
+    let f = fixture();
+    let id = f.erasure().await;
+    // The own copies are erased and two commands leave, then the channel fails.
+    f.ports.fail_after("send", 2, 1);
+    assert!(f.erasures.fan_out(id).await.is_err());
+    let request = f.store.get(id).await.unwrap().unwrap();
+    assert_eq!(request.state, RequestState::FanningOut);
+    assert!(
+        request.lease.is_none(),
+        "the lease is given up for the next attempt"
+    );
+    assert_eq!(request.attempts, 1);
+    assert!(request.last_error.is_some());
+    // The subject can no longer cancel: commands left.
+    assert!(request
+        .clone()
+        .transition_to(RequestState::Cancelled, Utc::now())
+        .is_err());
+    assert!(dsr_domain::request::transition(
+        RequestKind::Erasure,
+        RequestState::FanningOut,
+        RequestState::Received
+    )
+    .is_err());
+    let sent = f.ports.commands().len();
+    assert_eq!(sent, 2);
+    // The next delivery takes the request at once and sends only what did not leave.
+    assert!(matches!(
+        f.erasures.fan_out(id).await.unwrap(),
+        Handled::FannedOut { commands: 1 }
+    ));
+    assert_eq!(f.ports.commands().len(), 3);
+    assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
 }
 
 fn svc(name: &str) -> dsr_domain::ServiceName {

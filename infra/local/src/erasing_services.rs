@@ -266,16 +266,20 @@ async fn declare(channel: &Channel, namespace: &str, name: &str) -> lapin::Resul
         )
         .await?;
     if name == "email" {
-        // The email service also takes what it must tell subjects (`notice.*` on commands).
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                format!("{namespace}.commands").as_str().into(),
-                "notice.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        // The email service also takes what it must tell subjects (`notice.*` on commands),
+        // and, as the platform's one listener here, every event (the bridge publishes
+        // mandatory: an event nobody is bound to would be retried as unroutable).
+        for (exchange, key) in [("commands", "notice.#"), ("events", "#")] {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    format!("{namespace}.{exchange}").as_str().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
     }
     Ok(())
 }

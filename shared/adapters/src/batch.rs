@@ -27,7 +27,39 @@ pub enum Outcome {
     Retry(Option<Duration>),
     /// It can never succeed: to the dead-letter queue, with the reason.
     Reject(String),
+    /// Something outside the message is not there yet (the broker is down, nobody is bound
+    /// to receive it): the message is fine and must not use up its receives towards the
+    /// dead-letter queue. The driver puts a fresh copy back on the queue after a growing delay
+    /// (5 s doubling to 5 minutes), carrying since when it waits, and deletes this one. After
+    /// `dead_letter_after` of waiting (`None`: never) it is dead-lettered with the reason.
+    WaitOut {
+        reason: String,
+        dead_letter_after: Option<Duration>,
+    },
 }
+
+/// When a message whose handling failed for a passing reason (a store error, another worker
+/// busy) is tried again.
+pub const RETRY_SOON: Duration = Duration::from_secs(30);
+
+/// Message attributes the driver keeps on a message it puts back to wait: how many times it
+/// waited, and since when (RFC 3339).
+pub const WAITS_ATTRIBUTE: &str = "waits";
+pub const WAITING_SINCE_ATTRIBUTE: &str = "waiting_since";
+
+/// The delay before the `waits`-th retry of a waiting message: 5 s doubling, at most 5 min (a
+/// broker back after a 10-minute outage has its traffic within 5 minutes).
+pub fn wait_delay(waits: u32) -> Duration {
+    wait_delay_from(Duration::from_secs(5), waits)
+}
+
+fn wait_delay_from(base: Duration, waits: u32) -> Duration {
+    base.saturating_mul(1u32 << waits.saturating_sub(1).min(10))
+        .min(Duration::from_secs(300))
+}
+
+/// A waiting message's alarm: past this it is logged as an alert, not a warning.
+const WAIT_ALERT_AFTER: Duration = Duration::from_secs(300);
 
 /// An erasure use case's error: a rejection can never succeed (to the dead-letter queue);
 /// anything else may later (store down, another worker busy).
@@ -37,7 +69,8 @@ impl From<dsr_domain::erasure::ErasureError> for Outcome {
             dsr_domain::erasure::ErasureError::Rejected(reason) => Outcome::Reject(reason),
             err => {
                 tracing::warn!(error = %err, "message returned to its queue for a later attempt");
-                Outcome::Retry(None)
+                // Sooner than the queue's visibility timeout (six times the function's).
+                Outcome::Retry(Some(RETRY_SOON))
             }
         }
     }
@@ -70,6 +103,8 @@ pub struct QueueDriver<H> {
     reserve: Duration,
     /// Names the function in logs.
     function: &'static str,
+    /// The first delay of a waiting message (doubling from there).
+    wait_base: Duration,
 }
 
 impl<H: RecordHandler> QueueDriver<H> {
@@ -89,6 +124,7 @@ impl<H: RecordHandler> QueueDriver<H> {
             dead_letter_queue_url,
             reserve: Duration::from_secs(5),
             function,
+            wait_base: Duration::from_secs(5),
         }
     }
 
@@ -118,6 +154,12 @@ impl<H: RecordHandler> QueueDriver<H> {
         self
     }
 
+    /// The first delay of a waiting message (tests: none, to see many waits quickly).
+    pub fn with_wait_base(mut self, base: Duration) -> Self {
+        self.wait_base = base;
+        self
+    }
+
     /// The Lambda handler.
     pub async fn handle_lambda(
         &self,
@@ -141,7 +183,28 @@ impl<H: RecordHandler> QueueDriver<H> {
                 response.batch_item_failures.push(failure(sqs_id));
                 break;
             }
-            if !self.settle(&record, &sqs_id).await {
+            // A record still running when the deadline is near is given up (as a crash would
+            // be: every effect is keyed and every lease expires) and comes back, rather than
+            // Lambda killing the invocation and re-running the records already done.
+            let settled = match deadline {
+                Some(d) => {
+                    let budget = left_until(d).saturating_sub(self.reserve / 2);
+                    match tokio::time::timeout(budget, self.settle(&record, &sqs_id)).await {
+                        Ok(settled) => settled,
+                        Err(_) => {
+                            tracing::warn!(
+                                function = self.function,
+                                message_id = %sqs_id,
+                                "deadline near: a record still running was given up; it and the rest of the batch come back"
+                            );
+                            response.batch_item_failures.push(failure(sqs_id));
+                            break;
+                        }
+                    }
+                }
+                None => self.settle(&record, &sqs_id).await,
+            };
+            if !settled {
                 response.batch_item_failures.push(failure(sqs_id));
             }
         }
@@ -180,6 +243,13 @@ impl<H: RecordHandler> QueueDriver<H> {
                     false
                 }
                 Outcome::Reject(reason) => self.dead_letter(body, &reason).await,
+                Outcome::WaitOut {
+                    reason,
+                    dead_letter_after,
+                } => {
+                    self.wait_out(record, body, &reason, dead_letter_after)
+                        .await
+                }
             }
         }
         .instrument(span)
@@ -198,6 +268,91 @@ impl<H: RecordHandler> QueueDriver<H> {
             },
             None => {
                 tracing::error!(%reason, "message refused; the queue's redrive will dead-letter it");
+                false
+            }
+        }
+    }
+
+    /// Puts a fresh copy of a waiting message back on its queue (a new message: its receives
+    /// start from zero), or dead-letters it once it waited `dead_letter_after`. True when the
+    /// original may be deleted.
+    async fn wait_out(
+        &self,
+        record: &SqsMessage,
+        body: &str,
+        reason: &str,
+        dead_letter_after: Option<Duration>,
+    ) -> bool {
+        let now = chrono::Utc::now();
+        let attribute = |name: &str| {
+            record
+                .message_attributes
+                .get(name)
+                .and_then(|a| a.string_value.clone())
+        };
+        let since = attribute(WAITING_SINCE_ATTRIBUTE)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map_or(now, |t| t.with_timezone(&chrono::Utc));
+        let waits: u32 = attribute(WAITS_ATTRIBUTE)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+            + 1;
+        let waited = (now - since).to_std().unwrap_or_default();
+        if dead_letter_after.is_some_and(|limit| waited >= limit) {
+            let reason = format!("{reason} (waited {} s)", waited.as_secs());
+            return self.dead_letter(body, &reason).await;
+        }
+        let delay = wait_delay_from(self.wait_base, waits);
+        if waited >= WAIT_ALERT_AFTER {
+            // The line operators alert on: something the service needs has been away long.
+            tracing::error!(function = self.function, %reason, waits, waited_seconds = waited.as_secs(), alert = "message_waiting", "message still waiting; put back on its queue");
+        } else {
+            tracing::warn!(function = self.function, %reason, waits, retry_in_seconds = delay.as_secs(), "message waits; put back on its queue");
+        }
+        dsr_domain::metrics::emit(
+            dsr_domain::metrics::Metric::count("MessagesWaiting", 1)
+                .with("Function", self.function),
+        );
+        let string = |value: String| {
+            aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+        };
+        let mut attributes = std::collections::HashMap::new();
+        for (name, value) in &record.message_attributes {
+            if let (Some(text), false) = (
+                value.string_value.clone(),
+                name == WAITS_ATTRIBUTE || name == WAITING_SINCE_ATTRIBUTE,
+            ) {
+                if let Ok(value) = string(text) {
+                    attributes.insert(name.clone(), value);
+                }
+            }
+        }
+        for (name, value) in [
+            (WAITS_ATTRIBUTE, waits.to_string()),
+            (WAITING_SINCE_ATTRIBUTE, since.to_rfc3339()),
+        ] {
+            if let Ok(value) = string(value) {
+                attributes.insert(name.to_owned(), value);
+            }
+        }
+        let sent = self
+            .sqs
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .delay_seconds(i32::try_from(delay.as_secs()).unwrap_or(300))
+            .set_message_attributes(Some(attributes))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => true,
+            Err(err) => {
+                // Then it counts as a receive after all, but it is not lost.
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(err), "could not put the waiting message back; it comes back after a delay");
+                self.delay(record, delay).await;
                 false
             }
         }
@@ -326,6 +481,48 @@ mod tests {
             "poison never reaches the handler"
         );
         assert_eq!(d.handler.batches.load(Ordering::SeqCst), 1);
+    }
+
+    /// Hangs on erasure requests (a vendor that never answers), answers access ones at once.
+    #[derive(Default)]
+    struct Slow {
+        finished: AtomicUsize,
+    }
+
+    impl RecordHandler for Slow {
+        type Message = RequestMessage;
+        async fn handle(&self, message: RequestMessage, _: &Origin) -> Outcome {
+            if message.kind == RequestKind::Erasure {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            self.finished.fetch_add(1, Ordering::SeqCst);
+            Outcome::Done
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_that_outruns_the_deadline_is_given_up_and_the_batch_answers_in_time() {
+        let sqs = driver().sqs;
+        let d = QueueDriver::new("test", Slow::default(), sqs, "queue", None)
+            .with_reserve(Duration::from_secs(2));
+        let mut event = SqsEvent::default();
+        event.records = vec![
+            record("a", message(RequestKind::Access)),
+            record("slow", message(RequestKind::Erasure)),
+            record("c", message(RequestKind::Access)),
+        ];
+        let deadline = SystemTime::now() + Duration::from_secs(4);
+        let response = d.handle(event, Some(deadline)).await;
+        assert!(SystemTime::now() < deadline, "answered before the deadline");
+        assert_eq!(failed(&response), ["slow", "c"]);
+        assert_eq!(d.handler.finished.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn waiting_messages_come_back_sooner_first_then_every_five_minutes() {
+        let delays: Vec<u64> = (1..=9).map(|n| wait_delay(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(wait_delay(u32::MAX).as_secs(), 300);
     }
 
     #[tokio::test]

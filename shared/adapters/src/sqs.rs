@@ -182,7 +182,8 @@ impl dsr_domain::ports::EventOutbox for SqsOutbox {
         self.send(body).await
     }
 
-    /// An envelope for the bridge: the notice, to the commands exchange under `notice.<type>`.
+    /// An envelope for the bridge: the notice, to the commands exchange under `notice.<type>`,
+    /// with a receipt asked for: the erasure's grace period runs from the broker's confirmation.
     async fn tell(
         &self,
         notice: &dsr_domain::messages::SubjectNotice,
@@ -193,6 +194,7 @@ impl dsr_domain::ports::EventOutbox for SqsOutbox {
             "exchange": self.commands_exchange,
             "routing_key": notice.routing_key(),
             "payload": notice,
+            "receipt": true,
         });
         self.send(body.to_string()).await
     }

@@ -31,6 +31,11 @@ pub enum Audited<'a> {
     ClosedByErasure { erasure: crate::RequestId },
     /// Before completing, the erasure found more of the service's own copies and erased them.
     OwnCopiesErased { closed: usize, objects: usize },
+    /// The broker confirmed the notice to the subject: the grace period runs from here.
+    NoticePublished,
+    /// A worker's attempt failed after it had started (commands may have left): the request
+    /// stays in its working state for the next delivery to take over, never back to `received`.
+    AttemptFailed { attempts: u32 },
 }
 
 impl fmt::Display for Audited<'_> {
@@ -49,6 +54,8 @@ impl fmt::Display for Audited<'_> {
             Audited::OwnCopiesErased { closed, objects } => {
                 write!(f, "own_copies_erased:{closed}:{objects}")
             }
+            Audited::NoticePublished => f.write_str("notice_published"),
+            Audited::AttemptFailed { attempts } => write!(f, "attempt_failed:{attempts}"),
         }
     }
 }
@@ -94,6 +101,8 @@ mod tests {
                 Audited::Escalated { service: &billing },
                 "escalated:billing",
             ),
+            (Audited::NoticePublished, "notice_published"),
+            (Audited::AttemptFailed { attempts: 2 }, "attempt_failed:2"),
         ];
         for (event, text) in cases {
             assert_eq!(event.to_string(), text);

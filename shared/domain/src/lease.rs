@@ -158,6 +158,34 @@ impl<S: RequestStore> OurLease<'_, S> {
         })
     }
 
+    /// Gives the lease up after a failed attempt that already had effects: the request stays
+    /// in its working state, counted and with the error, for the next delivery of its message
+    /// to take at once (a released lease is as good as an expired one).
+    pub async fn release(&self, error: &str, at: DateTime<Utc>) -> Result<HandedBack, StoreError> {
+        let mut request = (*self.request).clone();
+        request.attempts += 1;
+        request.last_error = Some(error.to_owned());
+        request.updated_at = at;
+        request.lease = None;
+        Ok(match self.write(&request).await? {
+            false => HandedBack::FencedOut,
+            true => {
+                self.store
+                    .record_event(
+                        request.id,
+                        &crate::Audited::AttemptFailed {
+                            attempts: request.attempts,
+                        },
+                        at,
+                    )
+                    .await?;
+                HandedBack::ForRetry {
+                    attempts: request.attempts,
+                }
+            }
+        })
+    }
+
     /// True when the write landed: the request was still ours.
     async fn write(&self, request: &Request) -> Result<bool, StoreError> {
         Ok(self

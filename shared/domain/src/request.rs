@@ -220,8 +220,9 @@ pub fn transition(
         (Access, ReportReady, Expired) => true,
 
         (Erasure, Received, FanningOut) => true,
+        // No way back to `received` (where the subject may cancel): once the fan-out started,
+        // commands may have left. A failed fan-out stays `fanning_out` for the next attempt.
         (Erasure, FanningOut, AwaitingConfirmations) => true,
-        (Erasure, FanningOut, Received) => true,
         (Erasure, AwaitingConfirmations, Notifying) => true,
         (Erasure, Notifying, Completed) => true,
         _ => false,
@@ -391,7 +392,6 @@ mod tests {
         (Access, Collecting, Failed),
         (Erasure, Received, FanningOut),
         (Erasure, FanningOut, AwaitingConfirmations),
-        (Erasure, FanningOut, Received),
         (Erasure, AwaitingConfirmations, Notifying),
         (Erasure, Notifying, Completed),
         (Erasure, Received, Cancelled),

@@ -30,6 +30,7 @@ fn obligation_from_item(item: &Item) -> Result<Obligation, StoreError> {
         receipt: text("receipt"),
         last_error: text("last_error"),
         escalated_at: optional_time("escalated_at")?,
+        release_at: optional_time("release_at")?,
     })
 }
 
@@ -210,14 +211,45 @@ impl ObligationStore for DynamoRequestStore {
         &self,
         request_id: RequestId,
         service: &ServiceName,
+        attempts: u32,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let update = self
             .client
             .update_item()
-            .condition_expression("attribute_exists(pk) AND attribute_not_exists(escalated_at)")
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(escalated_at) \
+                 AND attempts = :attempts AND NOT (#st IN (:confirmed, :not_found))",
+            )
             .update_expression("SET escalated_at = :at")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":attempts", n(attempts))
+            .expression_attribute_values(":confirmed", s("confirmed"))
+            .expression_attribute_values(":not_found", s("not_found"))
             .expression_attribute_values(":at", s(timestamp(at)));
         self.update_obligation(request_id, service, update).await
+    }
+
+    async fn set_release(
+        &self,
+        request_id: RequestId,
+        service: &ServiceName,
+        at: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::request(request_id)))
+            .key("sk", s(keys::obligation(service)))
+            .condition_expression("attribute_exists(pk)")
+            .update_expression("SET release_at = if_not_exists(release_at, :at)")
+            .expression_attribute_values(":at", s(timestamp(at)))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        optional_time(&out.attributes.unwrap_or_default(), "release_at")?
+            .ok_or_else(|| StoreError::Unavailable("release time not written".into()))
     }
 }

@@ -197,9 +197,11 @@ impl RequestStore for DynamoRequestStore {
                 "SET #state = :working, lease_owner = :owner, lease_expires_at = :expires, \
                  updated_at = :now ADD fencing_token :one",
             )
-            // From `received`, or over a dead worker whose lease ran out.
+            // From `received`, or over a dead worker whose lease ran out, or one that gave
+            // its lease up after a failed attempt (no lease at all).
             .condition_expression(
-                "#state = :received OR (#state = :working AND lease_expires_at < :now)",
+                "#state = :received OR (#state = :working AND \
+                 (attribute_not_exists(lease_expires_at) OR lease_expires_at < :now))",
             )
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":working", s(working.as_str()))

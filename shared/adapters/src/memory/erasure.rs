@@ -15,6 +15,9 @@ pub struct RecordingErasurePorts {
     pub notices: Mutex<Vec<dsr_domain::messages::SubjectNotice>>,
     /// Per service: what `send` answers instead of `Sent`.
     pub answers: Mutex<HashMap<dsr_domain::ServiceName, dsr_domain::erasure::Delivery>>,
+    /// Per port operation (`send`, `schedule`, `publish`, `tell`): how many next calls pass,
+    /// then how many fail.
+    pub failures: Mutex<HashMap<&'static str, (u32, u32)>>,
 }
 
 impl RecordingErasurePorts {
@@ -30,6 +33,33 @@ impl RecordingErasurePorts {
     pub fn notices(&self) -> Vec<dsr_domain::messages::SubjectNotice> {
         locked(&self.notices).clone()
     }
+
+    /// Makes the next `times` calls of `operation` fail (an outage of that channel).
+    pub fn fail_next(&self, operation: &'static str, times: u32) {
+        self.fail_after(operation, 0, times);
+    }
+
+    /// Lets the next `passes` calls of `operation` through, then fails `times`.
+    pub fn fail_after(&self, operation: &'static str, passes: u32, times: u32) {
+        locked(&self.failures).insert(operation, (passes, times));
+    }
+
+    fn outage(&self, operation: &'static str) -> Result<(), dsr_domain::erasure::ChannelError> {
+        let mut failures = locked(&self.failures);
+        match failures.get_mut(operation) {
+            Some((passes, _)) if *passes > 0 => {
+                *passes -= 1;
+                Ok(())
+            }
+            Some((_, left)) if *left > 0 => {
+                *left -= 1;
+                Err(dsr_domain::erasure::ChannelError(
+                    format!("{operation}: injected outage").into(),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl dsr_domain::erasure::ErasureChannel for RecordingErasurePorts {
@@ -38,6 +68,7 @@ impl dsr_domain::erasure::ErasureChannel for RecordingErasurePorts {
         command: &dsr_domain::erasure::ErasureCommand,
         _how: &dsr_domain::registry::HowToErase,
     ) -> Result<dsr_domain::erasure::Delivery, dsr_domain::erasure::ChannelError> {
+        self.outage("send")?;
         locked(&self.commands).push(command.clone());
         Ok(self
             .answers
@@ -55,6 +86,7 @@ impl dsr_domain::erasure::CheckScheduler for RecordingErasurePorts {
         check: &dsr_domain::erasure::ObligationDue,
         at: DateTime<Utc>,
     ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        self.outage("schedule")?;
         locked(&self.checks).push((check.clone(), at));
         Ok(())
     }
@@ -65,6 +97,7 @@ impl dsr_domain::erasure::EventOutbox for RecordingErasurePorts {
         &self,
         event: &dsr_domain::messages::DomainEvent,
     ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        self.outage("publish")?;
         locked(&self.events).push(event.clone());
         Ok(())
     }
@@ -73,6 +106,7 @@ impl dsr_domain::erasure::EventOutbox for RecordingErasurePorts {
         &self,
         notice: &dsr_domain::messages::SubjectNotice,
     ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        self.outage("tell")?;
         locked(&self.notices).push(notice.clone());
         Ok(())
     }

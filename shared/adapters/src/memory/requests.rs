@@ -159,6 +159,7 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
         &self,
         request_id: RequestId,
         service: &dsr_domain::ServiceName,
+        attempts: u32,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut tables = self.lock();
@@ -166,11 +167,31 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
             .obligations
             .get_mut(&(request_id, service.to_owned()))
         {
-            Some(o) if o.escalated_at.is_none() => {
+            Some(o)
+                if o.escalated_at.is_none() && !o.status.is_done() && o.attempts == attempts =>
+            {
                 o.escalated_at = Some(at);
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+
+    async fn set_release(
+        &self,
+        request_id: RequestId,
+        service: &dsr_domain::ServiceName,
+        at: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let mut tables = self.lock();
+        match tables
+            .obligations
+            .get_mut(&(request_id, service.to_owned()))
+        {
+            Some(o) => Ok(*o.release_at.get_or_insert(at)),
+            None => Err(StoreError::Unavailable(
+                format!("request {request_id} has no obligation for `{service}`").into(),
+            )),
         }
     }
 }

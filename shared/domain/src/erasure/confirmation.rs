@@ -76,6 +76,9 @@ where
             .record_answer(id, service, status, &receipt, now)
             .await?
         {
+            // A redelivery: the first delivery may have recorded the answer and then failed
+            // to move the request on. Moving on is keyed, so it is simply run again.
+            self.advance(id).await?;
             return Ok(Handled::Nothing(Skipped::AlreadyAnswered));
         }
         self.store
@@ -102,7 +105,12 @@ where
         if obligation.attempts != due.attempt {
             return Ok(Handled::Nothing(Skipped::NewerSendHasItsOwnCheck));
         }
-        if obligation.last && request.state != RequestState::Notifying {
+        // An erase-last service is released only once the broker confirmed the notice and the
+        // grace period after that passed (a check from before, or a forged one, changes nothing).
+        let released = obligation
+            .release_at
+            .is_some_and(|at| at <= self.clock.now());
+        if obligation.last && (request.state != RequestState::Notifying || !released) {
             return Ok(Handled::Nothing(Skipped::WaitsForTheNotice));
         }
         let how = self.eraser(&obligation.service)?;
@@ -110,7 +118,7 @@ where
             let now = self.clock.now();
             if self
                 .store
-                .escalate(request.id, &obligation.service, now)
+                .escalate(request.id, &obligation.service, obligation.attempts, now)
                 .await?
             {
                 self.store
@@ -148,6 +156,72 @@ where
         Ok(Handled::Resent { attempt })
     }
 
+    /// The bridge's receipt for a published message. Only the notice of an erasure moves
+    /// anything: from the moment the broker confirmed it, the erase-last services wait the
+    /// grace period, then their commands leave (the watchdog's check with attempt 0).
+    /// Only the service itself (the bridge) may send receipts.
+    pub async fn published(
+        &self,
+        receipt: &Published,
+        origin: &Origin,
+    ) -> Result<Handled, ErasureError> {
+        if *origin != Origin::Internal {
+            return Err(ErasureError::Rejected(format!(
+                "a publication receipt from {origin}; only the service's own bridge sends them"
+            )));
+        }
+        let request = self.erasure(receipt.request_id).await?;
+        let notice = SubjectNotice::of(
+            &DomainEvent::erasure_notice(
+                request.id,
+                self.subject_hash(&request),
+                receipt.published_at,
+                receipt.published_at,
+            ),
+            request.subject.clone(),
+        );
+        if receipt.message_id != notice.message_id {
+            return Ok(Handled::Nothing(Skipped::NothingWaitsForIt));
+        }
+        if request.state.is_terminal() {
+            return Ok(Handled::Nothing(Skipped::RequestFinished));
+        }
+        let release = receipt.published_at + self.settings.grace;
+        let mut release_at = release;
+        let mut first = false;
+        for last in self
+            .store
+            .obligations(request.id)
+            .await?
+            .iter()
+            .filter(|o| o.last)
+        {
+            first |= last.release_at.is_none();
+            // The first confirmed publication counts; a repeated notice does not push it back.
+            release_at = self
+                .store
+                .set_release(request.id, &last.service, release)
+                .await?;
+            if last.attempts == 0 && !last.status.is_done() {
+                // Keyed: a redelivered receipt schedules the same check again, harmlessly.
+                self.checks
+                    .schedule(
+                        &ObligationDue::new(request.id, &last.service, 0),
+                        release_at,
+                    )
+                    .await?;
+            }
+        }
+        if first {
+            self.store
+                .record_event(request.id, &Audited::NoticePublished, self.clock.now())
+                .await?;
+            tracing::info!(request_id = %request.id, release_at = %release_at, "erasure notice published; erase-last services released after the grace period");
+        }
+        self.advance(request.id).await?;
+        Ok(Handled::NoticePublished { release_at })
+    }
+
     /// Moves the request on when its obligations allow: notice and erase-last release once all
     /// others are done, completion once every one is.
     pub(super) async fn advance(&self, id: RequestId) -> Result<(), ErasureError> {
@@ -174,14 +248,8 @@ where
                 .tell(&SubjectNotice::of(&notice, request.subject.clone()))
                 .await?;
             self.events.publish(&notice).await?;
-            for last in obligations.iter().filter(|o| o.last && o.attempts == 0) {
-                self.checks
-                    .schedule(
-                        &ObligationDue::new(id, &last.service, 0),
-                        now + self.settings.grace,
-                    )
-                    .await?;
-            }
+            // The erase-last services are scheduled when the broker confirmed the notice
+            // (`published`), not now: a queued notice is not a notice given.
             let from = request.state;
             request
                 .transition_to(RequestState::Notifying, now)
@@ -191,7 +259,7 @@ where
             {
                 return Ok(());
             }
-            tracing::info!(request_id = %id, subject = %hash, "erasure notice sent; erase-last services scheduled");
+            tracing::info!(request_id = %id, subject = %hash, "erasure notice queued; the erase-last services wait for its publication");
         }
         if request.state == RequestState::Notifying
             && obligations.iter().all(|o| o.status.is_done())

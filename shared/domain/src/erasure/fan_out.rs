@@ -29,7 +29,17 @@ where
         {
             Taken::Ours(lease) => lease,
             Taken::Busy { .. } => return Err(ErasureError::Busy(id)),
-            Taken::NotWorkable(_) => return Ok(Handled::Nothing(Skipped::NotWaitingForFanOut)),
+            Taken::NotWorkable(state) => {
+                // A redelivery after the fan-out committed but failed to move on (every
+                // answer may already be in): moving on is keyed, so it is run again.
+                if matches!(
+                    state,
+                    Some(RequestState::AwaitingConfirmations | RequestState::Notifying)
+                ) {
+                    self.advance(id).await?;
+                }
+                return Ok(Handled::Nothing(Skipped::NotWaitingForFanOut));
+            }
         };
         match self.send_all(lease.request(), lease.token()).await {
             Ok(commands) => {
@@ -50,11 +60,11 @@ where
                 }
             }
             Err(err) => {
-                // Hand the request back for the next delivery of the message; sends already
-                // recorded are not repeated, and the error stays on the request.
-                let _ = lease
-                    .hand_back(&err.to_string(), None, self.clock.now())
-                    .await;
+                // Commands may have left and the service's own copies are gone: the request
+                // stays `fanning_out` (never back to `received`, where the subject could
+                // cancel it), released for the next delivery of the message, which skips what
+                // was recorded as sent. The error stays on the request.
+                let _ = lease.release(&err.to_string(), self.clock.now()).await;
                 Err(err)
             }
         }

@@ -67,6 +67,9 @@ pub enum ConfirmationsMessage {
     ErasureConfirmation(Confirmation),
     /// The watchdog: delivered by delayed dispatch when an obligation's time is up.
     ObligationDue(ObligationDue),
+    /// The bridge: the broker confirmed and routed a message that asked for a receipt (the
+    /// notice to the subject: the grace period runs from here).
+    Published(Published),
 }
 
 impl crate::messages::QueueMessage for ConfirmationsMessage {
@@ -76,12 +79,14 @@ impl crate::messages::QueueMessage for ConfirmationsMessage {
         match self {
             ConfirmationsMessage::ErasureConfirmation(c) => c.version,
             ConfirmationsMessage::ObligationDue(d) => d.version,
+            ConfirmationsMessage::Published(p) => p.version,
         }
     }
     fn request_id(&self) -> Option<RequestId> {
         Some(match self {
             ConfirmationsMessage::ErasureConfirmation(c) => c.request_id,
             ConfirmationsMessage::ObligationDue(d) => d.request_id,
+            ConfirmationsMessage::Published(p) => p.request_id,
         })
     }
 }
@@ -118,6 +123,29 @@ impl ObligationDue {
             request_id,
             service: service.clone(),
             attempt,
+        }
+    }
+}
+
+/// The bridge's receipt for a message the broker confirmed and routed to at least one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Published {
+    pub version: u32,
+    /// The published message's id (`notice:erasure_notice:<request>` for the notice).
+    pub message_id: String,
+    pub request_id: RequestId,
+    /// When the broker confirmed it.
+    pub published_at: DateTime<Utc>,
+}
+
+impl Published {
+    pub fn new(message_id: impl Into<String>, request_id: RequestId, at: DateTime<Utc>) -> Self {
+        Self {
+            version: 1,
+            message_id: message_id.into(),
+            request_id,
+            published_at: at,
         }
     }
 }

@@ -7,9 +7,13 @@
 //!    access reports and closes their open access requests, there and then; it is repeated
 //!    just before completion for anything that appeared meanwhile.
 //! 2. `confirm` (confirm function): a service's confirmation marks its obligation; when all but
-//!    the erase-last services are done, the subject is told (an `erasure_notice` event) and the
-//!    erase-last services' commands are scheduled after a grace period (`notifying`); when those
-//!    confirm too the request is `completed` and `erasure_completed` is emitted.
+//!    the erase-last services are done, the subject is told (an `erasure_notice` event and the
+//!    notice to the notifying service) and the request is `notifying`. Once the bridge reports
+//!    the broker confirmed the notice (`published`), the erase-last services' commands are
+//!    scheduled after the grace period: never counted from a notice that only sat in a queue.
+//!    When those confirm too the request is `completed` and `erasure_completed` is emitted.
+//!    Every delivery, a duplicate included, re-runs this moving on: it is keyed, so a delivery
+//!    whose first run failed half-way finishes the job instead of waiting for a watchdog.
 //! 3. `check` (confirm function, woken by delayed dispatch): an obligation still unconfirmed
 //!    when its service's timeout passes is sent again, and after `max_sends` escalated.
 //!
@@ -28,6 +32,7 @@ mod ports;
 pub use crate::ports::{ChannelError, EventOutbox};
 pub use messages::{
     Confirmation, ConfirmationOutcome, ConfirmationsMessage, ErasureCommand, ObligationDue,
+    Published,
 };
 pub use obligation::{Delivery, Obligation, ObligationStatus};
 pub use own_copies::OWN_COPIES;
@@ -88,6 +93,10 @@ pub enum Handled {
         attempt: u32,
     },
     Escalated,
+    /// The broker confirmed the notice: the erase-last services are released at `release_at`.
+    NoticePublished {
+        release_at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 /// Why a message changed nothing; each is what a duplicate or late delivery looks like.
@@ -105,8 +114,11 @@ pub enum Skipped {
     AlreadyConfirmed,
     /// The command was sent again since; that send has its own check.
     NewerSendHasItsOwnCheck,
-    /// An erase-last service waits for the notice to the subject.
+    /// An erase-last service waits for the notice to the subject (its publication confirmed
+    /// by the broker) and the grace period after it.
     WaitsForTheNotice,
+    /// A receipt for a message that moves nothing (only the notice's does).
+    NothingWaitsForIt,
     AlreadyEscalated,
 }
 

@@ -75,6 +75,9 @@ pub struct Obligation {
     pub last_error: Option<String>,
     /// Set once the service stayed silent through `max_sends` commands.
     pub escalated_at: Option<DateTime<Utc>>,
+    /// Erase-last services only: when their command may leave, set once the broker confirmed
+    /// the notice to the subject (that moment plus the grace period), never before.
+    pub release_at: Option<DateTime<Utc>>,
 }
 
 impl Obligation {
@@ -90,6 +93,7 @@ impl Obligation {
             receipt: None,
             last_error: None,
             escalated_at: None,
+            release_at: None,
         }
     }
 }

@@ -58,13 +58,25 @@ pub trait ObligationStore: Send + Sync {
         receipt: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Marks the obligation escalated, once. Returns whether this call did it.
+    /// Marks the obligation escalated, once, only while it is still unanswered at `attempts`
+    /// sends: a confirmation that lands between the watchdog's read and this write wins.
+    /// Returns whether this call did it.
     fn escalate(
         &self,
         request_id: RequestId,
         service: &ServiceName,
+        attempts: u32,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Sets when an erase-last obligation is released, unless it already is; returns the time
+    /// that holds (the first one set: a repeated notice does not push the erasure back).
+    fn set_release(
+        &self,
+        request_id: RequestId,
+        service: &ServiceName,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<DateTime<Utc>, StoreError>> + Send;
 }
 
 /// Sends `erase_subject` the way the registry says: RabbitMQ (through the outbound queue) or a
@@ -135,9 +147,18 @@ impl<T: ObligationStore> ObligationStore for Arc<T> {
         &self,
         id: RequestId,
         service: &ServiceName,
+        attempts: u32,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        (**self).escalate(id, service, at).await
+        (**self).escalate(id, service, attempts, at).await
+    }
+    async fn set_release(
+        &self,
+        id: RequestId,
+        service: &ServiceName,
+        at: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        (**self).set_release(id, service, at).await
     }
 }
 
