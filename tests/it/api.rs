@@ -118,6 +118,47 @@ async fn twenty_concurrent_submissions_by_one_subject_make_exactly_one_request()
         .is_some_and(|id| id.contains(ids.iter().next().unwrap().as_str().unwrap())));
 }
 
+/// Concurrent transactions that write one same item conflict (DynamoDB cancels them): an item
+/// every submission writes would turn a busy minute into 503s.
+#[tokio::test]
+async fn concurrent_submissions_of_different_subjects_share_no_hot_item() {
+    let app = spawn_app().await;
+    let subjects: Vec<String> = (0..40).map(|i| format!("subject-{i}")).collect();
+    let replies =
+        futures::future::join_all(subjects.iter().map(|s| app.submit(s, "erasure"))).await;
+    assert!(replies.iter().all(|r| r.status == StatusCode::ACCEPTED));
+    // The counters they add themselves to.
+    let counters = app
+        .dynamodb
+        .query()
+        .table_name(app.table())
+        .key_condition_expression("pk = :stats")
+        .expression_attribute_values(
+            ":stats",
+            aws_sdk_dynamodb::types::AttributeValue::S("STATS".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let counts: Vec<u64> = counters
+        .items()
+        .iter()
+        .filter_map(|item| item.get("erasure")?.as_n().ok()?.parse().ok())
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 40);
+    assert!(
+        counts.len() >= 8 && counts.iter().all(|&n| n <= 8),
+        "spread over many items, none written by most submissions: {counts:?}"
+    );
+    let store = DynamoRequestStore::new(app.dynamodb.clone(), app.table(), "test");
+    assert_eq!(
+        dsr_domain::RequestStore::submitted(&store, dsr_domain::RequestKind::Erasure)
+            .await
+            .unwrap(),
+        40
+    );
+}
+
 #[tokio::test]
 async fn an_idempotency_key_makes_a_retry_return_the_same_request() {
     let app = spawn_app().await;

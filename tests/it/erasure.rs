@@ -997,3 +997,71 @@ async fn rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_loses_not
         );
     }
 }
+
+/// The watchdog reads an obligation as unanswered, the service's confirmation lands, then the
+/// watchdog writes its escalation: the write must lose.
+#[tokio::test]
+async fn an_escalation_written_after_a_confirmation_landed_is_refused_by_the_store() {
+    use dsr_adapters::dynamodb::DynamoRequestStore;
+    use dsr_domain::erasure::{Obligation, ObligationStatus, ObligationStore};
+    use dsr_domain::{Request, RequestKind, RequestState, RequestStore, SubjectId};
+    let app = crate::helpers::spawn_app().await;
+    let store = DynamoRequestStore::new(app.dynamodb.clone(), app.table(), "test");
+    let hasher = app.stack.subject_hasher().unwrap();
+    let now = chrono::Utc::now();
+    let request = Request::receive(RequestKind::Erasure, SubjectId::parse("erin").unwrap(), now);
+    let hash = hasher.hash(&request.subject);
+    store.create(&request, &hash, None).await.unwrap();
+    let leased = match store
+        .acquire_lease(
+            request.id,
+            "test",
+            RequestState::FanningOut,
+            now,
+            chrono::Duration::seconds(60),
+        )
+        .await
+        .unwrap()
+    {
+        dsr_domain::ports::LeaseOutcome::Acquired(request) => request,
+        _ => panic!("the lease is ours"),
+    };
+    let (billing, profile) = (
+        dsr_domain::ServiceName::parse("billing").unwrap(),
+        dsr_domain::ServiceName::parse("profile").unwrap(),
+    );
+    store
+        .plan(
+            request.id,
+            &[
+                Obligation::planned(request.id, &billing, false),
+                Obligation::planned(request.id, &profile, false),
+            ],
+            leased.fencing_token,
+        )
+        .await
+        .unwrap();
+    for service in [&billing, &profile] {
+        assert!(store
+            .record_send(request.id, service, 1, ObligationStatus::Sent, None, now)
+            .await
+            .unwrap());
+    }
+    // Billing's confirmation lands between the watchdog's read and its write.
+    assert!(store
+        .record_answer(request.id, &billing, ObligationStatus::Confirmed, "{}", now)
+        .await
+        .unwrap());
+    assert!(!store.escalate(request.id, &billing, 1, now).await.unwrap());
+    // A check of an older send, or of a silent service, as it should.
+    assert!(!store.escalate(request.id, &profile, 0, now).await.unwrap());
+    assert!(store.escalate(request.id, &profile, 1, now).await.unwrap());
+    assert!(!store.escalate(request.id, &profile, 1, now).await.unwrap());
+    let obligations = store.obligations(request.id).await.unwrap();
+    let escalated: Vec<&str> = obligations
+        .iter()
+        .filter(|o| o.escalated_at.is_some())
+        .map(|o| o.service.as_str())
+        .collect();
+    assert_eq!(escalated, ["profile"]);
+}

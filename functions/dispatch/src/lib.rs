@@ -16,7 +16,9 @@ use dsr_adapters::dynamodb::DynamoDelayedStore;
 use dsr_adapters::scheduler::SchedulerWakeUps;
 use dsr_adapters::sqs::SqsDestinationSender;
 pub use dsr_domain::delayed::ScheduleRequest;
-use dsr_domain::delayed::{Admitted, DelayedStore, DispatchPolicy, Dispatcher, Sender, WakeUps};
+use dsr_domain::delayed::{
+    Admitted, DelayedStore, DispatchPolicy, Dispatcher, ScheduleOutcome, Sender, WakeUps,
+};
 use dsr_domain::messages::Origin;
 use dsr_domain::Clock;
 use serde_json::{json, Value};
@@ -175,10 +177,25 @@ impl<S: DelayedStore, W: WakeUps, X: Sender, C: Clock> RecordHandler
                 return Outcome::Reject(refused);
             }
             Ok(Admitted::Schedule(message)) => {
-                if message.deliver_at <= self.dispatcher.clock.now() {
+                let now = self.dispatcher.clock.now();
+                if let Some(refused) = dsr_domain::delayed::unschedulable(message.deliver_at, now) {
+                    tracing::warn!(%origin, reason = %refused, "schedule request refused");
+                    return Outcome::Reject(refused);
+                }
+                if message.deliver_at <= now {
                     self.due_now.store(true, Ordering::SeqCst);
                 }
-                self.dispatcher.schedule(&message).await.map(|_| ())
+                match self.dispatcher.schedule(&message).await {
+                    Ok(ScheduleOutcome::KeySpent) => {
+                        let refused = format!(
+                            "key `{}` was already delivered with another message; a key is used once (remembered 7 days after delivery): schedule under a new key",
+                            message.key.as_str()
+                        );
+                        tracing::warn!(%origin, reason = %refused, "schedule request refused");
+                        return Outcome::Reject(refused);
+                    }
+                    other => other.map(|_| ()),
+                }
             }
             Ok(Admitted::Cancel(key)) => self.dispatcher.cancel(&key).await.map(|_| ()),
         };
@@ -186,7 +203,7 @@ impl<S: DelayedStore, W: WakeUps, X: Sender, C: Clock> RecordHandler
             Ok(()) => Outcome::Done,
             Err(err) => {
                 tracing::warn!(error = %err, "schedule request not taken; will retry");
-                Outcome::Retry(None)
+                Outcome::Retry(Some(dsr_adapters::batch::RETRY_SOON))
             }
         }
     }

@@ -235,3 +235,58 @@ fn unused_sqs() -> aws_sdk_sqs::Client {
             .build(),
     )
 }
+
+#[tokio::test]
+async fn a_time_past_the_horizon_and_a_spent_key_are_refused_never_sent_at_once_or_dropped() {
+    let (d, _, ports, clock) = setup();
+    let schedule = |key: &str, at: &str, payload: Value| {
+        json!({"action": "schedule", "version": 1, "key": key, "deliver_at": at,
+            "destination": {"kind": "sqs", "queue_url": "http://q"}, "payload": payload})
+        .to_string()
+    };
+    let now = clock.now().to_rfc3339();
+    let records = json!({"Records": [
+        // Past year 9999: it would sort before today as stored, and go out at once.
+        {"messageId": "far", "body": schedule("far", "+10000-01-01T00:00:00Z", json!(1))},
+        {"messageId": "decade", "body": schedule("decade", "9999-12-31T23:59:59Z", json!(1))},
+        {"messageId": "once", "body": schedule("once", &now, json!("first"))},
+    ]});
+    let policy = DispatchPolicy::new(None, "gdpr", vec!["http://q".into()]).unwrap();
+    let dispatch = Dispatch::new(d, policy.clone(), unused_sqs(), "queue".into(), None);
+    let failed = |response: Value| -> Vec<String> {
+        let response: aws_lambda_events::sqs::SqsBatchResponse =
+            serde_json::from_value(response).unwrap();
+        response
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect()
+    };
+    // Without a dead-letter queue, refused ones stay failed (for the redrive policy).
+    assert_eq!(
+        failed(dispatch.handle(records, None).await.unwrap()),
+        ["far", "decade"]
+    );
+    assert_eq!(sent_ids(&ports), ["dsr/once"]);
+
+    // The same message again (a redelivery): nothing to do. Another one under the spent key:
+    // refused with the reason, not silently dropped.
+    let again = json!({"Records": [
+        {"messageId": "dup", "body": schedule("once", &now, json!("first"))},
+        {"messageId": "reuse", "body": schedule("once", &now, json!("second"))},
+    ]});
+    assert_eq!(
+        failed(dispatch.handle(again, None).await.unwrap()),
+        ["reuse"]
+    );
+    assert_eq!(sent_ids(&ports), ["dsr/once"]);
+    assert!(
+        dsr_domain::delayed::unschedulable(clock.now() + Duration::days(3000), clock.now())
+            .is_none()
+    );
+    assert!(
+        dsr_domain::delayed::unschedulable(clock.now() + Duration::days(4000), clock.now())
+            .unwrap()
+            .contains("more than 3653 days ahead")
+    );
+}

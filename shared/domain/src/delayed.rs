@@ -374,8 +374,28 @@ pub enum ScheduleOutcome {
     Unchanged,
     /// The key was scheduled with another time or content: it now holds this one.
     Moved,
-    /// The key's message was already sent; it is not sent again.
+    /// The key's message was already sent (this is a duplicate of it); it is not sent again.
     AlreadyDispatched,
+    /// The key's message was already sent, and this is another message under the same key:
+    /// keys are used once (and remembered [`DispatchSettings::keep_dispatched`] after their
+    /// delivery), so it is refused rather than silently dropped.
+    KeySpent,
+}
+
+/// How far ahead a message may be scheduled. Further is refused: a time past year 9999 would
+/// sort before today as stored and be sent at once, and nothing here should wait a decade.
+pub const MAX_SCHEDULE_AHEAD: Duration = Duration::days(3653);
+
+/// Why `deliver_at` cannot be scheduled at `now`, if it cannot. A time in the past is fine:
+/// the message is sent at once.
+pub fn unschedulable(deliver_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<String> {
+    (deliver_at - now > MAX_SCHEDULE_AHEAD).then(|| {
+        format!(
+            "deliver_at {} is more than {} days ahead; schedule it nearer (and again from there)",
+            deliver_at.to_rfc3339(),
+            MAX_SCHEDULE_AHEAD.num_days()
+        )
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

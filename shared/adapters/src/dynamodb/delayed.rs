@@ -88,7 +88,11 @@ impl DelayedStore for DynamoDelayedStore {
                 Some(item) => {
                     let status = string(item, "status")?;
                     if status == "dispatched" || status == "dispatching" {
-                        return Ok(ScheduleOutcome::AlreadyDispatched);
+                        return Ok(if message_from_item(item)? == *message {
+                            ScheduleOutcome::AlreadyDispatched
+                        } else {
+                            ScheduleOutcome::KeySpent
+                        });
                     }
                     if status == "scheduled" && message_from_item(item)? == *message {
                         return Ok(ScheduleOutcome::Unchanged);

@@ -8,7 +8,7 @@
 //! - `pk = IDEM#<hash>#<key>, sk = IDEM`: an `Idempotency-Key` seen for that subject (TTL 24 h).
 //! - `pk = REQ#<id>, sk = EVT#<time>#<event>`: the append-only audit trail, no personal data.
 //! - `pk = REQ#<id>, sk = OBL#<service>`: an erasure obligation.
-//! - `pk = STATS, sk = SUBMITTED`: requests ever accepted, per kind.
+//! - `pk = STATS, sk = SUBMITTED#<shard>`: requests ever accepted, per kind (sharded).
 //!
 //! The delayed-dispatch store has a table of its own ([`DynamoDelayedStore`]). [`keys`] is the
 //! one place that knows how keys are spelled; tests use it too.

@@ -60,7 +60,7 @@ impl RequestStore for DynamoRequestStore {
         let counter = Update::builder()
             .table_name(&self.table)
             .key("pk", s(keys::STATS))
-            .key("sk", s(keys::SUBMITTED))
+            .key("sk", s(keys::submitted_shard(request.id)))
             .update_expression("ADD #kind :one")
             .expression_attribute_names("#kind", request.kind.as_str())
             .expression_attribute_values(":one", n(1))
@@ -343,15 +343,30 @@ impl RequestStore for DynamoRequestStore {
     }
 
     async fn submitted(&self, kind: RequestKind) -> Result<u64, StoreError> {
-        Ok(
-            match self
-                .get_item(keys::STATS.to_owned(), keys::SUBMITTED)
-                .await?
-            {
-                Some(item) => number_attr(&item, kind.as_str())?.unwrap_or(0),
-                None => 0,
-            },
-        )
+        // Every shard (and the single item older versions wrote, `SUBMITTED` itself).
+        let mut total = 0;
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :stats AND begins_with(sk, :submitted)")
+                .expression_attribute_values(":stats", s(keys::STATS))
+                .expression_attribute_values(":submitted", s(keys::SUBMITTED))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in page.items() {
+                total += number_attr::<u64>(item, kind.as_str())?.unwrap_or(0);
+            }
+            match page.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(total),
+            }
+        }
     }
 
     async fn extend_deadline(

@@ -42,7 +42,10 @@ impl dsr_domain::delayed::DelayedStore for InMemoryDelayedStore {
                 messages.insert(message.key.as_str().to_owned(), fresh);
                 O::Created
             }
-            Some(stored) if stored.status == "dispatched" => O::AlreadyDispatched,
+            Some(stored) if stored.status == "dispatched" && stored.message == *message => {
+                O::AlreadyDispatched
+            }
+            Some(stored) if stored.status == "dispatched" => O::KeySpent,
             Some(stored) if stored.status == "scheduled" && stored.message == *message => {
                 O::Unchanged
             }
