@@ -105,6 +105,11 @@ where
                 tracing::info!(request_id = %id, report_size = report.size, "report ready");
                 Outcome::Done
             }
+            Ok(WorkOutcome::NothingToDo(None)) => {
+                // Requests are never deleted (only their subject id, after retention): a work
+                // message for one that does not exist was not sent by the intake.
+                Outcome::Reject(format!("unknown request {id}"))
+            }
             Ok(WorkOutcome::NothingToDo(state)) => {
                 tracing::info!(request_id = %id, state = ?state, "nothing to do for this message");
                 Outcome::Done

@@ -29,6 +29,10 @@ where
         {
             Taken::Ours(lease) => lease,
             Taken::Busy { .. } => return Err(ErasureError::Busy(id)),
+            Taken::NotWorkable(None) => {
+                // Requests are never deleted: a work message for an unknown one is bogus.
+                return Err(ErasureError::Rejected(format!("unknown request {id}")));
+            }
             Taken::NotWorkable(state) => {
                 // A redelivery after the fan-out committed but failed to move on (every
                 // answer may already be in): moving on is keyed, so it is run again.
