@@ -9,6 +9,7 @@ mod dispatch;
 mod erasure;
 mod event_source;
 mod helpers;
+mod hostile;
 mod ops;
 mod report;
 mod runner;

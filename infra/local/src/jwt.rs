@@ -2,7 +2,8 @@
 //! `iss`, `aud`) and hands the claims on as strings, the way API Gateway does. `make token`
 //! issues tokens with the same secret.
 
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+pub use jsonwebtoken::Algorithm;
+use jsonwebtoken::{decode, encode, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
@@ -43,12 +44,26 @@ impl JwtAuthorizer {
 
     /// Signs arbitrary claims; tests use it to make expired or foreign tokens.
     pub fn sign(&self, claims: &Value) -> String {
+        self.sign_with(Algorithm::HS256, claims)
+    }
+
+    /// Signs with another HMAC algorithm than the one accepted (tests of the refusal).
+    pub fn sign_with(&self, algorithm: Algorithm, claims: &Value) -> String {
         encode(
-            &Header::new(Algorithm::HS256),
+            &Header::new(algorithm),
             claims,
             &EncodingKey::from_secret(self.secret.as_bytes()),
         )
-        .expect("HS256 signing of a JSON object cannot fail")
+        .expect("HMAC signing of a JSON object cannot fail")
+    }
+
+    /// The issuer and audience tokens must name.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
     }
 
     /// Verifies an `Authorization` header value and returns the claims as API Gateway passes

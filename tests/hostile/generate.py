@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Writes tests/hostile/corpus.json: hostile input for every door of the service.
+
+Run it again after editing; the corpus is kept in the repository (a crash found by fuzzing is
+added here as a regression case). The integration test `hostile::*` plays every case against
+the local stack and holds the service to its promise: no panic, no 5xx; each case answered
+with the 4xx it names (and a JSON error body naming the problem), or dead-lettered with a
+reason.
+
+Token specs are made at test time (they expire): {"as": subject} is a valid token;
+{"claims": {...}, "alg": ..., "secret": "stack"|"other"} signs claims ("$now+N" is a time);
+{"raw": "..."} is sent as it is; "scheme" replaces "Bearer".
+"""
+import base64
+import json
+import os
+
+cases = []
+
+
+def api(name, method, path, status, code=None, token={"as": "mallory"}, body=None,
+        body_b64=None, headers=None, content_type="application/json"):
+    case = {"name": name, "channel": "api", "method": method, "path": path, "token": token,
+            "expect_status": status}
+    if code:
+        case["expect_code"] = code
+    if body is not None:
+        case["body"] = body
+    if body_b64 is not None:
+        case["body_base64"] = body_b64
+    h = dict(headers or {})
+    if content_type and (body is not None or body_b64 is not None):
+        h.setdefault("content-type", content_type)
+    if h:
+        case["headers"] = h
+    cases.append(case)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+VALID_CLAIMS = {"sub": "mallory", "iss": "$issuer", "aud": "$audience", "exp": "$now+300"}
+
+
+def claims(**changes):
+    c = dict(VALID_CLAIMS)
+    for k, v in changes.items():
+        if v is None:
+            c.pop(k, None)
+        else:
+            c[k] = v
+    return c
+
+
+# --- tokens: every route refuses them with 401 --------------------------------------------
+tokens = [
+    ("no token", None),
+    ("expired", {"claims": claims(exp="$now-60")}),
+    ("expired a second ago", {"claims": claims(exp="$now-1")}),
+    ("wrong signature", {"claims": claims(), "secret": "other"}),
+    ("alg none", {"claims": claims(), "alg": "none"}),
+    ("alg HS512 with the right secret", {"claims": claims(), "alg": "HS512"}),
+    ("wrong issuer", {"claims": claims(iss="https://evil.example")}),
+    ("wrong audience", {"claims": claims(aud="someone-else")}),
+    ("no exp", {"claims": claims(exp=None)}),
+    ("no sub", {"claims": claims(sub=None)}),
+    ("exp as a string", {"claims": claims(exp="tomorrow")}),
+    ("garbage", {"raw": "not-a-jwt"}),
+    ("two segments", {"raw": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0"}),
+    ("four segments", {"raw": "a.b.c.d"}),
+    ("empty bearer", {"raw": ""}),
+    ("basic auth", {"raw": "bWFsbG9yeTpwYXNzd29yZA==", "scheme": "Basic"}),
+    ("base64 junk", {"raw": "e30.e30.e30"}),
+    ("huge token", {"raw": "a" * 6000 + "." + "b" * 6000 + "." + "c" * 100}),
+    ("truncated signature", {"claims": claims(), "truncate": 10}),
+]
+for name, token in tokens:
+    api(f"token: {name} (list)", "GET", "/v1/requests", 401, None, token=token)
+    api(f"token: {name} (submit)", "POST", "/v1/requests", 401, None, token=token,
+        body='{"type":"access"}')
+
+# A token the gateway accepts whose subject the service cannot use.
+for name, sub in [("empty subject", ""), ("subject with a newline", "mal\nlory"),
+                  ("subject of 10 000 characters", "m" * 10000),
+                  ("subject with a NUL", "mal\u0000lory"),
+                  ("subject with control characters", "\u0007\u0008\u001b[31m")]:
+    api(f"token: {name}", "GET", "/v1/requests", 401, "unauthorized",
+        token={"claims": claims(sub=sub)})
+
+# --- submission bodies ---------------------------------------------------------------------
+bodies = [
+    ("empty body", "", 400),
+    ("unclosed object", "{", 400),
+    ("null", "null", 400),
+    ("array", "[]", 400),
+    ("number", "1", 400),
+    ("a bare string", '"access"', 400),
+    ("empty object", "{}", 400),
+    ("type in capitals", '{"type":"ACCESS"}', 400),
+    ("unknown type", '{"type":"delete_everything"}', 400),
+    ("type null", '{"type":null}', 400),
+    ("type a number", '{"type":1}', 400),
+    ("type an array", '{"type":["access"]}', 400),
+    ("type an object", '{"type":{"kind":"access"}}', 400),
+    ("another subject named in the body", '{"type":"access","subject":"bob"}', 400),
+    ("unknown field", '{"type":"access","priority":"urgent"}', 400),
+    ("type with a NUL", '{"type":"access\\u0000"}', 400),
+    ("type with trailing space", '{"type":"access "}', 400),
+    ("trailing garbage", '{"type":"access"} trailing', 400),
+    ("two objects", '{"type":"access"}{"type":"erasure"}', 400),
+    ("single quotes", "{'type':'access'}", 400),
+    ("comments", '{"type":"access" /* hi */}', 400),
+    ("NaN", '{"type":NaN}', 400),
+    ("huge number", '{"type":1e999999}', 400),
+    ("deep nesting", "[" * 1500 + "]" * 1500, 400),
+    ("deep nesting in a field", '{"type":' + "[" * 1000 + "]" * 1000 + "}", 400),
+    ("deep nesting over the size limit", "[" * 5000 + "]" * 5000, 413),
+    ("truncated", '{"type":"acc', 400),
+    ("body of 5000 bytes", '{"type":"access","pad":"' + "x" * 5000 + '"}', 413),
+    ("body of 1 MB", '{"type":"' + "a" * 1_000_000 + '"}', 413),
+    ("unicode escapes for the type", '{"type":"\\u0061ccess","x":1}', 400),
+    ("lone surrogate", '{"type":"\\ud800"}', 400),
+    ("UTF-8 BOM", "\ufeff{\"type\":\"access\"}", 400),
+]
+for name, body, status in bodies:
+    api(f"submit: {name}", "POST", "/v1/requests", status, body=body)
+
+for name, raw in [("invalid UTF-8", b'{"type":"\xff\xfe"}'), ("latin-1 body", '{"type":"accès"}'.encode("latin-1")),
+                  ("NUL bytes", b"\x00\x00\x00\x00"), ("binary", os.urandom(64) if False else bytes(range(256)))]:
+    api(f"submit: {name}", "POST", "/v1/requests", 400, body_b64=b64(raw))
+
+for name, ctype, status in [("text/plain", "text/plain", 415), ("form", "application/x-www-form-urlencoded", 415),
+                            ("xml", "application/xml", 415), ("multipart", "multipart/form-data; boundary=x", 415)]:
+    api(f"submit: content type {name}", "POST", "/v1/requests", status, "unsupported_media_type",
+        body='{"type":"access"}', content_type=ctype)
+
+for name, key in [("too long", "k" * 300), ("with spaces only", "   "), ("with a tab", "a\tb"),
+                  ("non-ASCII", "clé-ü")]:
+    api(f"submit: idempotency key {name}", "POST", "/v1/requests", 400, "invalid_idempotency_key",
+        body='{"type":"erasure"}', headers={"idempotency-key": key})
+
+# --- ids -----------------------------------------------------------------------------------
+ids = [
+    ("short", "x", 400), ("25 characters", "0" * 25, 400), ("27 characters", "0" * 27, 400),
+    ("letters outside Crockford base32", "01KBIIIIIIIIIIIIIIIIIIIIII", 400),
+    ("lowercase with U", "01kbuuuuuuuuuuuuuuuuuuuuuu", 400),
+    ("percent-encoded NUL", "%00", 400), ("path traversal", "..%2F..%2Fetc%2Fpasswd", 400),
+    ("very long", "0" * 2000, 400), ("unicode", "%E2%98%83", 400), ("SQL", "1%27%20OR%201%3D1", 400),
+    ("overflowing timestamp", "ZZZZZZZZZZZZZZZZZZZZZZZZZZ", 400),
+    ("unknown but well-formed", "01KB0000000000000000000000", 404),
+    ("another subject's", "$bob_request", 404),
+]
+for name, rid, status in ids:
+    api(f"show: id {name}", "GET", f"/v1/requests/{rid}", status)
+    api(f"cancel: id {name}", "DELETE", f"/v1/requests/{rid}", status)
+    api(f"report: id {name}", "GET", f"/v1/requests/{rid}/report", status)
+
+# --- list parameters -------------------------------------------------------------------------
+for name, query, code in [("limit 0", "limit=0", "invalid_limit"), ("limit -1", "limit=-1", "invalid_limit"),
+                          ("limit 101", "limit=101", "invalid_limit"), ("limit abc", "limit=abc", "invalid_limit"),
+                          ("limit 1e3", "limit=1e3", "invalid_limit"), ("limit huge", "limit=99999999999999999999999", "invalid_limit"),
+                          ("cursor garbage", "cursor=garbage", "invalid_cursor"),
+                          ("cursor of another subject", "cursor=$bob_cursor", "invalid_cursor"),
+                          ("cursor very long", "cursor=" + "A" * 3000, "invalid_cursor"),
+                          ("cursor with a forged tag", "cursor=01KB0000000000000000000000.deadbeef", "invalid_cursor")]:
+    api(f"list: {name}", "GET", f"/v1/requests?{query}", 400, code)
+
+# --- routes and methods ---------------------------------------------------------------------
+for name, method, path, status in [
+    ("PUT the collection", "PUT", "/v1/requests", 405), ("PATCH the collection", "PATCH", "/v1/requests", 405),
+    ("DELETE the collection", "DELETE", "/v1/requests", 405),
+    ("POST a request", "POST", "/v1/requests/01KB0000000000000000000000", 405),
+    ("PUT a report", "PUT", "/v1/requests/01KB0000000000000000000000/report", 405),
+    ("unknown route", "GET", "/v1/everything", 404), ("admin route", "GET", "/admin", 404),
+    ("version 2", "GET", "/v2/requests", 404),
+    ("deep path", "GET", "/v1/requests/01KB0000000000000000000000/report/extra", 404),
+]:
+    api(f"route: {name}", method, path, status)
+
+# --- SQS queues: straight onto the service's queues ----------------------------------------
+now = "2026-11-29T10:00:00Z"
+rid = "01KB0000000000000000000000"
+sqs_common = [
+    ("not JSON", "not json"), ("unclosed", "{"), ("null", "null"), ("array", "[]"), ("number", "42"),
+    ("empty object", "{}"), ("huge", '{"x":"' + "a" * 240_000 + '"}'), ("deep nesting", "[" * 3000 + "]" * 3000),
+]
+queue_specific = {
+    "AccessRequestsQueue": [
+        ("truncated", '{"version":1,"message_id":"access:' + rid + '","request_id":"' + rid),
+        ("version 2", json.dumps({"version": 2, "message_id": "m", "request_id": rid, "kind": "access", "sent_at": now})),
+        ("version as a string", json.dumps({"version": "1", "message_id": "m", "request_id": rid, "kind": "access", "sent_at": now})),
+        ("request id a number", json.dumps({"version": 1, "message_id": "m", "request_id": 7, "kind": "access", "sent_at": now})),
+        ("unknown kind", json.dumps({"version": 1, "message_id": "m", "request_id": rid, "kind": "everything", "sent_at": now})),
+        ("unknown request", json.dumps({"version": 1, "message_id": "m", "request_id": rid, "kind": "access", "sent_at": now})),
+    ],
+    "ErasureRequestsQueue": [
+        ("version 0", json.dumps({"version": 0, "message_id": "m", "request_id": rid, "kind": "erasure", "sent_at": now})),
+        ("sent_at not a time", json.dumps({"version": 1, "message_id": "m", "request_id": rid, "kind": "erasure", "sent_at": "yesterday"})),
+        ("request id with a path", json.dumps({"version": 1, "message_id": "m", "request_id": "../" + rid, "kind": "erasure", "sent_at": now})),
+        ("unknown request", json.dumps({"version": 1, "message_id": "m", "request_id": rid, "kind": "erasure", "sent_at": now})),
+    ],
+    "ConfirmationsQueue": [
+        ("confirmation not from the broker", json.dumps({"type": "erasure_confirmation", "version": 1, "message_id": "c", "request_id": rid, "service": "billing", "outcome": "erased", "receipt": {}})),
+        ("unknown type", json.dumps({"type": "erase_everything", "version": 1, "request_id": rid})),
+        ("unknown outcome", json.dumps({"type": "erasure_confirmation", "version": 1, "message_id": "c", "request_id": rid, "service": "billing", "outcome": "maybe"})),
+        ("check for an unknown request", json.dumps({"type": "obligation_due", "version": 1, "message_id": "check:" + rid + ":billing:1", "request_id": rid, "service": "billing", "attempt": 1})),
+        ("receipt for an unknown request", json.dumps({"type": "published", "version": 1, "message_id": "notice:erasure_notice:" + rid, "request_id": rid, "published_at": now})),
+        ("service name with spaces", json.dumps({"type": "erasure_confirmation", "version": 1, "message_id": "c", "request_id": rid, "service": "bill ing", "outcome": "erased"})),
+        ("attempt negative", json.dumps({"type": "obligation_due", "version": 1, "message_id": "x", "request_id": rid, "service": "billing", "attempt": -1})),
+    ],
+    "ScheduleRequestsQueue": [
+        ("unknown action", json.dumps({"action": "explode", "version": 1, "key": "k"})),
+        ("key too long", json.dumps({"action": "cancel", "version": 1, "key": "k" * 500})),
+        ("key empty", json.dumps({"action": "cancel", "version": 1, "key": ""})),
+        ("deliver_at past year 9999", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": "+10000-01-01T00:00:00Z", "destination": {"kind": "sqs", "queue_url": "$confirmations_queue"}, "payload": {}})),
+        ("a decade ahead", json.dumps({"action": "schedule", "version": 1, "key": "k2", "deliver_at": "2099-01-01T00:00:00Z", "destination": {"kind": "sqs", "queue_url": "$confirmations_queue"}, "payload": {}})),
+        ("destination unknown kind", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": now, "destination": {"kind": "http", "url": "https://evil.example"}, "payload": {}})),
+        ("to a foreign SQS queue", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": now, "destination": {"kind": "sqs", "queue_url": "https://sqs.us-east-1.amazonaws.com/1/other"}, "payload": {}})),
+        ("to the service's own exchange", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": now, "destination": {"kind": "rabbitmq", "exchange": "$ns.commands", "routing_key": "erasure.billing"}, "payload": {}})),
+    ],
+    "OutboundQueue": [
+        ("envelope without exchange name", json.dumps({"version": 1, "message_id": "m", "exchange": "", "routing_key": "k", "payload": {}})),
+        ("envelope to amq.direct", json.dumps({"version": 1, "message_id": "m", "exchange": "amq.direct", "routing_key": "k", "payload": {}})),
+        ("envelope to a foreign exchange", json.dumps({"version": 1, "message_id": "m", "exchange": "payments", "routing_key": "k", "payload": {}})),
+        ("event without type", json.dumps({"version": 1, "message_id": "m"})),
+        ("receipt not a boolean", json.dumps({"version": 1, "message_id": "m", "exchange": "$ns.commands", "routing_key": "k", "payload": {"request_id": rid}, "receipt": "yes"})),
+        ("receipt without request", json.dumps({"version": 1, "message_id": "m", "exchange": "$ns.commands", "routing_key": "k", "payload": {}, "receipt": True})),
+        ("version 9", json.dumps({"version": 9, "message_id": "m", "type": "report_ready"})),
+    ],
+}
+for queue, specific in queue_specific.items():
+    for name, body in sqs_common + specific:
+        cases.append({"name": f"{queue}: {name}", "channel": "sqs", "queue": queue, "body": body,
+                      "expect": "dead_lettered"})
+
+# --- RabbitMQ: what services publish to the bridge -------------------------------------------
+confirmation = {"type": "erasure_confirmation", "version": 1, "message_id": "c", "request_id": rid,
+                "service": "billing", "outcome": "erased", "receipt": {}}
+amqp = [
+    ("not JSON", b"not json", "guest"), ("empty", b"", "guest"), ("invalid UTF-8", b'{"type":"\xff"}', "guest"),
+    ("truncated", json.dumps(confirmation)[:40].encode(), "guest"),
+    ("wrong types", json.dumps({**confirmation, "request_id": 5}).encode(), "guest"),
+    ("unknown version", json.dumps({**confirmation, "version": 7}).encode(), "guest"),
+    ("over 250 KiB", json.dumps({**confirmation, "receipt": {"pad": "a" * 300_000}}).encode(), "guest"),
+    ("no user_id", json.dumps(confirmation).encode(), None),
+    ("not the service's broker user", json.dumps(confirmation).encode(), "guest"),
+    ("a check from outside", json.dumps({"type": "obligation_due", "version": 1, "message_id": "x", "request_id": rid, "service": "billing", "attempt": 9}).encode(), "guest"),
+    ("a receipt from outside", json.dumps({"type": "published", "version": 1, "message_id": "notice:erasure_notice:" + rid, "request_id": rid, "published_at": now}).encode(), "guest"),
+    ("NUL bytes", b"\x00" * 32, "guest"), ("JSON array", b"[1,2,3]", "guest"),
+    ("deep nesting", b"[" * 3000 + b"]" * 3000, "guest"),
+]
+for name, body, user in amqp:
+    cases.append({"name": f"confirmations exchange: {name}", "channel": "amqp", "exchange": "confirmations",
+                  "body_base64": b64(body), "user_id": user, "expect": "dead_lettered"})
+schedule_amqp = [
+    ("not JSON", b"{{{", "guest"), ("invalid UTF-8", b"\xc3\x28", "guest"),
+    ("from a stranger", json.dumps({"action": "cancel", "version": 1, "key": "k"}).encode(), "guest"),
+    ("no user_id", json.dumps({"action": "cancel", "version": 1, "key": "k"}).encode(), None),
+    ("unknown action", json.dumps({"action": "explode", "version": 1, "key": "k"}).encode(), "guest"),
+    ("over 250 KiB", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": now, "destination": {"kind": "rabbitmq", "exchange": "x", "routing_key": "y"}, "payload": "a" * 300_000}).encode(), "guest"),
+]
+for name, body, user in schedule_amqp:
+    cases.append({"name": f"schedule exchange: {name}", "channel": "amqp", "exchange": "schedule",
+                  "body_base64": b64(body), "user_id": user, "expect": "dead_lettered"})
+
+def compress(case):
+    """Keeps the corpus small: a long run of one character becomes `@PAD@` and `pad`."""
+    import re
+    key = "body" if "body" in case else "body_base64" if "body_base64" in case else None
+    if key is None:
+        return
+    text = case[key] if key == "body" else base64.b64decode(case[key]).decode("latin-1")
+    run = max(re.finditer(r"(.)\1{999,}", text, re.S), key=lambda m: len(m.group(0)), default=None)
+    if run is None or len(run.group(0)) < 10_000:
+        return
+    case["pad"] = {"char": run.group(1), "count": len(run.group(0))}
+    rest = text[:run.start()] + "@PAD@" + text[run.end():]
+    if key == "body":
+        case["body"] = rest
+    else:
+        case["body_base64"] = b64(rest.encode("latin-1"))
+
+
+for case in cases:
+    compress(case)
+
+names = [c["name"] for c in cases]
+assert len(names) == len(set(names)), "case names are unique"
+out = os.path.join(os.path.dirname(__file__), "corpus.json")
+with open(out, "w") as f:
+    json.dump({"description": "Hostile input for every door of the service; see generate.py.",
+               "cases": cases}, f, indent=1, ensure_ascii=True)
+    f.write("\n")
+by = {}
+for c in cases:
+    by[c["channel"]] = by.get(c["channel"], 0) + 1
+print(f"{len(cases)} cases: {by}")
