@@ -35,6 +35,10 @@ pub struct RigSettings {
     pub vendor_path: &'static str,
     /// Platform services allowed to use delayed dispatch (the template's parameter).
     pub dispatch_callers: Option<String>,
+    /// Where the functions reach AWS (the fault-injecting proxy), if not the emulator itself.
+    pub functions_endpoint: Option<String>,
+    /// How often the sweep runs (it re-sends work messages that were never sent).
+    pub sweep_every: Option<Duration>,
 }
 
 impl Default for RigSettings {
@@ -45,6 +49,8 @@ impl Default for RigSettings {
             grace_seconds: 2,
             vendor_path: VENDOR_PATH,
             dispatch_callers: None,
+            functions_endpoint: None,
+            sweep_every: None,
         }
     }
 }
@@ -73,6 +79,10 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
         s.consume_work_queues = true;
         s.registry = Some(registry);
         s.dispatch_every = Duration::from_millis(500);
+        s.functions_endpoint = settings.functions_endpoint;
+        if let Some(every) = settings.sweep_every {
+            s.sweep_every = every;
+        }
         s.parameters.insert("RabbitMqNamespace".into(), ns);
         s.parameters.insert(
             "ErasureGraceSeconds".into(),

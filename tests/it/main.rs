@@ -4,6 +4,7 @@
 
 mod api;
 mod bridge;
+mod chaos;
 mod contract;
 mod dispatch;
 mod erasure;

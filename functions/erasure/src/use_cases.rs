@@ -604,7 +604,18 @@ async fn the_grace_period_runs_from_the_broker_confirmed_notice_never_from_a_que
         f.erasures.published(&forged, &Origin::Broker("svc-email".into())).await,
         Err(ErasureError::Rejected(reason)) if reason.contains("only the service's own bridge")
     ));
-    // A receipt for another message moves nothing.
+    // A receipt for another message (another notice, another request's) moves nothing.
+    let access = f.access_request("erin", RequestState::ReportReady).await;
+    assert_eq!(
+        f.erasures
+            .published(
+                &Published::new(format!("notice:report_ready:{access}"), access, now),
+                &Origin::Internal
+            )
+            .await
+            .unwrap(),
+        Handled::Nothing(dsr_domain::erasure::Skipped::NothingWaitsForIt)
+    );
     assert_eq!(
         f.erasures
             .published(

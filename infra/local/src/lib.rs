@@ -5,6 +5,7 @@ pub mod demo;
 pub mod erasing_services;
 pub mod event_source;
 pub mod fake_services;
+pub mod fault_proxy;
 pub mod gateway;
 pub mod jwt;
 pub mod provision;

@@ -68,6 +68,9 @@ pub struct LocalSettings {
     pub registry: Option<String>,
     /// Seed demo sources for the demo user and serve the fake services here.
     pub demo: Option<SocketAddr>,
+    /// Where the functions reach AWS, when not where the stack was provisioned (the proving
+    /// ground's fault-injecting proxy in front of the emulator).
+    pub functions_endpoint: Option<String>,
 }
 
 impl LocalSettings {
@@ -89,6 +92,7 @@ impl LocalSettings {
             consume_work_queues: true,
             registry: None,
             demo: None,
+            functions_endpoint: None,
         }
     }
 }
@@ -145,10 +149,14 @@ impl LocalStack {
                 .with_context(|| format!("reading {function}'s secrets"))?;
             envs.insert(function, resolved);
         }
+        let aws = match &settings.functions_endpoint {
+            Some(endpoint) => aws.to_builder().endpoint_url(endpoint).build(),
+            None => aws.clone(),
+        };
         Ok(Self {
             template,
             context,
-            aws: aws.clone(),
+            aws,
             jwt_secret: settings.jwt_secret.clone(),
             envs,
         })
@@ -345,7 +353,7 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         }
     });
 
-    let sweep = Arc::new(dsr_sweep::build(aws, &stack.env("SweepFunction")?)?);
+    let sweep = Arc::new(dsr_sweep::build(&stack.aws, &stack.env("SweepFunction")?)?);
     let sweeper = sweep.clone();
     tasks.spawn(recurring(
         settings.sweep_every,

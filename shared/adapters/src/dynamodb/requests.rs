@@ -216,16 +216,32 @@ impl RequestStore for DynamoRequestStore {
         match updated {
             Ok(out) => {
                 let request = request_from_item(&out.attributes.unwrap_or_default())?;
-                let event = Audited::LeaseTaken {
-                    token: request.fencing_token,
-                    owner,
-                };
-                self.record_event(id, &event, now).await?;
+                self.lease_taken(&request, owner, now).await;
                 Ok(LeaseOutcome::Acquired(Box::new(request)))
             }
             Err(err) if conditional_failed(&err) => {
                 let current = self.get(id).await?;
                 Ok(match current {
+                    // Ours already: an earlier try of this call took it and its answer was
+                    // lost (the SDK's retry then found the lease held), or this worker gave up
+                    // on it without handing it back. A worker works on one message at a time,
+                    // so it takes the lease over, with a new token.
+                    Some(Request {
+                        state,
+                        lease: Some(lease),
+                        fencing_token,
+                        ..
+                    }) if state == working && lease.owner == owner => {
+                        match self
+                            .retake_lease(id, owner, fencing_token, now, ttl)
+                            .await?
+                        {
+                            Some(request) => LeaseOutcome::Acquired(Box::new(request)),
+                            None => LeaseOutcome::Held {
+                                until: lease.expires_at,
+                            },
+                        }
+                    }
                     Some(Request {
                         state,
                         lease: Some(lease),
@@ -521,4 +537,56 @@ pub(super) fn request_from_item(item: &Item) -> Result<Request, StoreError> {
             _ => None,
         },
     })
+}
+
+impl DynamoRequestStore {
+    /// Takes over a lease this same owner holds, fenced on the token it was seen with.
+    async fn retake_lease(
+        &self,
+        id: RequestId,
+        owner: &str,
+        seen_token: u64,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<Option<Request>, StoreError> {
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::request(id)))
+            .key("sk", s(keys::META))
+            .update_expression(
+                "SET lease_expires_at = :expires, updated_at = :now ADD fencing_token :one",
+            )
+            .condition_expression("lease_owner = :owner AND fencing_token = :seen")
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":seen", AttributeValue::N(seen_token.to_string()))
+            .expression_attribute_values(":expires", s(timestamp(now + ttl)))
+            .expression_attribute_values(":now", s(timestamp(now)))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match updated {
+            Ok(out) => {
+                let request = request_from_item(&out.attributes.unwrap_or_default())?;
+                self.lease_taken(&request, owner, now).await;
+                Ok(Some(request))
+            }
+            Err(err) if conditional_failed(&err) => Ok(None),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    /// The audit line of a lease taken. The lease is taken either way: failing the worker for
+    /// a lost audit line would strand the request under a lease nobody works on.
+    async fn lease_taken(&self, request: &Request, owner: &str, now: DateTime<Utc>) {
+        let event = Audited::LeaseTaken {
+            token: request.fencing_token,
+            owner,
+        };
+        if let Err(err) = self.record_event(request.id, &event, now).await {
+            tracing::warn!(request_id = %request.id, error = %err, "lease taken, its audit line not written");
+        }
+    }
 }

@@ -301,7 +301,11 @@ impl RequestStore for InMemoryRequestStore {
         let Some((stored, _)) = tables.requests.get_mut(&id) else {
             return Ok(LeaseOutcome::NotWorkable(None));
         };
-        let expired = stored.lease.as_ref().is_none_or(|l| l.expires_at < now);
+        // Expired, given up, or this owner's own (see the DynamoDB store).
+        let expired = stored
+            .lease
+            .as_ref()
+            .is_none_or(|l| l.expires_at < now || l.owner == owner);
         let takeable =
             stored.state == RequestState::Received || (stored.state == working && expired);
         if !takeable {

@@ -170,7 +170,19 @@ where
                 "a publication receipt from {origin}; only the service's own bridge sends them"
             )));
         }
-        let request = self.erasure(receipt.request_id).await?;
+        let request = match self.store.get(receipt.request_id).await? {
+            Some(request) => request,
+            None => {
+                return Err(ErasureError::Rejected(format!(
+                    "unknown request {}",
+                    receipt.request_id
+                )))
+            }
+        };
+        // Receipts come for every notice (`report_ready` too); only the erasure's moves on.
+        if request.kind != crate::RequestKind::Erasure {
+            return Ok(Handled::Nothing(Skipped::NothingWaitsForIt));
+        }
         let notice = SubjectNotice::of(
             &DomainEvent::erasure_notice(
                 request.id,

@@ -195,6 +195,21 @@ where
                 metrics::emit(Metric::count(names::REQUESTS_COMPLETED, 1).with("Kind", "access"));
                 metrics::emit(Metric::bytes(names::REPORT_BYTES, report.size));
                 metrics::emit(Metric::seconds(names::REPORT_DURATION, seconds));
+                // An upload whose creation answered an error after it took effect (the SDK
+                // then made another) is nobody's: abort what is left under the prefix.
+                let prefix = format!("reports/{id}/");
+                for _ in 0..3 {
+                    match self.reports.abort_unfinished(&prefix).await {
+                        Ok(0) => break,
+                        Ok(aborted) => {
+                            tracing::info!(request_id = %id, aborted, "aborted uploads this attempt lost track of");
+                            break;
+                        }
+                        Err(err) => {
+                            tracing::warn!(request_id = %id, error = %err, "could not abort lost uploads; the bucket's lifecycle rule will")
+                        }
+                    }
+                }
                 self.announce(&request).await?;
                 Ok(WorkOutcome::Completed(report))
             }

@@ -212,15 +212,18 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                 Ok(Submission::Created(request))
             }
             CreateOutcome::OpenRequestExists(id) => {
-                let open = self.stored(id).await?;
+                let mut open = self.stored(id).await?;
                 tracing::info!(request_id = %id, %kind, subject = %subject_hash, "open request returned instead of a new one");
+                self.enqueue_if_never_sent(&mut open, &subject_hash).await;
                 Ok(Submission::AlreadyOpen(open))
             }
             CreateOutcome::IdempotentReplay(id) => {
-                let earlier = self.stored(id).await?;
+                let mut earlier = self.stored(id).await?;
                 if earlier.kind != kind || &earlier.subject != subject {
                     return Err(RequestError::IdempotencyKeyReused);
                 }
+                self.enqueue_if_never_sent(&mut earlier, &subject_hash)
+                    .await;
                 Ok(Submission::Replayed(earlier))
             }
         }
@@ -411,6 +414,15 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
 
     /// Sends the work message and records it; on failure the request stays un-enqueued for the
     /// sweep to find, which is why errors are logged here and not returned.
+    /// A client's retry is the first chance to send a work message that the first try stored
+    /// the request for but never sent (its answer was lost, or the queue failed): sooner than
+    /// the sweep. Keyed by the request, so a duplicate is dropped by the worker.
+    async fn enqueue_if_never_sent(&self, request: &mut Request, subject_hash: &SubjectHash) {
+        if request.state == RequestState::Received && request.enqueued_at.is_none() {
+            request.enqueued_at = self.enqueue(request, subject_hash).await;
+        }
+    }
+
     async fn enqueue(
         &self,
         request: &Request,

@@ -1,0 +1,266 @@
+//! The proving ground's scenarios. Each runs small here (inside `make test`) and at full size
+//! under `make chaos` (sizes from the environment, see `docs/reliability.md`), and prints one
+//! `chaos:` line with its figures.
+
+use crate::erasure::{rig, ErasureRig, RigSettings};
+use dsr_adapters::dynamodb::DynamoRequestStore;
+use dsr_domain::{RequestId, RequestState, RequestStore};
+use dsr_local::erasing_services::AMQP_SERVICES;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A size from the environment (`make chaos` sets the full ones).
+pub fn scale(variable: &str, default: usize) -> usize {
+    std::env::var(variable)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Submits through the API as a careful client does: on a 5xx it tries again with the same
+/// `Idempotency-Key`, so that a retry never makes a second request.
+pub async fn submit_until_accepted(rig: &ErasureRig, subject: &str, kind: &str) -> (String, u32) {
+    let key = format!("chaos-{subject}-{kind}");
+    for attempt in 1..=30 {
+        let reply = rig
+            .app
+            .send(
+                reqwest::Method::POST,
+                "/v1/requests",
+                Some(&rig.app.token(subject)),
+                Some(&format!(r#"{{"type":"{kind}"}}"#)),
+                &[("idempotency-key", &key)],
+            )
+            .await;
+        if reply.status.is_success() {
+            return (reply.body["id"].as_str().unwrap().to_owned(), attempt - 1);
+        }
+        assert!(
+            reply.status.is_server_error(),
+            "{subject}: {} {}",
+            reply.status,
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
+    }
+    panic!("{subject}: the API kept failing");
+}
+
+/// Waits until every request is in a terminal state (or a ready report); returns the states.
+pub async fn settle(
+    rig: &ErasureRig,
+    ids: &[String],
+    within: Duration,
+) -> HashMap<String, RequestState> {
+    let store = DynamoRequestStore::new(rig.app.dynamodb.clone(), rig.app.table(), "chaos");
+    let deadline = Instant::now() + within;
+    let mut states = HashMap::new();
+    loop {
+        for id in ids {
+            if states
+                .get(id)
+                .is_some_and(|s: &RequestState| s.is_terminal() || *s == RequestState::ReportReady)
+            {
+                continue;
+            }
+            let request: RequestId = id.parse().unwrap();
+            if let Ok(Some(found)) = store.get(request).await {
+                states.insert(id.clone(), found.state);
+            }
+        }
+        let open = ids
+            .iter()
+            .filter(|id| {
+                states
+                    .get(*id)
+                    .is_none_or(|s| !s.is_terminal() && *s != RequestState::ReportReady)
+            })
+            .count();
+        if open == 0 || Instant::now() > deadline {
+            return states;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Prints what the requests that did not finish went through, for whoever reads the failure.
+pub async fn explain_the_unfinished(rig: &ErasureRig, states: &HashMap<String, RequestState>) {
+    let store = DynamoRequestStore::new(rig.app.dynamodb.clone(), rig.app.table(), "chaos");
+    for (id, state) in states {
+        if matches!(state, RequestState::Completed | RequestState::ReportReady) {
+            continue;
+        }
+        let request = store.get(id.parse().unwrap()).await.unwrap().unwrap();
+        let obligations = dsr_domain::erasure::ObligationStore::obligations(&store, request.id)
+            .await
+            .unwrap_or_default();
+        println!(
+            "unfinished {id}: {state} attempts {} error {:?} lease {:?}\n  audit {:?}\n  obligations {:?}",
+            request.attempts,
+            request.last_error,
+            request.lease,
+            rig.audit(id).await,
+            obligations
+                .iter()
+                .map(|o| (o.service.to_string(), o.status, o.attempts, o.release_at))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// What the holders, the bucket and the dead-letter queues say after a run: every effect once.
+pub async fn assert_every_effect_once(
+    rig: &ErasureRig,
+    access: &[String],
+    erasures: &[String],
+    states: &HashMap<String, RequestState>,
+) {
+    for id in erasures {
+        assert_eq!(
+            states.get(id),
+            Some(&RequestState::Completed),
+            "erasure {id}"
+        );
+        for name in AMQP_SERVICES {
+            let service = rig.services.service(name);
+            assert_eq!(service.erasures_of(id).len(), 1, "{name} erased {id} once");
+        }
+        let email = rig.services.service("email");
+        let notices = email.notices_of(id);
+        assert_eq!(notices.len(), 1, "one notice for {id}");
+        assert!(
+            notices[0] <= email.erasures_of(id)[0],
+            "{id}: the subject was told before their email address was erased"
+        );
+    }
+    let s3 = dsr_adapters::s3::client(&crate::helpers::aws().await);
+    let bucket = rig.app.stack.context.resources["ReportsBucket"]
+        .name
+        .clone();
+    for id in access {
+        assert_eq!(
+            states.get(id),
+            Some(&RequestState::ReportReady),
+            "access {id}"
+        );
+        let prefix = format!("reports/{id}/");
+        let objects = s3
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(objects.contents().len(), 1, "one report for {id}");
+    }
+    let uploads = s3
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "no unfinished upload left");
+    for queue in [
+        "AccessRequestsDeadLetterQueue",
+        "ErasureRequestsDeadLetterQueue",
+        "ConfirmationsDeadLetterQueue",
+        "ScheduleRequestsDeadLetterQueue",
+        "OutboundDeadLetterQueue",
+    ] {
+        let dead: Vec<String> = crate::helpers::drain(&rig.app.sqs, &rig.app.queue_url(queue))
+            .await
+            .iter()
+            .map(|m| {
+                let reason = m
+                    .message_attributes()
+                    .and_then(|a| a.get("reason"))
+                    .and_then(|r| r.string_value())
+                    .unwrap_or("(no reason: the queue's redrive)");
+                let body: String = m.body().unwrap_or_default().chars().take(160).collect();
+                format!("{reason}: {body}")
+            })
+            .collect();
+        assert!(dead.is_empty(), "{queue} is empty:\n{}", dead.join("\n"));
+    }
+}
+
+#[tokio::test]
+async fn with_aws_failing_a_fifth_of_all_calls_every_request_completes_and_every_effect_happens_once(
+) {
+    let requests = scale("CHAOS_REQUESTS", 24);
+    let rate: f64 = std::env::var("CHAOS_FAULT_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.2);
+    let emulator =
+        std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into());
+    let proxy = dsr_local::fault_proxy::start(
+        &emulator,
+        dsr_local::fault_proxy::Faults {
+            rate,
+            max_latency: Duration::from_millis(300),
+        },
+    )
+    .await
+    .unwrap();
+    let rig = rig(RigSettings {
+        functions_endpoint: Some(proxy.url()),
+        // The safety net for a work message whose sending failed after the request was
+        // stored (every minute in AWS).
+        sweep_every: Some(Duration::from_secs(5)),
+        ..RigSettings::default()
+    })
+    .await;
+    let started = Instant::now();
+    let run = crate::helpers::unique_name();
+    let mut access = Vec::new();
+    let mut erasures = Vec::new();
+    let mut client_retries = 0;
+    // Submitted a few at a time, as users do, not one after the other.
+    let subjects: Vec<(String, &str)> = (0..requests)
+        .map(|i| {
+            let kind = if i % 2 == 0 { "access" } else { "erasure" };
+            (format!("chaos-{run}-{i}"), kind)
+        })
+        .collect();
+    for chunk in subjects.chunks(8) {
+        let submitted = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|(subject, kind)| submit_until_accepted(&rig, subject, kind)),
+        )
+        .await;
+        for ((_, kind), (id, retries)) in chunk.iter().zip(submitted) {
+            client_retries += retries;
+            if *kind == "access" {
+                access.push(id);
+            } else {
+                erasures.push(id);
+            }
+        }
+    }
+    let all: Vec<String> = access.iter().chain(&erasures).cloned().collect();
+    let states = settle(&rig, &all, Duration::from_secs(120 + 2 * requests as u64)).await;
+    let done = states
+        .values()
+        .filter(|s| matches!(s, RequestState::Completed | RequestState::ReportReady))
+        .count();
+    println!(
+        "chaos: aws faults | {requests} requests ({} access, {} erasure) | fault rate {rate} | {} calls, {} faults injected (5xx {}, throttled {}, reset before {}, reset after {}, 5xx after {}, slow {}) | {client_retries} client retries | {done} done, {} lost | {:.0} s",
+        access.len(),
+        erasures.len(),
+        proxy.counts.calls.load(std::sync::atomic::Ordering::Relaxed),
+        proxy.counts.total(),
+        proxy.counts.of(dsr_local::fault_proxy::Fault::ServerError),
+        proxy.counts.of(dsr_local::fault_proxy::Fault::Throttled),
+        proxy.counts.of(dsr_local::fault_proxy::Fault::ResetBefore),
+        proxy.counts.of(dsr_local::fault_proxy::Fault::ResetAfter),
+        proxy.counts.of(dsr_local::fault_proxy::Fault::ServerErrorAfter),
+        proxy.counts.of(dsr_local::fault_proxy::Fault::Slow),
+        requests - done,
+        started.elapsed().as_secs_f64(),
+    );
+    explain_the_unfinished(&rig, &states).await;
+    assert!(proxy.counts.total() > 0, "faults were injected");
+    assert_every_effect_once(&rig, &access, &erasures, &states).await;
+}
