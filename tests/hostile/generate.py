@@ -217,7 +217,7 @@ queue_specific = {
         ("a decade ahead", json.dumps({"action": "schedule", "version": 1, "key": "k2", "deliver_at": "2099-01-01T00:00:00Z", "destination": {"kind": "sqs", "queue_url": "$confirmations_queue"}, "payload": {}})),
         ("destination unknown kind", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": now, "destination": {"kind": "http", "url": "https://evil.example"}, "payload": {}})),
         ("to a foreign SQS queue", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": now, "destination": {"kind": "sqs", "queue_url": "https://sqs.us-east-1.amazonaws.com/1/other"}, "payload": {}})),
-        ("to the service's own exchange", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": now, "destination": {"kind": "rabbitmq", "exchange": "$ns.commands", "routing_key": "erasure.billing"}, "payload": {}})),
+        ("destination without routing key", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": now, "destination": {"kind": "rabbitmq", "exchange": "$ns.commands"}, "payload": {}})),
     ],
     "OutboundQueue": [
         ("envelope without exchange name", json.dumps({"version": 1, "message_id": "m", "exchange": "", "routing_key": "k", "payload": {}})),

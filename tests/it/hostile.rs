@@ -138,6 +138,32 @@ async fn every_hostile_input_is_refused_with_a_reason_and_nothing_panics_or_answ
     let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
         .await
         .unwrap();
+    // The bridge declares its queues when it connects: publish only once they are there (a
+    // message to an exchange nobody declared yet would be refused by the broker, not us).
+    for queue in ["confirmations", "schedule"] {
+        let name = format!("{ns}.bridge.{queue}");
+        let declared = eventually(std::time::Duration::from_secs(30), async || {
+            let channel = conn.create_channel().await.unwrap();
+            channel
+                .queue_declare(
+                    name.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(declared, "the bridge declared {name}");
+    }
+    let probe = conn.create_channel().await.unwrap();
+    probe
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let mut problems = Vec::new();
     let mut sent_to: HashMap<String, usize> = HashMap::new();
     let mut amqp_cases = 0;
@@ -191,7 +217,6 @@ async fn every_hostile_input_is_refused_with_a_reason_and_nothing_panics_or_answ
             "amqp" => {
                 amqp_cases += 1;
                 let exchange = format!("{ns}.{}", case["exchange"].as_str().unwrap());
-                let channel = conn.create_channel().await.unwrap();
                 let mut properties = BasicProperties::default()
                     .with_message_id(name.into())
                     .with_delivery_mode(2);
@@ -199,17 +224,24 @@ async fn every_hostile_input_is_refused_with_a_reason_and_nothing_panics_or_answ
                     properties = properties.with_user_id(user.into());
                 }
                 let body = body_of(case, &fill).unwrap();
-                channel
+                let routed = probe
                     .basic_publish(
                         exchange.as_str().into(),
                         "hostile".into(),
-                        lapin::options::BasicPublishOptions::default(),
+                        lapin::options::BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
                         &body,
                         properties,
                     )
                     .await
+                    .unwrap()
+                    .await
                     .unwrap();
-                let _ = channel.close(200, "sent".into()).await;
+                if !matches!(routed, lapin::Confirmation::Ack(None)) {
+                    problems.push(format!("{name}: the broker did not take it: {routed:?}"));
+                }
             }
             other => panic!("{name}: unknown channel {other}"),
         }
@@ -256,12 +288,57 @@ async fn every_hostile_input_is_refused_with_a_reason_and_nothing_panics_or_answ
         }
         depths
     };
-    let settled = eventually(std::time::Duration::from_secs(90), async || {
+    let settled = eventually(std::time::Duration::from_secs(180), async || {
         depths_now().await.values().sum::<usize>() + broker_depth().await >= sqs_cases + amqp_cases
     })
     .await;
     let depths = depths_now().await;
     let broker = broker_depth().await;
+    if !settled {
+        while let Some(m) = channel
+            .basic_get(
+                broker_dead.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            println!(
+                "broker dead letter: {:?} {}",
+                m.properties.message_id(),
+                String::from_utf8_lossy(&m.data)
+                    .chars()
+                    .take(100)
+                    .collect::<String>()
+            );
+        }
+        for queue in [
+            "ConfirmationsDeadLetterQueue",
+            "ScheduleRequestsDeadLetterQueue",
+        ] {
+            for m in crate::helpers::drain(&app.sqs, &app.queue_url(queue)).await {
+                println!(
+                    "{queue}: {}",
+                    m.body()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(120)
+                        .collect::<String>()
+                );
+            }
+        }
+        for queue in sent_to.keys() {
+            let attributes = app
+                .sqs
+                .get_queue_attributes()
+                .queue_url(app.queue_url(queue))
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+                .send()
+                .await
+                .unwrap();
+            println!("{queue}: {:?}", attributes.attributes());
+        }
+    }
     assert!(
         settled,
         "dead-lettered: {depths:?} + {broker} on the broker; sent {sent_to:?} + {amqp_cases} over RabbitMQ"

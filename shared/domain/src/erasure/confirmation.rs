@@ -6,6 +6,9 @@ use crate::messages::{DomainEvent, Origin, SubjectNotice};
 use crate::metrics::{self, names, Metric};
 use crate::ports::{Audited, TransitionOutcome};
 
+/// How much earlier than its release time an erase-last service's check may act.
+const RELEASE_CLOCK_TOLERANCE: chrono::Duration = chrono::Duration::seconds(5);
+
 impl<S, X, D, E, C, R> Erasures<S, X, D, E, C, R>
 where
     S: RequestStore + ObligationStore,
@@ -107,9 +110,11 @@ where
         }
         // An erase-last service is released only once the broker confirmed the notice and the
         // grace period after that passed (a check from before, or a forged one, changes nothing).
+        // A little early is still released: the check is due at that time, and the clocks of
+        // the scheduler and of this function may differ by a moment.
         let released = obligation
             .release_at
-            .is_some_and(|at| at <= self.clock.now());
+            .is_some_and(|at| at <= self.clock.now() + RELEASE_CLOCK_TOLERANCE);
         if obligation.last && (request.state != RequestState::Notifying || !released) {
             return Ok(Handled::Nothing(Skipped::WaitsForTheNotice));
         }
