@@ -16,7 +16,7 @@ export RUST_LOG ?= info,aws_config=warn,aws_smithy_runtime=warn
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help run test token ops stack emulator rabbitmq provision lint stop bench
+.PHONY: help run test token ops stack emulator rabbitmq provision lint stop bench chaos
 
 help:
 	@echo "make run              run the whole service locally (API on http://127.0.0.1:3000)"
@@ -25,6 +25,7 @@ help:
 	@echo "make ops ARGS=stats   the operator CLI (dsr-ops) against the local stack"
 	@echo "make lint             cargo fmt --check, clippy -D warnings, cfn-lint"
 	@echo "make bench            report memory/time (20 MB, 200 MB); 10,000 delayed messages due at once"
+	@echo "make chaos            the proving ground: faults, hostile input, fuzzing (docs/reliability.md)"
 	@echo "make stop             stop the emulator this project started"
 
 stack: emulator rabbitmq
@@ -72,6 +73,12 @@ bench: emulator
 	$(CARGO) build --quiet --profile $(BENCH_PROFILE) -p dsr-local --bin report-bench
 	@for mb in 20 200; do target/$(if $(filter dev,$(BENCH_PROFILE)),debug,$(BENCH_PROFILE))/report-bench $$mb; done
 	@$(CARGO) nextest run -p dsr-tests -E 'test($(BULK_TEST))' --no-capture 2>&1 | grep '^bulk:' 
+
+# The proving ground at full size (500 requests under 20% AWS faults, the hostile corpus, a
+# broker restart mid fan-out, 10 million executions per fuzz target); loopback only, stops by
+# itself. Its small runs are part of `make test`. Figures: docs/reliability.md.
+chaos: stack
+	infra/chaos/run.sh
 
 lint: emulator
 	$(CARGO) fmt --all -- --check

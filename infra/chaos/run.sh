@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The proving ground: every scenario at full size, then every fuzz target, on loopback only,
+# bounded in time and count; it stops by itself. Prints the table docs/reliability.md holds and
+# writes it to target/chaos/report.md.
+#   CHAOS_REQUESTS    requests in the AWS-faults run (default 500, half access, half erasure)
+#   CHAOS_FAULT_RATE  share of AWS calls that fail (default 0.2)
+#   FUZZ_RUNS         executions per fuzz target (default 10 million; CHAOS_SKIP_FUZZ=1 skips)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CHAOS_REQUESTS="${CHAOS_REQUESTS:-500}"
+export CHAOS_FAULT_RATE="${CHAOS_FAULT_RATE:-0.2}"
+mkdir -p target/chaos
+log=target/chaos/scenarios.log
+start=$(date +%s)
+# One at a time: each scenario loads the machine on its own.
+cargo nextest run -p dsr-tests --no-fail-fast --no-capture --test-threads 1 \
+  -E 'test(/^chaos::/) | test(every_hostile_input) | test(rabbitmq_restarted_in_the_middle)' \
+  2>&1 | tee "$log" | grep -aE '^chaos:|PASS|FAIL' || true
+status=${PIPESTATUS[0]}
+{
+  echo "## Scenarios ($(date -u +%F), $(nproc) cores, CHAOS_REQUESTS=$CHAOS_REQUESTS, CHAOS_FAULT_RATE=$CHAOS_FAULT_RATE)"
+  echo
+  echo "| scenario | figures |"
+  echo "| --- | --- |"
+  grep -a '^chaos:' "$log" | sed -E 's/^chaos: ([^|]*)\| (.*)$/| \1| \2 |/'
+  grep -aE '^\s+(PASS|FAIL) ' "$log" | sed -E 's/^\s+(PASS|FAIL) \[ *([0-9.]+)s\].* dsr-tests::it (.*)$/| \3 | \1 in \2 s |/'
+  echo
+  echo "Scenarios: $(( $(date +%s) - start )) s."
+} >target/chaos/report.md
+if [[ "${CHAOS_SKIP_FUZZ:-}" != "1" ]]; then
+  infra/chaos/fuzz.sh
+  { echo; echo "## Fuzzing"; echo; cat target/chaos/fuzz.md; } >>target/chaos/report.md
+fi
+cat target/chaos/report.md
+exit "$status"
