@@ -265,3 +265,79 @@ async fn with_aws_failing_a_fifth_of_all_calls_every_request_completes_and_every
     assert!(proxy.counts.total() > 0, "faults were injected");
     assert_every_effect_once(&rig, &access, &erasures, &states).await;
 }
+
+#[tokio::test]
+async fn every_message_delivered_three_times_to_eight_workers_has_one_effect() {
+    let requests = scale("CHAOS_DUPLICATED_REQUESTS", 8);
+    let rig = rig(RigSettings {
+        workers: 8,
+        deliveries: 3,
+        // No watchdog re-send during the run: every command seen is a duplicate, not a retry.
+        confirm_within_seconds: 600,
+        ..RigSettings::default()
+    })
+    .await;
+    // The services answer every command twice, and have RabbitMQ deliver every command again.
+    for name in AMQP_SERVICES {
+        let behaviour = &rig.services.service(name).behaviour;
+        behaviour
+            .duplicate_confirmations
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        behaviour
+            .redeliver_once
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let started = Instant::now();
+    let run = crate::helpers::unique_name();
+    let (mut access, mut erasures) = (Vec::new(), Vec::new());
+    for chunk in (0..requests).collect::<Vec<_>>().chunks(8) {
+        let submitted = futures::future::join_all(chunk.iter().map(|i| {
+            let kind = if i % 2 == 0 { "access" } else { "erasure" };
+            let subject = format!("dup-{run}-{i}");
+            let rig = &rig;
+            async move { (kind, submit_until_accepted(rig, &subject, kind).await.0) }
+        }))
+        .await;
+        for (kind, id) in submitted {
+            if kind == "access" {
+                access.push(id);
+            } else {
+                erasures.push(id);
+            }
+        }
+    }
+    let all: Vec<String> = access.iter().chain(&erasures).cloned().collect();
+    let states = settle(&rig, &all, Duration::from_secs(240 + 2 * requests as u64)).await;
+    explain_the_unfinished(&rig, &states).await;
+    // One command per holder and request: every delivery of it carries the same message id.
+    let mut deliveries = 0;
+    for id in &erasures {
+        for name in AMQP_SERVICES {
+            let service = rig.services.service(name);
+            let seen: Vec<String> = service
+                .commands
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|m| m.contains(id.as_str()))
+                .cloned()
+                .collect();
+            deliveries += seen.len();
+            let distinct: std::collections::HashSet<&String> = seen.iter().collect();
+            assert_eq!(distinct.len(), 1, "{name}: one command for {id}: {seen:?}");
+        }
+    }
+    let done = states
+        .values()
+        .filter(|s| matches!(s, RequestState::Completed | RequestState::ReportReady))
+        .count();
+    println!(
+        "chaos: duplicates | {requests} requests ({} access, {} erasure) | 8 workers per function, every batch to 3 at once; every confirmation published twice, every command redelivered | {deliveries} command deliveries for {} commands | {done} done, {} lost | {:.0} s",
+        access.len(),
+        erasures.len(),
+        erasures.len() * AMQP_SERVICES.len(),
+        requests - done,
+        started.elapsed().as_secs_f64()
+    );
+    assert_every_effect_once(&rig, &access, &erasures, &states).await;
+}

@@ -39,6 +39,9 @@ pub struct RigSettings {
     pub functions_endpoint: Option<String>,
     /// How often the sweep runs (it re-sends work messages that were never sent).
     pub sweep_every: Option<Duration>,
+    /// Instances of each queue-fed function, and how many of them get every batch.
+    pub workers: usize,
+    pub deliveries: usize,
 }
 
 impl Default for RigSettings {
@@ -51,6 +54,8 @@ impl Default for RigSettings {
             dispatch_callers: None,
             functions_endpoint: None,
             sweep_every: None,
+            workers: 1,
+            deliveries: 1,
         }
     }
 }
@@ -80,6 +85,8 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
         s.registry = Some(registry);
         s.dispatch_every = Duration::from_millis(500);
         s.functions_endpoint = settings.functions_endpoint;
+        s.workers = settings.workers;
+        s.deliveries = settings.deliveries;
         if let Some(every) = settings.sweep_every {
             s.sweep_every = every;
         }
@@ -920,13 +927,15 @@ async fn delayed_dispatch_takes_from_each_caller_only_its_own_destinations_and_k
 }
 
 /// Stops the RabbitMQ server and starts it again, as `make test` started it.
-async fn restart_rabbitmq() {
-    tokio::task::spawn_blocking(|| {
+/// Stops the shared broker, keeps it down for `down`, and starts it again.
+async fn restart_rabbitmq(down: Duration) {
+    tokio::task::spawn_blocking(move || {
         let stop = std::process::Command::new("bash")
             .args(["-c", "PATH=/usr/sbin:$PATH rabbitmqctl shutdown"])
             .status()
             .unwrap();
         assert!(stop.success(), "rabbitmqctl shutdown");
+        std::thread::sleep(down);
         let start = std::process::Command::new("bash")
             .arg(crate::helpers::repo_path("infra/local/ensure-rabbitmq.sh"))
             .status()
@@ -938,9 +947,13 @@ async fn restart_rabbitmq() {
 }
 
 /// Runs alone (`make test` runs it after the parallel suite): it restarts the shared broker.
+/// `make chaos` runs it with the broker down for ten minutes during 1,000 erasures
+/// (`CHAOS_BROKER_DOWN_SECONDS`, `CHAOS_BROKER_ERASURES`).
 #[tokio::test]
 async fn rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_loses_nothing() {
-    const REQUESTS: usize = 100;
+    let requests = crate::chaos::scale("CHAOS_BROKER_ERASURES", 100);
+    let down = Duration::from_secs(crate::chaos::scale("CHAOS_BROKER_DOWN_SECONDS", 0) as u64);
+    let started = std::time::Instant::now();
     // No watchdog re-send within the test: whatever completes, completes on the first command.
     let rig = rig(RigSettings {
         confirm_within_seconds: 3600,
@@ -950,7 +963,7 @@ async fn rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_loses_not
     })
     .await;
     let mut submitted = Vec::new();
-    for i in 0..REQUESTS {
+    for i in 0..requests {
         let subject = format!("bulk{i}-{}", rig.namespace);
         let id = rig.submit_erasure(&subject).await;
         submitted.push((subject, id));
@@ -964,11 +977,12 @@ async fn rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_loses_not
         .await
     );
     let before = profile.commands.lock().unwrap().len();
-    restart_rabbitmq().await;
-    eprintln!("restart: broker restarted after {before} of {REQUESTS} profile commands");
+    restart_rabbitmq(down).await;
+    eprintln!("restart: broker restarted after {before} of {requests} profile commands");
 
     let mut unfinished = submitted.clone();
-    let all_done = eventually(Duration::from_secs(480), async || {
+    let within = Duration::from_secs(480 + requests as u64) + down;
+    let all_done = eventually(within, async || {
         let mut still = Vec::new();
         for (subject, id) in &unfinished {
             if rig.show(subject, id).await["state"] != "completed" {
@@ -979,7 +993,14 @@ async fn rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_loses_not
         unfinished.is_empty()
     })
     .await;
-    assert!(all_done, "{} of {REQUESTS} not completed", unfinished.len());
+    assert!(all_done, "{} of {requests} not completed", unfinished.len());
+    println!(
+        "chaos: broker loss | {requests} erasures, RabbitMQ stopped after {before} profile commands for {} s, then started | {} completed, {} lost | {:.0} s",
+        down.as_secs(),
+        requests - unfinished.len(),
+        unfinished.len(),
+        started.elapsed().as_secs_f64()
+    );
     for (subject, id) in &submitted {
         let view = rig.show(subject, id).await;
         for s in view["services"].as_array().unwrap() {
@@ -993,6 +1014,11 @@ async fn rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_loses_not
                 "{name}"
             );
         }
+        // Told before the email address went.
+        let email = rig.services.service("email");
+        let notices = email.notices_of(id);
+        assert_eq!(notices.len(), 1, "one notice for {id}");
+        assert!(notices[0] <= email.erasures_of(id)[0], "{id}: notice first");
     }
     for dlq in [
         "ErasureRequestsDeadLetterQueue",

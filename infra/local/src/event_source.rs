@@ -174,3 +174,50 @@ fn lambda_record(message: &Message, source: &EventSource) -> SqsMessage {
     record.aws_region = Some(source.region.clone());
     record
 }
+
+/// SQS's at-least-once delivery, made the rule: every batch goes to `copies` of the `workers`
+/// (distinct instances of one function, as Lambda runs them), at the same time. A message is
+/// deleted when any copy handled it, as with SQS, where any receiver's delete removes it; it
+/// comes back only if every copy failed it. The proving ground's duplicates-and-races run.
+pub fn duplicating(workers: Vec<SqsFunction>, copies: usize) -> SqsFunction {
+    let workers = Arc::new(workers);
+    Arc::new(move |event: SqsEvent| {
+        let workers = workers.clone();
+        Box::pin(async move {
+            let mut chosen: Vec<usize> = (0..workers.len()).collect();
+            fastrand::shuffle(&mut chosen);
+            chosen.truncate(copies.clamp(1, workers.len().max(1)));
+            let all: HashSet<String> = event
+                .records
+                .iter()
+                .filter_map(|r| r.message_id.clone())
+                .collect();
+            let answers =
+                futures::future::join_all(chosen.iter().map(|&i| (workers[i])(event.clone())))
+                    .await;
+            // Failed only where every copy failed.
+            let mut failed = all;
+            for answer in answers {
+                let this: HashSet<String> = match answer {
+                    Ok(response) => response
+                        .batch_item_failures
+                        .into_iter()
+                        .map(|f| f.item_identifier)
+                        .collect(),
+                    Err(_) => failed.clone(),
+                };
+                failed.retain(|id| this.contains(id));
+            }
+            let mut response = SqsBatchResponse::default();
+            response.batch_item_failures = failed
+                .into_iter()
+                .map(|id| {
+                    let mut failure = aws_lambda_events::sqs::BatchItemFailure::default();
+                    failure.item_identifier = id;
+                    failure
+                })
+                .collect();
+            Ok(response)
+        })
+    })
+}

@@ -71,6 +71,11 @@ pub struct LocalSettings {
     /// Where the functions reach AWS, when not where the stack was provisioned (the proving
     /// ground's fault-injecting proxy in front of the emulator).
     pub functions_endpoint: Option<String>,
+    /// Instances of each queue-fed function (each its own worker, as Lambda scales out).
+    pub workers: usize,
+    /// How many of them receive every batch at once (1: SQS's usual once; more: the proving
+    /// ground's duplicates).
+    pub deliveries: usize,
 }
 
 impl LocalSettings {
@@ -93,6 +98,8 @@ impl LocalSettings {
             registry: None,
             demo: None,
             functions_endpoint: None,
+            workers: 1,
+            deliveries: 1,
         }
     }
 }
@@ -401,7 +408,14 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
     }
     if settings.consume_work_queues {
         let sqs = aws_sdk_sqs::Client::new(aws);
-        let mut consume = |function: &str, handler: SqsFunction| -> Result<()> {
+        let (workers, deliveries) = (settings.workers.max(1), settings.deliveries.max(1));
+        let mut consume = |function: &str, build: &dyn Fn() -> Result<SqsFunction>| -> Result<()> {
+            let handler = if workers == 1 {
+                build()?
+            } else {
+                let instances = (0..workers).map(|_| build()).collect::<Result<Vec<_>>>()?;
+                event_source::duplicating(instances, deliveries)
+            };
             tasks.spawn(event_source::run(
                 sqs.clone(),
                 stack.event_source(function)?,
@@ -410,40 +424,39 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
             ));
             Ok(())
         };
-        consume(
-            "ReportFunction",
-            queue_function(&stack, "ReportFunction", stack.report(registry.as_deref())?),
-        )?;
-        consume(
-            "ErasureFunction",
-            queue_function(
+        consume("ReportFunction", &|| {
+            Ok(queue_function(
+                &stack,
+                "ReportFunction",
+                stack.report(registry.as_deref())?,
+            ))
+        })?;
+        consume("ErasureFunction", &|| {
+            Ok(queue_function(
                 &stack,
                 "ErasureFunction",
                 stack.erasure(registry.as_deref())?,
-            ),
-        )?;
-        consume(
-            "ConfirmFunction",
-            queue_function(
+            ))
+        })?;
+        consume("ConfirmFunction", &|| {
+            Ok(queue_function(
                 &stack,
                 "ConfirmFunction",
                 stack.confirm(registry.as_deref())?,
-            ),
-        )?;
-        consume(
-            "BridgeOutboundFunction",
-            queue_function(
+            ))
+        })?;
+        consume("BridgeOutboundFunction", &|| {
+            Ok(queue_function(
                 &stack,
                 "BridgeOutboundFunction",
                 stack.outbound_bridge()?.outbound,
-            ),
-        )?;
+            ))
+        })?;
         let dispatch = Arc::new(stack.dispatch(SystemClock)?);
         let timeout = stack.template.function_timeout("DispatchFunction");
-        let requests = dispatch.clone();
-        consume(
-            "DispatchFunction",
-            Arc::new(move |event| {
+        consume("DispatchFunction", &|| {
+            let requests = Arc::new(stack.dispatch(SystemClock)?);
+            let function: SqsFunction = Arc::new(move |event| {
                 let dispatch = requests.clone();
                 Box::pin(async move {
                     let deadline = SystemTime::now() + timeout;
@@ -452,8 +465,9 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
                         .await?;
                     Ok(serde_json::from_value(answer)?)
                 })
-            }),
-        )?;
+            });
+            Ok(function)
+        })?;
         // EventBridge Scheduler's wake-ups: moto stores schedules but never fires them.
         tasks.spawn(recurring(
             settings.dispatch_every,
