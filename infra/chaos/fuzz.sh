@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Fuzzes every parser of outside input (fuzz/fuzz_targets) with libFuzzer through cargo fuzz,
+# Fuzzes every parser of outside input (shared/fuzz/fuzz_targets) with libFuzzer through cargo fuzz,
 # on the stable toolchain (RUSTC_BOOTSTRAP lets cargo fuzz pass its -Z flags; no sanitizer, so
 # no nightly is needed). Each target runs FUZZ_RUNS executions (default 10 million) and the
 # table of runs, time and speed is printed and written to target/chaos/fuzz.md. A crash stops
-# the run with libFuzzer's report; the input is kept under fuzz/artifacts/<target>/ and belongs
+# the run with libFuzzer's report; the input is kept under shared/fuzz/artifacts/<target>/ and belongs
 # in tests/hostile/corpus.json as a regression case.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,13 +17,13 @@ out=target/chaos/fuzz.md
   echo "| target | executions | seconds | executions/s | crashes |"
   echo "| --- | ---: | ---: | ---: | ---: |"
 } >"$out"
-(cd fuzz && cargo fuzz build --sanitizer none -O)
+cargo fuzz build --fuzz-dir shared/fuzz --sanitizer none -O
 for target in $TARGETS; do
-  mkdir -p "fuzz/corpus/$target"
+  mkdir -p "shared/fuzz/corpus/$target"
   log="target/chaos/fuzz-$target.log"
   start=$(date +%s)
-  if ! (cd fuzz && cargo fuzz run --sanitizer none -O "$target" "corpus/$target" -- \
-      -runs="$RUNS" -max_len=65536 -print_final_stats=1) >"$log" 2>&1; then
+  if ! cargo fuzz run --fuzz-dir shared/fuzz --sanitizer none -O "$target" "shared/fuzz/corpus/$target" -- \
+      -runs="$RUNS" -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
     tail -40 "$log"
     echo "| $target | - | - | - | CRASH (see $log) |" >>"$out"
     cat "$out"
