@@ -32,6 +32,25 @@ fn count_panics() -> Arc<AtomicUsize> {
     panics
 }
 
+/// How many messages a broker queue holds; `None` when it does not exist. A fresh channel
+/// each time: the broker closes a channel whose passive declare failed.
+async fn broker_queue_depth(conn: &Connection, queue: &str) -> Option<usize> {
+    let channel = conn.create_channel().await.ok()?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .ok()?;
+    let _ = channel.close(200, "counted".into()).await;
+    Some(declared.message_count() as usize)
+}
+
 /// The case's body as bytes, with its placeholders filled in.
 fn body_of(case: &Value, fill: &dyn Fn(&str) -> String) -> Option<Vec<u8>> {
     let mut bytes = if let Some(text) = case["body"].as_str() {
@@ -143,18 +162,7 @@ async fn every_hostile_input_is_refused_with_a_reason_and_nothing_panics_or_answ
     for queue in ["confirmations", "schedule"] {
         let name = format!("{ns}.bridge.{queue}");
         let declared = eventually(std::time::Duration::from_secs(30), async || {
-            let channel = conn.create_channel().await.unwrap();
-            channel
-                .queue_declare(
-                    name.as_str().into(),
-                    lapin::options::QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    lapin::types::FieldTable::default(),
-                )
-                .await
-                .is_ok()
+            broker_queue_depth(&conn, &name).await.is_some()
         })
         .await;
         assert!(declared, "the bridge declared {name}");
@@ -267,20 +275,7 @@ async fn every_hostile_input_is_refused_with_a_reason_and_nothing_panics_or_answ
     let sqs_cases: usize = sent_to.values().sum();
     let broker_dead = format!("{ns}.bridge.dead-letter");
     let channel = conn.create_channel().await.unwrap();
-    let broker_depth = || async {
-        channel
-            .queue_declare(
-                broker_dead.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .map(|q| q.message_count() as usize)
-            .unwrap_or(0)
-    };
+    let broker_depth = || async { broker_queue_depth(&conn, &broker_dead).await.unwrap_or(0) };
     let depths_now = || async {
         let mut depths = HashMap::new();
         for queue in dead_letter_queues {
