@@ -902,7 +902,7 @@ async fn delayed_dispatch_takes_from_each_caller_only_its_own_destinations_and_k
         )
         .await
         .unwrap();
-    let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+    let delivery = tokio::time::timeout(Duration::from_secs(60), consumer.next())
         .await
         .expect("the allowed message is delivered")
         .unwrap()

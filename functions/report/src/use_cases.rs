@@ -297,6 +297,47 @@ async fn a_worker_whose_lease_passed_to_another_is_fenced_out_and_its_report_del
 }
 
 #[tokio::test]
+async fn a_worker_whose_lease_passed_and_whose_completion_fails_removes_only_its_own_report() {
+    let f = fixture();
+    let id = f.access_request().await;
+    // While the slow worker collects, its lease passes to another worker, which finishes
+    // first; then the slow worker's completion fails (the next worker aborted its upload).
+    let (store, clock, reports) = (f.store.clone(), f.clock.clone(), f.reports.clone());
+    let theirs = format!("reports/{id}/2/report.zip");
+    let committed = theirs.clone();
+    f.sources.before_next_collect(Box::pin(async move {
+        clock.advance(Duration::seconds(961));
+        let taken = store
+            .acquire_lease(
+                id,
+                "fast",
+                RequestState::Collecting,
+                clock.now(),
+                Duration::seconds(960),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(taken, dsr_domain::LeaseOutcome::Acquired(_)));
+        reports.put(&committed, b"the fast worker's report".to_vec());
+        reports.set_failing_completion(true);
+    }));
+    assert_eq!(
+        f.worker("slow").generate(id).await.unwrap(),
+        WorkOutcome::FencedOut
+    );
+    assert_eq!(
+        f.reports.objects(),
+        [theirs],
+        "the other worker's report is kept"
+    );
+    assert_eq!(
+        f.reports.unfinished(),
+        0,
+        "the slow worker's upload is gone"
+    );
+}
+
+#[tokio::test]
 async fn what_a_dead_attempt_left_is_removed_before_the_next_one_starts() {
     let f = fixture();
     let id = f.access_request().await;

@@ -215,7 +215,7 @@ where
             }
             // Fenced out, or the request moved on meanwhile: this report is nobody's.
             Committed::FencedOut | Committed::Illegal(_) => {
-                let _ = self.reports.delete(&key).await;
+                self.forget(&key).await;
                 Ok(WorkOutcome::FencedOut)
             }
         }
@@ -280,13 +280,33 @@ where
             Ok(summary) => match upload.complete().await {
                 Ok(()) => Ok(summary),
                 Err(err) => {
-                    self.clean(&format!("reports/{}/", request.id)).await?;
+                    // The completion may have taken effect before its answer was lost, or
+                    // not at all: remove this attempt's own report either way. Only its own
+                    // key: this worker may have lost its lease, and another's report under
+                    // the request's prefix may be the committed one.
+                    self.forget(key).await;
                     Err(err.into())
                 }
             },
             Err(err) => {
                 let _ = upload.abort().await;
                 Err(err.into())
+            }
+        }
+    }
+
+    /// Removes one attempt's own report, finished or not, trying a few times: nobody else
+    /// knows its key (the next attempt's clean-up, or the bucket's lifecycle rule, are the
+    /// last resort).
+    async fn forget(&self, key: &str) {
+        for _ in 0..3 {
+            let aborted = self.reports.abort_unfinished(key).await;
+            let deleted = self.reports.delete(key).await;
+            match (aborted, deleted) {
+                (Ok(_), Ok(())) => return,
+                (Err(err), _) | (_, Err(err)) => {
+                    tracing::warn!(key, error = %err, "could not remove an abandoned report yet")
+                }
             }
         }
     }
