@@ -6,6 +6,7 @@
 #   CHAOS_FAULT_RATE  share of AWS calls that fail (default 0.2)
 #   CHAOS_DUPLICATED_REQUESTS  requests with every message delivered three times (default 200)
 #   CHAOS_BROKER_ERASURES, CHAOS_BROKER_DOWN_SECONDS  erasures during a broker outage (1000, 600)
+#   CRASH_REQUESTS    requests in flight when the functions' process is killed, per kill point (20)
 #   FUZZ_RUNS         executions per fuzz target (default 10 million; CHAOS_SKIP_FUZZ=1 skips)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,20 +15,21 @@ export CHAOS_FAULT_RATE="${CHAOS_FAULT_RATE:-0.2}"
 export CHAOS_DUPLICATED_REQUESTS="${CHAOS_DUPLICATED_REQUESTS:-200}"
 export CHAOS_BROKER_ERASURES="${CHAOS_BROKER_ERASURES:-1000}"
 export CHAOS_BROKER_DOWN_SECONDS="${CHAOS_BROKER_DOWN_SECONDS:-600}"
+export CRASH_REQUESTS="${CRASH_REQUESTS:-20}"
 mkdir -p target/chaos
 log=target/chaos/scenarios.log
 start=$(date +%s)
 # One at a time: each scenario loads the machine on its own.
 cargo nextest run -p dsr-tests --no-fail-fast --no-capture --test-threads 1 \
-  -E 'test(/^chaos::/) | test(every_hostile_input) | test(rabbitmq_restarted_in_the_middle)' \
-  2>&1 | tee "$log" | grep -aE '^chaos:|PASS|FAIL' || true
+  -E 'test(/^chaos::/) | test(/^crash::/) | test(every_hostile_input) | test(rabbitmq_restarted_in_the_middle)' \
+  2>&1 | tee "$log" | grep -aE '^(chaos|crash):|PASS|FAIL' || true
 status=${PIPESTATUS[0]}
 {
   echo "## Scenarios ($(date -u +%F), $(nproc) cores, CHAOS_REQUESTS=$CHAOS_REQUESTS, CHAOS_FAULT_RATE=$CHAOS_FAULT_RATE)"
   echo
   echo "| scenario | figures |"
   echo "| --- | --- |"
-  grep -a '^chaos:' "$log" | sed -E 's/^chaos: ([^|]*)\| (.*)$/| \1| \2 |/'
+  grep -aE '^(chaos|crash):' "$log" | sed -E 's/^(chaos|crash): ([^|]*)\| (.*)$/| \1: \2| \3 |/'
   grep -aE '^\s+(PASS|FAIL) ' "$log" | sed -E 's/^\s+(PASS|FAIL) \[ *([0-9.]+)s\].* dsr-tests::it (.*)$/| \3 | \1 in \2 s |/'
   echo
   echo "Scenarios: $(( $(date +%s) - start )) s."

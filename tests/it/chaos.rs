@@ -208,6 +208,8 @@ async fn with_aws_failing_a_fifth_of_all_calls_every_request_completes_and_every
         // The safety net for a work message whose sending failed after the request was
         // stored (every minute in AWS).
         sweep_every: Some(Duration::from_secs(5)),
+        // Lambda's SQS event source starts with five concurrent batches per queue.
+        workers: 5,
         ..RigSettings::default()
     })
     .await;

@@ -283,6 +283,36 @@ async fn concurrent_sweeps_send_each_message_once() {
 }
 
 #[tokio::test]
+async fn only_the_holder_of_a_claim_may_release_it_and_a_released_claim_is_sent_next() {
+    let f = fixture().await;
+    let m = f.message("retry:01JABC", Duration::seconds(0), json!({"n": 1}));
+    f.dispatcher.schedule(&m).await.unwrap();
+    let store = DynamoDelayedStore::new(
+        f.app.dynamodb.clone(),
+        f.env(dsr_adapters::config::vars::DELAYED_MESSAGES_TABLE),
+    );
+    let stored = m.clone().normalized();
+    let now = f.clock.now();
+    let until = now + Duration::minutes(2);
+    assert!(store.claim(&stored, now, until).await.unwrap());
+    assert!(
+        !store
+            .release_claim(&stored, until + Duration::seconds(1), now)
+            .await
+            .unwrap(),
+        "another claim's holder cannot release this one"
+    );
+    assert_eq!(f.dispatcher.dispatch_due().await.unwrap().sent, 0);
+    assert!(store.release_claim(&stored, until, now).await.unwrap());
+    assert_eq!(
+        f.dispatcher.dispatch_due().await.unwrap().sent,
+        1,
+        "released: the next sweep sends it, long before the claim would have run out"
+    );
+    assert_eq!(f.delivered().await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_crash_between_send_and_mark_resends_the_same_message_id() {
     let f = fixture().await;
     let m = f.message(

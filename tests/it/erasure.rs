@@ -22,6 +22,8 @@ pub struct ErasureRig {
     pub app: TestApp,
     pub services: ErasingServices,
     pub namespace: String,
+    /// The service registry (YAML) the functions were given.
+    pub registry: String,
     /// Every event published on `<ns>.events`, in order.
     pub events: Arc<Mutex<Vec<Value>>>,
     _stop: watch::Sender<bool>,
@@ -42,6 +44,9 @@ pub struct RigSettings {
     /// Instances of each queue-fed function, and how many of them get every batch.
     pub workers: usize,
     pub deliveries: usize,
+    /// False: the functions run elsewhere (the crash proof's own process); this one only
+    /// provisions, serves the API and hosts the holders.
+    pub consume_work_queues: bool,
 }
 
 impl Default for RigSettings {
@@ -56,6 +61,7 @@ impl Default for RigSettings {
             sweep_every: None,
             workers: 1,
             deliveries: 1,
+            consume_work_queues: true,
         }
     }
 }
@@ -80,8 +86,9 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
     )
     .replace(VENDOR_PATH, settings.vendor_path);
     let ns = namespace.clone();
+    let registered = registry.clone();
     let app = spawn_app_with(move |s| {
-        s.consume_work_queues = true;
+        s.consume_work_queues = settings.consume_work_queues;
         s.registry = Some(registry);
         s.dispatch_every = Duration::from_millis(500);
         s.functions_endpoint = settings.functions_endpoint;
@@ -105,6 +112,7 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
         app,
         services,
         namespace,
+        registry: registered,
         events,
         _stop: stop,
     }

@@ -6,6 +6,7 @@ mod api;
 mod bridge;
 mod chaos;
 mod contract;
+mod crash;
 mod dispatch;
 mod erasure;
 mod event_source;

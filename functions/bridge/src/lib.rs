@@ -437,6 +437,7 @@ impl RecordHandler for Publisher {
                     "published to RabbitMQ"
                 );
                 metrics::emit(Metric::count("BridgePublished", 1));
+                dsr_domain::kill_point::reached("bridge.published");
                 if let Some(request_id) = publication.receipt_for {
                     if let Err(err) = self.send_receipt(&publication, request_id).await {
                         // Published but not told: it is published again (consumers dedupe by

@@ -158,8 +158,8 @@ async fn a_cancelled_message_is_never_sent() {
 }
 
 #[tokio::test]
-async fn a_failed_send_is_retried_by_the_next_sweep_with_the_same_message_id() {
-    let (d, _, ports, clock) = setup();
+async fn a_failed_send_is_retried_by_the_next_sweep_at_once_with_the_same_message_id() {
+    let (d, store, ports, clock) = setup();
     d.schedule(&message("k1", clock.now(), json!("x")))
         .await
         .unwrap();
@@ -167,14 +167,19 @@ async fn a_failed_send_is_retried_by_the_next_sweep_with_the_same_message_id() {
     let report = d.dispatch_due().await.unwrap();
     assert_eq!(report.failed, 1);
     ports.failing_sends.store(false, Ordering::SeqCst);
+    // The failed send may have arrived: the key is spent for another message.
     assert_eq!(
-        d.dispatch_due().await.unwrap().sent,
-        0,
-        "its claim still holds"
+        d.schedule(&message("k1", clock.now(), json!("other")))
+            .await
+            .unwrap(),
+        ScheduleOutcome::KeySpent
     );
-    clock.advance(d.settings.claim_for + Duration::seconds(1));
+    // The next sweep, a moment later: the failed send gave its claim back.
+    clock.advance(Duration::seconds(1));
     assert_eq!(d.dispatch_due().await.unwrap().sent, 1);
     assert_eq!(sent_ids(&ports), ["k1"]);
+    assert_eq!(ports.sent.lock().unwrap()[0].1, json!("x"));
+    assert_eq!(store.status("k1"), Some("dispatched"));
 }
 
 #[tokio::test]

@@ -338,6 +338,28 @@ async fn a_worker_whose_lease_passed_and_whose_completion_fails_removes_only_its
 }
 
 #[tokio::test]
+async fn a_storage_failure_while_clearing_up_hands_the_request_back_at_once() {
+    let f = fixture();
+    let id = f.access_request().await;
+    f.reports.set_failing_listing(true);
+    assert!(matches!(
+        f.worker("a").generate(id).await.unwrap(),
+        WorkOutcome::RetryLater { .. }
+    ));
+    let request = f.request(id).await;
+    assert_eq!(
+        (request.state, request.lease.is_none()),
+        (RequestState::Received, true),
+        "no lease left holding the next worker off"
+    );
+    f.reports.set_failing_listing(false);
+    assert!(matches!(
+        f.worker("b").generate(id).await.unwrap(),
+        WorkOutcome::Completed(_)
+    ));
+}
+
+#[tokio::test]
 async fn what_a_dead_attempt_left_is_removed_before_the_next_one_starts() {
     let f = fixture();
     let id = f.access_request().await;

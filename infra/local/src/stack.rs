@@ -71,7 +71,11 @@ pub struct LocalSettings {
     /// Where the functions reach AWS, when not where the stack was provisioned (the proving
     /// ground's fault-injecting proxy in front of the emulator).
     pub functions_endpoint: Option<String>,
-    /// Instances of each queue-fed function (each its own worker, as Lambda scales out).
+    /// Variables every function sees instead of the template's (the crash proof's short
+    /// leases); empty normally.
+    pub overrides: BTreeMap<String, String>,
+    /// Instances of each queue-fed function (each its own worker, as Lambda scales out);
+    /// with one delivery per batch, each polls its queue on its own.
     pub workers: usize,
     /// How many of them receive every batch at once (1: SQS's usual once; more: the proving
     /// ground's duplicates).
@@ -98,6 +102,7 @@ impl LocalSettings {
             registry: None,
             demo: None,
             functions_endpoint: None,
+            overrides: BTreeMap::new(),
             workers: 1,
             deliveries: 1,
         }
@@ -113,6 +118,7 @@ pub struct LocalStack {
     /// Each function's configuration with its secrets read from Parameter Store, as each
     /// function's `main` reads it, once.
     envs: HashMap<String, Env>,
+    overrides: Env,
 }
 
 impl LocalStack {
@@ -166,6 +172,7 @@ impl LocalStack {
             aws,
             jwt_secret: settings.jwt_secret.clone(),
             envs,
+            overrides: Env::from_pairs(settings.overrides.clone()),
         })
     }
 
@@ -181,7 +188,9 @@ impl LocalStack {
             Some(env) => env.clone(),
             None => Env::from_pairs(self.environment(function)?),
         };
-        Ok(Env::from_process().overlaid_with(&declared))
+        Ok(Env::from_process()
+            .overlaid_with(&declared)
+            .overlaid_with(&self.overrides))
     }
 
     /// `function`'s configuration with the service registry (YAML) given, when one is.
@@ -410,18 +419,22 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         let sqs = aws_sdk_sqs::Client::new(aws);
         let (workers, deliveries) = (settings.workers.max(1), settings.deliveries.max(1));
         let mut consume = |function: &str, build: &dyn Fn() -> Result<SqsFunction>| -> Result<()> {
-            let handler = if workers == 1 {
-                build()?
+            let instances = (0..workers).map(|_| build()).collect::<Result<Vec<_>>>()?;
+            // Each batch to one instance: every instance polls on its own, as Lambda scales
+            // a queue's function out to several concurrent invocations.
+            let pollers = if deliveries == 1 {
+                instances
             } else {
-                let instances = (0..workers).map(|_| build()).collect::<Result<Vec<_>>>()?;
-                event_source::duplicating(instances, deliveries)
+                vec![event_source::duplicating(instances, deliveries)]
             };
-            tasks.spawn(event_source::run(
-                sqs.clone(),
-                stack.event_source(function)?,
-                handler,
-                stopped.clone(),
-            ));
+            for handler in pollers {
+                tasks.spawn(event_source::run(
+                    sqs.clone(),
+                    stack.event_source(function)?,
+                    handler,
+                    stopped.clone(),
+                ));
+            }
             Ok(())
         };
         consume("ReportFunction", &|| {

@@ -213,6 +213,7 @@ impl<H: RecordHandler> QueueDriver<H> {
             .batch_item_failures
             .extend(records.map(|r| failure(r.message_id.unwrap_or_default())));
         self.handler.after_batch().await;
+        dsr_domain::kill_point::reached("batch.handled");
         response
     }
 

@@ -432,6 +432,15 @@ pub trait DelayedStore: Send + Sync {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, DispatchError>> + Send;
+    /// Ends a claim held until `held_until` early (its send failed), so the next sweep sends
+    /// the message again at once instead of after the claim. The message stays spent for
+    /// re-scheduling: the failed send may have arrived. False: the claim is no longer this one.
+    fn release_claim(
+        &self,
+        message: &DelayedMessage,
+        held_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, DispatchError>> + Send;
     /// Marks a claimed message sent; kept until `forget_at` (TTL), then removed.
     fn mark_dispatched(
         &self,
@@ -561,16 +570,27 @@ impl<S: DelayedStore, W: WakeUps, X: Sender, C: Clock> Dispatcher<S, W, X, C> {
 
     async fn dispatch_one(&self, message: &DelayedMessage) -> Result<bool, DispatchError> {
         let now = self.clock.now();
-        if !self
-            .store
-            .claim(message, now, now + self.settings.claim_for)
-            .await?
-        {
+        let until = now + self.settings.claim_for;
+        if !self.store.claim(message, now, until).await? {
             return Ok(false);
         }
-        self.sender
+        if let Err(err) = self
+            .sender
             .send(&message.destination, message.key.as_str(), &message.payload)
-            .await?;
+            .await
+        {
+            // Without this, a failed send waited out its claim (two minutes) before the next
+            // try; a chain of delayed steps under flaky AWS grew late by minutes per failure.
+            if let Err(release) = self
+                .store
+                .release_claim(message, until, self.clock.now())
+                .await
+            {
+                tracing::warn!(error = %release, "claim not released; it runs out by itself");
+            }
+            return Err(err);
+        }
+        crate::kill_point::reached("dispatch.delivered");
         self.store
             .mark_dispatched(message, now + self.settings.keep_dispatched)
             .await?;
@@ -620,6 +640,14 @@ impl<T: DelayedStore> DelayedStore for std::sync::Arc<T> {
         until: DateTime<Utc>,
     ) -> Result<bool, DispatchError> {
         (**self).claim(message, now, until).await
+    }
+    async fn release_claim(
+        &self,
+        message: &DelayedMessage,
+        held_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, DispatchError> {
+        (**self).release_claim(message, held_until, now).await
     }
     async fn mark_dispatched(
         &self,

@@ -206,6 +206,39 @@ impl DelayedStore for DynamoDelayedStore {
         }
     }
 
+    async fn release_claim(
+        &self,
+        message: &DelayedMessage,
+        held_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, DispatchError> {
+        // Still `dispatching` (a key whose send may have arrived stays spent), but claimable.
+        let released = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("key", s(message.key.as_str()))
+            .update_expression("SET claimed_until = :released")
+            .condition_expression(
+                "#status = :dispatching AND claimed_until = :held AND deliver_at = :at",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":dispatching", s("dispatching"))
+            .expression_attribute_values(":held", s(timestamp(held_until)))
+            .expression_attribute_values(
+                ":released",
+                s(timestamp(now - chrono::Duration::milliseconds(1))),
+            )
+            .expression_attribute_values(":at", s(timestamp(message.deliver_at)))
+            .send()
+            .await;
+        match released {
+            Ok(_) => Ok(true),
+            Err(err) if conditional_failed(&err) => Ok(false),
+            Err(err) => Err(fail(err)),
+        }
+    }
+
     async fn mark_dispatched(
         &self,
         message: &DelayedMessage,

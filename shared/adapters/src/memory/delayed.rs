@@ -42,10 +42,14 @@ impl dsr_domain::delayed::DelayedStore for InMemoryDelayedStore {
                 messages.insert(message.key.as_str().to_owned(), fresh);
                 O::Created
             }
-            Some(stored) if stored.status == "dispatched" && stored.message == *message => {
+            // Being sent counts as sent (as in the DynamoDB store): the send may have arrived.
+            Some(stored)
+                if matches!(stored.status, "dispatched" | "dispatching")
+                    && stored.message == *message =>
+            {
                 O::AlreadyDispatched
             }
-            Some(stored) if stored.status == "dispatched" => O::KeySpent,
+            Some(stored) if matches!(stored.status, "dispatched" | "dispatching") => O::KeySpent,
             Some(stored) if stored.status == "scheduled" && stored.message == *message => {
                 O::Unchanged
             }
@@ -111,6 +115,25 @@ impl dsr_domain::delayed::DelayedStore for InMemoryDelayedStore {
             stored.claimed_until = Some(until);
         }
         Ok(claimable)
+    }
+
+    async fn release_claim(
+        &self,
+        message: &dsr_domain::delayed::DelayedMessage,
+        held_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, dsr_domain::delayed::DispatchError> {
+        let mut messages = locked(&self.messages);
+        let Some(stored) = messages.get_mut(message.key.as_str()) else {
+            return Ok(false);
+        };
+        let ours = stored.status == "dispatching"
+            && stored.claimed_until == Some(held_until)
+            && stored.message.deliver_at == message.deliver_at;
+        if ours {
+            stored.claimed_until = Some(now - chrono::Duration::milliseconds(1));
+        }
+        Ok(ours)
     }
 
     async fn mark_dispatched(

@@ -93,11 +93,13 @@ struct Stored {
 }
 
 /// Objects and unfinished uploads, as S3 keeps them: an upload becomes an object only when
-/// completed. `failing_completion` makes completions fail.
+/// completed. `failing_completion` makes completions fail; `failing_listing` makes listing
+/// and aborting what is under a prefix fail.
 #[derive(Default, Clone)]
 pub struct InMemoryReportStore {
     stored: Arc<Mutex<Stored>>,
     failing_completion: Arc<AtomicBool>,
+    failing_listing: Arc<AtomicBool>,
 }
 
 impl InMemoryReportStore {
@@ -121,6 +123,17 @@ impl InMemoryReportStore {
     pub fn set_failing_completion(&self, failing: bool) {
         self.failing_completion.store(failing, Ordering::SeqCst);
     }
+
+    pub fn set_failing_listing(&self, failing: bool) {
+        self.failing_listing.store(failing, Ordering::SeqCst);
+    }
+
+    fn listing(&self) -> Result<(), StorageError> {
+        match self.failing_listing.load(Ordering::SeqCst) {
+            true => Err(StorageError("listing failed".into())),
+            false => Ok(()),
+        }
+    }
 }
 
 pub struct InMemoryUpload {
@@ -143,6 +156,7 @@ impl ReportStore for InMemoryReportStore {
     }
 
     async fn abort_unfinished(&self, prefix: &str) -> Result<usize, StorageError> {
+        self.listing()?;
         let mut stored = locked(&self.stored);
         let before = stored.uploads.len();
         stored
@@ -152,6 +166,7 @@ impl ReportStore for InMemoryReportStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.listing()?;
         Ok(locked(&self.stored)
             .objects
             .keys()

@@ -84,6 +84,7 @@ where
             self.advance(id).await?;
             return Ok(Handled::Nothing(Skipped::AlreadyAnswered));
         }
+        crate::kill_point::reached("confirm.answered");
         self.store
             .record_event(id, &Audited::Answered { service, status }, now)
             .await?;
@@ -219,6 +220,7 @@ where
                 .store
                 .set_release(request.id, &last.service, release)
                 .await?;
+            crate::kill_point::reached("confirm.release_set");
             if last.attempts == 0 && !last.status.is_done() {
                 // Keyed: a redelivered receipt schedules the same check again, harmlessly.
                 self.checks
@@ -265,6 +267,7 @@ where
                 .tell(&SubjectNotice::of(&notice, request.subject.clone()))
                 .await?;
             self.events.publish(&notice).await?;
+            crate::kill_point::reached("confirm.notice_queued");
             // The erase-last services are scheduled when the broker confirmed the notice
             // (`published`), not now: a queued notice is not a notice given.
             let from = request.state;
@@ -304,6 +307,7 @@ where
                     now,
                 ))
                 .await?;
+            crate::kill_point::reached("confirm.completion_published");
             let from = request.state;
             request
                 .transition_to(RequestState::Completed, now)

@@ -56,6 +56,7 @@ where
                     .await?
                 {
                     Committed::Applied(_) => {
+                        crate::kill_point::reached("erasure.fanned_out");
                         self.advance(id).await?;
                         Ok(Handled::FannedOut { commands })
                     }
@@ -142,6 +143,7 @@ where
             .await?;
         let command = ErasureCommand::new(request, service, attempt, now);
         let delivery = self.channel.send(&command, how).await?;
+        crate::kill_point::reached("erasure.command_sent");
         let (status, error) = match &delivery {
             Delivery::Sent | Delivery::Answered { .. } => (ObligationStatus::Sent, None),
             Delivery::Failed(reason) => (ObligationStatus::Failed, Some(reason.as_str())),

@@ -152,14 +152,22 @@ where
 
         // Whatever earlier attempts left (they died, or lost their lease) goes first.
         let prefix = format!("reports/{id}/");
-        let cleaned = self.clean(&prefix).await?;
+        // A failure from here on hands the request back: a lease kept by an attempt that gave
+        // up would hold every other worker off until it ran out (longer than a function runs).
+        let cleaned = match self.clean(&prefix).await {
+            Ok(cleaned) => cleaned,
+            Err(error) => return self.hand_back(&lease, &error.to_string()).await,
+        };
         if cleaned > 0 {
             tracing::info!(request_id = %id, cleaned, "removed what an earlier attempt left");
         }
 
         let key = format!("{prefix}{token}/report.zip");
         match self.assemble(&lease, &key).await {
-            Ok(summary) => self.finish(&lease, key, summary, started).await,
+            Ok(summary) => {
+                crate::kill_point::reached("report.uploaded");
+                self.finish(&lease, key, summary, started).await
+            }
             Err(error) => self.hand_back(&lease, &error.to_string()).await,
         }
     }
@@ -182,11 +190,24 @@ where
             )
             .unwrap_or(now),
         };
-        let committed = lease
-            .commit(RequestState::ReportReady, now, |r| {
-                r.report = Some(report.clone())
-            })
-            .await?;
+        // The commit is conditional on this lease's token only, so repeating it is harmless;
+        // giving up would leave a finished report behind a lease nobody releases.
+        let mut tries = 0;
+        let committed = loop {
+            tries += 1;
+            match lease
+                .commit(RequestState::ReportReady, now, |r| {
+                    r.report = Some(report.clone())
+                })
+                .await
+            {
+                Ok(committed) => break committed,
+                Err(error) if tries < 3 => {
+                    tracing::warn!(request_id = %lease.request().id, error = %error, "report commit failed; trying again")
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
         match committed {
             Committed::Applied(request) => {
                 let id = request.id;
@@ -210,6 +231,7 @@ where
                         }
                     }
                 }
+                crate::kill_point::reached("report.committed");
                 self.announce(&request).await?;
                 Ok(WorkOutcome::Completed(report))
             }

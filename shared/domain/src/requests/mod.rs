@@ -208,6 +208,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                 metrics::emit(
                     Metric::count(names::REQUESTS_SUBMITTED, 1).with("Kind", kind.as_str()),
                 );
+                crate::kill_point::reached("intake.stored");
                 request.enqueued_at = self.enqueue(&request, &subject_hash).await;
                 Ok(Submission::Created(request))
             }
