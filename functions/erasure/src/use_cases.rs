@@ -731,6 +731,43 @@ async fn a_redelivered_fan_out_message_moves_on_a_request_whose_answers_are_all_
 }
 
 #[tokio::test]
+async fn a_check_whose_send_never_recorded_itself_sends_in_its_place() {
+    let f = fixture();
+    let id = f.erasure().await;
+    // A command's check is scheduled, then the command fails to leave (or its process dies
+    // before the send is recorded).
+    f.ports.fail_after("send", 1, 1);
+    assert!(f.erasures.fan_out(id).await.is_err());
+    let obligations = f.store.obligations(id).await.unwrap();
+    let unsent = obligations
+        .iter()
+        .find(|o| !o.last && o.attempts == 0)
+        .expect("a command that did not leave")
+        .service
+        .clone();
+    // Its check comes before the fan-out's next attempt: it sends the command itself.
+    assert_eq!(
+        f.erasures
+            .check(&ObligationDue::new(id, &unsent, 1))
+            .await
+            .unwrap(),
+        Handled::Resent { attempt: 1 }
+    );
+    assert_eq!(f.obligation(id, unsent.as_str()).await.attempts, 1);
+    // The fan-out's next attempt does not send it a second time.
+    f.erasures.fan_out(id).await.unwrap();
+    let sent = |service: &str| {
+        f.ports
+            .commands()
+            .iter()
+            .filter(|c| c.service == service)
+            .count()
+    };
+    assert_eq!(sent(unsent.as_str()), 1);
+    assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
+}
+
+#[tokio::test]
 async fn a_failed_fan_out_keeps_the_request_out_of_the_subjects_reach_and_the_next_attempt_finishes_it(
 ) {
     let f = fixture();

@@ -233,9 +233,13 @@ impl dsr_domain::erasure::CheckScheduler for SqsCheckScheduler {
         use dsr_domain::erasure::{ChannelError, ConfirmationsMessage};
         use dsr_domain::messages::QueueMessage;
         let fail = |e: String| ChannelError(format!("scheduling {}: {e}", check.message_id).into());
+        // Keyed by the check and its time: a step that scheduled it and then crashed schedules
+        // it again, later, under a key of its own (a delivered key takes no other message).
+        // Two checks of one attempt are harmless: each acts only on the attempt it names.
+        let key = format!("{}@{}", check.message_id, at.timestamp_millis());
         let request = ScheduleRequest::Schedule {
             version: ScheduleRequest::VERSION,
-            key: DelayKey::parse(check.message_id.clone()).map_err(fail)?,
+            key: DelayKey::parse(key).map_err(fail)?,
             deliver_at: at,
             destination: Destination::Sqs {
                 queue_url: self.confirmations_queue_url.clone(),

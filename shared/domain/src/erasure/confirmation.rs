@@ -106,9 +106,13 @@ where
             self.advance(request.id).await?;
             return Ok(Handled::Nothing(Skipped::AlreadyConfirmed));
         }
-        if obligation.attempts != due.attempt {
+        if obligation.attempts > due.attempt {
             return Ok(Handled::Nothing(Skipped::NewerSendHasItsOwnCheck));
         }
+        // Fewer recorded sends than this check was scheduled after: the send that scheduled it
+        // failed or died before recording itself (the command may or may not have left). This
+        // check stands in for it and makes that send (the command's idempotency key is the
+        // same for every attempt).
         // An erase-last service is released only once the broker confirmed the notice and the
         // grace period after that passed (a check from before, or a forged one, changes nothing).
         // A little early is still released: the check is due at that time, and the clocks of
@@ -153,7 +157,7 @@ where
             }
             return Ok(Handled::Nothing(Skipped::AlreadyEscalated));
         }
-        let attempt = due.attempt + 1;
+        let attempt = obligation.attempts + 1;
         self.send(&request, &obligation.service, how, attempt)
             .await?;
         if attempt > 1 {
