@@ -242,9 +242,10 @@ async fn with_aws_failing_a_fifth_of_all_calls_every_request_completes_and_every
         }
     }
     let all: Vec<String> = access.iter().chain(&erasures).cloned().collect();
-    // Generous: against moto (one thread serving every call) throughput, not the faults,
-    // sets the pace of the big runs.
-    let states = settle(&rig, &all, Duration::from_secs(300 + 4 * requests as u64)).await;
+    // Generous: against moto (one thread serving every call) its throughput, not the faults,
+    // sets the pace of the big runs (about 20 calls a second through the proxy, ~125 calls per
+    // request).
+    let states = settle(&rig, &all, Duration::from_secs(300 + 8 * requests as u64)).await;
     let done = states
         .values()
         .filter(|s| matches!(s, RequestState::Completed | RequestState::ReportReady))
