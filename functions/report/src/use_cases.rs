@@ -262,6 +262,22 @@ async fn the_last_attempt_fails_the_request_and_its_message_is_dead_lettered() {
     assert!(f.reports.objects().is_empty());
 }
 
+/// The slow worker's lease runs out and worker "fast" takes the request.
+async fn lease_passes_to_another(store: &InMemoryRequestStore, clock: &FixedClock, id: RequestId) {
+    clock.advance(Duration::seconds(961));
+    let taken = store
+        .acquire_lease(
+            id,
+            "fast",
+            RequestState::Collecting,
+            clock.now(),
+            Duration::seconds(960),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(taken, dsr_domain::LeaseOutcome::Acquired(_)));
+}
+
 #[tokio::test]
 async fn a_worker_whose_lease_passed_to_another_is_fenced_out_and_its_report_deleted() {
     let f = fixture();
@@ -269,18 +285,7 @@ async fn a_worker_whose_lease_passed_to_another_is_fenced_out_and_its_report_del
     // While the slow worker collects, its lease runs out and another worker takes over.
     let (store, clock) = (f.store.clone(), f.clock.clone());
     f.sources.before_next_collect(Box::pin(async move {
-        clock.advance(Duration::seconds(961));
-        let taken = store
-            .acquire_lease(
-                id,
-                "fast",
-                RequestState::Collecting,
-                clock.now(),
-                Duration::seconds(960),
-            )
-            .await
-            .unwrap();
-        assert!(matches!(taken, dsr_domain::LeaseOutcome::Acquired(_)));
+        lease_passes_to_another(&store, &clock, id).await;
     }));
     assert_eq!(
         f.worker("slow").generate(id).await.unwrap(),
@@ -306,18 +311,7 @@ async fn a_worker_whose_lease_passed_and_whose_completion_fails_removes_only_its
     let theirs = format!("reports/{id}/2/report.zip");
     let committed = theirs.clone();
     f.sources.before_next_collect(Box::pin(async move {
-        clock.advance(Duration::seconds(961));
-        let taken = store
-            .acquire_lease(
-                id,
-                "fast",
-                RequestState::Collecting,
-                clock.now(),
-                Duration::seconds(960),
-            )
-            .await
-            .unwrap();
-        assert!(matches!(taken, dsr_domain::LeaseOutcome::Acquired(_)));
+        lease_passes_to_another(&store, &clock, id).await;
         reports.put(&committed, b"the fast worker's report".to_vec());
         reports.set_failing_completion(true);
     }));
