@@ -119,44 +119,42 @@ async fn twenty_concurrent_submissions_by_one_subject_make_exactly_one_request()
 }
 
 /// Concurrent transactions that write one same item conflict (DynamoDB cancels them): an item
-/// every submission writes would turn a busy minute into 503s.
+/// every submission writes would turn a busy minute into 503s. Each submission is counted as
+/// its own item of the hop log, in the same transaction as the request.
 #[tokio::test]
 async fn concurrent_submissions_of_different_subjects_share_no_hot_item() {
+    use dsr_domain::hops::{ClickOutcome, HopLog};
     let app = spawn_app().await;
     let subjects: Vec<String> = (0..40).map(|i| format!("subject-{i}")).collect();
     let replies =
         futures::future::join_all(subjects.iter().map(|s| app.submit(s, "erasure"))).await;
     assert!(replies.iter().all(|r| r.status == StatusCode::ACCEPTED));
-    // The counters they add themselves to.
-    let counters = app
-        .dynamodb
-        .query()
-        .table_name(app.table())
-        .key_condition_expression("pk = :stats")
-        .expression_attribute_values(
-            ":stats",
-            aws_sdk_dynamodb::types::AttributeValue::S("STATS".into()),
-        )
-        .send()
-        .await
-        .unwrap();
-    let counts: Vec<u64> = counters
-        .items()
+    let ids: std::collections::BTreeSet<dsr_domain::RequestId> = replies
         .iter()
-        .filter_map(|item| item.get("erasure")?.as_n().ok()?.parse().ok())
+        .map(|r| r.body["id"].as_str().unwrap().parse().unwrap())
         .collect();
-    assert_eq!(counts.iter().sum::<u64>(), 40);
-    assert!(
-        counts.len() >= 8 && counts.iter().all(|&n| n <= 8),
-        "spread over many items, none written by most submissions: {counts:?}"
-    );
-    let store = DynamoRequestStore::new(app.dynamodb.clone(), app.table(), "test");
-    assert_eq!(
-        dsr_domain::RequestStore::submitted(&store, dsr_domain::RequestKind::Erasure)
+    let log = app.hop_log();
+    let mut counted = std::collections::BTreeSet::new();
+    let hours: std::collections::BTreeSet<_> = ids
+        .iter()
+        .map(|id| dsr_domain::hops::hour_of(*id))
+        .collect();
+    for hour in hours {
+        for mark in log
+            .window(dsr_domain::RequestKind::Erasure, hour)
             .await
-            .unwrap(),
-        40
-    );
+            .unwrap()
+        {
+            let click = mark.click.expect("only clicks so far");
+            assert_eq!(click.outcome, ClickOutcome::Created);
+            assert_eq!(
+                click.id, mark.request,
+                "a new request's click is the request"
+            );
+            assert!(counted.insert(mark.request), "one item per submission");
+        }
+    }
+    assert_eq!(counted, ids);
 }
 
 #[tokio::test]

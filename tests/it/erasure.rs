@@ -47,6 +47,8 @@ pub struct RigSettings {
     /// False: the functions run elsewhere (the crash proof's own process); this one only
     /// provisions, serves the API and hosts the holders.
     pub consume_work_queues: bool,
+    /// Messages to lose on their way to a function.
+    pub losses: Option<Arc<dsr_local::event_source::Losses>>,
 }
 
 impl Default for RigSettings {
@@ -62,6 +64,7 @@ impl Default for RigSettings {
             workers: 1,
             deliveries: 1,
             consume_work_queues: true,
+            losses: None,
         }
     }
 }
@@ -94,6 +97,7 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
         s.functions_endpoint = settings.functions_endpoint;
         s.workers = settings.workers;
         s.deliveries = settings.deliveries;
+        s.losses = settings.losses;
         if let Some(every) = settings.sweep_every {
             s.sweep_every = every;
         }

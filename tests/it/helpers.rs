@@ -162,6 +162,15 @@ impl TestApp {
     pub fn table(&self) -> String {
         self.stack.context.resources["RequestsTable"].name.clone()
     }
+
+    pub fn hops_table(&self) -> String {
+        self.stack.context.resources["HopsTable"].name.clone()
+    }
+
+    /// The hop log the functions count in, to read it as the reconciliation does.
+    pub fn hop_log(&self) -> dsr_adapters::dynamodb::DynamoHopLog {
+        dsr_adapters::dynamodb::DynamoHopLog::new(self.dynamodb.clone(), self.hops_table())
+    }
 }
 
 /// Every message currently in the queue, received and deleted.

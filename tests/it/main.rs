@@ -11,6 +11,7 @@ mod dispatch;
 mod erasure;
 mod event_source;
 mod helpers;
+mod hops;
 mod hostile;
 mod ops;
 mod report;

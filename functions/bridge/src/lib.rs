@@ -10,7 +10,9 @@ pub mod inbound;
 
 use dsr_adapters::batch::{Outcome, QueueDriver, RecordHandler};
 use dsr_adapters::config::{vars, ConfigError, Env};
-use dsr_domain::messages::{Origin, QueueMessage};
+use dsr_adapters::dynamodb::DynamoHopLog;
+use dsr_domain::hops::{self, CountAs};
+use dsr_domain::messages::{EventType, Origin, QueueMessage};
 use dsr_domain::metrics::{self, Metric};
 use dsr_domain::RequestId;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -80,6 +82,13 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Bridge, ConfigErr
         .declaring(topology.clone());
     if let Some(confirmations) = env.optional(vars::CONFIRMATIONS_QUEUE_URL) {
         publisher = publisher.with_receipts(sqs.clone(), confirmations);
+    }
+    // The outbound side counts what the broker confirmed; the inbound daemon counts nothing.
+    if env.optional(vars::OUTBOUND_QUEUE_URL).is_some() {
+        publisher = publisher.counting_hops(DynamoHopLog::new(
+            aws_sdk_dynamodb::Client::new(aws),
+            env.required(vars::HOPS_TABLE)?,
+        ));
     }
     Ok(Bridge {
         outbound: QueueDriver::new(
@@ -183,6 +192,9 @@ pub struct Publication {
     /// Tell the service once the broker confirmed it (a `published` receipt on its
     /// confirmations queue for this request).
     pub receipt_for: Option<RequestId>,
+    /// The hop the broker's confirmation stands for (a command, a notice, an announcement),
+    /// counted in the hop log.
+    pub count: Option<CountAs>,
 }
 
 /// Where an outbound message goes: an envelope names its exchange and routing key; an event
@@ -211,6 +223,13 @@ pub fn route(message: &OutboundMessage, events_exchange: &str) -> Result<Publica
             ),
             Some(_) => return Err(BridgeError::Malformed("`receipt` is not a boolean".into())),
         };
+        let count = match value.get("count") {
+            None => None,
+            Some(count) => Some(
+                serde_json::from_value::<CountAs>(count.clone())
+                    .map_err(|e| BridgeError::Malformed(format!("`count`: {e}")))?,
+            ),
+        };
         return Ok(Publication {
             exchange: text("exchange")?,
             routing_key: value["routing_key"].as_str().unwrap_or_default().to_owned(),
@@ -218,15 +237,22 @@ pub fn route(message: &OutboundMessage, events_exchange: &str) -> Result<Publica
             body: serde_json::to_vec(&value["payload"])
                 .map_err(|e| BridgeError::Malformed(e.to_string()))?,
             receipt_for,
+            count,
         });
     }
-    // A DomainEvent: the whole event, routed by its type.
+    // A DomainEvent: the whole event, routed by its type; the request's outcome announced.
+    let routing_key = text("type")?;
+    let count = EventType::parse(&routing_key).and_then(|event| {
+        let request = request_id_of(value)?.parse().ok()?;
+        event.hop(request)
+    });
     Ok(Publication {
         exchange: events_exchange.to_owned(),
-        routing_key: text("type")?,
+        routing_key,
         message_id: text("message_id")?,
         body: serde_json::to_vec(value).map_err(|e| BridgeError::Malformed(e.to_string()))?,
         receipt_for: None,
+        count,
     })
 }
 
@@ -277,6 +303,9 @@ pub struct Publisher {
     /// Declared on every new connection before anything is published (the Amazon MQ mode, where
     /// no daemon declares the inbound queues the platform's services publish to).
     topology: Option<inbound::Topology>,
+    /// Where the hops the broker confirmed are counted (`None`: not counted, as in tests of
+    /// the bridge alone).
+    hops: Option<DynamoHopLog>,
 }
 
 impl Publisher {
@@ -289,7 +318,14 @@ impl Publisher {
             receipts: None,
             unroutable_dead_letter_after: UNROUTABLE_DEAD_LETTER_AFTER,
             topology: None,
+            hops: None,
         }
+    }
+
+    /// Counts the hops that publications stand for in `hops`, once the broker confirmed them.
+    pub fn counting_hops(mut self, hops: DynamoHopLog) -> Self {
+        self.hops = Some(hops);
+        self
     }
 
     /// Sends publication receipts to this queue (the confirmations queue).
@@ -443,6 +479,14 @@ impl RecordHandler for Publisher {
                         // Published but not told: it is published again (consumers dedupe by
                         // message id) until the receipt is out.
                         tracing::error!(message_id = %publication.message_id, error = %err, "publication receipt not sent");
+                        return Outcome::Retry(Some(dsr_adapters::batch::RETRY_SOON));
+                    }
+                }
+                if let (Some(count), Some(log)) = (&publication.count, &self.hops) {
+                    if let Err(err) = hops::take(log, count.mark(chrono::Utc::now())).await {
+                        // Published but not counted: the same, until it is (the count is
+                        // keyed by request and hop, so it lands once).
+                        tracing::error!(message_id = %publication.message_id, error = %err, "published hop not counted");
                         return Outcome::Retry(Some(dsr_adapters::batch::RETRY_SOON));
                     }
                 }

@@ -43,15 +43,7 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
 }
 
 /// Reconciliation settings from the environment, defaults for anything unset.
-pub fn reconcile_settings(env: &Env) -> Result<ReconcileSettings, ConfigError> {
-    let defaults = ReconcileSettings::default();
-    Ok(ReconcileSettings {
-        warning: env.days(vars::DEADLINE_WARNING_DAYS, defaults.warning)?,
-        working_stuck_after: env
-            .seconds(vars::STUCK_AFTER_SECONDS, defaults.working_stuck_after)?,
-        ..defaults
-    })
-}
+pub use dsr_adapters::wiring::reconcile_settings;
 
 /// Sweep settings from the environment, defaults for anything unset.
 pub fn settings(env: &Env) -> Result<SweepSettings, ConfigError> {

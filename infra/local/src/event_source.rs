@@ -221,3 +221,67 @@ pub fn duplicating(workers: Vec<SqsFunction>, copies: usize) -> SqsFunction {
         })
     })
 }
+
+/// Messages to lose on purpose, as if someone deleted them from their queue: the proof that
+/// the reconciliation names the hop where a message went missing, and the request.
+#[derive(Debug, Default)]
+pub struct Losses {
+    /// (function, every substring the body must contain), each taken once.
+    pending: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+    /// (function, body) of every message lost.
+    lost: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl Losses {
+    /// The next message for `function` whose body contains every one of `needles` is deleted
+    /// without reaching it.
+    pub fn lose(&self, function: &str, needles: &[&str]) {
+        lock(&self.pending).push((
+            function.to_owned(),
+            needles.iter().map(|n| (*n).to_owned()).collect(),
+        ));
+    }
+
+    /// What was lost so far: (function, body).
+    pub fn lost(&self) -> Vec<(String, String)> {
+        lock(&self.lost).clone()
+    }
+
+    /// Whether `body` is to be lost on its way to `function` (and if so, it now is).
+    fn take(&self, function: &str, body: &str) -> bool {
+        let mut pending = lock(&self.pending);
+        let Some(at) = pending
+            .iter()
+            .position(|(f, needles)| f == function && needles.iter().all(|n| body.contains(n)))
+        else {
+            return false;
+        };
+        pending.remove(at);
+        lock(&self.lost).push((function.to_owned(), body.to_owned()));
+        true
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `handler` for `function`, minus the messages `losses` names: those are reported as handled,
+/// so the event source deletes them, and nothing took them.
+pub fn losing(function: &str, handler: SqsFunction, losses: Arc<Losses>) -> SqsFunction {
+    let function = function.to_owned();
+    Arc::new(move |mut event: SqsEvent| {
+        let handler = handler.clone();
+        let losses = losses.clone();
+        let function = function.clone();
+        Box::pin(async move {
+            event.records.retain(|record| {
+                !losses.take(&function, record.body.as_deref().unwrap_or_default())
+            });
+            if event.records.is_empty() {
+                return Ok(SqsBatchResponse::default());
+            }
+            handler(event).await
+        })
+    })
+}

@@ -80,6 +80,8 @@ pub struct LocalSettings {
     /// How many of them receive every batch at once (1: SQS's usual once; more: the proving
     /// ground's duplicates).
     pub deliveries: usize,
+    /// Messages to lose on purpose on their way to a function (the reconciliation's tests).
+    pub losses: Option<Arc<event_source::Losses>>,
 }
 
 impl LocalSettings {
@@ -105,6 +107,7 @@ impl LocalSettings {
             overrides: BTreeMap::new(),
             workers: 1,
             deliveries: 1,
+            losses: None,
         }
     }
 }
@@ -427,7 +430,10 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
             } else {
                 vec![event_source::duplicating(instances, deliveries)]
             };
-            for handler in pollers {
+            for mut handler in pollers {
+                if let Some(losses) = &settings.losses {
+                    handler = event_source::losing(function, handler, losses.clone());
+                }
                 tasks.spawn(event_source::run(
                     sqs.clone(),
                     stack.event_source(function)?,

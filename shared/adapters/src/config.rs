@@ -19,6 +19,8 @@ pub mod vars {
     pub const ERASURE_REQUESTS_QUEUE_URL: &str = "ERASURE_REQUESTS_QUEUE_URL";
     pub const SUBJECT_HASH_KEY: &str = "SUBJECT_HASH_KEY";
     pub const OUTBOUND_QUEUE_URL: &str = "OUTBOUND_QUEUE_URL";
+    /// The hop log: where each function counts the hops it takes (docs/operations.md).
+    pub const HOPS_TABLE: &str = "HOPS_TABLE";
     /// The dead-letter queue of the queue a function consumes: poison messages go there with
     /// their reason.
     pub const DEAD_LETTER_QUEUE_URL: &str = "DEAD_LETTER_QUEUE_URL";
@@ -34,6 +36,15 @@ pub mod vars {
     pub const SWEEP_UNQUEUED_GRACE_SECONDS: &str = "SWEEP_UNQUEUED_GRACE_SECONDS";
     pub const DEADLINE_WARNING_DAYS: &str = "DEADLINE_WARNING_DAYS";
     pub const STUCK_AFTER_SECONDS: &str = "STUCK_AFTER_SECONDS";
+    /// How long a message between two components may take before its absence is a loss
+    /// (default 900 seconds); the reconciliation's other allowances follow.
+    pub const HOP_IN_FLIGHT_SECONDS: &str = "HOP_IN_FLIGHT_SECONDS";
+    /// From receipt to a committed report (default 3600 seconds).
+    pub const HOP_REPORT_SECONDS: &str = "HOP_REPORT_SECONDS";
+    /// From a command to the service's answer or escalation (default 7 days).
+    pub const HOP_ANSWER_SECONDS: &str = "HOP_ANSWER_SECONDS";
+    /// Hourly windows the reconciliation compares (default 72).
+    pub const HOP_WINDOWS: &str = "HOP_WINDOWS";
 
     // Reports.
     pub const REPORT_MAX_ATTEMPTS: &str = "REPORT_MAX_ATTEMPTS";

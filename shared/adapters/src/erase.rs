@@ -51,6 +51,13 @@ impl ErasureChannels {
             "exchange": self.commands_exchange,
             "routing_key": routing_key,
             "payload": command,
+            // The bridge counts the command once the broker confirmed it.
+            "count": dsr_domain::hops::CountAs::new(
+                dsr_domain::RequestKind::Erasure,
+                dsr_domain::hops::Hop::Commanded,
+                command.request_id,
+            )
+            .for_service(&command.service),
         });
         self.sqs
             .send_message()

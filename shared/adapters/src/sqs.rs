@@ -188,7 +188,7 @@ impl dsr_domain::ports::EventOutbox for SqsOutbox {
         &self,
         notice: &dsr_domain::messages::SubjectNotice,
     ) -> Result<(), dsr_domain::ports::ChannelError> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "version": 1,
             "message_id": notice.message_id,
             "exchange": self.commands_exchange,
@@ -196,6 +196,10 @@ impl dsr_domain::ports::EventOutbox for SqsOutbox {
             "payload": notice,
             "receipt": true,
         });
+        // The bridge counts the notice once the broker confirmed it: the subject was told.
+        if let Some(hop) = notice.hop() {
+            body["count"] = serde_json::json!(hop);
+        }
         self.send(body.to_string()).await
     }
 }

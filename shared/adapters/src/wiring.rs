@@ -5,12 +5,15 @@
 use crate::config::{vars, ConfigError, Env};
 use crate::dynamodb::DynamoRequestStore;
 use crate::sqs::SqsWorkQueue;
+use dsr_domain::hops::Allowances;
+use dsr_domain::requests::reconcile::ReconcileSettings;
 use dsr_domain::{Requests, SubjectHasher, SystemClock};
 
 /// The variables naming a table, queue or bucket that every request-serving function reads;
 /// each must be declared in the template (a test holds the template to this list).
-pub const REQUEST_RESOURCE_VARIABLES: [&str; 3] = [
+pub const REQUEST_RESOURCE_VARIABLES: [&str; 4] = [
     vars::REQUESTS_TABLE,
+    vars::HOPS_TABLE,
     vars::ACCESS_REQUESTS_QUEUE_URL,
     vars::ERASURE_REQUESTS_QUEUE_URL,
 ];
@@ -29,17 +32,21 @@ pub fn subject_hasher(env: &Env) -> Result<SubjectHasher, ConfigError> {
     Ok(SubjectHasher::new(key.expose()))
 }
 
-/// The requests table; `actor` names the function in the audit trail.
+/// The requests table, and the hop log the function counts its hops in; `actor` names the
+/// function in the audit trail.
 pub fn request_store(
     aws: &aws_config::SdkConfig,
     env: &Env,
     actor: &str,
 ) -> Result<DynamoRequestStore, ConfigError> {
-    Ok(DynamoRequestStore::new(
-        aws_sdk_dynamodb::Client::new(aws),
-        &env.required(vars::REQUESTS_TABLE)?,
-        actor,
-    ))
+    let client = aws_sdk_dynamodb::Client::new(aws);
+    Ok(
+        DynamoRequestStore::new(client.clone(), &env.required(vars::REQUESTS_TABLE)?, actor)
+            .counting_hops(crate::dynamodb::DynamoHopLog::new(
+                client,
+                env.required(vars::HOPS_TABLE)?,
+            )),
+    )
 }
 
 /// The work queues; `request_submitted` is announced on the outbound queue when one is set.
@@ -133,6 +140,27 @@ pub fn erasures(
     })
 }
 
+/// The reconciliation's settings (the sweep's schedule and `dsr-ops`), defaults for anything
+/// unset.
+pub fn reconcile_settings(env: &Env) -> Result<ReconcileSettings, ConfigError> {
+    let defaults = ReconcileSettings::default();
+    let allow = defaults.allowances;
+    Ok(ReconcileSettings {
+        warning: env.days(vars::DEADLINE_WARNING_DAYS, defaults.warning)?,
+        working_stuck_after: env
+            .seconds(vars::STUCK_AFTER_SECONDS, defaults.working_stuck_after)?,
+        allowances: Allowances {
+            in_flight: env.seconds(vars::HOP_IN_FLIGHT_SECONDS, allow.in_flight)?,
+            report: env.seconds(vars::HOP_REPORT_SECONDS, allow.report)?,
+            answer: env.seconds(vars::HOP_ANSWER_SECONDS, allow.answer)?,
+            grace: env.seconds(vars::ERASURE_GRACE_SECONDS, allow.grace)?,
+        },
+        windows: u32::try_from(env.positive(vars::HOP_WINDOWS, u64::from(defaults.windows))?)
+            .map_err(|e| ConfigError::unusable(vars::HOP_WINDOWS, e))?,
+        ..defaults
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +188,7 @@ mod tests {
             .build();
         let env = Env::from_pairs([
             (vars::REQUESTS_TABLE, "t"),
+            (vars::HOPS_TABLE, "h"),
             (vars::OUTBOUND_QUEUE_URL, "o"),
             (vars::COMMANDS_EXCHANGE, "c"),
             (vars::SCHEDULE_REQUESTS_QUEUE_URL, "s"),

@@ -9,9 +9,10 @@
 //! its message.
 
 use crate::clock::Clock;
+use crate::hops::{self, Hop, HopMark};
 use crate::metrics::{self, names, Metric};
 use crate::ports::{LeaseOutcome, RequestStore, StoreError, TransitionOutcome};
-use crate::request::{IllegalTransition, Request, RequestId, RequestState};
+use crate::request::{IllegalTransition, Request, RequestId, RequestKind, RequestState};
 use crate::subject::{SubjectHash, SubjectHasher};
 use chrono::{DateTime, Duration, Utc};
 
@@ -76,9 +77,19 @@ impl Worker {
         id: RequestId,
         working: RequestState,
     ) -> Result<Taken<'a, S>, StoreError> {
+        let now = clock.now();
         let outcome = store
-            .acquire_lease(id, &self.owner, working, clock.now(), self.lease_ttl)
+            .acquire_lease(id, &self.owner, working, now, self.lease_ttl)
             .await?;
+        // Received by a worker: counted on every delivery (one mark per request), whatever the
+        // request's state, except for ids that name no request.
+        if !matches!(outcome, LeaseOutcome::NotWorkable(None)) {
+            let kind = match working {
+                RequestState::FanningOut => RequestKind::Erasure,
+                _ => RequestKind::Access,
+            };
+            hops::take(store, HopMark::new(kind, Hop::Received, id, now)).await?;
+        }
         Ok(match outcome {
             LeaseOutcome::Acquired(request) => {
                 if request.fencing_token == 1 {

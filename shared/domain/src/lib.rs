@@ -8,6 +8,7 @@ pub mod audit;
 pub mod clock;
 pub mod delayed;
 pub mod erasure;
+pub mod hops;
 pub mod kill_point;
 pub mod lease;
 pub mod messages;

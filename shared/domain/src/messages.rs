@@ -154,6 +154,20 @@ impl SubjectNotice {
     pub fn routing_key(&self) -> String {
         format!("notice.{}", self.notice)
     }
+
+    /// The hop the bridge counts once the broker confirmed the notice: the subject was told.
+    pub fn hop(&self) -> Option<crate::hops::CountAs> {
+        let kind = match self.notice {
+            EventType::ReportReady => crate::RequestKind::Access,
+            EventType::ErasureNotice | EventType::ErasureCompleted => crate::RequestKind::Erasure,
+            EventType::RequestSubmitted => return None,
+        };
+        Some(crate::hops::CountAs::new(
+            kind,
+            crate::hops::Hop::Notified,
+            self.request_id,
+        ))
+    }
 }
 
 /// What happened, as the platform's consumers bind to it (the routing key on the events
@@ -175,6 +189,34 @@ impl EventType {
             EventType::ErasureNotice => "erasure_notice",
             EventType::ErasureCompleted => "erasure_completed",
         }
+    }
+}
+
+impl EventType {
+    pub fn parse(raw: &str) -> Option<EventType> {
+        [
+            EventType::RequestSubmitted,
+            EventType::ReportReady,
+            EventType::ErasureNotice,
+            EventType::ErasureCompleted,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == raw)
+    }
+
+    /// The hop an event of this type stands for once the broker confirmed it: the platform
+    /// was told the request's outcome.
+    pub fn hop(self, request_id: RequestId) -> Option<crate::hops::CountAs> {
+        let kind = match self {
+            EventType::ReportReady => crate::RequestKind::Access,
+            EventType::ErasureCompleted => crate::RequestKind::Erasure,
+            EventType::RequestSubmitted | EventType::ErasureNotice => return None,
+        };
+        Some(crate::hops::CountAs::new(
+            kind,
+            crate::hops::Hop::Announced,
+            request_id,
+        ))
     }
 }
 

@@ -109,5 +109,7 @@ pub mod names {
     pub const DEADLINE_AT_RISK: &str = "DeadlineAtRisk";
     pub const DEADLINE_MISSED: &str = "DeadlineMissed";
     pub const COUNTS_IN_SYNC: &str = "CountsInSync";
+    pub const HOPS: &str = "Hops";
+    pub const HOP_MISMATCHES: &str = "HopMismatches";
     pub const STUCK_REQUESTS: &str = "StuckRequests";
 }

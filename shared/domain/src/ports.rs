@@ -70,7 +70,9 @@ pub enum LeaseOutcome {
     NotWorkable(Option<RequestState>),
 }
 
-pub trait RequestStore: Send + Sync {
+/// Every store of requests is also where its component counts its hops (see [`crate::hops`]):
+/// a new request's click is counted in the same write as the request.
+pub trait RequestStore: crate::hops::HopLog + Send + Sync {
     /// Stores a new request, atomically with its guard ("one open request per subject and
     /// kind") and, if given, its idempotency key.
     fn create(
@@ -166,10 +168,6 @@ pub trait RequestStore: Send + Sync {
         kind: RequestKind,
         state: RequestState,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
-
-    /// How many requests of `kind` were ever accepted: a counter written in the same
-    /// transaction as each new request, so it can be checked against the counts by state.
-    fn submitted(&self, kind: RequestKind) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Moves an open request's deadline to `due_at`, once: refused (false) if it was extended
     /// before or is no longer open. Recorded in the audit trail.
@@ -334,9 +332,6 @@ impl<T: RequestStore> RequestStore for Arc<T> {
     }
     async fn count(&self, kind: RequestKind, state: RequestState) -> Result<usize, StoreError> {
         (**self).count(kind, state).await
-    }
-    async fn submitted(&self, kind: RequestKind) -> Result<u64, StoreError> {
-        (**self).submitted(kind).await
     }
     async fn extend_deadline(
         &self,

@@ -21,6 +21,11 @@ impl RequestId {
         Self(Ulid::from_datetime(at.into()))
     }
 
+    /// When the id was made (a ULID carries its time, to the millisecond).
+    pub fn created_at(self) -> DateTime<Utc> {
+        DateTime::<Utc>::from(self.0.datetime())
+    }
+
     /// The id just after this one, to page from "this one and older" (`None` at the end).
     pub fn following(id: RequestId) -> Option<RequestId> {
         id.0.increment().map(Self)

@@ -7,6 +7,7 @@ use dsr_adapters::config::{vars, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::wiring::{self, CloudRequests};
 use dsr_domain::erasure::ObligationStore;
+use dsr_domain::hops::Hop;
 use dsr_domain::requests::reconcile::ReconcileSettings;
 use dsr_domain::{RequestId, RequestKind, RequestState, RequestStore, SubjectHasher};
 use serde_json::{json, Value};
@@ -36,8 +37,15 @@ pub struct Target {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Requests per type and state, and whether the counts are in sync with submissions.
+    /// Requests per type and state now, and whether every hop's count agrees.
     Stats,
+    /// The hops of the last hours compared: per window and hop what was counted, and every
+    /// request missing at a hop it should have taken by now (exit status 1 if any).
+    Sync {
+        /// Hourly windows to compare, the current one included.
+        #[arg(long)]
+        hours: Option<u32>,
+    },
     /// One request: its timeline from the audit trail, and its obligations with receipts.
     Show { id: String },
     /// Open requests that are stuck, at risk of missing their deadline, or past it.
@@ -71,6 +79,7 @@ const LOCAL_SUBJECT_HASH_KEY: &str = "local-subject-hash-key-not-secret";
 
 pub struct Ops {
     requests: CloudRequests,
+    reconcile: ReconcileSettings,
     store: DynamoRequestStore,
     sqs: aws_sdk_sqs::Client,
     local_stack: Option<String>,
@@ -79,6 +88,8 @@ pub struct Ops {
 impl Ops {
     pub async fn connect(aws: &aws_config::SdkConfig, target: &Target, env: &Env) -> Result<Self> {
         let sqs = aws_sdk_sqs::Client::new(aws);
+        // The reconciliation's allowances are the operator's to set, local stack or not.
+        let reconcile = wiring::reconcile_settings(env)?;
         let env = match &target.local_stack {
             Some(stack) => {
                 let url = |logical: &str| {
@@ -97,6 +108,7 @@ impl Ops {
                 };
                 Env::from_pairs([
                     (vars::REQUESTS_TABLE, format!("{stack}-RequestsTable")),
+                    (vars::HOPS_TABLE, format!("{stack}-HopsTable")),
                     (
                         vars::ACCESS_REQUESTS_QUEUE_URL,
                         url("AccessRequestsQueue").await?,
@@ -116,6 +128,7 @@ impl Ops {
         };
         Ok(Self {
             requests: wiring::requests(aws, &env, "ops")?,
+            reconcile,
             store: wiring::request_store(aws, &env, "ops")?,
             sqs,
             local_stack: target.local_stack.clone(),
@@ -131,6 +144,7 @@ impl Ops {
     ) -> Result<()> {
         match command {
             Command::Stats => self.stats(out).await,
+            Command::Sync { hours } => self.sync(*hours, out).await,
             Command::Show { id } => self.show(parse(id)?, out).await,
             Command::Stuck { warning_days } => self.stuck(*warning_days, out).await,
             Command::Retry { id } => {
@@ -166,7 +180,8 @@ impl Ops {
 
     async fn stats(&self, out: &mut dyn Write) -> Result<()> {
         let tally = self.requests.tally().await?;
-        write!(out, "{:<8} {:>9}", "type", "submitted")?;
+        let windows = self.requests.hop_windows(&self.reconcile).await?;
+        write!(out, "{:<8}", "type")?;
         for state in RequestState::ALL {
             write!(
                 out,
@@ -175,23 +190,87 @@ impl Ops {
                 w = state.as_str().len().max(6)
             )?;
         }
-        writeln!(out, " {:>6}  in sync", "total")?;
+        writeln!(out, " {:>6}  hops in sync", "total")?;
         for kind in RequestKind::ALL {
-            let submitted = tally
-                .submitted
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .map_or(0, |(_, n)| *n);
-            write!(out, "{:<8} {:>9}", kind.as_str(), submitted)?;
+            write!(out, "{:<8}", kind.as_str())?;
             let mut total = 0;
             for state in RequestState::ALL {
                 let n = tally.count(kind, state);
                 total += n;
                 write!(out, " {:>w$}", n, w = state.as_str().len().max(6))?;
             }
-            let in_sync = tally.in_sync.iter().any(|(k, ok)| *k == kind && *ok);
-            writeln!(out, " {total:>6}  {}", if in_sync { "yes" } else { "NO" })?;
+            let missing: usize = windows
+                .iter()
+                .filter(|w| w.kind == kind)
+                .map(|w| w.missing.len())
+                .sum();
+            let sync = if missing == 0 {
+                "yes".to_owned()
+            } else {
+                format!("NO ({missing} missing: dsr-ops sync)")
+            };
+            writeln!(out, " {total:>6}  {sync}")?;
         }
+        Ok(())
+    }
+
+    /// The reconciliation of hops, as a table per kind, then every request missing a hop.
+    async fn sync(&self, hours: Option<u32>, out: &mut dyn Write) -> Result<()> {
+        let settings = ReconcileSettings {
+            windows: hours.unwrap_or(self.reconcile.windows),
+            ..self.reconcile
+        };
+        let windows = self.requests.hop_windows(&settings).await?;
+        let mut missing = 0;
+        for kind in RequestKind::ALL {
+            let path = Hop::path(kind);
+            write!(out, "{:<8} {:<14}", kind.as_str(), "window")?;
+            for hop in path {
+                write!(out, " {:>w$}", hop.as_str(), w = hop.as_str().len().max(5))?;
+            }
+            writeln!(out, "  missing")?;
+            let mut total: Vec<usize> = vec![0; path.len()];
+            let mut kind_missing = 0;
+            for window in windows.iter().filter(|w| w.kind == kind) {
+                if window.clicks.is_empty() && window.requests.is_empty() {
+                    continue;
+                }
+                write!(out, "{:<8} {:<14}", "", window.hour.format("%Y-%m-%dT%H"))?;
+                for (i, hop) in path.iter().enumerate() {
+                    let n = window.count(*hop);
+                    total[i] += n;
+                    write!(out, " {:>w$}", n, w = hop.as_str().len().max(5))?;
+                }
+                writeln!(out, "  {}", window.missing.len())?;
+                kind_missing += window.missing.len();
+            }
+            write!(out, "{:<8} {:<14}", "", "total")?;
+            for (i, hop) in path.iter().enumerate() {
+                write!(out, " {:>w$}", total[i], w = hop.as_str().len().max(5))?;
+            }
+            writeln!(out, "  {kind_missing}")?;
+            missing += kind_missing;
+        }
+        for window in windows.iter().rev() {
+            for m in &window.missing {
+                writeln!(
+                    out,
+                    "MISSING  {:<8} {:<11} {}{}  late since {}",
+                    window.kind.as_str(),
+                    m.hop.as_str(),
+                    m.request,
+                    m.service
+                        .as_ref()
+                        .map(|s| format!(" ({s})"))
+                        .unwrap_or_default(),
+                    m.due_at.to_rfc3339()
+                )?;
+            }
+        }
+        if missing > 0 {
+            bail!("{missing} hop(s) missing: the requests above were lost on the way to them");
+        }
+        writeln!(out, "every hop in sync")?;
         Ok(())
     }
 
@@ -264,7 +343,7 @@ impl Ops {
         let settings = ReconcileSettings {
             warning: chrono::Duration::days(i64::from(warning_days)),
             redrive: false,
-            ..ReconcileSettings::default()
+            ..self.reconcile
         };
         let found = self.requests.reconcile(settings).await?;
         for id in &found.deadline_missed {

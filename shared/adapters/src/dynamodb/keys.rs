@@ -15,21 +15,6 @@ pub const IDEMPOTENCY: &str = "IDEM";
 pub const EVENT_PREFIX: &str = "EVT#";
 /// Sort keys of erasure obligations start with this.
 pub const OBLIGATION_PREFIX: &str = "OBL#";
-/// `pk = STATS, sk = SUBMITTED#<shard>`: requests ever accepted, per kind, summed over
-/// [`SUBMITTED_SHARDS`] items. One item written by every submission would be a hot item:
-/// concurrent transactions on it conflict and fail.
-pub const STATS: &str = "STATS";
-pub const SUBMITTED: &str = "SUBMITTED";
-pub const SUBMITTED_SHARDS: u32 = 32;
-
-/// The counter item a submission adds itself to: spread by the request id's random part.
-pub fn submitted_shard(id: RequestId) -> String {
-    let spread = id.to_string().bytes().rev().take(8).fold(0u32, |acc, b| {
-        acc.wrapping_mul(31).wrapping_add(u32::from(b))
-    });
-    format!("{SUBMITTED}#{:02}", spread % SUBMITTED_SHARDS)
-}
-
 /// The partition of a request: its item, audit trail and obligations.
 pub fn request(id: RequestId) -> String {
     format!("REQ#{id}")

@@ -8,12 +8,13 @@
 //! - `pk = IDEM#<hash>#<key>, sk = IDEM`: an `Idempotency-Key` seen for that subject (TTL 24 h).
 //! - `pk = REQ#<id>, sk = EVT#<time>#<event>`: the append-only audit trail, no personal data.
 //! - `pk = REQ#<id>, sk = OBL#<service>`: an erasure obligation.
-//! - `pk = STATS, sk = SUBMITTED#<shard>`: requests ever accepted, per kind (sharded).
 //!
-//! The delayed-dispatch store has a table of its own ([`DynamoDelayedStore`]). [`keys`] is the
+//! The delayed-dispatch store and the hop log have tables of their own ([`DynamoDelayedStore`],
+//! [`DynamoHopLog`]). [`keys`] is the
 //! one place that knows how keys are spelled; tests use it too.
 
 mod delayed;
+pub mod hops;
 mod item;
 pub mod keys;
 mod obligations;
@@ -21,5 +22,6 @@ mod requests;
 mod store;
 
 pub use delayed::{DynamoDelayedStore, BY_STATUS_DUE_INDEX};
+pub use hops::DynamoHopLog;
 pub use keys::{BY_STATE_DUE_INDEX, BY_SUBJECT_INDEX};
 pub use store::DynamoRequestStore;

@@ -1,4 +1,4 @@
-//! Requests, their guards, idempotency keys, audit trail and the submitted counter.
+//! Requests, their guards, idempotency keys and audit trail.
 
 use super::item::*;
 use super::keys::{self, BY_STATE_DUE_INDEX, BY_SUBJECT_INDEX};
@@ -7,6 +7,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
+use dsr_domain::hops::{ClickOutcome, HopMark};
 use dsr_domain::ports::{LeaseOutcome, TransitionOutcome};
 use dsr_domain::{
     AuditEvent, Audited, CreateOutcome, IdempotencyKey, Lease, ReportInfo, Request, RequestId,
@@ -56,17 +57,17 @@ impl RequestStore for DynamoRequestStore {
             )?);
         }
         items.push(self.audit_event(request.id, &Audited::Submitted, request.received_at)?);
-        // The "submitted" counter the reconciliation checks the counts by state against.
-        let counter = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(keys::STATS))
-            .key("sk", s(keys::submitted_shard(request.id)))
-            .update_expression("ADD #kind :one")
-            .expression_attribute_names("#kind", request.kind.as_str())
-            .expression_attribute_values(":one", n(1))
-            .build()
-            .map_err(unavailable)?;
-        items.push(TransactWriteItem::builder().update(counter).build());
+        // The click that created the request is counted in the same transaction: a request
+        // exists if and only if its submission was counted.
+        if let Some(hops) = &self.hops {
+            items.push(hops.created(&HopMark::click(
+                request.kind,
+                request.id,
+                request.id,
+                ClickOutcome::Created,
+                request.received_at,
+            ))?);
+        }
 
         // A cancelled transaction says *that* a condition failed; the item it failed on says
         // which request wins. A guard can vanish between the two (the open request was just
@@ -352,33 +353,6 @@ impl RequestStore for DynamoRequestStore {
                 .map_err(unavailable)?;
             total += usize::try_from(out.count).unwrap_or(0);
             match out.last_evaluated_key {
-                Some(key) => start = Some(key),
-                None => return Ok(total),
-            }
-        }
-    }
-
-    async fn submitted(&self, kind: RequestKind) -> Result<u64, StoreError> {
-        // Every shard (and the single item older versions wrote, `SUBMITTED` itself).
-        let mut total = 0;
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :stats AND begins_with(sk, :submitted)")
-                .expression_attribute_values(":stats", s(keys::STATS))
-                .expression_attribute_values(":submitted", s(keys::SUBMITTED))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in page.items() {
-                total += number_attr::<u64>(item, kind.as_str())?.unwrap_or(0);
-            }
-            match page.last_evaluated_key {
                 Some(key) => start = Some(key),
                 None => return Ok(total),
             }

@@ -9,6 +9,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
+use dsr_domain::hops::{HopLog, HopMark};
 use dsr_domain::{
     Audited, CreateOutcome, IdempotencyKey, Request, RequestId, StoreError, SubjectHash,
 };
@@ -19,6 +20,9 @@ pub struct DynamoRequestStore {
     pub(super) table: String,
     /// Recorded in audit events: which function did it.
     actor: String,
+    /// Where this component counts the hops it takes (`None`: it counts none, as in tests
+    /// that only read and write requests).
+    pub(super) hops: Option<super::DynamoHopLog>,
 }
 
 impl DynamoRequestStore {
@@ -27,7 +31,15 @@ impl DynamoRequestStore {
             client,
             table: table.into(),
             actor: actor.into(),
+            hops: None,
         }
+    }
+
+    /// Counts hops in `hops`: the click of every new request in its submission's
+    /// transaction, and whatever the component counts through [`HopLog`].
+    pub fn counting_hops(mut self, hops: super::DynamoHopLog) -> Self {
+        self.hops = Some(hops);
+        self
     }
 
     pub(super) fn audit_event(
@@ -259,6 +271,27 @@ impl DynamoRequestStore {
                 Some(key) if found.len() < limit => start = Some(key),
                 _ => return Ok(found),
             }
+        }
+    }
+}
+
+/// The component's hops go to its hop log, if it has one.
+impl HopLog for DynamoRequestStore {
+    async fn mark(&self, mark: &HopMark) -> Result<(), StoreError> {
+        match &self.hops {
+            Some(hops) => hops.mark(mark).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn window(
+        &self,
+        kind: dsr_domain::RequestKind,
+        hour: DateTime<Utc>,
+    ) -> Result<Vec<HopMark>, StoreError> {
+        match &self.hops {
+            Some(hops) => hops.window(kind, hour).await,
+            None => Ok(Vec::new()),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::locked;
 use chrono::{DateTime, Utc};
+use dsr_domain::hops::{ClickOutcome, HopLog, HopMark};
 use dsr_domain::ports::{LeaseOutcome, TransitionOutcome};
 use dsr_domain::{
     CreateOutcome, IdempotencyKey, Lease, Request, RequestId, RequestState, RequestStore,
@@ -17,7 +18,7 @@ struct Tables {
     open_guards: HashMap<(SubjectHash, dsr_domain::RequestKind), RequestId>,
     idempotency: HashMap<(SubjectHash, String), RequestId>,
     events: Vec<(RequestId, String)>,
-    submitted: HashMap<dsr_domain::RequestKind, u64>,
+    hops: HashMap<(dsr_domain::RequestKind, DateTime<Utc>, String), HopMark>,
     obligations: HashMap<(RequestId, dsr_domain::ServiceName), dsr_domain::erasure::Obligation>,
 }
 
@@ -196,6 +197,36 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
     }
 }
 
+/// Hops like the DynamoDB log: one mark per window and key, a repeat bumps `times`.
+impl HopLog for InMemoryRequestStore {
+    async fn mark(&self, mark: &HopMark) -> Result<(), StoreError> {
+        let mut tables = self.lock();
+        tables
+            .hops
+            .entry((mark.kind, mark.hour(), mark.key()))
+            .and_modify(|m| {
+                m.times += 1;
+                m.last_at = mark.last_at;
+            })
+            .or_insert_with(|| mark.clone());
+        Ok(())
+    }
+
+    async fn window(
+        &self,
+        kind: dsr_domain::RequestKind,
+        hour: DateTime<Utc>,
+    ) -> Result<Vec<HopMark>, StoreError> {
+        Ok(self
+            .lock()
+            .hops
+            .iter()
+            .filter(|((k, h, _), _)| *k == kind && *h == hour)
+            .map(|(_, m)| m.clone())
+            .collect())
+    }
+}
+
 impl RequestStore for InMemoryRequestStore {
     async fn create(
         &self,
@@ -219,7 +250,16 @@ impl RequestStore for InMemoryRequestStore {
         tables
             .requests
             .insert(request.id, (request.clone(), subject.clone()));
-        *tables.submitted.entry(request.kind).or_insert(0) += 1;
+        let click = HopMark::click(
+            request.kind,
+            request.id,
+            request.id,
+            ClickOutcome::Created,
+            request.received_at,
+        );
+        tables
+            .hops
+            .insert((click.kind, click.hour(), click.key()), click);
         Ok(CreateOutcome::Created)
     }
 
@@ -411,10 +451,6 @@ impl RequestStore for InMemoryRequestStore {
             .values()
             .filter(|(r, _)| r.kind == kind && r.state == state)
             .count())
-    }
-
-    async fn submitted(&self, kind: dsr_domain::RequestKind) -> Result<u64, StoreError> {
-        Ok(self.lock().submitted.get(&kind).copied().unwrap_or(0))
     }
 
     async fn extend_deadline(

@@ -2,6 +2,7 @@
 //! request on to the notice and to completion.
 
 use super::*;
+use crate::hops::{self, Hop, HopMark};
 use crate::messages::{DomainEvent, Origin, SubjectNotice};
 use crate::metrics::{self, names, Metric};
 use crate::ports::{Audited, TransitionOutcome};
@@ -80,11 +81,13 @@ where
             .await?
         {
             // A redelivery: the first delivery may have recorded the answer and then failed
-            // to move the request on. Moving on is keyed, so it is simply run again.
+            // to count it or move the request on. Both are keyed, so they are simply run again.
+            self.count_answer(id, service).await?;
             self.advance(id).await?;
             return Ok(Handled::Nothing(Skipped::AlreadyAnswered));
         }
         crate::kill_point::reached("confirm.answered");
+        self.count_answer(id, service).await?;
         self.store
             .record_event(id, &Audited::Answered { service, status }, now)
             .await?;
@@ -126,11 +129,17 @@ where
         let how = self.eraser(&obligation.service)?;
         if obligation.attempts >= how.max_sends {
             let now = self.clock.now();
-            if self
+            let escalated = self
                 .store
                 .escalate(request.id, &obligation.service, obligation.attempts, now)
-                .await?
-            {
+                .await?;
+            // Counted on a redelivered check too: the first may have escalated and failed here.
+            self.count(
+                HopMark::new(RequestKind::Erasure, Hop::Escalated, request.id, now)
+                    .for_service(&obligation.service),
+            )
+            .await?;
+            if escalated {
                 self.store
                     .record_event(
                         request.id,
@@ -158,6 +167,20 @@ where
             return Ok(Handled::Nothing(Skipped::AlreadyEscalated));
         }
         let attempt = obligation.attempts + 1;
+        if obligation.last && obligation.attempts == 0 {
+            // The erase-last service's release: counted before its command leaves, so that a
+            // send that fails is retried under a release already counted.
+            self.count(
+                HopMark::new(
+                    RequestKind::Erasure,
+                    Hop::Released,
+                    request.id,
+                    self.clock.now(),
+                )
+                .for_service(&obligation.service),
+            )
+            .await?;
+        }
         self.send(&request, &obligation.service, how, attempt)
             .await?;
         if attempt > 1 {
@@ -245,12 +268,43 @@ where
         Ok(Handled::NoticePublished { release_at })
     }
 
+    async fn count_completed(&self, id: RequestId) -> Result<(), ErasureError> {
+        self.count(HopMark::new(
+            RequestKind::Erasure,
+            Hop::Completed,
+            id,
+            self.clock.now(),
+        ))
+        .await
+    }
+
+    /// Counts a hop this function took (a redelivery counts it again, as the same mark).
+    pub(super) async fn count(&self, mark: HopMark) -> Result<(), ErasureError> {
+        Ok(hops::take(&self.store, mark).await?)
+    }
+
+    pub(super) async fn count_answer(
+        &self,
+        id: RequestId,
+        service: &ServiceName,
+    ) -> Result<(), ErasureError> {
+        self.count(
+            HopMark::new(RequestKind::Erasure, Hop::Answered, id, self.clock.now())
+                .for_service(service),
+        )
+        .await
+    }
+
     /// Moves the request on when its obligations allow: notice and erase-last release once all
     /// others are done, completion once every one is.
     pub(super) async fn advance(&self, id: RequestId) -> Result<(), ErasureError> {
         let Some(mut request) = self.store.get(id).await? else {
             return Ok(());
         };
+        if request.state == RequestState::Completed {
+            // Run again after the completion: it may not have been counted.
+            return self.count_completed(id).await;
+        }
         let obligations = self.store.obligations(id).await?;
         let hash = self.subject_hash(&request);
         if request.state == RequestState::AwaitingConfirmations {
@@ -321,6 +375,7 @@ where
             {
                 tracing::info!(request_id = %id, subject = %hash, services = obligations.len(), "erasure completed");
                 metrics::emit(Metric::count(names::REQUESTS_COMPLETED, 1).with("Kind", "erasure"));
+                self.count_completed(id).await?;
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! wait for confirmations.
 
 use super::*;
+use crate::hops::{Hop, HopMark};
 use crate::lease::{Committed, Taken};
 
 impl<S, X, D, E, C, R> Erasures<S, X, D, E, C, R>
@@ -86,7 +87,25 @@ where
                 )
                 .collect();
         let mut commands = 0;
-        for obligation in self.store.plan(request.id, &planned, token).await? {
+        let plan = self.store.plan(request.id, &planned, token).await?;
+        for obligation in &plan {
+            self.count(
+                HopMark::new(
+                    RequestKind::Erasure,
+                    Hop::FannedOut,
+                    request.id,
+                    self.clock.now(),
+                )
+                .for_service(&obligation.service)
+                .erased_last(obligation.last),
+            )
+            .await?;
+        }
+        for obligation in plan {
+            if obligation.status.is_done() {
+                // A retry after the answer was recorded but perhaps not counted.
+                self.count_answer(request.id, &obligation.service).await?;
+            }
             if obligation.service.as_str() == OWN_COPIES {
                 if !obligation.status.is_done() {
                     let erased = self.erase_own_copies(request).await?;
@@ -101,6 +120,11 @@ where
                             now,
                         )
                         .await?;
+                    self.count(
+                        HopMark::new(RequestKind::Erasure, Hop::Commanded, request.id, now)
+                            .for_service(&obligation.service),
+                    )
+                    .await?;
                     self.answer(
                         request.id,
                         &obligation.service,
@@ -165,6 +189,13 @@ where
             "erasure command"
         );
         if let Delivery::Answered { status, receipt } = delivery {
+            // A vendor's API took the command and answered at once: both hops are this
+            // function's (a command to a RabbitMQ service is counted by the bridge).
+            self.count(
+                HopMark::new(RequestKind::Erasure, Hop::Commanded, request.id, now)
+                    .for_service(service),
+            )
+            .await?;
             self.answer(request.id, service, status, &receipt).await?;
         }
         Ok(())

@@ -43,7 +43,7 @@ use crate::lease::Worker;
 use crate::ports::{RequestStore, StoreError};
 use crate::registry::{HowToErase, ServiceRegistry};
 use crate::report::ReportStore;
-use crate::request::{Request, RequestId, RequestState};
+use crate::request::{Request, RequestId, RequestKind, RequestState};
 use crate::service::ServiceName;
 use crate::subject::SubjectHasher;
 

@@ -15,12 +15,13 @@ pub mod html;
 pub mod ports;
 
 use crate::clock::Clock;
+use crate::hops::{self, Hop, HopMark};
 use crate::lease::{retry_delay, Committed, HandedBack, OurLease, Taken, Worker};
 use crate::messages::DomainEvent;
 use crate::metrics::{self, names, Metric};
 use crate::ports::{ChannelError, EventOutbox, RequestStore, StoreError};
 use crate::registry::ServiceRegistry;
-use crate::request::{ReportInfo, Request, RequestId, RequestState};
+use crate::request::{ReportInfo, Request, RequestId, RequestKind, RequestState};
 use crate::subject::SubjectHasher;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 pub use ports::{
@@ -141,9 +142,17 @@ where
                 // The report was committed but the event may not have gone out: send it
                 // (again); it carries the same message id, so receivers drop duplicates.
                 if let Some(request) = self.store.get(id).await? {
+                    self.count(&request, Hop::Generated).await?;
                     self.announce(&request).await?;
                 }
                 return Ok(WorkOutcome::NothingToDo(Some(RequestState::ReportReady)));
+            }
+            Taken::NotWorkable(Some(RequestState::Failed)) => {
+                // The failure may not have been counted before the last attempt's end.
+                if let Some(request) = self.store.get(id).await? {
+                    self.count(&request, Hop::Failed).await?;
+                }
+                return Ok(WorkOutcome::NothingToDo(Some(RequestState::Failed)));
             }
             Taken::NotWorkable(state) => return Ok(WorkOutcome::NothingToDo(state)),
         };
@@ -232,6 +241,7 @@ where
                     }
                 }
                 crate::kill_point::reached("report.committed");
+                self.count(&request, Hop::Generated).await?;
                 self.announce(&request).await?;
                 Ok(WorkOutcome::Completed(report))
             }
@@ -255,6 +265,7 @@ where
         {
             HandedBack::Failed => {
                 metrics::emit(Metric::count(names::REQUESTS_FAILED, 1).with("Kind", "access"));
+                self.count(lease.request(), Hop::Failed).await?;
                 Ok(WorkOutcome::Failed {
                     error: error.to_owned(),
                 })
@@ -342,6 +353,12 @@ where
             cleaned += 1;
         }
         Ok(cleaned)
+    }
+
+    /// Counts a hop this function took (a redelivery counts it again, as the same mark).
+    async fn count(&self, request: &Request, hop: Hop) -> Result<(), StoreError> {
+        let mark = HopMark::new(RequestKind::Access, hop, request.id, self.clock.now());
+        hops::take(&self.store, mark).await
     }
 
     async fn announce(&self, request: &Request) -> Result<(), ChannelError> {

@@ -9,6 +9,7 @@ mod sweep;
 pub use sweep::{SweepReport, SweepSettings};
 
 use crate::clock::Clock;
+use crate::hops::{self, ClickOutcome, Hop, HopMark};
 use crate::messages::RequestMessage;
 use crate::metrics::{self, names, Metric};
 use crate::ports::{
@@ -193,8 +194,19 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
     ) -> Result<Submission, RequestError> {
         let subject_hash = self.hasher.hash(subject);
         if kind == RequestKind::Access {
-            if let Some(open) = self.over_access_limit(&subject_hash).await? {
-                return Ok(Submission::AlreadyOpen(open));
+            match self.over_access_limit(&subject_hash).await {
+                Ok(Some(open)) => {
+                    self.count_click(kind, open.id, ClickOutcome::AlreadyOpen)
+                        .await;
+                    return Ok(Submission::AlreadyOpen(open));
+                }
+                Ok(None) => {}
+                Err(refused @ RequestError::TooManyAccessRequests { .. }) => {
+                    let click = RequestId::new_at(self.clock.now());
+                    self.count_click(kind, click, ClickOutcome::Refused).await;
+                    return Err(refused);
+                }
+                Err(err) => return Err(err),
             }
         }
         let mut request = Request::receive(kind, subject.clone(), self.clock.now());
@@ -216,6 +228,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                 let mut open = self.stored(id).await?;
                 tracing::info!(request_id = %id, %kind, subject = %subject_hash, "open request returned instead of a new one");
                 self.enqueue_if_never_sent(&mut open, &subject_hash).await;
+                self.count_click(kind, id, ClickOutcome::AlreadyOpen).await;
                 Ok(Submission::AlreadyOpen(open))
             }
             CreateOutcome::IdempotentReplay(id) => {
@@ -225,8 +238,26 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                 }
                 self.enqueue_if_never_sent(&mut earlier, &subject_hash)
                     .await;
+                self.count_click(kind, id, ClickOutcome::Replayed).await;
                 Ok(Submission::Replayed(earlier))
             }
+        }
+    }
+
+    async fn count_cancelled(&self, request: &Request) -> Result<(), RequestError> {
+        let mark = HopMark::new(request.kind, Hop::Cancelled, request.id, request.updated_at);
+        Ok(hops::take(&self.store, mark).await?)
+    }
+
+    /// Counts a click that created nothing (a new request's click is counted with it). The
+    /// user has their answer either way: a click that could not be counted is logged, not
+    /// refused.
+    async fn count_click(&self, kind: RequestKind, request: RequestId, outcome: ClickOutcome) {
+        let now = self.clock.now();
+        let click = RequestId::new_at(now);
+        let mark = HopMark::click(kind, click, request, outcome, now);
+        if let Err(err) = hops::take(&self.store, mark).await {
+            tracing::error!(request_id = %request, outcome = outcome.as_str(), error = %err, alert = "hop_not_counted", "a submission could not be counted");
         }
     }
 
@@ -340,6 +371,8 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
     ) -> Result<Request, RequestError> {
         let mut request = self.show(subject, id).await?;
         if request.state == RequestState::Cancelled {
+            // A retry after the hop could not be counted counts it now.
+            self.count_cancelled(&request).await?;
             return Ok(request);
         }
         // Once work started, the user cannot stop it (an erasure may have reached services).
@@ -365,6 +398,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                 metrics::emit(
                     Metric::count(names::REQUESTS_CANCELLED, 1).with("Kind", request.kind.as_str()),
                 );
+                self.count_cancelled(&request).await?;
                 Ok(request)
             }
             // A worker picked it up between our read and our write.

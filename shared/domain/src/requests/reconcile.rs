@@ -1,11 +1,13 @@
 //! Reconciliation: the numbers that must agree, the requests that are stuck, and the deadlines
 //! at risk. Run on a schedule by the sweep function and on demand by the operator CLI.
 //!
-//! "In sync" means: requests ever accepted (a counter written in the same transaction as each
-//! request) = requests counted by state now (done + in progress). A difference means requests
-//! vanished or appeared outside the service; it fires an alarm.
+//! "In sync" means: at every hop, the requests that should have taken it by now did (see
+//! [`crate::hops`]): each component counted its hop itself, so a message lost between two of
+//! them shows as a request missing at the next hop, named with the hop. A mismatch fires an
+//! alarm (`HopMismatches`, `CountsInSync`) and a log line listing the request ids.
 
 use crate::clock::Clock;
+use crate::hops::{self, Allowances, Hop, Window};
 use crate::metrics::{self, names, Metric};
 use crate::ports::{RequestStore, WorkQueue};
 use crate::request::{Request, RequestId, RequestKind, RequestState};
@@ -27,6 +29,10 @@ pub struct ReconcileSettings {
     /// Send stuck requests' work messages again (the scheduled run does; `dsr-ops stuck` only
     /// looks).
     pub redrive: bool,
+    /// How long each hop may take before it counts as missing.
+    pub allowances: Allowances,
+    /// How many hourly windows back the hops are compared (the current one included).
+    pub windows: u32,
 }
 
 impl Default for ReconcileSettings {
@@ -37,6 +43,8 @@ impl Default for ReconcileSettings {
             waiting_stuck_after: Duration::days(14),
             batch_limit: 5000,
             redrive: true,
+            allowances: Allowances::default(),
+            windows: 72,
         }
     }
 }
@@ -47,10 +55,10 @@ pub struct Reconciliation {
     pub at: Option<DateTime<Utc>>,
     /// Requests per kind and state, now.
     pub counts: Vec<(RequestKind, RequestState, usize)>,
-    /// Requests ever accepted, per kind.
-    pub submitted: Vec<(RequestKind, u64)>,
-    /// Per kind: submitted = Σ counts.
+    /// Per kind: every hop of every window agrees.
     pub in_sync: Vec<(RequestKind, bool)>,
+    /// The hops compared, per kind and hourly window, newest first.
+    pub windows: Vec<Window>,
     pub deadline_at_risk: Vec<RequestId>,
     pub deadline_missed: Vec<RequestId>,
     pub stuck: Vec<(RequestId, RequestState)>,
@@ -60,6 +68,14 @@ pub struct Reconciliation {
 impl Reconciliation {
     pub fn all_in_sync(&self) -> bool {
         self.in_sync.iter().all(|(_, ok)| *ok)
+    }
+
+    /// Every hop missing in any window, oldest first.
+    pub fn missing(&self) -> impl Iterator<Item = (&Window, &hops::Missing)> {
+        self.windows
+            .iter()
+            .rev()
+            .flat_map(|w| w.missing.iter().map(move |m| (w, m)))
     }
 
     pub fn count(&self, kind: RequestKind, state: RequestState) -> usize {
@@ -95,32 +111,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                     .with("State", state.as_str()),
             );
         }
-        for &(kind, in_sync) in &found.in_sync {
-            metrics::emit(
-                Metric::count(names::COUNTS_IN_SYNC, usize::from(in_sync))
-                    .with("Kind", kind.as_str()),
-            );
-            if !in_sync {
-                let submitted = found
-                    .submitted
-                    .iter()
-                    .find(|(k, _)| *k == kind)
-                    .map_or(0, |(_, n)| *n);
-                let counted: usize = found
-                    .counts
-                    .iter()
-                    .filter(|(k, _, _)| *k == kind)
-                    .map(|(_, _, n)| n)
-                    .sum();
-                tracing::error!(
-                    kind = kind.as_str(),
-                    submitted,
-                    counted,
-                    alert = "counts_out_of_sync",
-                    "requests submitted and requests counted by state differ"
-                );
-            }
-        }
+        self.compare_hops(settings, &mut found).await?;
         for (state, worked) in OPEN {
             for request in self.store.in_state(state, settings.batch_limit).await? {
                 self.check_deadline(&request, now, settings, &mut found);
@@ -161,24 +152,89 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         Ok(found)
     }
 
-    /// The counts alone, read-only: per kind and state, and the submitted counter.
+    /// The counts by state, read-only.
     pub async fn tally(&self) -> Result<Reconciliation, RequestError> {
         let mut found = Reconciliation {
             at: Some(self.clock.now()),
             ..Reconciliation::default()
         };
         for kind in RequestKind::ALL {
-            let mut total = 0u64;
             for state in RequestState::ALL {
                 let n = self.store.count(kind, state).await?;
-                total += n as u64;
                 found.counts.push((kind, state, n));
             }
-            let submitted = self.store.submitted(kind).await?;
-            found.submitted.push((kind, submitted));
-            found.in_sync.push((kind, submitted == total));
         }
         Ok(found)
+    }
+
+    /// The hops of the last `settings.windows` hours, compared; read-only.
+    pub async fn hop_windows(
+        &self,
+        settings: &ReconcileSettings,
+    ) -> Result<Vec<Window>, RequestError> {
+        let now = self.clock.now();
+        let newest = hops::truncate_to_hour(now);
+        let mut windows = Vec::new();
+        for back in 0..settings.windows.max(1) {
+            let hour = newest - Duration::hours(i64::from(back));
+            for kind in RequestKind::ALL {
+                let marks = self.store.window(kind, hour).await?;
+                windows.push(hops::reconcile(
+                    kind,
+                    hour,
+                    &marks,
+                    now,
+                    &settings.allowances,
+                ));
+            }
+        }
+        Ok(windows)
+    }
+
+    /// Compares the hops, and says what it found: per kind `CountsInSync`, per kind and hop
+    /// `HopMismatches`, and one alarm line per hop naming the requests missing there.
+    async fn compare_hops(
+        &self,
+        settings: ReconcileSettings,
+        found: &mut Reconciliation,
+    ) -> Result<(), RequestError> {
+        found.windows = self.hop_windows(&settings).await?;
+        for kind in RequestKind::ALL {
+            let windows = found.windows.iter().filter(|w| w.kind == kind);
+            let mut in_sync = true;
+            for hop in Hop::ALL {
+                let missing: Vec<String> = windows
+                    .clone()
+                    .flat_map(|w| w.missing_at(hop))
+                    .map(|m| match &m.service {
+                        Some(service) => format!("{}/{service}", m.request),
+                        None => m.request.to_string(),
+                    })
+                    .collect();
+                metrics::emit(
+                    Metric::count(names::HOP_MISMATCHES, missing.len())
+                        .with("Kind", kind.as_str())
+                        .with("Hop", hop.as_str()),
+                );
+                if !missing.is_empty() {
+                    in_sync = false;
+                    tracing::error!(
+                        kind = kind.as_str(),
+                        hop = hop.as_str(),
+                        missing = missing.len(),
+                        request_ids = %missing.join(","),
+                        alert = "hop_mismatch",
+                        "requests that should have taken this hop by now did not: lost on the way to it"
+                    );
+                }
+            }
+            metrics::emit(
+                Metric::count(names::COUNTS_IN_SYNC, usize::from(in_sync))
+                    .with("Kind", kind.as_str()),
+            );
+            found.in_sync.push((kind, in_sync));
+        }
+        Ok(())
     }
 
     fn check_deadline(
