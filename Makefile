@@ -16,7 +16,7 @@ export RUST_LOG ?= info,aws_config=warn,aws_smithy_runtime=warn
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help run test token ops stack emulator rabbitmq provision lint stop bench chaos
+.PHONY: help run test token ops stack emulator rabbitmq chromium provision lint stop bench chaos
 
 help:
 	@echo "make run              run the whole service locally (API on http://127.0.0.1:3000)"
@@ -35,6 +35,10 @@ emulator:
 
 rabbitmq:
 	@infra/local/ensure-rabbitmq.sh
+
+# The operations page is tested in a real browser.
+chromium:
+	@infra/local/ensure-chromium.sh
 
 run: stack
 	$(CARGO) build --quiet -p dsr-local
@@ -61,7 +65,7 @@ RESTART_TEST := rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_lo
 CHAOS_TESTS := chaos::
 SERIAL := test($(BULK_TEST)) or test($(RESTART_TEST)) or test(/^$(CHAOS_TESTS)/)
 
-test: stack
+test: stack chromium
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --no-fail-fast -E 'not ($(SERIAL))'
 	$(CARGO) nextest run -p dsr-tests --no-fail-fast --test-threads 1 -E '$(SERIAL)'

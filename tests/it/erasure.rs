@@ -49,6 +49,8 @@ pub struct RigSettings {
     pub consume_work_queues: bool,
     /// Messages to lose on their way to a function.
     pub losses: Option<Arc<dsr_local::event_source::Losses>>,
+    /// Variables every function sees instead of the template's.
+    pub overrides: Vec<(&'static str, String)>,
 }
 
 impl Default for RigSettings {
@@ -65,6 +67,7 @@ impl Default for RigSettings {
             deliveries: 1,
             consume_work_queues: true,
             losses: None,
+            overrides: Vec::new(),
         }
     }
 }
@@ -98,6 +101,12 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
         s.workers = settings.workers;
         s.deliveries = settings.deliveries;
         s.losses = settings.losses;
+        s.overrides.extend(
+            settings
+                .overrides
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v)),
+        );
         if let Some(every) = settings.sweep_every {
             s.sweep_every = every;
         }

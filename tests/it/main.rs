@@ -14,6 +14,7 @@ mod helpers;
 mod hops;
 mod hostile;
 mod ops;
+mod ops_page;
 mod report;
 mod runner;
 mod sweep;

@@ -66,8 +66,17 @@ fn every_resource_the_code_reads_from_its_environment_is_declared() {
         // Every reference, in every function, names something declared.
         for (variable, value) in &env {
             for target in referenced(value).into_iter().chain(substituted(value)) {
+                // `AWS::StackName` and the other pseudo parameters are CloudFormation's own.
+                let pseudo = [
+                    "AWS::StackName",
+                    "AWS::Region",
+                    "AWS::AccountId",
+                    "AWS::Partition",
+                ];
                 assert!(
-                    template.resource(&target).is_some() || parameters.contains(&target),
+                    template.resource(&target).is_some()
+                        || parameters.contains(&target)
+                        || pseudo.contains(&target.as_str()),
                     "{function}.{variable} refers to undeclared {target}"
                 );
             }

@@ -24,12 +24,134 @@ pub type HttpFunction = Arc<
         + Sync,
 >;
 
-pub fn router(function: HttpFunction, authorizer: JwtAuthorizer) -> Router {
+/// The operator scope the operations page's routes require (`dsr_ops_page::OPERATOR_SCOPE`).
+pub const OPERATOR_SCOPE: &str = "dsr/operate";
+
+/// The user API, and the operations page under `/ops` when given. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: the page trusts loopback callers.
+pub fn router(
+    function: HttpFunction,
+    ops: Option<HttpFunction>,
+    authorizer: JwtAuthorizer,
+) -> Router {
     Router::new().fallback(move |request: axum::extract::Request| {
         let function = function.clone();
+        let ops = ops.clone();
         let authorizer = authorizer.clone();
-        async move { gateway(function, authorizer, request).await }
+        async move {
+            let path = request.uri().path();
+            match ops {
+                Some(ops) if path == "/ops" || path.starts_with("/ops/") => {
+                    operations(ops, authorizer, request).await
+                }
+                _ => gateway(function, authorizer, request).await,
+            }
+        }
     })
+}
+
+/// The operations page's routes, as the template declares them: the shell without a token;
+/// the numbers with a token carrying the operator scope, or, here only, from loopback (the
+/// person at this machine runs the stack).
+async fn operations(
+    function: HttpFunction,
+    authorizer: JwtAuthorizer,
+    request: axum::extract::Request,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    let loopback = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|peer| peer.0.ip().is_loopback());
+    let public = path == "/ops" || path == "/ops/" || path == "/ops/shell.js";
+    let (parts, body) = request.into_parts();
+    let (body, authorization) = match read(&parts, body).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let authorization = authorization.as_deref();
+    let authorized = if public {
+        Err(String::new())
+    } else {
+        authorizer.authorize(authorization)
+    };
+    let (claims, scopes) = match ops_access(public, authorized, loopback) {
+        OpsAccess::Allowed { claims, scopes } => (claims, scopes),
+        OpsAccess::Refused(status, code, reason) => return error(status, code, &reason),
+    };
+    call(function, &parts, &body, claims, scopes).await
+}
+
+/// Who may see what under `/ops`.
+#[derive(Debug, PartialEq)]
+enum OpsAccess {
+    Allowed {
+        claims: HashMap<String, String>,
+        scopes: Option<Vec<String>>,
+    },
+    Refused(StatusCode, &'static str, String),
+}
+
+/// The shell is public; the numbers need the operator scope in a valid token, or a loopback
+/// caller (the local stack's operator is the person at this machine).
+fn ops_access(
+    public: bool,
+    authorized: Result<HashMap<String, String>, String>,
+    loopback: bool,
+) -> OpsAccess {
+    if public {
+        return OpsAccess::Allowed {
+            claims: HashMap::new(),
+            scopes: None,
+        };
+    }
+    match authorized {
+        Ok(claims) => {
+            let mut scopes: Vec<String> = claims
+                .get("scope")
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default();
+            if loopback && !scopes.iter().any(|s| s == OPERATOR_SCOPE) {
+                scopes.push(OPERATOR_SCOPE.to_owned());
+            }
+            if !scopes.iter().any(|s| s == OPERATOR_SCOPE) {
+                return OpsAccess::Refused(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the token does not carry the operator scope (dsr/operate)".into(),
+                );
+            }
+            OpsAccess::Allowed {
+                claims,
+                scopes: Some(scopes),
+            }
+        }
+        Err(_) if loopback => OpsAccess::Allowed {
+            claims: HashMap::new(),
+            scopes: Some(vec![OPERATOR_SCOPE.to_owned()]),
+        },
+        Err(reason) => OpsAccess::Refused(StatusCode::UNAUTHORIZED, "unauthorized", reason),
+    }
+}
+
+/// The body (up to API Gateway's limit) and the `Authorization` header of a request.
+async fn read(
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
+) -> Result<(Bytes, Option<String>), Response> {
+    let Ok(body) = axum::body::to_bytes(body, GATEWAY_MAX_BODY).await else {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "request body over 10 MB",
+        ));
+    };
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((body, authorization))
 }
 
 async fn gateway(
@@ -38,17 +160,11 @@ async fn gateway(
     request: axum::extract::Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, GATEWAY_MAX_BODY).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "request body over 10 MB",
-        );
+    let (body, authorization) = match read(&parts, body).await {
+        Ok(read) => read,
+        Err(response) => return response,
     };
-    let authorization = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let authorization = authorization.as_deref();
     let claims = match authorizer.authorize(authorization) {
         Ok(claims) => claims,
         Err(reason) => {
@@ -59,7 +175,18 @@ async fn gateway(
             return response;
         }
     };
-    let event = event(&parts, &body, claims);
+    call(function, &parts, &body, claims, None).await
+}
+
+/// Builds the Lambda event and answers with what the function answered.
+async fn call(
+    function: HttpFunction,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+    claims: HashMap<String, String>,
+    scopes: Option<Vec<String>>,
+) -> Response {
+    let event = event(parts, body, claims, scopes);
     let request = match lambda_http::request::from_str(&event.to_string()) {
         Ok(request) => request,
         Err(err) => {
@@ -99,6 +226,7 @@ fn event(
     parts: &axum::http::request::Parts,
     body: &[u8],
     claims: HashMap<String, String>,
+    scopes: Option<Vec<String>>,
 ) -> Value {
     let (text, base64) = match std::str::from_utf8(body) {
         Ok(text) => (text.to_owned(), false),
@@ -128,7 +256,7 @@ fn event(
         "requestContext": {
             "accountId": crate::provision::DEFAULT_ACCOUNT_ID,
             "apiId": "local",
-            "authorizer": { "jwt": { "claims": claims, "scopes": null } },
+            "authorizer": { "jwt": { "claims": claims, "scopes": scopes } },
             "domainName": "127.0.0.1",
             "domainPrefix": "local",
             "http": {
@@ -172,4 +300,54 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         axum::Json(json!({"error": {"code": code, "message": message}})),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(scope: Option<&str>) -> Result<HashMap<String, String>, String> {
+        let mut claims = HashMap::from([("sub".to_owned(), "someone".to_owned())]);
+        if let Some(scope) = scope {
+            claims.insert("scope".into(), scope.into());
+        }
+        Ok(claims)
+    }
+
+    fn allowed(access: &OpsAccess) -> bool {
+        matches!(access, OpsAccess::Allowed { scopes: Some(s), .. } if s.iter().any(|s| s == OPERATOR_SCOPE))
+    }
+
+    #[test]
+    fn away_from_loopback_the_numbers_need_a_token_with_the_operator_scope() {
+        let no_token = Err("no bearer token".to_owned());
+        assert!(matches!(
+            ops_access(false, no_token.clone(), false),
+            OpsAccess::Refused(StatusCode::UNAUTHORIZED, ..)
+        ));
+        assert!(matches!(
+            ops_access(false, token(None), false),
+            OpsAccess::Refused(StatusCode::FORBIDDEN, ..)
+        ));
+        assert!(matches!(
+            ops_access(false, token(Some("dsr/read profile")), false),
+            OpsAccess::Refused(StatusCode::FORBIDDEN, ..)
+        ));
+        assert!(allowed(&ops_access(
+            false,
+            token(Some("profile dsr/operate")),
+            false
+        )));
+        // The local operator at this machine, with or without a token.
+        assert!(allowed(&ops_access(false, no_token.clone(), true)));
+        assert!(allowed(&ops_access(false, token(None), true)));
+        // The shell carries no data: anyone, no scopes handed on.
+        assert_eq!(
+            ops_access(true, no_token, false),
+            OpsAccess::Allowed {
+                claims: HashMap::new(),
+                scopes: None
+            }
+        );
+    }
 }

@@ -235,6 +235,18 @@ impl LocalStack {
     }
 
     /// The intake function, as API Gateway would call it.
+    /// The operations page as Lambda runs it.
+    pub fn ops_page(&self) -> Result<HttpFunction> {
+        let page = Arc::new(dsr_ops_page::build(
+            &self.aws,
+            &self.env("OpsPageFunction")?,
+        )?);
+        Ok(Arc::new(move |request| {
+            let page = page.clone();
+            Box::pin(async move { page.handle(request).await })
+        }))
+    }
+
     pub fn intake(&self) -> Result<HttpFunction> {
         let api = Arc::new(dsr_intake::build(&self.aws, &self.env("IntakeFunction")?)?);
         Ok(Arc::new(move |request| {
@@ -361,10 +373,18 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         .await
         .with_context(|| format!("binding the API to {}", settings.listen))?;
     let http_addr = listener.local_addr()?;
-    let router = gateway::router(stack.intake()?, stack.authorizer()?);
+    let router = gateway::router(
+        stack.intake()?,
+        Some(stack.ops_page()?),
+        stack.authorizer()?,
+    );
     let mut http_stop = stopped.clone();
     tasks.spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             let _ = http_stop.wait_for(|stop| *stop).await;
         });
         if let Err(err) = serve.await {

@@ -86,8 +86,24 @@ impl Reconciliation {
     }
 }
 
+/// Whether an open request has stopped moving: in a worker's state, untouched for
+/// `working_stuck_after` with no live lease (its message was lost: the scheduled run sends it
+/// again); waiting on others, untouched for `waiting_stuck_after` (an operator's case).
+/// `received` is the sweep's (it re-sends messages that never left).
+pub fn stuck(request: &Request, now: DateTime<Utc>, settings: &ReconcileSettings) -> bool {
+    let idle = now - request.updated_at;
+    match OPEN.iter().find(|(state, _)| *state == request.state) {
+        Some((_, true)) => {
+            let lease_live = request.lease.as_ref().is_some_and(|l| l.expires_at > now);
+            idle >= settings.working_stuck_after && !lease_live
+        }
+        Some((RequestState::Received, false)) | None => false,
+        Some((_, false)) => idle >= settings.waiting_stuck_after,
+    }
+}
+
 /// Open states and whether a worker holds requests in them.
-const OPEN: [(RequestState, bool); 5] = [
+pub const OPEN: [(RequestState, bool); 5] = [
     (RequestState::Received, false),
     (RequestState::Collecting, true),
     (RequestState::FanningOut, true),
@@ -116,8 +132,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
             for request in self.store.in_state(state, settings.batch_limit).await? {
                 self.check_deadline(&request, now, settings, &mut found);
                 let idle = now - request.updated_at;
-                let lease_live = request.lease.as_ref().is_some_and(|l| l.expires_at > now);
-                if worked && idle >= settings.working_stuck_after && !lease_live {
+                if worked && stuck(&request, now, &settings) {
                     found.stuck.push((request.id, state));
                     if !settings.redrive {
                         continue;
@@ -131,10 +146,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                         );
                         found.redriven.push(request.id);
                     }
-                } else if !worked
-                    && state != RequestState::Received
-                    && idle >= settings.waiting_stuck_after
-                {
+                } else if !worked && stuck(&request, now, &settings) {
                     tracing::warn!(request_id = %request.id, state = state.as_str(), idle_seconds = idle.num_seconds(), alert = "request_stuck", "request has not moved for a long time");
                     found.stuck.push((request.id, state));
                 }
