@@ -400,3 +400,105 @@ async fn secrets_are_read_from_parameter_store_by_name() {
         "{err}"
     );
 }
+
+/// Every alarm and dashboard widget on the service's own namespace watches a metric the code
+/// emits, under the dimensions it emits it with (`Function` alone is the roll-up every metric
+/// has), from a function that emits it: a renamed metric or dimension breaks this, not the
+/// alarm in silence.
+#[test]
+fn every_alarm_and_dashboard_metric_is_one_the_code_emits() {
+    use dsr_domain::metrics::emitted;
+    use serde_yaml_ng::Value as Yaml;
+    let template = Template::load(repo_path("template.yaml")).unwrap();
+    let check = |place: &str, name: &str, dimensions: &[(String, String)]| {
+        let metric =
+            emitted(name).unwrap_or_else(|| panic!("{place}: no metric {name} is emitted"));
+        let names: std::collections::BTreeSet<&str> =
+            dimensions.iter().map(|(k, _)| k.as_str()).collect();
+        let full: std::collections::BTreeSet<&str> = std::iter::once("Function")
+            .chain(metric.dimensions.iter().copied())
+            .collect();
+        assert!(
+            names == std::collections::BTreeSet::from(["Function"]) || names == full,
+            "{place}: {name} is emitted with {full:?} (or Function alone), not {names:?}"
+        );
+        let function = dimensions
+            .iter()
+            .find(|(k, _)| k == "Function")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{place}: {name} without its Function"));
+        assert!(
+            metric.functions.contains(&function),
+            "{place}: {name} is not emitted by {function} but by {:?}",
+            metric.functions
+        );
+    };
+    let own_namespace = |value: &Yaml| matches!(value, Yaml::Tagged(t) if t.value.as_str() == Some("GdprDsr/${AWS::StackName}"));
+    let mut alarms = 0;
+    let mut widgets = 0;
+    for (id, kind, props) in template.resources() {
+        if kind == "AWS::CloudWatch::Alarm" {
+            if !props.get("Namespace").is_some_and(own_namespace) {
+                continue;
+            }
+            let name = props["MetricName"].as_str().unwrap();
+            let dimensions: Vec<(String, String)> = props["Dimensions"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    (
+                        d["Name"].as_str().unwrap().to_owned(),
+                        d["Value"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            check(&id, name, &dimensions);
+            alarms += 1;
+        }
+        if kind == "AWS::CloudWatch::Dashboard" {
+            let Yaml::Tagged(sub) = &props["DashboardBody"] else {
+                panic!("the dashboard body is a !Sub");
+            };
+            let body = sub.value[0]
+                .as_str()
+                .unwrap()
+                .replace("${Ns}", "NS")
+                .replace("${AWS::Region}", "r");
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            for widget in body["widgets"].as_array().unwrap() {
+                let mut previous: Vec<String> = Vec::new();
+                for row in widget["properties"]["metrics"].as_array().unwrap() {
+                    let row: Vec<String> = row
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_owned())
+                        .collect();
+                    // CloudWatch's shorthand: "..." repeats the previous row but for its tail.
+                    let full: Vec<String> = if row[0] == "..." {
+                        let keep = previous.len() - (row.len() - 1);
+                        previous[..keep].iter().chain(&row[1..]).cloned().collect()
+                    } else {
+                        row
+                    };
+                    assert_eq!(
+                        full[0], "NS",
+                        "{id}: a widget on another namespace: {full:?}"
+                    );
+                    let dimensions: Vec<(String, String)> = full[2..]
+                        .chunks(2)
+                        .map(|pair| (pair[0].clone(), pair[1].clone()))
+                        .collect();
+                    check(&id, &full[1], &dimensions);
+                    previous = full;
+                    widgets += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        alarms >= 6 && widgets >= 20,
+        "{alarms} alarms, {widgets} widget metrics"
+    );
+}

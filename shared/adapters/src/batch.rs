@@ -310,10 +310,8 @@ impl<H: RecordHandler> QueueDriver<H> {
         } else {
             tracing::warn!(function = self.function, %reason, waits, retry_in_seconds = delay.as_secs(), "message waits; put back on its queue");
         }
-        dsr_domain::metrics::emit(
-            dsr_domain::metrics::Metric::count("MessagesWaiting", 1)
-                .with("Function", self.function),
-        );
+        // The sink names the function (every metric's `Function` dimension).
+        dsr_domain::metrics::emit(dsr_domain::metrics::Metric::count("MessagesWaiting", 1));
         let string = |value: String| {
             aws_sdk_sqs::types::MessageAttributeValue::builder()
                 .data_type("String")

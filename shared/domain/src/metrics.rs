@@ -113,3 +113,69 @@ pub mod names {
     pub const HOP_MISMATCHES: &str = "HopMismatches";
     pub const STUCK_REQUESTS: &str = "StuckRequests";
 }
+
+/// One metric the service emits: its name, the dimensions it carries besides `Function` (every
+/// metric has `Function`, and rolls up to `Function` alone), and the functions that emit it.
+#[derive(Debug, Clone, Copy)]
+pub struct Emitted {
+    pub name: &'static str,
+    pub dimensions: &'static [&'static str],
+    pub functions: &'static [&'static str],
+}
+
+const ALL_FUNCTIONS: &[&str] = &[
+    "intake", "report", "erasure", "confirm", "sweep", "dispatch", "bridge", "ops-page",
+];
+const QUEUE_FED: &[&str] = &["report", "erasure", "confirm", "dispatch", "bridge"];
+
+/// Every metric, in one place: the template's alarms and dashboard are held to it by a test.
+pub const CATALOG: &[Emitted] = {
+    use names::*;
+    const fn m(
+        name: &'static str,
+        dimensions: &'static [&'static str],
+        functions: &'static [&'static str],
+    ) -> Emitted {
+        Emitted {
+            name,
+            dimensions,
+            functions,
+        }
+    }
+    &[
+        m(REQUESTS_SUBMITTED, &["Kind"], &["intake"]),
+        m(REQUESTS_CANCELLED, &["Kind"], &["intake"]),
+        m(REQUESTS_RECEIVED, &["Kind"], &["report", "erasure"]),
+        m(REQUESTS_COMPLETED, &["Kind"], &["report", "confirm"]),
+        m(REQUESTS_FAILED, &["Kind"], &["report"]),
+        m(REPORT_BYTES, &[], &["report"]),
+        m(REPORT_DURATION, &[], &["report"]),
+        m(CONFIRMATION_LATENCY, &["Service"], &["confirm"]),
+        m(RETRIES, &["Kind"], &["report", "confirm"]),
+        m(REDRIVES, &["Kind"], &["sweep"]),
+        m(ESCALATIONS, &["Service"], &["confirm"]),
+        m(COLD_STARTS, &[], ALL_FUNCTIONS),
+        m(REQUESTS_IN_STATE, &["Kind", "State"], &["sweep"]),
+        m(DEADLINE_AT_RISK, &[], &["sweep"]),
+        m(DEADLINE_MISSED, &[], &["sweep"]),
+        m(COUNTS_IN_SYNC, &["Kind"], &["sweep"]),
+        m(STUCK_REQUESTS, &[], &["sweep"]),
+        m(
+            HOPS,
+            &["Kind", "Hop"],
+            &["intake", "report", "erasure", "confirm", "bridge"],
+        ),
+        m(HOP_MISMATCHES, &["Kind", "Hop"], &["sweep"]),
+        m("BridgePublished", &[], &["bridge"]),
+        m("BridgeUnroutable", &["Exchange"], &["bridge"]),
+        m("BridgeBrokerUnavailable", &[], &["bridge"]),
+        m("BridgeForwarded", &[], &["bridge"]),
+        m("BridgeDeadLettered", &[], &["bridge"]),
+        m("MessagesWaiting", &[], QUEUE_FED),
+    ]
+};
+
+/// The catalog's entry for `name`.
+pub fn emitted(name: &str) -> Option<&'static Emitted> {
+    CATALOG.iter().find(|e| e.name == name)
+}
