@@ -333,13 +333,16 @@ where
                     .position(|(_, below)| age < *below)
                     .unwrap_or(AGE_BUCKETS.len() - 1);
                 row.by_age[bucket] += 1;
-                let left = request.due_at - now;
-                if left <= Duration::zero() {
-                    row.missed += 1;
-                    summary.deadline_missed.push(request.id);
-                } else if left <= self.settings.warning {
-                    row.at_risk += 1;
-                    summary.deadline_at_risk.push(request.id);
+                match reconcile::deadline(request, now, &self.settings) {
+                    Some(reconcile::Deadline::Missed) => {
+                        row.missed += 1;
+                        summary.deadline_missed.push(request.id);
+                    }
+                    Some(reconcile::Deadline::AtRisk) => {
+                        row.at_risk += 1;
+                        summary.deadline_at_risk.push(request.id);
+                    }
+                    None => {}
                 }
                 if reconcile::stuck(request, now, &self.settings) {
                     summary.stuck.push(StuckRequest {

@@ -256,13 +256,41 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         settings: ReconcileSettings,
         found: &mut Reconciliation,
     ) {
-        let left = request.due_at - now;
-        if left <= Duration::zero() {
-            tracing::error!(request_id = %request.id, kind = request.kind.as_str(), due_at = %request.due_at, alert = "deadline_missed", "request past its legal deadline");
-            found.deadline_missed.push(request.id);
-        } else if left <= settings.warning {
-            tracing::warn!(request_id = %request.id, kind = request.kind.as_str(), due_at = %request.due_at, days_left = left.num_days(), alert = "deadline_at_risk", "request nearing its legal deadline");
-            found.deadline_at_risk.push(request.id);
+        match deadline(request, now, &settings) {
+            Some(Deadline::Missed) => {
+                tracing::error!(request_id = %request.id, kind = request.kind.as_str(), due_at = %request.due_at, alert = "deadline_missed", "request past its legal deadline");
+                found.deadline_missed.push(request.id);
+            }
+            Some(Deadline::AtRisk) => {
+                tracing::warn!(request_id = %request.id, kind = request.kind.as_str(), due_at = %request.due_at, days_left = (request.due_at - now).num_days(), alert = "deadline_at_risk", "request nearing its legal deadline");
+                found.deadline_at_risk.push(request.id);
+            }
+            None => {}
         }
+    }
+}
+
+/// Where an open request stands against its legal deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// Within `settings.warning` of it.
+    AtRisk,
+    /// Past it.
+    Missed,
+}
+
+/// `None` while the deadline is further away than `settings.warning`.
+pub fn deadline(
+    request: &Request,
+    now: DateTime<Utc>,
+    settings: &ReconcileSettings,
+) -> Option<Deadline> {
+    let left = request.due_at - now;
+    if left <= Duration::zero() {
+        Some(Deadline::Missed)
+    } else if left <= settings.warning {
+        Some(Deadline::AtRisk)
+    } else {
+        None
     }
 }
