@@ -4,7 +4,7 @@
 # writes it to target/chaos/report.md.
 #   CHAOS_REQUESTS    requests in the AWS-faults run (default 500, half access, half erasure)
 #   CHAOS_FAULT_RATE  share of AWS calls that fail (default 0.2)
-#   CHAOS_DUPLICATED_REQUESTS  requests with every message delivered three times (default 200)
+#   CHAOS_DUPLICATED_REQUESTS  requests with every message delivered three times (default 100)
 #   CHAOS_BROKER_ERASURES, CHAOS_BROKER_DOWN_SECONDS  erasures during a broker outage (1000, 600)
 #   CRASH_REQUESTS    requests in flight when the functions' process is killed, per kill point (20)
 #   FUZZ_RUNS         executions per fuzz target (default 10 million; CHAOS_SKIP_FUZZ=1 skips)
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CHAOS_REQUESTS="${CHAOS_REQUESTS:-500}"
 export CHAOS_FAULT_RATE="${CHAOS_FAULT_RATE:-0.2}"
-export CHAOS_DUPLICATED_REQUESTS="${CHAOS_DUPLICATED_REQUESTS:-200}"
+export CHAOS_DUPLICATED_REQUESTS="${CHAOS_DUPLICATED_REQUESTS:-100}"
 export CHAOS_BROKER_ERASURES="${CHAOS_BROKER_ERASURES:-1000}"
 export CHAOS_BROKER_DOWN_SECONDS="${CHAOS_BROKER_DOWN_SECONDS:-600}"
 export CRASH_REQUESTS="${CRASH_REQUESTS:-20}"

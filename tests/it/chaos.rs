@@ -311,7 +311,10 @@ async fn every_message_delivered_three_times_to_eight_workers_has_one_effect() {
         }
     }
     let all: Vec<String> = access.iter().chain(&erasures).cloned().collect();
-    let states = settle(&rig, &all, Duration::from_secs(240 + 2 * requests as u64)).await;
+    // Paced by the emulator: each erasure command comes back as about twelve confirmations
+    // (three publications, each delivered twice, each answered twice), every batch of them
+    // handled three times, and moto answers from one thread (docs/reliability.md).
+    let states = settle(&rig, &all, Duration::from_secs(240 + 20 * requests as u64)).await;
     explain_the_unfinished(&rig, &states).await;
     // One command per holder and request: every delivery of it carries the same message id.
     let mut deliveries = 0;

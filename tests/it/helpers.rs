@@ -49,6 +49,8 @@ pub struct TestApp {
     pub sqs: aws_sdk_sqs::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub running: RunningStack,
+    // Read by its `Drop`: the check runs when the app goes.
+    pub _metric_check: MetricCatalogCheck,
 }
 
 pub struct Reply {
@@ -78,6 +80,20 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut LocalSettings)) -> TestApp 
         dynamodb: aws_sdk_dynamodb::Client::new(&aws),
         stack,
         running,
+        _metric_check: MetricCatalogCheck,
+    }
+}
+
+/// Every test that ran the functions holds what they emitted to the metric catalog (the
+/// template's alarms and dashboard are tested against the same catalog), when its app goes.
+pub struct MetricCatalogCheck;
+
+impl Drop for MetricCatalogCheck {
+    fn drop(&mut self) {
+        let violations = dsr_local::metric_check::violations();
+        if !std::thread::panicking() && !violations.is_empty() {
+            panic!("metrics the catalog does not declare: {violations:#?}");
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod fake_services;
 pub mod fault_proxy;
 pub mod gateway;
 pub mod jwt;
+pub mod metric_check;
 pub mod provision;
 pub mod stack;
 pub mod template;

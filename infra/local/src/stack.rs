@@ -243,7 +243,10 @@ impl LocalStack {
         )?);
         Ok(Arc::new(move |request| {
             let page = page.clone();
-            Box::pin(async move { page.handle(request).await })
+            Box::pin(crate::metric_check::as_function(
+                "OpsPageFunction",
+                async move { page.handle(request).await },
+            ))
         }))
     }
 
@@ -251,7 +254,10 @@ impl LocalStack {
         let api = Arc::new(dsr_intake::build(&self.aws, &self.env("IntakeFunction")?)?);
         Ok(Arc::new(move |request| {
             let api = api.clone();
-            Box::pin(async move { api.handle(request).await })
+            Box::pin(crate::metric_check::as_function(
+                "IntakeFunction",
+                async move { api.handle(request).await },
+            ))
         }))
     }
 
@@ -365,6 +371,7 @@ impl RunningStack {
 }
 
 pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningStack> {
+    crate::metric_check::install();
     let stack = Arc::new(LocalStack::provision(aws, settings).await?);
     let (shutdown, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -399,11 +406,11 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         stopped.clone(),
         move || {
             let sweep = sweeper.clone();
-            async move {
+            crate::metric_check::as_function("SweepFunction", async move {
                 if let Err(err) = sweep.handle(serde_json::json!({})).await {
                     tracing::warn!(error = %err, "sweep failed");
                 }
-            }
+            })
         },
     ));
     tasks.spawn(recurring(
@@ -411,11 +418,11 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         stopped.clone(),
         move || {
             let sweep = sweep.clone();
-            async move {
+            crate::metric_check::as_function("SweepFunction", async move {
                 if let Err(err) = sweep.handle(serde_json::json!({"task": "reconcile"})).await {
                     tracing::warn!(error = %err, "reconciliation failed");
                 }
-            }
+            })
         },
     ));
 
@@ -451,6 +458,7 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
                 vec![event_source::duplicating(instances, deliveries)]
             };
             for mut handler in pollers {
+                handler = crate::metric_check::attributed(function, handler);
                 if let Some(losses) = &settings.losses {
                     handler = event_source::losing(function, handler, losses.clone());
                 }
@@ -513,19 +521,18 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
             stopped.clone(),
             move || {
                 let dispatch = dispatch.clone();
-                async move {
+                crate::metric_check::as_function("DispatchFunction", async move {
                     if let Err(err) = dispatch.handle(serde_json::json!({}), None).await {
                         tracing::warn!(error = %err, "dispatch sweep failed");
                     }
-                }
+                })
             },
         ));
         // Inbound, as for a self-managed broker: the long-lived consumer.
         let (url, inbound) = stack.inbound_bridge()?;
-        tasks.spawn(dsr_bridge::inbound::run_daemon(
-            url,
-            inbound,
-            stopped.clone(),
+        tasks.spawn(crate::metric_check::as_function(
+            "BridgeInboundFunction",
+            dsr_bridge::inbound::run_daemon(url, inbound, stopped.clone()),
         ));
     }
 

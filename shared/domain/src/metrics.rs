@@ -84,6 +84,16 @@ pub fn install(new: Arc<dyn MetricSink>) {
     *sink().write().unwrap_or_else(|p| p.into_inner()) = Some(new);
 }
 
+/// Installs `new` unless a sink is installed already; says whether it did.
+pub fn install_unless_installed(new: Arc<dyn MetricSink>) -> bool {
+    let mut sink = sink().write().unwrap_or_else(|p| p.into_inner());
+    if sink.is_some() {
+        return false;
+    }
+    *sink = Some(new);
+    true
+}
+
 /// Records a metric with the installed sink, if any.
 pub fn emit(metric: Metric) {
     if let Some(sink) = sink().read().unwrap_or_else(|p| p.into_inner()).as_ref() {
@@ -178,4 +188,54 @@ pub const CATALOG: &[Emitted] = {
 /// The catalog's entry for `name`.
 pub fn emitted(name: &str) -> Option<&'static Emitted> {
     CATALOG.iter().find(|e| e.name == name)
+}
+
+/// Whether `metric`, emitted by `function` (the catalog's name for it, when known), is one the
+/// catalog declares, with exactly the catalog's dimensions: what the alarms and the dashboard
+/// rely on. `Err` names what differs. The local stack holds every emission to it in the tests.
+pub fn conforms(metric: &Metric, function: Option<&str>) -> Result<(), String> {
+    let entry =
+        emitted(metric.name).ok_or_else(|| format!("{} is not in the catalog", metric.name))?;
+    let mut carried: Vec<&str> = metric.dimensions.iter().map(|(name, _)| *name).collect();
+    carried.sort_unstable();
+    let mut declared: Vec<&str> = entry.dimensions.to_vec();
+    declared.sort_unstable();
+    if carried != declared {
+        return Err(format!(
+            "{} carries dimensions {carried:?}, the catalog says {declared:?}",
+            metric.name
+        ));
+    }
+    match function {
+        Some(function) if !entry.functions.contains(&function) => Err(format!(
+            "{} emitted by {function}, the catalog says only {:?}",
+            metric.name, entry.functions
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emission_conforms_only_with_the_catalogs_name_dimensions_and_function() {
+        let hops = Metric::count(names::HOPS, 1)
+            .with("Kind", "erasure")
+            .with("Hop", "answered");
+        assert_eq!(conforms(&hops, Some("confirm")), Ok(()));
+        assert_eq!(conforms(&hops, None), Ok(()));
+        assert!(conforms(&hops, Some("sweep"))
+            .unwrap_err()
+            .contains("sweep"));
+        let short = Metric::count(names::HOPS, 1).with("Kind", "erasure");
+        assert!(conforms(&short, None).unwrap_err().contains("dimensions"));
+        let extra = Metric::count(names::COLD_STARTS, 1).with("Kind", "access");
+        assert!(conforms(&extra, Some("intake")).is_err());
+        let unknown = Metric::count("RequestsSubmited", 1).with("Kind", "access");
+        assert!(conforms(&unknown, None)
+            .unwrap_err()
+            .contains("not in the catalog"));
+    }
 }
