@@ -14,6 +14,8 @@ export PATH := $(DSR_VENV)/bin:$(PATH)
 export RUST_LOG ?= info,aws_config=warn,aws_smithy_runtime=warn
 
 CARGO ?= cargo
+# Where cargo puts what it builds (a shared CARGO_TARGET_DIR is honoured).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .PHONY: help run test token ops stack emulator rabbitmq chromium provision lint stop bench chaos
@@ -42,7 +44,7 @@ chromium:
 
 run: stack
 	$(CARGO) build --quiet -p dsr-local
-	target/debug/dsr-local run
+	$(TARGET_DIR)/debug/dsr-local run
 
 provision: emulator
 	$(CARGO) run --quiet -p dsr-local -- provision
@@ -79,7 +81,7 @@ endif
 BENCH_PROFILE ?= dev
 bench: emulator
 	$(CARGO) build --quiet --profile $(BENCH_PROFILE) -p dsr-local --bin report-bench
-	@for mb in 20 200; do target/$(if $(filter dev,$(BENCH_PROFILE)),debug,$(BENCH_PROFILE))/report-bench $$mb; done
+	@for mb in 20 200; do $(TARGET_DIR)/$(if $(filter dev,$(BENCH_PROFILE)),debug,$(BENCH_PROFILE))/report-bench $$mb; done
 	@$(CARGO) nextest run -p dsr-tests -E 'test($(BULK_TEST))' --no-capture 2>&1 | grep '^bulk:' 
 
 # The proving ground at full size (500 requests under 20% AWS faults, the hostile corpus, a
