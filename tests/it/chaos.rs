@@ -47,6 +47,9 @@ pub async fn submit_until_accepted(rig: &ErasureRig, subject: &str, kind: &str) 
 }
 
 /// Waits until every request is in a terminal state (or a ready report); returns the states.
+/// Asks about one open request at a time (the oldest not yet finished), and about all of them
+/// only at the end: polling every request twice a second was half of what the emulator served
+/// in a 200-request run, and slowed the very work it waited for.
 pub async fn settle(
     rig: &ErasureRig,
     ids: &[String],
@@ -54,33 +57,26 @@ pub async fn settle(
 ) -> HashMap<String, RequestState> {
     let store = DynamoRequestStore::new(rig.app.dynamodb.clone(), rig.app.table(), "chaos");
     let deadline = Instant::now() + within;
-    let mut states = HashMap::new();
-    loop {
-        for id in ids {
-            if states
-                .get(id)
-                .is_some_and(|s: &RequestState| s.is_terminal() || *s == RequestState::ReportReady)
-            {
+    let finished = |s: &RequestState| s.is_terminal() || *s == RequestState::ReportReady;
+    let mut open: std::collections::VecDeque<&String> = ids.iter().collect();
+    while let Some(id) = open.front() {
+        let request: RequestId = id.parse().unwrap();
+        match store.get(request).await {
+            Ok(Some(found)) if finished(&found.state) => {
+                open.pop_front();
                 continue;
             }
-            let request: RequestId = id.parse().unwrap();
-            if let Ok(Some(found)) = store.get(request).await {
-                states.insert(id.clone(), found.state);
-            }
+            _ if Instant::now() > deadline => break,
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
-        let open = ids
-            .iter()
-            .filter(|id| {
-                states
-                    .get(*id)
-                    .is_none_or(|s| !s.is_terminal() && *s != RequestState::ReportReady)
-            })
-            .count();
-        if open == 0 || Instant::now() > deadline {
-            return states;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let mut states = HashMap::new();
+    for id in ids {
+        if let Ok(Some(found)) = store.get(id.parse().unwrap()).await {
+            states.insert(id.clone(), found.state);
+        }
+    }
+    states
 }
 
 /// Prints what the requests that did not finish went through, for whoever reads the failure.

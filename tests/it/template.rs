@@ -403,8 +403,9 @@ async fn secrets_are_read_from_parameter_store_by_name() {
 
 /// Every alarm and dashboard widget on the service's own namespace watches a metric the code
 /// emits, under the dimensions it emits it with (`Function` alone is the roll-up every metric
-/// has), from a function that emits it: a renamed metric or dimension breaks this, not the
-/// alarm in silence.
+/// has), from a function that emits it, on the namespace every function emits to (its
+/// `METRICS_NAMESPACE`): a renamed metric, dimension or namespace breaks this, not the alarm in
+/// silence. What the code emits is held to the same catalog by the local stack's check.
 #[test]
 fn every_alarm_and_dashboard_metric_is_one_the_code_emits() {
     use dsr_domain::metrics::emitted;
@@ -436,11 +437,27 @@ fn every_alarm_and_dashboard_metric_is_one_the_code_emits() {
     let own_namespace = |value: &Yaml| matches!(value, Yaml::Tagged(t) if t.value.as_str() == Some("GdprDsr/${AWS::StackName}"));
     let mut alarms = 0;
     let mut widgets = 0;
+    let mut functions = 0;
     for (id, kind, props) in template.resources() {
+        if kind == "AWS::Serverless::Function" {
+            // Where the code's EMF lines go: the namespace the alarms and the dashboard read.
+            let env = template.function_environment_raw(&id).unwrap();
+            assert!(
+                env.get("METRICS_NAMESPACE").is_some_and(own_namespace),
+                "{id}: emits to {:?}, not to the alarms' namespace",
+                env.get("METRICS_NAMESPACE")
+            );
+            functions += 1;
+        }
         if kind == "AWS::CloudWatch::Alarm" {
-            if !props.get("Namespace").is_some_and(own_namespace) {
+            let namespace = &props["Namespace"];
+            if matches!(namespace.as_str(), Some("AWS/SQS" | "AWS/AmazonMQ")) {
                 continue;
             }
+            assert!(
+                own_namespace(namespace),
+                "{id}: an alarm on {namespace:?}, which nothing emits to"
+            );
             let name = props["MetricName"].as_str().unwrap();
             let dimensions: Vec<(String, String)> = props["Dimensions"]
                 .as_sequence()
@@ -460,6 +477,10 @@ fn every_alarm_and_dashboard_metric_is_one_the_code_emits() {
             let Yaml::Tagged(sub) = &props["DashboardBody"] else {
                 panic!("the dashboard body is a !Sub");
             };
+            assert!(
+                own_namespace(&sub.value[1]["Ns"]),
+                "{id}: the dashboard's ${{Ns}} is not the functions' namespace"
+            );
             let body = sub.value[0]
                 .as_str()
                 .unwrap()
@@ -498,7 +519,7 @@ fn every_alarm_and_dashboard_metric_is_one_the_code_emits() {
         }
     }
     assert!(
-        alarms >= 6 && widgets >= 20,
-        "{alarms} alarms, {widgets} widget metrics"
+        alarms >= 6 && widgets >= 20 && functions >= 8,
+        "{alarms} alarms, {widgets} widget metrics, {functions} functions"
     );
 }
