@@ -1078,7 +1078,7 @@ async fn an_escalation_written_after_a_confirmation_landed_is_refused_by_the_sto
     let now = chrono::Utc::now();
     let request = Request::receive(RequestKind::Erasure, SubjectId::parse("erin").unwrap(), now);
     let hash = hasher.hash(&request.subject);
-    store.create(&request, &hash, None).await.unwrap();
+    store.create(&request, &hash, None, None).await.unwrap();
     let leased = match store
         .acquire_lease(
             request.id,

@@ -90,7 +90,10 @@ impl Fixture {
             dsr_domain::Clock::now(&*self.clock),
         );
         let hash = SubjectHasher::new("a-test-key-of-16-bytes").hash(&request.subject);
-        self.store.create(&request, &hash, None).await.unwrap();
+        self.store
+            .create(&request, &hash, None, None)
+            .await
+            .unwrap();
         request.id
     }
 
@@ -238,10 +241,16 @@ async fn the_email_service_is_released_after_the_notice_and_the_grace_period_the
     }
     assert_eq!(f.state(id).await, RequestState::Notifying);
     let events = f.ports.events();
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].event_type, EventType::ErasureNotice);
+    let told: Vec<EventType> = events.iter().map(|e| e.event_type).collect();
+    // The fan-out announced the request (the submit path no longer does), then the notice.
+    assert_eq!(
+        told,
+        [EventType::RequestSubmitted, EventType::ErasureNotice]
+    );
     // Broadcast with the hash only; the subject id goes to the notifying service alone.
-    assert!(!serde_json::to_string(&events[0]).unwrap().contains("erin"));
+    for event in &events {
+        assert!(!serde_json::to_string(event).unwrap().contains("erin"));
+    }
     let notices = f.ports.notices();
     assert_eq!(notices.len(), 1);
     assert_eq!(
@@ -288,13 +297,13 @@ async fn the_email_service_is_released_after_the_notice_and_the_grace_period_the
         events.last().unwrap().event_type,
         EventType::ErasureCompleted
     );
-    assert_eq!(events.len(), 2);
+    assert_eq!(events.len(), 3, "submitted, notice, completed");
     // Confirming again changes nothing.
     assert!(matches!(
         f.confirm(id, "email").await.unwrap(),
         Handled::Nothing(_)
     ));
-    assert_eq!(f.ports.events().len(), 2);
+    assert_eq!(f.ports.events().len(), 3);
 }
 
 impl Fixture {
@@ -306,7 +315,10 @@ impl Fixture {
         let mut request =
             Request::receive(RequestKind::Access, SubjectId::parse(subject).unwrap(), now);
         let hash = SubjectHasher::new("a-test-key-of-16-bytes").hash(&request.subject);
-        self.store.create(&request, &hash, None).await.unwrap();
+        self.store
+            .create(&request, &hash, None, None)
+            .await
+            .unwrap();
         request.state = state;
         let key = format!("reports/{}/attempt-1/report.zip", request.id);
         if state == RequestState::ReportReady {
@@ -575,7 +587,13 @@ async fn a_watchdog_check_moves_on_a_request_whose_confirmations_all_came_before
         Handled::Nothing(_)
     ));
     assert_eq!(f.state(id).await, RequestState::Notifying);
-    assert_eq!(f.ports.events()[0].event_type, EventType::ErasureNotice);
+    let told: Vec<EventType> = f.ports.events().iter().map(|e| e.event_type).collect();
+    // The fan-out announced the request (the submit path no longer does), then the notice.
+    assert_eq!(
+        told,
+        [EventType::RequestSubmitted, EventType::ErasureNotice],
+        "{told:?}"
+    );
 }
 
 #[tokio::test]

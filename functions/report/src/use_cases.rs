@@ -98,7 +98,10 @@ impl Fixture {
             self.clock.now(),
         );
         let hash = SubjectHasher::new("a-test-key-of-16-bytes").hash(&request.subject);
-        self.store.create(&request, &hash, None).await.unwrap();
+        self.store
+            .create(&request, &hash, None, None)
+            .await
+            .unwrap();
         request.id
     }
 
@@ -155,12 +158,20 @@ async fn a_report_holds_every_source_and_is_announced() {
         stored.report.unwrap().expires_at,
         f.clock.now() + Duration::days(30)
     );
-    let events = f.events.events();
-    assert_eq!(events.len(), 1);
+    let mut events = f.events.events();
+    let told: Vec<_> = events.iter().map(|e| e.event_type).collect();
+    // The worker announced the request when it took it (the submit path no longer does).
     assert_eq!(
-        events[0].event_type,
-        dsr_domain::messages::EventType::ReportReady
+        told,
+        [
+            dsr_domain::messages::EventType::RequestSubmitted,
+            dsr_domain::messages::EventType::ReportReady
+        ]
     );
+    assert!(!serde_json::to_string(&events[0])
+        .unwrap()
+        .contains(stored.subject.as_str()));
+    events.remove(0);
     let notices = f.events.notices();
     assert_eq!(
         notices.len(),
@@ -181,9 +192,14 @@ async fn a_report_holds_every_source_and_is_announced() {
         WorkOutcome::NothingToDo(Some(RequestState::ReportReady))
     );
     assert_eq!(f.reports.objects().len(), 1);
-    let events = f.events.events();
-    assert_eq!(events.len(), 2);
-    assert_eq!(events[0].message_id, events[1].message_id);
+    let ready: Vec<_> = f
+        .events
+        .events()
+        .into_iter()
+        .filter(|e| e.event_type == dsr_domain::messages::EventType::ReportReady)
+        .collect();
+    assert_eq!(ready.len(), 2);
+    assert_eq!(ready[0].message_id, ready[1].message_id);
 }
 
 #[tokio::test]
@@ -214,7 +230,7 @@ async fn one_failing_source_leaves_nothing_and_hands_the_request_back() {
     assert!(request.last_error.unwrap().contains("orders"));
     assert!(f.reports.objects().is_empty());
     assert_eq!(f.reports.unfinished(), 0, "no half report anywhere");
-    assert!(f.events.events().is_empty());
+    assert!(no_report_ready(&f.events.events()));
 
     // The second failure waits twice as long; then the source is back and all is well.
     match f.worker("a").generate(id).await.unwrap() {
@@ -292,7 +308,7 @@ async fn a_worker_whose_lease_passed_to_another_is_fenced_out_and_its_report_del
         WorkOutcome::FencedOut
     );
     assert!(f.reports.objects().is_empty(), "the fenced report is gone");
-    assert!(f.events.events().is_empty());
+    assert!(no_report_ready(&f.events.events()));
     let request = f.request(id).await;
     assert_eq!(
         (request.state, request.fencing_token),
@@ -425,7 +441,11 @@ async fn a_store_refusing_to_complete_the_upload_is_a_failed_attempt_that_leaves
 async fn an_announcement_that_fails_is_retried_and_the_report_kept() {
     let f = fixture();
     let id = f.access_request().await;
-    f.events.failing.store(true, Ordering::SeqCst);
+    // Fails after the request was announced, while the report is made: its own event fails.
+    let events = f.events.clone();
+    f.sources.before_next_collect(Box::pin(async move {
+        events.failing.store(true, Ordering::SeqCst);
+    }));
     let handler = AccessRequestHandler {
         reports: f.worker("a"),
     };
@@ -440,7 +460,15 @@ async fn an_announcement_that_fails_is_retried_and_the_report_kept() {
         handler.handle(message, &Origin::Internal).await,
         Outcome::Done
     );
-    assert_eq!(f.events.events().len(), 1, "announced on the redelivery");
+    let told: Vec<_> = f.events.events().iter().map(|e| e.event_type).collect();
+    assert_eq!(
+        told,
+        [
+            dsr_domain::messages::EventType::RequestSubmitted,
+            dsr_domain::messages::EventType::ReportReady
+        ],
+        "announced on the redelivery"
+    );
     assert_eq!(
         f.reports.objects().len(),
         1,
@@ -463,4 +491,10 @@ async fn erasure_messages_on_the_access_queue_are_rejected() {
         handler.handle(message, &Origin::Internal).await,
         Outcome::Reject("a request of kind `erasure` on the access-requests queue".into())
     );
+}
+
+fn no_report_ready(events: &[dsr_domain::messages::DomainEvent]) -> bool {
+    events
+        .iter()
+        .all(|e| e.event_type != dsr_domain::messages::EventType::ReportReady)
 }

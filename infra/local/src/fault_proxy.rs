@@ -50,14 +50,42 @@ const KINDS: [Fault; 6] = [
     Fault::Slow,
 ];
 
-/// How many calls went through, and how many of each fault were injected.
+/// How many calls went through, of which operation, and how many of each fault were injected.
 #[derive(Debug, Default)]
 pub struct FaultCounts {
     pub calls: AtomicU64,
     pub injected: [AtomicU64; 6],
+    operations: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl FaultCounts {
+    /// Calls per operation so far (`DynamoDB.TransactWriteItems`, `SQS.SendMessage`,
+    /// `S3.PUT`, ...): with no faults, the proxy is a recording one (the cost per request and
+    /// the submit path's calls are counted with it).
+    pub fn operations(&self) -> std::collections::BTreeMap<String, u64> {
+        self.operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Forgets the operations counted so far.
+    pub fn reset_operations(&self) {
+        self.operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn count_operation(&self, operation: String) {
+        *self
+            .operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(operation)
+            .or_default() += 1;
+    }
+
     pub fn of(&self, fault: Fault) -> u64 {
         let i = KINDS.iter().position(|k| *k == fault).unwrap_or(0);
         self.injected[i].load(Ordering::Relaxed)
@@ -134,6 +162,7 @@ type Shared = (
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
     let (client, upstream, faults, counts) = &*shared;
     counts.calls.fetch_add(1, Ordering::Relaxed);
+    counts.count_operation(operation(&request));
     let fault = (fastrand::f64() < faults.rate).then(|| KINDS[fastrand::usize(..KINDS.len())]);
     if let Some(fault) = fault {
         let i = KINDS.iter().position(|k| *k == fault).unwrap_or(0);
@@ -178,6 +207,40 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
         Some(Fault::ServerErrorAfter) => Ok(error(json_protocol, false)),
         _ => Ok(Response::from_parts(parts, Full::new(bytes))),
     }
+}
+
+/// The operation a call is: the JSON protocols name it in `X-Amz-Target`
+/// (`DynamoDB_20120810.TransactWriteItems` → `DynamoDB.TransactWriteItems`, `AmazonSQS.SendMessage`
+/// → `SQS.SendMessage`); S3 and the REST services by the signing service and the method.
+fn operation<B>(request: &Request<B>) -> String {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    if let Some((service, action)) = header("x-amz-target").split_once('.') {
+        let service = match service {
+            s if s.starts_with("DynamoDB") => "DynamoDB",
+            "AmazonSQS" => "SQS",
+            "AmazonSSM" => "SSM",
+            other => other,
+        };
+        return format!("{service}.{action}");
+    }
+    // `Credential=<key>/<date>/<region>/<service>/aws4_request` in the signature.
+    let service = header("authorization")
+        .split("Credential=")
+        .nth(1)
+        .and_then(|c| c.split('/').nth(3))
+        .unwrap_or("unknown");
+    let service = match service {
+        "s3" => "S3",
+        "scheduler" => "Scheduler",
+        other => other,
+    };
+    format!("{service}.{}", request.method())
 }
 
 /// An error as the service would answer it, so that the SDK classifies it as AWS's own.

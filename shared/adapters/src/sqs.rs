@@ -8,8 +8,6 @@ pub struct SqsWorkQueue {
     client: Client,
     access_queue_url: String,
     erasure_queue_url: String,
-    /// Where `request_submitted` goes (the outbound queue); not announced when `None`.
-    outbound_queue_url: Option<String>,
 }
 
 impl SqsWorkQueue {
@@ -22,14 +20,7 @@ impl SqsWorkQueue {
             client,
             access_queue_url: access_queue_url.into(),
             erasure_queue_url: erasure_queue_url.into(),
-            outbound_queue_url: None,
         }
-    }
-
-    /// Announces every enqueued request on the outbound queue as `request_submitted`.
-    pub fn announcing_to(mut self, outbound_queue_url: Option<String>) -> Self {
-        self.outbound_queue_url = outbound_queue_url;
-        self
     }
 
     fn queue_url(&self, kind: RequestKind) -> &str {
@@ -41,11 +32,7 @@ impl SqsWorkQueue {
 }
 
 impl WorkQueue for SqsWorkQueue {
-    async fn enqueue(
-        &self,
-        message: &RequestMessage,
-        announcement: Option<&dsr_domain::messages::DomainEvent>,
-    ) -> Result<(), QueueError> {
+    async fn enqueue(&self, message: &RequestMessage) -> Result<(), QueueError> {
         let fail = |cause: dsr_domain::ports::Cause| QueueError {
             request_id: message.request_id,
             kind: message.kind,
@@ -59,16 +46,6 @@ impl WorkQueue for SqsWorkQueue {
             .send()
             .await
             .map_err(|e| fail(Box::new(e)))?;
-        if let (Some(outbound), Some(announcement)) = (&self.outbound_queue_url, announcement) {
-            let body = serde_json::to_string(announcement).map_err(|e| fail(Box::new(e)))?;
-            self.client
-                .send_message()
-                .queue_url(outbound)
-                .message_body(body)
-                .send()
-                .await
-                .map_err(|e| fail(Box::new(e)))?;
-        }
         Ok(())
     }
 }

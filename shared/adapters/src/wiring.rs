@@ -49,14 +49,13 @@ pub fn request_store(
     )
 }
 
-/// The work queues; `request_submitted` is announced on the outbound queue when one is set.
+/// The work queues.
 pub fn work_queue(aws: &aws_config::SdkConfig, env: &Env) -> Result<SqsWorkQueue, ConfigError> {
     Ok(SqsWorkQueue::new(
         aws_sdk_sqs::Client::new(aws),
         env.required(vars::ACCESS_REQUESTS_QUEUE_URL)?,
         env.required(vars::ERASURE_REQUESTS_QUEUE_URL)?,
-    )
-    .announcing_to(env.optional(vars::OUTBOUND_QUEUE_URL)))
+    ))
 }
 
 /// The request use cases (intake, sweep, operators).

@@ -48,6 +48,19 @@ pub enum CreateOutcome {
     OpenRequestExists(RequestId),
     /// The idempotency key was used before, for this request; nothing was written.
     IdempotentReplay(RequestId),
+    /// The subject made its quota of requests of this kind within the window; nothing was
+    /// written. The next one is possible at `lifts_at`.
+    QuotaUsed {
+        lifts_at: DateTime<Utc>,
+    },
+}
+
+/// At most `max` requests of a kind per subject in any `window`: held by the submission's own
+/// write (no read before it), so that concurrent submissions cannot both slip under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub max: u32,
+    pub window: chrono::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +87,14 @@ pub enum LeaseOutcome {
 /// a new request's click is counted in the same write as the request.
 pub trait RequestStore: crate::hops::HopLog + Send + Sync {
     /// Stores a new request, atomically with its guard ("one open request per subject and
-    /// kind") and, if given, its idempotency key.
+    /// kind"), if given its idempotency key, and if given the use of one of its subject's
+    /// `quota`. An open request or a replayed key wins over a used-up quota.
     fn create(
         &self,
         request: &Request,
         subject: &SubjectHash,
         idempotency_key: Option<&IdempotencyKey>,
+        quota: Option<Quota>,
     ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send;
 
     fn get(
@@ -148,11 +163,12 @@ pub trait RequestStore: crate::hops::HopLog + Send + Sync {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Records that the request's work message was handed to its queue.
+    /// Records when the request's work message was handed to its queue, or (`None`) that the
+    /// send recorded with the request failed, so the sweep sends it soon.
     fn mark_enqueued(
         &self,
         id: RequestId,
-        at: DateTime<Utc>,
+        at: Option<DateTime<Utc>>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Requests in `state`, oldest due date first, at most `limit`.
@@ -205,13 +221,12 @@ pub trait ReportLinks: Send + Sync {
 
 /// The queues that feed the report and erasure workers.
 pub trait WorkQueue: Send + Sync {
-    /// Sends the work message, then, if given, tells the platform (`request_submitted`): both
-    /// or an error, so that the sweep's re-send of a failed enqueue repeats both (each keyed by
-    /// its id). A re-drive of a stuck request announces nothing.
+    /// Sends the work message. The platform hears of the request (`request_submitted`) from
+    /// the worker that takes it: the submit path is the transaction and this send, nothing
+    /// else.
     fn enqueue(
         &self,
         message: &RequestMessage,
-        announcement: Option<&crate::messages::DomainEvent>,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
@@ -246,12 +261,8 @@ impl<T: EventOutbox> EventOutbox for Arc<T> {
 
 /// Shared adapters (one client, many handlers) are ports too.
 impl<T: WorkQueue> WorkQueue for Arc<T> {
-    async fn enqueue(
-        &self,
-        message: &RequestMessage,
-        announcement: Option<&crate::messages::DomainEvent>,
-    ) -> Result<(), QueueError> {
-        (**self).enqueue(message, announcement).await
+    async fn enqueue(&self, message: &RequestMessage) -> Result<(), QueueError> {
+        (**self).enqueue(message).await
     }
 }
 
@@ -261,8 +272,11 @@ impl<T: RequestStore> RequestStore for Arc<T> {
         request: &Request,
         subject: &SubjectHash,
         idempotency_key: Option<&IdempotencyKey>,
+        quota: Option<Quota>,
     ) -> Result<CreateOutcome, StoreError> {
-        (**self).create(request, subject, idempotency_key).await
+        (**self)
+            .create(request, subject, idempotency_key, quota)
+            .await
     }
     async fn get(&self, id: RequestId) -> Result<Option<Request>, StoreError> {
         (**self).get(id).await
@@ -320,7 +334,11 @@ impl<T: RequestStore> RequestStore for Arc<T> {
     ) -> Result<(), StoreError> {
         (**self).record_event(id, event, at).await
     }
-    async fn mark_enqueued(&self, id: RequestId, at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn mark_enqueued(
+        &self,
+        id: RequestId,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
         (**self).mark_enqueued(id, at).await
     }
     async fn in_state(

@@ -30,6 +30,16 @@ pub fn guard_sort(kind: RequestKind) -> String {
     format!("OPEN#{kind}")
 }
 
+/// The partition of a subject's quota of requests of one kind: one item per slot.
+pub fn quota(subject: &SubjectHash, kind: RequestKind) -> String {
+    format!("QUOTA#{subject}#{kind}")
+}
+
+/// One slot of a quota: used by one request until the window after it passed.
+pub fn quota_slot(slot: u32) -> String {
+    format!("SLOT#{slot}")
+}
+
 pub fn idempotency(subject: &SubjectHash, key: &IdempotencyKey) -> String {
     format!("IDEM#{subject}#{}", key.as_str())
 }

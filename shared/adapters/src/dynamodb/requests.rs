@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 use dsr_domain::hops::{ClickOutcome, HopMark};
-use dsr_domain::ports::{LeaseOutcome, TransitionOutcome};
+use dsr_domain::ports::{LeaseOutcome, Quota, TransitionOutcome};
 use dsr_domain::{
     AuditEvent, Audited, CreateOutcome, IdempotencyKey, Lease, ReportInfo, Request, RequestId,
     RequestKind, RequestState, RequestStore, StoreError, SubjectHash, SubjectId,
@@ -23,6 +23,7 @@ impl RequestStore for DynamoRequestStore {
         request: &Request,
         subject: &SubjectHash,
         idempotency_key: Option<&IdempotencyKey>,
+        quota: Option<Quota>,
     ) -> Result<CreateOutcome, StoreError> {
         let not_there = "attribute_not_exists(pk)";
         let mut meta = request_item(request, subject);
@@ -68,11 +69,24 @@ impl RequestStore for DynamoRequestStore {
                 request.received_at,
             ))?);
         }
+        // The quota: `max` slot items per subject and kind, each used by one request for a
+        // window. The first try takes a slot at random (no read: most subjects have all of
+        // them free); a slot in use fails the transaction, and the slots are read to pick a
+        // free one or to say when the next frees.
+        let quota_at = items.len();
+        if let Some(quota) = quota {
+            items.push(self.quota_slot(
+                request,
+                subject,
+                quota,
+                fastrand::u32(..quota.max.max(1)),
+            )?);
+        }
 
         // A cancelled transaction says *that* a condition failed; the item it failed on says
         // which request wins. A guard can vanish between the two (the open request was just
         // cancelled), in which case trying again is right.
-        for _ in 0..3 {
+        for _ in 0..4 {
             let sent = self
                 .client
                 .transact_write_items()
@@ -92,6 +106,14 @@ impl RequestStore for DynamoRequestStore {
                         .await?
                     {
                         return Ok(outcome);
+                    }
+                    if let Some(quota) = quota {
+                        match self.free_slot(request, subject, quota).await? {
+                            Ok(slot) => {
+                                items[quota_at] = self.quota_slot(request, subject, quota, slot)?;
+                            }
+                            Err(lifts_at) => return Ok(CreateOutcome::QuotaUsed { lifts_at }),
+                        }
                     }
                 }
                 Err(err) => return Err(unavailable(err)),
@@ -300,18 +322,25 @@ impl RequestStore for DynamoRequestStore {
         Ok(())
     }
 
-    async fn mark_enqueued(&self, id: RequestId, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.client
+    async fn mark_enqueued(
+        &self,
+        id: RequestId,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let update = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(keys::request(id)))
             .key("sk", s(keys::META))
-            .update_expression("SET enqueued_at = :at")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":at", s(timestamp(at)))
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .condition_expression("attribute_exists(pk)");
+        let update = match at {
+            Some(at) => update
+                .update_expression("SET enqueued_at = :at")
+                .expression_attribute_values(":at", s(timestamp(at))),
+            None => update.update_expression("REMOVE enqueued_at"),
+        };
+        update.send().await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -562,5 +591,91 @@ impl DynamoRequestStore {
         if let Err(err) = self.record_event(request.id, &event, now).await {
             tracing::warn!(request_id = %request.id, error = %err, "lease taken, its audit line not written");
         }
+    }
+}
+
+impl DynamoRequestStore {
+    /// The write that uses quota slot `slot` for `request`: only if the slot is free (never
+    /// used, or used before the window).
+    fn quota_slot(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        quota: Quota,
+        slot: u32,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let used_at = request.received_at.timestamp_millis();
+        let since = (request.received_at - quota.window).timestamp_millis();
+        let put = aws_sdk_dynamodb::types::Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(HashMap::from([
+                ("pk".into(), s(keys::quota(subject, request.kind))),
+                ("sk".into(), s(keys::quota_slot(slot))),
+                ("request_id".into(), s(request.id.to_string())),
+                ("used_at".into(), AttributeValue::N(used_at.to_string())),
+                // Gone by itself a day after it freed up.
+                (
+                    "expires_at".into(),
+                    AttributeValue::N(
+                        (request.received_at + quota.window + chrono::Duration::days(1))
+                            .timestamp()
+                            .to_string(),
+                    ),
+                ),
+            ])))
+            .condition_expression("attribute_not_exists(pk) OR used_at <= :since")
+            .expression_attribute_values(":since", AttributeValue::N(since.to_string()))
+            .build()
+            .map_err(unavailable)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// A free slot of the subject's quota, or (`Err`) when the first of them frees up.
+    async fn free_slot(
+        &self,
+        request: &Request,
+        subject: &SubjectHash,
+        quota: Quota,
+    ) -> Result<Result<u32, DateTime<Utc>>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(keys::quota(subject, request.kind)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let since = (request.received_at - quota.window).timestamp_millis();
+        let mut used: HashMap<u32, i64> = HashMap::new();
+        for item in out.items() {
+            let slot = item
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| sk.strip_prefix("SLOT#"))
+                .and_then(|n| n.parse::<u32>().ok());
+            let at = item
+                .get("used_at")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse::<i64>().ok());
+            if let (Some(slot), Some(at)) = (slot, at) {
+                used.insert(slot, at);
+            }
+        }
+        let mut free: Vec<u32> = (0..quota.max)
+            .filter(|slot| used.get(slot).is_none_or(|at| *at <= since))
+            .collect();
+        if !free.is_empty() {
+            // Concurrent submissions of one subject spread over the free slots.
+            return Ok(Ok(free.swap_remove(fastrand::usize(..free.len()))));
+        }
+        let oldest = (0..quota.max)
+            .filter_map(|slot| used.get(&slot).copied())
+            .min()
+            .unwrap_or(since);
+        Ok(Err(DateTime::from_timestamp_millis(oldest)
+            .unwrap_or(request.received_at)
+            + quota.window))
     }
 }

@@ -9,7 +9,6 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct InMemoryWorkQueue {
     sent: Mutex<Vec<RequestMessage>>,
-    announced: Mutex<Vec<dsr_domain::messages::DomainEvent>>,
     unavailable: AtomicBool,
 }
 
@@ -18,22 +17,13 @@ impl InMemoryWorkQueue {
         locked(&self.sent).clone()
     }
 
-    /// The `request_submitted` events announced with the messages.
-    pub fn announced(&self) -> Vec<dsr_domain::messages::DomainEvent> {
-        locked(&self.announced).clone()
-    }
-
     pub fn set_unavailable(&self, unavailable: bool) {
         self.unavailable.store(unavailable, Ordering::SeqCst);
     }
 }
 
 impl WorkQueue for InMemoryWorkQueue {
-    async fn enqueue(
-        &self,
-        message: &RequestMessage,
-        announcement: Option<&dsr_domain::messages::DomainEvent>,
-    ) -> Result<(), QueueError> {
+    async fn enqueue(&self, message: &RequestMessage) -> Result<(), QueueError> {
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(QueueError {
                 request_id: message.request_id,
@@ -42,9 +32,6 @@ impl WorkQueue for InMemoryWorkQueue {
             });
         }
         locked(&self.sent).push(message.clone());
-        if let Some(announcement) = announcement {
-            locked(&self.announced).push(announcement.clone());
-        }
         Ok(())
     }
 }

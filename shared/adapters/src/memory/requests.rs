@@ -4,7 +4,7 @@
 use super::locked;
 use chrono::{DateTime, Utc};
 use dsr_domain::hops::{ClickOutcome, HopLog, HopMark};
-use dsr_domain::ports::{LeaseOutcome, TransitionOutcome};
+use dsr_domain::ports::{LeaseOutcome, Quota, TransitionOutcome};
 use dsr_domain::{
     CreateOutcome, IdempotencyKey, Lease, Request, RequestId, RequestState, RequestStore,
     StoreError, SubjectHash,
@@ -233,6 +233,7 @@ impl RequestStore for InMemoryRequestStore {
         request: &Request,
         subject: &SubjectHash,
         idempotency_key: Option<&IdempotencyKey>,
+        quota: Option<Quota>,
     ) -> Result<CreateOutcome, StoreError> {
         let mut tables = self.lock();
         let idem = idempotency_key.map(|k| (subject.clone(), k.as_str().to_owned()));
@@ -242,6 +243,23 @@ impl RequestStore for InMemoryRequestStore {
         let guard = (subject.clone(), request.kind);
         if let Some(open) = tables.open_guards.get(&guard) {
             return Ok(CreateOutcome::OpenRequestExists(*open));
+        }
+        if let Some(quota) = quota {
+            let since = request.received_at - quota.window;
+            let used: Vec<_> = tables
+                .requests
+                .values()
+                .filter(|(r, hash)| {
+                    hash == subject && r.kind == request.kind && r.received_at > since
+                })
+                .map(|(r, _)| r.received_at)
+                .collect();
+            if used.len() >= quota.max as usize {
+                let oldest = used.into_iter().min().unwrap_or(request.received_at);
+                return Ok(CreateOutcome::QuotaUsed {
+                    lifts_at: oldest + quota.window,
+                });
+            }
         }
         tables.open_guards.insert(guard, request.id);
         if let Some(key) = idem {
@@ -415,9 +433,13 @@ impl RequestStore for InMemoryRequestStore {
         Ok(())
     }
 
-    async fn mark_enqueued(&self, id: RequestId, at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn mark_enqueued(
+        &self,
+        id: RequestId,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
         if let Some((stored, _)) = self.lock().requests.get_mut(&id) {
-            stored.enqueued_at = Some(at);
+            stored.enqueued_at = at;
         }
         Ok(())
     }

@@ -77,6 +77,15 @@ where
     }
 
     async fn send_all(&self, request: &Request, token: u64) -> Result<usize, ErasureError> {
+        // The platform hears of the request from here, not from the submit path; a redelivery
+        // says it again under the same message id.
+        self.events
+            .publish(&crate::messages::DomainEvent::request_submitted(
+                request,
+                self.hasher.hash(&request.subject),
+                request.received_at,
+            ))
+            .await?;
         // The service's own copies first: no new report of the subject is made from here on.
         let planned: Vec<Obligation> =
             std::iter::once(Obligation::planned(request.id, &Self::own_copies(), false))

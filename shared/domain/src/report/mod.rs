@@ -158,6 +158,19 @@ where
         };
         let token = lease.token();
         tracing::info!(request_id = %id, subject = %lease.subject(), token, attempt = lease.request().attempts + 1, "collecting");
+        // The platform hears of the request from here, not from the submit path; every
+        // attempt says it again under the same message id, so a failed send is made good.
+        if let Err(error) = self
+            .events
+            .publish(&DomainEvent::request_submitted(
+                lease.request(),
+                lease.subject().clone(),
+                lease.request().received_at,
+            ))
+            .await
+        {
+            return self.hand_back(&lease, &error.to_string()).await;
+        }
 
         // Whatever earlier attempts left (they died, or lost their lease) goes first.
         let prefix = format!("reports/{id}/");

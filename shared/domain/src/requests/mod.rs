@@ -13,7 +13,7 @@ use crate::hops::{self, ClickOutcome, Hop, HopMark};
 use crate::messages::RequestMessage;
 use crate::metrics::{self, names, Metric};
 use crate::ports::{
-    CreateOutcome, ReportLinks, RequestStore, StoreError, TransitionOutcome, WorkQueue,
+    CreateOutcome, Quota, ReportLinks, RequestStore, StoreError, TransitionOutcome, WorkQueue,
 };
 use crate::request::{IdempotencyKey, Request, RequestId, RequestKind, RequestState};
 use crate::subject::{SubjectHash, SubjectHasher, SubjectId};
@@ -193,26 +193,17 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<Submission, RequestError> {
         let subject_hash = self.hasher.hash(subject);
-        if kind == RequestKind::Access {
-            match self.over_access_limit(&subject_hash).await {
-                Ok(Some(open)) => {
-                    self.count_click(kind, open.id, ClickOutcome::AlreadyOpen)
-                        .await;
-                    return Ok(Submission::AlreadyOpen(open));
-                }
-                Ok(None) => {}
-                Err(refused @ RequestError::TooManyAccessRequests { .. }) => {
-                    let click = RequestId::new_at(self.clock.now());
-                    self.count_click(kind, click, ClickOutcome::Refused).await;
-                    return Err(refused);
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        // The per-subject limit on access requests is held by the submission's own write.
+        let quota = (kind == RequestKind::Access).then_some(Quota {
+            max: self.limits.access_requests,
+            window: self.limits.window,
+        });
         let mut request = Request::receive(kind, subject.clone(), self.clock.now());
+        // Recorded as sent in the same write that stores it (see `send_first`).
+        request.enqueued_at = Some(request.received_at);
         match self
             .store
-            .create(&request, &subject_hash, idempotency_key)
+            .create(&request, &subject_hash, idempotency_key, quota)
             .await?
         {
             CreateOutcome::Created => {
@@ -221,7 +212,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                     Metric::count(names::REQUESTS_SUBMITTED, 1).with("Kind", kind.as_str()),
                 );
                 crate::kill_point::reached("intake.stored");
-                request.enqueued_at = self.enqueue(&request, &subject_hash).await;
+                request.enqueued_at = self.send_first(&request, &subject_hash).await;
                 Ok(Submission::Created(request))
             }
             CreateOutcome::OpenRequestExists(id) => {
@@ -241,6 +232,17 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                 self.count_click(kind, id, ClickOutcome::Replayed).await;
                 Ok(Submission::Replayed(earlier))
             }
+            CreateOutcome::QuotaUsed { lifts_at } => {
+                let now = self.clock.now();
+                tracing::info!(subject = %subject_hash, %kind, "request refused: per-subject limit");
+                let click = RequestId::new_at(now);
+                self.count_click(kind, click, ClickOutcome::Refused).await;
+                Err(RequestError::TooManyAccessRequests {
+                    max: self.limits.access_requests,
+                    window_hours: self.limits.window.num_hours(),
+                    retry_after: (lifts_at - now).max(Duration::seconds(1)),
+                })
+            }
         }
     }
 
@@ -259,38 +261,6 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         if let Err(err) = hops::take(&self.store, mark).await {
             tracing::error!(request_id = %request, outcome = outcome.as_str(), error = %err, alert = "hop_not_counted", "a submission could not be counted");
         }
-    }
-
-    /// `Err(TooManyAccessRequests)` when the subject used up its access requests of the
-    /// window; but an open one is no new collection, so it is answered as "already open".
-    async fn over_access_limit(
-        &self,
-        subject: &SubjectHash,
-    ) -> Result<Option<Request>, RequestError> {
-        let limits = self.limits;
-        let now = self.clock.now();
-        let since = now - limits.window;
-        // Newest first: the window's requests are at the head of the list.
-        let recent: Vec<Request> = self
-            .store
-            .page_for_subject(subject, None, MAX_PAGE_SIZE)
-            .await?
-            .into_iter()
-            .filter(|r| r.kind == RequestKind::Access && r.received_at > since)
-            .collect();
-        if recent.len() < limits.access_requests as usize {
-            return Ok(None);
-        }
-        if let Some(open) = recent.iter().find(|r| r.state.is_open()) {
-            return Ok(Some(open.clone()));
-        }
-        let oldest = recent.iter().map(|r| r.received_at).min().unwrap_or(now);
-        tracing::info!(subject = %subject, recent = recent.len(), "access request refused: per-subject limit");
-        Err(RequestError::TooManyAccessRequests {
-            max: limits.access_requests,
-            window_hours: limits.window.num_hours(),
-            retry_after: (oldest + limits.window - now).max(Duration::seconds(1)),
-        })
     }
 
     /// One page of the subject's requests. `cursor`: the `next` of the previous page; it only
@@ -463,29 +433,45 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         request: &Request,
         subject_hash: &SubjectHash,
     ) -> Option<chrono::DateTime<chrono::Utc>> {
-        let announcement = crate::messages::DomainEvent::request_submitted(
-            request,
-            subject_hash.clone(),
-            self.clock.now(),
-        );
-        self.send_work(request, subject_hash, Some(&announcement))
-            .await
+        self.send_work(request, subject_hash).await
     }
 
-    /// Sends the request's work message (and the announcement, if any) and records it.
+    /// A new request's work message. Its send was recorded with the request (`enqueued_at`,
+    /// in the submission's transaction), so the submit path is that transaction and this
+    /// send; only a failed send writes again, taking the record back so that the sweep sends
+    /// it soon. A crash between the two leaves the record: the sweep then sends it once the
+    /// message is overdue (`stale_after`).
+    async fn send_first(
+        &self,
+        request: &Request,
+        subject_hash: &SubjectHash,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let message = RequestMessage::new(request.id, request.kind, request.received_at);
+        match self.queue.enqueue(&message).await {
+            Ok(()) => request.enqueued_at,
+            Err(err) => {
+                tracing::warn!(request_id = %request.id, subject = %subject_hash, error = %err, "work message not sent; the sweep will retry");
+                if let Err(err) = self.store.mark_enqueued(request.id, None).await {
+                    tracing::warn!(request_id = %request.id, error = %err, "work message not sent, and not recorded as unsent: the sweep sends it when overdue");
+                }
+                None
+            }
+        }
+    }
+
+    /// Sends the request's work message and records it.
     pub(crate) async fn send_work(
         &self,
         request: &Request,
         subject_hash: &SubjectHash,
-        announcement: Option<&crate::messages::DomainEvent>,
     ) -> Option<chrono::DateTime<chrono::Utc>> {
         let now = self.clock.now();
         let message = RequestMessage::new(request.id, request.kind, now);
-        if let Err(err) = self.queue.enqueue(&message, announcement).await {
+        if let Err(err) = self.queue.enqueue(&message).await {
             tracing::warn!(request_id = %request.id, subject = %subject_hash, error = %err, "work message not sent; the sweep will retry");
             return None;
         }
-        if let Err(err) = self.store.mark_enqueued(request.id, now).await {
+        if let Err(err) = self.store.mark_enqueued(request.id, Some(now)).await {
             // The message is out; at worst the sweep sends a duplicate, which consumers drop.
             tracing::warn!(request_id = %request.id, error = %err, "work message sent but not recorded");
         }

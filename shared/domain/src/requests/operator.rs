@@ -32,7 +32,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
             }));
         }
         let hash = self.hasher.hash(&request.subject);
-        self.send_work(&request, &hash, None).await.ok_or_else(|| {
+        self.send_work(&request, &hash).await.ok_or_else(|| {
             RequestError::CannotRetry("the work queue refused the message".into())
         })?;
         tracing::info!(request_id = %id, state = request.state.as_str(), "work message sent again by an operator");

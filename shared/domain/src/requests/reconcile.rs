@@ -139,7 +139,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                     }
                     let hash = self.hasher.hash(&request.subject);
                     // The worker's lease expired: whoever gets the message takes over.
-                    if self.send_work(&request, &hash, None).await.is_some() {
+                    if self.send_work(&request, &hash).await.is_some() {
                         tracing::warn!(request_id = %request.id, state = state.as_str(), idle_seconds = idle.num_seconds(), "stuck request re-driven");
                         metrics::emit(
                             Metric::count(names::REDRIVES, 1).with("Kind", request.kind.as_str()),

@@ -1,0 +1,141 @@
+//! What each step costs in AWS calls, counted by a recording proxy (the fault proxy with no
+//! faults) in front of the emulator: the functions reach AWS only through it.
+
+use crate::helpers::{spawn_app_with, TestApp};
+use dsr_local::fault_proxy::{self, FaultProxy, Faults};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+async fn recorded_app() -> (TestApp, FaultProxy) {
+    recorded_app_with(|_| {}).await
+}
+
+async fn recorded_app_with(
+    adjust: impl FnOnce(&mut dsr_local::stack::LocalSettings),
+) -> (TestApp, FaultProxy) {
+    let emulator =
+        std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into());
+    let proxy = fault_proxy::start(
+        &emulator,
+        Faults {
+            rate: 0.0,
+            max_latency: Duration::ZERO,
+        },
+    )
+    .await
+    .unwrap();
+    let url = proxy.url();
+    let app = spawn_app_with(|s| {
+        s.functions_endpoint = Some(url);
+        adjust(s);
+    })
+    .await;
+    // The sweep and the reconciliation run once at start (then hourly here): wait them out,
+    // so that what is counted next is the request's alone.
+    let mut seen = u64::MAX;
+    loop {
+        let now = proxy
+            .counts
+            .calls
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now == seen {
+            break;
+        }
+        seen = now;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    (app, proxy)
+}
+
+fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+/// The submit path is the two calls a submission cannot do without: the transaction that
+/// stores the request (with its guards, its audit line and its count) and the work message.
+/// The announcement, the "enqueued" mark and the per-subject limit's read are off it.
+#[tokio::test]
+async fn a_submission_makes_two_aws_calls_a_transaction_and_the_work_message() {
+    let (app, proxy) = recorded_app().await;
+    for (subject, kind) in [("calls-a", "access"), ("calls-e", "erasure")] {
+        let token = app.token(subject);
+        // A first submission of the subject warms what the function caches (its secrets).
+        proxy.counts.reset_operations();
+        let reply = app
+            .send(
+                reqwest::Method::POST,
+                "/v1/requests",
+                Some(&token),
+                Some(&format!(r#"{{"type":"{kind}"}}"#)),
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        assert_eq!(
+            proxy.counts.operations(),
+            calls(&[("DynamoDB.TransactWriteItems", 1), ("SQS.SendMessage", 1)]),
+            "{kind}"
+        );
+    }
+}
+
+/// The per-subject limit is held by the transaction itself: a used slot fails it, the slots
+/// are read, and with none free the answer is 429 with the time the oldest frees up. An open
+/// request still answers as itself (200), before the limit.
+#[tokio::test]
+async fn the_access_limit_is_held_by_the_submission_and_read_only_when_a_slot_is_taken() {
+    let (app, proxy) = recorded_app_with(|s| {
+        s.parameters
+            .insert("AccessRequestsPerDay".into(), "1".into());
+    })
+    .await;
+    let token = app.token("quota-q");
+    let submit = || {
+        app.send(
+            reqwest::Method::POST,
+            "/v1/requests",
+            Some(&token),
+            Some(r#"{"type":"access"}"#),
+            &[],
+        )
+    };
+    let first = submit().await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let id = first.body["id"].as_str().unwrap().to_owned();
+    // Open: the same request again, whatever the limit says.
+    assert_eq!(submit().await.status, 200);
+    let cancelled = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/requests/{id}"),
+            Some(&token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    proxy.counts.reset_operations();
+    let refused = submit().await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    let retry_after: i64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (24 * 3600 - 120..=24 * 3600).contains(&retry_after),
+        "when the first request's day is over: {retry_after}"
+    );
+    let made = proxy.counts.operations();
+    assert_eq!(
+        made.get("DynamoDB.TransactWriteItems"),
+        Some(&1),
+        "{made:?}"
+    );
+    assert_eq!(
+        made.get("DynamoDB.Query"),
+        Some(&1),
+        "the slots, once: {made:?}"
+    );
+    assert_eq!(made.get("SQS.SendMessage"), None, "{made:?}");
+}
