@@ -417,13 +417,19 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         Ok(ReportLink { url, expires_at })
     }
 
-    /// Sends the work message and records it; on failure the request stays un-enqueued for the
-    /// sweep to find, which is why errors are logged here and not returned.
     /// A client's retry is the first chance to send a work message that the first try stored
-    /// the request for but never sent (its answer was lost, or the queue failed): sooner than
-    /// the sweep. Keyed by the request, so a duplicate is dropped by the worker.
+    /// the request for but never sent (its answer was lost, the queue failed, or the intake
+    /// died in between): sooner than the sweep. The send recorded with the request when it was
+    /// stored is an intent, not a proof; one confirmed later (by a re-send) is. So a retry
+    /// while the request still waits sends its work message again unless a re-send was
+    /// confirmed; the worker drops a duplicate. Errors are logged, not returned: the sweep
+    /// sends what this could not.
     async fn enqueue_if_never_sent(&self, request: &mut Request, subject_hash: &SubjectHash) {
-        if request.state == RequestState::Received && request.enqueued_at.is_none() {
+        if request.state == RequestState::Received
+            && request
+                .enqueued_at
+                .is_none_or(|sent| sent <= request.received_at)
+        {
             request.enqueued_at = self.enqueue(request, subject_hash).await;
         }
     }
@@ -471,6 +477,9 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
             tracing::warn!(request_id = %request.id, subject = %subject_hash, error = %err, "work message not sent; the sweep will retry");
             return None;
         }
+        // Always after the send recorded with the request when it was stored, which is how a
+        // confirmed send is told from that one (`enqueue_if_never_sent`).
+        let now = now.max(request.received_at + Duration::milliseconds(1));
         if let Err(err) = self.store.mark_enqueued(request.id, Some(now)).await {
             // The message is out; at worst the sweep sends a duplicate, which consumers drop.
             tracing::warn!(request_id = %request.id, error = %err, "work message sent but not recorded");
