@@ -498,3 +498,20 @@ fn no_report_ready(events: &[dsr_domain::messages::DomainEvent]) -> bool {
         .iter()
         .all(|e| e.event_type != dsr_domain::messages::EventType::ReportReady)
 }
+
+#[tokio::test]
+async fn a_worker_that_cannot_count_its_receipt_gives_the_lease_up_at_once() {
+    let f = fixture();
+    let id = f.access_request().await;
+    f.store.set_failing_hops(true);
+    assert!(f.worker("a").generate(id).await.is_err());
+    let request = f.request(id).await;
+    assert_eq!(request.lease, None, "not held for the lease's whole time");
+    assert_eq!(request.attempts, 0, "nothing of the work began");
+    f.store.set_failing_hops(false);
+    // The next delivery, to another worker, takes it at once.
+    assert!(matches!(
+        f.worker("b").generate(id).await.unwrap(),
+        WorkOutcome::Completed(_)
+    ));
+}

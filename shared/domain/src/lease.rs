@@ -88,7 +88,22 @@ impl Worker {
                 RequestState::FanningOut => RequestKind::Erasure,
                 _ => RequestKind::Access,
             };
-            hops::take(store, HopMark::new(kind, Hop::Received, id, now)).await?;
+            if let Err(err) = hops::take(store, HopMark::new(kind, Hop::Received, id, now)).await {
+                // Nothing of the work began: give the lease up at once (no attempt counted),
+                // or the next delivery would find it held for the lease's whole time.
+                if let LeaseOutcome::Acquired(request) = outcome {
+                    let subject = hasher.hash(&request.subject);
+                    let lease = OurLease {
+                        store,
+                        request,
+                        subject,
+                    };
+                    if let Err(release) = lease.let_go(now).await {
+                        tracing::warn!(request_id = %id, error = %release, "could not give up the lease; it runs out by itself");
+                    }
+                }
+                return Err(err);
+            }
         }
         Ok(match outcome {
             LeaseOutcome::Acquired(request) => {
@@ -195,6 +210,15 @@ impl<S: RequestStore> OurLease<'_, S> {
                 }
             }
         })
+    }
+
+    /// Gives the lease up without counting an attempt or leaving an error: nothing of the
+    /// work began. False when the request was no longer ours.
+    pub async fn let_go(&self, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut request = (*self.request).clone();
+        request.updated_at = at;
+        request.lease = None;
+        self.write(&request).await
     }
 
     /// True when the write landed: the request was still ours.

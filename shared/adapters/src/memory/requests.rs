@@ -25,9 +25,16 @@ struct Tables {
 #[derive(Default)]
 pub struct InMemoryRequestStore {
     tables: Mutex<Tables>,
+    /// Hop counts fail while set (the hops table unavailable).
+    failing_hops: std::sync::atomic::AtomicBool,
 }
 
 impl InMemoryRequestStore {
+    pub fn set_failing_hops(&self, failing: bool) {
+        self.failing_hops
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         locked(&self.tables)
     }
@@ -200,6 +207,11 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
 /// Hops like the DynamoDB log: one mark per window and key, a repeat bumps `times`.
 impl HopLog for InMemoryRequestStore {
     async fn mark(&self, mark: &HopMark) -> Result<(), StoreError> {
+        if self.failing_hops.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "hops table unavailable (simulated)".into(),
+            ));
+        }
         let mut tables = self.lock();
         tables
             .hops
