@@ -420,11 +420,7 @@ async fn the_list_comes_in_pages_whose_cursor_works_for_its_subject_only_and_acc
     );
     assert_response("POST", "/v1/requests", 429, &refused.body);
     assert_eq!(refused.body["error"]["code"], "too_many_access_requests");
-    let retry_after: i64 = refused.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = refused.retry_after();
     assert!(
         (1..=24 * 3600).contains(&retry_after),
         "about a day: {retry_after}"

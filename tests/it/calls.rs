@@ -117,11 +117,7 @@ async fn the_access_limit_is_held_by_the_submission_and_read_only_when_a_slot_is
     proxy.counts.reset_operations();
     let refused = submit().await;
     assert_eq!(refused.status, 429, "{}", refused.body);
-    let retry_after: i64 = refused.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = refused.retry_after();
     assert!(
         (24 * 3600 - 120..=24 * 3600).contains(&retry_after),
         "when the first request's day is over: {retry_after}"

@@ -59,6 +59,17 @@ pub struct Reply {
     pub body: Value,
 }
 
+impl Reply {
+    /// The `Retry-After` header, in seconds.
+    pub fn retry_after(&self) -> i64 {
+        self.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
 /// The API of a freshly provisioned stack, with no queue consumers: tests read the queues.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
