@@ -44,8 +44,10 @@ async fn ops(rig: &ErasureRig) -> Ops {
     .unwrap()
 }
 
-/// `dsr-ops sync`: its output, and the (kind, hop, request, service) it lists as missing.
-async fn sync(ops: &Ops) -> (String, BTreeSet<(String, String, String, Option<String>)>) {
+/// `dsr-ops sync`: its output, and the (kind, hop, request, service) it lists as missing; `None`
+/// when it could not read the counts at all (an emulator call failing under the parallel
+/// suite's load: a failure to read, not a finding, so the caller asks again).
+async fn sync(ops: &Ops) -> Option<(String, BTreeSet<(String, String, String, Option<String>)>)> {
     let out = Captured::default();
     let result = ops
         .run(
@@ -55,6 +57,11 @@ async fn sync(ops: &Ops) -> (String, BTreeSet<(String, String, String, Option<St
         )
         .await;
     let text = out.text();
+    if text.is_empty() {
+        let error = result.expect_err("sync always prints its table");
+        eprintln!("dsr-ops sync could not read the counts, asking again: {error:#}");
+        return None;
+    }
     let missing: BTreeSet<_> = text
         .lines()
         .filter(|l| l.starts_with("MISSING"))
@@ -77,7 +84,7 @@ async fn sync(ops: &Ops) -> (String, BTreeSet<(String, String, String, Option<St
         missing.is_empty(),
         "sync fails exactly when something is missing:\n{text}"
     );
-    (text, missing)
+    Some((text, missing))
 }
 
 /// Which message to lose: one that names the subject (known before the request is submitted,
@@ -184,7 +191,14 @@ async fn until_missing(
 ) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     loop {
-        let (text, missing) = sync(ops).await;
+        let Some((text, missing)) = sync(ops).await else {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "dsr-ops sync could not read the counts until the deadline"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        };
         if &missing == expected || tokio::time::Instant::now() > deadline {
             assert_eq!(&missing, expected, "dsr-ops sync:\n{text}");
             return text;
