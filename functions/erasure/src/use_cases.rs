@@ -826,3 +826,45 @@ async fn a_failed_fan_out_keeps_the_request_out_of_the_subjects_reach_and_the_ne
 fn svc(name: &str) -> dsr_domain::ServiceName {
     dsr_domain::ServiceName::parse(name).unwrap()
 }
+
+/// A worker that took the request and vanished (or whose take's answer was lost) holds it
+/// until its lease runs out. A delivery that finds it so must come back after that, not in
+/// 30 s: at 30 s a row of deliveries used up the message's five receives inside one lease and
+/// dead-lettered it, leaving the request `fanning_out` for good (the proving ground's
+/// 500-request run under AWS faults).
+#[tokio::test]
+async fn a_delivery_that_finds_the_request_held_comes_back_when_the_lease_runs_out() {
+    use dsr_adapters::batch::{Outcome, RecordHandler};
+    let f = fixture();
+    let id = f.erasure().await;
+    let now = dsr_domain::Clock::now(&*f.clock);
+    f.store
+        .acquire_lease(
+            id,
+            "vanished",
+            RequestState::FanningOut,
+            now,
+            dsr_domain::erasure::DEFAULT_FAN_OUT_LEASE,
+        )
+        .await
+        .unwrap();
+    f.clock.advance(Duration::seconds(20));
+    let Fixture {
+        erasures, store, ..
+    } = f;
+    let handler = crate::ErasureRequestHandler { erasures };
+    let message = dsr_domain::RequestMessage::new(id, RequestKind::Erasure, now);
+    let outcome = handler.handle(message, &Origin::Internal).await;
+    let Outcome::Retry(Some(after)) = outcome else {
+        panic!("expected a retry, got {outcome:?}");
+    };
+    assert!(
+        after >= std::time::Duration::from_secs(100),
+        "comes back after the 100 s left of the lease, not after {after:?}"
+    );
+    assert!(after <= std::time::Duration::from_secs(105), "{after:?}");
+    assert_eq!(
+        store.get(id).await.unwrap().unwrap().state,
+        RequestState::FanningOut
+    );
+}

@@ -67,6 +67,17 @@ impl From<dsr_domain::erasure::ErasureError> for Outcome {
     fn from(err: dsr_domain::erasure::ErasureError) -> Self {
         match err {
             dsr_domain::erasure::ErasureError::Rejected(reason) => Outcome::Reject(reason),
+            dsr_domain::erasure::ErasureError::Busy {
+                lease_left: Some(left),
+                ..
+            } => {
+                // Back when the other worker's lease runs out (and a second later), once.
+                let wait = left
+                    .to_std()
+                    .unwrap_or_default()
+                    .max(Duration::from_secs(1));
+                Outcome::Retry(Some(wait + Duration::from_secs(1)))
+            }
             err => {
                 tracing::warn!(error = %err, "message returned to its queue for a later attempt");
                 // Sooner than the queue's visibility timeout (six times the function's).

@@ -29,7 +29,12 @@ where
             .await?
         {
             Taken::Ours(lease) => lease,
-            Taken::Busy { .. } => return Err(ErasureError::Busy(id)),
+            Taken::Busy { until } => {
+                return Err(ErasureError::Busy {
+                    id,
+                    lease_left: Some(until - self.clock.now()),
+                })
+            }
             Taken::NotWorkable(None) => {
                 // Requests are never deleted: a work message for an unknown one is bogus.
                 return Err(ErasureError::Rejected(format!("unknown request {id}")));

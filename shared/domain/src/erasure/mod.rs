@@ -54,9 +54,16 @@ pub enum ErasureError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Channel(#[from] ChannelError),
-    /// Another worker holds the request.
-    #[error("request {0} is being fanned out by another worker")]
-    Busy(RequestId),
+    /// Another worker holds the request, for `lease_left` at most (what is left of its lease;
+    /// `None`: not known). A delivery that finds it so comes back when the lease runs out, not sooner: a
+    /// worker that died holding it (or whose take's answer was lost) keeps it that long, and
+    /// deliveries spent meanwhile would use up the message's receives towards the dead-letter
+    /// queue.
+    #[error("request {id} is being worked on by another worker")]
+    Busy {
+        id: RequestId,
+        lease_left: Option<chrono::Duration>,
+    },
     /// The message can never succeed (unknown request or service): dead-letter it.
     #[error("rejected: {0}")]
     Rejected(String),

@@ -115,7 +115,10 @@ where
                 None => return Ok(false),
             }
         }
-        Err(ErasureError::Busy(access.id))
+        Err(ErasureError::Busy {
+            id: access.id,
+            lease_left: None,
+        })
     }
 }
 
