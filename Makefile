@@ -18,7 +18,7 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help run test token ops stack emulator rabbitmq chromium provision lint stop bench chaos
+.PHONY: help run test token ops stack emulator venv rabbitmq chromium provision lint stop bench chaos package
 
 help:
 	@echo "make run              run the whole service locally (API on http://127.0.0.1:3000)"
@@ -26,7 +26,9 @@ help:
 	@echo "make token SUB=alice  print a bearer token for subject alice (last line)"
 	@echo "make ops ARGS=stats   the operator CLI (dsr-ops) against the local stack"
 	@echo "make lint             cargo fmt --check, clippy -D warnings, cfn-lint"
-	@echo "make bench            report memory/time (20 MB, 200 MB); 10,000 delayed messages due at once"
+	@echo "make package          every function's bootstrap as sam build makes it (arm64), sizes checked"
+	@echo "make bench            every function's size, cold start, memory; the intake vs a Python peer;"
+	@echo "                      report memory/time; 10,000 delayed messages (docs/performance.md)"
 	@echo "make chaos            the proving ground: faults, hostile input, fuzzing (docs/reliability.md)"
 	@echo "make stop             stop the emulator this project started"
 
@@ -34,6 +36,9 @@ stack: emulator rabbitmq
 
 emulator:
 	@infra/local/ensure-emulator.sh
+
+venv:
+	@infra/local/ensure-venv.sh
 
 rabbitmq:
 	@infra/local/ensure-rabbitmq.sh
@@ -83,6 +88,10 @@ bench: emulator
 	$(CARGO) build --quiet --profile $(BENCH_PROFILE) -p dsr-local --bin report-bench
 	@for mb in 20 200; do $(TARGET_DIR)/$(if $(filter dev,$(BENCH_PROFILE)),debug,$(BENCH_PROFILE))/report-bench $$mb; done
 	@$(CARGO) nextest run -p dsr-tests -E 'test($(BULK_TEST))' --no-capture 2>&1 | grep '^bulk:' 
+
+# Release builds of every function, one at a time as `sam build` makes them (arm64).
+package: venv
+	infra/package.sh
 
 # The proving ground at full size (500 requests under 20% AWS faults, the hostile corpus, a
 # broker restart mid fan-out, 10 million executions per fuzz target); loopback only, stops by

@@ -15,19 +15,7 @@ hostport=${hostport%%/*}
 host=${hostport%:*}
 port=${hostport##*:}
 
-ensure_venv() {
-  local stamp="$venv/.requirements.sha256" want
-  want=$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)
-  if [ -x "$venv/bin/moto_server" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-    return
-  fi
-  log "installing moto and cfn-lint into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-  echo "$want" >"$stamp"
-}
-
-ensure_venv   # cfn-lint is needed by the tests whichever emulator answers
+"$here/ensure-venv.sh"   # cfn-lint is needed by the tests whichever emulator answers
 
 if answers "$host" "$port"; then
   log "emulator: using what already answers on $endpoint"

@@ -10,5 +10,6 @@ pub mod gateway;
 pub mod jwt;
 pub mod metric_check;
 pub mod provision;
+pub mod runtime_api;
 pub mod stack;
 pub mod template;

@@ -85,6 +85,18 @@ impl Template {
             .map(|(_, kind, props)| (kind, props))
     }
 
+    /// The binary a function's `sam build` makes (`Metadata.BuildProperties.Binary`).
+    pub fn function_binary(&self, logical_id: &str) -> Option<String> {
+        self.root
+            .get("Resources")?
+            .get(logical_id)?
+            .get("Metadata")?
+            .get("BuildProperties")?
+            .get("Binary")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
     /// Default values of the template's parameters.
     pub fn parameter_defaults(&self) -> HashMap<String, String> {
         let Some(params) = self.root.get("Parameters").and_then(Value::as_mapping) else {

@@ -1,0 +1,346 @@
+//! Benchmark (not a test): every function's release `bootstrap` run the way Lambda runs it —
+//! its own process, talking to a local Runtime API — against the emulator, beside the Python
+//! 3.11 + boto3 peer of the intake (`infra/bench/peer_intake.py` under `awslambdaric`), in
+//! one run, so every figure can be read as a ratio measured on the same machine.
+//!
+//! Per function: the `bootstrap`'s size, and its cold start (exec → first `/next`, the end of
+//! init) over `--runs` fresh processes. For the intake and the peer: `--events` submissions,
+//! alternating between the two in rounds on the same tables, each answered 202: wall time per
+//! submission (handed out → answered, as Lambda bills it), CPU time per submission (every
+//! thread of the process, from /proc), and the process's peak RSS.
+//!
+//! Writes `target/bench/lambda.json`; `make bench` turns it into docs/performance.md's table.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use dsr_local::runtime_api::{Outcome, RuntimeApi};
+use dsr_local::stack::{LocalSettings, LocalStack};
+use dsr_local::template::Template;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// Where the release builds are: `<dir>/<binary>/bootstrap`, as `cargo lambda build`
+    /// lays them out.
+    #[arg(long, default_value = "target/lambda")]
+    binaries: PathBuf,
+    /// Fresh processes per function for the cold start.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Submissions per intake (Rust and the peer each).
+    #[arg(long, default_value_t = 300)]
+    events: usize,
+    /// The Python interpreter with boto3 and awslambdaric.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    /// Where the results go.
+    #[arg(long, default_value = "target/bench/lambda.json")]
+    out: PathBuf,
+}
+
+/// What the process is: a function's `bootstrap`, or the Python peer.
+enum Program {
+    Bootstrap(PathBuf),
+    Peer { python: PathBuf },
+}
+
+struct Process {
+    child: std::process::Child,
+    api: RuntimeApi,
+    init: Duration,
+}
+
+impl Process {
+    async fn start(
+        program: &Program,
+        name: &str,
+        environment: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let api = RuntimeApi::start(name).await?;
+        let mut command = match program {
+            Program::Bootstrap(path) => std::process::Command::new(path),
+            Program::Peer { python } => {
+                let mut command = std::process::Command::new(python);
+                command
+                    .args(["-m", "awslambdaric", "peer_intake.handler"])
+                    .current_dir("infra/bench");
+                command
+            }
+        };
+        command
+            .envs(environment)
+            .env("AWS_LAMBDA_RUNTIME_API", api.address())
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}"))
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
+            .env("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let started = Instant::now();
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let mut process = Self {
+            child,
+            api,
+            init: Duration::ZERO,
+        };
+        match process.api.init_done(Duration::from_secs(30)).await {
+            Ok(at) => {
+                process.init = at.duration_since(started);
+                Ok(process)
+            }
+            Err(error) => {
+                process.stop()?;
+                Err(error.context(format!("{name}: init")))
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time of every thread of the process so far (`/proc/<pid>/task/*/schedstat`, ns).
+    fn cpu(&self) -> Result<Duration> {
+        let mut total = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid()))? {
+            let schedstat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+            let on_cpu: u64 = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse().ok())
+                .context("unreadable schedstat")?;
+            total += on_cpu;
+        }
+        Ok(Duration::from_nanos(total))
+    }
+
+    fn peak_rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM")
+    }
+
+    fn stop(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// API Gateway's event for `POST /v1/requests` by `subject`.
+fn submission(subject: &str) -> Value {
+    let now = chrono::Utc::now();
+    json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/v1/requests",
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json", "host": "127.0.0.1"},
+        "requestContext": {
+            "accountId": dsr_local::provision::DEFAULT_ACCOUNT_ID,
+            "apiId": "bench",
+            "authorizer": {"jwt": {"claims": {"sub": subject}, "scopes": null}},
+            "domainName": "127.0.0.1",
+            "domainPrefix": "bench",
+            "http": {"method": "POST", "path": "/v1/requests", "protocol": "HTTP/1.1",
+                     "sourceIp": "127.0.0.1", "userAgent": "lambda-bench"},
+            "requestId": ulid::Ulid::new().to_string(),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": now.format("%d/%b/%Y:%H:%M:%S +0000").to_string(),
+            "timeEpoch": now.timestamp_millis(),
+        },
+        "body": "{\"type\":\"access\"}",
+        "isBase64Encoded": false,
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NAN, f64::max)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Submissions through one process: their wall times, and the process's CPU per submission.
+#[derive(Default)]
+struct Submissions {
+    walls: Vec<f64>,
+    cpu: Duration,
+}
+
+async fn submit(
+    process: &Process,
+    label: &str,
+    count: usize,
+    into: &mut Submissions,
+) -> Result<()> {
+    let before = process.cpu()?;
+    for _ in 0..count {
+        let subject = format!("bench-{label}-{}", ulid::Ulid::new());
+        let invoked = process
+            .api
+            .invoke(&submission(&subject), Duration::from_secs(30))
+            .await?;
+        let Outcome::Response(body) = invoked.outcome else {
+            bail!("{label}: the submission failed: {:?}", invoked.outcome);
+        };
+        let answer: Value = serde_json::from_slice(&body)?;
+        if answer["statusCode"] != 202 {
+            bail!("{label}: the submission was answered {answer}");
+        }
+        into.walls.push(ms(invoked.took));
+    }
+    into.cpu += process.cpu()? - before;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let template = Template::load("template.yaml")?;
+    let aws = dsr_adapters::config::aws().await;
+    let name = format!("bench{}", ulid::Ulid::new().to_string().to_lowercase());
+    let stack = LocalStack::provision(&aws, &LocalSettings::new("template.yaml", &name)).await?;
+    let aws_environment: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .collect();
+    let environment = |function: &str| -> Result<BTreeMap<String, String>> {
+        let mut all = aws_environment.clone();
+        all.extend(stack.environment(function)?);
+        Ok(all)
+    };
+
+    let mut functions = Vec::new();
+    for (logical_id, kind, _) in template.resources() {
+        if kind != "AWS::Serverless::Function" {
+            continue;
+        }
+        let binary = template
+            .function_binary(&logical_id)
+            .with_context(|| format!("{logical_id}: no BuildProperties.Binary"))?;
+        functions.push((logical_id, binary));
+    }
+
+    let mut results = serde_json::Map::new();
+    for (logical_id, binary) in &functions {
+        let path = args.binaries.join(binary).join("bootstrap");
+        let size = std::fs::metadata(&path)
+            .with_context(|| format!("{}: build it first", path.display()))?
+            .len();
+        let program = Program::Bootstrap(path);
+        let env = environment(logical_id)?;
+        let mut inits = Vec::new();
+        for _ in 0..args.runs {
+            let process = Process::start(&program, logical_id, &env).await?;
+            inits.push(ms(process.init));
+            process.stop()?;
+        }
+        eprintln!(
+            "{logical_id:<24} {:>6.2} MB  init median {:>6.2} ms  max {:>6.2} ms",
+            size as f64 / 1e6,
+            median(inits.clone()),
+            max(&inits)
+        );
+        results.insert(
+            logical_id.clone(),
+            json!({
+                "binary": binary,
+                "bytes": size,
+                "init_ms": {"median": median(inits.clone()), "max": max(&inits), "runs": inits},
+            }),
+        );
+    }
+
+    // The intake and its peer, alternating in rounds on the same tables.
+    let intake = functions
+        .iter()
+        .find(|(_, binary)| binary == "intake")
+        .context("no intake function in the template")?;
+    let env = environment(&intake.0)?;
+    let peer_program = Program::Peer {
+        python: args.python.clone(),
+    };
+    let rust = Process::start(
+        &Program::Bootstrap(args.binaries.join("intake").join("bootstrap")),
+        &intake.0,
+        &env,
+    )
+    .await?;
+    let peer = Process::start(&peer_program, "PythonPeer", &env).await?;
+    let mut peer_inits = vec![ms(peer.init)];
+    let (mut ours, mut theirs) = (Submissions::default(), Submissions::default());
+    let round = 50;
+    let mut done = 0;
+    while done < args.events {
+        let count = round.min(args.events - done);
+        submit(&rust, "rust", count, &mut ours).await?;
+        submit(&peer, "peer", count, &mut theirs).await?;
+        done += count;
+    }
+    let (rust_rss, peer_rss) = (rust.peak_rss_kib()?, peer.peak_rss_kib()?);
+    rust.stop()?;
+    peer.stop()?;
+    for _ in 1..args.runs.min(5) {
+        let process = Process::start(&peer_program, "PythonPeer", &env).await?;
+        peer_inits.push(ms(process.init));
+        process.stop()?;
+    }
+    let summary = |s: &Submissions, rss: u64| {
+        json!({
+            "submissions": s.walls.len(),
+            "wall_ms": {"p50": median(s.walls.clone()), "max": max(&s.walls)},
+            "cpu_ms_per_submission": ms(s.cpu) / s.walls.len() as f64,
+            "peak_rss_kib": rss,
+        })
+    };
+    results.insert(
+        "submissions".into(),
+        json!({
+            "rust": summary(&ours, rust_rss),
+            "python_peer": summary(&theirs, peer_rss),
+            "python_peer_init_ms": {"median": median(peer_inits.clone()), "max": max(&peer_inits), "runs": peer_inits},
+        }),
+    );
+    eprintln!(
+        "submissions: rust p50 {:.1} ms, {:.2} ms CPU, {} KiB; peer p50 {:.1} ms, {:.2} ms CPU, {} KiB",
+        median(ours.walls.clone()),
+        ms(ours.cpu) / ours.walls.len() as f64,
+        rust_rss,
+        median(theirs.walls.clone()),
+        ms(theirs.cpu) / theirs.walls.len() as f64,
+        peer_rss
+    );
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(&Value::Object(results))?,
+    )?;
+    eprintln!("written to {}", args.out.display());
+    Ok(())
+}
