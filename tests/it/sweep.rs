@@ -33,21 +33,14 @@ fn real_queues(app: &TestApp) -> SqsWorkQueue {
     )
 }
 
-/// The request use cases while SQS refuses: the queue URL names a queue that does not exist.
-fn intake_while_sqs_refuses(
-    app: &TestApp,
-    clock: Arc<FixedClock>,
-) -> Requests<DynamoRequestStore, SqsWorkQueue, Arc<FixedClock>> {
-    let missing = format!("{}-gone", app.queue_url("ErasureRequestsQueue"));
-    let broken = SqsWorkQueue::new(app.sqs.clone(), &missing, &missing);
-    sweep_requests(app, broken, clock)
-}
-
 #[tokio::test]
 async fn a_request_whose_message_never_reached_sqs_is_sent_by_the_sweep() {
     let app = spawn_app().await;
+    // Intake while SQS refuses: the queue URL points at a queue that does not exist.
+    let missing = format!("{}-gone", app.queue_url("ErasureRequestsQueue"));
+    let broken = SqsWorkQueue::new(app.sqs.clone(), &missing, &missing);
     let clock = Arc::new(FixedClock::at(Utc::now()));
-    let intake = intake_while_sqs_refuses(&app, clock.clone());
+    let intake = sweep_requests(&app, broken, clock.clone());
     let frank = SubjectId::parse("frank").unwrap();
     let submitted = intake
         .submit(&frank, RequestKind::Erasure, None)
@@ -151,63 +144,5 @@ async fn the_sweep_function_handler_runs_against_the_template_environment() {
         (report.examined, report.reenqueued),
         (1, 0),
         "a fresh, queued request is left alone"
-    );
-}
-
-/// A fan-out whose worker vanished holding the lease, and whose message was then used up
-/// (dead-lettered) and discarded, stayed `fanning_out` for good: the sweep only looked at
-/// `received`. Found by the proving ground's 500-request run under AWS faults. Once the lease
-/// ran out and nothing happened for `stale_after`, the sweep sends the message again (the
-/// fan-out resumes where it stopped: every step is keyed).
-#[tokio::test]
-async fn a_fan_out_abandoned_with_its_message_gone_is_sent_again_by_the_sweep() {
-    let app = spawn_app().await;
-    // Submitted while SQS refuses, so that no function picks it up meanwhile.
-    let clock = Arc::new(FixedClock::at(Utc::now()));
-    let intake = intake_while_sqs_refuses(&app, clock.clone());
-    let ida = SubjectId::parse(format!("ida-{}", crate::helpers::unique_name())).unwrap();
-    let id = intake
-        .submit(&ida, RequestKind::Erasure, None)
-        .await
-        .unwrap()
-        .request()
-        .id;
-    // A worker takes it and vanishes.
-    let lease = Duration::seconds(120);
-    intake
-        .store()
-        .acquire_lease(
-            id,
-            "vanished",
-            RequestState::FanningOut,
-            dsr_domain::Clock::now(&*clock),
-            lease,
-        )
-        .await
-        .unwrap();
-
-    let sweep = sweep_requests(&app, real_queues(&app), clock.clone());
-    let settings = SweepSettings::default();
-    let queue = app.queue_url("ErasureRequestsQueue");
-    clock.advance(lease + settings.stale_after - Duration::seconds(5));
-    let early = sweep.sweep_lost_messages(settings).await.unwrap();
-    assert_eq!(early.reenqueued, 0, "the worker may still be at it");
-
-    clock.advance(Duration::seconds(10));
-    let report = sweep.sweep_lost_messages(settings).await.unwrap();
-    assert_eq!((report.reenqueued, report.failed), (1, 0));
-    let queued = drain(&app.sqs, &queue).await;
-    let ours: Vec<Value> = queued
-        .iter()
-        .map(|m| serde_json::from_str::<Value>(m.body().unwrap()).unwrap())
-        .filter(|m| m["request_id"] == id.to_string())
-        .collect();
-    assert_eq!(ours.len(), 1, "{queued:?}");
-    assert_eq!(ours[0]["kind"], "erasure");
-
-    let again = sweep.sweep_lost_messages(settings).await.unwrap();
-    assert_eq!(
-        again.reenqueued, 0,
-        "sent and recorded: not again until overdue"
     );
 }

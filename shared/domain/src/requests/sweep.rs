@@ -1,12 +1,12 @@
-//! The sweep: work messages that never left or were lost are sent again (for requests still
-//! waiting, and for work abandoned half-way), and reports past their retention expire.
+//! The sweep: work messages that never left or were lost are sent again, and reports past
+//! their retention expire.
 
 use super::{RequestError, Requests};
 use crate::clock::Clock;
 use crate::metrics::{self, names, Metric};
 use crate::ports::{RequestStore, TransitionOutcome, WorkQueue};
 use crate::request::RequestState;
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 
 /// When the sweep considers a `received` request's message lost.
 #[derive(Debug, Clone, Copy)]
@@ -16,9 +16,6 @@ pub struct SweepSettings {
     pub unqueued_grace: Duration,
     /// A request enqueued this long ago and still `received` lost its message (expired, purged,
     /// or dead-lettered and discarded): send it again. Consumers drop duplicates by request id.
-    /// Likewise a request a worker took (`collecting`, `fanning_out`) whose lease ran out this
-    /// long ago with nothing sent or written since: its message is gone, and the work resumes
-    /// where it stopped (each step is keyed).
     pub stale_after: Duration,
     /// Bound on one run's work; the next run picks up the rest.
     pub batch_limit: usize,
@@ -45,8 +42,7 @@ pub struct SweepReport {
 
 impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
     /// Re-sends the work message of every `received` request whose message never left or was
-    /// lost, and of every request whose worker abandoned it half-way and whose message is gone
-    /// (see [`SweepSettings::stale_after`]). Safe to run concurrently with itself: a duplicate message is dropped by consumers.
+    /// lost. Safe to run concurrently with itself: a duplicate message is dropped by consumers.
     pub async fn sweep_lost_messages(
         &self,
         settings: SweepSettings,
@@ -60,25 +56,10 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
             examined: waiting.len(),
             ..SweepReport::default()
         };
-        let mut abandoned = Vec::new();
-        for working in [RequestState::Collecting, RequestState::FanningOut] {
-            abandoned.extend(
-                self.store
-                    .in_state(working, settings.batch_limit)
-                    .await?
-                    .into_iter()
-                    .filter(|r| Self::abandoned(r, settings.stale_after, now)),
-            );
-        }
-        report.examined += abandoned.len();
-        for request in waiting.into_iter().chain(abandoned) {
-            let lost = match (request.state, request.enqueued_at) {
-                (RequestState::Received, None) => {
-                    request.received_at + settings.unqueued_grace <= now
-                }
-                (RequestState::Received, Some(sent)) => sent + settings.stale_after <= now,
-                // Chosen above.
-                _ => true,
+        for request in waiting {
+            let lost = match request.enqueued_at {
+                None => request.received_at + settings.unqueued_grace <= now,
+                Some(sent) => sent + settings.stale_after <= now,
             };
             if !lost {
                 continue;
@@ -95,23 +76,6 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
             }
         }
         Ok(report)
-    }
-
-    /// A worker took the request, and nothing has happened to it for `stale_after` since its
-    /// lease ran out (or was given up) and since its message was last sent: a retry the worker
-    /// asked for comes back long before (minutes), so its message is gone — dead-lettered
-    /// after its receives were used up, then discarded.
-    fn abandoned(request: &crate::Request, stale_after: Duration, now: DateTime<Utc>) -> bool {
-        let quiet_since = [
-            request.lease.as_ref().map(|l| l.expires_at),
-            Some(request.updated_at),
-            request.enqueued_at,
-        ]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(request.updated_at);
-        quiet_since + stale_after <= now
     }
 
     /// Deletes reports past their retention (every object of every attempt; the bucket's
