@@ -81,12 +81,19 @@ else
 	$(CARGO) test -p dsr-tests --test it -- --test-threads 1 $(BULK_TEST) $(RESTART_TEST) $(CHAOS_TESTS)
 endif
 
-# Figures in the README were measured with this (debug build; compression and hashing crates
-# are optimised even there, see Cargo.toml). `make bench BENCH_PROFILE=release` for release.
+# The functions as Lambda runs them: sizes (arm64, as deployed), cold starts and the intake
+# beside its Python peer (x86_64 builds, which this machine runs), written to
+# docs/performance.md. Then the report's memory and time (20 MB, 200 MB; debug build, see
+# Cargo.toml; BENCH_PROFILE=release for release) and 10,000 delayed messages due at once.
 BENCH_PROFILE ?= dev
-bench: emulator
-	$(CARGO) build --quiet --profile $(BENCH_PROFILE) -p dsr-local --bin report-bench
-	@for mb in 20 200; do $(TARGET_DIR)/$(if $(filter dev,$(BENCH_PROFILE)),debug,$(BENCH_PROFILE))/report-bench $$mb; done
+BENCH_DIR := $(TARGET_DIR)/$(if $(filter dev,$(BENCH_PROFILE)),debug,$(BENCH_PROFILE))
+bench: emulator venv
+	-PACKAGE_ARCH=arm64 infra/package.sh
+	PACKAGE_ARCH=x86_64 PACKAGE_MAX_BYTES=1000000000 infra/package.sh
+	$(CARGO) build --quiet --profile $(BENCH_PROFILE) -p dsr-local --bin lambda-bench --bin report-bench
+	$(BENCH_DIR)/lambda-bench --binaries $(TARGET_DIR)/lambda-x86_64 --python $(DSR_VENV)/bin/python --out $(TARGET_DIR)/bench/lambda.json
+	python3 infra/bench/report.py $(TARGET_DIR) docs/performance.md
+	@for mb in 20 200; do $(BENCH_DIR)/report-bench $$mb; done
 	@$(CARGO) nextest run -p dsr-tests -E 'test($(BULK_TEST))' --no-capture 2>&1 | grep '^bulk:' 
 
 # Release builds of every function, one at a time as `sam build` makes them (arm64).

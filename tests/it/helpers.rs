@@ -23,6 +23,7 @@ pub async fn aws() -> aws_config::SdkConfig {
     let endpoint =
         std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned());
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(dsr_adapters::config::https_client())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(

@@ -18,5 +18,6 @@ mod ops;
 mod ops_page;
 mod report;
 mod runner;
+mod runtime_api;
 mod sweep;
 mod template;

@@ -8,9 +8,15 @@ use lambda_runtime::{run, service_fn, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    dsr_adapters::logging::init_for_lambda();
     dsr_adapters::emf::install_for_lambda("bridge");
-    let aws = config::aws().await;
+    // Inside Lambda, from Lambda's variables; `bridge daemon` and `bridge declare` run
+    // elsewhere (a container, a deploy step) and find credentials the usual ways.
+    let aws = if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        config::aws_in_lambda()
+    } else {
+        config::aws().await
+    };
     // Secrets (the RabbitMQ URL) come from SSM Parameter Store, by the names the environment gives.
     let env = config::from_process_with_secrets(&aws).await?;
     let bridge = dsr_bridge::build(&aws, &env)?;

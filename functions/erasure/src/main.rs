@@ -3,9 +3,9 @@ use lambda_runtime::{run, service_fn, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    dsr_adapters::logging::init_for_lambda();
     dsr_adapters::emf::install_for_lambda("erasure");
-    let aws = config::aws().await;
+    let aws = config::aws_in_lambda();
     // Secrets come from SSM Parameter Store, by the names the environment gives.
     let handler = dsr_erasure::build(&aws, &config::from_process_with_secrets(&aws).await?)?;
     // Boxed: the handler's nested future types overflow the compiler's query depth otherwise.

@@ -3,9 +3,9 @@ use lambda_http::{run, service_fn, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_http::tracing::init_default_subscriber();
+    dsr_adapters::logging::init_for_lambda();
     dsr_adapters::emf::install_for_lambda("ops-page");
-    let aws = config::aws().await;
+    let aws = config::aws_in_lambda();
     let page = dsr_ops_page::build(&aws, &config::from_process_with_secrets(&aws).await?)?;
     run(service_fn(|request| page.handle(request))).await
 }

@@ -266,19 +266,60 @@ impl Env {
     }
 }
 
-/// Loads the AWS configuration the standard way: region, credentials and `AWS_ENDPOINT_URL`
-/// from the environment, so the same binary talks to AWS, LocalStack or moto.
-#[cfg(any(
-    feature = "dynamodb",
-    feature = "sqs",
-    feature = "s3",
-    feature = "scheduler",
-    feature = "ssm"
-))]
-pub async fn aws() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await
+#[cfg(feature = "aws")]
+pub use sdk::{aws, aws_in_lambda, https_client};
+
+/// How the AWS SDK's clients are configured: only with one of the SDK features.
+#[cfg(feature = "aws")]
+mod sdk {
+    /// Loads the AWS configuration the standard way: region, credentials and `AWS_ENDPOINT_URL`
+    /// from the environment, so the same binary talks to AWS, LocalStack or moto.
+    pub async fn aws() -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(https_client())
+            .load()
+            .await
+    }
+
+    /// The SDK's HTTP client (hyper, rustls) with ring as rustls's crypto: the one TLS stack of
+    /// every binary (see the workspace's Cargo.toml).
+    pub fn https_client() -> aws_types::sdk_config::SharedHttpClient {
+        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+        aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https()
+    }
+
+    /// The AWS configuration inside Lambda, from the variables Lambda sets: the region
+    /// (`AWS_REGION`), the function role's credentials (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), and `AWS_ENDPOINT_URL` when one is given
+    /// (the emulator). [`aws`]'s default chain finds the same there, but only after reading the
+    /// profile files and consulting every other source at init, and it links every credential
+    /// provider there is (STS, SSO, IMDS, ECS, processes) into each function: about 0.5 MB of a
+    /// function's binary and part of its cold start. Retries, timeouts, the identity cache and
+    /// the HTTP client are the clients' defaults for the behaviour version, as `aws` gives them.
+    pub fn aws_in_lambda() -> aws_config::SdkConfig {
+        use aws_config::environment::EnvironmentVariableCredentialsProvider;
+        use aws_config::{BehaviorVersion, Region, SdkConfig};
+        use aws_credential_types::provider::SharedCredentialsProvider;
+        let region = std::env::var("AWS_REGION")
+            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|_| "us-east-1".to_owned());
+        let mut config = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .http_client(https_client())
+            .credentials_provider(SharedCredentialsProvider::new(
+                EnvironmentVariableCredentialsProvider::new(),
+            ));
+        if let Some(endpoint) = std::env::var("AWS_ENDPOINT_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+        {
+            config = config.endpoint_url(endpoint);
+        }
+        config.build()
+    }
 }
 
 /// A variable `<NAME>_PARAMETER` names the SSM parameter (a SecureString) that holds `<NAME>`:

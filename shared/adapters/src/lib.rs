@@ -14,6 +14,7 @@ pub mod emf;
 pub mod erase;
 #[cfg(any(feature = "collect", feature = "erase"))]
 pub mod http;
+pub mod logging;
 #[cfg(any(test, feature = "memory"))]
 pub mod memory;
 pub mod registry;

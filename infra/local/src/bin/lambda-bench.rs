@@ -225,9 +225,21 @@ async fn main() -> Result<()> {
     let aws = dsr_adapters::config::aws().await;
     let name = format!("bench{}", ulid::Ulid::new().to_string().to_lowercase());
     let stack = LocalStack::provision(&aws, &LocalSettings::new("template.yaml", &name)).await?;
-    let aws_environment: BTreeMap<String, String> = std::env::vars()
+    // What Lambda gives a function: its region and credentials (here the emulator's).
+    let mut aws_environment: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("AWS_"))
         .collect();
+    for (name, default) in [
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+    ] {
+        aws_environment
+            .entry(name.to_owned())
+            .or_insert_with(|| default.to_owned());
+    }
     let environment = |function: &str| -> Result<BTreeMap<String, String>> {
         let mut all = aws_environment.clone();
         all.extend(stack.environment(function)?);
