@@ -423,10 +423,18 @@ async fn a_silent_service_is_sent_again_then_escalated_and_the_erasure_stays_ope
     assert_eq!(service(&view, "profile")["status"], "confirmed");
     assert_eq!(service(&view, "profile")["commands_sent"], 1);
     assert_eq!(service(&view, "email")["status"], "pending");
-    assert!(rig
-        .audit(&id)
-        .await
-        .contains(&"escalated:billing".to_owned()));
+    // The escalation marks the obligation first, then writes its audit line: the view can
+    // show it a moment before the trail does.
+    let escalated = "escalated:billing".to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !rig.audit(&id).await.contains(&escalated) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {escalated} in {:?}",
+            rig.audit(&id).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(rig.services.service("email").notices_of(&id).is_empty());
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
