@@ -118,10 +118,7 @@ where
                 tracing::warn!(request_id = %id, "lease lost to another worker; this attempt's work discarded");
                 Outcome::Done
             }
-            Ok(WorkOutcome::Busy { until }) => {
-                let wait = (until - reports.clock.now()).max(Duration::seconds(1));
-                Outcome::Retry(Some(seconds(wait + Duration::seconds(1))))
-            }
+            Ok(WorkOutcome::Busy { until }) => Outcome::after_lease(until - reports.clock.now()),
             Ok(WorkOutcome::RetryLater { after, error }) => {
                 tracing::warn!(request_id = %id, %error, retry_in_seconds = after.num_seconds(), "report attempt failed; will retry");
                 Outcome::Retry(Some(seconds(after)))

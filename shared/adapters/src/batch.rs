@@ -63,6 +63,19 @@ const WAIT_ALERT_AFTER: Duration = Duration::from_secs(300);
 
 /// An erasure use case's error: a rejection can never succeed (to the dead-letter queue);
 /// anything else may later (store down, another worker busy).
+impl Outcome {
+    /// Another worker holds the request for `left` more: back when its lease runs out (and a
+    /// second later), once, so that a lease a vanished worker keeps costs one receive, not
+    /// every receive the message has.
+    pub fn after_lease(left: chrono::Duration) -> Self {
+        let wait = left
+            .to_std()
+            .unwrap_or_default()
+            .max(Duration::from_secs(1));
+        Outcome::Retry(Some(wait + Duration::from_secs(1)))
+    }
+}
+
 impl From<dsr_domain::erasure::ErasureError> for Outcome {
     fn from(err: dsr_domain::erasure::ErasureError) -> Self {
         match err {
@@ -70,14 +83,7 @@ impl From<dsr_domain::erasure::ErasureError> for Outcome {
             dsr_domain::erasure::ErasureError::Busy {
                 lease_left: Some(left),
                 ..
-            } => {
-                // Back when the other worker's lease runs out (and a second later), once.
-                let wait = left
-                    .to_std()
-                    .unwrap_or_default()
-                    .max(Duration::from_secs(1));
-                Outcome::Retry(Some(wait + Duration::from_secs(1)))
-            }
+            } => Outcome::after_lease(left),
             err => {
                 tracing::warn!(error = %err, "message returned to its queue for a later attempt");
                 // Sooner than the queue's visibility timeout (six times the function's).
