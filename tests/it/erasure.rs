@@ -1139,4 +1139,14 @@ async fn an_escalation_written_after_a_confirmation_landed_is_refused_by_the_sto
         .map(|o| o.service.as_str())
         .collect();
     assert_eq!(escalated, ["profile"]);
+    // The mark and its audit line are one write: no escalation without its line, and one line.
+    let lines: Vec<String> = store
+        .audit_trail(request.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|e| e.starts_with("escalated:"))
+        .collect();
+    assert_eq!(lines, ["escalated:profile"]);
 }

@@ -8,7 +8,7 @@ use super::store::DynamoRequestStore;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use dsr_domain::erasure::{Obligation, ObligationStatus, ObligationStore};
-use dsr_domain::{RequestId, ServiceName, StoreError};
+use dsr_domain::{Audited, RequestId, ServiceName, StoreError};
 use std::collections::HashMap;
 
 fn obligation_from_item(item: &Item) -> Result<Obligation, StoreError> {
@@ -214,9 +214,12 @@ impl ObligationStore for DynamoRequestStore {
         attempts: u32,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let update = self
-            .client
-            .update_item()
+        // The mark and its audit line in one transaction: a crash between two writes would
+        // leave an escalation no trail shows (a redelivery finds it escalated and writes none).
+        let mark = aws_sdk_dynamodb::types::Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(keys::request(request_id)))
+            .key("sk", s(keys::obligation(service)))
             .condition_expression(
                 "attribute_exists(pk) AND attribute_not_exists(escalated_at) \
                  AND attempts = :attempts AND NOT (#st IN (:confirmed, :not_found))",
@@ -226,8 +229,15 @@ impl ObligationStore for DynamoRequestStore {
             .expression_attribute_values(":attempts", n(attempts))
             .expression_attribute_values(":confirmed", s("confirmed"))
             .expression_attribute_values(":not_found", s("not_found"))
-            .expression_attribute_values(":at", s(timestamp(at)));
-        self.update_obligation(request_id, service, update).await
+            .expression_attribute_values(":at", s(timestamp(at)))
+            .build()
+            .map_err(unavailable)?;
+        let line = self.audit_event(request_id, &Audited::Escalated { service }, at)?;
+        self.transact(vec![
+            TransactWriteItem::builder().update(mark).build(),
+            line,
+        ])
+        .await
     }
 
     async fn set_release(

@@ -179,6 +179,10 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
                 if o.escalated_at.is_none() && !o.status.is_done() && o.attempts == attempts =>
             {
                 o.escalated_at = Some(at);
+                tables.events.push((
+                    request_id,
+                    dsr_domain::Audited::Escalated { service }.to_string(),
+                ));
                 Ok(true)
             }
             _ => Ok(false),

@@ -140,15 +140,6 @@ where
             )
             .await?;
             if escalated {
-                self.store
-                    .record_event(
-                        request.id,
-                        &Audited::Escalated {
-                            service: &obligation.service,
-                        },
-                        now,
-                    )
-                    .await?;
                 // The line operators alert on (see README, "Operating it").
                 tracing::warn!(
                     request_id = %request.id,

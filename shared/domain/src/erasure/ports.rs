@@ -60,6 +60,7 @@ pub trait ObligationStore: Send + Sync {
 
     /// Marks the obligation escalated, once, only while it is still unanswered at `attempts`
     /// sends: a confirmation that lands between the watchdog's read and this write wins.
+    /// The `escalated:<service>` audit line is written with the mark, atomically.
     /// Returns whether this call did it.
     fn escalate(
         &self,
