@@ -18,7 +18,7 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help run test token ops stack emulator venv rabbitmq chromium provision lint stop bench chaos package
+.PHONY: help run test token ops stack emulator venv rabbitmq chromium node provision lint stop bench chaos package cdk
 
 help:
 	@echo "make run              run the whole service locally (API on http://127.0.0.1:3000)"
@@ -27,6 +27,7 @@ help:
 	@echo "make ops ARGS=stats   the operator CLI (dsr-ops) against the local stack"
 	@echo "make lint             cargo fmt --check, clippy -D warnings, cfn-lint"
 	@echo "make package          every function's bootstrap as sam build makes it (arm64), sizes checked"
+	@echo "make cdk              the CDK app's template (infra/cdk), checked against template.yaml"
 	@echo "make bench            every function's size, cold start, memory; the intake vs a Python peer;"
 	@echo "                      report memory/time; 10,000 delayed messages (docs/performance.md)"
 	@echo "make chaos            the proving ground: faults, hostile input, fuzzing (docs/reliability.md)"
@@ -42,6 +43,15 @@ venv:
 
 rabbitmq:
 	@infra/local/ensure-rabbitmq.sh
+
+# The CDK app (infra/cdk): Node.js and its packages.
+node:
+	@infra/cdk/ensure-node.sh
+
+# The CDK app's template from the functions `make package` built, and its drift from
+# template.yaml (deploy it with: cd infra/cdk && npx cdk deploy).
+cdk: venv node
+	infra/cdk/synth.sh
 
 # The operations page is tested in a real browser.
 chromium:
@@ -72,7 +82,7 @@ RESTART_TEST := rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_lo
 CHAOS_TESTS := chaos::
 SERIAL := test($(BULK_TEST)) or test($(RESTART_TEST)) or test(/^$(CHAOS_TESTS)/)
 
-test: stack chromium
+test: stack chromium node
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --no-fail-fast -E 'not ($(SERIAL))'
 	$(CARGO) nextest run -p dsr-tests --no-fail-fast --test-threads 1 -E '$(SERIAL)'

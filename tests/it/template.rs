@@ -523,3 +523,58 @@ fn every_alarm_and_dashboard_metric_is_one_the_code_emits() {
         "{alarms} alarms, {widgets} widget metrics, {functions} functions"
     );
 }
+
+/// The CDK app (infra/cdk) deploys what template.yaml deploys: synthesised offline (`cdk synth`,
+/// no account) and compared with the SAM template as the SAM transform expands it, resource by
+/// resource; and the comparison sees a one-setting difference.
+#[test]
+fn the_cdk_app_synthesises_the_same_resources_as_template_yaml() {
+    let out = tempfile::tempdir().unwrap();
+    let synth = std::process::Command::new("bash")
+        .arg(repo_path("infra/cdk/synth.sh"))
+        .env("CDK_STAND_INS", "1")
+        .env("CDK_OUT", out.path())
+        .output()
+        .expect("bash runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&synth.stdout),
+        String::from_utf8_lossy(&synth.stderr)
+    );
+    assert!(
+        synth.status.success(),
+        "cdk synth or the drift check failed:\n{said}"
+    );
+    assert!(said.contains("no drift"), "{said}");
+
+    let template = std::fs::read_to_string(repo_path("template.yaml")).unwrap();
+    let one_setting = "            BatchSize: 5\n";
+    assert_eq!(
+        template.matches(one_setting).count(),
+        1,
+        "the setting to change"
+    );
+    let changed = out.path().join("changed.yaml");
+    std::fs::write(
+        &changed,
+        template.replace(one_setting, "            BatchSize: 6\n"),
+    )
+    .unwrap();
+    let drift = std::process::Command::new("python3")
+        .arg(repo_path("infra/cdk/drift.py"))
+        .arg(&changed)
+        .arg(out.path().join("GdprDsr.template.json"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&drift.stdout);
+    assert!(
+        !drift.status.success(),
+        "a changed template passed:\n{said}"
+    );
+    assert!(
+        said.contains(
+            r#"ErasureFunctionErasureRequests.Properties.BatchSize: template.yaml "6" != CDK "5""#
+        ),
+        "{said}"
+    );
+}
