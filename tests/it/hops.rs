@@ -37,6 +37,7 @@ async fn ops(rig: &ErasureRig) -> Ops {
         &crate::helpers::aws().await,
         &Target {
             local_stack: Some(rig.app.stack.context.stack_name.clone()),
+            ..Default::default()
         },
         &env,
     )

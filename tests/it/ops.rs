@@ -35,6 +35,7 @@ impl Captured {
 async fn ops(stack_name: &str) -> Ops {
     let target = Target {
         local_stack: Some(stack_name.to_owned()),
+        ..Default::default()
     };
     Ops::connect(
         &crate::helpers::aws().await,
@@ -209,7 +210,15 @@ async fn the_operator_cli_works_against_the_local_stack() {
 
     // retry: the work message again (the first one is still there too).
     let queue = app.queue_url("AccessRequestsQueue");
-    let out = run(&ops, Command::Retry { id: id.clone() }).await.unwrap();
+    let out = run(
+        &ops,
+        Command::Retry {
+            ids: vec![id.clone()],
+            stuck: false,
+        },
+    )
+    .await
+    .unwrap();
     assert!(out.contains(&id), "{out}");
     assert!(
         eventually(Duration::from_secs(5), async || queue_depth(
@@ -350,4 +359,183 @@ async fn the_proof_of_erasure_lists_every_obligation_with_its_receipt() {
         .unwrap()
         .iter()
         .any(|e| e["event"] == "completed"));
+}
+
+/// template.yaml's resources the operator's commands use, as a stack of their own: what the
+/// emulator's CloudFormation can create (it runs no SAM transform).
+fn stack_of_the_ops_resources() -> String {
+    use serde_yaml_ng::{Mapping, Value};
+    let template: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(crate::helpers::repo_path("template.yaml")).unwrap(),
+    )
+    .unwrap();
+    let pick = |section: &str, names: &[&str]| -> Value {
+        let mut picked = Mapping::new();
+        for name in names {
+            let value = template[section][*name].clone();
+            assert!(!value.is_null(), "template.yaml has no {section}.{name}");
+            picked.insert(Value::from(*name), value);
+        }
+        Value::Mapping(picked)
+    };
+    let mut stack = Mapping::new();
+    stack.insert(
+        "Parameters".into(),
+        pick("Parameters", &["SecretsPath", "ErasureGraceSeconds"]),
+    );
+    stack.insert(
+        "Resources".into(),
+        pick(
+            "Resources",
+            &[
+                "RequestsTable",
+                "HopsTable",
+                "AccessRequestsQueue",
+                "AccessRequestsDeadLetterQueue",
+                "ErasureRequestsQueue",
+                "ErasureRequestsDeadLetterQueue",
+            ],
+        ),
+    );
+    stack.insert(
+        "Outputs".into(),
+        pick(
+            "Outputs",
+            &[
+                "RequestsTableName",
+                "HopsTableName",
+                "AccessRequestsQueueUrl",
+                "ErasureRequestsQueueUrl",
+                "AccessRequestsDeadLetterQueueUrl",
+                "SubjectHashKeyParameter",
+            ],
+        ),
+    );
+    serde_yaml_ng::to_string(&Value::Mapping(stack)).unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_operates_a_deployed_stack_found_by_its_name() {
+    use aws_sdk_cloudformation::types::Parameter;
+    use dsr_domain::{Request, RequestKind, SubjectHasher, SubjectId};
+    let aws = crate::helpers::aws().await;
+    let cloudformation = aws_sdk_cloudformation::Client::new(&aws);
+    let name = format!("dsr-{}", unique_name()).replace('_', "-");
+    let secrets = format!("/{name}");
+    cloudformation
+        .create_stack()
+        .stack_name(&name)
+        .template_body(stack_of_the_ops_resources())
+        .parameters(
+            Parameter::builder()
+                .parameter_key("SecretsPath")
+                .parameter_value(&secrets)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let key = format!("{name}-subject-hash-key-0123456789");
+    aws_sdk_ssm::Client::new(&aws)
+        .put_parameter()
+        .name(format!("{secrets}/subject-hash-key"))
+        .value(&key)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let outputs: std::collections::HashMap<String, String> = cloudformation
+        .describe_stacks()
+        .stack_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .stacks()[0]
+        .outputs()
+        .iter()
+        .map(|o| {
+            (
+                o.output_key().unwrap().to_owned(),
+                o.output_value().unwrap().to_owned(),
+            )
+        })
+        .collect();
+
+    let ops = Ops::connect(
+        &aws,
+        &Target {
+            stack: Some(name.clone()),
+            ..Default::default()
+        },
+        &dsr_adapters::config::Env::default(),
+    )
+    .await
+    .unwrap();
+
+    // An erasure in the stack's table: its proof carries the subject's hash under the key the
+    // stack's SecretsPath names.
+    let store = dsr_adapters::dynamodb::DynamoRequestStore::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        outputs["RequestsTableName"].clone(),
+        "test",
+    );
+    let subject = SubjectId::parse("erin@example.com").unwrap();
+    let request = Request::receive(RequestKind::Erasure, subject.clone(), chrono::Utc::now());
+    let hasher = SubjectHasher::new(&key);
+    store
+        .create(&request, &hasher.hash(&subject), None, None)
+        .await
+        .unwrap();
+    let stats = run(&ops, Command::Stats).await.unwrap();
+    let erasures = stats.lines().find(|l| l.starts_with("erasure")).unwrap();
+    assert_eq!(erasures.split_whitespace().nth(1), Some("1"), "{stats}");
+    let proof: Value = serde_json::from_str(
+        &run(
+            &ops,
+            Command::Proof {
+                id: request.id.to_string(),
+            },
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(proof["subject_hash"], hasher.hash(&subject).to_string());
+
+    // A dead letter goes back to its queue, the dead-letter queue named by its logical id.
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    sqs.send_message()
+        .queue_url(&outputs["AccessRequestsDeadLetterQueueUrl"])
+        .message_body(r#"{"request_id":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    let out = run(
+        &ops,
+        Command::Redrive {
+            queue: "AccessRequestsDeadLetterQueue".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(out.starts_with("moved 1 message(s)"), "{out}");
+    assert_eq!(
+        queue_depth(&sqs, &outputs["AccessRequestsQueueUrl"]).await,
+        1
+    );
+
+    // A name that is no stack says so.
+    let missing = Ops::connect(
+        &aws,
+        &Target {
+            stack: Some(format!("{name}-missing")),
+            ..Default::default()
+        },
+        &dsr_adapters::config::Env::default(),
+    )
+    .await;
+    assert!(
+        missing.is_err_and(|e| e.to_string().contains("no stack")),
+        "a missing stack is named"
+    );
 }

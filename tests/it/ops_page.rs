@@ -202,6 +202,7 @@ async fn the_operations_page_in_a_browser_shows_the_apis_numbers_and_a_lost_mess
         &crate::helpers::aws().await,
         &dsr_ops::Target {
             local_stack: Some(rig.app.stack.context.stack_name.clone()),
+            ..Default::default()
         },
         &dsr_adapters::config::Env::from_pairs([("HOP_IN_FLIGHT_SECONDS", "10")]),
     )

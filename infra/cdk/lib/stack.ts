@@ -854,6 +854,12 @@ export class DsrStack extends Stack {
     for (const [name, value] of outputs) {
       new CfnOutput(this, name, { value });
     }
+    // What `dsr-ops --stack <name>` reads, with the outputs above.
+    new CfnOutput(this, "HopsTableName", { value: hopsTable.tableName });
+    new CfnOutput(this, "SubjectHashKeyParameter", {
+      description: "The Parameter Store name of the subject hash key (the value stays there).",
+      value: secret("subject-hash-key"),
+    });
   }
 }
 

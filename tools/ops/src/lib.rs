@@ -1,6 +1,7 @@
-//! `dsr-ops`, the operator's command line. It works against the local stack (`--local-stack`)
-//! and a real account (the functions' environment variables, from the stack's outputs), with
-//! the same use cases the functions run: nothing here writes around the domain's rules.
+//! `dsr-ops`, the operator's command line. It works against a deployed stack by its name
+//! (`--stack`: its outputs and parameters say where everything is), the local stack
+//! (`--local-stack`), or resources named one by one (the functions' environment variables),
+//! with the same use cases the functions run: nothing here writes around the domain's rules.
 
 use anyhow::{anyhow, bail, Context, Result};
 use dsr_adapters::config::{vars, Env};
@@ -25,11 +26,16 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Target {
-    /// Operate on the local stack of this name (`make run` uses `dsr-local`). Without it, the
-    /// resources come from REQUESTS_TABLE, ACCESS_REQUESTS_QUEUE_URL,
-    /// ERASURE_REQUESTS_QUEUE_URL (the stack's outputs) and the subject hash key, read from
+    /// Operate on the deployed CloudFormation stack of this name (SAM or CDK): its outputs name
+    /// the tables and queues, its SecretsPath the subject hash key in Parameter Store, and a
+    /// dead-letter queue can be named by its logical id (`redrive OutboundDeadLetterQueue`).
+    #[arg(long, env = "DSR_STACK", conflicts_with = "local_stack")]
+    pub stack: Option<String>,
+    /// Operate on the local stack of this name (`make run` uses `dsr-local`). Without it or
+    /// `--stack`, the resources come from REQUESTS_TABLE, HOPS_TABLE,
+    /// ACCESS_REQUESTS_QUEUE_URL, ERASURE_REQUESTS_QUEUE_URL and the subject hash key, read from
     /// Parameter Store by SUBJECT_HASH_KEY_PARAMETER (`<SecretsPath>/subject-hash-key`).
     #[arg(long, env = "DSR_LOCAL_STACK")]
     pub local_stack: Option<String>,
@@ -54,8 +60,14 @@ pub enum Command {
         #[arg(long, default_value_t = 7)]
         warning_days: u32,
     },
-    /// Sends a request's work message again (received, or a worker's lease ran out).
-    Retry { id: String },
+    /// Sends requests' work messages again (received, or a worker's lease ran out).
+    Retry {
+        /// The requests, by id.
+        ids: Vec<String>,
+        /// Every request the reconciliation finds stuck, too.
+        #[arg(long)]
+        stuck: bool,
+    },
     /// Moves every message of a dead-letter queue back to the queue it came from.
     Redrive {
         /// The dead-letter queue: its URL, its name, or (local) its logical id in template.yaml.
@@ -83,13 +95,127 @@ pub struct Ops {
     store: DynamoRequestStore,
     sqs: aws_sdk_sqs::Client,
     local_stack: Option<String>,
+    deployed: Option<DeployedStack>,
+}
+
+/// A deployed stack as CloudFormation describes it.
+#[derive(Debug, Clone)]
+pub struct DeployedStack {
+    name: String,
+    outputs: std::collections::BTreeMap<String, String>,
+    parameters: std::collections::BTreeMap<String, String>,
+    cloudformation: aws_sdk_cloudformation::Client,
+}
+
+impl DeployedStack {
+    pub async fn describe(aws: &aws_config::SdkConfig, name: &str) -> Result<Self> {
+        let cloudformation = aws_sdk_cloudformation::Client::new(aws);
+        let out = cloudformation
+            .describe_stacks()
+            .stack_name(name)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "no stack {name}: {}",
+                    aws_sdk_cloudformation::error::DisplayErrorContext(e)
+                )
+            })?;
+        let stack = out
+            .stacks()
+            .first()
+            .ok_or_else(|| anyhow!("no stack {name}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            outputs: stack
+                .outputs()
+                .iter()
+                .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
+                .collect(),
+            parameters: stack
+                .parameters()
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        p.parameter_key()?.to_owned(),
+                        p.parameter_value()?.to_owned(),
+                    ))
+                })
+                .collect(),
+            cloudformation,
+        })
+    }
+
+    fn output(&self, key: &str) -> Result<String> {
+        self.outputs.get(key).cloned().ok_or_else(|| {
+            anyhow!(
+                "stack {} has no output {key}: is it this service's stack, deployed from this version?",
+                self.name
+            )
+        })
+    }
+
+    /// What the functions of this stack are configured with, as far as the operator's commands
+    /// need it; the subject hash key stays a reference into Parameter Store.
+    fn env(&self) -> Result<Env> {
+        let mut pairs = vec![
+            (vars::REQUESTS_TABLE, self.output("RequestsTableName")?),
+            (vars::HOPS_TABLE, self.output("HopsTableName")?),
+            (
+                vars::ACCESS_REQUESTS_QUEUE_URL,
+                self.output("AccessRequestsQueueUrl")?,
+            ),
+            (
+                vars::ERASURE_REQUESTS_QUEUE_URL,
+                self.output("ErasureRequestsQueueUrl")?,
+            ),
+            (
+                "SUBJECT_HASH_KEY_PARAMETER",
+                self.output("SubjectHashKeyParameter")?,
+            ),
+        ];
+        // The reconciliation allows what the deployed functions allow.
+        for (variable, parameter) in [
+            (vars::DEADLINE_WARNING_DAYS, "DeadlineWarningDays"),
+            (vars::ERASURE_GRACE_SECONDS, "ErasureGraceSeconds"),
+        ] {
+            if let Some(value) = self.parameters.get(parameter) {
+                pairs.push((variable, value.clone()));
+            }
+        }
+        Ok(Env::from_pairs(pairs))
+    }
+
+    /// A resource of the stack by its logical id (for a queue: its URL).
+    async fn resource(&self, logical_id: &str) -> Option<String> {
+        self.cloudformation
+            .describe_stack_resource()
+            .stack_name(&self.name)
+            .logical_resource_id(logical_id)
+            .send()
+            .await
+            .ok()?
+            .stack_resource_detail?
+            .physical_resource_id
+    }
 }
 
 impl Ops {
     pub async fn connect(aws: &aws_config::SdkConfig, target: &Target, env: &Env) -> Result<Self> {
         let sqs = aws_sdk_sqs::Client::new(aws);
+        let deployed = match &target.stack {
+            Some(name) => Some(DeployedStack::describe(aws, name).await?),
+            None => None,
+        };
+        let env = match &deployed {
+            // What the operator sets in the environment still wins over the stack's own.
+            Some(stack) => {
+                dsr_adapters::config::with_parameters(aws, stack.env()?.overlaid_with(env)).await?
+            }
+            None => env.clone(),
+        };
         // The reconciliation's allowances are the operator's to set, local stack or not.
-        let reconcile = wiring::reconcile_settings(env)?;
+        let reconcile = wiring::reconcile_settings(&env)?;
         let env = match &target.local_stack {
             Some(stack) => {
                 let url = |logical: &str| {
@@ -132,6 +258,7 @@ impl Ops {
             store: wiring::request_store(aws, &env, "ops")?,
             sqs,
             local_stack: target.local_stack.clone(),
+            deployed,
         })
     }
 
@@ -147,15 +274,7 @@ impl Ops {
             Command::Sync { hours } => self.sync(*hours, out).await,
             Command::Show { id } => self.show(parse(id)?, out).await,
             Command::Stuck { warning_days } => self.stuck(*warning_days, out).await,
-            Command::Retry { id } => {
-                let request = self.requests.retry(parse(id)?).await?;
-                writeln!(
-                    out,
-                    "sent the work message of {} ({}, {}) again",
-                    request.id, request.kind, request.state
-                )?;
-                Ok(())
-            }
+            Command::Retry { ids, stuck } => self.retry(ids, *stuck, out).await,
             Command::Redrive { queue } => self.redrive(queue, out, progress).await,
             Command::Extend { id, months, reason } => {
                 let request = self
@@ -364,9 +483,50 @@ impl Ops {
         Ok(())
     }
 
+    async fn retry(&self, ids: &[String], stuck: bool, out: &mut dyn Write) -> Result<()> {
+        let mut requests = ids.iter().map(|id| parse(id)).collect::<Result<Vec<_>>>()?;
+        if stuck {
+            let settings = ReconcileSettings {
+                redrive: false,
+                ..self.reconcile
+            };
+            let found = self.requests.reconcile(settings).await?;
+            requests.extend(found.stuck.iter().map(|(id, _)| *id));
+        }
+        if requests.is_empty() {
+            bail!("no request to retry: name them, or --stuck for every stuck one");
+        }
+        let bar = progress_bar(requests.len(), "retried");
+        let mut failed = Vec::new();
+        for id in requests {
+            // One that cannot be retried (finished meanwhile, not stuck) does not stop the rest.
+            match self.requests.retry(id).await {
+                Ok(request) => bar.suspend(|| {
+                    writeln!(
+                        out,
+                        "sent the work message of {} ({}, {}) again",
+                        request.id, request.kind, request.state
+                    )
+                })?,
+                Err(err) => failed.push(format!("{id}: {err}")),
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        if !failed.is_empty() {
+            bail!("not retried:\n{}", failed.join("\n"));
+        }
+        Ok(())
+    }
+
     async fn queue_url(&self, queue: &str) -> Result<String> {
         if queue.starts_with("http://") || queue.starts_with("https://") {
             return Ok(queue.to_owned());
+        }
+        if let Some(stack) = &self.deployed {
+            if let Some(url) = stack.resource(queue).await {
+                return Ok(url);
+            }
         }
         let mut names = vec![queue.to_owned()];
         if let Some(stack) = &self.local_stack {
@@ -402,6 +562,7 @@ impl Ops {
         };
         let total = self.depth(&dlq).await?;
         writeln!(progress, "moving {total} message(s) back to {source}")?;
+        let bar = progress_bar(total, "moved");
         let mut moved = 0usize;
         loop {
             let batch = self
@@ -439,9 +600,13 @@ impl Ops {
                     .await
                     .map_err(|e| anyhow!("{}", aws_sdk_sqs::error::DisplayErrorContext(e)))?;
                 moved += 1;
+                bar.inc(1);
             }
-            writeln!(progress, "moved {moved}/{total}")?;
+            if bar.is_hidden() {
+                writeln!(progress, "moved {moved}/{total}")?;
+            }
         }
+        bar.finish_and_clear();
         writeln!(out, "moved {moved} message(s) from {dlq} to {source}")?;
         Ok(())
     }
@@ -503,6 +668,18 @@ impl Ops {
     fn subject_hasher(&self) -> SubjectHasher {
         self.requests.hasher().clone()
     }
+}
+
+/// A progress bar on the terminal (stderr), hidden when stderr is not one.
+fn progress_bar(total: usize, done: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} {msg} ({elapsed}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(done);
+    bar
 }
 
 fn parse(id: &str) -> Result<RequestId> {
