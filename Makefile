@@ -102,6 +102,7 @@ bench: emulator venv
 	PACKAGE_ARCH=x86_64 PACKAGE_MAX_BYTES=1000000000 infra/package.sh
 	$(CARGO) build --quiet --profile $(BENCH_PROFILE) -p dsr-local --bin lambda-bench --bin report-bench
 	$(BENCH_DIR)/lambda-bench --binaries $(TARGET_DIR)/lambda-x86_64 --python $(DSR_VENV)/bin/python --out $(TARGET_DIR)/bench/lambda.json
+	DSR_BENCH_OUT=$(TARGET_DIR)/bench $(CARGO) nextest run -p dsr-tests -E 'test(what_an_access_request_and_an_erasure_cost_in_aws_calls)'
 	python3 infra/bench/report.py $(TARGET_DIR) docs/performance.md
 	@for mb in 20 200; do $(BENCH_DIR)/report-bench $$mb; done
 	@$(CARGO) nextest run -p dsr-tests -E 'test($(BULK_TEST))' --no-capture 2>&1 | grep '^bulk:' 

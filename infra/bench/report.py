@@ -19,6 +19,67 @@ RSS_BUDGET_KIB = 12 * 1024
 CPU_RATIO_BUDGET = 0.25
 
 
+# Public on-demand prices, us-east-1, as AWS lists them (2026-11): dollars per million.
+PRICES = {
+    "dynamodb_write_unit": 0.625,   # on-demand write request unit (≤ 1 KB; a transaction's item: 2)
+    "dynamodb_read_unit": 0.125,    # on-demand read request unit (≤ 4 KB, strongly consistent)
+    "sqs_request": 0.40,            # standard queue, per 64 KB chunk of a request
+    "s3_put_class": 5.00,           # PUT, COPY, POST, LIST
+    "s3_get_class": 0.40,           # GET, HEAD
+    "scheduler_invocation": 1.00,   # EventBridge Scheduler
+    "lambda_request": 0.20,
+    "lambda_gb_second_arm64": 16.6667 * 0.8,  # $0.0000133334 per GB-s (arm64)
+    "http_api_request": 1.00,       # API Gateway HTTP API, first 300 million
+}
+# Each invocation at 128 MB for this long (ms): the intake's measured p50 is in the table above;
+# the queue-fed functions do a few calls each, the same order.
+ASSUMED_INVOCATION_MS = 50
+
+
+def price_of(calls):
+    """Dollars per million requests of one kind, by AWS service, from its counted calls."""
+    cost = {"DynamoDB": 0.0, "SQS": 0.0, "S3": 0.0, "Scheduler": 0.0, "Lambda": 0.0, "API Gateway": 1.0}
+    messages = 0
+    for c in calls:
+        service, operation = c["operation"].split(".", 1)
+        units = c["units"]
+        if service == "DynamoDB":
+            if operation.startswith("Transact") and "Write" in operation:
+                cost["DynamoDB"] += 2 * units * PRICES["dynamodb_write_unit"]
+            elif operation in ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"):
+                cost["DynamoDB"] += units * PRICES["dynamodb_write_unit"]
+            else:
+                cost["DynamoDB"] += units * PRICES["dynamodb_read_unit"]
+        elif service == "SQS":
+            cost["SQS"] += units * PRICES["sqs_request"]
+            if operation.startswith("SendMessage"):
+                messages += units
+        elif service == "S3":
+            if operation in ("GetObject", "HeadObject"):
+                cost["S3"] += PRICES["s3_get_class"]
+            elif operation not in ("DeleteObject", "AbortMultipartUpload"):
+                cost["S3"] += PRICES["s3_put_class"]
+        elif service == "Scheduler":
+            cost["Scheduler"] += PRICES["scheduler_invocation"]
+    # Each delayed message (the dispatch function stores one item per key) wakes the dispatch
+    # function once through EventBridge Scheduler in AWS; the local stack finds due messages by
+    # its timer instead, so the schedules are counted from the items.
+    delayed = sum(
+        c["units"] for c in calls
+        if c["function"] == "dispatch" and c["operation"] == "DynamoDB.PutItem"
+    )
+    cost["Scheduler"] += delayed * PRICES["scheduler_invocation"]
+    # Every message sent is received and deleted by a Lambda event source mapping (SQS bills
+    # those two calls; batching makes it fewer) and is, at most, one invocation of its function.
+    cost["SQS"] += 2 * messages * PRICES["sqs_request"]
+    invocations = 1 + messages + delayed
+    cost["Lambda"] = invocations * (
+        PRICES["lambda_request"]
+        + PRICES["lambda_gb_second_arm64"] * 0.125 * ASSUMED_INVOCATION_MS / 1000
+    )
+    return cost, invocations
+
+
 def verdict(ok):
     return "met" if ok else "**not met**"
 
@@ -114,6 +175,42 @@ def main():
             f"| {name} | `{figures['binary']}` | {size if size is not None else 'not built'} "
             f"| {figures['init_ms']['median']:.2f} | {figures['init_ms']['max']:.2f} |"
         )
+    cost_path = os.path.join(target, "bench", "cost.json")
+    if os.path.exists(cost_path):
+        with open(cost_path) as f:
+            cost = json.load(f)
+        lines += [
+            "",
+            "## What a request costs",
+            "",
+            "Every AWS call of one access request (one source) and one erasure (five holders: four",
+            "over RabbitMQ, one vendor API), from the submission to its end, counted by the",
+            "function that made it (`calls::what_an_access_request_and_an_erasure_cost_in_aws_calls`,",
+            "the SDK's HTTP client wrapped in the local stack: `infra/local/src/call_count.rs`),",
+            "priced at on-demand us-east-1 list prices. Not in it: the sweep and the dispatch",
+            "function's search for due messages (a fixed cost per minute, whatever the traffic),",
+            "storage (reports expire after `ReportRetentionDays`), logs, metrics, the broker.",
+            f"Lambda: one invocation per message at most, {ASSUMED_INVOCATION_MS} ms at 128 MB each.",
+            "",
+            "| request | AWS calls | DynamoDB | SQS | S3 | Scheduler | Lambda | API Gateway | per million requests |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for kind, figures in cost.items():
+            dollars, invocations = price_of(figures["calls"])
+            total = sum(dollars.values())
+            lines.append(
+                f"| {kind} | {figures['total']} (+ ≤ {invocations} invocations) | "
+                + " | ".join(f"${dollars[s]:.2f}" for s in ("DynamoDB", "SQS", "S3", "Scheduler", "Lambda", "API Gateway"))
+                + f" | **${total:.2f}** |"
+            )
+        lines += ["", "Calls by function and operation (calls, billed units):", ""]
+        for kind, figures in cost.items():
+            listed = "; ".join(
+                f"{c['function']} {c['operation']} {c['calls']}"
+                + (f" ({c['units']} units)" if c["units"] != c["calls"] else "")
+                for c in figures["calls"]
+            )
+            lines.append(f"- {kind}: {listed}.")
     lines += [
         "",
         "## How the binaries are kept small and quick to start",

@@ -2,6 +2,7 @@
 //! faults) in front of the emulator: the functions reach AWS only through it.
 
 use crate::helpers::{spawn_app_with, TestApp};
+use dsr_local::call_count::Calls;
 use dsr_local::fault_proxy::{self, FaultProxy, Faults};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -134,4 +135,104 @@ async fn the_access_limit_is_held_by_the_submission_and_read_only_when_a_slot_is
         "the slots, once: {made:?}"
     );
     assert_eq!(made.get("SQS.SendMessage"), None, "{made:?}");
+}
+
+/// The functions that run on a timer whatever the traffic (their cost is per minute, not per
+/// request), and the dispatch function's own search for due messages on its timer.
+fn per_request(function: &str, operation: &str) -> bool {
+    match function {
+        "-" | "sweep" => false,
+        "dispatch" => operation != "DynamoDB.Query",
+        _ => true,
+    }
+}
+
+/// What one data subject request costs in AWS calls from its submission to its end, by the
+/// function that made each call: an access request (one source) and an erasure (five holders:
+/// four over RabbitMQ, one vendor API). Written to `$DSR_BENCH_OUT/cost.json` when set, for
+/// `make bench` to price (docs/performance.md).
+#[tokio::test]
+async fn what_an_access_request_and_an_erasure_cost_in_aws_calls() {
+    use dsr_domain::{RequestState, RequestStore};
+    let counter = dsr_local::call_count::CallCounter::default();
+    let rig = crate::erasure::rig(crate::erasure::RigSettings {
+        grace_seconds: 1,
+        call_counter: Some(counter.clone()),
+        ..Default::default()
+    })
+    .await;
+    let store = dsr_adapters::wiring::request_store(
+        &crate::helpers::aws().await,
+        &rig.app.stack.env("ErasureFunction").unwrap(),
+        "test",
+    )
+    .unwrap();
+    let mut figures = serde_json::Map::new();
+    for kind in ["access", "erasure"] {
+        let subject = format!("cost-{kind}-{}", crate::helpers::unique_name());
+        rig.services.seed(&subject);
+        counter.reset();
+        let reply = rig.app.submit(&subject, kind).await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        let id: dsr_domain::RequestId = reply.body["id"].as_str().unwrap().parse().unwrap();
+        // Watched from outside the functions (the user's own reads are not the request's).
+        let finished = crate::helpers::eventually(Duration::from_secs(90), async || {
+            store.get(id).await.ok().flatten().is_some_and(|r| {
+                r.state
+                    == if kind == "access" {
+                        RequestState::ReportReady
+                    } else {
+                        RequestState::Completed
+                    }
+            })
+        })
+        .await;
+        assert!(finished, "{kind} {id} did not complete");
+        // The last effects (the announcement, its count) land after the state.
+        let mut last = Calls::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let now: Calls = counter
+                .snapshot()
+                .into_iter()
+                .filter(|((f, o), _)| per_request(f, o))
+                .collect();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let total: u64 = last.values().map(|t| t.calls).sum();
+        let calls: Vec<serde_json::Value> = last
+            .iter()
+            .map(|((function, operation), t)| {
+                serde_json::json!({"function": function, "operation": operation, "calls": t.calls, "units": t.units})
+            })
+            .collect();
+        eprintln!("{kind}: {total} calls");
+        for c in &calls {
+            eprintln!("  {c}");
+        }
+        // What every request of the kind cannot do without, and a ceiling well above what it
+        // takes today: a new call on the path shows here before it shows on the bill.
+        let called = |function: &str, operation: &str| {
+            last.get(&(function.to_owned(), operation.to_owned()))
+                .map_or(0, |t| t.calls)
+        };
+        assert_eq!(called("intake", "DynamoDB.TransactWriteItems"), 1, "{kind}");
+        let ceiling = if kind == "access" { 40 } else { 150 };
+        assert!(total <= ceiling, "{kind}: {total} calls");
+        figures.insert(
+            kind.to_owned(),
+            serde_json::json!({"calls": calls, "total": total}),
+        );
+    }
+    if let Ok(dir) = std::env::var("DSR_BENCH_OUT") {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            std::path::Path::new(&dir).join("cost.json"),
+            serde_json::to_string_pretty(&figures).unwrap(),
+        )
+        .unwrap();
+    }
 }

@@ -51,6 +51,8 @@ pub struct RigSettings {
     pub losses: Option<Arc<dsr_local::event_source::Losses>>,
     /// Variables every function sees instead of the template's.
     pub overrides: Vec<(&'static str, String)>,
+    /// Counts the functions' AWS calls (what a request costs).
+    pub call_counter: Option<dsr_local::call_count::CallCounter>,
 }
 
 impl Default for RigSettings {
@@ -68,6 +70,7 @@ impl Default for RigSettings {
             consume_work_queues: true,
             losses: None,
             overrides: Vec::new(),
+            call_counter: None,
         }
     }
 }
@@ -101,6 +104,7 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
         s.workers = settings.workers;
         s.deliveries = settings.deliveries;
         s.losses = settings.losses;
+        s.call_counter = settings.call_counter;
         s.overrides.extend(
             settings
                 .overrides

@@ -14,6 +14,11 @@ tokio::task_local! {
     static FUNCTION: &'static str;
 }
 
+/// The function (catalog name) whose invocation is running here, if any.
+pub fn current() -> Option<&'static str> {
+    FUNCTION.try_with(|f| *f).ok()
+}
+
 /// The catalog's name for a function of the template (`ConfirmFunction` → `confirm`).
 pub fn catalog_name(logical_id: &str) -> Option<&'static str> {
     Some(match logical_id {

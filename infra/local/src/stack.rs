@@ -82,6 +82,9 @@ pub struct LocalSettings {
     pub deliveries: usize,
     /// Messages to lose on purpose on their way to a function (the reconciliation's tests).
     pub losses: Option<Arc<event_source::Losses>>,
+    /// Counts every AWS call the functions make, by function and operation (the cost of a
+    /// request); none normally.
+    pub call_counter: Option<crate::call_count::CallCounter>,
 }
 
 impl LocalSettings {
@@ -108,6 +111,7 @@ impl LocalSettings {
             workers: 1,
             deliveries: 1,
             losses: None,
+            call_counter: None,
         }
     }
 }
@@ -168,6 +172,15 @@ impl LocalStack {
         let aws = match &settings.functions_endpoint {
             Some(endpoint) => aws.to_builder().endpoint_url(endpoint).build(),
             None => aws.clone(),
+        };
+        let aws = match &settings.call_counter {
+            Some(counter) => {
+                let client = aws
+                    .http_client()
+                    .unwrap_or_else(dsr_adapters::config::https_client);
+                aws.to_builder().http_client(counter.wrap(client)).build()
+            }
+            None => aws,
         };
         Ok(Self {
             template,
