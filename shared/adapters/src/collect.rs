@@ -18,7 +18,7 @@ pub use dsr_domain::report::{SourceError, StagedFile, StagedSource};
 pub struct Collectors {
     dynamodb: aws_sdk_dynamodb::Client,
     s3: aws_sdk_s3::Client,
-    http: reqwest::Client,
+    http: crate::http::Client,
     /// Where the values of auth headers (`value_from_env`) are read: secrets.
     secrets: Env,
     /// The most of one HTTP answer (a source's records, one search page) that is read.
@@ -54,7 +54,7 @@ impl Collectors {
         Self {
             dynamodb,
             s3,
-            http: crate::http::client(),
+            http: crate::http::Client::default(),
             secrets,
             max_answer_bytes: MAX_SOURCE_ANSWER_BYTES,
         }
@@ -101,7 +101,7 @@ impl Collectors {
                 let url = url.replace("{subject}", &url_encode(subject.as_str()));
                 let body = self
                     .send(
-                        || self.http.get(&url),
+                        || self.http.get().get(&url),
                         auth.as_ref(),
                         *timeout_ms,
                         *max_attempts,
@@ -231,7 +231,7 @@ impl Collectors {
             }
             let body = self
                 .send(
-                    || self.http.post(&endpoint).json(&query),
+                    || self.http.get().post(&endpoint).json(&query),
                     auth,
                     timeout_ms,
                     4,

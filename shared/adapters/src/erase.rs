@@ -16,7 +16,7 @@ pub struct ErasureChannels {
     sqs: Client,
     outbound_queue_url: String,
     commands_exchange: String,
-    http: reqwest::Client,
+    http: crate::http::Client,
     /// Where API tokens are read, by the name the registry gives.
     secrets: Env,
     /// Per vendor: the earliest time the next call may start (its rate limit).
@@ -34,7 +34,7 @@ impl ErasureChannels {
             sqs,
             outbound_queue_url: outbound_queue_url.into(),
             commands_exchange: commands_exchange.into(),
-            http: crate::http::client(),
+            http: crate::http::Client::default(),
             secrets,
             next_call: Mutex::new(HashMap::new()),
         }
@@ -123,6 +123,7 @@ impl ErasureChannel for ErasureChannels {
             .map_err(|e| ChannelError(Box::new(e)))?;
         let mut request = self
             .http
+            .get()
             .request(method, url.replace("{subject}", &subject))
             .timeout(Duration::from_millis(timeout_ms))
             .header("Idempotency-Key", &command.idempotency_key)

@@ -5,14 +5,23 @@
 
 use std::time::Duration;
 
-/// The client every outbound call uses.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        // Only a broken TLS backend fails here, at init: nothing can be called without it.
-        .expect("an HTTP client with the built-in TLS roots")
+/// The client every outbound call uses, made on the first call: it reads the system's trust
+/// roots, which a function's init does not need (most invocations call no HTTP source).
+#[derive(Debug, Clone, Default)]
+pub struct Client(std::sync::Arc<std::sync::OnceLock<reqwest::Client>>);
+
+impl Client {
+    pub fn get(&self) -> &reqwest::Client {
+        self.0.get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                // Fails only with a trust store whose every certificate is unreadable; without
+                // roots no call could be verified, so there is nothing to go on with.
+                .expect("an HTTP client with the system's trust roots")
+        })
+    }
 }
 
 /// A body read up to a cap.
