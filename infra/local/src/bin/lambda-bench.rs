@@ -159,12 +159,15 @@ impl Process {
 /// RabbitMQ and a vendor's API, the email service last.
 const BENCH_REGISTRY: &str = r#"services:
   - name: profile
+    broker_user: svc-profile
     collect: { kind: dynamodb, table: profiles, key_attribute: user_id }
     erase: { via: { kind: rabbitmq, routing_key: erasure.profile } }
   - name: billing
+    broker_user: svc-billing
     collect: { kind: http, url: "https://billing.internal/users/{subject}/invoices", records_pointer: /items }
     erase: { via: { kind: rabbitmq, routing_key: erasure.billing } }
   - name: uploads
+    broker_user: svc-uploads
     collect: { kind: s3, bucket: user-uploads, prefix: "uploads/{subject}/" }
     erase: { via: { kind: rabbitmq, routing_key: erasure.uploads } }
   - name: ads
@@ -172,6 +175,7 @@ const BENCH_REGISTRY: &str = r#"services:
       via: { kind: http, url: "https://api.vendor.example/users/{subject}", method: DELETE,
              not_found: { status: 404, body_contains: user_not_found } }
   - name: email
+    broker_user: svc-email
     erase: { via: { kind: rabbitmq, routing_key: erasure.email }, last: true }
 "#;
 
