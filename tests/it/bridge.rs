@@ -286,23 +286,13 @@ async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_de
     let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
         .await
         .unwrap();
-    // The daemon declares its queues; wait for them before publishing. A passive declare of a
-    // missing queue closes its channel, so each try gets a fresh one.
+    // The daemon binds its queues before it consumes; publish only once it consumes from both.
     assert!(
-        crate::helpers::eventually(std::time::Duration::from_secs(20), async || {
-            let probe = conn.create_channel().await.unwrap();
-            probe
-                .queue_declare(
-                    topology.confirmations_queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .is_ok()
-        })
+        crate::helpers::consumed(
+            &conn,
+            &[&topology.confirmations_queue, &topology.schedule_queue],
+            std::time::Duration::from_secs(30),
+        )
         .await
     );
     let channel = conn.create_channel().await.unwrap();

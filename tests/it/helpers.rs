@@ -270,3 +270,34 @@ pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits until every one of `queues` has a consumer. The bridge starts consuming only after it
+/// declared and bound all its queues, so a message published after this is routed; one published
+/// when a queue merely exists may find it not yet bound and be dropped by the broker.
+pub async fn consumed(conn: &lapin::Connection, queues: &[&str], within: Duration) -> bool {
+    eventually(within, async || {
+        for queue in queues {
+            // A fresh channel each time: the broker closes one whose passive declare failed.
+            let Ok(channel) = conn.create_channel().await else {
+                return false;
+            };
+            let declared = channel
+                .queue_declare(
+                    (*queue).into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            let _ = channel.close(200, "probed".into()).await;
+            match declared {
+                Ok(q) if q.consumer_count() > 0 => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await
+}

@@ -157,16 +157,21 @@ async fn every_hostile_input_is_refused_with_a_reason_and_nothing_panics_or_answ
     let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
         .await
         .unwrap();
-    // The bridge declares its queues when it connects: publish only once they are there (a
-    // message to an exchange nobody declared yet would be refused by the broker, not us).
-    for queue in ["confirmations", "schedule"] {
-        let name = format!("{ns}.bridge.{queue}");
-        let declared = eventually(std::time::Duration::from_secs(30), async || {
-            broker_queue_depth(&conn, &name).await.is_some()
-        })
-        .await;
-        assert!(declared, "the bridge declared {name}");
-    }
+    // The bridge binds its queues before it consumes: publish only once it consumes from both
+    // (a message to a queue not yet bound would be dropped by the broker, not by us).
+    let queues = [
+        format!("{ns}.bridge.confirmations"),
+        format!("{ns}.bridge.schedule"),
+    ];
+    assert!(
+        crate::helpers::consumed(
+            &conn,
+            &[&queues[0], &queues[1]],
+            std::time::Duration::from_secs(30)
+        )
+        .await,
+        "the bridge consumes {queues:?}"
+    );
     let probe = conn.create_channel().await.unwrap();
     probe
         .confirm_select(lapin::options::ConfirmSelectOptions::default())
