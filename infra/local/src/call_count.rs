@@ -96,48 +96,69 @@ impl HttpConnector for CountingConnector {
 /// `x-amz-target`; S3 and the scheduler's REST calls are told by method, path and query.
 fn operation(request: &HttpRequest) -> (String, u64) {
     let body = request.body().bytes().unwrap_or_default();
-    if let Some(target) = request.headers().get("x-amz-target") {
-        if let Some((service, action)) = target.split_once('.') {
-            let service = match service {
-                s if s.starts_with("DynamoDB") => "DynamoDB",
-                "AmazonSQS" => "SQS",
-                "AmazonSSM" => "SSM",
-                other => other,
-            };
-            let units = match (service, action) {
-                ("DynamoDB", "TransactWriteItems" | "TransactGetItems") => {
-                    json_len(body, "/TransactItems")
-                }
-                ("DynamoDB", "BatchWriteItem" | "BatchGetItem") => {
-                    json_object_lens(body, "/RequestItems")
-                }
-                ("SQS", "SendMessage") => chunks_of_64_kib(body.len()),
-                ("SQS", "SendMessageBatch") => json_len(body, "/Entries").max(1),
-                _ => 1,
-            };
-            return (format!("{service}.{action}"), units);
+    let name = operation_name(
+        request.headers().get("x-amz-target"),
+        request.headers().get("authorization").unwrap_or_default(),
+        request.method(),
+        request.uri(),
+    );
+    let units = match name.as_str() {
+        "DynamoDB.TransactWriteItems" | "DynamoDB.TransactGetItems" => {
+            json_len(body, "/TransactItems")
         }
+        "DynamoDB.BatchWriteItem" | "DynamoDB.BatchGetItem" => {
+            json_object_lens(body, "/RequestItems")
+        }
+        "SQS.SendMessage" => chunks_of_64_kib(body.len()),
+        "SQS.SendMessageBatch" => json_len(body, "/Entries").max(1),
+        _ => 1,
+    };
+    (name, units)
+}
+
+/// The operation a call is, from what any HTTP stack sees of it (the SDK's client here, the
+/// fault proxy's server): the JSON protocols name it in `X-Amz-Target`
+/// (`DynamoDB_20120810.TransactWriteItems` → `DynamoDB.TransactWriteItems`,
+/// `AmazonSQS.SendMessage` → `SQS.SendMessage`); the REST services (S3, the scheduler) are
+/// told by the service the call was signed for, the method, the path and the query.
+pub fn operation_name(
+    target: Option<&str>,
+    authorization: &str,
+    method: &str,
+    uri: &str,
+) -> String {
+    if let Some((service, action)) = target.and_then(|t| t.split_once('.')) {
+        let service = match service {
+            s if s.starts_with("DynamoDB") => "DynamoDB",
+            "AmazonSQS" => "SQS",
+            "AmazonSSM" => "SSM",
+            other => other,
+        };
+        return format!("{service}.{action}");
     }
-    let uri = request.uri();
+    // Past the authority, if the URI has one: only the path and query tell an S3 call apart.
+    let uri = uri.split_once("://").map_or(uri, |(_, rest)| {
+        rest.find('/').map_or("/", |at| &rest[at..])
+    });
     let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
     let has = |key: &str| {
         query
             .split('&')
             .any(|p| p == key || p.starts_with(&format!("{key}=")))
     };
-    let signed_for = request
-        .headers()
-        .get("authorization")
-        .and_then(|a| a.split("Credential=").nth(1))
+    // `Credential=<key>/<date>/<region>/<service>/aws4_request` in the signature.
+    let signed_for = authorization
+        .split("Credential=")
+        .nth(1)
         .and_then(|c| c.split('/').nth(3))
         .unwrap_or_default();
-    let action = match (signed_for, request.method()) {
+    let action = match (signed_for, method) {
         ("scheduler", "POST") => "Scheduler.CreateSchedule",
         ("scheduler", "PUT") => "Scheduler.UpdateSchedule",
         ("scheduler", "DELETE") => "Scheduler.DeleteSchedule",
         ("scheduler", _) => "Scheduler.GetSchedule",
-        // An object's path has a key after the bucket (path style, as the emulator is reached).
-        (_, method) => {
+        ("s3" | "", method) => {
+            // An object's path has a key after the bucket (path style, as the emulator is reached).
             let object = path.trim_start_matches('/').contains('/');
             match method {
                 "PUT" if has("partNumber") => "S3.UploadPart",
@@ -155,8 +176,9 @@ fn operation(request: &HttpRequest) -> (String, u64) {
                 _ => "S3.Other",
             }
         }
+        (other, method) => return format!("{other}.{method}"),
     };
-    (action.to_owned(), 1)
+    action.to_owned()
 }
 
 fn json_len(body: &[u8], pointer: &str) -> u64 {

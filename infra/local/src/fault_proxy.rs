@@ -60,7 +60,7 @@ pub struct FaultCounts {
 
 impl FaultCounts {
     /// Calls per operation so far (`DynamoDB.TransactWriteItems`, `SQS.SendMessage`,
-    /// `S3.PUT`, ...): with no faults, the proxy is a recording one (the cost per request and
+    /// `S3.PutObject`, ...): with no faults, the proxy is a recording one (the cost per request and
     /// the submit path's calls are counted with it).
     pub fn operations(&self) -> std::collections::BTreeMap<String, u64> {
         self.operations
@@ -209,38 +209,16 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
     }
 }
 
-/// The operation a call is: the JSON protocols name it in `X-Amz-Target`
-/// (`DynamoDB_20120810.TransactWriteItems` → `DynamoDB.TransactWriteItems`, `AmazonSQS.SendMessage`
-/// → `SQS.SendMessage`); S3 and the REST services by the signing service and the method.
+/// The operation a call is (`DynamoDB.TransactWriteItems`, `S3.PutObject`, ...), named as the
+/// call counter names it.
 fn operation<B>(request: &Request<B>) -> String {
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    };
-    if let Some((service, action)) = header("x-amz-target").split_once('.') {
-        let service = match service {
-            s if s.starts_with("DynamoDB") => "DynamoDB",
-            "AmazonSQS" => "SQS",
-            "AmazonSSM" => "SSM",
-            other => other,
-        };
-        return format!("{service}.{action}");
-    }
-    // `Credential=<key>/<date>/<region>/<service>/aws4_request` in the signature.
-    let service = header("authorization")
-        .split("Credential=")
-        .nth(1)
-        .and_then(|c| c.split('/').nth(3))
-        .unwrap_or("unknown");
-    let service = match service {
-        "s3" => "S3",
-        "scheduler" => "Scheduler",
-        other => other,
-    };
-    format!("{service}.{}", request.method())
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    crate::call_count::operation_name(
+        header("x-amz-target"),
+        header("authorization").unwrap_or_default(),
+        request.method().as_str(),
+        request.uri().path_and_query().map_or("/", |p| p.as_str()),
+    )
 }
 
 /// An error as the service would answer it, so that the SDK classifies it as AWS's own.
