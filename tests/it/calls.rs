@@ -16,15 +16,9 @@ async fn recorded_app_with(
 ) -> (TestApp, FaultProxy) {
     let emulator =
         std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into());
-    let proxy = fault_proxy::start(
-        &emulator,
-        Faults {
-            rate: 0.0,
-            max_latency: Duration::ZERO,
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = fault_proxy::start(&emulator, Faults::default())
+        .await
+        .unwrap();
     let url = proxy.url();
     let app = spawn_app_with(|s| {
         s.functions_endpoint = Some(url);

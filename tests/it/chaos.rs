@@ -195,6 +195,7 @@ async fn with_aws_failing_a_fifth_of_all_calls_every_request_completes_and_every
         dsr_local::fault_proxy::Faults {
             rate,
             max_latency: Duration::from_millis(300),
+            ..Default::default()
         },
     )
     .await

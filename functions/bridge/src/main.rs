@@ -6,7 +6,7 @@ use dsr_adapters::config;
 use dsr_bridge::{inbound::run_daemon, Bridge};
 use lambda_runtime::{run, service_fn, Error};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     dsr_adapters::logging::init_for_lambda();
     dsr_adapters::emf::install_for_lambda("bridge");

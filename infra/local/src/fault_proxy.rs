@@ -16,12 +16,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What goes wrong, and how often.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
     /// The share of calls that get a fault (0.0–1.0), spread evenly over the kinds below.
     pub rate: f64,
     /// Latency added to a delayed call.
     pub max_latency: Duration,
+    /// Latency added to every call, fault or not: a slower service (the benchmark checks that
+    /// a function's CPU per event does not grow with it).
+    pub delay: Duration,
 }
 
 /// The kinds of fault, in the order of [`FaultCounts`].
@@ -168,6 +171,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
         let i = KINDS.iter().position(|k| *k == fault).unwrap_or(0);
         counts.injected[i].fetch_add(1, Ordering::Relaxed);
     }
+    if !faults.delay.is_zero() {
+        tokio::time::sleep(faults.delay).await;
+    }
     // S3 speaks XML and has no `X-Amz-Target`; the JSON protocols (DynamoDB, SQS, SSM) do.
     let json_protocol = request.headers().contains_key("x-amz-target");
     match fault {
@@ -200,8 +206,13 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
         .request(Request::from_parts(parts, Full::new(bytes)))
         .await
         .map_err(boxed)?;
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     let bytes = body.collect().await.map_err(boxed)?.to_bytes();
+    // Hop-by-hop headers are the upstream connection's, not the client's (RFC 9110 7.6.1): the
+    // emulator closes every connection after its answer; the client's stays open, as AWS's do.
+    for hop in ["connection", "keep-alive", "transfer-encoding"] {
+        parts.headers.remove(hop);
+    }
     match fault {
         Some(Fault::ResetAfter) => Err(boxed(Reset)),
         Some(Fault::ServerErrorAfter) => Ok(error(json_protocol, false)),

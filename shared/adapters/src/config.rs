@@ -267,7 +267,7 @@ impl Env {
 }
 
 #[cfg(feature = "aws")]
-pub use sdk::{aws, aws_in_lambda, https_client};
+pub use sdk::{aws, aws_endpoints_client, aws_in_lambda, https_client, AWS_ROOTS_PEM};
 
 /// How the AWS SDK's clients are configured: only with one of the SDK features.
 #[cfg(feature = "aws")]
@@ -282,11 +282,38 @@ mod sdk {
     }
 
     /// The SDK's HTTP client (hyper, rustls) with ring as rustls's crypto: the one TLS stack of
-    /// every binary (see the workspace's Cargo.toml).
+    /// every binary (see the workspace's Cargo.toml), trusting the system's roots.
     pub fn https_client() -> aws_types::sdk_config::SharedHttpClient {
         use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
         aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https()
+    }
+
+    /// The roots AWS's endpoints chain to (Amazon Root CA 1–4, and Starfield Services Root G2
+    /// that cross-signs them), built into the binary.
+    pub const AWS_ROOTS_PEM: &str = include_str!("../certs/aws-roots.pem");
+
+    /// The SDK's HTTP client for AWS's own endpoints: it trusts only [`AWS_ROOTS_PEM`]. The
+    /// system's store is a file and a directory of a few hundred certificates, read and parsed
+    /// when the first client is built, at every cold start: half of a function's init CPU (a
+    /// profile of the intake's); five roots built in are read from memory, and the SDK's
+    /// traffic trusts no one else.
+    pub fn aws_endpoints_client() -> aws_types::sdk_config::SharedHttpClient {
+        use aws_smithy_http_client::tls::{
+            rustls_provider::CryptoMode, Provider, TlsContext, TrustStore,
+        };
+        let context = TlsContext::builder()
+            .with_trust_store(
+                TrustStore::empty()
+                    .with_native_roots(false)
+                    .with_pem_certificate(AWS_ROOTS_PEM.as_bytes()),
+            )
+            .build()
+            .expect("the built-in roots are valid PEM (a unit test parses them)");
+        aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .tls_context(context)
             .build_https()
     }
 
@@ -308,14 +335,19 @@ mod sdk {
         let mut config = SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region))
-            .http_client(https_client())
             .credentials_provider(SharedCredentialsProvider::new(
                 EnvironmentVariableCredentialsProvider::new(),
             ));
-        if let Some(endpoint) = std::env::var("AWS_ENDPOINT_URL")
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
             .ok()
-            .filter(|url| !url.is_empty())
-        {
+            .filter(|url| !url.is_empty());
+        // An emulator over TLS (LocalStack's https endpoint) may have a certificate of any
+        // issuer; AWS's endpoints, and an emulator over plain HTTP, need only Amazon's roots.
+        config = match &endpoint {
+            Some(url) if url.starts_with("https://") => config.http_client(https_client()),
+            _ => config.http_client(aws_endpoints_client()),
+        };
+        if let Some(endpoint) = endpoint {
             config = config.endpoint_url(endpoint);
         }
         config.build()
@@ -397,6 +429,56 @@ pub async fn with_parameters(aws: &aws_config::SdkConfig, env: Env) -> Result<En
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SHA-256 fingerprints Amazon Trust Services publishes for its roots
+    /// (https://www.amazontrust.com/repository/), and Starfield Services Root G2's.
+    #[cfg(feature = "aws")]
+    const AWS_ROOT_FINGERPRINTS: [&str; 5] = [
+        "8ecde6884f3d87b1125ba31ac3fcb13d7016de7f57cc904fe1cb97c6ae98196e",
+        "1ba5b2aa8c65401a82960118f80bec4f62304d83cec4713a19c39c011ea46db4",
+        "18ce6cfe7bf14e60b2e347b8dfe868cb31d02ebb3ada271569f50343b46db3a4",
+        "e35d28419ed02025cfa69038cd623962458da5c695fbdea3c22b0bfb25897092",
+        "568d6905a2c88708a4b3025190edcfedb1974a606a13c6e5290fcb2ae63edab5",
+    ];
+
+    #[cfg(feature = "aws")]
+    #[test]
+    fn the_built_in_roots_are_amazons_and_nothing_else() {
+        use base64::Engine;
+        use sha2::Digest;
+        let mut found = Vec::new();
+        let mut block = String::new();
+        let mut inside = false;
+        for line in AWS_ROOTS_PEM.lines() {
+            match line {
+                "-----BEGIN CERTIFICATE-----" => inside = true,
+                "-----END CERTIFICATE-----" => {
+                    let der = base64::engine::general_purpose::STANDARD
+                        .decode(&block)
+                        .unwrap();
+                    found.push(hex::encode(sha2::Sha256::digest(der)));
+                    block.clear();
+                    inside = false;
+                }
+                _ if inside => block.push_str(line),
+                _ => {}
+            }
+        }
+        assert_eq!(found, AWS_ROOT_FINGERPRINTS);
+    }
+
+    /// The SDK parses the trust store when a client is built (a bad one panics there): build
+    /// one as a function in AWS does, with no endpoint of an emulator.
+    #[cfg(feature = "dynamodb")]
+    #[test]
+    fn an_sdk_client_builds_on_the_built_in_roots() {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .http_client(aws_endpoints_client())
+            .build();
+        let _client = aws_sdk_dynamodb::Client::from_conf(config);
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         Env::from_pairs(pairs.iter().copied())

@@ -37,9 +37,34 @@ struct Args {
     /// The Python interpreter with boto3 and awslambdaric.
     #[arg(long, default_value = "python3")]
     python: PathBuf,
+    /// Measure the cold start of these binaries only (e.g. `--only intake` while profiling);
+    /// every function by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Wait this long between starting the intake and submitting to it, for a profiler to
+    /// attach (`perf record -g -p <pid>`; the pid is printed).
+    #[arg(long, value_parser = humantime_secs, default_value = "0")]
+    hold: Duration,
+    /// Call the emulator directly. By default the functions and the peer reach it through a
+    /// proxy that keeps their connections open, as AWS's endpoints do: the emulator's server
+    /// closes the connection after every answer, and a new TCP connection per AWS call (15 %
+    /// of the intake's CPU in a profile) is a cost of the emulator, not of the code measured.
+    #[arg(long)]
+    direct: bool,
+    /// Added latency per AWS call for the second measurement of CPU per submission (through a
+    /// proxy that delays every call): CPU per event must not grow with the service's latency.
+    #[arg(long, default_value_t = 20)]
+    slower_ms: u64,
     /// Where the results go.
     #[arg(long, default_value = "target/bench/lambda.json")]
     out: PathBuf,
+}
+
+fn humantime_secs(text: &str) -> Result<Duration, String> {
+    text.trim_end_matches('s')
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{text}: seconds, as 30 or 30s ({e})"))
 }
 
 /// What the process is: a function's `bootstrap`, or the Python peer.
@@ -139,6 +164,20 @@ impl Process {
         Ok(Duration::from_nanos(total))
     }
 
+    /// Voluntary context switches of every thread of the process so far.
+    fn sleeps(&self) -> Result<u64> {
+        let mut total = 0;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid()))? {
+            let status = std::fs::read_to_string(task?.path().join("status"))?;
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .context("no voluntary_ctxt_switches")?;
+        }
+        Ok(total)
+    }
+
     fn peak_rss_kib(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         status
@@ -229,6 +268,8 @@ fn ms(d: Duration) -> f64 {
 struct Submissions {
     walls: Vec<f64>,
     cpu: Duration,
+    /// The times the process went to sleep (voluntary context switches).
+    sleeps: u64,
 }
 
 async fn submit(
@@ -238,6 +279,7 @@ async fn submit(
     into: &mut Submissions,
 ) -> Result<()> {
     let before = process.cpu()?;
+    let slept_before = process.sleeps()?;
     for _ in 0..count {
         let subject = format!("bench-{label}-{}", ulid::Ulid::new());
         let invoked = process
@@ -254,6 +296,7 @@ async fn submit(
         into.walls.push(ms(invoked.took));
     }
     into.cpu += process.cpu()? - before;
+    into.sleeps += process.sleeps()? - slept_before;
     Ok(())
 }
 
@@ -281,6 +324,23 @@ async fn main() -> Result<()> {
     }
     // The platform's registry, as a deployment bundles it: the functions that read it refuse
     // to start without services. The sources and holders are not called at init.
+    let emulator = aws_environment["AWS_ENDPOINT_URL"].clone();
+    let proxy = |delay: u64| {
+        dsr_local::fault_proxy::start(
+            &emulator,
+            dsr_local::fault_proxy::Faults {
+                delay: Duration::from_millis(delay),
+                ..Default::default()
+            },
+        )
+    };
+    let _keep_alive = if args.direct {
+        None
+    } else {
+        let proxy = proxy(0).await?;
+        aws_environment.insert("AWS_ENDPOINT_URL".to_owned(), proxy.url());
+        Some(proxy)
+    };
     aws_environment.insert("SERVICE_REGISTRY".to_owned(), BENCH_REGISTRY.to_owned());
     let environment = |function: &str| -> Result<BTreeMap<String, String>> {
         let mut all = aws_environment.clone();
@@ -301,6 +361,9 @@ async fn main() -> Result<()> {
 
     let mut results = serde_json::Map::new();
     for (logical_id, binary) in &functions {
+        if !args.only.is_empty() && !args.only.contains(binary) {
+            continue;
+        }
         let path = args.binaries.join(binary).join("bootstrap");
         let size = std::fs::metadata(&path)
             .with_context(|| format!("{}: build it first", path.display()))?
@@ -345,7 +408,15 @@ async fn main() -> Result<()> {
     )
     .await?;
     let peer = Process::start(&peer_program, "PythonPeer", &env).await?;
+    eprintln!("intake pid {}, peer pid {}", rust.pid(), peer.pid());
+    tokio::time::sleep(args.hold).await;
     let mut peer_inits = vec![ms(peer.init)];
+    // Each process's first calls load what it loads lazily (the peer's service models, the
+    // connection pools): a cold start's cost, measured above, not a submission's.
+    let warm_up = 10;
+    for (process, label) in [(&rust, "rust"), (&peer, "peer")] {
+        submit(process, label, warm_up, &mut Submissions::default()).await?;
+    }
     let (mut ours, mut theirs) = (Submissions::default(), Submissions::default());
     let round = 50;
     let mut done = 0;
@@ -363,11 +434,58 @@ async fn main() -> Result<()> {
         peer_inits.push(ms(process.init));
         process.stop()?;
     }
+    // The same again with every AWS call slower by `slower_ms`, fresh processes of both.
+    let proxy = proxy(args.slower_ms).await?;
+    let mut slower_env = env.clone();
+    slower_env.insert("AWS_ENDPOINT_URL".to_owned(), proxy.url());
+    let rust = Process::start(
+        &Program::Bootstrap(args.binaries.join("intake").join("bootstrap")),
+        &intake.0,
+        &slower_env,
+    )
+    .await?;
+    let peer = Process::start(&peer_program, "PythonPeer", &slower_env).await?;
+    for (process, label) in [(&rust, "rust"), (&peer, "peer")] {
+        submit(process, label, warm_up, &mut Submissions::default()).await?;
+    }
+    let (mut ours_slower, mut theirs_slower) = (Submissions::default(), Submissions::default());
+    let slower_events = args.events.min(100);
+    let mut done = 0;
+    while done < slower_events {
+        let count = round.min(slower_events - done);
+        submit(&rust, "rust", count, &mut ours_slower).await?;
+        submit(&peer, "peer", count, &mut theirs_slower).await?;
+        done += count;
+    }
+    rust.stop()?;
+    peer.stop()?;
+    let cpu_ms = |s: &Submissions| ms(s.cpu) / s.walls.len().max(1) as f64;
+    let sleeps = |s: &Submissions| s.sleeps as f64 / s.walls.len().max(1) as f64;
+    results.insert(
+        "slower".into(),
+        json!({
+            "added_ms": args.slower_ms,
+            "submissions": slower_events,
+            "rust": {"cpu_ms_per_submission": cpu_ms(&ours_slower), "sleeps_per_submission": sleeps(&ours_slower), "wall_ms": {"p50": median(ours_slower.walls.clone())}},
+            "python_peer": {"cpu_ms_per_submission": cpu_ms(&theirs_slower), "sleeps_per_submission": sleeps(&theirs_slower), "wall_ms": {"p50": median(theirs_slower.walls.clone())}},
+        }),
+    );
+    eprintln!(
+        "every call {} ms slower: rust {:.2} ms CPU, {:.1} sleeps (p50 {:.1} ms), peer {:.2} ms CPU, {:.1} sleeps (p50 {:.1} ms)",
+        args.slower_ms,
+        cpu_ms(&ours_slower),
+        sleeps(&ours_slower),
+        median(ours_slower.walls.clone()),
+        cpu_ms(&theirs_slower),
+        sleeps(&theirs_slower),
+        median(theirs_slower.walls.clone()),
+    );
     let summary = |s: &Submissions, rss: u64| {
         json!({
             "submissions": s.walls.len(),
             "wall_ms": {"p50": median(s.walls.clone()), "max": max(&s.walls)},
             "cpu_ms_per_submission": ms(s.cpu) / s.walls.len() as f64,
+            "sleeps_per_submission": s.sleeps as f64 / s.walls.len() as f64,
             "peak_rss_kib": rss,
         })
     };
@@ -380,9 +498,10 @@ async fn main() -> Result<()> {
         }),
     );
     eprintln!(
-        "submissions: rust p50 {:.1} ms, {:.2} ms CPU, {} KiB; peer p50 {:.1} ms, {:.2} ms CPU, {} KiB",
+        "submissions: rust p50 {:.1} ms, {:.2} ms CPU, {:.1} sleeps, {} KiB; peer p50 {:.1} ms, {:.2} ms CPU, {} KiB",
         median(ours.walls.clone()),
         ms(ours.cpu) / ours.walls.len() as f64,
+        ours.sleeps as f64 / ours.walls.len() as f64,
         rust_rss,
         median(theirs.walls.clone()),
         ms(theirs.cpu) / theirs.walls.len() as f64,
