@@ -4,6 +4,7 @@
 
 mod api;
 mod bridge;
+mod burst;
 mod calls;
 mod chaos;
 mod contract;

@@ -267,7 +267,10 @@ impl Env {
 }
 
 #[cfg(feature = "aws")]
-pub use sdk::{aws, aws_endpoints_client, aws_in_lambda, https_client, AWS_ROOTS_PEM};
+pub use sdk::{
+    aws, aws_endpoints_client, aws_in_lambda, https_client, AWS_ROOTS_PEM, CONNECT_TIMEOUT,
+    JSON_ATTEMPT_TIMEOUT,
+};
 
 /// How the AWS SDK's clients are configured: only with one of the SDK features.
 #[cfg(feature = "aws")]
@@ -317,6 +320,12 @@ mod sdk {
             .build_https()
     }
 
+    /// The SDK's own connect timeout for its behaviour version.
+    pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(3100);
+    /// How long one attempt of a call with a small JSON body may take in a function before the
+    /// SDK gives up on it and retries.
+    pub const JSON_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
     /// The AWS configuration inside Lambda, from the variables Lambda sets: the region
     /// (`AWS_REGION`), the function role's credentials (`AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), and `AWS_ENDPOINT_URL` when one is given
@@ -335,6 +344,19 @@ mod sdk {
         let mut config = SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region))
+            // The functions' DynamoDB, SQS, SSM and scheduler calls carry small JSON bodies:
+            // stalled-stream protection watches each body with its own timer (11 % of the
+            // intake's CPU per submission); an attempt that hangs is cut by its timeout
+            // instead. S3 keeps it (`s3::client`): its bodies are reports and sources.
+            .stalled_stream_protection(
+                aws_types::sdk_config::StalledStreamProtectionConfig::disabled(),
+            )
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(JSON_ATTEMPT_TIMEOUT)
+                    .build(),
+            )
             .credentials_provider(SharedCredentialsProvider::new(
                 EnvironmentVariableCredentialsProvider::new(),
             ));

@@ -19,10 +19,22 @@ where
 
 /// An S3 client for `aws`: path-style addressing when an endpoint is configured (an emulator
 /// such as moto or LocalStack, where `bucket.host` does not resolve), virtual-hosted in AWS.
+/// Its bodies are reports and sources of any size: stalled-stream protection on (a transfer
+/// that stops moving fails in seconds) and no limit on an attempt's length, whatever the
+/// functions' configuration says for their small JSON calls.
 pub fn client(aws: &aws_config::SdkConfig) -> Client {
     Client::from_conf(
         aws_sdk_s3::config::Builder::from(aws)
             .force_path_style(aws.endpoint_url().is_some())
+            .stalled_stream_protection(
+                aws_sdk_s3::config::StalledStreamProtectionConfig::enabled().build(),
+            )
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(crate::config::CONNECT_TIMEOUT)
+                    .disable_operation_attempt_timeout()
+                    .build(),
+            )
             .build(),
     )
 }
@@ -235,5 +247,38 @@ impl dsr_domain::ReportLinks for S3ReportStore {
         self.presign_get(key, ttl)
             .await
             .map_err(|e| dsr_domain::StoreError::Unavailable(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
+    /// The functions' configuration turns stalled-stream protection off and bounds an attempt
+    /// (small JSON bodies); the S3 client of the same configuration keeps both as reports need.
+    #[test]
+    fn reports_and_sources_keep_stalled_stream_protection_and_no_attempt_limit() {
+        let functions = crate::config::aws_in_lambda();
+        assert!(!functions
+            .stalled_stream_protection()
+            .expect("set")
+            .is_enabled());
+        assert_eq!(
+            functions
+                .timeout_config()
+                .unwrap()
+                .operation_attempt_timeout(),
+            Some(crate::config::JSON_ATTEMPT_TIMEOUT)
+        );
+        let s3 = super::client(&functions);
+        assert!(s3
+            .config()
+            .stalled_stream_protection()
+            .unwrap()
+            .is_enabled());
+        let timeouts = s3.config().timeout_config().unwrap();
+        assert_eq!(timeouts.operation_attempt_timeout(), None);
+        assert_eq!(
+            timeouts.connect_timeout(),
+            Some(crate::config::CONNECT_TIMEOUT)
+        );
     }
 }

@@ -388,6 +388,8 @@ async fn main() -> Result<()> {
                 "binary": binary,
                 "bytes": size,
                 "init_ms": {"median": median(inits.clone()), "max": max(&inits), "runs": inits},
+                // A secret read from Parameter Store at init: a round trip before the first `/next`.
+                "reads_secrets": env.keys().any(|k| k.ends_with(dsr_adapters::config::PARAMETER_SUFFIX)),
             }),
         );
     }
