@@ -80,6 +80,15 @@ def price_of(calls):
     return cost, invocations
 
 
+def bench_json(target, name):
+    """What a test wrote into <target>/bench for this page (`DSR_BENCH_OUT`), if it ran."""
+    path = os.path.join(target, "bench", name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def verdict(ok):
     return "met" if ok else "**not met**"
 
@@ -183,10 +192,8 @@ def main():
             f"| does not grow with the service's latency "
             f"| {verdict(ours <= rust['cpu_ms_per_submission'] * 1.1)} |"
         )
-    burst_path = os.path.join(target, "bench", "burst.json")
-    if os.path.exists(burst_path):
-        with open(burst_path) as f:
-            burst = json.load(f)
+    burst = bench_json(target, "burst.json")
+    if burst:
         cpu = burst["cpu_seconds"]
         total = max(sum(cpu.values()), 1e-9)
         lines.append(
@@ -251,10 +258,8 @@ def main():
             f"| {name} | `{figures['binary']}` | {size if size is not None else 'not built'} "
             f"| {figures['init_ms']['median']:.2f} | {figures['init_ms']['max']:.2f} |"
         )
-    cost_path = os.path.join(target, "bench", "cost.json")
-    if os.path.exists(cost_path):
-        with open(cost_path) as f:
-            cost = json.load(f)
+    cost = bench_json(target, "cost.json")
+    if cost:
         lines += [
             "",
             "## What a request costs",

@@ -300,6 +300,28 @@ async fn submit(
     Ok(())
 }
 
+/// `events` submissions to each of the intake and its peer, alternating in rounds of 50 on
+/// the same tables, after a warm-up: each process's first calls load what it loads lazily
+/// (the peer's service models, the connection pools), a cold start's cost, not a submission's.
+async fn alternate(
+    rust: &Process,
+    peer: &Process,
+    events: usize,
+) -> Result<(Submissions, Submissions)> {
+    for (process, label) in [(rust, "rust"), (peer, "peer")] {
+        submit(process, label, 10, &mut Submissions::default()).await?;
+    }
+    let (mut ours, mut theirs) = (Submissions::default(), Submissions::default());
+    let mut done = 0;
+    while done < events {
+        let count = 50.min(events - done);
+        submit(rust, "rust", count, &mut ours).await?;
+        submit(peer, "peer", count, &mut theirs).await?;
+        done += count;
+    }
+    Ok((ours, theirs))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -413,21 +435,7 @@ async fn main() -> Result<()> {
     eprintln!("intake pid {}, peer pid {}", rust.pid(), peer.pid());
     tokio::time::sleep(args.hold).await;
     let mut peer_inits = vec![ms(peer.init)];
-    // Each process's first calls load what it loads lazily (the peer's service models, the
-    // connection pools): a cold start's cost, measured above, not a submission's.
-    let warm_up = 10;
-    for (process, label) in [(&rust, "rust"), (&peer, "peer")] {
-        submit(process, label, warm_up, &mut Submissions::default()).await?;
-    }
-    let (mut ours, mut theirs) = (Submissions::default(), Submissions::default());
-    let round = 50;
-    let mut done = 0;
-    while done < args.events {
-        let count = round.min(args.events - done);
-        submit(&rust, "rust", count, &mut ours).await?;
-        submit(&peer, "peer", count, &mut theirs).await?;
-        done += count;
-    }
+    let (ours, theirs) = alternate(&rust, &peer, args.events).await?;
     let (rust_rss, peer_rss) = (rust.peak_rss_kib()?, peer.peak_rss_kib()?);
     rust.stop()?;
     peer.stop()?;
@@ -447,18 +455,8 @@ async fn main() -> Result<()> {
     )
     .await?;
     let peer = Process::start(&peer_program, "PythonPeer", &slower_env).await?;
-    for (process, label) in [(&rust, "rust"), (&peer, "peer")] {
-        submit(process, label, warm_up, &mut Submissions::default()).await?;
-    }
-    let (mut ours_slower, mut theirs_slower) = (Submissions::default(), Submissions::default());
     let slower_events = args.events.min(100);
-    let mut done = 0;
-    while done < slower_events {
-        let count = round.min(slower_events - done);
-        submit(&rust, "rust", count, &mut ours_slower).await?;
-        submit(&peer, "peer", count, &mut theirs_slower).await?;
-        done += count;
-    }
+    let (ours_slower, theirs_slower) = alternate(&rust, &peer, slower_events).await?;
     rust.stop()?;
     peer.stop()?;
     let cpu_ms = |s: &Submissions| ms(s.cpu) / s.walls.len().max(1) as f64;
