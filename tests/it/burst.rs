@@ -131,14 +131,7 @@ async fn a_burst_of_requests_through_the_api_all_finish_and_every_effect_happens
         100.0 * emulator / total,
         100.0 * broker / total,
     );
-    if let Ok(dir) = std::env::var("DSR_BENCH_OUT") {
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            std::path::Path::new(&dir).join("burst.json"),
-            serde_json::to_string_pretty(&figures).unwrap(),
-        )
-        .unwrap();
-    }
+    crate::helpers::write_bench_figures("burst.json", &figures);
     explain_the_unfinished(&rig, &states).await;
     assert!(ours > 0.0 && emulator > 0.0, "CPU was measured: {figures}");
     assert_every_effect_once(&rig, &access, &erasures, &states).await;

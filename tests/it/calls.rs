@@ -221,12 +221,5 @@ async fn what_an_access_request_and_an_erasure_cost_in_aws_calls() {
             serde_json::json!({"calls": calls, "total": total}),
         );
     }
-    if let Ok(dir) = std::env::var("DSR_BENCH_OUT") {
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            std::path::Path::new(&dir).join("cost.json"),
-            serde_json::to_string_pretty(&figures).unwrap(),
-        )
-        .unwrap();
-    }
+    crate::helpers::write_bench_figures("cost.json", &figures);
 }

@@ -301,3 +301,16 @@ pub async fn consumed(conn: &lapin::Connection, queues: &[&str], within: Duratio
     })
     .await
 }
+
+/// Writes a benchmark's figures into `$DSR_BENCH_OUT/<file>` when `make bench` runs the test
+/// (infra/bench/report.py reads them); nothing otherwise.
+pub fn write_bench_figures(file: &str, figures: &impl serde::Serialize) {
+    if let Ok(dir) = std::env::var("DSR_BENCH_OUT") {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            std::path::Path::new(&dir).join(file),
+            serde_json::to_string_pretty(figures).unwrap(),
+        )
+        .unwrap();
+    }
+}
