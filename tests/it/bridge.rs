@@ -272,12 +272,7 @@ fn confirmation(request_id: &str) -> Value {
 #[tokio::test]
 async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_dead_lettered_on_the_broker(
 ) {
-    let name = unique_name();
-    let ns = name.clone();
-    let app = crate::helpers::spawn_app_with(move |s| {
-        s.parameters.insert("RabbitMqNamespace".into(), ns);
-    })
-    .await;
+    let (app, name) = app_in_a_namespace_of_its_own().await;
     let (url, inbound) = app.stack.inbound_bridge().unwrap();
     let topology = inbound.topology.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -295,11 +290,7 @@ async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_de
         )
         .await
     );
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let channel = crate::helpers::confirming_channel(&conn).await;
 
     let id = dsr_domain::RequestId::new_at(chrono::Utc::now()).to_string();
     let good_confirmation = confirmation(&id);
@@ -463,12 +454,7 @@ async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_de
 
 #[tokio::test]
 async fn the_amazon_mq_event_source_handler_forwards_and_dead_letters_like_the_daemon() {
-    let name = unique_name();
-    let ns = name.clone();
-    let app = crate::helpers::spawn_app_with(move |s| {
-        s.parameters.insert("RabbitMqNamespace".into(), ns);
-    })
-    .await;
+    let (app, _) = app_in_a_namespace_of_its_own().await;
     let (url, inbound) = app.stack.inbound_bridge().unwrap();
     let topology = inbound.topology.clone();
     let dead = dsr_bridge::inbound::DeadLetters::new(url, &topology);
@@ -552,6 +538,17 @@ fn outbound_driver(
 }
 
 /// A durable queue bound to `exchange` under `key`, as a holder's would be.
+/// The local stack with its RabbitMQ names under a fresh namespace (returned).
+async fn app_in_a_namespace_of_its_own() -> (crate::helpers::TestApp, String) {
+    let name = unique_name();
+    let ns = name.clone();
+    let app = crate::helpers::spawn_app_with(move |s| {
+        s.parameters.insert("RabbitMqNamespace".into(), ns);
+    })
+    .await;
+    (app, name)
+}
+
 pub async fn bound_queue(channel: &lapin::Channel, exchange: &str, key: &str, queue: &str) {
     dsr_bridge::declare_topic_exchange(channel, exchange)
         .await
@@ -771,12 +768,7 @@ async fn an_unroutable_command_is_retried_and_alarmed_until_its_queue_is_bound_n
 #[tokio::test]
 async fn with_amazon_mq_the_outbound_lambda_declares_what_the_inbound_lambda_consumes() {
     // A fresh namespace: nothing of it exists on the broker, and no daemon runs.
-    let name = unique_name();
-    let ns = name.clone();
-    let app = crate::helpers::spawn_app_with(move |s| {
-        s.parameters.insert("RabbitMqNamespace".into(), ns);
-    })
-    .await;
+    let (app, name) = app_in_a_namespace_of_its_own().await;
     let bridge = app.stack.outbound_bridge().unwrap();
     let id = dsr_domain::RequestId::new_at(chrono::Utc::now());
     let command = json!({"version": 1, "message_id": format!("erase:{id}:billing:1"),
@@ -805,11 +797,7 @@ async fn with_amazon_mq_the_outbound_lambda_declares_what_the_inbound_lambda_con
     assert!(get_one(&channel, &billing).await.is_some());
 
     // The billing service answers to `<ns>.confirmations`: the bridge's queue is there, bound.
-    let confirm_channel = conn.create_channel().await.unwrap();
-    confirm_channel
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let confirm_channel = crate::helpers::confirming_channel(&conn).await;
     let confirmation = confirmation(&id.to_string());
     let routed = confirm_channel
         .basic_publish(
@@ -862,4 +850,110 @@ async fn with_amazon_mq_the_outbound_lambda_declares_what_the_inbound_lambda_con
         serde_json::from_str::<Value>(got[0].body().unwrap()).unwrap(),
         confirmation
     );
+}
+
+/// Quick to give up on a quiet connection, so the tests below take seconds.
+const IMPATIENT: dsr_bridge::Patience = dsr_bridge::Patience {
+    answer_within: std::time::Duration::from_secs(2),
+    probe_every: std::time::Duration::from_secs(1),
+};
+
+/// A broker restart once left the inbound bridge waiting for ever on a connection that would
+/// never answer again: every confirmation stayed on RabbitMQ and no erasure finished.
+#[tokio::test]
+async fn an_inbound_bridge_whose_connection_goes_quiet_connects_again_and_forwards() {
+    let (app, _) = app_in_a_namespace_of_its_own().await;
+    let (url, mut inbound) = app.stack.inbound_bridge().unwrap();
+    inbound.patience = IMPATIENT;
+    let topology = inbound.topology.clone();
+    let proxy = crate::helpers::SilencingProxy::start("127.0.0.1:5672").await;
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(dsr_bridge::inbound::run_daemon(
+        proxy.url(&url),
+        inbound,
+        stopped,
+    ));
+    let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let queues = [
+        topology.confirmations_queue.as_str(),
+        topology.schedule_queue.as_str(),
+    ];
+    let within = std::time::Duration::from_secs(30);
+    assert!(crate::helpers::consumed(&conn, &queues, within).await);
+
+    proxy.silence();
+    let channel = crate::helpers::confirming_channel(&conn).await;
+    let id = dsr_domain::RequestId::new_at(chrono::Utc::now()).to_string();
+    publish_to(
+        &channel,
+        &topology.confirmations_exchange,
+        "c-quiet",
+        confirmation(&id).to_string().as_bytes(),
+    )
+    .await;
+    let confirmations = app.queue_url("ConfirmationsQueue");
+    let mut forwarded = Vec::new();
+    let arrived = crate::helpers::eventually(within, async || {
+        forwarded.extend(crate::helpers::drain(&app.sqs, &confirmations).await);
+        !forwarded.is_empty()
+    })
+    .await;
+    assert!(
+        arrived,
+        "the confirmation published after the connection went quiet never reached SQS"
+    );
+    let body: Value = serde_json::from_str(forwarded[0].body().unwrap()).unwrap();
+    assert_eq!(body["request_id"], id.as_str());
+}
+
+/// The outbound side: a publication on a connection gone quiet fails within the patience (the
+/// message waits out, see the batch driver) and the next one goes out on a new connection.
+#[tokio::test]
+async fn an_outbound_publication_on_a_connection_gone_quiet_fails_in_time_and_the_next_goes_out() {
+    let name = unique_name();
+    let (events, queue) = (format!("{name}.events"), format!("{name}.listener"));
+    let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    bound_queue(&channel, &events, "#", &queue).await;
+    let proxy = crate::helpers::SilencingProxy::start("127.0.0.1:5672").await;
+    let publisher =
+        Publisher::new(proxy.url(LOCAL_BROKER), events.as_str()).with_patience(IMPATIENT);
+    let publication = |n: u32| dsr_bridge::Publication {
+        exchange: events.clone(),
+        routing_key: "report_ready".into(),
+        message_id: format!("m-{n}"),
+        body: format!("{{\"n\":{n}}}").into_bytes(),
+        receipt_for: None,
+        count: None,
+    };
+    publisher.publish(&publication(1)).await.unwrap();
+    let first = get_one(&channel, &queue)
+        .await
+        .expect("the first is published");
+    assert_eq!(first.delivery.data, b"{\"n\":1}");
+
+    proxy.silence();
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        publisher.publish(&publication(2)),
+    )
+    .await
+    .expect("a publication on a quiet connection must not wait for ever");
+    let err = answered.expect_err("not confirmed: the broker never got it");
+    assert!(
+        matches!(err, dsr_bridge::BridgeError::Broker(ref reason) if reason.contains("did not answer")),
+        "{err}"
+    );
+    publisher
+        .publish(&publication(2))
+        .await
+        .expect("the retry goes out on a new connection");
+    let second = get_one(&channel, &queue)
+        .await
+        .expect("the retry is published");
+    assert_eq!(second.delivery.data, b"{\"n\":2}");
 }

@@ -786,11 +786,7 @@ async fn a_confirmation_not_published_by_the_service_itself_never_counts() {
     let conn = Connection::connect(&url, ConnectionProperties::default())
         .await
         .unwrap();
-    let impostor = conn.create_channel().await.unwrap();
-    impostor
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let impostor = crate::helpers::confirming_channel(&conn).await;
     let exchange = format!("{}.confirmations", rig.namespace);
     let pretending = async {
         impostor
@@ -893,11 +889,7 @@ async fn delayed_dispatch_takes_from_each_caller_only_its_own_destinations_and_k
             let conn = Connection::connect(&url, ConnectionProperties::default())
                 .await
                 .unwrap();
-            let channel = conn.create_channel().await.unwrap();
-            channel
-                .confirm_select(lapin::options::ConfirmSelectOptions::default())
-                .await
-                .unwrap();
+            let channel = crate::helpers::confirming_channel(&conn).await;
             crate::bridge::publish_as(&channel, &exchange, "m", body.as_bytes(), Some(&user)).await;
         }
     };
@@ -979,6 +971,48 @@ async fn restart_rabbitmq(down: Duration) {
     .unwrap();
 }
 
+/// What an operator would look at when erasures do not finish: the requests' states and
+/// obligations, the SQS queues between the functions, and the rig's RabbitMQ queues.
+async fn where_they_wait(rig: &ErasureRig, unfinished: &[(String, String)]) -> String {
+    let mut states: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut first = Value::Null;
+    for (subject, id) in unfinished {
+        let view = rig.show(subject, id).await;
+        *states.entry(view["state"].to_string()).or_default() += 1;
+        if first.is_null() {
+            first = view;
+        }
+    }
+    let mut out = format!("states: {states:?}\nfirst unfinished: {first}\nSQS:");
+    for queue in [
+        "ErasureRequestsQueue",
+        "ConfirmationsQueue",
+        "OutboundQueue",
+        "ScheduleRequestsQueue",
+        "ErasureRequestsDeadLetterQueue",
+        "ConfirmationsDeadLetterQueue",
+        "OutboundDeadLetterQueue",
+    ] {
+        let depth = crate::helpers::queue_depth(&rig.app.sqs, &rig.app.queue_url(queue)).await;
+        out += &format!(" {queue}={depth}");
+    }
+    let listed = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "PATH=/usr/sbin:$PATH rabbitmqctl list_queues -q name messages_ready messages_unacknowledged consumers",
+        ])
+        .output();
+    out += "\nRabbitMQ (name ready unacked consumers):";
+    if let Ok(listed) = listed {
+        for line in String::from_utf8_lossy(&listed.stdout).lines() {
+            if line.contains(&rig.namespace) {
+                out += &format!("\n  {line}");
+            }
+        }
+    }
+    out
+}
+
 /// Runs alone (`make test` runs it after the parallel suite): it restarts the shared broker.
 /// `make chaos` runs it with the broker down for ten minutes during 1,000 erasures
 /// (`CHAOS_BROKER_DOWN_SECONDS`, `CHAOS_BROKER_ERASURES`).
@@ -1036,7 +1070,12 @@ async fn rabbitmq_restarted_in_the_middle_of_a_fan_out_of_100_erasures_loses_not
         }
         unfinished = still;
     }
-    assert!(all_done, "{} of {requests} not completed", unfinished.len());
+    assert!(
+        all_done,
+        "{} of {requests} not completed\n{}",
+        unfinished.len(),
+        where_they_wait(&rig, &unfinished).await
+    );
     println!(
         "chaos: broker loss | {requests} erasures, RabbitMQ stopped after {before} profile commands for {} s, then started | {} completed, {} lost | {:.0} s",
         down.as_secs(),

@@ -302,6 +302,16 @@ pub async fn consumed(conn: &lapin::Connection, queues: &[&str], within: Duratio
     .await
 }
 
+/// A channel on `conn` in publisher-confirm mode: each publish waits for the broker's ack.
+pub async fn confirming_channel(conn: &lapin::Connection) -> lapin::Channel {
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+}
+
 /// Writes a benchmark's figures into `$DSR_BENCH_OUT/<file>` when `make bench` runs the test
 /// (infra/bench/report.py reads them); nothing otherwise.
 pub fn write_bench_figures(file: &str, figures: &impl serde::Serialize) {
@@ -312,5 +322,55 @@ pub fn write_bench_figures(file: &str, figures: &impl serde::Serialize) {
             serde_json::to_string_pretty(figures).unwrap(),
         )
         .unwrap();
+    }
+}
+
+/// A TCP proxy in front of the broker that can make every connection open through it go quiet
+/// at once: the broker's side is closed (the broker drops the consumers and requeues what it
+/// had delivered), the client's side stays open and hears nothing more. A connection lost
+/// without a goodbye, as behind a firewall, or when a restart's close never reaches the client.
+pub struct SilencingProxy {
+    pub addr: std::net::SocketAddr,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl SilencingProxy {
+    pub async fn start(upstream: &'static str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let generations = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut silenced = generations.subscribe();
+                let born = *silenced.borrow();
+                tokio::spawn(async move {
+                    let Ok(mut broker) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let quiet = async {
+                        let _ = silenced.wait_for(|g| *g > born).await;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => return,
+                        _ = quiet => {}
+                    }
+                    drop(broker);
+                    // Held open, unread and unanswered, until the proxy goes.
+                    let _ = silenced.wait_for(|_| false).await.is_ok();
+                });
+            }
+        });
+        Self { addr, generation }
+    }
+
+    /// `url` (an `amqp://` URL of the local broker) through this proxy.
+    pub fn url(&self, url: &str) -> String {
+        url.replace("127.0.0.1:5672", &self.addr.to_string())
+    }
+
+    /// Every connection open now goes quiet; later ones pass.
+    pub fn silence(&self) {
+        self.generation.send_modify(|g| *g += 1);
     }
 }

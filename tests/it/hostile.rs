@@ -172,11 +172,7 @@ async fn every_hostile_input_is_refused_with_a_reason_and_nothing_panics_or_answ
         .await,
         "the bridge consumes {queues:?}"
     );
-    let probe = conn.create_channel().await.unwrap();
-    probe
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let probe = crate::helpers::confirming_channel(&conn).await;
     let mut problems = Vec::new();
     let mut sent_to: HashMap<String, usize> = HashMap::new();
     let mut amqp_cases = 0;

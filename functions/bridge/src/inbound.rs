@@ -7,7 +7,7 @@
 //! backoff (locally and for a self-managed broker), and [`Inbound::handle_event`], the Lambda
 //! handler for the Amazon MQ for RabbitMQ event source.
 
-use crate::BridgeError;
+use crate::{abandon, BridgeError, Patience};
 use aws_lambda_events::rabbitmq::RabbitMqEvent;
 use base64::Engine;
 use dsr_domain::delayed::ScheduleRequest;
@@ -126,6 +126,8 @@ pub struct Inbound {
     pub confirmations_queue_url: String,
     pub schedule_requests_queue_url: String,
     pub topology: Topology,
+    /// How long a broker step may take, and how often the daemon checks its connection.
+    pub patience: Patience,
 }
 
 impl Inbound {
@@ -225,6 +227,7 @@ pub struct DeadLetters {
     url: String,
     queue: String,
     channel: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    patience: Patience,
 }
 
 impl DeadLetters {
@@ -233,6 +236,7 @@ impl DeadLetters {
             url: url.into(),
             queue: topology.dead_letter_queue.clone(),
             channel: tokio::sync::Mutex::new(None),
+            patience: Patience::default(),
         }
     }
 
@@ -243,31 +247,60 @@ impl DeadLetters {
         reason: &str,
         message_id: Option<&str>,
     ) -> Result<(), BridgeError> {
+        let patience = self.patience;
         let mut guard = self.channel.lock().await;
         let healthy = guard
             .as_ref()
             .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
         if !healthy {
-            let (conn, channel) = crate::open_confirming(&self.url).await?;
-            declare_dead_letter_queue(&channel, &self.queue).await?;
+            if let Some((conn, _)) = guard.take() {
+                abandon(conn, patience);
+            }
+            let (conn, channel) = crate::open_confirming(&self.url, patience).await?;
+            if let Err(err) = declare_dead_letter_queue(&channel, &self.queue, patience).await {
+                abandon(conn, patience);
+                return Err(err);
+            }
             *guard = Some((conn, channel));
         }
         let Some((_, channel)) = guard.as_ref() else {
             return Err(BridgeError::Broker("no channel".into()));
         };
-        dead_letter(channel, &self.queue, body, from_queue, reason, message_id).await
+        let published = dead_letter(
+            channel,
+            &self.queue,
+            body,
+            from_queue,
+            reason,
+            message_id,
+            patience,
+        )
+        .await;
+        if published.is_err() {
+            // The next one starts on a new connection (see `Patience`).
+            if let Some((conn, _)) = guard.take() {
+                abandon(conn, patience);
+            }
+        }
+        published
     }
 }
 
-async fn declare_dead_letter_queue(channel: &Channel, queue: &str) -> Result<(), BridgeError> {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
+async fn declare_dead_letter_queue(
+    channel: &Channel,
+    queue: &str,
+    patience: Patience,
+) -> Result<(), BridgeError> {
+    patience
+        .step(
+            "declaring the dead-letter queue",
+            channel.queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            ),
         )
-        .await
-        .map_err(|e| BridgeError::Broker(e.to_string()))?;
+        .await?;
     Ok(())
 }
 
@@ -278,6 +311,7 @@ async fn dead_letter(
     from_queue: &str,
     reason: &str,
     message_id: Option<&str>,
+    patience: Patience,
 ) -> Result<(), BridgeError> {
     let reason: String = reason.chars().take(1024).collect();
     tracing::warn!(queue = from_queue, message_id = message_id.unwrap_or_default(), %reason, "inbound message dead-lettered");
@@ -297,18 +331,20 @@ async fn dead_letter(
     if let Some(id) = message_id {
         properties = properties.with_message_id(id.into());
     }
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            dead_letter_queue.into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .map_err(|e| BridgeError::Broker(e.to_string()))?
-        .await
-        .map_err(|e| BridgeError::Broker(e.to_string()))?;
+    let confirm = patience
+        .step("dead-lettering under confirm", async {
+            channel
+                .basic_publish(
+                    "".into(),
+                    dead_letter_queue.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        })
+        .await?;
     if confirm.is_ack() {
         Ok(())
     } else {
@@ -320,8 +356,11 @@ async fn dead_letter(
 
 /// Declares what the bridge consumes: durable topic exchanges, durable queues bound to them
 /// with `#`, and the dead-letter queue. Idempotent; run on every (re)connection.
-pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), BridgeError> {
-    let broker = |e: lapin::Error| BridgeError::Broker(e.to_string());
+pub async fn declare_topology(
+    channel: &Channel,
+    topology: &Topology,
+    patience: Patience,
+) -> Result<(), BridgeError> {
     for (exchange, queue) in [
         (
             &topology.confirmations_exchange,
@@ -329,29 +368,36 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<
         ),
         (&topology.schedule_exchange, &topology.schedule_queue),
     ] {
-        crate::declare_topic_exchange(channel, exchange)
-            .await
-            .map_err(broker)?;
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
+        patience
+            .step(
+                "declaring an exchange",
+                crate::declare_topic_exchange(channel, exchange),
             )
-            .await
-            .map_err(broker)?;
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
+            .await?;
+        patience
+            .step(
+                "declaring a queue",
+                channel.queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    FieldTable::default(),
+                ),
             )
-            .await
-            .map_err(broker)?;
+            .await?;
+        patience
+            .step(
+                "binding a queue",
+                channel.queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    "#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
     }
-    declare_dead_letter_queue(channel, &topology.dead_letter_queue).await
+    declare_dead_letter_queue(channel, &topology.dead_letter_queue, patience).await
 }
 
 /// The long-lived inbound bridge: consumes until `stopped` turns true, reconnecting with
@@ -378,34 +424,59 @@ pub async fn run_daemon(url: String, inbound: Inbound, mut stopped: watch::Recei
 }
 
 async fn consume(url: &str, inbound: &Inbound, backoff: &mut Duration) -> Result<(), BridgeError> {
-    let broker = |e: lapin::Error| BridgeError::Broker(e.to_string());
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(broker)?;
-    let channel = conn.create_channel().await.map_err(broker)?;
-    declare_topology(&channel, &inbound.topology).await?;
+    let patience = inbound.patience;
+    let conn = patience
+        .step(
+            "connecting",
+            Connection::connect(url, ConnectionProperties::default()),
+        )
+        .await?;
+    let consumed = consume_on(&conn, inbound, backoff).await;
+    // It only ends in an error: the connection goes, whether it still answers or not.
+    abandon(conn, patience);
+    consumed
+}
+
+async fn consume_on(
+    conn: &Connection,
+    inbound: &Inbound,
+    backoff: &mut Duration,
+) -> Result<(), BridgeError> {
+    let patience = inbound.patience;
+    let channel = patience
+        .step("opening a channel", conn.create_channel())
+        .await?;
+    declare_topology(&channel, &inbound.topology, patience).await?;
     // Dead letters go out on their own confirming channel.
-    let rejects = conn.create_channel().await.map_err(broker)?;
-    rejects
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(broker)?;
+    let rejects = patience
+        .step("opening a channel", conn.create_channel())
+        .await?;
+    patience
+        .step(
+            "asking for publisher confirms",
+            rejects.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
     // Bounded in-flight work: SQS latency, not memory, limits throughput.
-    channel
-        .basic_qos(32, BasicQosOptions::default())
-        .await
-        .map_err(broker)?;
+    patience
+        .step(
+            "setting the prefetch",
+            channel.basic_qos(32, BasicQosOptions::default()),
+        )
+        .await?;
     let mut streams = Vec::new();
     for (queue, kind) in inbound.topology.routes() {
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                format!("dsr-bridge-{}", ulid::Ulid::new()).as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
+        let consumer = patience
+            .step(
+                "starting to consume",
+                channel.basic_consume(
+                    queue.into(),
+                    format!("dsr-bridge-{}", ulid::Ulid::new()).as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
             )
-            .await
-            .map_err(broker)?;
+            .await?;
         let queue = queue.to_owned();
         streams.push(consumer.map(move |d| (queue.clone(), kind, d)).boxed());
     }
@@ -416,8 +487,38 @@ async fn consume(url: &str, inbound: &Inbound, backoff: &mut Duration) -> Result
     );
     *backoff = Duration::from_millis(500);
     let mut deliveries = futures::stream::select_all(streams);
-    while let Some((queue, kind, delivery)) = deliveries.next().await {
-        let delivery = delivery.map_err(broker)?;
+    let mut probes = tokio::time::interval(patience.probe_every);
+    probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    probes.tick().await;
+    loop {
+        let next = tokio::select! {
+            next = deliveries.next() => next,
+            _ = probes.tick() => {
+                // No delivery may mean nothing to do, or a connection that went quiet without
+                // closing: ask the broker something (that the queue is still there), bounded.
+                if !conn.status().connected() {
+                    return Err(BridgeError::Broker("the connection closed".into()));
+                }
+                patience
+                    .step(
+                        "checking the connection",
+                        channel.queue_declare(
+                            inbound.topology.confirmations_queue.as_str().into(),
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        ),
+                    )
+                    .await?;
+                continue;
+            }
+        };
+        let Some((queue, kind, delivery)) = next else {
+            break;
+        };
+        let delivery = delivery.map_err(|e| BridgeError::Broker(e.to_string()))?;
         let message_id = delivery
             .properties
             .message_id()
@@ -431,10 +532,9 @@ async fn consume(url: &str, inbound: &Inbound, backoff: &mut Duration) -> Result
         match validate(kind, &delivery.data, user_id.as_deref()) {
             Ok(checked) => match inbound.forward(kind, checked, message_id.as_deref()).await {
                 Ok(()) => {
-                    delivery
-                        .ack(BasicAckOptions::default())
-                        .await
-                        .map_err(broker)?;
+                    patience
+                        .step("acknowledging", delivery.ack(BasicAckOptions::default()))
+                        .await?;
                     tracing::info!(
                         request_id = %crate::request_id_in(std::str::from_utf8(&delivery.data).unwrap_or_default()),
                         message_id = message_id.as_deref().unwrap_or_default(),
@@ -450,13 +550,15 @@ async fn consume(url: &str, inbound: &Inbound, backoff: &mut Duration) -> Result
                     // SQS is down: give the message back and slow down.
                     tracing::warn!(error = %err, queue = %queue, "could not forward to SQS; requeued");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await
-                        .map_err(broker)?;
+                    patience
+                        .step(
+                            "requeueing",
+                            delivery.nack(BasicNackOptions {
+                                requeue: true,
+                                ..BasicNackOptions::default()
+                            }),
+                        )
+                        .await?;
                 }
             },
             Err(reason) => {
@@ -467,12 +569,12 @@ async fn consume(url: &str, inbound: &Inbound, backoff: &mut Duration) -> Result
                     &queue,
                     &reason,
                     message_id.as_deref(),
+                    patience,
                 )
                 .await?;
-                delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(broker)?;
+                patience
+                    .step("acknowledging", delivery.ack(BasicAckOptions::default()))
+                    .await?;
             }
         }
     }

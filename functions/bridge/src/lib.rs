@@ -20,6 +20,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
 use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
 use tokio::sync::Mutex;
 
 /// The request a message is about, for the logs' correlation id ("" when it names none).
@@ -108,6 +110,7 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Bridge, ConfigErr
                 .optional(vars::SCHEDULE_REQUESTS_QUEUE_URL)
                 .unwrap_or_default(),
             topology,
+            patience: Patience::default(),
         },
         rabbitmq_url,
     })
@@ -256,6 +259,60 @@ pub fn route(message: &OutboundMessage, events_exchange: &str) -> Result<Publica
     })
 }
 
+/// How long the bridge gives the broker to answer one step (opening a connection, a
+/// declaration, an acknowledgement, a publication's confirm), and how often a consumer checks
+/// that its connection still answers. A connection can go quiet without closing: a broker
+/// restarted while a step was under way (the client library does not always fail the step), a
+/// broker host gone behind a firewall. Past the limit the bridge takes the connection for dead
+/// and opens a new one; without it one such step stalled the inbound bridge for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patience {
+    /// The longest one step may take. Generous: a healthy broker answers in milliseconds, and
+    /// one under flow control still within seconds.
+    pub answer_within: Duration,
+    /// How often a consumer asks the broker something, deliveries or not.
+    pub probe_every: Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Self {
+            answer_within: Duration::from_secs(10),
+            probe_every: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Patience {
+    /// Runs one broker step, bounded by [`Patience::answer_within`]; `what` names it in the error.
+    pub async fn step<T>(
+        &self,
+        what: &str,
+        work: impl Future<Output = lapin::Result<T>>,
+    ) -> Result<T, BridgeError> {
+        match tokio::time::timeout(self.answer_within, work).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(err)) => Err(BridgeError::Broker(format!("{what}: {err}"))),
+            Err(_) => Err(BridgeError::Broker(format!(
+                "{what}: the broker did not answer within {} ms; the connection is taken for dead",
+                self.answer_within.as_millis()
+            ))),
+        }
+    }
+}
+
+/// Lets go of a connection taken for dead: closed in the background, for as long as the broker
+/// may take to answer, so a quiet one does not hold up the next message.
+pub fn abandon(conn: Connection, patience: Patience) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            patience.answer_within,
+            conn.close(320, "abandoned: stopped answering".into()),
+        )
+        .await;
+    });
+}
+
 /// Declares a durable topic exchange (idempotent): durable so that the bindings of the
 /// platform's consumers survive broker restarts. Every exchange of the contract is one.
 pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> lapin::Result<()> {
@@ -274,17 +331,36 @@ pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> lapin::Res
 
 /// A connection and a channel in publisher-confirm mode: every publish here waits for the
 /// broker's ack.
-pub async fn open_confirming(url: &str) -> Result<(Connection, Channel), BridgeError> {
-    let broker = |e: lapin::Error| BridgeError::Broker(e.to_string());
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(broker)?;
-    let channel = conn.create_channel().await.map_err(broker)?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(broker)?;
-    Ok((conn, channel))
+pub async fn open_confirming(
+    url: &str,
+    patience: Patience,
+) -> Result<(Connection, Channel), BridgeError> {
+    let conn = patience
+        .step(
+            "connecting",
+            Connection::connect(url, ConnectionProperties::default()),
+        )
+        .await?;
+    let channel = async {
+        let channel = patience
+            .step("opening a channel", conn.create_channel())
+            .await?;
+        patience
+            .step(
+                "asking for publisher confirms",
+                channel.confirm_select(ConfirmSelectOptions::default()),
+            )
+            .await?;
+        Ok(channel)
+    }
+    .await;
+    match channel {
+        Ok(channel) => Ok((conn, channel)),
+        Err(err) => {
+            abandon(conn, patience);
+            Err(err)
+        }
+    }
 }
 
 /// A confirming channel, (re)opened on demand. Every message is published `mandatory`: one
@@ -306,6 +382,7 @@ pub struct Publisher {
     /// Where the hops the broker confirmed are counted (`None`: not counted, as in tests of
     /// the bridge alone).
     hops: Option<DynamoHopLog>,
+    patience: Patience,
 }
 
 impl Publisher {
@@ -319,7 +396,14 @@ impl Publisher {
             unroutable_dead_letter_after: UNROUTABLE_DEAD_LETTER_AFTER,
             topology: None,
             hops: None,
+            patience: Patience::default(),
         }
+    }
+
+    /// How long each step with the broker may take before the connection is taken for dead.
+    pub fn with_patience(mut self, patience: Patience) -> Self {
+        self.patience = patience;
+        self
     }
 
     /// Counts the hops that publications stand for in `hops`, once the broker confirmed them.
@@ -368,45 +452,72 @@ impl Publisher {
     }
 
     pub async fn publish(&self, publication: &Publication) -> Result<(), BridgeError> {
-        let broker = |e: lapin::Error| BridgeError::Broker(e.to_string());
         let mut guard = self.channel.lock().await;
-        let healthy = guard.as_ref().is_some_and(|(conn, channel, _)| {
+        let published = self.publish_on(&mut guard, publication).await;
+        if matches!(published, Err(BridgeError::Broker(_))) {
+            // Whatever failed, the next message starts on a new connection: one that stopped
+            // answering would otherwise hold every later message (and a retry of this one).
+            if let Some((conn, ..)) = guard.take() {
+                abandon(conn, self.patience);
+            }
+        }
+        published
+    }
+
+    async fn publish_on(
+        &self,
+        connection: &mut Option<(Connection, Channel, HashSet<String>)>,
+        publication: &Publication,
+    ) -> Result<(), BridgeError> {
+        let patience = self.patience;
+        let healthy = connection.as_ref().is_some_and(|(conn, channel, _)| {
             conn.status().connected() && channel.status().connected()
         });
         if !healthy {
-            let (conn, channel) = open_confirming(&self.url).await?;
-            if let Some(topology) = &self.topology {
-                inbound::declare_topology(&channel, topology).await?;
+            if let Some((conn, ..)) = connection.take() {
+                abandon(conn, patience);
             }
-            *guard = Some((conn, channel, HashSet::new()));
+            let (conn, channel) = open_confirming(&self.url, patience).await?;
+            if let Some(topology) = &self.topology {
+                if let Err(err) = inbound::declare_topology(&channel, topology, patience).await {
+                    abandon(conn, patience);
+                    return Err(err);
+                }
+            }
+            *connection = Some((conn, channel, HashSet::new()));
         }
-        let Some((_, channel, declared)) = guard.as_mut() else {
+        let Some((_, channel, declared)) = connection.as_mut() else {
             return Err(BridgeError::Broker("no channel".into()));
         };
         if !declared.contains(&publication.exchange) {
-            declare_topic_exchange(channel, &publication.exchange)
-                .await
-                .map_err(broker)?;
+            patience
+                .step(
+                    "declaring the exchange",
+                    declare_topic_exchange(channel, &publication.exchange),
+                )
+                .await?;
             declared.insert(publication.exchange.clone());
         }
-        let confirm = channel
-            .basic_publish(
-                publication.exchange.as_str().into(),
-                publication.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &publication.body,
-                BasicProperties::default()
-                    .with_message_id(publication.message_id.as_str().into())
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2),
-            )
-            .await
-            .map_err(broker)?
-            .await
-            .map_err(broker)?;
+        let confirm = patience
+            .step("publishing under confirm", async {
+                channel
+                    .basic_publish(
+                        publication.exchange.as_str().into(),
+                        publication.routing_key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &publication.body,
+                        BasicProperties::default()
+                            .with_message_id(publication.message_id.as_str().into())
+                            .with_content_type("application/json".into())
+                            .with_delivery_mode(2),
+                    )
+                    .await?
+                    .await
+            })
+            .await?;
         match confirm {
             lapin::Confirmation::Ack(None) => Ok(()),
             lapin::Confirmation::Ack(Some(_)) | lapin::Confirmation::Nack(Some(_)) => {

@@ -23,8 +23,9 @@ async fn main() -> Result<(), Error> {
     if std::env::args().nth(1).as_deref() == Some("declare") {
         // At deploy time: the exchanges and the bridge's inbound queues, before any service
         // publishes to them (the outbound side declares them too, on its first connection).
-        let (_conn, channel) = dsr_bridge::open_confirming(&bridge.rabbitmq_url).await?;
-        dsr_bridge::inbound::declare_topology(&channel, &bridge.inbound.topology).await?;
+        let patience = bridge.inbound.patience;
+        let (_conn, channel) = dsr_bridge::open_confirming(&bridge.rabbitmq_url, patience).await?;
+        dsr_bridge::inbound::declare_topology(&channel, &bridge.inbound.topology, patience).await?;
         tracing::info!("RabbitMQ topology declared");
         return Ok(());
     }

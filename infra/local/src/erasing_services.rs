@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use dsr_bridge::Patience;
 use dsr_domain::erasure::ErasureCommand;
 use futures::StreamExt;
 use lapin::options::{
@@ -308,24 +309,67 @@ async fn serve_amqp(
     }
 }
 
+/// Each step with the broker bounded, as the bridge's are: a connection that went quiet during
+/// a broker restart is dropped, not waited on for ever.
 async fn consume(url: &str, namespace: &str, service: &ErasingService) -> anyhow::Result<()> {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let channel = conn.create_channel().await?;
-    declare(&channel, namespace, &service.name).await?;
-    channel.basic_qos(16, BasicQosOptions::default()).await?;
-    let replies = conn.create_channel().await?;
-    replies
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue_name(namespace, &service.name).as_str().into(),
-            format!("fake-{}", service.name).as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
+    let patience = Patience::default();
+    let conn = patience
+        .step(
+            "connecting",
+            Connection::connect(url, ConnectionProperties::default()),
         )
         .await?;
-    while let Some(delivery) = consumer.next().await {
+    let consumed = consume_on(&conn, namespace, service, patience).await;
+    dsr_bridge::abandon(conn, patience);
+    consumed
+}
+
+async fn consume_on(
+    conn: &Connection,
+    namespace: &str,
+    service: &ErasingService,
+    patience: Patience,
+) -> anyhow::Result<()> {
+    let channel = patience.step("channel", conn.create_channel()).await?;
+    patience
+        .step("declaring", declare(&channel, namespace, &service.name))
+        .await?;
+    patience
+        .step("qos", channel.basic_qos(16, BasicQosOptions::default()))
+        .await?;
+    let replies = patience.step("channel", conn.create_channel()).await?;
+    patience
+        .step(
+            "confirms",
+            replies.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+    let queue = queue_name(namespace, &service.name);
+    let mut consumer = patience
+        .step(
+            "consuming",
+            channel.basic_consume(
+                queue.as_str().into(),
+                format!("fake-{}", service.name).as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    let mut probes = tokio::time::interval(patience.probe_every);
+    probes.tick().await;
+    loop {
+        let next = tokio::select! {
+            next = consumer.next() => next,
+            _ = probes.tick() => {
+                let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+                patience
+                    .step("probing", channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()))
+                    .await?;
+                continue;
+            }
+        };
+        let Some(delivery) = next else { break };
         let delivery = delivery?;
         let body: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
         if body["type"] == "subject_notice" && body["notice"] == "erasure_notice" {
@@ -374,24 +418,28 @@ async fn consume(url: &str, namespace: &str, service: &ErasingService) -> anyhow
                     1
                 };
                 for _ in 0..copies {
-                    replies
-                        .basic_publish(
-                            format!("{namespace}.confirmations").as_str().into(),
-                            format!("confirmation.{}", service.name).as_str().into(),
-                            BasicPublishOptions::default(),
-                            confirmation.to_string().as_bytes(),
-                            BasicProperties::default()
-                                .with_message_id(
-                                    format!("confirmation:{}", command.message_id)
-                                        .as_str()
-                                        .into(),
+                    patience
+                        .step("confirming", async {
+                            replies
+                                .basic_publish(
+                                    format!("{namespace}.confirmations").as_str().into(),
+                                    format!("confirmation.{}", service.name).as_str().into(),
+                                    BasicPublishOptions::default(),
+                                    confirmation.to_string().as_bytes(),
+                                    BasicProperties::default()
+                                        .with_message_id(
+                                            format!("confirmation:{}", command.message_id)
+                                                .as_str()
+                                                .into(),
+                                        )
+                                        // Who is confirming: RabbitMQ refuses a user_id that is
+                                        // not the connection's own, so this cannot be forged.
+                                        .with_user_id(broker_user(&service.name).as_str().into())
+                                        .with_delivery_mode(2),
                                 )
-                                // Who is confirming: RabbitMQ refuses a user_id that is not
-                                // the connection's own, so this cannot be forged.
-                                .with_user_id(broker_user(&service.name).as_str().into())
-                                .with_delivery_mode(2),
-                        )
-                        .await?
+                                .await?
+                                .await
+                        })
                         .await?;
                 }
             }
@@ -399,14 +447,19 @@ async fn consume(url: &str, namespace: &str, service: &ErasingService) -> anyhow
         // Acknowledged only after the confirmation is on the broker: a restart in between
         // redelivers the command, which the idempotency key absorbs.
         if service.behaviour.redeliver_once.load(Ordering::SeqCst) && !delivery.redelivered {
-            delivery
-                .nack(lapin::options::BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
+            patience
+                .step(
+                    "requeueing",
+                    delivery.nack(lapin::options::BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    }),
+                )
                 .await?;
         } else {
-            delivery.ack(BasicAckOptions::default()).await?;
+            patience
+                .step("acknowledging", delivery.ack(BasicAckOptions::default()))
+                .await?;
         }
     }
     Err(anyhow::anyhow!("consumer ended"))
