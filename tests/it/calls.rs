@@ -131,6 +131,23 @@ async fn the_access_limit_is_held_by_the_submission_and_read_only_when_a_slot_is
     assert_eq!(made.get("SQS.SendMessage"), None, "{made:?}");
 }
 
+/// The calls made for requests (see [`per_request`]), once no function makes more.
+async fn settled(counter: &dsr_local::call_count::CallCounter) -> Calls {
+    let mut last = Calls::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now: Calls = counter
+            .snapshot()
+            .into_iter()
+            .filter(|((f, o), _)| per_request(f, o))
+            .collect();
+        if now == last {
+            return last;
+        }
+        last = now;
+    }
+}
+
 /// The functions that run on a timer whatever the traffic (their cost is per minute, not per
 /// request), and the dispatch function's own search for due messages on its timer.
 fn per_request(function: &str, operation: &str) -> bool {
@@ -183,19 +200,7 @@ async fn what_an_access_request_and_an_erasure_cost_in_aws_calls() {
         .await;
         assert!(finished, "{kind} {id} did not complete");
         // The last effects (the announcement, its count) land after the state.
-        let mut last = Calls::new();
-        loop {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let now: Calls = counter
-                .snapshot()
-                .into_iter()
-                .filter(|((f, o), _)| per_request(f, o))
-                .collect();
-            if now == last {
-                break;
-            }
-            last = now;
-        }
+        let last = settled(&counter).await;
         let total: u64 = last.values().map(|t| t.calls).sum();
         let calls: Vec<serde_json::Value> = last
             .iter()
@@ -222,4 +227,68 @@ async fn what_an_access_request_and_an_erasure_cost_in_aws_calls() {
         );
     }
     crate::helpers::write_bench_figures("cost.json", &figures);
+}
+
+/// No read before a conditional write: a confirmation is recorded by one conditional write that
+/// returns the obligation as it stood (for the latency metric), and the watchdog's delayed
+/// messages, new keys every one, are created by one conditional put. What the confirm function
+/// still reads is the request and its obligations once, after the write (to move it on); the
+/// fan-out reads them once too.
+#[tokio::test]
+async fn an_answer_and_a_new_delayed_message_are_each_written_without_a_read_first() {
+    use std::sync::atomic::Ordering;
+    let counter = dsr_local::call_count::CallCounter::default();
+    let rig = crate::erasure::rig(crate::erasure::RigSettings {
+        confirm_within_seconds: 3600,
+        call_counter: Some(counter.clone()),
+        ..Default::default()
+    })
+    .await;
+    // Only billing answers: the request waits for the others, so the confirm function handles
+    // one answer and nothing else.
+    for silent in ["profile", "viewing-history"] {
+        let service = rig.services.service(silent);
+        service.behaviour.silent.store(true, Ordering::SeqCst);
+    }
+    let subject = format!("one-answer-{}", crate::helpers::unique_name());
+    let id = rig.submit_erasure(&subject).await;
+    rig.wait_for(&subject, &id, Duration::from_secs(60), |view| {
+        view["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["service"] == "billing" && s["status"] == "confirmed")
+    })
+    .await;
+    let last = settled(&counter).await;
+    let called = |function: &str, operation: &str| {
+        last.get(&(function.to_owned(), operation.to_owned()))
+            .map_or(0, |t| t.calls)
+    };
+    let confirm: BTreeMap<String, u64> = last
+        .iter()
+        .filter(|((f, _), _)| f == "confirm")
+        .map(|((_, o), t)| (o.clone(), t.calls))
+        .collect();
+    assert_eq!(
+        confirm,
+        calls(&[
+            // The answer, and its count.
+            ("DynamoDB.UpdateItem", 2),
+            // Its audit line.
+            ("DynamoDB.PutItem", 1),
+            // Moving on: the request and its obligations, read after the answer is in.
+            ("DynamoDB.GetItem", 1),
+            ("DynamoDB.Query", 1),
+        ]),
+        "the confirm function, for one answer"
+    );
+    // One check per command sent (billing, profile, viewing-history, the vendor's), each a
+    // new key: created, never read first.
+    assert_eq!(called("dispatch", "DynamoDB.PutItem"), 4, "{last:?}");
+    assert_eq!(called("dispatch", "DynamoDB.GetItem"), 0, "{last:?}");
+    // The fan-out reads the request once, to move it on after its commit: the answers that
+    // came with their commands (the service's own copies, the vendor's) do not try to move
+    // on a request the fan-out still holds.
+    assert_eq!(called("erasure", "DynamoDB.GetItem"), 1, "{last:?}");
 }

@@ -327,7 +327,7 @@ async fn an_erasure_reaches_every_service_and_the_email_service_is_erased_last_a
     );
     for kind in ["request_submitted", "erasure_notice", "erasure_completed"] {
         let events = rig.events_of(&id, kind);
-        assert_eq!(events.len(), 1, "{kind}");
+        assert_eq!(events.len(), 1, "{kind}: {events:#?}");
         assert_message(&events[0]);
     }
     let audit = rig.audit(&id).await;
@@ -1165,11 +1165,25 @@ async fn an_escalation_written_after_a_confirmation_landed_is_refused_by_the_sto
             .await
             .unwrap());
     }
-    // Billing's confirmation lands between the watchdog's read and its write.
-    assert!(store
+    // Billing's confirmation lands between the watchdog's read and its write. The write
+    // itself returns when the command was sent (the latency metric reads nothing first).
+    let recorded = store
         .record_answer(request.id, &billing, ObligationStatus::Confirmed, "{}", now)
         .await
-        .unwrap());
+        .unwrap()
+        .expect("the answer is written");
+    assert_eq!(
+        recorded.sent_at.map(|t| t.timestamp_millis()),
+        Some(now.timestamp_millis())
+    );
+    assert_eq!(
+        store
+            .record_answer(request.id, &billing, ObligationStatus::Confirmed, "{}", now)
+            .await
+            .unwrap(),
+        None,
+        "answered already"
+    );
     assert!(!store.escalate(request.id, &billing, 1, now).await.unwrap());
     // A check of an older send, or of a silent service, as it should.
     assert!(!store.escalate(request.id, &profile, 0, now).await.unwrap());

@@ -685,15 +685,17 @@ async fn a_redelivered_confirmation_finishes_what_its_first_delivery_left_half_d
     for service in ["billing", "profile"] {
         f.confirm(id, service).await.unwrap();
     }
-    // The last answer is recorded, then telling the subject fails.
+    // The last answer is recorded, the request moves on, then telling the subject fails.
     f.ports.fail_next("tell", 1);
     assert!(f.confirm(id, "ads").await.is_err());
     assert_eq!(
         f.obligation(id, "ads").await.status,
         ObligationStatus::Confirmed
     );
-    assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
-    // SQS delivers the same confirmation again: it finds its answer recorded, and moves on.
+    assert_eq!(f.state(id).await, RequestState::Notifying);
+    assert_eq!(f.ports.notices().len(), 0);
+    // SQS delivers the same confirmation again: it finds its answer recorded, and tells the
+    // subject (the notice was never confirmed by the broker).
     assert_eq!(
         f.confirm(id, "ads").await.unwrap(),
         Handled::Nothing(dsr_domain::erasure::Skipped::AlreadyAnswered)

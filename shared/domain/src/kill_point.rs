@@ -25,6 +25,7 @@ pub const STEPS: &[&str] = &[
     "erasure.command_sent",
     "erasure.fanned_out",
     "confirm.answered",
+    "confirm.notifying",
     "confirm.notice_queued",
     "confirm.release_set",
     "confirm.completion_published",

@@ -79,8 +79,24 @@ impl DynamoDelayedStore {
 
 impl DelayedStore for DynamoDelayedStore {
     async fn upsert(&self, message: &DelayedMessage) -> Result<ScheduleOutcome, DispatchError> {
-        // Read, decide, write conditioned on what was read; a concurrent change makes the
-        // condition fail and the loop decide again.
+        // Most keys are new (every watchdog check has its own): create first, one conditional
+        // write and no read; only a key that exists is read.
+        let created = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_from_message(message)?))
+            .condition_expression("attribute_not_exists(#key)")
+            .expression_attribute_names("#key", "key")
+            .send()
+            .await;
+        match created {
+            Ok(_) => return Ok(ScheduleOutcome::Created),
+            Err(err) if conditional_failed(&err) => {}
+            Err(err) => return Err(fail(err)),
+        }
+        // The key exists: read, decide, write conditioned on what was read; a concurrent change
+        // makes the condition fail and the loop decide again.
         for _ in 0..5 {
             let current = self.read(&message.key).await?;
             let (outcome, condition, seen) = match &current {

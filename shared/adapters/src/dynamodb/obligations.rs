@@ -7,7 +7,7 @@ use super::keys;
 use super::store::DynamoRequestStore;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use chrono::{DateTime, Utc};
-use dsr_domain::erasure::{Obligation, ObligationStatus, ObligationStore};
+use dsr_domain::erasure::{AnswerRecorded, Obligation, ObligationStatus, ObligationStore};
 use dsr_domain::{Audited, RequestId, ServiceName, StoreError};
 use std::collections::HashMap;
 
@@ -160,7 +160,7 @@ impl ObligationStore for DynamoRequestStore {
         status: ObligationStatus,
         receipt: &str,
         at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<AnswerRecorded>, StoreError> {
         // A failure answer counts once per send; a success once ever.
         let condition = if status == ObligationStatus::Failed {
             "attribute_exists(pk) AND #st IN (:pending, :sent)"
@@ -188,7 +188,25 @@ impl ObligationStore for DynamoRequestStore {
                 .expression_attribute_values(":confirmed", s("confirmed"))
                 .expression_attribute_values(":not_found", s("not_found"))
         };
-        self.update_obligation(request_id, service, update).await
+        // The send time comes back with the write (for the confirmation latency): no read
+        // before the conditional write.
+        let written = update
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .table_name(&self.table)
+            .key("pk", s(keys::request(request_id)))
+            .key("sk", s(keys::obligation(service)))
+            .send()
+            .await;
+        match written {
+            Ok(answer) => Ok(Some(AnswerRecorded {
+                sent_at: match answer.attributes {
+                    Some(old) => optional_time(&old, "sent_at")?,
+                    None => None,
+                },
+            })),
+            Err(err) if conditional_failed(&err) => Ok(None),
+            Err(err) => Err(unavailable(err)),
+        }
     }
 
     async fn replace_receipt(

@@ -140,7 +140,7 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
         status: dsr_domain::erasure::ObligationStatus,
         receipt: &str,
         at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<dsr_domain::erasure::AnswerRecorded>, StoreError> {
         use dsr_domain::erasure::ObligationStatus::{Failed, Pending, Sent};
         let mut tables = self.lock();
         match tables
@@ -157,9 +157,11 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
                     o.confirmed_at = Some(at);
                     o.last_error = None;
                 }
-                Ok(true)
+                Ok(Some(dsr_domain::erasure::AnswerRecorded {
+                    sent_at: o.sent_at,
+                }))
             }
-            _ => Ok(false),
+            _ => Ok(None),
         }
     }
 

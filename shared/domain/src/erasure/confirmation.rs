@@ -47,53 +47,86 @@ where
                 )))
             }
         }
-        let request = self.erasure(confirmation.request_id).await?;
-        let obligation = self.obligation(&request, &confirmation.service).await?;
-        if let (Some(sent_at), false) = (obligation.sent_at, obligation.status.is_done()) {
-            let latency = (self.clock.now() - sent_at).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::emit(
-                Metric::seconds(names::CONFIRMATION_LATENCY, latency)
-                    .with("Service", obligation.service.clone()),
-            );
-        }
         let status = match confirmation.outcome {
             ConfirmationOutcome::Erased => ObligationStatus::Confirmed,
             ConfirmationOutcome::NotFound => ObligationStatus::NotFound,
             ConfirmationOutcome::Failed => ObligationStatus::Failed,
         };
         let receipt = confirmation.receipt.to_string();
-        self.answer(request.id, &confirmation.service, status, &receipt)
-            .await
+        let (handled, recorded) = self
+            .answer_recorded(
+                confirmation.request_id,
+                &confirmation.service,
+                status,
+                &receipt,
+                true,
+            )
+            .await?;
+        if let Some(sent_at) = recorded.and_then(|r| r.sent_at) {
+            let latency = (self.clock.now() - sent_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::emit(
+                Metric::seconds(names::CONFIRMATION_LATENCY, latency)
+                    .with("Service", confirmation.service.clone()),
+            );
+        }
+        Ok(handled)
     }
 
+    /// An answer that came with the command (the service's own copies, a vendor's API). The
+    /// request moves on from here unless the fan-out still holds it: its commit moves it on.
     pub(super) async fn answer(
+        &self,
+        request: &Request,
+        service: &ServiceName,
+        status: ObligationStatus,
+        receipt: &str,
+    ) -> Result<Handled, ErasureError> {
+        let move_on = request.state != RequestState::FanningOut;
+        Ok(self
+            .answer_recorded(request.id, service, status, receipt, move_on)
+            .await?
+            .0)
+    }
+
+    /// Records an answer with one conditional write (nothing read first: the common case is
+    /// an answer the obligation waits for). Only an answer that was not written is looked
+    /// into: a message about no such request or service is rejected, a repeat finishes what
+    /// its first delivery may have left undone.
+    async fn answer_recorded(
         &self,
         id: RequestId,
         service: &ServiceName,
         status: ObligationStatus,
         receipt: &str,
-    ) -> Result<Handled, ErasureError> {
+        move_on: bool,
+    ) -> Result<(Handled, Option<AnswerRecorded>), ErasureError> {
         let now = self.clock.now();
         let receipt: String = receipt.chars().take(4096).collect();
-        if !self
+        let Some(recorded) = self
             .store
             .record_answer(id, service, status, &receipt, now)
             .await?
-        {
+        else {
+            let request = self.erasure(id).await?;
+            self.obligation(&request, service).await?;
             // A redelivery: the first delivery may have recorded the answer and then failed
             // to count it or move the request on. Both are keyed, so they are simply run again.
             self.count_answer(id, service).await?;
-            self.advance(id).await?;
-            return Ok(Handled::Nothing(Skipped::AlreadyAnswered));
-        }
+            if move_on {
+                self.advance(id, Pass::Again).await?;
+            }
+            return Ok((Handled::Nothing(Skipped::AlreadyAnswered), None));
+        };
         crate::kill_point::reached("confirm.answered");
         self.count_answer(id, service).await?;
         self.store
             .record_event(id, &Audited::Answered { service, status }, now)
             .await?;
         tracing::info!(request_id = %id, service = %service, status = status.as_str(), "erasure answer recorded");
-        self.advance(id).await?;
-        Ok(Handled::Recorded)
+        if move_on {
+            self.advance(id, Pass::First).await?;
+        }
+        Ok((Handled::Recorded, Some(recorded)))
     }
 
     /// The watchdog, and the release of the erase-last services.
@@ -106,7 +139,7 @@ where
         if obligation.status.is_done() {
             // The watchdog is also the safety net for moving on: if the last confirmation
             // arrived while the fan-out was still committing, nothing else would advance it.
-            self.advance(request.id).await?;
+            self.advance(request.id, Pass::Again).await?;
             return Ok(Handled::Nothing(Skipped::AlreadyConfirmed));
         }
         if obligation.attempts > due.attempt {
@@ -255,7 +288,7 @@ where
                 .await?;
             tracing::info!(request_id = %request.id, release_at = %release_at, "erasure notice published; erase-last services released after the grace period");
         }
-        self.advance(request.id).await?;
+        self.advance(request.id, Pass::First).await?;
         Ok(Handled::NoticePublished { release_at })
     }
 
@@ -288,7 +321,7 @@ where
 
     /// Moves the request on when its obligations allow: notice and erase-last release once all
     /// others are done, completion once every one is.
-    pub(super) async fn advance(&self, id: RequestId) -> Result<(), ErasureError> {
+    pub(super) async fn advance(&self, id: RequestId, pass: Pass) -> Result<(), ErasureError> {
         let Some(mut request) = self.store.get(id).await? else {
             return Ok(());
         };
@@ -298,6 +331,7 @@ where
         }
         let obligations = self.store.obligations(id).await?;
         let hash = self.subject_hash(&request);
+        let mut tell = false;
         if request.state == RequestState::AwaitingConfirmations {
             if !obligations
                 .iter()
@@ -306,29 +340,40 @@ where
             {
                 return Ok(());
             }
-            let now = self.clock.now();
-            // Keyed effects first, state last: a crash in between repeats them under the same
-            // keys, and the transition is what makes the next delivery skip them.
-            let notice =
-                DomainEvent::erasure_notice(id, hash.clone(), now + self.settings.grace, now);
-            // The subject is told first (their email address is still there to tell them).
-            self.events
-                .tell(&SubjectNotice::of(&notice, request.subject.clone()))
-                .await?;
-            self.events.publish(&notice).await?;
-            crate::kill_point::reached("confirm.notice_queued");
-            // The erase-last services are scheduled when the broker confirmed the notice
-            // (`published`), not now: a queued notice is not a notice given.
+            // The transition first: of two passes moving the request on at once (the fan-out's
+            // commit and the last answer, which often land together), one wins and tells the
+            // subject; the other stops here, and the platform hears of the notice once.
             let from = request.state;
             request
-                .transition_to(RequestState::Notifying, now)
+                .transition_to(RequestState::Notifying, self.clock.now())
                 .map_err(|e| ErasureError::Rejected(e.to_string()))?;
             if self.store.save_transition(&request, &hash, from).await?
                 != TransitionOutcome::Applied
             {
                 return Ok(());
             }
-            tracing::info!(request_id = %id, subject = %hash, "erasure notice queued; the erase-last services wait for its publication");
+            tracing::info!(request_id = %id, subject = %hash, "erasure notifying; the erase-last services wait for the notice's publication");
+            crate::kill_point::reached("confirm.notifying");
+            tell = true;
+        } else if request.state == RequestState::Notifying && pass == Pass::Again {
+            // A redelivery, or the watchdog: the pass that made the transition may have failed
+            // or died before the notice left. Until the broker confirmed it (its receipt sets
+            // the erase-last services' release time), tell the subject again, under the same
+            // message id.
+            tell = !obligations.iter().any(|o| o.last && o.release_at.is_some());
+        }
+        if tell {
+            let now = self.clock.now();
+            let notice =
+                DomainEvent::erasure_notice(id, hash.clone(), now + self.settings.grace, now);
+            // The subject is told first (their email address is still there to tell them).
+            // The erase-last services are scheduled by the notice's receipt, not here: a
+            // queued notice is not a notice given.
+            self.events
+                .tell(&SubjectNotice::of(&notice, request.subject.clone()))
+                .await?;
+            self.events.publish(&notice).await?;
+            crate::kill_point::reached("confirm.notice_queued");
         }
         if request.state == RequestState::Notifying
             && obligations.iter().all(|o| o.status.is_done())

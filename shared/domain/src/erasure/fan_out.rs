@@ -46,7 +46,7 @@ where
                     state,
                     Some(RequestState::AwaitingConfirmations | RequestState::Notifying)
                 ) {
-                    self.advance(id).await?;
+                    self.advance(id, Pass::Again).await?;
                 }
                 return Ok(Handled::Nothing(Skipped::NotWaitingForFanOut));
             }
@@ -63,7 +63,7 @@ where
                 {
                     Committed::Applied(_) => {
                         crate::kill_point::reached("erasure.fanned_out");
-                        self.advance(id).await?;
+                        self.advance(id, Pass::First).await?;
                         Ok(Handled::FannedOut { commands })
                     }
                     Committed::FencedOut => Ok(Handled::Nothing(Skipped::FencedOut)),
@@ -140,7 +140,7 @@ where
                     )
                     .await?;
                     self.answer(
-                        request.id,
+                        request,
                         &obligation.service,
                         ObligationStatus::Confirmed,
                         &erased.receipt(),
@@ -210,7 +210,7 @@ where
                     .for_service(service),
             )
             .await?;
-            self.answer(request.id, service, status, &receipt).await?;
+            self.answer(request, service, status, &receipt).await?;
         }
         Ok(())
     }

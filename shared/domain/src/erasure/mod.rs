@@ -36,7 +36,7 @@ pub use messages::{
 };
 pub use obligation::{Delivery, Obligation, ObligationStatus};
 pub use own_copies::OWN_COPIES;
-pub use ports::{CheckScheduler, ErasureChannel, ObligationStore};
+pub use ports::{AnswerRecorded, CheckScheduler, ErasureChannel, ObligationStore};
 
 use crate::clock::Clock;
 use crate::lease::Worker;
@@ -127,6 +127,17 @@ pub enum Skipped {
     /// A receipt for a message that moves nothing (only the notice's does).
     NothingWaitsForIt,
     AlreadyEscalated,
+}
+
+/// Why a pass moves a request on: it decides whether the pass may tell the subject again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// A pass that recorded something new (an answer, the fan-out's commit, the notice's
+    /// receipt): it tells the subject only if it makes the transition to `notifying`.
+    First,
+    /// A redelivery, or the watchdog's safety net: it also tells the subject when the notice
+    /// was never confirmed by the broker (the first pass failed or died after its transition).
+    Again,
 }
 
 /// The erasure use cases, shared by the erasure and confirm functions.

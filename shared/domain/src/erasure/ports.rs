@@ -10,6 +10,13 @@ use chrono::{DateTime, Utc};
 use std::future::Future;
 use std::sync::Arc;
 
+/// An answer the store took, and when the command it answers was sent (the obligation as it
+/// stood before, returned by the same write: no read before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerRecorded {
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
 /// The obligations of erasure requests. Kept with the request (`OBL#<service>` items).
 pub trait ObligationStore: Send + Sync {
     /// Writes the obligations that do not exist yet, only while `fencing_token` is still the
@@ -40,7 +47,8 @@ pub trait ObligationStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Records the service's answer only if the obligation exists and is not done yet.
+    /// Records the service's answer only if the obligation exists and is not done yet;
+    /// `None` when it was not written (no such obligation, or already answered).
     fn record_answer(
         &self,
         request_id: RequestId,
@@ -48,7 +56,7 @@ pub trait ObligationStore: Send + Sync {
         status: ObligationStatus,
         receipt: &str,
         at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<AnswerRecorded>, StoreError>> + Send;
 
     /// Replaces a recorded receipt (to take personal data out of it once retention passed).
     fn replace_receipt(
@@ -131,7 +139,7 @@ impl<T: ObligationStore> ObligationStore for Arc<T> {
         status: ObligationStatus,
         receipt: &str,
         at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<AnswerRecorded>, StoreError> {
         (**self)
             .record_answer(id, service, status, receipt, at)
             .await
