@@ -16,7 +16,7 @@ use dsr_domain::messages::parse;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -448,15 +448,7 @@ async fn consume_on(
         .await?;
     declare_topology(&channel, &inbound.topology, patience).await?;
     // Dead letters go out on their own confirming channel.
-    let rejects = patience
-        .step("opening a channel", conn.create_channel())
-        .await?;
-    patience
-        .step(
-            "asking for publisher confirms",
-            rejects.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await?;
+    let rejects = crate::confirming_channel(conn, patience).await?;
     // Bounded in-flight work: SQS latency, not memory, limits throughput.
     patience
         .step(

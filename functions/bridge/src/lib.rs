@@ -341,26 +341,30 @@ pub async fn open_confirming(
             Connection::connect(url, ConnectionProperties::default()),
         )
         .await?;
-    let channel = async {
-        let channel = patience
-            .step("opening a channel", conn.create_channel())
-            .await?;
-        patience
-            .step(
-                "asking for publisher confirms",
-                channel.confirm_select(ConfirmSelectOptions::default()),
-            )
-            .await?;
-        Ok(channel)
-    }
-    .await;
-    match channel {
+    match confirming_channel(&conn, patience).await {
         Ok(channel) => Ok((conn, channel)),
         Err(err) => {
             abandon(conn, patience);
             Err(err)
         }
     }
+}
+
+/// A channel on `conn` in publisher-confirm mode.
+pub async fn confirming_channel(
+    conn: &Connection,
+    patience: Patience,
+) -> Result<Channel, BridgeError> {
+    let channel = patience
+        .step("opening a channel", conn.create_channel())
+        .await?;
+    patience
+        .step(
+            "asking for publisher confirms",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+    Ok(channel)
 }
 
 /// A confirming channel, (re)opened on demand. Every message is published `mandatory`: one
