@@ -235,6 +235,12 @@ def main():
             "event and answer the rest; the service's own code (routing, checks, the log line and",
             "the metric) a few per cent. What was not the SDK's (the multi-thread scheduler, the",
             "trust store at init, a connection per call) is gone (see below).",
+            "",
+            "The ratio moves with the machine more than with the code: the peer's CPU per",
+            "submission is 2.7–3.6 ms from one run to the next on this virtual machine, the",
+            "intake's 0.67–0.78 ms. Five runs of the same intake build on 2026-12-01",
+            "(`lambda-bench --only intake`) gave 0.208, 0.216, 0.217, 0.229 and 0.238; the one",
+            "above is the highest seen. What is left to take off is the SDK's and the kernel's.",
         ]
     if slower and slower["rust"]["cpu_ms_per_submission"] > rust["cpu_ms_per_submission"] * 1.1:
         lines += [
