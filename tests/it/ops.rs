@@ -381,7 +381,10 @@ fn stack_of_the_ops_resources() -> String {
     let mut stack = Mapping::new();
     stack.insert(
         "Parameters".into(),
-        pick("Parameters", &["SecretsPath", "ErasureGraceSeconds"]),
+        pick(
+            "Parameters",
+            &["SecretsPath", "ErasureGraceSeconds", "RabbitMqNamespace"],
+        ),
     );
     stack.insert(
         "Resources".into(),
@@ -394,6 +397,8 @@ fn stack_of_the_ops_resources() -> String {
                 "AccessRequestsDeadLetterQueue",
                 "ErasureRequestsQueue",
                 "ErasureRequestsDeadLetterQueue",
+                "OutboundQueue",
+                "OutboundDeadLetterQueue",
             ],
         ),
     );
@@ -408,6 +413,7 @@ fn stack_of_the_ops_resources() -> String {
                 "ErasureRequestsQueueUrl",
                 "AccessRequestsDeadLetterQueueUrl",
                 "SubjectHashKeyParameter",
+                "OutboundQueueUrl",
             ],
         ),
     );
@@ -430,6 +436,12 @@ async fn the_cli_operates_a_deployed_stack_found_by_its_name() {
             Parameter::builder()
                 .parameter_key("SecretsPath")
                 .parameter_value(&secrets)
+                .build(),
+        )
+        .parameters(
+            Parameter::builder()
+                .parameter_key("RabbitMqNamespace")
+                .parameter_value("acme-dsr")
                 .build(),
         )
         .send()
@@ -502,6 +514,32 @@ async fn the_cli_operates_a_deployed_stack_found_by_its_name() {
     .unwrap();
     assert_eq!(proof["subject_hash"], hasher.hash(&subject).to_string());
 
+    // An extension tells the subject through the stack's outbound queue, under its namespace.
+    run(
+        &ops,
+        Command::Extend {
+            id: request.id.to_string(),
+            months: 2,
+            reason: "records in 14 systems".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let told: Vec<Value> = drain(
+        &aws_sdk_sqs::Client::new(&aws),
+        &outputs["OutboundQueueUrl"],
+    )
+    .await
+    .iter()
+    .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+    .collect();
+    let notice = told
+        .iter()
+        .find(|m| m["routing_key"] == "notice.deadline_extended")
+        .unwrap_or_else(|| panic!("the notice: {told:?}"));
+    assert_eq!(notice["exchange"], "acme-dsr.commands");
+    assert_eq!(notice["payload"]["subject"], "erin@example.com");
+
     // A dead letter goes back to its queue, the dead-letter queue named by its logical id.
     let sqs = aws_sdk_sqs::Client::new(&aws);
     sqs.send_message()
@@ -538,4 +576,101 @@ async fn the_cli_operates_a_deployed_stack_found_by_its_name() {
         missing.is_err_and(|e| e.to_string().contains("no stack")),
         "a missing stack is named"
     );
+}
+
+#[tokio::test]
+async fn an_operator_extends_a_deadline_once_before_it_passes_and_the_subject_is_told() {
+    let app = spawn_app().await;
+    let ops = ops(&app.stack.context.stack_name).await;
+    let subject = format!("ext-{}", unique_name());
+    let reply = app.submit(&subject, "erasure").await;
+    let id = reply.body["id"].as_str().unwrap().to_owned();
+    let outbound = app.queue_url("OutboundQueue");
+    drain(&app.sqs, &outbound).await;
+
+    let reason = "a vendor's export takes weeks";
+    let out = run(
+        &ops,
+        Command::Extend {
+            id: id.clone(),
+            months: 1,
+            reason: reason.into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("the subject is told"), "{out}");
+    let seen = app.get(&subject, &format!("/v1/requests/{id}")).await;
+    assert_eq!(seen.body["deadline_extension"]["reason"], reason);
+
+    // On the outbound queue: the notice for the email service (with the subject, to the
+    // commands exchange) and the event for the platform (the keyed hash only).
+    let mut sent: Vec<Value> = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            sent.extend(
+                drain(&app.sqs, &outbound)
+                    .await
+                    .iter()
+                    .map(|m| serde_json::from_str::<Value>(m.body().unwrap()).unwrap()),
+            );
+            sent.len() >= 2
+        })
+        .await,
+        "{sent:?}"
+    );
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    for message in &sent {
+        crate::contract::assert_message(message);
+    }
+    let envelope = sent
+        .iter()
+        .find(|m| m["routing_key"] == "notice.deadline_extended")
+        .expect("the notice");
+    assert_eq!(envelope["exchange"], "gdpr.commands");
+    let notice = &envelope["payload"];
+    crate::contract::assert_message(notice);
+    assert_eq!(notice["subject"], subject.as_str());
+    assert_eq!(
+        notice["message_id"],
+        format!("notice:deadline_extended:{id}")
+    );
+    assert_eq!(notice["detail"]["reason"], reason);
+    assert_eq!(notice["detail"]["due_at"], seen.body["due_at"]);
+    let event = sent
+        .iter()
+        .find(|m| m["type"] == "deadline_extended")
+        .expect("the event");
+    assert_eq!(event["message_id"], format!("deadline_extended:{id}"));
+    assert!(!event.to_string().contains(&subject), "{event}");
+
+    // A request whose first deadline passed: refused, nothing recorded, nobody told.
+    let store =
+        dsr_adapters::dynamodb::DynamoRequestStore::new(app.dynamodb.clone(), app.table(), "test");
+    let late_subject = dsr_domain::SubjectId::parse(format!("late-{}", unique_name())).unwrap();
+    let late = dsr_domain::Request::receive(
+        dsr_domain::RequestKind::Access,
+        late_subject.clone(),
+        chrono::Utc::now() - chrono::Duration::days(32),
+    );
+    let hash = app.stack.subject_hasher().unwrap().hash(&late_subject);
+    store.create(&late, &hash, None, None).await.unwrap();
+    let refused = run(
+        &ops,
+        Command::Extend {
+            id: late.id.to_string(),
+            months: 2,
+            reason: "asked for too late".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.contains("deadline passed"), "{refused}");
+    let unchanged = store.get(late.id).await.unwrap().unwrap();
+    assert!(unchanged.deadline_extension.is_none());
+    assert_eq!(
+        unchanged.due_at.timestamp_millis(),
+        late.due_at.timestamp_millis()
+    );
+    assert!(drain(&app.sqs, &outbound).await.is_empty(), "nobody told");
 }

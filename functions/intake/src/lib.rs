@@ -493,9 +493,18 @@ impl From<RequestError> for ApiError {
             RequestError::ReportNotReady { .. } => {
                 Self::new(StatusCode::CONFLICT, "report_not_ready", err.to_string())
             }
-            RequestError::CannotExtend(reason) | RequestError::CannotRetry(reason) => {
+            // Operators' refusals: the user API does not extend or retry, but says so if asked.
+            RequestError::CannotExtend(reason) => {
                 Self::new(StatusCode::CONFLICT, "cannot_extend", reason)
             }
+            RequestError::CannotRetry(reason) => {
+                Self::new(StatusCode::CONFLICT, "cannot_retry", reason)
+            }
+            RequestError::ExtensionNotTold { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                err.to_string(),
+            ),
             RequestError::ReportExpired => {
                 Self::new(StatusCode::GONE, "report_expired", err.to_string())
             }

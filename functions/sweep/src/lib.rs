@@ -145,8 +145,11 @@ where
 mod tests {
     use super::*;
     use chrono::{Duration, TimeZone, Utc};
-    use dsr_adapters::memory::{InMemoryReportStore, InMemoryRequestStore, InMemoryWorkQueue};
-    use dsr_domain::{FixedClock, RequestKind, SubjectHasher, SubjectId};
+    use dsr_adapters::memory::{
+        InMemoryReportStore, InMemoryRequestStore, InMemoryWorkQueue, RecordingOutbox,
+    };
+    use dsr_domain::messages::EventType;
+    use dsr_domain::{FixedClock, RequestId, RequestKind, SubjectHasher, SubjectId};
     use std::sync::Arc;
 
     #[tokio::test]
@@ -360,11 +363,10 @@ mod tests {
         assert_eq!(found.deadline_at_risk, [young.request().id]);
     }
 
-    #[tokio::test]
-    async fn a_deadline_is_extended_once_by_at_most_two_months_with_a_reason() {
-        let clock = Arc::new(FixedClock::at(
-            Utc.with_ymd_and_hms(2026, 1, 31, 9, 0, 0).unwrap(),
-        ));
+    type Carols = Requests<InMemoryRequestStore, InMemoryWorkQueue, Arc<FixedClock>>;
+
+    /// Carol's request of `kind`, received at the clock's time.
+    async fn carols_request(clock: &Arc<FixedClock>, kind: RequestKind) -> (Carols, RequestId) {
         let requests = Requests::new(
             InMemoryRequestStore::default(),
             InMemoryWorkQueue::default(),
@@ -372,35 +374,134 @@ mod tests {
             SubjectHasher::new("sixteen-byte-key"),
         );
         let id = requests
-            .submit(
-                &SubjectId::parse("carol").unwrap(),
-                RequestKind::Access,
-                None,
-            )
+            .submit(&SubjectId::parse("carol").unwrap(), kind, None)
             .await
             .unwrap()
             .request()
             .id;
+        (requests, id)
+    }
+
+    #[tokio::test]
+    async fn a_deadline_is_extended_once_by_at_most_two_months_with_a_reason_and_the_subject_is_told(
+    ) {
+        let clock = Arc::new(FixedClock::at(
+            Utc.with_ymd_and_hms(2026, 1, 31, 9, 0, 0).unwrap(),
+        ));
+        let (requests, id) = carols_request(&clock, RequestKind::Access).await;
+        let outbox = RecordingOutbox::default();
+        let carol = SubjectId::parse("carol").unwrap();
         for (months, reason) in [(3, "too long"), (0, "none"), (1, "  ")] {
             assert!(matches!(
-                requests.extend_deadline(id, months, reason).await,
+                requests.extend_deadline(id, months, reason, &outbox).await,
                 Err(dsr_domain::RequestError::CannotExtend(_))
             ));
         }
+        assert!(outbox.notices().is_empty());
+        let reason = "12 services hold data; complex request";
         let extended = requests
-            .extend_deadline(id, 2, "12 services hold data; complex request")
+            .extend_deadline(id, 2, reason, &outbox)
             .await
             .unwrap();
         // 31 January + one month = 28 February; two further months = 28 April.
-        assert_eq!(
-            extended.due_at,
-            Utc.with_ymd_and_hms(2026, 4, 28, 9, 0, 0).unwrap()
-        );
+        let due = Utc.with_ymd_and_hms(2026, 4, 28, 9, 0, 0).unwrap();
+        assert_eq!(extended.due_at, due);
         let extension = extended.deadline_extension.unwrap();
         assert_eq!(extension.months, 2);
+        // Told: the email service gets the subject, the platform the keyed hash only.
+        let notices = outbox.notices();
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].notice, EventType::DeadlineExtended);
+        assert_eq!(notices[0].subject, carol);
+        assert_eq!(
+            notices[0].message_id,
+            format!("notice:deadline_extended:{id}")
+        );
+        assert_eq!(notices[0].detail["reason"], reason);
+        assert_eq!(notices[0].detail["months"], 2);
+        assert_eq!(notices[0].detail["due_at"], serde_json::json!(due));
+        let events = outbox.events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event_type, EventType::DeadlineExtended);
+        assert!(!serde_json::to_string(&events[0]).unwrap().contains("carol"));
         assert!(matches!(
-            requests.extend_deadline(id, 1, "again").await,
+            requests.extend_deadline(id, 1, "again", &outbox).await,
             Err(dsr_domain::RequestError::CannotExtend(reason)) if reason.contains("once")
         ));
+        assert_eq!(
+            outbox.notices().len(),
+            1,
+            "a refused extension tells nobody"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_extension_once_the_first_deadline_passed() {
+        let clock = Arc::new(FixedClock::at(
+            Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap(),
+        ));
+        let (requests, id) = carols_request(&clock, RequestKind::Erasure).await;
+        let outbox = RecordingOutbox::default();
+        // Received 2 March at 09:00, due 2 April at 09:00: at that moment it is too late.
+        clock.advance(Duration::days(31));
+        let refused = requests
+            .extend_deadline(id, 2, "asked for too late", &outbox)
+            .await;
+        assert!(
+            matches!(&refused, Err(dsr_domain::RequestError::CannotExtend(why)) if why.contains("passed")),
+            "{refused:?}"
+        );
+        assert!(outbox.notices().is_empty() && outbox.events().is_empty());
+        let unchanged = requests
+            .show(&SubjectId::parse("carol").unwrap(), id)
+            .await
+            .unwrap();
+        assert!(unchanged.deadline_extension.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_extension_the_subject_was_not_told_of_is_told_when_the_operator_repeats_it() {
+        let clock = Arc::new(FixedClock::at(
+            Utc.with_ymd_and_hms(2026, 5, 4, 9, 0, 0).unwrap(),
+        ));
+        let (requests, id) = carols_request(&clock, RequestKind::Access).await;
+        let outbox = RecordingOutbox::default();
+        outbox
+            .failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let failed = requests
+            .extend_deadline(id, 1, "a vendor's export", &outbox)
+            .await;
+        assert!(
+            matches!(
+                &failed,
+                Err(dsr_domain::RequestError::ExtensionNotTold { .. })
+            ),
+            "{failed:?}"
+        );
+        outbox
+            .failing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        // Another extension is refused; the same one tells the subject.
+        assert!(matches!(
+            requests
+                .extend_deadline(id, 2, "a vendor's export", &outbox)
+                .await,
+            Err(dsr_domain::RequestError::CannotExtend(_))
+        ));
+        requests
+            .extend_deadline(id, 1, "a vendor's export", &outbox)
+            .await
+            .unwrap();
+        requests
+            .extend_deadline(id, 1, "a vendor's export", &outbox)
+            .await
+            .unwrap();
+        let notices = outbox.notices();
+        assert_eq!(notices.len(), 2);
+        assert_eq!(
+            notices[0].message_id, notices[1].message_id,
+            "one message id, however often told"
+        );
     }
 }

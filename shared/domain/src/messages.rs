@@ -160,7 +160,8 @@ impl SubjectNotice {
         let kind = match self.notice {
             EventType::ReportReady => crate::RequestKind::Access,
             EventType::ErasureNotice | EventType::ErasureCompleted => crate::RequestKind::Erasure,
-            EventType::RequestSubmitted => return None,
+            // Not a hop of the request's way: an extension is told on the side.
+            EventType::RequestSubmitted | EventType::DeadlineExtended => return None,
         };
         Some(crate::hops::CountAs::new(
             kind,
@@ -179,6 +180,8 @@ pub enum EventType {
     ReportReady,
     ErasureNotice,
     ErasureCompleted,
+    /// Art. 12(3): the deadline was extended; the subject must be told, with the reason.
+    DeadlineExtended,
 }
 
 impl EventType {
@@ -188,6 +191,7 @@ impl EventType {
             EventType::ReportReady => "report_ready",
             EventType::ErasureNotice => "erasure_notice",
             EventType::ErasureCompleted => "erasure_completed",
+            EventType::DeadlineExtended => "deadline_extended",
         }
     }
 }
@@ -199,6 +203,7 @@ impl EventType {
             EventType::ReportReady,
             EventType::ErasureNotice,
             EventType::ErasureCompleted,
+            EventType::DeadlineExtended,
         ]
         .into_iter()
         .find(|t| t.as_str() == raw)
@@ -210,7 +215,9 @@ impl EventType {
         let kind = match self {
             EventType::ReportReady => crate::RequestKind::Access,
             EventType::ErasureCompleted => crate::RequestKind::Erasure,
-            EventType::RequestSubmitted | EventType::ErasureNotice => return None,
+            EventType::RequestSubmitted
+            | EventType::ErasureNotice
+            | EventType::DeadlineExtended => return None,
         };
         Some(crate::hops::CountAs::new(
             kind,
@@ -295,6 +302,27 @@ impl DomainEvent {
             subject_hash,
             occurred_at,
             serde_json::json!({ "erase_last_at": erase_last_at }),
+        )
+    }
+
+    /// Art. 12(3): the request's deadline moved to `due_at`, by `months`, for `reason`; the
+    /// email service tells the subject. An extension happens once, so the id is stable.
+    pub fn deadline_extended(
+        request_id: RequestId,
+        subject_hash: crate::SubjectHash,
+        extension: &crate::request::DeadlineExtension,
+        due_at: DateTime<Utc>,
+    ) -> Self {
+        Self::new(
+            EventType::DeadlineExtended,
+            request_id,
+            subject_hash,
+            extension.extended_at,
+            serde_json::json!({
+                "due_at": due_at,
+                "months": extension.months,
+                "reason": extension.reason,
+            }),
         )
     }
 

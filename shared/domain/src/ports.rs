@@ -186,7 +186,8 @@ pub trait RequestStore: crate::hops::HopLog + Send + Sync {
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// Moves an open request's deadline to `due_at`, once: refused (false) if it was extended
-    /// before or is no longer open. Recorded in the audit trail.
+    /// before, is no longer open, or its deadline passed before `extension.extended_at`.
+    /// Recorded in the audit trail.
     fn extend_deadline(
         &self,
         id: RequestId,

@@ -35,7 +35,8 @@ pub struct Target {
     pub stack: Option<String>,
     /// Operate on the local stack of this name (`make run` uses `dsr-local`). Without it or
     /// `--stack`, the resources come from REQUESTS_TABLE, HOPS_TABLE,
-    /// ACCESS_REQUESTS_QUEUE_URL, ERASURE_REQUESTS_QUEUE_URL and the subject hash key, read from
+    /// ACCESS_REQUESTS_QUEUE_URL, ERASURE_REQUESTS_QUEUE_URL (and, for `extend`, OUTBOUND_QUEUE_URL
+    /// and COMMANDS_EXCHANGE) and the subject hash key, read from
     /// Parameter Store by SUBJECT_HASH_KEY_PARAMETER (`<SecretsPath>/subject-hash-key`).
     #[arg(long, env = "DSR_LOCAL_STACK")]
     pub local_stack: Option<String>,
@@ -73,12 +74,14 @@ pub enum Command {
         /// The dead-letter queue: its URL, its name, or (local) its logical id in template.yaml.
         queue: String,
     },
-    /// Extends an open request's deadline once, by 1 or 2 months (GDPR Art. 12(3)).
+    /// Extends an open request's deadline once, by 1 or 2 months (GDPR Art. 12(3)), before its
+    /// first deadline; the subject is told (a `deadline_extended` notice for the email
+    /// service). Run the same command again if telling them failed.
     Extend {
         id: String,
         #[arg(long, default_value_t = 2)]
         months: u32,
-        /// Why; the subject sees it on their request.
+        /// Why; the subject is told it and sees it on their request.
         #[arg(long)]
         reason: String,
     },
@@ -88,9 +91,14 @@ pub enum Command {
 
 /// The local stack's parameter value (`infra/local`): not a secret anywhere else.
 const LOCAL_SUBJECT_HASH_KEY: &str = "local-subject-hash-key-not-secret";
+/// The template's default `RabbitMqNamespace`, which the local stack keeps unless told.
+const LOCAL_RABBITMQ_NAMESPACE: &str = "gdpr";
 
 pub struct Ops {
     requests: CloudRequests,
+    /// Where the subject is told of an extension: the outbound queue, notices to the commands
+    /// exchange. `None` when the environment names no outbound queue.
+    outbox: Option<dsr_adapters::sqs::SqsOutbox>,
     reconcile: ReconcileSettings,
     store: DynamoRequestStore,
     sqs: aws_sdk_sqs::Client,
@@ -173,7 +181,11 @@ impl DeployedStack {
                 "SUBJECT_HASH_KEY_PARAMETER",
                 self.output("SubjectHashKeyParameter")?,
             ),
+            (vars::OUTBOUND_QUEUE_URL, self.output("OutboundQueueUrl")?),
         ];
+        if let Some(namespace) = self.parameters.get("RabbitMqNamespace") {
+            pairs.push((vars::COMMANDS_EXCHANGE, format!("{namespace}.commands")));
+        }
         // The reconciliation allows what the deployed functions allow.
         for (variable, parameter) in [
             (vars::DEADLINE_WARNING_DAYS, "DeadlineWarningDays"),
@@ -248,12 +260,36 @@ impl Ops {
                         env.optional(vars::SUBJECT_HASH_KEY)
                             .unwrap_or_else(|| LOCAL_SUBJECT_HASH_KEY.to_owned()),
                     ),
+                    (vars::OUTBOUND_QUEUE_URL, url("OutboundQueue").await?),
+                    (
+                        vars::COMMANDS_EXCHANGE,
+                        match env.optional(vars::COMMANDS_EXCHANGE) {
+                            Some(exchange) => exchange,
+                            None => format!(
+                                "{}.commands",
+                                env.optional(vars::RABBITMQ_NAMESPACE)
+                                    .unwrap_or_else(|| LOCAL_RABBITMQ_NAMESPACE.to_owned())
+                            ),
+                        },
+                    ),
                 ])
             }
             None => env.clone(),
         };
+        let outbox = match (
+            env.optional(vars::OUTBOUND_QUEUE_URL),
+            env.optional(vars::COMMANDS_EXCHANGE),
+        ) {
+            (Some(queue), Some(exchange)) => Some(dsr_adapters::sqs::SqsOutbox::new(
+                sqs.clone(),
+                queue,
+                exchange,
+            )),
+            _ => None,
+        };
         Ok(Self {
             requests: wiring::requests(aws, &env, "ops")?,
+            outbox,
             reconcile,
             store: wiring::request_store(aws, &env, "ops")?,
             sqs,
@@ -277,13 +313,20 @@ impl Ops {
             Command::Retry { ids, stuck } => self.retry(ids, *stuck, out).await,
             Command::Redrive { queue } => self.redrive(queue, out, progress).await,
             Command::Extend { id, months, reason } => {
+                let outbox = self.outbox.as_ref().ok_or_else(|| {
+                    anyhow!(
+                        "extend tells the subject through the outbound queue: set {} and {} (or use --stack)",
+                        vars::OUTBOUND_QUEUE_URL,
+                        vars::COMMANDS_EXCHANGE
+                    )
+                })?;
                 let request = self
                     .requests
-                    .extend_deadline(parse(id)?, *months, reason)
+                    .extend_deadline(parse(id)?, *months, reason, outbox)
                     .await?;
                 writeln!(
                     out,
-                    "{}: deadline extended by {months} month(s) to {}",
+                    "{}: deadline extended by {months} month(s) to {}; the subject is told",
                     request.id,
                     request.due_at.to_rfc3339()
                 )?;

@@ -405,7 +405,7 @@ impl RequestStore for DynamoRequestStore {
             .key("pk", s(keys::request(id)))
             .key("sk", s(keys::META))
             .condition_expression(format!(
-                "attribute_exists(pk) AND attribute_not_exists(deadline_extended_at) AND #state IN ({})",
+                "attribute_exists(pk) AND attribute_not_exists(deadline_extended_at) AND due_at > :at AND #state IN ({})",
                 placeholders.join(", ")
             ))
             .update_expression(

@@ -503,7 +503,10 @@ impl RequestStore for InMemoryRequestStore {
         let Some((request, _)) = tables.requests.get_mut(&id) else {
             return Ok(false);
         };
-        if request.deadline_extension.is_some() || !request.state.is_open() {
+        if request.deadline_extension.is_some()
+            || !request.state.is_open()
+            || request.due_at <= extension.extended_at
+        {
             return Ok(false);
         }
         request.due_at = due_at;

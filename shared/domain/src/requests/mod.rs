@@ -34,6 +34,13 @@ pub enum RequestError {
     ReportExpired,
     #[error("the deadline cannot be extended: {0}")]
     CannotExtend(String),
+    /// The extension is recorded but the subject was not told yet: the same command again
+    /// tells them (an extension is told under one message id, however often).
+    #[error("the deadline was extended to {due_at}, but the subject could not be told yet ({cause}); run the same command again to tell them")]
+    ExtensionNotTold {
+        due_at: chrono::DateTime<chrono::Utc>,
+        cause: String,
+    },
     #[error("the request cannot be retried: {0}")]
     CannotRetry(String),
     #[error("the cursor is not one this list gave out")]
