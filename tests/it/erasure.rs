@@ -252,7 +252,7 @@ fn planned<'a>(view: &'a Value, name: &str) -> Option<&'a Value> {
         .and_then(|all| all.iter().find(|s| s["service"] == name))
 }
 
-fn completed(view: &Value) -> bool {
+pub fn completed(view: &Value) -> bool {
     view["state"] == "completed"
 }
 

@@ -6,6 +6,7 @@ mod api;
 mod bridge;
 mod burst;
 mod calls;
+mod certificate;
 mod chaos;
 mod contract;
 mod crash;

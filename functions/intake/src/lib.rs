@@ -9,6 +9,7 @@ use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::s3::{self, S3ReportStore};
 use dsr_adapters::sqs::SqsWorkQueue;
 use dsr_adapters::wiring;
+use dsr_domain::erasure::certificate::{key_set, CertificateSigner};
 use dsr_domain::erasure::ObligationStore;
 use dsr_domain::requests::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use dsr_domain::{
@@ -32,6 +33,8 @@ pub struct IntakeApi<S, Q, C, L> {
     pub reports: L,
     /// How long a download link stays valid.
     pub link_ttl: std::time::Duration,
+    /// Signs certificates of erasure; its public key is served at `/v1/certificate-keys`.
+    pub signer: std::sync::Arc<dyn CertificateSigner>,
 }
 
 pub type Handler = IntakeApi<DynamoRequestStore, SqsWorkQueue, SystemClock, S3ReportStore>;
@@ -42,6 +45,12 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
         requests: wiring::requests(aws, env, "intake")?,
         reports: S3ReportStore::new(s3::client(aws), env.required(vars::REPORTS_BUCKET)?),
         link_ttl: link_ttl(env)?,
+        signer: std::sync::Arc::new(
+            dsr_adapters::signing::Ed25519Signer::from_pem(
+                &env.required(vars::CERTIFICATE_SIGNING_KEY)?,
+            )
+            .map_err(|e| ConfigError::unusable(vars::CERTIFICATE_SIGNING_KEY, e))?,
+        ),
     })
 }
 
@@ -151,6 +160,24 @@ async fn route<S: RequestStore + ObligationStore, Q: WorkQueue, C: Clock, L: Rep
                     "expires_at": link.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 }),
             ))
+        }
+        ["v1", "requests", id, "certificate"] => {
+            let subject = subject_of(request)?;
+            let id = parse_id(id)?;
+            if request.method() != Method::GET {
+                return Err(ApiError::method_not_allowed("GET"));
+            }
+            let signed = requests
+                .certificate(&subject, id, api.signer.as_ref())
+                .await?;
+            Ok(json_response(StatusCode::OK, &signed))
+        }
+        // Public (no token): anyone holding a certificate checks it against this key.
+        ["v1", "certificate-keys"] => {
+            if request.method() != Method::GET {
+                return Err(ApiError::method_not_allowed("GET"));
+            }
+            Ok(json_response(StatusCode::OK, &key_set(api.signer.as_ref())))
         }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -504,6 +531,11 @@ impl From<RequestError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 err.to_string(),
+            ),
+            RequestError::NotCertifiable(reason) => Self::new(
+                StatusCode::CONFLICT,
+                "certificate_not_available",
+                reason.to_string(),
             ),
             RequestError::ReportExpired => {
                 Self::new(StatusCode::GONE, "report_expired", err.to_string())

@@ -37,6 +37,12 @@ fn harness() -> Harness {
             ),
             reports: InMemoryReportLinks,
             link_ttl: DEFAULT_REPORT_URL_TTL,
+            signer: Arc::new(
+                dsr_adapters::signing::Ed25519Signer::from_pem(
+                    dsr_adapters::signing::LOCAL_KEY_PEM,
+                )
+                .unwrap(),
+            ),
         },
         clock,
         store,

@@ -74,7 +74,7 @@ export class DsrStack extends Stack {
       allowedPattern: "^/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
       description:
         "SSM Parameter Store path of the service's secrets (SecureString): <path>/subject-hash-key, " +
-        "<path>/rabbitmq-url, and vendors' tokens as <path>/<name>.",
+        "<path>/rabbitmq-url, <path>/certificate-signing-key, and vendors' tokens as <path>/<name>.",
     });
     const reportRetentionDays = p("ReportRetentionDays", {
       type: "Number",
@@ -338,6 +338,7 @@ export class DsrStack extends Stack {
         HOPS_TABLE: hopsTable.tableName,
         ...queueUrls,
         SUBJECT_HASH_KEY_PARAMETER: secret("subject-hash-key"),
+        CERTIFICATE_SIGNING_KEY_PARAMETER: secret("certificate-signing-key"),
         OUTBOUND_QUEUE_URL: outboundQueue.queueUrl,
         REPORTS_BUCKET: reportsBucket.bucketName,
         REPORT_URL_TTL_SECONDS: reportUrlTtlSeconds.valueAsString,
@@ -657,6 +658,9 @@ export class DsrStack extends Stack {
     route(intake, apigw.HttpMethod.GET, "/v1/requests/{id}", userJwt);
     route(intake, apigw.HttpMethod.DELETE, "/v1/requests/{id}", userJwt);
     route(intake, apigw.HttpMethod.GET, "/v1/requests/{id}/report", userJwt);
+    route(intake, apigw.HttpMethod.GET, "/v1/requests/{id}/certificate", userJwt);
+    // The key certificates are checked with: public, as a certificate is shown to others.
+    route(intake, apigw.HttpMethod.GET, "/v1/certificate-keys", noAuth);
     // The operators' page: its shell is public and carries no data; the numbers need a token
     // with the operator scope.
     route(opsPage, apigw.HttpMethod.GET, "/ops", noAuth);

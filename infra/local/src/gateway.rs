@@ -24,6 +24,9 @@ pub type HttpFunction = Arc<
         + Sync,
 >;
 
+/// The user API's public route (`Auth: { Authorizer: NONE }` in the template).
+pub const PUBLIC_KEY_ROUTE: &str = "/v1/certificate-keys";
+
 /// The operator scope the operations page's routes require (`dsr_ops_page::OPERATOR_SCOPE`).
 pub const OPERATOR_SCOPE: &str = "dsr/operate";
 
@@ -165,6 +168,10 @@ async fn gateway(
         Err(response) => return response,
     };
     let authorization = authorization.as_deref();
+    // The template's one route without the authorizer: the key certificates are checked with.
+    if parts.uri.path() == PUBLIC_KEY_ROUTE {
+        return call(function, &parts, &body, HashMap::new(), None).await;
+    }
     let claims = match authorizer.authorize(authorization) {
         Ok(claims) => claims,
         Err(reason) => {

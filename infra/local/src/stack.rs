@@ -43,6 +43,10 @@ pub fn local_secrets() -> HashMap<String, String> {
             "rabbitmq-url".to_owned(),
             "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
         ),
+        (
+            "certificate-signing-key".to_owned(),
+            dsr_adapters::signing::LOCAL_KEY_PEM.to_owned(),
+        ),
     ])
 }
 

@@ -18,6 +18,8 @@ pub mod vars {
     pub const ACCESS_REQUESTS_QUEUE_URL: &str = "ACCESS_REQUESTS_QUEUE_URL";
     pub const ERASURE_REQUESTS_QUEUE_URL: &str = "ERASURE_REQUESTS_QUEUE_URL";
     pub const SUBJECT_HASH_KEY: &str = "SUBJECT_HASH_KEY";
+    /// The Ed25519 key (PKCS#8 PEM) certificates of erasure are signed with; a secret.
+    pub const CERTIFICATE_SIGNING_KEY: &str = "CERTIFICATE_SIGNING_KEY";
     pub const OUTBOUND_QUEUE_URL: &str = "OUTBOUND_QUEUE_URL";
     /// The hop log: where each function counts the hops it takes (docs/operations.md).
     pub const HOPS_TABLE: &str = "HOPS_TABLE";

@@ -22,6 +22,8 @@ pub mod registry;
 pub mod s3;
 #[cfg(feature = "scheduler")]
 pub mod scheduler;
+#[cfg(feature = "sign")]
+pub mod signing;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 #[cfg(all(feature = "dynamodb", feature = "sqs"))]

@@ -31,6 +31,10 @@ fn fresh_api() -> Api {
         ),
         reports: InMemoryReportLinks,
         link_ttl: dsr_intake::DEFAULT_REPORT_URL_TTL,
+        signer: Arc::new(
+            dsr_adapters::signing::Ed25519Signer::from_pem(dsr_adapters::signing::LOCAL_KEY_PEM)
+                .unwrap(),
+        ),
     }
 }
 

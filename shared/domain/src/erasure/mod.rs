@@ -22,6 +22,7 @@
 //! events carry `<type>:<request>`, checks carry `check:<request>:<service>:<attempt>` and
 //! only act while the obligation is still at that attempt.
 
+pub mod certificate;
 mod confirmation;
 mod fan_out;
 mod messages;

@@ -52,6 +52,8 @@ pub enum RequestError {
         retry_after: Duration,
     },
     #[error(transparent)]
+    NotCertifiable(#[from] crate::erasure::certificate::NotCertifiable),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -167,6 +169,25 @@ impl<S: RequestStore + crate::erasure::ObligationStore, Q, C> Requests<S, Q, C> 
         let mut obligations = self.store.obligations(request.id).await?;
         obligations.sort_by(|a, b| a.service.cmp(&b.service));
         Ok(obligations)
+    }
+
+    /// The subject's signed certificate of their completed erasure (theirs only: anyone
+    /// else's request is not found).
+    pub async fn certificate(
+        &self,
+        subject: &SubjectId,
+        id: RequestId,
+        signer: &dyn crate::erasure::certificate::CertificateSigner,
+    ) -> Result<crate::erasure::certificate::SignedCertificate, RequestError>
+    where
+        Q: WorkQueue,
+        C: Clock,
+    {
+        let request = self.show(subject, id).await?;
+        let obligations = self.progress(&request).await?;
+        let certificate =
+            crate::erasure::certificate::Certificate::of(&request, &obligations, self.clock.now())?;
+        Ok(certificate.sign(signer))
     }
 }
 
