@@ -136,6 +136,66 @@ async fn a_completed_erasure_has_a_certificate_signed_by_the_published_key_that_
         "a changed signature fails"
     );
 
+    // The readable page, as a browser asks for it; saved, it checks its own signature.
+    let page = rig
+        .app
+        .http
+        .get(format!("{}/v1/requests/{id}/certificate", rig.app.base))
+        .bearer_auth(rig.app.token(&subject))
+        .header("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("default-src 'none'"));
+    let html = page.text().await.unwrap();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_name());
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("certificate.html");
+    std::fs::write(&saved, &html).unwrap();
+    let screenshot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("certificate.png");
+    let dom = crate::helpers::chromium(&format!("file://{}", saved.display()), &screenshot).await;
+    assert!(
+        dom.contains("The signature verifies"),
+        "the page checked its signature: {dom}"
+    );
+    assert!(dom.contains(&subject) && dom.contains("Certificate of erasure"));
+    assert_eq!(
+        dom.matches("<tr><td>").count(),
+        holders.len(),
+        "a row per holder"
+    );
+    assert!(
+        std::fs::metadata(&screenshot).unwrap().len() > 10_000,
+        "a screenshot"
+    );
+    // A copy whose signed payload was changed (every holder said to have held nothing) says so.
+    let page_jws = html
+        .split(r#"data-jws=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page carries its JWS");
+    let page_payload = page_jws.split('.').nth(1).unwrap();
+    let decoded = String::from_utf8(URL_SAFE_NO_PAD.decode(page_payload).unwrap()).unwrap();
+    let changed = decoded.replace(r#""outcome":"erased""#, r#""outcome":"held_nothing""#);
+    assert_ne!(changed, decoded);
+    let forged_page = html.replace(page_payload, &URL_SAFE_NO_PAD.encode(changed));
+    let forged_file = dir.join("forged.html");
+    std::fs::write(&forged_file, forged_page).unwrap();
+    let dom = crate::helpers::chromium(
+        &format!("file://{}", forged_file.display()),
+        &dir.join("forged.png"),
+    )
+    .await;
+    assert!(dom.contains("does NOT verify"), "{dom}");
+
     // Only its owner: anyone else's is not found.
     let other = rig
         .app

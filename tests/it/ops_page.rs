@@ -4,54 +4,12 @@
 //! lost on purpose must show as a mismatch naming the request.
 
 use crate::erasure::{rig, RigSettings};
+use crate::helpers::chromium;
 use dsr_local::event_source::Losses;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Runs headless Chromium on `url`: the DOM after its scripts ran, and a screenshot.
-async fn chromium(url: &str, screenshot: &std::path::Path) -> String {
-    let common = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--window-size=1400,2200",
-        // Lets the page's fetch finish before the DOM is taken.
-        "--virtual-time-budget=20000",
-    ];
-    let profile = tempfile::tempdir().unwrap();
-    let user_data = format!("--user-data-dir={}", profile.path().display());
-    let dom = tokio::process::Command::new("chromium")
-        .args(common)
-        .arg(&user_data)
-        .arg("--dump-dom")
-        .arg(url)
-        .output()
-        .await
-        .expect("chromium runs (make test installs Debian's chromium package)");
-    assert!(
-        dom.status.success(),
-        "chromium: {}",
-        String::from_utf8_lossy(&dom.stderr)
-    );
-    let shot = tokio::process::Command::new("chromium")
-        .args(common)
-        .arg(&user_data)
-        .arg(format!("--screenshot={}", screenshot.display()))
-        .arg(url)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        shot.status.success(),
-        "chromium screenshot: {}",
-        String::from_utf8_lossy(&shot.stderr)
-    );
-    String::from_utf8(dom.stdout).unwrap()
-}
 
 /// The part of `html` from the element with id `id` to the end of its section.
 fn section<'a>(html: &'a str, id: &str) -> &'a str {

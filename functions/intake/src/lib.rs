@@ -4,6 +4,8 @@
 //! request body never names whose data it is about. Bad input gets a 4xx with
 //! `{"error": {"code", "message"}}` and never a 5xx. Contract: `docs/openapi.yaml`.
 
+mod certificate_page;
+
 use dsr_adapters::config::{vars, ConfigError, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::s3::{self, S3ReportStore};
@@ -170,7 +172,27 @@ async fn route<S: RequestStore + ObligationStore, Q: WorkQueue, C: Clock, L: Rep
             let signed = requests
                 .certificate(&subject, id, api.signer.as_ref())
                 .await?;
-            Ok(json_response(StatusCode::OK, &signed))
+            let accept = request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            if !certificate_page::wants_html(accept) {
+                return Ok(json_response(StatusCode::OK, &signed));
+            }
+            let page = certificate_page::render(
+                &signed,
+                &certificate_page::public_key(api.signer.as_ref()),
+            );
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .header(header::CACHE_CONTROL, "no-store")
+                .header(
+                    header::CONTENT_SECURITY_POLICY,
+                    certificate_page::policy_header(),
+                )
+                .body(Body::Text(page))
+                .expect("status and headers are valid"))
         }
         // Public (no token): anyone holding a certificate checks it against this key.
         ["v1", "certificate-keys"] => {
