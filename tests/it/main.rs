@@ -10,6 +10,7 @@ mod certificate;
 mod chaos;
 mod contract;
 mod crash;
+mod demo;
 mod dispatch;
 mod erasure;
 mod event_source;

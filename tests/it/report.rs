@@ -235,7 +235,22 @@ impl Fixture {
     }
 }
 
-fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+/// Records per source, in the manifest's order.
+pub fn record_counts(manifest: &Value) -> Vec<(String, u64)> {
+    manifest["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["record_count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+pub fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a valid zip");
     (0..archive.len())
         .map(|i| {
@@ -247,7 +262,7 @@ fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn json_file(files: &std::collections::BTreeMap<String, Vec<u8>>, name: &str) -> Value {
+pub fn json_file(files: &std::collections::BTreeMap<String, Vec<u8>>, name: &str) -> Value {
     serde_json::from_slice(&files[name]).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -290,17 +305,7 @@ async fn a_report_holds_every_source_and_downloads_with_matching_hashes() {
             );
         }
     }
-    let counts: Vec<(String, u64)> = manifest["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_owned(),
-                s["record_count"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let counts = record_counts(&manifest);
     assert_eq!(
         counts,
         [

@@ -1,7 +1,9 @@
 //! Demo data for `make run`: the demo user `alice` has data in every kind of source the report
 //! function collects from, so a new user sees a real report. The sources stand for the
 //! platform's own systems: a DynamoDB table (profiles), a bucket of uploads, an orders service
-//! and an access-log search index (the fake services).
+//! and an access-log search index (the fake services). Each of them also erases through its
+//! HTTP API (the fake services' `DELETE /erase/{source}/{subject}`), so an erasure leaves a
+//! report with nothing in it: what the walk-through shows.
 
 use crate::fake_services::{FakeData, FakeServices};
 use anyhow::{anyhow, Result};
@@ -112,25 +114,91 @@ pub async fn seed(
                    "user_id": DEMO_SUBJECT, "ip": format!("198.51.100.{i}"), "path": "/login"})
         })
         .collect();
+    // The table's and the bucket's owners erase from them as their services would.
+    {
+        let mut erasers = data.erasers.lock().unwrap_or_else(|p| p.into_inner());
+        let (dynamodb, table) = (dynamodb.clone(), table.clone());
+        erasers.insert(
+            "account".into(),
+            Arc::new(move |subject: String| {
+                let (dynamodb, table) = (dynamodb.clone(), table.clone());
+                Box::pin(async move {
+                    let gone = dynamodb
+                        .delete_item()
+                        .table_name(&table)
+                        .key("user_id", AttributeValue::S(subject))
+                        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+                        .send()
+                        .await
+                        .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())?;
+                    Ok(usize::from(gone.attributes.is_some()))
+                }) as futures::future::BoxFuture<'static, Result<usize, String>>
+            }),
+        );
+        let (s3, bucket) = (s3.clone(), bucket.clone());
+        erasers.insert(
+            "uploads".into(),
+            Arc::new(move |subject: String| {
+                let (s3, bucket) = (s3.clone(), bucket.clone());
+                Box::pin(async move {
+                    let listed = s3
+                        .list_objects_v2()
+                        .bucket(&bucket)
+                        .prefix(format!("uploads/{subject}/"))
+                        .send()
+                        .await
+                        .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string())?;
+                    let keys: Vec<String> = listed
+                        .contents()
+                        .iter()
+                        .filter_map(|o| o.key().map(str::to_owned))
+                        .collect();
+                    for key in &keys {
+                        s3.delete_object()
+                            .bucket(&bucket)
+                            .key(key)
+                            .send()
+                            .await
+                            .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string())?;
+                    }
+                    Ok(keys.len())
+                }) as futures::future::BoxFuture<'static, Result<usize, String>>
+            }),
+        );
+    }
     let services = FakeServices::start(listen, data).await?;
 
+    let erase = |source: &str| {
+        format!(
+            r#"{{ via: {{ kind: http, url: "{}", not_found: {{ status: 404, body_contains: no_such_user }}, timeout_ms: 3000 }}, confirm_within_seconds: 60, max_sends: 3 }}"#,
+            services.erase_url(source)
+        )
+    };
     let registry = format!(
         r#"services:
   - name: account
     description: Your account.
     collect: {{ kind: dynamodb, table: "{table}", key_attribute: user_id }}
+    erase: {account}
   - name: orders
     description: Orders you placed.
     collect: {{ kind: http, url: "{orders}", records_pointer: /items }}
+    erase: {orders_erase}
   - name: access-log
     description: When and from which IP address you signed in.
     collect: {{ kind: search, url: "{logs}", field: user_id, sort: [timestamp, event_id], page_size: 2 }}
+    erase: {logs_erase}
   - name: uploads
     description: Files you uploaded.
     collect: {{ kind: s3, bucket: "{bucket}", prefix: "uploads/{{subject}}/" }}
+    erase: {uploads_erase}
 "#,
         orders = services.orders_url(),
         logs = services.access_logs_url(),
+        account = erase("account"),
+        orders_erase = erase("orders"),
+        logs_erase = erase("access-log"),
+        uploads_erase = erase("uploads"),
     );
     Ok(Demo { registry, services })
 }

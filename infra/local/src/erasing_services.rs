@@ -137,6 +137,8 @@ impl ErasingServices {
     }
 
     /// The registry entries (YAML list items) for these services; `email` is erased last.
+    /// Each is readable too (its data API on the vendor's port), as a platform's services are:
+    /// what a report shows before an erasure is what the erasure must remove.
     pub fn registry_entries(&self, confirm_within_seconds: u64, max_sends: u32) -> String {
         let mut yaml = String::new();
         let mut names: Vec<&String> = self.amqp.keys().collect();
@@ -144,8 +146,9 @@ impl ErasingServices {
         for name in names {
             let last = name == "email";
             yaml.push_str(&format!(
-                "  - name: {name}\n    description: The {name} service.\n    broker_user: {user}\n    erase: {{ via: {{ kind: rabbitmq, routing_key: erasure.{name} }}, last: {last}, confirm_within_seconds: {confirm_within_seconds}, max_sends: {max_sends} }}\n",
-                user = broker_user(name)
+                "  - name: {name}\n    description: The {name} service.\n    broker_user: {user}\n    collect: {{ kind: http, url: \"http://{addr}/holders/{name}/users/{{subject}}\", records_pointer: /records, timeout_ms: 3000 }}\n    erase: {{ via: {{ kind: rabbitmq, routing_key: erasure.{name} }}, last: {last}, confirm_within_seconds: {confirm_within_seconds}, max_sends: {max_sends} }}\n",
+                user = broker_user(name),
+                addr = self.vendor_addr,
             ));
         }
         yaml.push_str(&format!(
@@ -224,6 +227,7 @@ pub async fn start(
         .merge(
             Router::new()
                 .route("/services/{subject}", get(remaining))
+                .route("/holders/{name}/users/{subject}", get(holder_records))
                 .with_state(Arc::new((amqp.clone(), vendor.clone()))),
         );
     let mut vendor_stop = stopped.clone();
@@ -552,6 +556,27 @@ async fn remaining(State(state): State<Arc<Everyone>>, Path(subject): Path<Strin
         .collect();
     left.insert("ads".into(), json!(vendor.service.records(&subject)));
     Json(Value::Object(left))
+}
+
+/// `GET /holders/{name}/users/{subject}`: what one service holds about the subject, as its
+/// data API would answer the report function (`{"records": [...]}`, 404 when nothing).
+async fn holder_records(
+    State(state): State<Arc<Everyone>>,
+    Path((name, subject)): Path<(String, String)>,
+) -> (StatusCode, Json<Value>) {
+    let records = state
+        .0
+        .get(&name)
+        .and_then(|service| lock(&service.data).get(&subject).cloned());
+    match records {
+        Some(records) if !records.is_empty() => {
+            (StatusCode::OK, Json(json!({ "records": records })))
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such user"})),
+        ),
+    }
 }
 
 async fn vendor_show(

@@ -5,7 +5,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -30,7 +30,17 @@ pub struct FakeData {
     pub order_calls: AtomicU32,
     /// When set, order calls must carry `Authorization: Bearer <token>` (else 401).
     pub orders_token: Mutex<Option<String>>,
+    /// How the demo's other sources (a DynamoDB table, an S3 prefix) erase a subject, by
+    /// source name: `DELETE /erase/{source}/{subject}` calls it (orders and access logs are
+    /// erased here).
+    pub erasers: Mutex<HashMap<String, Eraser>>,
+    /// Idempotency keys of the erasures done, with what each erased: a repeat answers the same.
+    pub erased: Mutex<HashMap<String, usize>>,
 }
+
+/// Erases one subject's records from a source; says how many there were.
+pub type Eraser =
+    Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, Result<usize, String>> + Send + Sync>;
 
 pub struct FakeServices {
     pub addr: SocketAddr,
@@ -45,6 +55,7 @@ impl FakeServices {
             .route("/orders/users/{subject}/orders", get(orders))
             .route("/search/{index}/_search", post(search))
             .route("/bulky/users/{subject}/orders", get(bulky_orders))
+            .route("/erase/{source}/{subject}", delete(erase))
             .with_state(data.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -65,6 +76,91 @@ impl FakeServices {
     pub fn access_logs_url(&self) -> String {
         format!("http://{}/search/access-logs", self.addr)
     }
+
+    /// Where a source of these services erases a subject (HTTP `DELETE`, `Idempotency-Key`).
+    pub fn erase_url(&self, source: &str) -> String {
+        format!("http://{}/erase/{source}/{{subject}}", self.addr)
+    }
+}
+
+/// The services' erasure API, as the registry's `erase: { via: { kind: http } }` calls it:
+/// `200 {"erased": n}`, or `404 {"error": "no_such_user"}` when it held nothing; the same
+/// `Idempotency-Key` again answers what the first call did.
+async fn erase(
+    State(data): State<Arc<FakeData>>,
+    Path((source, subject)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|k| format!("{source}:{k}"));
+    let done = key.as_ref().and_then(|k| {
+        data.erased
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(k)
+            .copied()
+    });
+    let erased = match done {
+        Some(n) => n,
+        None => {
+            let n = match source.as_str() {
+                "orders" => data
+                    .orders
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&subject)
+                    .map_or(0, |o| o.len()),
+                "access-log" => {
+                    let mut logs = data.access_logs.lock().unwrap_or_else(|p| p.into_inner());
+                    let before = logs.len();
+                    logs.retain(|d| d["user_id"] != subject.as_str());
+                    before - logs.len()
+                }
+                other => {
+                    let eraser = data
+                        .erasers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(other)
+                        .cloned();
+                    let Some(eraser) = eraser else {
+                        return (
+                            StatusCode::NOT_FOUND,
+                            Json(json!({"error": "no such source"})),
+                        )
+                            .into_response();
+                    };
+                    match eraser(subject.clone()).await {
+                        Ok(n) => n,
+                        Err(reason) => {
+                            return (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                Json(json!({"error": reason})),
+                            )
+                                .into_response()
+                        }
+                    }
+                }
+            };
+            if let Some(k) = key {
+                data.erased
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(k, n);
+            }
+            n
+        }
+    };
+    if erased == 0 {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no_such_user"})),
+        )
+            .into_response();
+    }
+    Json(json!({ "erased": erased })).into_response()
 }
 
 /// The size of the bulky answer.

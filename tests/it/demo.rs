@@ -1,0 +1,113 @@
+//! The demo `make run` serves, as the README's walk-through uses it: alice's data in every
+//! kind of source and in every service that takes erasure commands, each of them readable and
+//! erasable, so her report is full before her erasure and empty after it.
+
+use crate::helpers::{eventually, spawn_app_with, unique_name, TestApp};
+use dsr_local::demo::DEMO_SUBJECT;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Two free ports in a row: the demo's sources on the first, its erasing services on the next.
+fn two_free_ports() -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+async fn wait_for_state(app: &TestApp, id: &str, state: &str, within: Duration) -> Value {
+    let mut last = Value::Null;
+    let reached = eventually(within, async || {
+        last = app
+            .get(DEMO_SUBJECT, &format!("/v1/requests/{id}"))
+            .await
+            .body;
+        last["state"] == state
+    })
+    .await;
+    assert!(reached, "not {state} within {within:?}: {last:#}");
+    last
+}
+
+/// The report of access request `id`: records per source, from its manifest.
+async fn records_per_source(app: &TestApp, id: &str) -> BTreeMap<String, u64> {
+    wait_for_state(app, id, "report_ready", Duration::from_secs(60)).await;
+    let link = app
+        .get(DEMO_SUBJECT, &format!("/v1/requests/{id}/report"))
+        .await;
+    let zip = reqwest::get(link.body["url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let files = crate::report::unzip(&zip);
+    crate::report::record_counts(&crate::report::json_file(&files, "manifest.json"))
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn the_demo_shows_a_full_report_before_an_erasure_and_an_empty_one_after() {
+    let port = two_free_ports();
+    let app = spawn_app_with(|s| {
+        s.demo = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+        s.consume_work_queues = true;
+        s.dispatch_every = Duration::from_millis(500);
+        s.parameters
+            .insert("RabbitMqNamespace".into(), unique_name());
+        s.parameters
+            .insert("ErasureGraceSeconds".into(), "2".into());
+    })
+    .await;
+
+    let before = app.submit(DEMO_SUBJECT, "access").await;
+    let before = records_per_source(&app, before.body["id"].as_str().unwrap()).await;
+    let every = [
+        "access-log",
+        "account",
+        "ads",
+        "billing",
+        "email",
+        "orders",
+        "profile",
+        "uploads",
+        "viewing-history",
+    ];
+    assert_eq!(
+        before.keys().map(String::as_str).collect::<Vec<_>>(),
+        every,
+        "{before:?}"
+    );
+    assert!(
+        before.values().all(|n| *n > 0),
+        "data everywhere: {before:?}"
+    );
+
+    let erasure = app.submit(DEMO_SUBJECT, "erasure").await;
+    let erasure = erasure.body["id"].as_str().unwrap().to_owned();
+    let done = wait_for_state(&app, &erasure, "completed", Duration::from_secs(90)).await;
+    let services: Vec<&str> = done["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["service"].as_str().unwrap())
+        .collect();
+    for source in every {
+        assert!(services.contains(&source), "{source} erased: {done:#}");
+    }
+
+    let after = app.submit(DEMO_SUBJECT, "access").await;
+    assert_eq!(after.status, 202, "{}", after.body);
+    let after = records_per_source(&app, after.body["id"].as_str().unwrap()).await;
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    assert!(after.values().all(|n| *n == 0), "nothing left: {after:?}");
+}
