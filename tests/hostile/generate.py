@@ -79,6 +79,8 @@ for name, token in tokens:
     api(f"token: {name} (list)", "GET", "/v1/requests", 401, None, token=token)
     api(f"token: {name} (submit)", "POST", "/v1/requests", 401, None, token=token,
         body='{"type":"access"}')
+    api(f"token: {name} (certificate)", "GET",
+        "/v1/requests/01KB0000000000000000000000/certificate", 401, None, token=token)
 
 # A token the gateway accepts whose subject the service cannot use.
 for name, sub in [("empty subject", ""), ("subject with a newline", "mal\nlory"),
@@ -155,6 +157,7 @@ for name, rid, status in ids:
     api(f"show: id {name}", "GET", f"/v1/requests/{rid}", status)
     api(f"cancel: id {name}", "DELETE", f"/v1/requests/{rid}", status)
     api(f"report: id {name}", "GET", f"/v1/requests/{rid}/report", status)
+    api(f"certificate: id {name}", "GET", f"/v1/requests/{rid}/certificate", status)
 
 # --- list parameters -------------------------------------------------------------------------
 for name, query, code in [("limit 0", "limit=0", "invalid_limit"), ("limit -1", "limit=-1", "invalid_limit"),
@@ -175,6 +178,9 @@ for name, method, path, status in [
     ("unknown route", "GET", "/v1/everything", 404), ("admin route", "GET", "/admin", 404),
     ("version 2", "GET", "/v2/requests", 404),
     ("deep path", "GET", "/v1/requests/01KB0000000000000000000000/report/extra", 404),
+    ("POST a certificate", "POST", "/v1/requests/01KB0000000000000000000000/certificate", 405),
+    ("DELETE the certificate keys", "DELETE", "/v1/certificate-keys", 405),
+    ("a certificate's deep path", "GET", "/v1/requests/01KB0000000000000000000000/certificate/x", 404),
 ]:
     api(f"route: {name}", method, path, status)
 
