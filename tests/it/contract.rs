@@ -112,14 +112,44 @@ fn the_erasure_messages_serialize_to_the_documented_shapes() {
         &request,
         &service("viewing-history"),
         2,
+        0,
         now,
     ))
     .unwrap();
     assert_message(&command);
     assert_eq!(command["type"], "erase_subject");
+    // Opened again by a verification: a new erasure, under a key of its own.
+    let again = serde_json::to_value(ErasureCommand::new(
+        &request,
+        &service("viewing-history"),
+        3,
+        1,
+        now,
+    ))
+    .unwrap();
+    assert_message(&again);
+    assert_eq!(
+        again["idempotency_key"],
+        format!("erase:{}:viewing-history:r1", request.id)
+    );
     let due =
         ConfirmationsMessage::ObligationDue(ObligationDue::new(request.id, &service("email"), 0));
     assert_message(&serde_json::to_value(due).unwrap());
+    // The verification's ask (the access-requests queue) and its result (confirmations).
+    let ask = dsr_domain::erasure::VerifyErasure::new(request.id, now);
+    assert_message(&serde_json::to_value(&ask).unwrap());
+    let result = ConfirmationsMessage::ErasureVerified(dsr_domain::erasure::ErasureVerified::new(
+        &ask,
+        now,
+        vec![service("viewing-history"), service("billing")],
+        vec![dsr_domain::erasure::StillHeld {
+            service: service("billing"),
+            records: 2,
+        }],
+    ));
+    let result = serde_json::to_value(result).unwrap();
+    assert_eq!(result["type"], "erasure_verified");
+    assert_message(&result);
     let hash = dsr_domain::SubjectHasher::new("sixteen-byte-key").hash(&request.subject);
     for event in [
         DomainEvent::request_submitted(&request, hash.clone(), now),

@@ -286,6 +286,7 @@ crashes! {
     killed_after_moving_to_notifying_before_telling_the_subject => "confirm.notifying": 1,
     killed_after_queueing_the_notice => "confirm.notice_queued": 1,
     killed_after_setting_the_release_before_scheduling_it => "confirm.release_set": 1,
+    killed_after_moving_to_verifying_before_asking_for_it => "confirm.verifying": 1,
     killed_after_announcing_completion_before_completing => "confirm.completion_published": 1,
     killed_after_a_broker_confirmed_before_the_receipt_and_delete => "bridge.published": 3,
     killed_after_a_delayed_send_before_marking_it => "dispatch.delivered": 1,

@@ -1207,3 +1207,126 @@ async fn an_escalation_written_after_a_confirmation_landed_is_refused_by_the_sto
         .collect();
     assert_eq!(lines, ["escalated:profile"]);
 }
+
+#[tokio::test]
+async fn a_service_that_says_it_erased_but_kept_the_data_is_found_by_the_verification_and_erased_again(
+) {
+    let rig = rig(RigSettings::default()).await;
+    let billing = rig.services.service("billing");
+    billing.behaviour.keeps_data.store(1, Ordering::SeqCst);
+    let subject = format!("liar-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+
+    let view = rig
+        .wait_for(&subject, &id, Duration::from_secs(60), completed)
+        .await;
+    // Read again, found, told to erase under a new key, erased, read again: nothing left.
+    assert_eq!(billing.records(&subject), 0, "erased for real in the end");
+    assert_eq!(billing.erasures_of(&id).len(), 2, "two erasures, two keys");
+    let keys: Vec<String> = billing
+        .erasures
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.contains(&id))
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            format!("erase:{id}:billing"),
+            format!("erase:{id}:billing:r1")
+        ]
+    );
+    assert_eq!(service(&view, "billing")["commands_sent"], 2);
+    assert_eq!(service(&view, "billing")["status"], "confirmed");
+    assert_eq!(
+        service(&view, "profile")["commands_sent"],
+        1,
+        "the others once"
+    );
+    assert_eq!(
+        rig.services.service("email").notices_of(&id).len(),
+        1,
+        "the subject told once"
+    );
+    let trail = rig.audit(&id).await;
+    assert!(
+        trail.contains(&"reopened:billing:2".to_owned()),
+        "{trail:?}"
+    );
+    assert!(trail.contains(&"verifying".to_owned()), "{trail:?}");
+    assert!(
+        trail
+            .iter()
+            .any(|e| e.starts_with("verified_nothing_left:")),
+        "{trail:?}"
+    );
+
+    // The certificate says so.
+    let certificate = rig
+        .app
+        .get(&subject, &format!("/v1/requests/{id}/certificate"))
+        .await;
+    assert_eq!(certificate.status, 200, "{}", certificate.body);
+    crate::contract::assert_response(
+        "GET",
+        "/v1/requests/{id}/certificate",
+        200,
+        &certificate.body,
+    );
+    let certificate = &certificate.body["certificate"];
+    assert_eq!(certificate["verification"]["result"], "nothing_left");
+    assert_eq!(
+        certificate["verification"]["holders_read"], 5,
+        "{certificate}"
+    );
+    let holder = |name: &str| {
+        certificate["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["service"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(holder("billing")["found_again"], 1);
+    assert!(holder("profile").get("found_again").is_none());
+}
+
+#[tokio::test]
+async fn a_service_that_keeps_the_data_however_often_it_is_told_is_escalated() {
+    let rig = rig(RigSettings {
+        max_sends: 2,
+        ..RigSettings::default()
+    })
+    .await;
+    let billing = rig.services.service("billing");
+    billing
+        .behaviour
+        .keeps_data
+        .store(u32::MAX, Ordering::SeqCst);
+    let subject = format!("hoarder-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+
+    let view = rig
+        .wait_for(&subject, &id, Duration::from_secs(60), |v| {
+            planned(v, "billing").is_some_and(|s| s["escalated"] == true)
+        })
+        .await;
+    assert_ne!(
+        view["state"], "completed",
+        "never completed while data is left"
+    );
+    assert_eq!(billing.records(&subject), 2, "still there");
+    assert_eq!(service(&view, "billing")["commands_sent"], 2, "{view:#}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !rig
+        .audit(&id)
+        .await
+        .contains(&"escalated:billing".to_owned())
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

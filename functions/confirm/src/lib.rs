@@ -1,6 +1,6 @@
-//! The confirm function: services' confirmations, the watchdog's checks and the bridge's
-//! publication receipts (SQS `confirmations`) move obligations on, and with them the erasure
-//! request (see `dsr_domain::erasure`).
+//! The confirm function: services' confirmations, the watchdog's checks, the bridge's
+//! publication receipts and the report function's verification results (SQS `confirmations`)
+//! move obligations on, and with them the erasure request (see `dsr_domain::erasure`).
 
 use dsr_adapters::batch::{Outcome, QueueDriver, RecordHandler};
 use dsr_adapters::config::{vars, ConfigError, Env};
@@ -67,6 +67,13 @@ where
                 let handled = self.erasures.published(receipt, origin).await;
                 if let Ok(handled) = &handled {
                     tracing::info!(request_id = %receipt.request_id, message_id = %receipt.message_id, outcome = ?handled, "publication receipt handled");
+                }
+                handled
+            }
+            ConfirmationsMessage::ErasureVerified(result) => {
+                let handled = self.erasures.verified(result, origin).await;
+                if let Ok(handled) = &handled {
+                    tracing::info!(request_id = %result.request_id, checked = result.checked.len(), found = result.found.len(), outcome = ?handled, "verification result handled");
                 }
                 handled
             }

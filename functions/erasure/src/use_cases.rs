@@ -51,12 +51,16 @@ services:
 "#;
 
 fn fixture() -> Fixture {
+    fixture_with(REGISTRY)
+}
+
+fn fixture_with(registry: &str) -> Fixture {
     let store = Arc::new(InMemoryRequestStore::default());
     let ports = Arc::new(RecordingErasurePorts::default());
     let clock = Arc::new(FixedClock::at(
         Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap(),
     ));
-    let registry: ServiceRegistry = serde_yaml_ng::from_str(REGISTRY).unwrap();
+    let registry: ServiceRegistry = serde_yaml_ng::from_str(registry).unwrap();
     let reports = InMemoryReportStore::default();
     let erasures = Erasures {
         store: store.clone(),
@@ -869,4 +873,171 @@ async fn a_delivery_that_finds_the_request_held_comes_back_when_the_lease_runs_o
         store.get(id).await.unwrap().unwrap().state,
         RequestState::FanningOut
     );
+}
+
+/// Billing can be read back as well as erased; the others only erased.
+const READABLE_BILLING: &str = r#"
+services:
+  - name: billing
+    broker_user: svc-billing
+    collect: { kind: http, url: "https://billing.example/users/{subject}" }
+    erase: { via: { kind: rabbitmq, routing_key: erasure.billing }, confirm_within_seconds: 600, max_sends: 3 }
+  - name: profile
+    broker_user: svc-profile
+    erase: { via: { kind: rabbitmq, routing_key: erasure.profile } }
+  - name: email
+    broker_user: svc-email
+    erase: { via: { kind: rabbitmq, routing_key: erasure.email }, last: true }
+"#;
+
+impl Fixture {
+    /// Fans out, every holder answers, the notice is published and the email service released
+    /// and answered: where a verification is asked for.
+    async fn every_holder_answered(&self) -> RequestId {
+        let id = self.erasure().await;
+        self.erasures.fan_out(id).await.unwrap();
+        for service in ["billing", "profile"] {
+            self.confirm(id, service).await.unwrap();
+        }
+        let at = dsr_domain::Clock::now(&*self.clock);
+        self.publish_notice(id, at).await.unwrap();
+        self.clock.advance(Duration::hours(73));
+        let release = self
+            .ports
+            .checks()
+            .into_iter()
+            .find(|(c, _)| c.service == "email")
+            .unwrap();
+        self.erasures.check(&release.0).await.unwrap();
+        self.confirm(id, "email").await.unwrap();
+        id
+    }
+
+    fn verified(
+        &self,
+        ask: &dsr_domain::erasure::VerifyErasure,
+        found: &[(&str, u64)],
+    ) -> dsr_domain::erasure::ErasureVerified {
+        dsr_domain::erasure::ErasureVerified::new(
+            ask,
+            dsr_domain::Clock::now(&*self.clock),
+            vec![svc("billing")],
+            found
+                .iter()
+                .map(|(s, n)| dsr_domain::erasure::StillHeld {
+                    service: svc(s),
+                    records: *n,
+                })
+                .collect(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn an_erasure_is_completed_only_when_a_verification_finds_nothing_and_data_found_is_erased_again(
+) {
+    let f = fixture_with(READABLE_BILLING);
+    let id = f.every_holder_answered().await;
+    assert_eq!(f.state(id).await, RequestState::Verifying);
+    let asks = f.ports.verifications();
+    assert_eq!(asks.len(), 1, "asked once");
+    let first = asks[0].clone();
+
+    // Only the service itself verifies.
+    let forged = f.verified(&first, &[]);
+    assert!(matches!(
+        f.erasures
+            .verified(&forged, &Origin::Broker("svc-billing".into()))
+            .await,
+        Err(ErasureError::Rejected(_))
+    ));
+    assert_eq!(f.state(id).await, RequestState::Verifying);
+
+    // Billing still holds two records: opened again, sent again under a new key.
+    f.clock.advance(Duration::minutes(1));
+    assert_eq!(
+        f.erasures
+            .verified(&f.verified(&first, &[("billing", 2)]), &Origin::Internal)
+            .await
+            .unwrap(),
+        Handled::Reopened { services: 1 }
+    );
+    assert_eq!(f.state(id).await, RequestState::Notifying);
+    let billing = f.obligation(id, "billing").await;
+    assert_eq!(
+        (billing.status, billing.attempts, billing.reopened),
+        (ObligationStatus::Sent, 2, 1)
+    );
+    let again = f.ports.commands().last().unwrap().clone();
+    assert_eq!(again.service, "billing");
+    assert_eq!(again.idempotency_key, format!("erase:{id}:billing:r1"));
+    // The same result delivered again sends nothing more.
+    f.erasures
+        .verified(&f.verified(&first, &[("billing", 2)]), &Origin::Internal)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.ports
+            .commands()
+            .iter()
+            .filter(|c| c.service == "billing")
+            .count(),
+        2
+    );
+
+    // Billing erases for real; every holder answered again: a second round.
+    f.clock.advance(Duration::minutes(1));
+    f.confirm(id, "billing").await.unwrap();
+    assert_eq!(f.state(id).await, RequestState::Verifying);
+    let asks = f.ports.verifications();
+    assert_eq!(asks.len(), 2);
+    let second = asks[1].clone();
+    assert!(second.requested_at > first.requested_at);
+    // A late result of the first round changes nothing.
+    assert_eq!(
+        f.erasures
+            .verified(&f.verified(&first, &[]), &Origin::Internal)
+            .await
+            .unwrap(),
+        Handled::Nothing(dsr_domain::erasure::Skipped::NotThisVerification)
+    );
+    assert_eq!(f.state(id).await, RequestState::Verifying);
+    assert_eq!(
+        f.erasures
+            .verified(&f.verified(&second, &[]), &Origin::Internal)
+            .await
+            .unwrap(),
+        Handled::Verified
+    );
+    assert_eq!(f.state(id).await, RequestState::Completed);
+    let told: Vec<EventType> = f.ports.events().iter().map(|e| e.event_type).collect();
+    assert_eq!(
+        told,
+        [
+            EventType::RequestSubmitted,
+            EventType::ErasureNotice,
+            EventType::ErasureCompleted
+        ],
+        "one notice, one completion"
+    );
+    let trail = f.store.events(id);
+    assert!(
+        trail.contains(&"reopened:billing:2".to_owned()),
+        "{trail:?}"
+    );
+    assert!(
+        trail.contains(&"verified_nothing_left:1".to_owned()),
+        "{trail:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_readable_holder_an_erasure_completes_without_a_verification() {
+    let f = fixture_with(&READABLE_BILLING.replace(
+        "    collect: { kind: http, url: \"https://billing.example/users/{subject}\" }\n",
+        "",
+    ));
+    let id = f.every_holder_answered().await;
+    assert_eq!(f.state(id).await, RequestState::Completed);
+    assert!(f.ports.verifications().is_empty());
 }

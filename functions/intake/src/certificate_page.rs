@@ -59,9 +59,15 @@ pub fn render(signed: &SignedCertificate, x: &str) -> String {
     let c = &signed.certificate;
     let mut rows = String::new();
     for h in &c.holders {
+        let again = match h.found_again {
+            0 => String::new(),
+            n => format!(
+                " <small>(found holding data {n} time(s) after answering; erased again)</small>"
+            ),
+        };
         let _ = write!(
             rows,
-            "<tr><td>{service}{last}</td><td class=\"{outcome}\">{outcome_text}</td><td class=\"time\">{commanded}</td><td class=\"time\">{answered}</td><td class=\"digest\">{digest}</td></tr>",
+            "<tr><td>{service}{last}{again}</td><td class=\"{outcome}\">{outcome_text}</td><td class=\"time\">{commanded}</td><td class=\"time\">{answered}</td><td class=\"digest\">{digest}</td></tr>",
             service = escape(&h.service),
             last = if h.erased_last {
                 " <small>(last, after you were told)</small>"
@@ -115,6 +121,7 @@ on the date shown.</p>
 <dt>Request received</dt><dd>{received}</dd>
 <dt>Erasure completed</dt><dd>{completed}</dd>
 <dt>Certificate issued</dt><dd>{issued}</dd>
+<dt>Verified</dt><dd>{verified}</dd>
 </dl>
 <table>
 <thead><tr><th>Service</th><th>Outcome</th><th>Commanded</th><th>Answered</th><th>SHA-256 of its receipt</th></tr></thead>
@@ -137,6 +144,14 @@ is this certificate as JSON.</p>
         received = readable(&c.received_at),
         completed = readable(&c.completed_at),
         issued = readable(&c.issued_at),
+        verified = match c.verification.verified_at.as_deref() {
+            Some(at) => format!(
+                "{} services read again on {}: none held anything",
+                c.verification.holders_read,
+                readable(at)
+            ),
+            None => "none of these services can be read back".to_owned(),
+        },
         rows = rows,
         jws = escape(&signed.signature.jws),
         kid = escape(&signed.signature.kid),

@@ -1,5 +1,6 @@
 //! The report function: turns a `received` access request into a downloadable report holding
-//! everything the registered sources know about the subject (SQS `access-requests`).
+//! everything the registered sources know about the subject (SQS `access-requests`); and, on
+//! the same queue, reads every erased holder of an erasure again to verify it.
 //!
 //! The use case (lease, collect, assemble, commit or hand back, announce) is
 //! `dsr_domain::report`; this crate translates queue messages into it and wires the cloud
@@ -11,28 +12,47 @@ use dsr_adapters::collect::Collectors;
 use dsr_adapters::config::{vars, ConfigError, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::s3::{self, S3ReportStore};
-use dsr_adapters::sqs::SqsOutbox;
+use dsr_adapters::sqs::{SqsOutbox, SqsVerificationResults};
 use dsr_domain::lease::Worker;
 use dsr_domain::messages::Origin;
 use dsr_domain::ports::{EventOutbox, RequestStore};
+use dsr_domain::report::verify::{
+    ErasureVerifications, ReportWork, Verification, VerificationResults,
+};
 use dsr_domain::report::{AccessReports, ReportSettings, ReportSources, ReportStore, WorkOutcome};
 use dsr_domain::{Clock, RequestKind, RequestMessage, SystemClock};
 
 pub type CloudReports =
     AccessReports<DynamoRequestStore, Collectors, S3ReportStore, SqsOutbox, SystemClock>;
+pub type CloudVerifications =
+    ErasureVerifications<DynamoRequestStore, Collectors, SqsVerificationResults, SystemClock>;
 
 /// The function as Lambda runs it.
-pub type Handler = QueueDriver<AccessRequestHandler<CloudReports>>;
+pub type Handler = QueueDriver<AccessRequestHandler<CloudReports, CloudVerifications>>;
 
 /// Builds the function from its configuration: the same wiring in Lambda and the local stack.
 pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
+    let sources = Collectors::new(
+        aws_sdk_dynamodb::Client::new(aws),
+        s3::client(aws),
+        env.clone(),
+    );
+    let settings = settings(env)?;
+    let registry = dsr_adapters::registry::load_collectable(env)?;
+    let verifications = ErasureVerifications {
+        store: dsr_adapters::wiring::request_store(aws, env, "report")?,
+        sources: sources.clone(),
+        results: SqsVerificationResults::new(
+            aws_sdk_sqs::Client::new(aws),
+            env.required(vars::CONFIRMATIONS_QUEUE_URL)?,
+        ),
+        clock: SystemClock,
+        registry: registry.clone(),
+        staging_dir: settings.staging_dir.clone(),
+    };
     let reports = AccessReports {
         store: dsr_adapters::wiring::request_store(aws, env, "report")?,
-        sources: Collectors::new(
-            aws_sdk_dynamodb::Client::new(aws),
-            s3::client(aws),
-            env.clone(),
-        ),
+        sources,
         reports: S3ReportStore::new(s3::client(aws), env.required(vars::REPORTS_BUCKET)?),
         events: SqsOutbox::new(
             aws_sdk_sqs::Client::new(aws),
@@ -41,14 +61,17 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
         ),
         clock: SystemClock,
         hasher: dsr_adapters::wiring::subject_hasher(env)?,
-        registry: dsr_adapters::registry::load_collectable(env)?,
-        settings: settings(env)?,
+        registry,
+        settings,
         worker: Worker {
             owner: format!("report-{}", ulid::Ulid::new()),
             lease_ttl: env.seconds(vars::REPORT_LEASE_SECONDS, Duration::seconds(960))?,
         },
     };
-    let handler = AccessRequestHandler { reports };
+    let handler = AccessRequestHandler {
+        reports,
+        verifications,
+    };
     QueueDriver::from_env("report", handler, aws, env, vars::ACCESS_REQUESTS_QUEUE_URL)
 }
 
@@ -76,12 +99,57 @@ pub fn settings(env: &Env) -> Result<ReportSettings, ConfigError> {
     })
 }
 
-/// One message of `access-requests`: one request to make the report of.
-pub struct AccessRequestHandler<R> {
+/// One message of `access-requests`: one request to make the report of, or one erasure to
+/// verify.
+pub struct AccessRequestHandler<R, V> {
     pub reports: R,
+    pub verifications: V,
 }
 
-impl<S, R, T, E, C> RecordHandler for AccessRequestHandler<AccessReports<S, R, T, E, C>>
+impl<S, R, T, E, C, V> RecordHandler
+    for AccessRequestHandler<AccessReports<S, R, T, E, C>, ErasureVerifications<S, R, V, C>>
+where
+    S: RequestStore,
+    R: ReportSources,
+    T: ReportStore,
+    E: EventOutbox,
+    C: Clock,
+    V: VerificationResults,
+{
+    type Message = ReportWork;
+
+    async fn handle(&self, message: ReportWork, origin: &Origin) -> Outcome {
+        match message {
+            ReportWork::Access(message) => self.report(message).await,
+            ReportWork::Verify(_) if *origin != Origin::Internal => Outcome::Reject(format!(
+                "an erasure verification from {origin}; only the service asks for them"
+            )),
+            ReportWork::Verify(ask) => {
+                let id = ask.request_id;
+                match self.verifications.verify(&ask).await {
+                    Ok(Verification::Sent { checked, found }) => {
+                        tracing::info!(request_id = %id, checked, found, "erasure verified");
+                        Outcome::Done
+                    }
+                    Ok(Verification::NothingToDo(None)) => {
+                        Outcome::Reject(format!("unknown request {id}"))
+                    }
+                    Ok(Verification::NothingToDo(state)) => {
+                        tracing::info!(request_id = %id, state = ?state, "no erasure to verify");
+                        Outcome::Done
+                    }
+                    Err(err) => {
+                        // A holder that cannot be read now is not a holder found empty.
+                        tracing::warn!(request_id = %id, error = %err, "could not verify the erasure; will retry");
+                        Outcome::Retry(Some(seconds(self.reports.settings.retry_base)))
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S, R, T, E, C, V> AccessRequestHandler<AccessReports<S, R, T, E, C>, V>
 where
     S: RequestStore,
     R: ReportSources,
@@ -89,9 +157,7 @@ where
     E: EventOutbox,
     C: Clock,
 {
-    type Message = RequestMessage;
-
-    async fn handle(&self, message: RequestMessage, _: &Origin) -> Outcome {
+    async fn report(&self, message: RequestMessage) -> Outcome {
         if message.kind != RequestKind::Access {
             return Outcome::Reject(format!(
                 "a request of kind `{}` on the access-requests queue",

@@ -4,7 +4,7 @@
 use super::*;
 use chrono::{TimeZone, Utc};
 use dsr_adapters::memory::{
-    FakeSources, InMemoryReportStore, InMemoryRequestStore, RecordingOutbox,
+    FakeSources, InMemoryReportStore, InMemoryRequestStore, RecordingErasurePorts, RecordingOutbox,
 };
 use dsr_domain::registry::ServiceRegistry;
 use dsr_domain::{
@@ -20,6 +20,12 @@ type Reports = AccessReports<
     Arc<FakeSources>,
     InMemoryReportStore,
     Arc<RecordingOutbox>,
+    Arc<FixedClock>,
+>;
+type Verifications = ErasureVerifications<
+    Arc<InMemoryRequestStore>,
+    Arc<FakeSources>,
+    Arc<RecordingErasurePorts>,
     Arc<FixedClock>,
 >;
 
@@ -41,6 +47,8 @@ struct Fixture {
     sources: Arc<FakeSources>,
     reports: InMemoryReportStore,
     events: Arc<RecordingOutbox>,
+    /// Where verification results go.
+    results: Arc<RecordingErasurePorts>,
     clock: Arc<FixedClock>,
     staging: tempfile::TempDir,
 }
@@ -62,6 +70,7 @@ fn fixture() -> Fixture {
         sources,
         reports: InMemoryReportStore::default(),
         events: Arc::new(RecordingOutbox::default()),
+        results: Arc::new(RecordingErasurePorts::default()),
         clock: Arc::new(FixedClock::at(
             Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap(),
         )),
@@ -88,6 +97,23 @@ impl Fixture {
                 owner: owner.into(),
                 lease_ttl: Duration::seconds(960),
             },
+        }
+    }
+
+    /// The function's handler: `reports` for access requests, and verifications over the
+    /// same sources and `registry`.
+    fn handler(&self, reports: Reports) -> AccessRequestHandler<Reports, Verifications> {
+        let registry = reports.registry.clone();
+        AccessRequestHandler {
+            verifications: ErasureVerifications {
+                store: self.store.clone(),
+                sources: self.sources.clone(),
+                results: self.results.clone(),
+                clock: self.clock.clone(),
+                registry,
+                staging_dir: self.staging.path().to_owned(),
+            },
+            reports,
         }
     }
 
@@ -250,17 +276,15 @@ async fn the_last_attempt_fails_the_request_and_its_message_is_dead_lettered() {
     let f = fixture();
     let id = f.access_request().await;
     f.sources.set_failing("profile", true);
-    let handler = AccessRequestHandler {
-        reports: AccessReports {
-            settings: ReportSettings {
-                max_attempts: 2,
-                staging_dir: f.staging.path().to_owned(),
-                ..ReportSettings::default()
-            },
-            ..f.worker("a")
+    let handler = f.handler(AccessReports {
+        settings: ReportSettings {
+            max_attempts: 2,
+            staging_dir: f.staging.path().to_owned(),
+            ..ReportSettings::default()
         },
-    };
-    let message = RequestMessage::new(id, RequestKind::Access, f.clock.now());
+        ..f.worker("a")
+    });
+    let message = ReportWork::Access(RequestMessage::new(id, RequestKind::Access, f.clock.now()));
     assert_eq!(
         handler.handle(message.clone(), &Origin::Internal).await,
         Outcome::Retry(Some(std::time::Duration::from_secs(60)))
@@ -446,10 +470,8 @@ async fn an_announcement_that_fails_is_retried_and_the_report_kept() {
     f.sources.before_next_collect(Box::pin(async move {
         events.failing.store(true, Ordering::SeqCst);
     }));
-    let handler = AccessRequestHandler {
-        reports: f.worker("a"),
-    };
-    let message = RequestMessage::new(id, RequestKind::Access, f.clock.now());
+    let handler = f.handler(f.worker("a"));
+    let message = ReportWork::Access(RequestMessage::new(id, RequestKind::Access, f.clock.now()));
     assert!(matches!(
         handler.handle(message.clone(), &Origin::Internal).await,
         Outcome::Retry(Some(_))
@@ -479,14 +501,12 @@ async fn an_announcement_that_fails_is_retried_and_the_report_kept() {
 #[tokio::test]
 async fn erasure_messages_on_the_access_queue_are_rejected() {
     let f = fixture();
-    let handler = AccessRequestHandler {
-        reports: f.worker("a"),
-    };
-    let message = RequestMessage::new(
+    let handler = f.handler(f.worker("a"));
+    let message = ReportWork::Access(RequestMessage::new(
         RequestId::new_at(f.clock.now()),
         RequestKind::Erasure,
         f.clock.now(),
-    );
+    ));
     assert_eq!(
         handler.handle(message, &Origin::Internal).await,
         Outcome::Reject("a request of kind `erasure` on the access-requests queue".into())
@@ -514,4 +534,123 @@ async fn a_worker_that_cannot_count_its_receipt_gives_the_lease_up_at_once() {
         f.worker("b").generate(id).await.unwrap(),
         WorkOutcome::Completed(_)
     ));
+}
+
+/// Profile can be read and is erased; orders can only be read; newsletter is only erased.
+const HOLDERS: &str = r#"
+services:
+  - name: profile
+    description: Your profile
+    collect: { kind: dynamodb, table: profiles, key_attribute: uid }
+    broker_user: svc-profile
+    erase: { via: { kind: rabbitmq, routing_key: erasure.profile } }
+  - name: orders
+    description: Your orders
+    collect: { kind: http, url: "https://orders.example/users/{subject}" }
+  - name: newsletter
+    broker_user: svc-newsletter
+    erase: { via: { kind: rabbitmq, routing_key: erasure.newsletter } }
+"#;
+
+impl Fixture {
+    /// An erasure of the subject, every holder answered: `verifying`.
+    async fn verifying_erasure(&self) -> Request {
+        let mut request = Request::receive(
+            RequestKind::Erasure,
+            SubjectId::parse(SUBJECT).unwrap(),
+            self.clock.now(),
+        );
+        request.state = RequestState::Verifying;
+        let hash = SubjectHasher::new("a-test-key-of-16-bytes").hash(&request.subject);
+        self.store
+            .create(&request, &hash, None, None)
+            .await
+            .unwrap();
+        request
+    }
+
+    fn verifier(&self) -> AccessRequestHandler<Reports, Verifications> {
+        self.handler(AccessReports {
+            registry: ServiceRegistry::parse(HOLDERS).unwrap(),
+            ..self.worker("v")
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_verification_reads_every_erased_holder_that_can_be_read_and_says_what_is_left() {
+    let f = fixture();
+    let erasure = f.verifying_erasure().await;
+    let ask = dsr_domain::erasure::VerifyErasure::new(erasure.id, erasure.updated_at);
+    // Profile still holds the subject's record; orders (read-only) is not an erased holder.
+    assert_eq!(
+        f.verifier()
+            .handle(ReportWork::Verify(ask.clone()), &Origin::Internal)
+            .await,
+        Outcome::Done
+    );
+    let sent = f.results.verified.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].requested_at, ask.requested_at);
+    let names = |list: &[dsr_domain::ServiceName]| {
+        list.iter()
+            .map(|s| s.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&sent[0].checked), ["profile"]);
+    assert_eq!(sent[0].found.len(), 1);
+    assert_eq!(sent[0].found[0].service.as_str(), "profile");
+    assert_eq!(sent[0].found[0].records, 1);
+    assert!(
+        !serde_json::to_string(&sent[0]).unwrap().contains("Rita"),
+        "counts leave, never records"
+    );
+
+    // Erased for real: nothing found.
+    f.sources.forget("profile", SUBJECT);
+    assert_eq!(
+        f.verifier()
+            .handle(ReportWork::Verify(ask.clone()), &Origin::Internal)
+            .await,
+        Outcome::Done
+    );
+    let sent = f.results.verified.lock().unwrap().clone();
+    assert!(sent[1].found.is_empty());
+}
+
+#[tokio::test]
+async fn a_holder_that_cannot_be_read_is_not_a_holder_found_empty() {
+    let f = fixture();
+    let erasure = f.verifying_erasure().await;
+    f.sources.set_failing("profile", true);
+    let ask = dsr_domain::erasure::VerifyErasure::new(erasure.id, erasure.updated_at);
+    assert!(matches!(
+        f.verifier()
+            .handle(ReportWork::Verify(ask.clone()), &Origin::Internal)
+            .await,
+        Outcome::Retry(Some(_))
+    ));
+    assert!(
+        f.results.verified.lock().unwrap().is_empty(),
+        "no result sent"
+    );
+    // From outside the service: refused; for a request not verifying: nothing to do.
+    assert!(matches!(
+        f.verifier()
+            .handle(
+                ReportWork::Verify(ask),
+                &Origin::Broker("svc-profile".into())
+            )
+            .await,
+        Outcome::Reject(_)
+    ));
+    let access = f.access_request().await;
+    let ask = dsr_domain::erasure::VerifyErasure::new(access, f.clock.now());
+    assert_eq!(
+        f.verifier()
+            .handle(ReportWork::Verify(ask), &Origin::Internal)
+            .await,
+        Outcome::Done
+    );
+    assert!(f.results.verified.lock().unwrap().is_empty());
 }

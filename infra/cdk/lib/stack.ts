@@ -409,6 +409,8 @@ export class DsrStack extends Stack {
         ...queueUrls,
         DEAD_LETTER_QUEUE_URL: accessRequestsDlq.queueUrl,
         OUTBOUND_QUEUE_URL: outboundQueue.queueUrl,
+        // What an erasure's verification found goes to the confirm function.
+        CONFIRMATIONS_QUEUE_URL: confirmationsQueue.queueUrl,
         COMMANDS_EXCHANGE: ns("commands"),
         REPORTS_BUCKET: reportsBucket.bucketName,
         SUBJECT_HASH_KEY_PARAMETER: secret("subject-hash-key"),
@@ -428,7 +430,7 @@ export class DsrStack extends Stack {
           [reportObjects],
         ),
         allow(["s3:ListBucket", "s3:ListBucketMultipartUploads"], [reportsBucket.bucketArn]),
-        allow(["sqs:SendMessage"], [outboundQueue.queueArn, accessRequestsDlq.queueArn]),
+        allow(["sqs:SendMessage"], [outboundQueue.queueArn, accessRequestsDlq.queueArn, confirmationsQueue.queueArn]),
         allow(["sqs:ChangeMessageVisibility"], [accessRequestsQueue.queueArn]),
         // Read access to the registry's sources is granted per platform: add statements here.
       ],
@@ -452,7 +454,13 @@ export class DsrStack extends Stack {
       ),
       allow(["s3:DeleteObject", "s3:AbortMultipartUpload"], [reportObjects]),
       allow(["s3:ListBucket", "s3:ListBucketMultipartUploads"], [reportsBucket.bucketArn]),
-      allow(["sqs:SendMessage"], [outboundQueue.queueArn, scheduleRequestsQueue.queueArn, dlq.queueArn]),
+      // An erasure's verification is asked of the report function (its access-requests queue).
+      allow(["sqs:SendMessage"], [
+        outboundQueue.queueArn,
+        scheduleRequestsQueue.queueArn,
+        dlq.queueArn,
+        accessRequestsQueue.queueArn,
+      ]),
     ];
     const erasureEnvironment = (dlq: sqs.Queue) => ({
       REQUESTS_TABLE: requestsTable.tableName,
@@ -771,6 +779,16 @@ export class DsrStack extends Stack {
       },
     );
     ours("ErasureEscalatedAlarm", "A service did not confirm an erasure after every re-send.", "Escalations", "confirm", "Sum", 900);
+    // A service said it erased, and a verification read its data again: its command was sent
+    // again, but a service that says so without doing it is worth a look.
+    ours(
+      "ErasureDataFoundAfterAnswerAlarm",
+      "A verification found a subject's data at a service that had confirmed the erasure.",
+      "DataFoundAfterAnswer",
+      "confirm",
+      "Sum",
+      900,
+    );
     // The outbound queue's age cannot tell: a message waiting for the broker is put back as a
     // fresh one every few minutes. The bridge counts what it could not publish instead.
     ours(

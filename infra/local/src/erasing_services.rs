@@ -38,6 +38,9 @@ pub struct Behaviour {
     /// Hands every command back to the broker once after acting on it, so RabbitMQ delivers
     /// it a second time (as after a consumer crash before its ack).
     pub redeliver_once: AtomicBool,
+    /// Answers this many erasures (new idempotency keys) with `erased` and keeps the data:
+    /// what a verification is there to catch (`u32::MAX`: never erases).
+    pub keeps_data: AtomicU32,
 }
 
 /// One service's data and what happened to it.
@@ -395,7 +398,17 @@ async fn consume_on(
                 !seen
             };
             tracing::info!(service = %service.name, request_id = %command.request_id, attempt = command.attempt, first, "fake service: erase command");
-            let removed = if first {
+            let lies = first
+                && service
+                    .behaviour
+                    .keeps_data
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                        0 => None,
+                        u32::MAX => Some(u32::MAX),
+                        n => Some(n - 1),
+                    })
+                    .is_ok();
+            let removed = if first && !lies {
                 lock(&service.data)
                     .remove(command.subject.as_str())
                     .map_or(0, |r| r.len())
@@ -409,7 +422,7 @@ async fn consume_on(
                     "message_id": format!("confirmation:{}", command.message_id),
                     "request_id": command.request_id,
                     "service": service.name,
-                    "outcome": if first && removed == 0 { "not_found" } else { "erased" },
+                    "outcome": if first && removed == 0 && !lies { "not_found" } else { "erased" },
                     "receipt": { "records_deleted": removed, "reference": format!("{}-{}", service.name, command.attempt) },
                 });
                 let copies = if service

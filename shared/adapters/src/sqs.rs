@@ -188,6 +188,8 @@ pub struct SqsCheckScheduler {
     client: Client,
     schedule_requests_queue_url: String,
     confirmations_queue_url: String,
+    /// The report function's queue, where a verification is asked for.
+    access_requests_queue_url: String,
 }
 
 impl SqsCheckScheduler {
@@ -195,12 +197,58 @@ impl SqsCheckScheduler {
         client: Client,
         schedule_requests_queue_url: impl Into<String>,
         confirmations_queue_url: impl Into<String>,
+        access_requests_queue_url: impl Into<String>,
     ) -> Self {
         Self {
             client,
             schedule_requests_queue_url: schedule_requests_queue_url.into(),
             confirmations_queue_url: confirmations_queue_url.into(),
+            access_requests_queue_url: access_requests_queue_url.into(),
         }
+    }
+}
+
+/// Sends `body` to `queue_url` as one of the service's own messages.
+async fn send_own(
+    client: &Client,
+    queue_url: &str,
+    body: String,
+) -> Result<(), dsr_domain::erasure::ChannelError> {
+    client
+        .send_message()
+        .queue_url(queue_url)
+        .message_body(body)
+        .send()
+        .await
+        .map_err(|e| dsr_domain::erasure::ChannelError(Box::new(e)))?;
+    Ok(())
+}
+
+/// Verification results, onto the `confirmations` queue (the report function sends them).
+#[derive(Clone, Debug)]
+pub struct SqsVerificationResults {
+    client: Client,
+    confirmations_queue_url: String,
+}
+
+impl SqsVerificationResults {
+    pub fn new(client: Client, confirmations_queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            confirmations_queue_url: confirmations_queue_url.into(),
+        }
+    }
+}
+
+impl dsr_domain::report::verify::VerificationResults for SqsVerificationResults {
+    async fn send(
+        &self,
+        result: &dsr_domain::erasure::ErasureVerified,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        use dsr_domain::erasure::{ChannelError, ConfirmationsMessage};
+        let body = serde_json::to_string(&ConfirmationsMessage::ErasureVerified(result.clone()))
+            .map_err(|e| ChannelError(Box::new(e)))?;
+        send_own(&self.client, &self.confirmations_queue_url, body).await
     }
 }
 
@@ -229,14 +277,16 @@ impl dsr_domain::erasure::CheckScheduler for SqsCheckScheduler {
                 .map_err(|e| fail(e.to_string()))?,
         };
         let body = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
-        self.client
-            .send_message()
-            .queue_url(&self.schedule_requests_queue_url)
-            .message_body(body)
-            .send()
-            .await
-            .map_err(|e| ChannelError(Box::new(e)))?;
-        Ok(())
+        send_own(&self.client, &self.schedule_requests_queue_url, body).await
+    }
+
+    async fn verify(
+        &self,
+        ask: &dsr_domain::erasure::VerifyErasure,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        let body = serde_json::to_string(ask)
+            .map_err(|e| dsr_domain::erasure::ChannelError(Box::new(e)))?;
+        send_own(&self.client, &self.access_requests_queue_url, body).await
     }
 }
 

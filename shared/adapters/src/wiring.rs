@@ -115,6 +115,7 @@ pub fn erasures(
             sqs.clone(),
             env.required(vars::SCHEDULE_REQUESTS_QUEUE_URL)?,
             env.required(vars::CONFIRMATIONS_QUEUE_URL)?,
+            env.required(vars::ACCESS_REQUESTS_QUEUE_URL)?,
         ),
         events: crate::sqs::SqsOutbox::new(sqs, outbound, commands),
         reports: crate::s3::S3ReportStore::new(
@@ -192,6 +193,7 @@ mod tests {
             (vars::COMMANDS_EXCHANGE, "c"),
             (vars::SCHEDULE_REQUESTS_QUEUE_URL, "s"),
             (vars::CONFIRMATIONS_QUEUE_URL, "q"),
+            (vars::ACCESS_REQUESTS_QUEUE_URL, "q"),
             (vars::SUBJECT_HASH_KEY, "sixteen-byte-key"),
             (vars::REPORTS_BUCKET, "reports"),
             (

@@ -36,6 +36,14 @@ pub enum Audited<'a> {
     /// A worker's attempt failed after it had started (commands may have left): the request
     /// stays in its working state for the next delivery to take over, never back to `received`.
     AttemptFailed { attempts: u32 },
+    /// A verification found records at a service that had answered: its obligation is open
+    /// again and its command sent again.
+    Reopened {
+        service: &'a ServiceName,
+        records: u64,
+    },
+    /// A verification read every erased holder again (this many) and found nothing.
+    VerifiedNothingLeft { holders: usize },
 }
 
 impl fmt::Display for Audited<'_> {
@@ -56,6 +64,10 @@ impl fmt::Display for Audited<'_> {
             }
             Audited::NoticePublished => f.write_str("notice_published"),
             Audited::AttemptFailed { attempts } => write!(f, "attempt_failed:{attempts}"),
+            Audited::Reopened { service, records } => write!(f, "reopened:{service}:{records}"),
+            Audited::VerifiedNothingLeft { holders } => {
+                write!(f, "verified_nothing_left:{holders}")
+            }
         }
     }
 }
@@ -100,6 +112,17 @@ mod tests {
             (
                 Audited::Escalated { service: &billing },
                 "escalated:billing",
+            ),
+            (
+                Audited::Reopened {
+                    service: &billing,
+                    records: 2,
+                },
+                "reopened:billing:2",
+            ),
+            (
+                Audited::VerifiedNothingLeft { holders: 5 },
+                "verified_nothing_left:5",
             ),
             (Audited::NoticePublished, "notice_published"),
             (Audited::AttemptFailed { attempts: 2 }, "attempt_failed:2"),

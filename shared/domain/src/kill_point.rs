@@ -28,6 +28,7 @@ pub const STEPS: &[&str] = &[
     "confirm.notifying",
     "confirm.notice_queued",
     "confirm.release_set",
+    "confirm.verifying",
     "confirm.completion_published",
     "bridge.published",
     "dispatch.delivered",

@@ -122,6 +122,8 @@ pub mod names {
     pub const HOPS: &str = "Hops";
     pub const HOP_MISMATCHES: &str = "HopMismatches";
     pub const STUCK_REQUESTS: &str = "StuckRequests";
+    /// A verification found the subject's data at a service that had answered its command.
+    pub const DATA_FOUND_AFTER_ANSWER: &str = "DataFoundAfterAnswer";
 }
 
 /// One metric the service emits: its name, the dimensions it carries besides `Function` (every
@@ -164,6 +166,7 @@ pub const CATALOG: &[Emitted] = {
         m(RETRIES, &["Kind"], &["report", "confirm"]),
         m(REDRIVES, &["Kind"], &["sweep"]),
         m(ESCALATIONS, &["Service"], &["confirm"]),
+        m(DATA_FOUND_AFTER_ANSWER, &["Service"], &["confirm"]),
         m(COLD_STARTS, &[], ALL_FUNCTIONS),
         m(REQUESTS_IN_STATE, &["Kind", "State"], &["sweep"]),
         m(DEADLINE_AT_RISK, &[], &["sweep"]),

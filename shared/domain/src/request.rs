@@ -115,6 +115,8 @@ pub enum RequestState {
     FanningOut,
     AwaitingConfirmations,
     Notifying,
+    /// Every holder answered; the service reads every erased holder again and expects nothing.
+    Verifying,
     Completed,
     // either
     Cancelled,
@@ -122,7 +124,7 @@ pub enum RequestState {
 }
 
 impl RequestState {
-    pub const ALL: [RequestState; 10] = [
+    pub const ALL: [RequestState; 11] = [
         RequestState::Received,
         RequestState::Collecting,
         RequestState::ReportReady,
@@ -130,6 +132,7 @@ impl RequestState {
         RequestState::FanningOut,
         RequestState::AwaitingConfirmations,
         RequestState::Notifying,
+        RequestState::Verifying,
         RequestState::Completed,
         RequestState::Cancelled,
         RequestState::Failed,
@@ -144,6 +147,7 @@ impl RequestState {
             RequestState::FanningOut => "fanning_out",
             RequestState::AwaitingConfirmations => "awaiting_confirmations",
             RequestState::Notifying => "notifying",
+            RequestState::Verifying => "verifying",
             RequestState::Completed => "completed",
             RequestState::Cancelled => "cancelled",
             RequestState::Failed => "failed",
@@ -160,6 +164,7 @@ impl RequestState {
                 | RequestState::FanningOut
                 | RequestState::AwaitingConfirmations
                 | RequestState::Notifying
+                | RequestState::Verifying
         )
     }
 
@@ -214,7 +219,11 @@ pub fn transition(
         // Cancelling is only possible before any work started.
         (_, Received, Cancelled) => true,
         (Access, Received | Collecting, Failed) => true,
-        (Erasure, Received | FanningOut | AwaitingConfirmations | Notifying, Failed) => true,
+        (
+            Erasure,
+            Received | FanningOut | AwaitingConfirmations | Notifying | Verifying,
+            Failed,
+        ) => true,
 
         // The subject's erasure closes an access request being collected: the worker's commit
         // is then refused and its report deleted (users cancel only before work started).
@@ -229,6 +238,11 @@ pub fn transition(
         // commands may have left. A failed fan-out stays `fanning_out` for the next attempt.
         (Erasure, FanningOut, AwaitingConfirmations) => true,
         (Erasure, AwaitingConfirmations, Notifying) => true,
+        // Completed once a verification found nothing left (directly when no erased holder
+        // can be read); data found reopens those holders, the subject already told.
+        (Erasure, Notifying, Verifying) => true,
+        (Erasure, Verifying, Completed) => true,
+        (Erasure, Verifying, Notifying) => true,
         (Erasure, Notifying, Completed) => true,
         _ => false,
     };
@@ -398,12 +412,16 @@ mod tests {
         (Erasure, Received, FanningOut),
         (Erasure, FanningOut, AwaitingConfirmations),
         (Erasure, AwaitingConfirmations, Notifying),
+        (Erasure, Notifying, Verifying),
+        (Erasure, Verifying, Completed),
+        (Erasure, Verifying, Notifying),
         (Erasure, Notifying, Completed),
         (Erasure, Received, Cancelled),
         (Erasure, Received, Failed),
         (Erasure, FanningOut, Failed),
         (Erasure, AwaitingConfirmations, Failed),
         (Erasure, Notifying, Failed),
+        (Erasure, Verifying, Failed),
     ];
 
     #[test]
@@ -422,7 +440,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 2 * 10 * 10);
+        assert_eq!(checked, 2 * 11 * 11);
     }
 
     #[test]

@@ -31,6 +31,7 @@ fn obligation_from_item(item: &Item) -> Result<Obligation, StoreError> {
         last_error: text("last_error"),
         escalated_at: optional_time("escalated_at")?,
         release_at: optional_time("release_at")?,
+        reopened: number_attr(item, "reopened")?.unwrap_or(0),
     })
 }
 
@@ -253,6 +254,39 @@ impl ObligationStore for DynamoRequestStore {
         let line = self.audit_event(request_id, &Audited::Escalated { service }, at)?;
         self.transact(vec![
             TransactWriteItem::builder().update(mark).build(),
+            line,
+        ])
+        .await
+    }
+
+    async fn reopen(
+        &self,
+        request_id: RequestId,
+        service: &ServiceName,
+        records: u64,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // Open again only what was done; the mark and its audit line in one transaction.
+        let open = aws_sdk_dynamodb::types::Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(keys::request(request_id)))
+            .key("sk", s(keys::obligation(service)))
+            .condition_expression("attribute_exists(pk) AND #st IN (:confirmed, :not_found)")
+            .update_expression(
+                "SET #st = :failed, last_error = :why, reopened = if_not_exists(reopened, :zero) + :one",
+            )
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":confirmed", s("confirmed"))
+            .expression_attribute_values(":not_found", s("not_found"))
+            .expression_attribute_values(":failed", s("failed"))
+            .expression_attribute_values(":why", s(dsr_domain::erasure::reopen_note(records)))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(unavailable)?;
+        let line = self.audit_event(request_id, &Audited::Reopened { service, records }, at)?;
+        self.transact(vec![
+            TransactWriteItem::builder().update(open).build(),
             line,
         ])
         .await

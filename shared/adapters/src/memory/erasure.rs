@@ -13,6 +13,10 @@ pub struct RecordingErasurePorts {
     pub checks: Mutex<Vec<(dsr_domain::erasure::ObligationDue, DateTime<Utc>)>>,
     pub events: Mutex<Vec<dsr_domain::messages::DomainEvent>>,
     pub notices: Mutex<Vec<dsr_domain::messages::SubjectNotice>>,
+    /// Asks to verify an erasure (the report function's queue).
+    pub verifications: Mutex<Vec<dsr_domain::erasure::VerifyErasure>>,
+    /// Verification results sent (to the confirmations queue).
+    pub verified: Mutex<Vec<dsr_domain::erasure::ErasureVerified>>,
     /// Per service: what `send` answers instead of `Sent`.
     pub answers: Mutex<HashMap<dsr_domain::ServiceName, dsr_domain::erasure::Delivery>>,
     /// Per port operation (`send`, `schedule`, `publish`, `tell`): how many next calls pass,
@@ -32,6 +36,9 @@ impl RecordingErasurePorts {
     }
     pub fn notices(&self) -> Vec<dsr_domain::messages::SubjectNotice> {
         locked(&self.notices).clone()
+    }
+    pub fn verifications(&self) -> Vec<dsr_domain::erasure::VerifyErasure> {
+        locked(&self.verifications).clone()
     }
 
     /// Makes the next `times` calls of `operation` fail (an outage of that channel).
@@ -88,6 +95,26 @@ impl dsr_domain::erasure::CheckScheduler for RecordingErasurePorts {
     ) -> Result<(), dsr_domain::erasure::ChannelError> {
         self.outage("schedule")?;
         locked(&self.checks).push((check.clone(), at));
+        Ok(())
+    }
+
+    async fn verify(
+        &self,
+        ask: &dsr_domain::erasure::VerifyErasure,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        self.outage("verify")?;
+        locked(&self.verifications).push(ask.clone());
+        Ok(())
+    }
+}
+
+impl dsr_domain::report::verify::VerificationResults for RecordingErasurePorts {
+    async fn send(
+        &self,
+        result: &dsr_domain::erasure::ErasureVerified,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        self.outage("verified")?;
+        locked(&self.verified).push(result.clone());
         Ok(())
     }
 }

@@ -36,6 +36,11 @@ impl FakeSources {
         locked(&self.records).insert((service.to_owned(), subject.to_owned()), records);
     }
 
+    /// The service erased the subject: it holds nothing about them any more.
+    pub fn forget(&self, service: &str, subject: &str) {
+        locked(&self.records).remove(&(service.to_owned(), subject.to_owned()));
+    }
+
     pub fn set_failing(&self, service: &str, failing: bool) {
         let mut set = locked(&self.failing);
         if failing {

@@ -191,6 +191,32 @@ impl dsr_domain::erasure::ObligationStore for InMemoryRequestStore {
         }
     }
 
+    async fn reopen(
+        &self,
+        request_id: RequestId,
+        service: &dsr_domain::ServiceName,
+        records: u64,
+        _at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tables = self.lock();
+        match tables
+            .obligations
+            .get_mut(&(request_id, service.to_owned()))
+        {
+            Some(o) if o.status.is_done() => {
+                o.status = dsr_domain::erasure::ObligationStatus::Failed;
+                o.last_error = Some(dsr_domain::erasure::reopen_note(records));
+                o.reopened += 1;
+                tables.events.push((
+                    request_id,
+                    dsr_domain::Audited::Reopened { service, records }.to_string(),
+                ));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn set_release(
         &self,
         request_id: RequestId,

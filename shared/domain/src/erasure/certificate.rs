@@ -35,6 +35,40 @@ pub struct Certificate {
     pub completed_at: String,
     pub issued_at: String,
     pub holders: Vec<HolderErasure>,
+    pub verification: VerificationResult,
+}
+
+/// Whether the erased holders were read again and held nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerificationResult {
+    /// `nothing_left`: every erased holder that can be read was read again after all of them
+    /// answered, and held nothing; `no_readable_holder`: none of them can be read.
+    pub result: String,
+    pub holders_read: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<String>,
+}
+
+/// A verification that found nothing left, as the audit trail has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NothingLeft {
+    pub at: DateTime<Utc>,
+    pub holders: usize,
+}
+
+impl NothingLeft {
+    /// The last such verification in a request's audit trail.
+    pub fn in_trail(trail: &[crate::AuditEvent]) -> Option<Self> {
+        trail.iter().rev().find_map(|e| {
+            let holders = e
+                .event
+                .strip_prefix("verified_nothing_left:")?
+                .parse()
+                .ok()?;
+            Some(Self { at: e.at, holders })
+        })
+    }
 }
 
 /// One holder's part.
@@ -52,6 +86,14 @@ pub struct HolderErasure {
     /// SHA-256 (hex) of the holder's receipt exactly as the service keeps it: whoever holds
     /// the receipt can show it is the one certified.
     pub receipt_sha256: String,
+    /// How often a verification still found the subject's data here after the holder
+    /// answered (each time it was told to erase again); absent when never.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub found_again: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Why no certificate can be issued (yet).
@@ -110,6 +152,7 @@ impl Certificate {
     pub fn of(
         request: &Request,
         obligations: &[Obligation],
+        verified: Option<NothingLeft>,
         issued_at: DateTime<Utc>,
     ) -> Result<Self, NotCertifiable> {
         if request.kind != RequestKind::Erasure {
@@ -136,6 +179,7 @@ impl Certificate {
                     receipt_sha256: hex::encode(Sha256::digest(
                         o.receipt.as_deref().ok_or_else(missing)?.as_bytes(),
                     )),
+                    found_again: o.reopened,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -149,6 +193,18 @@ impl Certificate {
             completed_at: time(request.updated_at),
             issued_at: time(issued_at),
             holders,
+            verification: match verified {
+                Some(v) => VerificationResult {
+                    result: "nothing_left".into(),
+                    holders_read: v.holders,
+                    verified_at: Some(time(v.at)),
+                },
+                None => VerificationResult {
+                    result: "no_readable_holder".into(),
+                    holders_read: 0,
+                    verified_at: None,
+                },
+            },
         })
     }
 
@@ -246,7 +302,16 @@ mod tests {
     fn a_completed_erasure_is_certified_holder_by_holder_with_each_receipts_digest() {
         let (request, obligations) = completed_erasure();
         let issued = Utc.with_ymd_and_hms(2026, 11, 3, 0, 0, 0).unwrap();
-        let certificate = Certificate::of(&request, &obligations, issued).unwrap();
+        let certificate = Certificate::of(
+            &request,
+            &obligations,
+            Some(NothingLeft {
+                at: issued - chrono::Duration::hours(1),
+                holders: 2,
+            }),
+            issued,
+        )
+        .unwrap();
         assert_eq!(certificate.subject, "erin");
         assert_eq!(certificate.completed_at, "2026-11-02T12:00:00.000Z");
         let services: Vec<_> = certificate
@@ -262,6 +327,17 @@ mod tests {
             certificate.holders[2].receipt_sha256,
             hex::encode(Sha256::digest(br#"{"service":"viewing-history"}"#))
         );
+        assert_eq!(certificate.verification.result, "nothing_left");
+        assert_eq!(certificate.verification.holders_read, 2);
+        assert_eq!(
+            certificate.verification.verified_at.as_deref(),
+            Some("2026-11-02T23:00:00.000Z")
+        );
+        let json = serde_json::to_value(&certificate).unwrap();
+        assert!(
+            json["holders"][0].get("found_again").is_none(),
+            "absent when never"
+        );
     }
 
     #[test]
@@ -270,17 +346,17 @@ mod tests {
         let now = Utc::now();
         obligations[0].receipt = None;
         assert_eq!(
-            Certificate::of(&request, &obligations, now),
+            Certificate::of(&request, &obligations, None, now),
             Err(NotCertifiable::MissingAnswer("viewing-history".into()))
         );
         request.state = RequestState::Notifying;
         assert_eq!(
-            Certificate::of(&request, &obligations, now),
+            Certificate::of(&request, &obligations, None, now),
             Err(NotCertifiable::NotCompleted(RequestState::Notifying))
         );
         request.kind = RequestKind::Access;
         assert_eq!(
-            Certificate::of(&request, &obligations, now),
+            Certificate::of(&request, &obligations, None, now),
             Err(NotCertifiable::NotAnErasure)
         );
     }
@@ -288,7 +364,7 @@ mod tests {
     #[test]
     fn the_signature_is_a_compact_jws_over_the_certificate_as_shown() {
         let (request, obligations) = completed_erasure();
-        let signed = Certificate::of(&request, &obligations, Utc::now())
+        let signed = Certificate::of(&request, &obligations, None, Utc::now())
             .unwrap()
             .sign(&DigestSigner);
         let parts: Vec<&str> = signed.signature.jws.split('.').collect();

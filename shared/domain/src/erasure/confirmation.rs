@@ -205,8 +205,14 @@ where
             )
             .await?;
         }
-        self.send(&request, &obligation.service, how, attempt)
-            .await?;
+        self.send(
+            &request,
+            &obligation.service,
+            how,
+            attempt,
+            obligation.reopened,
+        )
+        .await?;
         if attempt > 1 {
             metrics::emit(Metric::count(names::RETRIES, 1).with("Kind", "erasure"));
         }
@@ -343,12 +349,9 @@ where
             // The transition first: of two passes moving the request on at once (the fan-out's
             // commit and the last answer, which often land together), one wins and tells the
             // subject; the other stops here, and the platform hears of the notice once.
-            let from = request.state;
-            request
-                .transition_to(RequestState::Notifying, self.clock.now())
-                .map_err(|e| ErasureError::Rejected(e.to_string()))?;
-            if self.store.save_transition(&request, &hash, from).await?
-                != TransitionOutcome::Applied
+            if !self
+                .move_to(&mut request, &hash, RequestState::Notifying)
+                .await?
             {
                 return Ok(());
             }
@@ -392,6 +395,163 @@ where
                     )
                     .await?;
             }
+            if !self.verifiable(&obligations) {
+                return self.complete(request, &obligations, &hash).await;
+            }
+            // Every holder answered; what can be read is read again before "completed". The
+            // transition first: of two passes, one asks.
+            if !self
+                .move_to(&mut request, &hash, RequestState::Verifying)
+                .await?
+            {
+                return Ok(());
+            }
+            tracing::info!(request_id = %id, subject = %hash, "erasure verifying: every erased holder that can be read is read again");
+            crate::kill_point::reached("confirm.verifying");
+            self.checks
+                .verify(&VerifyErasure::new(id, request.updated_at))
+                .await?;
+        } else if request.state == RequestState::Verifying && pass == Pass::Again {
+            // A redelivery or the watchdog: the pass that moved it on may have died before it
+            // asked. Asking again is harmless (a verification only reads; its result is for
+            // this round).
+            self.checks
+                .verify(&VerifyErasure::new(id, request.updated_at))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether any erased holder can be read (it has a `collect` in the registry).
+    fn verifiable(&self, obligations: &[super::Obligation]) -> bool {
+        obligations.iter().any(|o| {
+            self.registry
+                .services
+                .iter()
+                .any(|s| s.name == o.service && s.collect.is_some() && s.erase.is_some())
+        })
+    }
+
+    /// What a verification found. Nothing: the erasure is completed. Records at a holder that
+    /// had answered: its obligation is open again, its command sent again under a new
+    /// idempotency key (a check first, so a crash leaves it a watchdog), and the request waits
+    /// in `notifying` (the subject was told already) until every holder answered again; a
+    /// holder found holding data after its last allowed send is escalated.
+    pub async fn verified(
+        &self,
+        result: &ErasureVerified,
+        origin: &Origin,
+    ) -> Result<Handled, ErasureError> {
+        if *origin != Origin::Internal {
+            return Err(ErasureError::Rejected(format!(
+                "a verification result from {origin}; only the service verifies"
+            )));
+        }
+        let mut request = self.erasure(result.request_id).await?;
+        // A result of an earlier round (the request was reopened since) moves nothing.
+        if request.state != RequestState::Verifying || result.requested_at < request.updated_at {
+            return Ok(Handled::Nothing(Skipped::NotThisVerification));
+        }
+        let id = request.id;
+        let hash = self.subject_hash(&request);
+        let obligations = self.store.obligations(id).await?;
+        let now = self.clock.now();
+        if result.found.is_empty() {
+            self.store
+                .record_event(
+                    id,
+                    &Audited::VerifiedNothingLeft {
+                        holders: result.checked.len(),
+                    },
+                    now,
+                )
+                .await?;
+            tracing::info!(request_id = %id, holders = result.checked.len(), "erasure verified: nothing left at any holder read");
+            self.complete(request, &obligations, &hash).await?;
+            return Ok(Handled::Verified);
+        }
+        let mut again = Vec::new();
+        for held in &result.found {
+            let Some(o) = obligations.iter().find(|o| o.service == held.service) else {
+                tracing::warn!(request_id = %id, service = %held.service, "a verification read a service this erasure has no obligation at");
+                continue;
+            };
+            let how = self.eraser(&o.service)?;
+            if o.status.is_done() {
+                self.store.reopen(id, &o.service, held.records, now).await?;
+                tracing::warn!(request_id = %id, service = %o.service, records = held.records, alert = "erasure_data_found_after_answer", "verification found the subject's data after the service answered; sent again");
+                metrics::emit(
+                    Metric::count(names::DATA_FOUND_AFTER_ANSWER, 1)
+                        .with("Service", o.service.clone()),
+                );
+            } else if !o.reopened_unsent() {
+                // Opened and sent again by an earlier delivery of this result.
+                continue;
+            }
+            let attempt = o.attempts + 1;
+            if o.attempts >= how.max_sends {
+                // It keeps returning data: an operator takes over.
+                if self.store.escalate(id, &o.service, o.attempts, now).await? {
+                    tracing::warn!(request_id = %id, service = %o.service, alert = "erasure_obligation_escalated", "service keeps holding the subject's data after answering: escalated");
+                    metrics::emit(
+                        Metric::count(names::ESCALATIONS, 1).with("Service", o.service.clone()),
+                    );
+                }
+                continue;
+            }
+            // The watchdog first: should this pass die after the transition, the check sends.
+            let timeout = chrono::Duration::seconds(
+                i64::try_from(how.confirm_within_seconds).unwrap_or(i64::MAX / 1000),
+            );
+            self.checks
+                .schedule(&ObligationDue::new(id, &o.service, attempt), now + timeout)
+                .await?;
+            again.push((
+                o.service.clone(),
+                attempt,
+                o.reopened + u32::from(o.status.is_done()),
+            ));
+        }
+        if !self
+            .move_to(&mut request, &hash, RequestState::Notifying)
+            .await?
+        {
+            return Ok(Handled::Nothing(Skipped::NotThisVerification));
+        }
+        for (service, attempt, reopened) in &again {
+            let how = self.eraser(service)?;
+            self.send(&request, service, how, *attempt, *reopened)
+                .await?;
+        }
+        Ok(Handled::Reopened {
+            services: result.found.len(),
+        })
+    }
+
+    /// Moves the request on, conditionally on the state it was read in: whether this pass did it
+    /// (of two passes at once, one wins).
+    async fn move_to(
+        &self,
+        request: &mut Request,
+        hash: &crate::SubjectHash,
+        to: RequestState,
+    ) -> Result<bool, ErasureError> {
+        let from = request.state;
+        request
+            .transition_to(to, self.clock.now())
+            .map_err(|e| ErasureError::Rejected(e.to_string()))?;
+        Ok(self.store.save_transition(request, hash, from).await? == TransitionOutcome::Applied)
+    }
+
+    /// Every holder answered and nothing is left: the platform is told, the request completed.
+    async fn complete(
+        &self,
+        mut request: Request,
+        obligations: &[super::Obligation],
+        hash: &crate::SubjectHash,
+    ) -> Result<(), ErasureError> {
+        let id = request.id;
+        {
             let now = self.clock.now();
             self.events
                 .publish(&DomainEvent::erasure_completed(
@@ -402,12 +562,9 @@ where
                 ))
                 .await?;
             crate::kill_point::reached("confirm.completion_published");
-            let from = request.state;
-            request
-                .transition_to(RequestState::Completed, now)
-                .map_err(|e| ErasureError::Rejected(e.to_string()))?;
-            if self.store.save_transition(&request, &hash, from).await?
-                == TransitionOutcome::Applied
+            if self
+                .move_to(&mut request, hash, RequestState::Completed)
+                .await?
             {
                 tracing::info!(request_id = %id, subject = %hash, services = obligations.len(), "erasure completed");
                 metrics::emit(Metric::count(names::REQUESTS_COMPLETED, 1).with("Kind", "erasure"));

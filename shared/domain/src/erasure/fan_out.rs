@@ -44,7 +44,11 @@ where
                 // answer may already be in): moving on is keyed, so it is run again.
                 if matches!(
                     state,
-                    Some(RequestState::AwaitingConfirmations | RequestState::Notifying)
+                    Some(
+                        RequestState::AwaitingConfirmations
+                            | RequestState::Notifying
+                            | RequestState::Verifying
+                    )
                 ) {
                     self.advance(id, Pass::Again).await?;
                 }
@@ -154,20 +158,23 @@ where
                 continue;
             }
             let how = self.eraser(&obligation.service)?;
-            self.send(request, &obligation.service, how, 1).await?;
+            self.send(request, &obligation.service, how, 1, obligation.reopened)
+                .await?;
             commands += 1;
         }
         Ok(commands)
     }
 
-    /// Send number `attempt` of one obligation. The check is scheduled before the command
-    /// leaves, so a crash after sending can never leave an obligation without a watchdog.
+    /// Send number `attempt` of one obligation (opened again `reopened` times: its command's
+    /// idempotency key says so). The check is scheduled before the command leaves, so a crash
+    /// after sending can never leave an obligation without a watchdog.
     pub(super) async fn send(
         &self,
         request: &Request,
         service: &ServiceName,
         how: &HowToErase,
         attempt: u32,
+        reopened: u32,
     ) -> Result<(), ErasureError> {
         let now = self.clock.now();
         let timeout = chrono::Duration::seconds(
@@ -179,7 +186,7 @@ where
                 now + timeout,
             )
             .await?;
-        let command = ErasureCommand::new(request, service, attempt, now);
+        let command = ErasureCommand::new(request, service, attempt, reopened, now);
         let delivery = self.channel.send(&command, how).await?;
         crate::kill_point::reached("erasure.command_sent");
         let (status, error) = match &delivery {

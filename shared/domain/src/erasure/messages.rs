@@ -16,7 +16,8 @@ pub struct ErasureCommand {
     /// `erase:<request>:<service>:<attempt>`: unique per send.
     pub message_id: String,
     /// `erase:<request>:<service>`: the same for every send of this obligation; a service that
-    /// sees it again confirms again without erasing again.
+    /// sees it again confirms again without erasing again. After a verification found data
+    /// the service had said it erased, `erase:<request>:<service>:r<n>`: a new erasure.
     pub idempotency_key: String,
     pub request_id: RequestId,
     pub service: ServiceName,
@@ -33,9 +34,13 @@ impl ErasureCommand {
         request: &Request,
         service: &ServiceName,
         attempt: u32,
+        reopened: u32,
         sent_at: DateTime<Utc>,
     ) -> ErasureCommand {
-        let idempotency_key = format!("erase:{}:{service}", request.id);
+        let idempotency_key = match reopened {
+            0 => format!("erase:{}:{service}", request.id),
+            n => format!("erase:{}:{service}:r{n}", request.id),
+        };
         ErasureCommand {
             version: Self::VERSION,
             command_type: "erase_subject".into(),
@@ -70,6 +75,8 @@ pub enum ConfirmationsMessage {
     /// The bridge: the broker confirmed and routed a message that asked for a receipt (the
     /// notice to the subject: the grace period runs from here).
     Published(Published),
+    /// The report function: what reading every erased holder again found.
+    ErasureVerified(ErasureVerified),
 }
 
 impl crate::messages::QueueMessage for ConfirmationsMessage {
@@ -80,6 +87,7 @@ impl crate::messages::QueueMessage for ConfirmationsMessage {
             ConfirmationsMessage::ErasureConfirmation(c) => c.version,
             ConfirmationsMessage::ObligationDue(d) => d.version,
             ConfirmationsMessage::Published(p) => p.version,
+            ConfirmationsMessage::ErasureVerified(v) => v.version,
         }
     }
     fn request_id(&self) -> Option<RequestId> {
@@ -87,6 +95,7 @@ impl crate::messages::QueueMessage for ConfirmationsMessage {
             ConfirmationsMessage::ErasureConfirmation(c) => c.request_id,
             ConfirmationsMessage::ObligationDue(d) => d.request_id,
             ConfirmationsMessage::Published(p) => p.request_id,
+            ConfirmationsMessage::ErasureVerified(v) => v.request_id,
         })
     }
 }
@@ -146,6 +155,83 @@ impl Published {
             message_id: message_id.into(),
             request_id,
             published_at: at,
+        }
+    }
+}
+
+/// "Read every erased holder again": put on the `access-requests` queue (the report function
+/// has the sources) by the confirm function once every holder answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyErasure {
+    pub version: u32,
+    /// Always `verify_erasure`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `verify:<request>:<requested_at in ms>`: a repeated ask is the same message.
+    pub message_id: String,
+    pub request_id: RequestId,
+    /// When the request entered `verifying`: a result is for this round only.
+    pub requested_at: DateTime<Utc>,
+}
+
+impl VerifyErasure {
+    pub const KIND: &'static str = "verify_erasure";
+
+    pub fn new(request_id: RequestId, requested_at: DateTime<Utc>) -> Self {
+        Self {
+            version: 1,
+            kind: Self::KIND.into(),
+            message_id: format!("verify:{request_id}:{}", requested_at.timestamp_millis()),
+            request_id,
+            requested_at,
+        }
+    }
+}
+
+/// What a verification found: the erased holders it read, and those still holding records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureVerified {
+    pub version: u32,
+    /// `verified:<request>:<requested_at in ms>`.
+    pub message_id: String,
+    pub request_id: RequestId,
+    /// The round this answers ([`VerifyErasure::requested_at`]).
+    pub requested_at: DateTime<Utc>,
+    pub checked_at: DateTime<Utc>,
+    /// Every holder read.
+    pub checked: Vec<ServiceName>,
+    /// Holders that still hold records about the subject (never the records).
+    pub found: Vec<StillHeld>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StillHeld {
+    pub service: ServiceName,
+    pub records: u64,
+}
+
+impl ErasureVerified {
+    pub fn new(
+        asked: &VerifyErasure,
+        checked_at: DateTime<Utc>,
+        checked: Vec<ServiceName>,
+        found: Vec<StillHeld>,
+    ) -> Self {
+        Self {
+            version: 1,
+            message_id: format!(
+                "verified:{}:{}",
+                asked.request_id,
+                asked.requested_at.timestamp_millis()
+            ),
+            request_id: asked.request_id,
+            requested_at: asked.requested_at,
+            checked_at,
+            checked,
+            found,
         }
     }
 }

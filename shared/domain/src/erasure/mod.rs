@@ -32,10 +32,10 @@ mod ports;
 
 pub use crate::ports::{ChannelError, EventOutbox};
 pub use messages::{
-    Confirmation, ConfirmationOutcome, ConfirmationsMessage, ErasureCommand, ObligationDue,
-    Published,
+    Confirmation, ConfirmationOutcome, ConfirmationsMessage, ErasureCommand, ErasureVerified,
+    ObligationDue, Published, StillHeld, VerifyErasure,
 };
-pub use obligation::{Delivery, Obligation, ObligationStatus};
+pub use obligation::{reopen_note, Delivery, Obligation, ObligationStatus};
 pub use own_copies::OWN_COPIES;
 pub use ports::{AnswerRecorded, CheckScheduler, ErasureChannel, ObligationStore};
 
@@ -105,6 +105,13 @@ pub enum Handled {
     NoticePublished {
         release_at: chrono::DateTime<chrono::Utc>,
     },
+    /// A verification found nothing left: the erasure is completed.
+    Verified,
+    /// A verification found data at these many services: opened again and sent again (or
+    /// escalated, for a service that keeps returning data).
+    Reopened {
+        services: usize,
+    },
 }
 
 /// Why a message changed nothing; each is what a duplicate or late delivery looks like.
@@ -128,6 +135,8 @@ pub enum Skipped {
     /// A receipt for a message that moves nothing (only the notice's does).
     NothingWaitsForIt,
     AlreadyEscalated,
+    /// A verification's result for a request no longer verifying, or for an earlier round.
+    NotThisVerification,
 }
 
 /// Why a pass moves a request on: it decides whether the pass may tell the subject again.

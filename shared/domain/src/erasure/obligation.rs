@@ -78,9 +78,28 @@ pub struct Obligation {
     /// Erase-last services only: when their command may leave, set once the broker confirmed
     /// the notice to the subject (that moment plus the grace period), never before.
     pub release_at: Option<DateTime<Utc>>,
+    /// How often a verification found the subject's data here after the service answered:
+    /// each time the obligation is open again under a new idempotency key.
+    pub reopened: u32,
 }
 
+/// The error an obligation carries once a verification opened it again.
+pub fn reopen_note(records: u64) -> String {
+    format!("{REOPEN_NOTE} ({records} record(s)); sent again")
+}
+
+const REOPEN_NOTE: &str = "a verification found the subject's data after the service answered";
+
 impl Obligation {
+    /// Opened again by a verification, and not sent since (a send records its own outcome).
+    pub fn reopened_unsent(&self) -> bool {
+        self.status == ObligationStatus::Failed
+            && self
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(REOPEN_NOTE))
+    }
+
     pub fn planned(request_id: RequestId, service: &ServiceName, last: bool) -> Self {
         Self {
             request_id,
@@ -94,6 +113,7 @@ impl Obligation {
             last_error: None,
             escalated_at: None,
             release_at: None,
+            reopened: 0,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What erasure needs from the outside world: the obligations' storage, the channels commands
 //! leave by, and delayed dispatch for the watchdog.
 
-use super::{Delivery, ErasureCommand, Obligation, ObligationDue, ObligationStatus};
+use super::{Delivery, ErasureCommand, Obligation, ObligationDue, ObligationStatus, VerifyErasure};
 use crate::ports::{ChannelError, StoreError};
 use crate::registry::HowToErase;
 use crate::request::RequestId;
@@ -86,6 +86,18 @@ pub trait ObligationStore: Send + Sync {
         service: &ServiceName,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<DateTime<Utc>, StoreError>> + Send;
+
+    /// A verification found `records` of the subject's at a service that had answered: its
+    /// obligation is open again (`failed`, [`super::reopen_note`] as its error, `reopened` one
+    /// more), only if it was done. The `reopened:<service>:<records>` audit line is written
+    /// with it, atomically. Returns whether this call did it.
+    fn reopen(
+        &self,
+        request_id: RequestId,
+        service: &ServiceName,
+        records: u64,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// Sends `erase_subject` the way the registry says: RabbitMQ (through the outbound queue) or a
@@ -98,13 +110,16 @@ pub trait ErasureChannel: Send + Sync {
     ) -> impl Future<Output = Result<Delivery, ChannelError>> + Send;
 }
 
-/// Delayed dispatch, as the erasure uses it: "deliver this check then".
+/// Delayed dispatch, as the erasure uses it: "deliver this check then"; and the ask to read
+/// every erased holder again (the report function's queue).
 pub trait CheckScheduler: Send + Sync {
     fn schedule(
         &self,
         check: &ObligationDue,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), ChannelError>> + Send;
+
+    fn verify(&self, ask: &VerifyErasure) -> impl Future<Output = Result<(), ChannelError>> + Send;
 }
 
 impl<T: ObligationStore> ObligationStore for Arc<T> {
@@ -169,6 +184,15 @@ impl<T: ObligationStore> ObligationStore for Arc<T> {
     ) -> Result<DateTime<Utc>, StoreError> {
         (**self).set_release(id, service, at).await
     }
+    async fn reopen(
+        &self,
+        id: RequestId,
+        service: &ServiceName,
+        records: u64,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        (**self).reopen(id, service, records, at).await
+    }
 }
 
 impl<T: ErasureChannel> ErasureChannel for Arc<T> {
@@ -184,5 +208,8 @@ impl<T: ErasureChannel> ErasureChannel for Arc<T> {
 impl<T: CheckScheduler> CheckScheduler for Arc<T> {
     async fn schedule(&self, check: &ObligationDue, at: DateTime<Utc>) -> Result<(), ChannelError> {
         (**self).schedule(check, at).await
+    }
+    async fn verify(&self, ask: &VerifyErasure) -> Result<(), ChannelError> {
+        (**self).verify(ask).await
     }
 }

@@ -13,6 +13,7 @@ pub mod archive;
 mod cells;
 pub mod html;
 pub mod ports;
+pub mod verify;
 
 use crate::clock::Clock;
 use crate::hops::{self, Hop, HopMark};

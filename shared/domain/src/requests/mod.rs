@@ -185,8 +185,14 @@ impl<S: RequestStore + crate::erasure::ObligationStore, Q, C> Requests<S, Q, C> 
     {
         let request = self.show(subject, id).await?;
         let obligations = self.progress(&request).await?;
-        let certificate =
-            crate::erasure::certificate::Certificate::of(&request, &obligations, self.clock.now())?;
+        let verified =
+            crate::erasure::certificate::NothingLeft::in_trail(&self.store.audit_trail(id).await?);
+        let certificate = crate::erasure::certificate::Certificate::of(
+            &request,
+            &obligations,
+            verified,
+            self.clock.now(),
+        )?;
         Ok(certificate.sign(signer))
     }
 }

@@ -26,7 +26,9 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
                 RequestState::Collecting | RequestState::FanningOut => {
                     "a worker holds it right now".to_owned()
                 }
-                RequestState::AwaitingConfirmations | RequestState::Notifying => {
+                RequestState::AwaitingConfirmations
+                | RequestState::Notifying
+                | RequestState::Verifying => {
                     "it waits on services; the watchdog re-sends their commands".to_owned()
                 }
                 state => format!("it is {state}; the subject can submit a new request"),

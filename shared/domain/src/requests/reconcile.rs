@@ -21,7 +21,7 @@ pub struct ReconcileSettings {
     /// A request in a worker's state (`collecting`, `fanning_out`) untouched this long, with
     /// no live lease, lost its message: it is sent again.
     pub working_stuck_after: Duration,
-    /// A request waiting on others (`awaiting_confirmations`, `notifying`) untouched this long
+    /// A request waiting on others (`awaiting_confirmations`, `notifying`, `verifying`) untouched this long
     /// is flagged for an operator (the watchdog re-sends commands on its own).
     pub waiting_stuck_after: Duration,
     /// Bound on the requests examined per state in one run.
@@ -103,12 +103,13 @@ pub fn stuck(request: &Request, now: DateTime<Utc>, settings: &ReconcileSettings
 }
 
 /// Open states and whether a worker holds requests in them.
-pub const OPEN: [(RequestState, bool); 5] = [
+pub const OPEN: [(RequestState, bool); 6] = [
     (RequestState::Received, false),
     (RequestState::Collecting, true),
     (RequestState::FanningOut, true),
     (RequestState::AwaitingConfirmations, false),
     (RequestState::Notifying, false),
+    (RequestState::Verifying, false),
 ];
 
 impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {

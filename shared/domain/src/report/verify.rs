@@ -1,0 +1,186 @@
+//! Erasure verified: once every holder of an erasure answered, each erased holder that can be
+//! read (its registry entry has both `collect` and `erase`) is read again for the subject, the
+//! way an access report reads it, and is expected to hold nothing. The report function does
+//! it (it has the sources); what it found goes back to the confirm function, which completes
+//! the erasure or opens the holders that still hold data again. Only counts leave this
+//! module, never records: what was read is dropped with the staging directory.
+
+use super::ports::{ReportSources, SourceError};
+use crate::clock::Clock;
+use crate::erasure::{ErasureVerified, StillHeld, VerifyErasure};
+use crate::ports::{ChannelError, RequestStore, StoreError};
+use crate::registry::ServiceRegistry;
+use crate::request::{RequestKind, RequestState};
+use std::future::Future;
+use std::path::PathBuf;
+
+/// Where a verification's result goes (the confirmations queue).
+pub trait VerificationResults: Send + Sync {
+    fn send(
+        &self,
+        result: &ErasureVerified,
+    ) -> impl Future<Output = Result<(), ChannelError>> + Send;
+}
+
+/// Reading the erased holders again, over the report function's ports.
+pub struct ErasureVerifications<S, R, V, C> {
+    pub store: S,
+    pub sources: R,
+    pub results: V,
+    pub clock: C,
+    pub registry: ServiceRegistry,
+    pub staging_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// Read `checked` holders; `found` of them still hold records. The result was sent.
+    Sent { checked: usize, found: usize },
+    /// The request is not verifying (a late or repeated ask), or does not exist (`None`).
+    NothingToDo(Option<RequestState>),
+}
+
+/// Nothing was sent: the ask comes back later (a holder that cannot be read now is not a
+/// holder found empty).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading a holder again: {0}")]
+    Source(#[from] SourceError),
+    #[error("staging: {0}")]
+    Staging(#[source] std::io::Error),
+    #[error("sending the result: {0}")]
+    Send(#[from] ChannelError),
+}
+
+impl<S, R, V, C> ErasureVerifications<S, R, V, C>
+where
+    S: RequestStore,
+    R: ReportSources,
+    V: VerificationResults,
+    C: Clock,
+{
+    pub async fn verify(&self, ask: &VerifyErasure) -> Result<Verification, VerifyError> {
+        let Some(request) = self.store.get(ask.request_id).await? else {
+            return Ok(Verification::NothingToDo(None));
+        };
+        if request.kind != RequestKind::Erasure || request.state != RequestState::Verifying {
+            return Ok(Verification::NothingToDo(Some(request.state)));
+        }
+        std::fs::create_dir_all(&self.staging_dir).map_err(VerifyError::Staging)?;
+        let staging = tempfile::tempdir_in(&self.staging_dir).map_err(VerifyError::Staging)?;
+        let holders: Vec<_> = self
+            .registry
+            .collectable()
+            .filter(|(service, _)| service.erase.is_some())
+            .collect();
+        let read = futures::future::try_join_all(holders.iter().map(|(service, how)| {
+            self.sources
+                .collect(service, how, &request.subject, staging.path())
+        }))
+        .await?;
+        let checked: Vec<_> = read.iter().map(|s| s.name.clone()).collect();
+        let found: Vec<StillHeld> = read
+            .iter()
+            .filter(|s| s.record_count > 0)
+            .map(|s| StillHeld {
+                service: s.name.clone(),
+                records: s.record_count,
+            })
+            .collect();
+        drop(read);
+        drop(staging);
+        let result = ErasureVerified::new(ask, self.clock.now(), checked, found);
+        self.results.send(&result).await?;
+        tracing::info!(
+            request_id = %ask.request_id,
+            checked = result.checked.len(),
+            found = result.found.len(),
+            "erasure verification read every erased holder again"
+        );
+        Ok(Verification::Sent {
+            checked: result.checked.len(),
+            found: result.found.len(),
+        })
+    }
+}
+
+impl<T: VerificationResults> VerificationResults for std::sync::Arc<T> {
+    async fn send(&self, result: &ErasureVerified) -> Result<(), ChannelError> {
+        (**self).send(result).await
+    }
+}
+
+/// What arrives on the `access-requests` queue: an access request to report on, or an
+/// erasure to verify (a message with `"type": "verify_erasure"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportWork {
+    Access(crate::RequestMessage),
+    Verify(VerifyErasure),
+}
+
+impl<'de> serde::Deserialize<'de> for ReportWork {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        // Told apart by `type`, which only the verification carries: each is then read whole
+        // (and unknown fields refused) as itself, so the reason names what it was meant to be.
+        if let Some(kind) = value.get("type") {
+            if kind != VerifyErasure::KIND {
+                return Err(D::Error::custom(format!(
+                    "unknown message type {kind}; this queue takes request messages and `{}`",
+                    VerifyErasure::KIND
+                )));
+            }
+            serde_json::from_value(value)
+                .map(ReportWork::Verify)
+                .map_err(D::Error::custom)
+        } else {
+            serde_json::from_value(value)
+                .map(ReportWork::Access)
+                .map_err(D::Error::custom)
+        }
+    }
+}
+
+impl crate::messages::QueueMessage for ReportWork {
+    const VERSION: u32 = 1;
+    const NAME: &'static str = "a request message or an erasure verification";
+    fn version(&self) -> u32 {
+        match self {
+            ReportWork::Access(m) => m.version,
+            ReportWork::Verify(v) => v.version,
+        }
+    }
+    fn request_id(&self) -> Option<crate::RequestId> {
+        Some(match self {
+            ReportWork::Access(m) => m.request_id,
+            ReportWork::Verify(v) => v.request_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::parse;
+
+    #[test]
+    fn the_queue_tells_a_verification_from_an_access_request_and_names_what_is_wrong() {
+        let id = crate::RequestId::new_at(chrono::Utc::now());
+        let ask = VerifyErasure::new(id, chrono::Utc::now());
+        let body = serde_json::to_string(&ask).unwrap();
+        assert_eq!(parse::<ReportWork>(&body), Ok(ReportWork::Verify(ask)));
+        let access = crate::RequestMessage::new(id, RequestKind::Access, chrono::Utc::now());
+        let body = serde_json::to_string(&access).unwrap();
+        assert_eq!(parse::<ReportWork>(&body), Ok(ReportWork::Access(access)));
+        let wrong = format!(r#"{{"type":"verify_erasure","version":1,"request_id":"{id}"}}"#);
+        let reason = parse::<ReportWork>(&wrong).unwrap_err();
+        assert!(reason.contains("message_id"), "{reason}");
+        let unknown = format!(
+            r#"{{"type":"verify_erasure","version":1,"message_id":"m","request_id":"{id}","requested_at":"2026-12-01T00:00:00Z","extra":1}}"#
+        );
+        assert!(parse::<ReportWork>(&unknown).unwrap_err().contains("extra"));
+    }
+}
