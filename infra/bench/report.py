@@ -316,6 +316,12 @@ def main():
             "crash between the two re-sends one command, not a batch; batching the three",
             "commands and their three checks would save four SQS requests, $1.60 per million",
             "erasures).",
+            "",
+            "The erasure's verification (every erased holder that can be read is read again",
+            "before `completed`; docs/reliability.md) costs 7 of these calls (98 before it,",
+            "$98.13 → $104.60 per million): the move to `verifying` and its ask, the report",
+            "function's read of the request and its answer, the answer's reading and the audit",
+            "line. The holders' own reads are their APIs', not AWS calls.",
         ]
     lines += [
         "",
