@@ -536,6 +536,21 @@ async fn a_worker_that_cannot_count_its_receipt_gives_the_lease_up_at_once() {
     ));
 }
 
+#[tokio::test]
+async fn a_worker_whose_lease_was_taken_but_the_answer_lost_gives_it_up_at_once() {
+    let f = fixture();
+    let id = f.access_request().await;
+    f.store.lose_next_lease_answer();
+    assert!(f.worker("a").generate(id).await.is_err());
+    let request = f.request(id).await;
+    assert_eq!(request.lease, None, "not held for the lease's whole time");
+    // The next delivery, to another worker, takes it at once.
+    assert!(matches!(
+        f.worker("b").generate(id).await.unwrap(),
+        WorkOutcome::Completed(_)
+    ));
+}
+
 /// Profile can be read and is erased; orders can only be read; newsletter is only erased.
 const HOLDERS: &str = r#"
 services:

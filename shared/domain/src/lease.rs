@@ -78,9 +78,19 @@ impl Worker {
         working: RequestState,
     ) -> Result<Taken<'a, S>, StoreError> {
         let now = clock.now();
-        let outcome = store
+        let outcome = match store
             .acquire_lease(id, &self.owner, working, now, self.lease_ttl)
-            .await?;
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                // The lease may have been written before its answer was lost. Held by this
+                // worker without knowing, it would keep every other worker off for its whole
+                // time (the next delivery may go to another): give it up if it is ours.
+                self.let_go_if_ours(store, hasher, id, working, now).await;
+                return Err(err);
+            }
+        };
         // Received by a worker: counted on every delivery (one mark per request), whatever the
         // request's state, except for ids that name no request.
         if !matches!(outcome, LeaseOutcome::NotWorkable(None)) {
@@ -123,6 +133,39 @@ impl Worker {
             LeaseOutcome::Held { until } => Taken::Busy { until },
             LeaseOutcome::NotWorkable(state) => Taken::NotWorkable(state),
         })
+    }
+}
+
+impl Worker {
+    async fn let_go_if_ours<S: RequestStore>(
+        &self,
+        store: &S,
+        hasher: &SubjectHasher,
+        id: RequestId,
+        working: RequestState,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        let Ok(Some(request)) = store.get(id).await else {
+            return;
+        };
+        if request.state != working || request.lease.as_ref().is_none_or(|l| l.owner != self.owner)
+        {
+            return;
+        }
+        let subject = hasher.hash(&request.subject);
+        let lease = OurLease {
+            store,
+            request: Box::new(request),
+            subject,
+        };
+        match lease.let_go(now).await {
+            Ok(_) => {
+                tracing::info!(request_id = %id, "gave up a lease whose taking answered an error")
+            }
+            Err(err) => {
+                tracing::warn!(request_id = %id, error = %err, "could not give up the lease; it runs out by itself")
+            }
+        }
     }
 }
 

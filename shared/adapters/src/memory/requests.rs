@@ -27,9 +27,16 @@ pub struct InMemoryRequestStore {
     tables: Mutex<Tables>,
     /// Hop counts fail while set (the hops table unavailable).
     failing_hops: std::sync::atomic::AtomicBool,
+    /// The next lease taken answers an error after it was written (its answer lost).
+    lose_next_lease_answer: std::sync::atomic::AtomicBool,
 }
 
 impl InMemoryRequestStore {
+    pub fn lose_next_lease_answer(&self) {
+        self.lose_next_lease_answer
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn set_failing_hops(&self, failing: bool) {
         self.failing_hops
             .store(failing, std::sync::atomic::Ordering::SeqCst);
@@ -434,6 +441,14 @@ impl RequestStore for InMemoryRequestStore {
             }
             .to_string(),
         ));
+        if self
+            .lose_next_lease_answer
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Unavailable(
+                "the lease was written; its answer was lost (simulated)".into(),
+            ));
+        }
         Ok(LeaseOutcome::Acquired(Box::new(acquired)))
     }
 
