@@ -126,18 +126,12 @@ where
             )),
             ReportWork::Verify(ask) => {
                 let id = ask.request_id;
+                // What was read is logged by the use case; a late ask changes nothing.
                 match self.verifications.verify(&ask).await {
-                    Ok(Verification::Sent { checked, found }) => {
-                        tracing::info!(request_id = %id, checked, found, "erasure verified");
-                        Outcome::Done
-                    }
                     Ok(Verification::NothingToDo(None)) => {
                         Outcome::Reject(format!("unknown request {id}"))
                     }
-                    Ok(Verification::NothingToDo(state)) => {
-                        tracing::info!(request_id = %id, state = ?state, "no erasure to verify");
-                        Outcome::Done
-                    }
+                    Ok(_) => Outcome::Done,
                     Err(err) => {
                         // A holder that cannot be read now is not a holder found empty.
                         tracing::warn!(request_id = %id, error = %err, "could not verify the erasure; will retry");

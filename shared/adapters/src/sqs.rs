@@ -245,10 +245,17 @@ impl dsr_domain::report::verify::VerificationResults for SqsVerificationResults 
         &self,
         result: &dsr_domain::erasure::ErasureVerified,
     ) -> Result<(), dsr_domain::erasure::ChannelError> {
-        use dsr_domain::erasure::{ChannelError, ConfirmationsMessage};
-        let body = serde_json::to_string(&ConfirmationsMessage::ErasureVerified(result.clone()))
-            .map_err(|e| ChannelError(Box::new(e)))?;
-        send_own(&self.client, &self.confirmations_queue_url, body).await
+        use dsr_domain::erasure::ChannelError;
+        // `ConfirmationsMessage::ErasureVerified`'s shape, tagged by hand: serialising the whole
+        // enum would link every confirmations message into the report function.
+        let mut body = serde_json::to_value(result).map_err(|e| ChannelError(Box::new(e)))?;
+        body["type"] = serde_json::Value::from("erasure_verified");
+        send_own(
+            &self.client,
+            &self.confirmations_queue_url,
+            body.to_string(),
+        )
+        .await
     }
 }
 

@@ -121,25 +121,62 @@ pub enum ReportWork {
 }
 
 impl<'de> serde::Deserialize<'de> for ReportWork {
+    /// One flat reading of both shapes, told apart by `type` (only the verification has it):
+    /// unknown fields are refused and a missing one is named, and no second parse of the body
+    /// is linked into the report function (whose size is budgeted).
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let value = serde_json::Value::deserialize(deserializer)?;
-        // Told apart by `type`, which only the verification carries: each is then read whole
-        // (and unknown fields refused) as itself, so the reason names what it was meant to be.
-        if let Some(kind) = value.get("type") {
-            if kind != VerifyErasure::KIND {
-                return Err(D::Error::custom(format!(
-                    "unknown message type {kind}; this queue takes request messages and `{}`",
-                    VerifyErasure::KIND
-                )));
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Wire {
+            version: u32,
+            message_id: String,
+            request_id: crate::RequestId,
+            #[serde(rename = "type", default)]
+            verify: Option<String>,
+            #[serde(default)]
+            kind: Option<RequestKind>,
+            #[serde(default)]
+            sent_at: Option<chrono::DateTime<chrono::Utc>>,
+            #[serde(default)]
+            requested_at: Option<chrono::DateTime<chrono::Utc>>,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        match wire.verify {
+            Some(kind) if kind == VerifyErasure::KIND => {
+                if wire.kind.is_some() || wire.sent_at.is_some() {
+                    return Err(D::Error::custom(
+                        "a verify_erasure has no `kind` or `sent_at`",
+                    ));
+                }
+                Ok(ReportWork::Verify(VerifyErasure {
+                    version: wire.version,
+                    kind,
+                    message_id: wire.message_id,
+                    request_id: wire.request_id,
+                    requested_at: wire
+                        .requested_at
+                        .ok_or_else(|| D::Error::missing_field("requested_at"))?,
+                }))
             }
-            serde_json::from_value(value)
-                .map(ReportWork::Verify)
-                .map_err(D::Error::custom)
-        } else {
-            serde_json::from_value(value)
-                .map(ReportWork::Access)
-                .map_err(D::Error::custom)
+            Some(kind) => Err(D::Error::custom(format!(
+                "unknown message type `{kind}`; this queue takes request messages and `{}`",
+                VerifyErasure::KIND
+            ))),
+            None => {
+                if wire.requested_at.is_some() {
+                    return Err(D::Error::unknown_field("requested_at", &["sent_at"]));
+                }
+                Ok(ReportWork::Access(crate::RequestMessage {
+                    version: wire.version,
+                    message_id: wire.message_id,
+                    request_id: wire.request_id,
+                    kind: wire.kind.ok_or_else(|| D::Error::missing_field("kind"))?,
+                    sent_at: wire
+                        .sent_at
+                        .ok_or_else(|| D::Error::missing_field("sent_at"))?,
+                }))
+            }
         }
     }
 }
