@@ -278,6 +278,7 @@ macro_rules! crashes {
 
 crashes! {
     killed_after_storing_a_request_before_its_work_message => "intake.stored": 2,
+    killed_after_a_source_was_staged_before_the_next => "report.source_staged": 2,
     killed_after_a_report_upload_before_its_commit => "report.uploaded": 1,
     killed_after_a_report_commit_before_its_announcement => "report.committed": 1,
     killed_between_sending_an_erasure_command_and_recording_it => "erasure.command_sent": 3,

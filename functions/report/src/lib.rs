@@ -12,18 +12,27 @@ use dsr_adapters::collect::Collectors;
 use dsr_adapters::config::{vars, ConfigError, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::s3::{self, S3ReportStore};
-use dsr_adapters::sqs::{SqsOutbox, SqsVerificationResults};
+use dsr_adapters::sqs::{SqsCollectionResumes, SqsOutbox, SqsVerificationResults};
 use dsr_domain::lease::Worker;
 use dsr_domain::messages::Origin;
 use dsr_domain::ports::{EventOutbox, RequestStore};
 use dsr_domain::report::verify::{
     ErasureVerifications, ReportWork, Verification, VerificationResults,
 };
-use dsr_domain::report::{AccessReports, ReportSettings, ReportSources, ReportStore, WorkOutcome};
+use dsr_domain::registry::RetryPolicy;
+use dsr_domain::report::{
+    AccessReports, CollectionResumes, ReportSettings, ReportSources, ReportStore, WorkOutcome,
+};
 use dsr_domain::{Clock, RequestKind, RequestMessage, SystemClock};
 
-pub type CloudReports =
-    AccessReports<DynamoRequestStore, Collectors, S3ReportStore, SqsOutbox, SystemClock>;
+pub type CloudReports = AccessReports<
+    DynamoRequestStore,
+    Collectors,
+    S3ReportStore,
+    SqsOutbox,
+    SystemClock,
+    SqsCollectionResumes,
+>;
 pub type CloudVerifications =
     ErasureVerifications<DynamoRequestStore, Collectors, SqsVerificationResults, SystemClock>;
 
@@ -39,8 +48,9 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
     );
     let settings = settings(env)?;
     let registry = dsr_adapters::registry::load_collectable(env)?;
+    let store = dsr_adapters::wiring::request_store(aws, env, "report")?;
     let verifications = ErasureVerifications {
-        store: dsr_adapters::wiring::request_store(aws, env, "report")?,
+        store: store.clone(),
         sources: sources.clone(),
         results: SqsVerificationResults::new(
             aws_sdk_sqs::Client::new(aws),
@@ -51,7 +61,7 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
         staging_dir: settings.staging_dir.clone(),
     };
     let reports = AccessReports {
-        store: dsr_adapters::wiring::request_store(aws, env, "report")?,
+        store,
         sources,
         reports: S3ReportStore::new(s3::client(aws), env.required(vars::REPORTS_BUCKET)?),
         events: SqsOutbox::new(
@@ -60,6 +70,11 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
             env.required(vars::COMMANDS_EXCHANGE)?,
         ),
         clock: SystemClock,
+        resumes: SqsCollectionResumes::new(
+            aws_sdk_sqs::Client::new(aws),
+            env.required(vars::SCHEDULE_REQUESTS_QUEUE_URL)?,
+            env.required(vars::ACCESS_REQUESTS_QUEUE_URL)?,
+        ),
         hasher: dsr_adapters::wiring::subject_hasher(env)?,
         registry,
         settings,
@@ -85,14 +100,33 @@ pub fn settings(env: &Env) -> Result<ReportSettings, ConfigError> {
             "must be at least 5 MiB (S3's smallest part)",
         ));
     }
-    let max_attempts = env.positive(vars::REPORT_MAX_ATTEMPTS, defaults.max_attempts.into())?;
+    let retry = &defaults.source_retry;
+    let max_attempts = env.positive(vars::REPORT_MAX_ATTEMPTS, retry.attempts.into())?;
+    let retry_base = env.seconds(vars::REPORT_RETRY_BASE_SECONDS, defaults.retry_base)?;
+    let max_backoff = env.positive(vars::REPORT_MAX_BACKOFF_SECONDS, retry.max_backoff_seconds)?;
+    let budget = env.positive(
+        vars::REPORT_TIME_BUDGET_SECONDS,
+        defaults.time_budget.as_secs(),
+    )?;
+    if budget > 840 {
+        return Err(ConfigError::unusable(
+            vars::REPORT_TIME_BUDGET_SECONDS,
+            "must leave a minute of the function's 15 for staging and assembly (at most 840)",
+        ));
+    }
     Ok(ReportSettings {
-        max_attempts: u32::try_from(max_attempts)
-            .map_err(|e| ConfigError::unusable(vars::REPORT_MAX_ATTEMPTS, e))?,
+        source_retry: RetryPolicy {
+            attempts: u32::try_from(max_attempts)
+                .map_err(|e| ConfigError::unusable(vars::REPORT_MAX_ATTEMPTS, e))?,
+            backoff_seconds: retry_base.num_seconds().max(1) as u64,
+            max_backoff_seconds: max_backoff.max(retry_base.num_seconds().max(1) as u64),
+        },
         retention: env.days(vars::REPORT_RETENTION_DAYS, defaults.retention)?,
         part_size: usize::try_from(part_size)
             .map_err(|e| ConfigError::unusable(vars::REPORT_PART_SIZE_BYTES, e))?,
-        retry_base: env.seconds(vars::REPORT_RETRY_BASE_SECONDS, defaults.retry_base)?,
+        retry_base,
+        time_budget: std::time::Duration::from_secs(budget),
+        deadline_margin: defaults.deadline_margin,
         staging_dir: env
             .optional(vars::REPORT_STAGING_DIR)
             .map_or(defaults.staging_dir, Into::into),
@@ -106,14 +140,15 @@ pub struct AccessRequestHandler<R, V> {
     pub verifications: V,
 }
 
-impl<S, R, T, E, C, V> RecordHandler
-    for AccessRequestHandler<AccessReports<S, R, T, E, C>, ErasureVerifications<S, R, V, C>>
+impl<S, R, T, E, C, W, V> RecordHandler
+    for AccessRequestHandler<AccessReports<S, R, T, E, C, W>, ErasureVerifications<S, R, V, C>>
 where
     S: RequestStore,
     R: ReportSources,
     T: ReportStore,
     E: EventOutbox,
     C: Clock,
+    W: CollectionResumes,
     V: VerificationResults,
 {
     type Message = ReportWork;
@@ -143,13 +178,14 @@ where
     }
 }
 
-impl<S, R, T, E, C, V> AccessRequestHandler<AccessReports<S, R, T, E, C>, V>
+impl<S, R, T, E, C, W, V> AccessRequestHandler<AccessReports<S, R, T, E, C, W>, V>
 where
     S: RequestStore,
     R: ReportSources,
     T: ReportStore,
     E: EventOutbox,
     C: Clock,
+    W: CollectionResumes,
 {
     async fn report(&self, message: RequestMessage) -> Outcome {
         if message.kind != RequestKind::Access {
@@ -179,6 +215,8 @@ where
                 Outcome::Done
             }
             Ok(WorkOutcome::Busy { until }) => Outcome::after_lease(until - reports.clock.now()),
+            // Handed on through delayed dispatch: this message is done.
+            Ok(WorkOutcome::Waiting { .. }) => Outcome::Done,
             Ok(WorkOutcome::RetryLater { after, error }) => {
                 tracing::warn!(request_id = %id, %error, retry_in_seconds = after.num_seconds(), "report attempt failed; will retry");
                 Outcome::Retry(Some(seconds(after)))
@@ -186,10 +224,7 @@ where
             Ok(WorkOutcome::Failed { error }) => {
                 // A metric filter on `report_failed` drives the alarm.
                 tracing::error!(request_id = %id, %error, report_failed = 1, "report failed for good");
-                Outcome::Reject(format!(
-                    "report failed after {} attempts: {error}",
-                    reports.settings.max_attempts
-                ))
+                Outcome::Reject(format!("report failed: {error}"))
             }
             Err(err) => {
                 tracing::warn!(request_id = %id, error = %err, "could not work on the request; will retry");
@@ -216,9 +251,10 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            (settings.max_attempts, settings.retention),
+            (settings.source_retry.attempts, settings.retention),
             (5, Duration::days(7))
         );
+        assert!(super::settings(&env(&[(vars::REPORT_TIME_BUDGET_SECONDS, "900")])).is_err());
         assert!(super::settings(&env(&[(vars::REPORT_PART_SIZE_BYTES, "1024")])).is_err());
         assert!(super::settings(&env(&[(vars::REPORT_MAX_ATTEMPTS, "0")])).is_err());
         assert!(super::settings(&env(&[(vars::REPORT_RETRY_BASE_SECONDS, "soon")])).is_err());

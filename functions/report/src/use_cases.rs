@@ -5,7 +5,9 @@ use super::*;
 use chrono::{TimeZone, Utc};
 use dsr_adapters::memory::{
     FakeSources, InMemoryReportStore, InMemoryRequestStore, RecordingErasurePorts, RecordingOutbox,
+    RecordingResumes,
 };
+use dsr_domain::report::progress::SourceStatus;
 use dsr_domain::registry::ServiceRegistry;
 use dsr_domain::{
     FixedClock, Request, RequestId, RequestState, RequestStore, SubjectHasher, SubjectId,
@@ -21,6 +23,7 @@ type Reports = AccessReports<
     InMemoryReportStore,
     Arc<RecordingOutbox>,
     Arc<FixedClock>,
+    Arc<RecordingResumes>,
 >;
 type Verifications = ErasureVerifications<
     Arc<InMemoryRequestStore>,
@@ -47,6 +50,8 @@ struct Fixture {
     sources: Arc<FakeSources>,
     reports: InMemoryReportStore,
     events: Arc<RecordingOutbox>,
+    /// When collections asked to be resumed.
+    resumes: Arc<RecordingResumes>,
     /// Where verification results go.
     results: Arc<RecordingErasurePorts>,
     clock: Arc<FixedClock>,
@@ -70,6 +75,7 @@ fn fixture() -> Fixture {
         sources,
         reports: InMemoryReportStore::default(),
         events: Arc::new(RecordingOutbox::default()),
+        resumes: Arc::new(RecordingResumes::default()),
         results: Arc::new(RecordingErasurePorts::default()),
         clock: Arc::new(FixedClock::at(
             Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap(),
@@ -87,6 +93,7 @@ impl Fixture {
             reports: self.reports.clone(),
             events: self.events.clone(),
             clock: self.clock.clone(),
+            resumes: self.resumes.clone(),
             hasher: SubjectHasher::new("a-test-key-of-16-bytes"),
             registry: ServiceRegistry::parse(REGISTRY).unwrap(),
             settings: ReportSettings {
@@ -228,78 +235,250 @@ async fn a_report_holds_every_source_and_is_announced() {
     assert_eq!(ready[0].message_id, ready[1].message_id);
 }
 
-#[tokio::test]
-async fn one_failing_source_leaves_nothing_and_hands_the_request_back() {
-    let f = fixture();
-    let id = f.access_request().await;
-    f.sources.set_failing("orders", true);
-    match f.worker("a").generate(id).await.unwrap() {
-        WorkOutcome::RetryLater { after, error } => {
-            assert_eq!(
-                after,
-                Duration::seconds(60),
-                "the first retry waits the base delay"
-            );
-            assert!(error.contains("orders"), "{error}");
-            assert!(
-                !error.contains(SUBJECT),
-                "no personal data in errors: {error}"
-            );
-        }
-        other => panic!("{other:?}"),
+impl Fixture {
+    fn source<'a>(request: &'a Request, name: &str) -> &'a dsr_domain::report::progress::SourceProgress {
+        request
+            .sources
+            .iter()
+            .find(|s| s.service.as_str() == name)
+            .unwrap_or_else(|| panic!("no progress for {name}: {:?}", request.sources))
     }
-    let request = f.request(id).await;
-    assert_eq!(
-        (request.state, request.attempts),
-        (RequestState::Received, 1)
-    );
-    assert!(request.last_error.unwrap().contains("orders"));
-    assert!(f.reports.objects().is_empty());
-    assert_eq!(f.reports.unfinished(), 0, "no half report anywhere");
-    assert!(no_report_ready(&f.events.events()));
-
-    // The second failure waits twice as long; then the source is back and all is well.
-    match f.worker("a").generate(id).await.unwrap() {
-        WorkOutcome::RetryLater { after, .. } => assert_eq!(after, Duration::seconds(120)),
-        other => panic!("{other:?}"),
-    }
-    f.sources.set_failing("orders", false);
-    assert!(matches!(
-        f.worker("a").generate(id).await.unwrap(),
-        WorkOutcome::Completed(_)
-    ));
-    assert_eq!(f.request(id).await.last_error, None);
 }
 
 #[tokio::test]
-async fn the_last_attempt_fails_the_request_and_its_message_is_dead_lettered() {
+async fn a_failing_source_is_retried_on_its_own_after_its_backoff_and_the_others_are_kept() {
+    let f = fixture();
+    let id = f.access_request().await;
+    f.sources.set_failing("orders", true);
+    let started = f.clock.now();
+    match f.worker("a").generate(id).await.unwrap() {
+        WorkOutcome::Waiting { until, errors } => {
+            assert_eq!(
+                until,
+                started + Duration::seconds(60),
+                "the first retry waits the base delay"
+            );
+            assert_eq!(errors.len(), 1);
+            assert!(errors[0].to_string().contains("orders"), "{}", errors[0]);
+            assert!(!errors[0].to_string().contains(SUBJECT), "no personal data in errors");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.resumes.asked(), [(id, started + Duration::seconds(60))], "handed on");
+    let request = f.request(id).await;
+    assert_eq!(
+        (request.state, request.lease.is_none(), request.attempts),
+        (RequestState::Collecting, true, 0),
+        "still collecting, nobody's, and the request counted no failure"
+    );
+    let profile = Fixture::source(&request, "profile");
+    assert_eq!((profile.status, profile.records), (SourceStatus::Collected, Some(1)));
+    let orders = Fixture::source(&request, "orders");
+    assert_eq!((orders.status, orders.attempts), (SourceStatus::Pending, 1));
+    assert!(orders.error.as_deref().unwrap().contains("503"));
+    assert!(
+        f.reports.objects().iter().all(|k| k.starts_with(&format!("staging/{id}/profile/"))),
+        "only the collected source is staged: {:?}",
+        f.reports.objects()
+    );
+    assert!(no_report_ready(&f.events.events()));
+
+    // Delivered early (a duplicate): nothing is due, nothing is collected.
+    assert!(matches!(
+        f.worker("a").generate(id).await.unwrap(),
+        WorkOutcome::Waiting { .. }
+    ));
+    assert_eq!(f.sources.calls("orders"), 1);
+
+    // The second failure waits twice as long; then the source is back and all is well.
+    f.clock.advance(Duration::seconds(60));
+    match f.worker("a").generate(id).await.unwrap() {
+        WorkOutcome::Waiting { until, .. } => {
+            assert_eq!(until, f.clock.now() + Duration::seconds(120))
+        }
+        other => panic!("{other:?}"),
+    }
+    f.sources.set_failing("orders", false);
+    f.clock.advance(Duration::seconds(120));
+    let WorkOutcome::Completed(report) = f.worker("b").generate(id).await.unwrap() else {
+        panic!("not completed");
+    };
+    assert_eq!(
+        (f.sources.calls("profile"), f.sources.calls("orders")),
+        (1, 3),
+        "the collected source was not collected again"
+    );
+    let files = unzip(&f.reports.object(&report.key).unwrap());
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    assert_eq!(manifest["sources"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        f.reports.objects(),
+        [report.key],
+        "the staged sources are gone once the report is made"
+    );
+    let request = f.request(id).await;
+    assert_eq!((request.state, request.last_error), (RequestState::ReportReady, None));
+}
+
+#[tokio::test]
+async fn a_source_failing_its_last_attempt_fails_the_request_and_its_message_is_dead_lettered() {
     let f = fixture();
     let id = f.access_request().await;
     f.sources.set_failing("profile", true);
-    let handler = f.handler(AccessReports {
-        settings: ReportSettings {
-            max_attempts: 2,
-            staging_dir: f.staging.path().to_owned(),
-            ..ReportSettings::default()
-        },
-        ..f.worker("a")
-    });
+    let mut reports = f.worker("a");
+    reports.settings.source_retry.attempts = 2;
+    let handler = f.handler(reports);
     let message = ReportWork::Access(RequestMessage::new(id, RequestKind::Access, f.clock.now()));
     assert_eq!(
         handler.handle(message.clone(), &Origin::Internal).await,
-        Outcome::Retry(Some(std::time::Duration::from_secs(60)))
+        Outcome::Done,
+        "handed on through delayed dispatch, not left on the queue"
     );
+    f.clock.advance(Duration::seconds(60));
     let Outcome::Reject(reason) = handler.handle(message, &Origin::Internal).await else {
         panic!("the last attempt is not retried");
     };
-    assert!(
-        reason.contains("report failed after 2 attempts"),
-        "{reason}"
-    );
-    assert!(reason.contains("profile"), "{reason}");
+    assert!(reason.contains("report failed"), "{reason}");
+    assert!(reason.contains("profile") && reason.contains("after 2 attempts"), "{reason}");
     let request = f.request(id).await;
-    assert_eq!((request.state, request.attempts), (RequestState::Failed, 2));
-    assert!(f.reports.objects().is_empty());
+    assert_eq!(request.state, RequestState::Failed);
+    assert_eq!(Fixture::source(&request, "profile").status, SourceStatus::Failed);
+    assert!(
+        f.reports.objects().is_empty(),
+        "what was staged of the other source is gone: {:?}",
+        f.reports.objects()
+    );
+}
+
+/// Profile and orders answer at once; the vendor is an asynchronous export.
+const WITH_EXPORT: &str = r#"
+services:
+  - name: profile
+    description: Your profile
+    collect: { kind: dynamodb, table: profiles, key_attribute: uid }
+  - name: orders
+    description: Your orders
+    collect: { kind: http, url: "https://orders.example/users/{subject}" }
+  - name: vendor
+    description: What our CRM vendor holds
+    collect:
+      kind: export
+      start_url: "https://crm.example/exports?user={subject}"
+      status_url: "https://crm.example/exports/{job}"
+      result_url: "https://crm.example/exports/{job}/records"
+"#;
+
+#[tokio::test]
+async fn a_report_whose_export_needs_three_invocations_collects_every_source_once() {
+    let f = fixture();
+    f.sources.export("vendor", 2);
+    f.sources
+        .hold("vendor", SUBJECT, vec![json!({"segment": "loyal"})]);
+    let id = f.access_request().await;
+    let worker = |owner: &str| AccessReports {
+        registry: ServiceRegistry::parse(WITH_EXPORT).unwrap(),
+        ..f.worker(owner)
+    };
+    // 1: the two quick sources are collected, the export started.
+    let WorkOutcome::Waiting { until, errors } = worker("a").generate(id).await.unwrap() else {
+        panic!("waits for the export");
+    };
+    assert!(errors.is_empty(), "an export under way is no failure");
+    assert_eq!(until, f.clock.now() + Duration::seconds(300), "its next poll");
+    let request = f.request(id).await;
+    let vendor = Fixture::source(&request, "vendor");
+    assert_eq!((vendor.status, vendor.job.as_deref()), (SourceStatus::Exporting, Some("job-0")));
+    // 2: polled, still running.
+    f.clock.advance(Duration::seconds(300));
+    assert!(matches!(
+        worker("b").generate(id).await.unwrap(),
+        WorkOutcome::Waiting { .. }
+    ));
+    // 3: polled, done, fetched; the report is assembled from what was staged.
+    f.clock.advance(Duration::seconds(300));
+    let WorkOutcome::Completed(report) = worker("c").generate(id).await.unwrap() else {
+        panic!("the third invocation completes");
+    };
+    assert_eq!(
+        (f.sources.calls("profile"), f.sources.calls("orders"), f.sources.calls("vendor")),
+        (1, 1, 3),
+        "a start, a poll, a poll that fetched; the others once"
+    );
+    assert_eq!(f.resumes.asked().len(), 2);
+    let files = unzip(&f.reports.object(&report.key).unwrap());
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let counts: Vec<(String, u64)> = manifest["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_owned(), s["record_count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        counts,
+        [("profile".into(), 1), ("orders".into(), 2), ("vendor".into(), 1)]
+    );
+    let request = f.request(id).await;
+    assert!(request
+        .sources
+        .iter()
+        .all(|s| s.status == SourceStatus::Collected));
+}
+
+#[tokio::test]
+async fn a_worker_killed_in_the_middle_is_resumed_without_collecting_finished_sources_again() {
+    let f = fixture();
+    let id = f.access_request().await;
+    // Orders hangs; profile is collected and staged at once. Then the worker dies.
+    f.sources.slow("orders", std::time::Duration::from_secs(3600));
+    let killed =
+        tokio::time::timeout(std::time::Duration::from_millis(300), f.worker("a").generate(id))
+            .await;
+    assert!(killed.is_err(), "still collecting when it was killed");
+    let request = f.request(id).await;
+    assert_eq!(Fixture::source(&request, "profile").status, SourceStatus::Collected);
+    assert_eq!(Fixture::source(&request, "orders").status, SourceStatus::Pending);
+
+    // Its lease runs out; the next worker collects only what was not done.
+    f.sources.slow("orders", std::time::Duration::ZERO);
+    f.clock.advance(Duration::seconds(961));
+    let WorkOutcome::Completed(report) = f.worker("b").generate(id).await.unwrap() else {
+        panic!("resumed and completed");
+    };
+    assert_eq!((f.sources.calls("profile"), f.sources.calls("orders")), (1, 2));
+    let files = unzip(&f.reports.object(&report.key).unwrap());
+    assert!(files.contains_key("sources/profile/records.json"), "{:?}", files.keys());
+}
+
+#[tokio::test]
+async fn a_source_slower_than_the_invocations_budget_is_a_failed_attempt() {
+    let f = fixture();
+    let id = f.access_request().await;
+    f.sources.slow("orders", std::time::Duration::from_secs(3600));
+    let mut worker = f.worker("a");
+    worker.settings.time_budget = std::time::Duration::from_millis(50);
+    let WorkOutcome::Waiting { errors, .. } = worker.generate(id).await.unwrap() else {
+        panic!("handed on");
+    };
+    assert!(errors[0].reason.contains("did not finish within"), "{errors:?}");
+    assert_eq!(Fixture::source(&f.request(id).await, "orders").attempts, 1);
+}
+
+#[tokio::test]
+async fn a_collection_that_cannot_be_handed_on_is_given_back_for_the_queue_to_retry() {
+    let f = fixture();
+    let id = f.access_request().await;
+    f.sources.set_failing("orders", true);
+    f.resumes.failing.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        f.worker("a").generate(id).await.unwrap(),
+        WorkOutcome::RetryLater { .. }
+    ));
+    let request = f.request(id).await;
+    assert_eq!(
+        (request.state, request.lease.is_none()),
+        (RequestState::Collecting, true)
+    );
+    assert_eq!(Fixture::source(&request, "profile").status, SourceStatus::Collected);
 }
 
 /// The slow worker's lease runs out and worker "fast" takes the request.
@@ -331,7 +510,11 @@ async fn a_worker_whose_lease_passed_to_another_is_fenced_out_and_its_report_del
         f.worker("slow").generate(id).await.unwrap(),
         WorkOutcome::FencedOut
     );
-    assert!(f.reports.objects().is_empty(), "the fenced report is gone");
+    assert!(
+        f.reports.objects().is_empty(),
+        "what the fenced worker staged is gone: {:?}",
+        f.reports.objects()
+    );
     assert!(no_report_ready(&f.events.events()));
     let request = f.request(id).await;
     assert_eq!(
@@ -383,7 +566,7 @@ async fn a_storage_failure_while_clearing_up_hands_the_request_back_at_once() {
     let request = f.request(id).await;
     assert_eq!(
         (request.state, request.lease.is_none()),
-        (RequestState::Received, true),
+        (RequestState::Collecting, true),
         "no lease left holding the next worker off"
     );
     f.reports.set_failing_listing(false);

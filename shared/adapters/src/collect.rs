@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::Env;
-pub use dsr_domain::report::{SourceError, StagedFile, StagedSource};
+pub use dsr_domain::report::{Collected, SourceError, StagedFile, StagedSource};
 
 /// Clients for every kind of source, built once per function instance.
 #[derive(Clone)]
@@ -60,14 +60,38 @@ impl Collectors {
         }
     }
 
-    /// Collects `service`'s data about `subject` into `dir` (which must exist).
+    /// Collects `service`'s data about `subject` into `dir` (which must exist), within
+    /// `budget`; `job` is the asynchronous export it started earlier, if any.
     pub async fn collect(
         &self,
         service: &RegisteredService,
         how: &CollectFrom,
         subject: &SubjectId,
         dir: &Path,
-    ) -> Result<StagedSource, SourceError> {
+        job: Option<&str>,
+        budget: Duration,
+    ) -> Result<Collected, SourceError> {
+        match tokio::time::timeout(budget, self.collect_now(service, how, subject, dir, job)).await
+        {
+            Ok(collected) => collected,
+            Err(_) => Err(SourceError {
+                service: service.name.clone(),
+                reason: format!(
+                    "did not finish within the invocation's {} s (a source this slow suits an asynchronous export)",
+                    budget.as_secs()
+                ),
+            }),
+        }
+    }
+
+    async fn collect_now(
+        &self,
+        service: &RegisteredService,
+        how: &CollectFrom,
+        subject: &SubjectId,
+        dir: &Path,
+        job: Option<&str>,
+    ) -> Result<Collected, SourceError> {
         let fail = |reason: String| SourceError {
             service: service.name.clone(),
             reason,
@@ -108,22 +132,65 @@ impl Collectors {
                     )
                     .await
                     .map_err(fail)?;
-                let found = match (body, records_pointer) {
-                    (None, _) => Value::Null,
-                    (Some(body), Some(pointer)) => {
-                        body.pointer(pointer).cloned().unwrap_or(Value::Null)
-                    }
-                    (Some(body), None) => body,
+                write_found(body, records_pointer.as_deref(), &mut records)
+                    .map_err(|e| fail(e.to_string()))?;
+                Vec::new()
+            }
+            CollectFrom::Export {
+                start_url,
+                status_url,
+                result_url,
+                job_pointer,
+                status_pointer,
+                records_pointer,
+                auth,
+                timeout_ms,
+                poll_seconds,
+            } => {
+                let auth = auth.as_ref();
+                let poll = |job: String| {
+                    Ok(Collected::Exporting {
+                        job,
+                        poll_after: Duration::from_secs(*poll_seconds),
+                    })
                 };
-                match found {
-                    Value::Null => {}
-                    Value::Array(items) => {
-                        for item in items {
-                            records.push(&item).map_err(|e| fail(e.to_string()))?;
-                        }
+                let Some(job) = job else {
+                    let url = start_url.replace("{subject}", &url_encode(subject.as_str()));
+                    let answer = self
+                        .send(|| self.http.get().post(&url), auth, *timeout_ms, 4)
+                        .await
+                        .map_err(fail)?
+                        .ok_or_else(|| fail("starting the export: HTTP 404".into()))?;
+                    let job = match answer.pointer(job_pointer) {
+                        Some(Value::String(job)) => job.clone(),
+                        Some(Value::Number(job)) => job.to_string(),
+                        _ => return Err(fail(format!("the export's answer has no job id at {job_pointer}"))),
+                    };
+                    // Stored with the request and put into URLs: a vendor's id, not trusted.
+                    if job.is_empty() || job.len() > 200 || !job.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(fail("the export's job id is not 1-200 printable characters".into()));
                     }
-                    single => records.push(&single).map_err(|e| fail(e.to_string()))?,
+                    return poll(job);
+                };
+                let at = |template: &str| template.replace("{job}", &url_encode(job));
+                let status_url = at(status_url);
+                let status = self
+                    .send(|| self.http.get().get(&status_url), auth, *timeout_ms, 4)
+                    .await
+                    .map_err(fail)?
+                    .ok_or_else(|| fail("the export job is gone (HTTP 404); starting again".into()))?;
+                match status.pointer(status_pointer).and_then(Value::as_str) {
+                    Some("done") => {}
+                    Some("failed") => return Err(fail("the export job failed".into())),
+                    _ => return poll(job.to_owned()),
                 }
+                let result_url = at(result_url);
+                let body = self
+                    .send(|| self.http.get().get(&result_url), auth, *timeout_ms, 4)
+                    .await
+                    .map_err(fail)?;
+                write_found(body, records_pointer.as_deref(), &mut records)
+                    .map_err(|e| fail(e.to_string()))?;
                 Vec::new()
             }
             CollectFrom::Search {
@@ -158,13 +225,13 @@ impl Collectors {
             }
         };
         let record_count = records.finish().map_err(|e| fail(e.to_string()))?;
-        Ok(StagedSource {
+        Ok(Collected::Staged(StagedSource {
             name: service.name.clone(),
             description: service.description.clone(),
             records: records_path,
             record_count,
             files,
-        })
+        }))
     }
 
     async fn collect_dynamodb(
@@ -390,6 +457,25 @@ impl Collectors {
     }
 }
 
+/// The records of an HTTP answer: an array, or one record, at `pointer` or at the top; a 404
+/// (`None`) or nothing there is no record.
+fn write_found(
+    body: Option<Value>,
+    pointer: Option<&str>,
+    records: &mut RecordFile,
+) -> std::io::Result<()> {
+    let found = match (body, pointer) {
+        (None, _) => Value::Null,
+        (Some(body), Some(pointer)) => body.pointer(pointer).cloned().unwrap_or(Value::Null),
+        (Some(body), None) => body,
+    };
+    match found {
+        Value::Null => Ok(()),
+        Value::Array(items) => items.iter().try_for_each(|item| records.push(item)),
+        single => records.push(&single),
+    }
+}
+
 /// An NDJSON file of records, counted as they are written.
 struct RecordFile {
     out: std::io::BufWriter<std::fs::File>,
@@ -458,8 +544,10 @@ impl dsr_domain::report::ReportSources for Collectors {
         how: &CollectFrom,
         subject: &SubjectId,
         dir: &Path,
-    ) -> Result<StagedSource, SourceError> {
-        Collectors::collect(self, service, how, subject, dir).await
+        job: Option<&str>,
+        budget: Duration,
+    ) -> Result<Collected, SourceError> {
+        Collectors::collect(self, service, how, subject, dir, job, budget).await
     }
 }
 

@@ -55,7 +55,13 @@ pub mod vars {
     /// Days a finished request keeps the raw subject id; then only its keyed hash (default 90).
     pub const REQUEST_RETENTION_DAYS: &str = "REQUEST_RETENTION_DAYS";
     pub const REPORT_PART_SIZE_BYTES: &str = "REPORT_PART_SIZE_BYTES";
+    /// A source's first retry (default 60 s; doubling up to REPORT_MAX_BACKOFF_SECONDS), and
+    /// the first retry after a failure of the service's own storage.
     pub const REPORT_RETRY_BASE_SECONDS: &str = "REPORT_RETRY_BASE_SECONDS";
+    /// The longest wait between a source's attempts (default 6 hours).
+    pub const REPORT_MAX_BACKOFF_SECONDS: &str = "REPORT_MAX_BACKOFF_SECONDS";
+    /// How long one invocation collects before it hands the rest on (default 600 seconds).
+    pub const REPORT_TIME_BUDGET_SECONDS: &str = "REPORT_TIME_BUDGET_SECONDS";
     /// Where sources are staged before the zip is written (defaults to the temp dir).
     pub const REPORT_STAGING_DIR: &str = "REPORT_STAGING_DIR";
 

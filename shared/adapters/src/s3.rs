@@ -240,6 +240,31 @@ impl ReportStore for S3ReportStore {
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         S3ReportStore::delete(self, key).await
     }
+    async fn fetch(&self, key: &str, path: &std::path::Path) -> Result<u64, StorageError> {
+        let mut body = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(storage_error)?
+            .body;
+        let mut out = tokio::fs::File::create(path)
+            .await
+            .map_err(storage_error)?;
+        let mut size = 0u64;
+        while let Some(chunk) = body.try_next().await.map_err(storage_error)? {
+            size += chunk.len() as u64;
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
+                .await
+                .map_err(storage_error)?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out)
+            .await
+            .map_err(storage_error)?;
+        Ok(size)
+    }
 }
 
 impl dsr_domain::ReportLinks for S3ReportStore {

@@ -224,6 +224,57 @@ async fn send_own(
     Ok(())
 }
 
+/// A collection waiting on its sources, handed to the delayed-dispatch service (its
+/// `schedule-requests` queue) for delivery to the `access-requests` queue when it is due.
+#[derive(Clone, Debug)]
+pub struct SqsCollectionResumes {
+    client: Client,
+    schedule_requests_queue_url: String,
+    access_requests_queue_url: String,
+}
+
+impl SqsCollectionResumes {
+    pub fn new(
+        client: Client,
+        schedule_requests_queue_url: impl Into<String>,
+        access_requests_queue_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            schedule_requests_queue_url: schedule_requests_queue_url.into(),
+            access_requests_queue_url: access_requests_queue_url.into(),
+        }
+    }
+}
+
+impl dsr_domain::report::CollectionResumes for SqsCollectionResumes {
+    async fn resume_at(
+        &self,
+        id: dsr_domain::RequestId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        use dsr_domain::delayed::{DelayKey, Destination, ScheduleRequest};
+        use dsr_domain::messages::QueueMessage;
+        use dsr_domain::erasure::ChannelError;
+        let fail = |e: String| ChannelError(format!("resuming {id}: {e}").into());
+        // Keyed by the request and the time: a worker that scheduled it and died schedules the
+        // same key again (one delivery); a later hand-off has a later time, a key of its own.
+        let key = format!("collect:{id}@{}", at.timestamp_millis());
+        let message = dsr_domain::RequestMessage::new(id, dsr_domain::RequestKind::Access, at);
+        let request = ScheduleRequest::Schedule {
+            version: ScheduleRequest::VERSION,
+            key: DelayKey::parse(key).map_err(fail)?,
+            deliver_at: at,
+            destination: Destination::Sqs {
+                queue_url: self.access_requests_queue_url.clone(),
+            },
+            payload: serde_json::to_value(&message).map_err(|e| fail(e.to_string()))?,
+        };
+        let body = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
+        send_own(&self.client, &self.schedule_requests_queue_url, body).await
+    }
+}
+
 /// Verification results, onto the `confirmations` queue (the report function sends them).
 #[derive(Clone, Debug)]
 pub struct SqsVerificationResults {

@@ -20,6 +20,7 @@ pub const DSR_KILL_AT: &str = "DSR_KILL_AT";
 /// Every kill point, for the proving ground to visit each one.
 pub const STEPS: &[&str] = &[
     "intake.stored",
+    "report.source_staged",
     "report.uploaded",
     "report.committed",
     "erasure.command_sent",

@@ -155,6 +155,16 @@ pub trait RequestStore: crate::hops::HopLog + Send + Sync {
         token: u64,
     ) -> impl Future<Output = Result<TransitionOutcome, StoreError>> + Send;
 
+    /// Writes an access request's collection progress (see [`crate::report::progress`]), only
+    /// if `token` is still the request's fencing token: false if another worker took it over.
+    fn save_sources(
+        &self,
+        id: RequestId,
+        token: u64,
+        sources: &[crate::report::progress::SourceProgress],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Appends an event to the request's audit trail.
     fn record_event(
         &self,
@@ -326,6 +336,15 @@ impl<T: RequestStore> RequestStore for Arc<T> {
         token: u64,
     ) -> Result<TransitionOutcome, StoreError> {
         (**self).commit_fenced(request, subject, token).await
+    }
+    async fn save_sources(
+        &self,
+        id: RequestId,
+        token: u64,
+        sources: &[crate::report::progress::SourceProgress],
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        (**self).save_sources(id, token, sources, at).await
     }
     async fn record_event(
         &self,

@@ -24,6 +24,11 @@ pub struct RegisteredService {
     /// How to collect its data for an access request; `None` if it holds nothing to report.
     #[serde(default)]
     pub collect: Option<CollectFrom>,
+    /// How often, and how far apart, collecting from it is tried before the access request
+    /// fails; unset: the report function's defaults (`REPORT_MAX_ATTEMPTS`,
+    /// `REPORT_RETRY_BASE_SECONDS`).
+    #[serde(default)]
+    pub collect_retry: Option<RetryPolicy>,
     /// How to erase its data for an erasure request; `None` if it holds nothing to erase.
     #[serde(default)]
     pub erase: Option<HowToErase>,
@@ -139,6 +144,39 @@ pub enum CollectFrom {
     },
     /// Every object under `prefix` in `bucket` (uploads, attachments), copied into the report.
     S3 { bucket: String, prefix: String },
+    /// A third party's asynchronous export: `POST start_url` starts a job (its id at
+    /// `job_pointer` of the answer); `GET status_url` says how it goes (the text at
+    /// `status_pointer`: `done`, `failed`, anything else is still running); once done,
+    /// `GET result_url` gives the records (as `http` does). `{subject}` in `start_url`, `{job}`
+    /// in the other two. Polled every `poll_seconds`, over as many invocations as it takes.
+    Export {
+        start_url: String,
+        status_url: String,
+        result_url: String,
+        #[serde(default = "default_job_pointer")]
+        job_pointer: String,
+        #[serde(default = "default_status_pointer")]
+        status_pointer: String,
+        #[serde(default)]
+        records_pointer: Option<String>,
+        #[serde(default)]
+        auth: Option<AuthHeader>,
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+        #[serde(default = "default_poll_seconds")]
+        poll_seconds: u64,
+    },
+}
+
+/// Collection attempts of one source: `attempts` at most, the first retry after
+/// `backoff_seconds`, each next one twice as late, never more than `max_backoff_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub backoff_seconds: u64,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_seconds: u64,
 }
 
 /// A header sent with every call; the value is read from an environment variable so that no
@@ -155,6 +193,18 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_http_attempts() -> u32 {
     4
+}
+fn default_job_pointer() -> String {
+    "/job_id".into()
+}
+fn default_status_pointer() -> String {
+    "/status".into()
+}
+fn default_poll_seconds() -> u64 {
+    300
+}
+fn default_max_backoff() -> u64 {
+    6 * 3600
 }
 fn default_page_size() -> u32 {
     500
@@ -209,6 +259,16 @@ impl ServiceRegistry {
             {
                 check_url(name, url)?;
             }
+            if let Some(retry) = &service.collect_retry {
+                if retry.attempts == 0
+                    || retry.backoff_seconds == 0
+                    || retry.max_backoff_seconds < retry.backoff_seconds
+                {
+                    return Err(RegistryError(format!(
+                        "{name}: collect_retry needs attempts and backoff_seconds of at least 1, and max_backoff_seconds no less than backoff_seconds"
+                    )));
+                }
+            }
             match &service.collect {
                 Some(CollectFrom::Http {
                     url, max_attempts, ..
@@ -221,6 +281,30 @@ impl ServiceRegistry {
                     if *max_attempts == 0 {
                         return Err(RegistryError(format!(
                             "{name}: max_attempts must be at least 1"
+                        )));
+                    }
+                }
+                Some(CollectFrom::Export {
+                    start_url,
+                    status_url,
+                    result_url,
+                    poll_seconds,
+                    ..
+                }) => {
+                    for url in [start_url, status_url, result_url] {
+                        check_url(name, url)?;
+                    }
+                    if !start_url.contains("{subject}")
+                        || !status_url.contains("{job}")
+                        || !result_url.contains("{job}")
+                    {
+                        return Err(RegistryError(format!(
+                            "{name}: an export's start_url must contain {{subject}}, its status_url and result_url {{job}}"
+                        )));
+                    }
+                    if *poll_seconds == 0 {
+                        return Err(RegistryError(format!(
+                            "{name}: poll_seconds must be at least 1"
                         )));
                     }
                 }

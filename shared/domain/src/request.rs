@@ -303,6 +303,8 @@ pub struct Request {
     /// Art. 12(3): the deadline may be extended once, by up to two further months, with reasons
     /// the subject is told.
     pub deadline_extension: Option<DeadlineExtension>,
+    /// An access request's collection, source by source (empty until a worker starts it).
+    pub sources: Vec<crate::report::progress::SourceProgress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,6 +354,7 @@ impl Request {
             fencing_token: 0,
             report: None,
             deadline_extension: None,
+            sources: Vec::new(),
         }
     }
 

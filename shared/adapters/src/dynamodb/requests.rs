@@ -302,6 +302,35 @@ impl RequestStore for DynamoRequestStore {
         })
     }
 
+    async fn save_sources(
+        &self,
+        id: RequestId,
+        token: u64,
+        sources: &[dsr_domain::report::progress::SourceProgress],
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(sources)
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let written = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::request(id)))
+            .key("sk", s(keys::META))
+            .update_expression("SET sources = :sources, updated_at = :at")
+            .condition_expression("fencing_token = :token")
+            .expression_attribute_values(":sources", s(json))
+            .expression_attribute_values(":at", s(timestamp(at)))
+            .expression_attribute_values(":token", AttributeValue::N(token.to_string()))
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(true),
+            Err(err) if conditional_failed(&err) => Ok(false),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
     async fn record_event(
         &self,
         id: RequestId,
@@ -529,6 +558,13 @@ pub(super) fn request_from_item(item: &Item) -> Result<Request, StoreError> {
                 extended_at,
             }),
             None => None,
+        },
+        // Written as one JSON document: read and written whole, by the lease holder only.
+        sources: match item.get("sources") {
+            Some(AttributeValue::S(json)) => {
+                serde_json::from_str(json).map_err(|e| corrupt(item, format!("sources: {e}")))?
+            }
+            _ => Vec::new(),
         },
         report: match item.get("report_key") {
             Some(AttributeValue::S(key)) => Some(ReportInfo {

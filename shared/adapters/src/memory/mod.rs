@@ -11,7 +11,7 @@ mod requests;
 pub use delayed::{InMemoryDelayedStore, RecordingDispatchPorts};
 pub use erasure::RecordingErasurePorts;
 pub use queues::{InMemoryReportLinks, InMemoryWorkQueue};
-pub use reports::{FakeSources, InMemoryReportStore, RecordingOutbox};
+pub use reports::{FakeSources, InMemoryReportStore, RecordingOutbox, RecordingResumes};
 pub use requests::InMemoryRequestStore;
 
 /// A lock that survives a thread that panicked while holding it: test doubles should not cascade failures.

@@ -6,7 +6,8 @@ use dsr_domain::messages::DomainEvent;
 use dsr_domain::ports::{ChannelError, EventOutbox};
 use dsr_domain::registry::{CollectFrom, RegisteredService};
 use dsr_domain::report::{
-    ReportSources, ReportStore, ReportUpload, SourceError, StagedSource, StorageError,
+    Collected, CollectionResumes, ReportSources, ReportStore, ReportUpload, SourceError,
+    StagedSource, StorageError,
 };
 use dsr_domain::SubjectId;
 use serde_json::Value;
@@ -18,13 +19,20 @@ use std::sync::{Arc, Mutex};
 
 type Interlude = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// Each service's records about each subject; services named in `failing` fail.
+/// Each service's records about each subject; services named in `failing` fail; services in
+/// `exports` are asynchronous exports, ready after so many polls.
 #[derive(Default)]
 pub struct FakeSources {
     records: Mutex<HashMap<(String, String), Vec<Value>>>,
     failing: Mutex<HashSet<String>>,
     /// Runs at the start of the next collection: what happens elsewhere while a worker works.
     interlude: Mutex<Option<Interlude>>,
+    /// Per export source: the polls it takes to be ready (after the start).
+    exports: Mutex<HashMap<String, u32>>,
+    /// Per source: calls made (a start, each poll and the fetch count one each).
+    calls: Mutex<HashMap<String, u32>>,
+    /// Per source: how long a collection takes (past the budget it fails).
+    slow: Mutex<HashMap<String, std::time::Duration>>,
 }
 
 impl FakeSources {
@@ -39,6 +47,21 @@ impl FakeSources {
     /// The service erased the subject: it holds nothing about them any more.
     pub fn forget(&self, service: &str, subject: &str) {
         locked(&self.records).remove(&(service.to_owned(), subject.to_owned()));
+    }
+
+    /// `service` is an asynchronous export, ready on the `polls`th poll after its start.
+    pub fn export(&self, service: &str, polls: u32) {
+        locked(&self.exports).insert(service.to_owned(), polls);
+    }
+
+    /// Calls made to `service` so far.
+    pub fn calls(&self, service: &str) -> u32 {
+        locked(&self.calls).get(service).copied().unwrap_or(0)
+    }
+
+    /// Collecting `service` takes `took` (as the clock on the wall sees it).
+    pub fn slow(&self, service: &str, took: std::time::Duration) {
+        locked(&self.slow).insert(service.to_owned(), took);
     }
 
     pub fn set_failing(&self, service: &str, failing: bool) {
@@ -58,17 +81,47 @@ impl ReportSources for FakeSources {
         _how: &CollectFrom,
         subject: &SubjectId,
         dir: &Path,
-    ) -> Result<StagedSource, SourceError> {
+        job: Option<&str>,
+        budget: std::time::Duration,
+    ) -> Result<Collected, SourceError> {
         let fail = |reason: String| SourceError {
             service: service.name.clone(),
             reason,
         };
+        *locked(&self.calls)
+            .entry(service.name.to_string())
+            .or_default() += 1;
         let interlude = locked(&self.interlude).take();
         if let Some(interlude) = interlude {
             interlude.await;
         }
+        let took = locked(&self.slow).get(service.name.as_str()).copied();
+        if let Some(took) = took {
+            if tokio::time::timeout(budget, tokio::time::sleep(took))
+                .await
+                .is_err()
+            {
+                return Err(fail(format!(
+                    "did not finish within the invocation's {} s",
+                    budget.as_secs()
+                )));
+            }
+        }
         if locked(&self.failing).contains(service.name.as_str()) {
             return Err(fail("answered 503 (simulated)".into()));
+        }
+        if let Some(polls) = locked(&self.exports).get_mut(service.name.as_str()) {
+            // A start, then polls until it is ready; the job id says how many polls were made.
+            let made: u32 = job
+                .and_then(|j| j.strip_prefix("job-"))
+                .and_then(|n| n.parse().ok())
+                .map_or(0, |n: u32| n + 1);
+            if job.is_none() || made < *polls {
+                return Ok(Collected::Exporting {
+                    job: format!("job-{made}"),
+                    poll_after: std::time::Duration::from_secs(300),
+                });
+            }
         }
         let records = locked(&self.records)
             .get(&(service.name.to_string(), subject.as_str().to_owned()))
@@ -79,13 +132,13 @@ impl ReportSources for FakeSources {
         for record in &records {
             writeln!(file, "{record}").map_err(|e| fail(e.to_string()))?;
         }
-        Ok(StagedSource {
+        Ok(Collected::Staged(StagedSource {
             name: service.name.clone(),
             description: service.description.clone(),
             records: path,
             record_count: records.len() as u64,
             files: Vec::new(),
-        })
+        }))
     }
 }
 
@@ -184,6 +237,16 @@ impl ReportStore for InMemoryReportStore {
         locked(&self.stored).objects.remove(key);
         Ok(())
     }
+
+    async fn fetch(&self, key: &str, path: &Path) -> Result<u64, StorageError> {
+        let bytes = locked(&self.stored)
+            .objects
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StorageError(format!("no object {key}").into()))?;
+        std::fs::write(path, &bytes).map_err(|e| StorageError(Box::new(e)))?;
+        Ok(bytes.len() as u64)
+    }
 }
 
 impl ReportUpload for InMemoryUpload {
@@ -248,6 +311,33 @@ impl EventOutbox for RecordingOutbox {
             return Err(ChannelError("outbox unavailable (simulated)".into()));
         }
         locked(&self.notices).push(notice.clone());
+        Ok(())
+    }
+}
+
+/// Records when each collection asked to be resumed; can be switched to fail.
+#[derive(Default)]
+pub struct RecordingResumes {
+    asked: Mutex<Vec<(dsr_domain::RequestId, chrono::DateTime<chrono::Utc>)>>,
+    pub failing: AtomicBool,
+}
+
+impl RecordingResumes {
+    pub fn asked(&self) -> Vec<(dsr_domain::RequestId, chrono::DateTime<chrono::Utc>)> {
+        locked(&self.asked).clone()
+    }
+}
+
+impl CollectionResumes for RecordingResumes {
+    async fn resume_at(
+        &self,
+        id: dsr_domain::RequestId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), ChannelError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(ChannelError("the schedule-requests queue is down (simulated)".into()));
+        }
+        locked(&self.asked).push((id, at));
         Ok(())
     }
 }

@@ -482,6 +482,24 @@ impl RequestStore for InMemoryRequestStore {
         Ok(TransitionOutcome::Applied)
     }
 
+    async fn save_sources(
+        &self,
+        id: RequestId,
+        token: u64,
+        sources: &[dsr_domain::report::progress::SourceProgress],
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tables = self.lock();
+        match tables.requests.get_mut(&id) {
+            Some((stored, _)) if stored.fencing_token == token => {
+                stored.sources = sources.to_vec();
+                stored.updated_at = at;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn record_event(
         &self,
         id: RequestId,

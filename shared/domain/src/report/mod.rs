@@ -1,18 +1,27 @@
 //! Access reports (Art. 15, Art. 20): everything the registered services hold about a subject,
 //! in one portable file.
 //!
-//! One worker per request ([`crate::lease`]): it takes the request, collects every source onto
-//! local disk, writes the zip ([`archive`]) into an upload that becomes visible only when
-//! complete, and commits the report on the request only if its lease is still the request's.
-//! Self-healing: a failed attempt aborts its upload (nothing is left), hands the request back
-//! to `received` with the error, and asks for a retry after a growing delay; after the last
-//! attempt the request is `failed`. Whatever a dead worker left under the request's prefix is
-//! removed by the next attempt before it starts.
+//! A report may take a minute or a week: a source may be slow, rate limited, or a third party's
+//! asynchronous export. So collection is resumable, source by source ([`progress`]). One worker
+//! at a time holds the request ([`crate::lease`]); it collects every source that is due, stages
+//! each result durably in the report store as soon as it is in (`staging/<request>/<source>/
+//! <token>/`) and records it on the request, then either assembles the report from what is
+//! staged (every source collected), fails the request (a source failed its last allowed
+//! attempt), or hands the rest to a later invocation through delayed dispatch, at the time the
+//! earliest waiting source is due (its own backoff, or its export's next poll). A worker that
+//! dies loses only the sources it had not staged yet.
+//!
+//! The zip ([`archive`]) is written into an upload that becomes visible only when complete,
+//! and committed on the request only if the worker's lease is still the request's. A failure
+//! of the service's own storage is not a source's: the request is handed back as it stands and
+//! tried again. Whatever a dead worker left under the request's prefixes is removed by the next
+//! worker before it starts, and the staging area once the report is committed.
 
 pub mod archive;
 mod cells;
 pub mod html;
 pub mod ports;
+pub mod progress;
 pub mod verify;
 
 use crate::clock::Clock;
@@ -21,35 +30,50 @@ use crate::lease::{retry_delay, Committed, HandedBack, OurLease, Taken, Worker};
 use crate::messages::DomainEvent;
 use crate::metrics::{self, names, Metric};
 use crate::ports::{ChannelError, EventOutbox, RequestStore, StoreError};
-use crate::registry::ServiceRegistry;
+use crate::registry::{RegisteredService, RetryPolicy, ServiceRegistry};
 use crate::request::{ReportInfo, Request, RequestId, RequestKind, RequestState};
+use crate::service::ServiceName;
 use crate::subject::SubjectHasher;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use futures::StreamExt;
 pub use ports::{
-    ReportSources, ReportStore, ReportUpload, SourceError, StagedFile, StagedSource, StorageError,
+    Collected, CollectionResumes, ReportSources, ReportStore, ReportUpload, SourceError,
+    StagedFile, StagedSource, StorageError,
 };
-use std::path::PathBuf;
+use progress::{collection_state, CollectionState, SourceProgress};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
 pub struct ReportSettings {
-    /// Attempts before the request is `failed` and its message dead-lettered.
-    pub max_attempts: u32,
+    /// A source's collection attempts and backoff, unless its registry entry says otherwise.
+    pub source_retry: RetryPolicy,
     /// How long a report stays downloadable (the bucket's lifecycle rule matches it).
     pub retention: Duration,
     /// Upload part size; S3 needs at least 5 MiB.
     pub part_size: usize,
-    /// First retry delay; doubles with every failed attempt.
+    /// First retry delay after a failure of the service's own storage; doubles each time.
     pub retry_base: Duration,
+    /// How long one invocation collects before it hands the rest on (Lambda stops a function
+    /// after 15 minutes; staging and assembly need some of them).
+    pub time_budget: std::time::Duration,
+    /// A source's retries are never put off later than this before the request's deadline.
+    pub deadline_margin: Duration,
     pub staging_dir: PathBuf,
 }
 
 impl Default for ReportSettings {
     fn default() -> Self {
         Self {
-            max_attempts: 3,
+            source_retry: RetryPolicy {
+                attempts: 5,
+                backoff_seconds: 60,
+                max_backoff_seconds: 6 * 3600,
+            },
             retention: Duration::days(30),
             part_size: 8 * 1024 * 1024,
             retry_base: Duration::seconds(60),
+            time_budget: std::time::Duration::from_secs(600),
+            deadline_margin: Duration::days(3),
             staging_dir: std::env::temp_dir(),
         }
     }
@@ -65,12 +89,18 @@ pub enum WorkOutcome {
     Busy {
         until: DateTime<Utc>,
     },
-    /// This attempt failed; the request is back in `received`.
+    /// Sources are still pending: the request comes back at `until` (delayed dispatch).
+    /// `errors` are this invocation's failed attempts, by source.
+    Waiting {
+        until: DateTime<Utc>,
+        errors: Vec<SourceError>,
+    },
+    /// The service's own storage or queue failed; the request was handed back as it stands.
     RetryLater {
         after: Duration,
         error: String,
     },
-    /// The last attempt failed; the request is `failed`.
+    /// A source failed its last attempt; the request is `failed`.
     Failed {
         error: String,
     },
@@ -89,41 +119,62 @@ pub enum ReportError {
     Announce(#[from] ChannelError),
 }
 
-/// Why one attempt failed: the reason recorded on the request (never personal data).
+/// Why the service could not go on (never a source's failure, never personal data).
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
     #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
     Archive(#[from] archive::ArchiveError),
-    #[error("staging the sources: {0}")]
+    #[error("staging: {0}")]
     Staging(#[source] std::io::Error),
+    #[error("the staged result of {0} is unreadable: {1}")]
+    Staged(ServiceName, String),
+    #[error("handing the collection on: {0}")]
+    Resume(#[from] ChannelError),
+    /// Past the point of handing back (the report is committed, or the request failed).
+    #[error(transparent)]
+    Report(#[from] ReportError),
 }
 
 /// Report generation, over its ports.
-pub struct AccessReports<S, R, T, E, C> {
+pub struct AccessReports<S, R, T, E, C, W> {
     pub store: S,
     pub sources: R,
     pub reports: T,
     pub events: E,
     pub clock: C,
+    /// Where a collection waiting on its sources is handed on.
+    pub resumes: W,
     pub hasher: SubjectHasher,
     pub registry: ServiceRegistry,
     pub settings: ReportSettings,
     pub worker: Worker,
 }
 
-impl<S, R, T, E, C> AccessReports<S, R, T, E, C>
+/// Where one source's staged result is kept, under the token of the lease that staged it.
+pub fn staged_prefix(id: RequestId, service: &ServiceName, token: u64) -> String {
+    format!("{}{service}/{token}/", staging_prefix(id))
+}
+
+/// Everything staged for request `id` (personal data: erased with the subject's own copies).
+pub fn staging_prefix(id: RequestId) -> String {
+    format!("staging/{id}/")
+}
+
+impl<S, R, T, E, C, W> AccessReports<S, R, T, E, C, W>
 where
     S: RequestStore,
     R: ReportSources,
     T: ReportStore,
     E: EventOutbox,
     C: Clock,
+    W: CollectionResumes,
 {
-    /// Generates the report of request `id`, if it is this worker's to make.
+    /// Works on request `id`, if it is this worker's: collects what is due, then assembles the
+    /// report, fails the request, or hands it on.
     pub async fn generate(&self, id: RequestId) -> Result<WorkOutcome, ReportError> {
         let started = self.clock.now();
         let lease = match self
@@ -158,9 +209,9 @@ where
             Taken::NotWorkable(state) => return Ok(WorkOutcome::NothingToDo(state)),
         };
         let token = lease.token();
-        tracing::info!(request_id = %id, subject = %lease.subject(), token, attempt = lease.request().attempts + 1, "collecting");
+        tracing::info!(request_id = %id, subject = %lease.subject(), token, "collecting");
         // The platform hears of the request from here, not from the submit path; every
-        // attempt says it again under the same message id, so a failed send is made good.
+        // invocation says it again under the same message id, so a failed send is made good.
         if let Err(error) = self
             .events
             .publish(&DomainEvent::request_submitted(
@@ -172,26 +223,347 @@ where
         {
             return self.hand_back(&lease, &error.to_string()).await;
         }
-
-        // Whatever earlier attempts left (they died, or lost their lease) goes first.
-        let prefix = format!("reports/{id}/");
         // A failure from here on hands the request back: a lease kept by an attempt that gave
         // up would hold every other worker off until it ran out (longer than a function runs).
-        let cleaned = match self.clean(&prefix).await {
-            Ok(cleaned) => cleaned,
-            Err(error) => return self.hand_back(&lease, &error.to_string()).await,
-        };
-        if cleaned > 0 {
-            tracing::info!(request_id = %id, cleaned, "removed what an earlier attempt left");
-        }
-
-        let key = format!("{prefix}{token}/report.zip");
-        match self.assemble(&lease, &key).await {
-            Ok(summary) => {
-                crate::kill_point::reached("report.uploaded");
-                self.finish(&lease, key, summary, started).await
-            }
+        match self.work(&lease, started).await {
+            Ok(outcome) => Ok(outcome),
+            Err(AttemptError::Report(error)) => Err(error),
             Err(error) => self.hand_back(&lease, &error.to_string()).await,
+        }
+    }
+
+    async fn work(
+        &self,
+        lease: &OurLease<'_, S>,
+        started: DateTime<Utc>,
+    ) -> Result<WorkOutcome, AttemptError> {
+        let id = lease.request().id;
+        // Whatever earlier workers left (they died, or lost their lease) goes first: no
+        // committed report can be there while the request is collecting, and no upload of a
+        // live worker while this one holds the lease.
+        let cleaned = self.clean(&format!("reports/{id}/")).await?
+            + self.reports.abort_unfinished(&staging_prefix(id)).await?;
+        if cleaned > 0 {
+            tracing::info!(request_id = %id, cleaned, "removed what an earlier worker left");
+        }
+        let mut sources = self.plan(lease.request());
+        std::fs::create_dir_all(&self.settings.staging_dir).map_err(AttemptError::Staging)?;
+        let staging =
+            tempfile::tempdir_in(&self.settings.staging_dir).map_err(AttemptError::Staging)?;
+        let errors = match self.collect_due(lease, &mut sources, staging.path()).await? {
+            Some(errors) => errors,
+            None => return Ok(WorkOutcome::FencedOut),
+        };
+        let now = self.clock.now();
+        match collection_state(&sources, now) {
+            CollectionState::Complete => {
+                let key = format!("reports/{id}/{}/report.zip", lease.token());
+                let summary = self.assemble(lease, &sources, &key, staging.path()).await?;
+                crate::kill_point::reached("report.uploaded");
+                Ok(self.finish(lease, key, summary, started).await?)
+            }
+            CollectionState::Failed(failed) => {
+                let error = sources
+                    .iter()
+                    .filter(|s| failed.contains(&s.service))
+                    .map(|s| {
+                        format!(
+                            "source {}: {} (after {} attempts)",
+                            s.service,
+                            s.error.as_deref().unwrap_or("failed"),
+                            s.attempts
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Ok(self.fail(lease, error).await?)
+            }
+            CollectionState::Waiting { next } => {
+                let until = next.max(now);
+                self.resumes.resume_at(id, until).await?;
+                let request = lease.request();
+                if request.due_at - until <= self.settings.deadline_margin {
+                    // The sweep alarms on every request near its deadline; this says which
+                    // sources hold this one up.
+                    let waiting: Vec<&str> = sources
+                        .iter()
+                        .filter(|s| s.status != progress::SourceStatus::Collected)
+                        .map(|s| s.service.as_str())
+                        .collect();
+                    tracing::warn!(request_id = %id, due_at = %request.due_at, waiting = %waiting.join(","), alert = "deadline_at_risk", "collection still waiting on sources close to the deadline");
+                }
+                if !lease.let_go(self.clock.now()).await? {
+                    return Ok(WorkOutcome::FencedOut);
+                }
+                tracing::info!(request_id = %id, resume_at = %until, "collection handed on");
+                Ok(WorkOutcome::Waiting { until, errors })
+            }
+        }
+    }
+
+    /// The request's sources as the registry has them now: progress kept for every source
+    /// still registered, new ones pending.
+    fn plan(&self, request: &Request) -> Vec<SourceProgress> {
+        self.registry
+            .collectable()
+            .map(|(service, _)| {
+                request
+                    .sources
+                    .iter()
+                    .find(|s| s.service == service.name)
+                    .cloned()
+                    .unwrap_or_else(|| SourceProgress::pending(service.name.clone()))
+            })
+            .collect()
+    }
+
+    /// Collects every due source at once, within the invocation's time budget; stages each
+    /// result and records the progress as each comes in. `None`: fenced out.
+    async fn collect_due(
+        &self,
+        lease: &OurLease<'_, S>,
+        sources: &mut [SourceProgress],
+        dir: &Path,
+    ) -> Result<Option<Vec<SourceError>>, AttemptError> {
+        let request = lease.request();
+        let now = self.clock.now();
+        let latest = request.due_at - self.settings.deadline_margin;
+        let mut running = futures::stream::FuturesUnordered::new();
+        for (index, progress) in sources.iter().enumerate() {
+            if !progress.due(now) {
+                continue;
+            }
+            let Some((service, how)) = self
+                .registry
+                .collectable()
+                .find(|(service, _)| service.name == progress.service)
+            else {
+                continue;
+            };
+            let job = progress.job.clone();
+            let budget = self.settings.time_budget;
+            let subject = &request.subject;
+            running.push(async move {
+                let collected = self
+                    .sources
+                    .collect(service, how, subject, dir, job.as_deref(), budget)
+                    .await;
+                (index, service, collected)
+            });
+        }
+        let mut errors = Vec::new();
+        while let Some((index, service, collected)) = running.next().await {
+            let now = self.clock.now();
+            let progress = &mut sources[index];
+            match collected {
+                Ok(Collected::Staged(staged)) => {
+                    self.stage(request.id, lease.token(), &staged).await?;
+                    progress.collected(staged.record_count, lease.token());
+                    tracing::info!(request_id = %request.id, source = %service.name, records = staged.record_count, "source collected and staged");
+                }
+                Ok(Collected::Exporting { job, poll_after }) => {
+                    let poll_after =
+                        Duration::from_std(poll_after).unwrap_or(Duration::seconds(60));
+                    progress.exporting(job, now + poll_after);
+                    tracing::info!(request_id = %request.id, source = %service.name, poll_in_seconds = poll_after.num_seconds(), "export under way");
+                }
+                Err(error) => {
+                    let policy = self.retry_policy(service);
+                    let for_good =
+                        progress.failed_attempt(error.reason.clone(), policy, now, latest);
+                    metrics::emit(Metric::count(names::RETRIES, 1).with("Kind", "access"));
+                    tracing::warn!(request_id = %request.id, source = %service.name, attempts = progress.attempts, for_good, error = %error.reason, "source attempt failed");
+                    errors.push(error);
+                }
+            }
+            if !self
+                .store
+                .save_sources(request.id, lease.token(), sources, now)
+                .await?
+            {
+                self.forget_own_staging(request.id, lease.token()).await;
+                return Ok(None);
+            }
+            crate::kill_point::reached("report.source_staged");
+        }
+        Ok(Some(errors))
+    }
+
+    fn retry_policy<'a>(&'a self, service: &'a RegisteredService) -> &'a RetryPolicy {
+        service
+            .collect_retry
+            .as_ref()
+            .unwrap_or(&self.settings.source_retry)
+    }
+
+    /// Copies one source's result into the report store: its records, its files, and last a
+    /// manifest (what the report needs of it later).
+    async fn stage(
+        &self,
+        id: RequestId,
+        token: u64,
+        staged: &StagedSource,
+    ) -> Result<(), AttemptError> {
+        let prefix = staged_prefix(id, &staged.name, token);
+        self.put_file(&format!("{prefix}records.ndjson"), &staged.records)
+            .await?;
+        let mut files = Vec::with_capacity(staged.files.len());
+        for (n, file) in staged.files.iter().enumerate() {
+            self.put_file(&format!("{prefix}files/{n}"), &file.path)
+                .await?;
+            files.push(serde_json::json!({"name": file.name, "size": file.size}));
+        }
+        let manifest = serde_json::json!({"record_count": staged.record_count, "files": files});
+        self.put_bytes(&format!("{prefix}manifest.json"), manifest.to_string().into_bytes())
+            .await
+    }
+
+    async fn put_file(&self, key: &str, path: &Path) -> Result<(), AttemptError> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).map_err(AttemptError::Staging)?;
+        let mut upload = self.reports.begin(key).await?;
+        let mut written = false;
+        loop {
+            let mut part = Vec::with_capacity(self.settings.part_size.min(1 << 20));
+            let read = (&mut file)
+                .take(self.settings.part_size as u64)
+                .read_to_end(&mut part);
+            let part = match read {
+                Ok(_) => part,
+                Err(err) => {
+                    let _ = upload.abort().await;
+                    return Err(AttemptError::Staging(err));
+                }
+            };
+            // Every upload has a part, an empty file's an empty one.
+            if part.is_empty() && written {
+                break;
+            }
+            let last = part.len() < self.settings.part_size;
+            if let Err(err) = upload.write_part(part).await {
+                let _ = upload.abort().await;
+                return Err(err.into());
+            }
+            written = true;
+            if last {
+                break;
+            }
+        }
+        self.complete(upload, key).await
+    }
+
+    async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), AttemptError> {
+        let mut upload = self.reports.begin(key).await?;
+        if let Err(err) = upload.write_part(bytes).await {
+            let _ = upload.abort().await;
+            return Err(err.into());
+        }
+        self.complete(upload, key).await
+    }
+
+    async fn complete(&self, upload: T::Upload, key: &str) -> Result<(), AttemptError> {
+        if let Err(err) = upload.complete().await {
+            // It may have taken effect before its answer was lost, or not at all.
+            self.forget(key).await;
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// Brings one collected source back from the staging area onto local disk.
+    async fn unstage(
+        &self,
+        id: RequestId,
+        progress: &SourceProgress,
+        service: &RegisteredService,
+        dir: &Path,
+    ) -> Result<StagedSource, AttemptError> {
+        let bad = |why: String| AttemptError::Staged(progress.service.clone(), why);
+        let prefix = staged_prefix(id, &progress.service, progress.staged.unwrap_or_default());
+        let local = dir.join(format!("staged-{}", progress.service));
+        std::fs::create_dir_all(&local).map_err(AttemptError::Staging)?;
+        let manifest_path = local.join("manifest.json");
+        self.reports
+            .fetch(&format!("{prefix}manifest.json"), &manifest_path)
+            .await?;
+        let manifest: serde_json::Value = std::fs::read(&manifest_path)
+            .map_err(AttemptError::Staging)
+            .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string())))?;
+        let records = local.join("records.ndjson");
+        self.reports
+            .fetch(&format!("{prefix}records.ndjson"), &records)
+            .await?;
+        let mut files = Vec::new();
+        for (n, file) in manifest["files"].as_array().into_iter().flatten().enumerate() {
+            let name = file["name"]
+                .as_str()
+                .ok_or_else(|| bad("a file without a name".into()))?;
+            let path = local.join(format!("file-{n}"));
+            let size = self
+                .reports
+                .fetch(&format!("{prefix}files/{n}"), &path)
+                .await?;
+            files.push(StagedFile {
+                name: name.to_owned(),
+                path,
+                size,
+            });
+        }
+        Ok(StagedSource {
+            name: progress.service.clone(),
+            description: service.description.clone(),
+            records,
+            record_count: manifest["record_count"]
+                .as_u64()
+                .ok_or_else(|| bad("no record count".into()))?,
+            files,
+        })
+    }
+
+    /// Fails the request for a source that failed for good.
+    async fn fail(
+        &self,
+        lease: &OurLease<'_, S>,
+        error: String,
+    ) -> Result<WorkOutcome, ReportError> {
+        let now = self.clock.now();
+        match lease
+            .commit(RequestState::Failed, now, |r| {
+                r.last_error = Some(error.clone())
+            })
+            .await?
+        {
+            Committed::Applied(request) => {
+                metrics::emit(Metric::count(names::REQUESTS_FAILED, 1).with("Kind", "access"));
+                self.count(&request, Hop::Failed).await?;
+                self.forget_staged(request.id).await;
+                Ok(WorkOutcome::Failed { error })
+            }
+            Committed::FencedOut | Committed::Illegal(_) => Ok(WorkOutcome::FencedOut),
+        }
+    }
+
+    /// A fenced-out worker removes what it staged (under its own token: never the others').
+    async fn forget_own_staging(&self, id: RequestId, token: u64) {
+        let prefix = staging_prefix(id);
+        let token = format!("/{token}/");
+        if let Ok(keys) = self.reports.list(&prefix).await {
+            for key in keys {
+                let own = key[prefix.len()..]
+                    .split_once('/')
+                    .is_some_and(|(_, rest)| rest.starts_with(&token[1..]));
+                if own {
+                    let _ = self.reports.delete(&key).await;
+                }
+            }
+        }
+    }
+
+    /// Removes what was staged for a request that is done with it (best effort: the bucket's
+    /// lifecycle rule removes what is left).
+    async fn forget_staged(&self, id: RequestId) {
+        if let Err(err) = self.clean(&staging_prefix(id)).await {
+            tracing::warn!(request_id = %id, error = %err, "could not remove the staged sources; the bucket's lifecycle rule will");
         }
     }
 
@@ -255,6 +627,7 @@ where
                     }
                 }
                 crate::kill_point::reached("report.committed");
+                self.forget_staged(id).await;
                 self.count(&request, Hop::Generated).await?;
                 self.announce(&request).await?;
                 Ok(WorkOutcome::Completed(report))
@@ -272,18 +645,10 @@ where
         lease: &OurLease<'_, S>,
         error: &str,
     ) -> Result<WorkOutcome, ReportError> {
-        let now = self.clock.now();
-        match lease
-            .hand_back(error, Some(self.settings.max_attempts), now)
-            .await?
-        {
-            HandedBack::Failed => {
-                metrics::emit(Metric::count(names::REQUESTS_FAILED, 1).with("Kind", "access"));
-                self.count(lease.request(), Hop::Failed).await?;
-                Ok(WorkOutcome::Failed {
-                    error: error.to_owned(),
-                })
-            }
+        // Still collecting, what was staged kept: the service's own failure never fails a
+        // request (the sweep sends it again should this message be lost too).
+        match lease.release(error, self.clock.now()).await? {
+            HandedBack::Failed => Ok(WorkOutcome::FencedOut),
             HandedBack::ForRetry { attempts } => {
                 metrics::emit(Metric::count(names::RETRIES, 1).with("Kind", "access"));
                 Ok(WorkOutcome::RetryLater {
@@ -295,23 +660,20 @@ where
         }
     }
 
-    /// Collects every source, then streams the zip into an upload that only becomes visible
-    /// on completion. On any error the upload is aborted: nothing is left.
+    /// Brings every staged source back, then streams the zip into an upload that only
+    /// becomes visible on completion. On any error the upload is aborted: nothing is left.
     async fn assemble(
         &self,
         lease: &OurLease<'_, S>,
+        progress: &[SourceProgress],
         key: &str,
+        dir: &Path,
     ) -> Result<archive::ArchiveSummary, AttemptError> {
         let request = lease.request();
-        std::fs::create_dir_all(&self.settings.staging_dir).map_err(AttemptError::Staging)?;
-        let staging =
-            tempfile::tempdir_in(&self.settings.staging_dir).map_err(AttemptError::Staging)?;
-        let sources =
-            futures::future::try_join_all(self.registry.collectable().map(|(service, how)| {
-                self.sources
-                    .collect(service, how, &request.subject, staging.path())
-            }))
-            .await?;
+        let mut sources = Vec::with_capacity(progress.len());
+        for (source, (service, _)) in progress.iter().zip(self.registry.collectable()) {
+            sources.push(self.unstage(request.id, source, service, dir).await?);
+        }
 
         let mut upload = self.reports.begin(key).await?;
         let generated_at = self

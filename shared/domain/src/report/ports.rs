@@ -37,17 +37,43 @@ pub struct StagedFile {
     pub size: u64,
 }
 
+/// What one collection call came back with.
+#[derive(Debug, Clone)]
+pub enum Collected {
+    Staged(StagedSource),
+    /// An asynchronous export was started, or is still running: ask again after `poll_after`
+    /// with this `job`.
+    Exporting {
+        job: String,
+        poll_after: std::time::Duration,
+    },
+}
+
 /// The services in the registry that hold data to report, each read its own way (DynamoDB,
-/// HTTP API, search index, S3 prefix).
+/// HTTP API, search index, S3 prefix, a third party's asynchronous export).
 pub trait ReportSources: Send + Sync {
-    /// Collects `service`'s data about `subject` into `dir` (which exists).
+    /// Collects `service`'s data about `subject` into `dir` (which exists), within `budget`
+    /// (past it the call fails: the invocation's time is up). `job` is the export this source
+    /// started earlier, if it is one.
     fn collect(
         &self,
         service: &RegisteredService,
         how: &CollectFrom,
         subject: &SubjectId,
         dir: &Path,
-    ) -> impl Future<Output = Result<StagedSource, SourceError>> + Send;
+        job: Option<&str>,
+        budget: std::time::Duration,
+    ) -> impl Future<Output = Result<Collected, SourceError>> + Send;
+}
+
+/// Hands a collection that is waiting on its sources to a later invocation: delivers the
+/// request's work message again at `at` (delayed dispatch).
+pub trait CollectionResumes: Send + Sync {
+    fn resume_at(
+        &self,
+        id: crate::request::RequestId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> impl Future<Output = Result<(), crate::ports::ChannelError>> + Send;
 }
 
 /// The report store could not be reached or refused; worth another attempt.
@@ -73,6 +99,13 @@ pub trait ReportStore: Send + Sync {
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
 
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Copies the object at `key` into the file at `path`; returns its size.
+    fn fetch(
+        &self,
+        key: &str,
+        path: &Path,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
 }
 
 /// A report being written.
@@ -97,8 +130,22 @@ impl<T: ReportSources> ReportSources for Arc<T> {
         how: &CollectFrom,
         subject: &SubjectId,
         dir: &Path,
-    ) -> Result<StagedSource, SourceError> {
-        (**self).collect(service, how, subject, dir).await
+        job: Option<&str>,
+        budget: std::time::Duration,
+    ) -> Result<Collected, SourceError> {
+        (**self)
+            .collect(service, how, subject, dir, job, budget)
+            .await
+    }
+}
+
+impl<T: CollectionResumes> CollectionResumes for Arc<T> {
+    async fn resume_at(
+        &self,
+        id: crate::request::RequestId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), crate::ports::ChannelError> {
+        (**self).resume_at(id, at).await
     }
 }
 
@@ -115,5 +162,8 @@ impl<T: ReportStore> ReportStore for Arc<T> {
     }
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         (**self).delete(key).await
+    }
+    async fn fetch(&self, key: &str, path: &Path) -> Result<u64, StorageError> {
+        (**self).fetch(key, path).await
     }
 }

@@ -5,14 +5,17 @@
 //! the erasure or opens the holders that still hold data again. Only counts leave this
 //! module, never records: what was read is dropped with the staging directory.
 
-use super::ports::{ReportSources, SourceError};
+use super::ports::{Collected, ReportSources, SourceError};
 use crate::clock::Clock;
 use crate::erasure::{ErasureVerified, StillHeld, VerifyErasure};
 use crate::ports::{ChannelError, RequestStore, StoreError};
-use crate::registry::ServiceRegistry;
+use crate::registry::{CollectFrom, ServiceRegistry};
 use crate::request::{RequestKind, RequestState};
 use std::future::Future;
 use std::path::PathBuf;
+
+/// How long reading every erased holder again may take (the function runs 15 minutes).
+const READ_BUDGET: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Where a verification's result goes (the confirmations queue).
 pub trait VerificationResults: Send + Sync {
@@ -73,13 +76,29 @@ where
         let holders: Vec<_> = self
             .registry
             .collectable()
-            .filter(|(service, _)| service.erase.is_some())
+            // An asynchronous export takes minutes to days: it is not read again here.
+            .filter(|(service, how)| {
+                service.erase.is_some() && !matches!(how, CollectFrom::Export { .. })
+            })
             .collect();
         let read = futures::future::try_join_all(holders.iter().map(|(service, how)| {
-            self.sources
-                .collect(service, how, &request.subject, staging.path())
+            self.sources.collect(
+                service,
+                how,
+                &request.subject,
+                staging.path(),
+                None,
+                READ_BUDGET,
+            )
         }))
         .await?;
+        let read: Vec<_> = read
+            .into_iter()
+            .filter_map(|collected| match collected {
+                Collected::Staged(source) => Some(source),
+                Collected::Exporting { .. } => None,
+            })
+            .collect();
         let checked: Vec<_> = read.iter().map(|s| s.name.clone()).collect();
         let found: Vec<StillHeld> = read
             .iter()
