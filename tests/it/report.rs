@@ -36,12 +36,21 @@ struct Fixture {
 }
 
 async fn fixture_with(files: Vec<(String, Vec<u8>)>) -> Fixture {
-    let app = spawn_app().await;
+    fixture_running(files, None).await
+}
+
+/// The fixture; with `running`, its stack runs every function on its queues (delayed dispatch
+/// included), with the fixture's registry changed by `running`.
+async fn fixture_running(
+    files: Vec<(String, Vec<u8>)>,
+    running: Option<&dyn Fn(&FakeServices, String) -> String>,
+) -> Fixture {
     let aws = crate::helpers::aws().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
     let name = unique_name();
 
     let table = format!("{name}-profiles");
-    app.dynamodb
+    dynamodb
         .create_table()
         .table_name(&table)
         .billing_mode(BillingMode::PayPerRequest)
@@ -62,7 +71,7 @@ async fn fixture_with(files: Vec<(String, Vec<u8>)>) -> Fixture {
         .send()
         .await
         .unwrap();
-    app.dynamodb
+    dynamodb
         .put_item()
         .table_name(&table)
         .item("uid", AttributeValue::S(SUBJECT.into()))
@@ -133,6 +142,22 @@ async fn fixture_with(files: Vec<(String, Vec<u8>)>) -> Fixture {
         orders = fake.orders_url(),
         logs = fake.access_logs_url(),
     );
+    let (app, registry) = match running {
+        None => (spawn_app().await, registry),
+        Some(change) => {
+            // The erasure function, running too, needs a service to erase.
+            let registry = change(&fake, registry)
+                + "  - name: mailer\n    broker_user: svc-mailer\n    erase: { via: { kind: rabbitmq, routing_key: erasure.mailer } }\n";
+            let settings = registry.clone();
+            let app = crate::helpers::spawn_app_with(move |s| {
+                s.consume_work_queues = true;
+                s.registry = Some(settings);
+                s.dispatch_every = Duration::from_millis(200);
+            })
+            .await;
+            (app, registry)
+        }
+    };
     Fixture {
         app,
         fake,
@@ -159,6 +184,7 @@ impl Fixture {
         let mut function = self.app.stack.report(Some(&self.registry)).unwrap();
         let settings = &mut function.handler.reports.settings;
         settings.retry_base = chrono::Duration::seconds(1);
+        settings.source_retry.backoff_seconds = 1;
         settings.part_size = 5 * 1024 * 1024;
         function
     }
@@ -389,29 +415,95 @@ async fn a_report_holds_every_source_and_downloads_with_matching_hashes() {
     assert_eq!(again["message_id"], event["message_id"]);
 }
 
+/// Where each source of a request stands, as its owner sees it on `GET /v1/requests/{id}`.
+async fn progress(f: &Fixture, id: RequestId) -> Vec<(String, String)> {
+    let reply = f.app.get(SUBJECT, &format!("/v1/requests/{id}")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_response("GET", "/v1/requests/{id}", 200, &reply.body);
+    reply.body["sources"]
+        .as_array()
+        .map(|sources| {
+            sources
+                .iter()
+                .map(|s| {
+                    (
+                        s["name"].as_str().unwrap().to_owned(),
+                        s["status"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Objects staged for request `id`.
+async fn staged(f: &Fixture, id: RequestId) -> Vec<String> {
+    f.s3.list_objects_v2()
+        .bucket(f.bucket())
+        .prefix(format!("staging/{id}/"))
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect()
+}
+
+/// Whether what was staged for `id` is gone within a few seconds: the worker removes it just
+/// after its commit, which the test may see first.
+async fn staging_goes(f: &Fixture, id: RequestId) -> bool {
+    crate::helpers::eventually(Duration::from_secs(10), async || staged(f, id).await.is_empty())
+        .await
+}
+
 #[tokio::test]
-async fn a_source_failing_once_leaves_nothing_and_the_next_attempt_succeeds() {
+async fn a_source_failing_once_is_retried_alone_and_the_others_are_not_collected_again() {
     let f = fixture().await;
     let id = f.submit().await;
     f.fake.data.failing_order_calls.store(1, Ordering::SeqCst);
     let worker = f.worker();
     match worker.generate(id).await.unwrap() {
-        WorkOutcome::RetryLater { error, after } => {
+        WorkOutcome::Waiting { errors, until } => {
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            let error = errors[0].to_string();
             assert!(error.contains("orders") && error.contains("500"), "{error}");
-            assert_eq!(after, chrono::Duration::seconds(1));
+            assert!(until <= chrono::Utc::now() + chrono::Duration::seconds(1));
         }
-        other => panic!("expected a retry, got {other:?}"),
+        other => panic!("expected the collection to wait, got {other:?}"),
     }
     let request = f.request(id).await;
     assert_eq!(
-        (request.state, request.attempts),
-        (RequestState::Received, 1)
+        (request.state, request.attempts, request.lease),
+        (RequestState::Collecting, 0, None)
     );
-    assert!(request.last_error.unwrap().contains("orders"));
+    let orders = request
+        .sources
+        .iter()
+        .find(|s| s.service.as_str() == "orders")
+        .unwrap();
+    assert_eq!(orders.attempts, 1);
+    assert!(orders.error.as_deref().unwrap().contains("500"));
+    // The owner sees where each source stands.
+    assert_eq!(
+        progress(&f, id).await,
+        [
+            ("profile".into(), "collected".into()),
+            ("orders".into(), "pending".into()),
+            ("access-log".into(), "collected".into()),
+            ("uploads".into(), "collected".into()),
+        ]
+    );
+    let staged_now = staged(&f, id).await;
+    assert!(
+        staged_now.iter().any(|k| k.contains("/uploads/") && k.ends_with("/files/1")),
+        "every collected source is staged durably: {staged_now:?}"
+    );
+    assert!(!staged_now.iter().any(|k| k.contains("/orders/")));
     assert_eq!(
         f.leftovers(id).await,
         (vec![], 0),
-        "attempt one left no objects"
+        "no report, nor half a one"
     );
     let status = f
         .app
@@ -419,59 +511,75 @@ async fn a_source_failing_once_leaves_nothing_and_the_next_attempt_succeeds() {
         .await;
     assert_eq!(status.status, StatusCode::CONFLICT);
     assert_response("GET", "/v1/requests/{id}/report", 409, &status.body);
+    // The hand-off went to delayed dispatch, for delivery to the access-requests queue.
+    let handed = drain(&f.app.sqs, &f.app.queue_url("ScheduleRequestsQueue")).await;
+    assert_eq!(handed.len(), 1);
+    let schedule: Value = serde_json::from_str(handed[0].body().unwrap()).unwrap();
+    assert_message(&schedule);
+    assert_eq!(
+        schedule["destination"]["queue_url"],
+        f.app.queue_url("AccessRequestsQueue")
+    );
+    assert_eq!(schedule["payload"]["request_id"], id.to_string());
 
-    assert!(matches!(
-        worker.generate(id).await.unwrap(),
-        WorkOutcome::Completed(_)
-    ));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let WorkOutcome::Completed(report) = worker.generate(id).await.unwrap() else {
+        panic!("the second invocation completes");
+    };
     let request = f.request(id).await;
     assert_eq!(
         (request.state, request.attempts, request.last_error),
-        (RequestState::ReportReady, 1, None)
+        (RequestState::ReportReady, 0, None)
     );
-    assert_eq!(f.fake.data.order_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        f.fake.data.order_calls.load(Ordering::SeqCst),
+        2,
+        "orders asked twice"
+    );
+    assert_eq!(staged(&f, id).await, Vec::<String>::new(), "staging removed");
+    let files = unzip(&f.download(id).await);
+    assert_eq!(files["sources/uploads/files/docs/cv.txt"], b"curriculum vitae");
+    assert_eq!(report.key, format!("reports/{id}/2/report.zip"));
 }
 
 #[tokio::test]
-async fn a_source_failing_for_good_fails_the_request_into_the_dlq_with_nothing_downloadable() {
-    let f = fixture().await;
-    let id = f.submit().await;
-    f.fake.data.orders_down.store(true, Ordering::SeqCst);
-    let function = f.sqs_function({
-        let mut function = f.function();
-        function.handler.reports.settings.max_attempts = 2;
-        function
-    });
-    let source = f.app.stack.event_source("ReportFunction").unwrap();
-    let first = deliver_once(&f.app.sqs, &source, &function).await.unwrap();
-    assert_eq!(first.failed, 1, "retried later, not deleted");
-    assert_eq!(f.request(id).await.state, RequestState::Received);
-
-    // The retry comes back after the (1 s) backoff, not the queue's 90 minutes.
-    let finished = crate::helpers::eventually(Duration::from_secs(15), async || {
-        deliver_once(&f.app.sqs, &source, &function)
-            .await
-            .unwrap()
-            .received
-            == 1
-    })
-    .await;
-    assert!(finished);
-    let request = f.request(id).await;
-    assert_eq!((request.state, request.attempts), (RequestState::Failed, 2));
-    assert_eq!(
-        queue_depth(&f.app.sqs, &f.app.queue_url("AccessRequestsQueue")).await,
-        0
-    );
-    let dead = drain(
-        &f.app.sqs,
-        &f.app.queue_url("AccessRequestsDeadLetterQueue"),
+async fn a_source_failing_for_good_fails_the_request_into_the_dlq_with_nothing_left() {
+    // The whole stack runs: the hand-offs go through delayed dispatch and come back.
+    let f = fixture_running(
+        Vec::new(),
+        Some(&|_: &FakeServices, registry: String| {
+            registry.replace(
+                "max_attempts: 1, timeout_ms: 5000 }",
+                "max_attempts: 1, timeout_ms: 5000 }\n    collect_retry: { attempts: 3, backoff_seconds: 1 }",
+            )
+        }),
     )
     .await;
-    assert_eq!(dead.len(), 1);
-    let message: Value = serde_json::from_str(dead[0].body().unwrap()).unwrap();
-    assert_eq!(message["request_id"], id.to_string());
+    f.fake.data.orders_down.store(true, Ordering::SeqCst);
+    let id = f.submit().await;
+    let failed = crate::helpers::eventually(Duration::from_secs(60), async || {
+        f.request(id).await.state == RequestState::Failed
+    })
+    .await;
+    assert!(failed, "state: {:?}", f.request(id).await);
+    assert_eq!(
+        f.fake.data.order_calls.load(Ordering::SeqCst),
+        3,
+        "three attempts of its own, a second and two seconds apart"
+    );
+    let request = f.request(id).await;
+    assert!(request.last_error.unwrap().contains("after 3 attempts"));
+    assert_eq!(
+        progress(&f, id).await.iter().find(|(n, _)| n == "orders").unwrap().1,
+        "failed"
+    );
+    let dead = crate::helpers::eventually(Duration::from_secs(10), async || {
+        queue_depth(&f.app.sqs, &f.app.queue_url("AccessRequestsDeadLetterQueue")).await == 1
+    })
+    .await;
+    assert!(dead, "the request's last message is dead-lettered");
     assert_eq!(f.leftovers(id).await, (vec![], 0));
+    assert!(staging_goes(&f, id).await, "staging removed");
     let reply = f
         .app
         .get(SUBJECT, &format!("/v1/requests/{id}/report"))
@@ -485,6 +593,58 @@ async fn a_source_failing_for_good_fails_the_request_into_the_dlq_with_nothing_d
         f.app.submit(SUBJECT, "access").await.status,
         StatusCode::ACCEPTED
     );
+}
+
+#[tokio::test]
+async fn a_report_whose_export_takes_three_invocations_is_assembled_once_every_source_is_in() {
+    let f = fixture_running(
+        Vec::new(),
+        Some(&|fake: &FakeServices, registry: String| {
+            registry.replace(
+                "  - name: newsletter",
+                &format!(
+                    "  - name: crm\n    description: What our CRM vendor holds\n    collect: {{ kind: export, start_url: \"{}\", status_url: \"{}\", result_url: \"{}\", records_pointer: /records, poll_seconds: 1 }}\n  - name: newsletter",
+                    fake.export_start_url(),
+                    fake.export_status_url(),
+                    fake.export_result_url()
+                ),
+            )
+        }),
+    )
+    .await;
+    // Ready two and a half seconds after its start: polled at least twice before.
+    let data = &f.fake.data;
+    data.export_ready_after_ms.store(2500, Ordering::SeqCst);
+    data.crm.lock().unwrap().insert(
+        SUBJECT.into(),
+        vec![json!({"segment": "loyal"}), json!({"consent": "email"})],
+    );
+    let id = f.submit().await;
+    let mut seen_exporting = false;
+    let ready = crate::helpers::eventually(Duration::from_secs(60), async || {
+        seen_exporting |= progress(&f, id)
+            .await
+            .contains(&("crm".into(), "exporting".into()));
+        f.request(id).await.state == RequestState::ReportReady
+    })
+    .await;
+    assert!(ready, "{:?}", f.request(id).await);
+    assert!(seen_exporting, "GET showed the export under way");
+    let polls = data.export_polls.load(Ordering::SeqCst);
+    assert_eq!(data.export_starts.load(Ordering::SeqCst), 1);
+    assert!(polls >= 2, "started, polled while running, polled done: {polls} polls");
+    assert_eq!(data.export_fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        data.order_calls.load(Ordering::SeqCst),
+        1,
+        "the quick sources were collected once, in the first invocation"
+    );
+    let files = unzip(&f.download(id).await);
+    let manifest = json_file(&files, "manifest.json");
+    let counts = record_counts(&manifest);
+    assert!(counts.contains(&("crm".into(), 2)), "{counts:?}");
+    assert!(counts.contains(&("orders".into(), 2)), "{counts:?}");
+    assert!(staging_goes(&f, id).await, "staging removed");
 }
 
 #[tokio::test]
@@ -553,7 +713,8 @@ async fn a_worker_killed_mid_upload_is_cleaned_up_by_the_next_attempt() {
     .await;
     let id = f.submit().await;
     let mut doomed = f.worker();
-    doomed.worker.lease_ttl = chrono::Duration::seconds(2);
+    // Long enough to stage the sources and begin the report before it runs out.
+    doomed.worker.lease_ttl = chrono::Duration::seconds(8);
     let doomed = tokio::spawn(async move { doomed.generate(id).await });
 
     // Kill it as soon as it has started writing the report: the upload exists, the object not.
@@ -601,7 +762,9 @@ async fn a_worker_killed_mid_upload_is_cleaned_up_by_the_next_attempt() {
         matches!(next.generate(id).await.unwrap(), WorkOutcome::Busy { .. }),
         "the lease is still live"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lease = f.request(id).await.lease.unwrap();
+    let left = (lease.expires_at - chrono::Utc::now()).num_milliseconds().max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(left + 200)).await;
     let WorkOutcome::Completed(report) = next.generate(id).await.unwrap() else {
         panic!("the next attempt completes")
     };
@@ -740,7 +903,9 @@ async fn an_http_source_is_retried_within_an_attempt_and_sent_its_auth_header() 
     *g.fake.data.orders_token.lock().unwrap() = Some("s3cret".into());
     let id = g.submit().await;
     match g.worker().generate(id).await.unwrap() {
-        WorkOutcome::RetryLater { error, .. } => assert!(error.contains("401"), "{error}"),
+        WorkOutcome::Waiting { errors, .. } => {
+            assert!(errors[0].to_string().contains("401"), "{errors:?}")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -755,7 +920,8 @@ async fn an_unreachable_source_fails_the_attempt_without_the_subject_id_in_the_e
     );
     let id = f.submit().await;
     match f.worker().generate(id).await.unwrap() {
-        WorkOutcome::RetryLater { error, .. } => {
+        WorkOutcome::Waiting { errors, .. } => {
+            let error = errors[0].to_string();
             assert!(error.contains("orders"), "{error}");
             assert!(
                 !error.contains(SUBJECT) && !error.contains("subject-7"),
@@ -764,8 +930,9 @@ async fn an_unreachable_source_fails_the_attempt_without_the_subject_id_in_the_e
         }
         other => panic!("{other:?}"),
     }
-    let stored = f.request(id).await.last_error.unwrap();
-    assert!(!stored.contains("example"), "{stored}");
+    // Nor in what the request keeps (and its owner sees).
+    let stored = serde_json::to_string(&f.request(id).await.sources).unwrap();
+    assert!(!stored.contains("example") && stored.contains("orders"), "{stored}");
 }
 
 #[tokio::test]
@@ -776,7 +943,8 @@ async fn a_source_answering_300_mb_fails_cleanly_without_reading_it_all() {
         .replace(&f.fake.orders_url(), &f.fake.bulky_orders_url());
     let id = f.submit().await;
     match f.worker().generate(id).await.unwrap() {
-        WorkOutcome::RetryLater { error, .. } => {
+        WorkOutcome::Waiting { errors, .. } => {
+            let error = errors[0].to_string();
             assert!(
                 error.contains("orders") && error.contains("larger than 32 MiB"),
                 "{error}"

@@ -51,13 +51,16 @@ pub fn build_with_clock<C: Clock>(
     ))
 }
 
-/// Who may schedule what: the service's own queue for its checks, and the configured callers.
+/// Who may schedule what: the service's own queues (the watchdog's checks, resumed collections), and the configured callers.
 pub fn policy(env: &Env) -> Result<DispatchPolicy, ConfigError> {
     DispatchPolicy::new(
         env.optional(vars::DELAYED_DISPATCH_CALLERS).as_deref(),
         env.optional(vars::RABBITMQ_NAMESPACE)
             .unwrap_or_else(|| "gdpr".into()),
-        vec![env.required(vars::CONFIRMATIONS_QUEUE_URL)?],
+        vec![
+            env.required(vars::CONFIRMATIONS_QUEUE_URL)?,
+            env.required(vars::ACCESS_REQUESTS_QUEUE_URL)?,
+        ],
     )
     .map_err(|e| ConfigError::unusable(vars::DELAYED_DISPATCH_CALLERS, e))
 }

@@ -124,6 +124,9 @@ async fn route<S: RequestStore + ObligationStore, Q: WorkQueue, C: Clock, L: Rep
                 Method::GET => {
                     let found = requests.show(&subject, id).await?;
                     let mut view = RequestView::from(&found);
+                    if found.kind == RequestKind::Access && !found.sources.is_empty() {
+                        view.sources = Some(found.sources.iter().map(SourceView::from).collect());
+                    }
                     if found.kind == RequestKind::Erasure {
                         view.services = Some(
                             requests
@@ -351,6 +354,43 @@ pub struct RequestView {
     /// Erasure requests, on `GET /v1/requests/{id}`: each service's progress (no data).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<ServiceProgress>>,
+    /// Access requests being collected or collected, on `GET /v1/requests/{id}`: where each
+    /// source stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<SourceView>>,
+}
+
+/// One source of an access report, as the user sees it.
+#[derive(Debug, Serialize)]
+pub struct SourceView {
+    pub name: dsr_domain::ServiceName,
+    /// `pending`, `exporting`, `collected` or `failed`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When it is tried, or its export polled, next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// Why its last attempt failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl From<&dsr_domain::report::progress::SourceProgress> for SourceView {
+    fn from(s: &dsr_domain::report::progress::SourceProgress) -> Self {
+        Self {
+            name: s.service.clone(),
+            status: s.status.as_str(),
+            records: s.records,
+            attempts: s.attempts,
+            next_attempt_at: s
+                .next_at
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            last_error: s.error.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -407,6 +447,7 @@ impl From<&Request> for RequestView {
                 extended_at: time(e.extended_at),
             }),
             services: None,
+            sources: None,
         }
     }
 }

@@ -236,6 +236,9 @@ export class DsrStack extends Stack {
           prefix: "reports/",
           expiration: Duration.days(reportRetentionDays.valueAsNumber),
         },
+        // Sources staged while a report is collected (removed once it is made or failed; this
+        // is the backstop): a deadline is at most three months after receipt.
+        { id: "expire-staged-sources", prefix: "staging/", expiration: Duration.days(100) },
         // Parts of uploads that a crashed worker never finished.
         { id: "abort-unfinished-uploads", abortIncompleteMultipartUploadAfter: Duration.days(1) },
       ],
@@ -325,6 +328,8 @@ export class DsrStack extends Stack {
     const allow = (actions: string[], resources: string[]) => new iam.PolicyStatement({ actions, resources });
     const requestsIndexes = `${requestsTable.tableArn}/index/*`;
     const reportObjects = `${reportsBucket.bucketArn}/reports/*`;
+    // Sources staged while a report is collected.
+    const stagedObjects = `${reportsBucket.bucketArn}/staging/*`;
     const queueUrls = {
       ACCESS_REQUESTS_QUEUE_URL: accessRequestsQueue.queueUrl,
       ERASURE_REQUESTS_QUEUE_URL: erasureRequestsQueue.queueUrl,
@@ -417,6 +422,10 @@ export class DsrStack extends Stack {
         REPORT_RETENTION_DAYS: reportRetentionDays.valueAsString,
         REPORT_LEASE_SECONDS: "960",
         REPORT_MAX_ATTEMPTS: reportMaxAttempts.valueAsString,
+        // One invocation collects this long, then hands the rest on through delayed dispatch
+        // (the schedule-requests queue), to be delivered back to access-requests.
+        REPORT_TIME_BUDGET_SECONDS: "600",
+        SCHEDULE_REQUESTS_QUEUE_URL: scheduleRequestsQueue.queueUrl,
       },
       statements: [
         hopsStatement,
@@ -427,10 +436,13 @@ export class DsrStack extends Stack {
         ),
         allow(
           ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
-          [reportObjects],
+          [reportObjects, stagedObjects],
         ),
         allow(["s3:ListBucket", "s3:ListBucketMultipartUploads"], [reportsBucket.bucketArn]),
-        allow(["sqs:SendMessage"], [outboundQueue.queueArn, accessRequestsDlq.queueArn, confirmationsQueue.queueArn]),
+        allow(
+          ["sqs:SendMessage"],
+          [outboundQueue.queueArn, accessRequestsDlq.queueArn, confirmationsQueue.queueArn, scheduleRequestsQueue.queueArn],
+        ),
         allow(["sqs:ChangeMessageVisibility"], [accessRequestsQueue.queueArn]),
         // Read access to the registry's sources is granted per platform: add statements here.
       ],
@@ -452,7 +464,7 @@ export class DsrStack extends Stack {
         ],
         [requestsTable.tableArn, requestsIndexes],
       ),
-      allow(["s3:DeleteObject", "s3:AbortMultipartUpload"], [reportObjects]),
+      allow(["s3:DeleteObject", "s3:AbortMultipartUpload"], [reportObjects, stagedObjects]),
       allow(["s3:ListBucket", "s3:ListBucketMultipartUploads"], [reportsBucket.bucketArn]),
       // An erasure's verification is asked of the report function (its access-requests queue).
       allow(["sqs:SendMessage"], [
@@ -514,7 +526,7 @@ export class DsrStack extends Stack {
         // The hops, read by window to compare them.
         allow(["dynamodb:Query"], [hopsTable.tableArn]),
         secretsStatement,
-        allow(["s3:DeleteObject", "s3:AbortMultipartUpload"], [reportObjects]),
+        allow(["s3:DeleteObject", "s3:AbortMultipartUpload"], [reportObjects, stagedObjects]),
         allow(["s3:ListBucket", "s3:ListBucketMultipartUploads"], [reportsBucket.bucketArn]),
         allow(
           ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"],
@@ -544,8 +556,10 @@ export class DsrStack extends Stack {
         SCHEDULER_DLQ_ARN: dispatchDlq.queueArn,
         SCHEDULE_REQUESTS_QUEUE_URL: scheduleRequestsQueue.queueUrl,
         DEAD_LETTER_QUEUE_URL: scheduleRequestsDlq.queueUrl,
-        // The one SQS queue the service's own schedules deliver to (the watchdog's checks).
+        // The SQS queues the service's own schedules deliver to: the watchdog's checks, and
+        // report collections handed on to a later invocation.
         CONFIRMATIONS_QUEUE_URL: confirmationsQueue.queueUrl,
+        ACCESS_REQUESTS_QUEUE_URL: accessRequestsQueue.queueUrl,
         RABBITMQ_NAMESPACE: rabbitMqNamespace.valueAsString,
         DELAYED_DISPATCH_CALLERS: delayedDispatchCallers.valueAsString,
       },
@@ -560,8 +574,12 @@ export class DsrStack extends Stack {
         ),
         allow(["iam:PassRole"], [dispatchSchedulerRole.roleArn]),
         // Destinations: RabbitMQ through the outbound queue, the watchdog's checks to the
-        // confirmations queue; its own dead letters. No other queue.
-        allow(["sqs:SendMessage"], [outboundQueue.queueArn, confirmationsQueue.queueArn, scheduleRequestsDlq.queueArn]),
+        // confirmations queue, resumed collections to access-requests; its own dead letters.
+        // No other queue.
+        allow(
+          ["sqs:SendMessage"],
+          [outboundQueue.queueArn, confirmationsQueue.queueArn, accessRequestsQueue.queueArn, scheduleRequestsDlq.queueArn],
+        ),
       ],
       queues: [{ id: "ScheduleRequests", queue: scheduleRequestsQueue, batchSize: 10 }],
       // The safety net: whatever is due is sent within a minute, even if a wake-up was lost.

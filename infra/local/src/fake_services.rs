@@ -36,6 +36,16 @@ pub struct FakeData {
     pub erasers: Mutex<HashMap<String, Eraser>>,
     /// Idempotency keys of the erasures done, with what each erased: a repeat answers the same.
     pub erased: Mutex<HashMap<String, usize>>,
+    /// What the CRM vendor holds, by subject: read through its asynchronous export.
+    pub crm: Mutex<HashMap<String, Vec<Value>>>,
+    /// How long an export takes to be ready (milliseconds; minutes in the demo).
+    pub export_ready_after_ms: std::sync::atomic::AtomicU64,
+    /// Export jobs started: their subject and when.
+    pub exports: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// Calls to the export API, by kind.
+    pub export_starts: AtomicU32,
+    pub export_polls: AtomicU32,
+    pub export_fetches: AtomicU32,
 }
 
 /// Erases one subject's records from a source; says how many there were.
@@ -56,6 +66,9 @@ impl FakeServices {
             .route("/search/{index}/_search", post(search))
             .route("/bulky/users/{subject}/orders", get(bulky_orders))
             .route("/erase/{source}/{subject}", delete(erase))
+            .route("/exports/users/{subject}", post(start_export))
+            .route("/exports/{job}", get(export_status))
+            .route("/exports/{job}/records", get(export_records))
             .with_state(data.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -71,6 +84,20 @@ impl FakeServices {
     /// without a Content-Length, as a service dumping a whole table would.
     pub fn bulky_orders_url(&self) -> String {
         format!("http://{}/bulky/users/{{subject}}/orders", self.addr)
+    }
+
+    /// A CRM vendor's asynchronous export: `POST` starts a job for a subject, `GET` on the
+    /// job says `running` until it is ready, then its records can be fetched.
+    pub fn export_start_url(&self) -> String {
+        format!("http://{}/exports/users/{{subject}}", self.addr)
+    }
+
+    pub fn export_status_url(&self) -> String {
+        format!("http://{}/exports/{{job}}", self.addr)
+    }
+
+    pub fn export_result_url(&self) -> String {
+        format!("http://{}/exports/{{job}}/records", self.addr)
     }
 
     pub fn access_logs_url(&self) -> String {
@@ -112,6 +139,12 @@ async fn erase(
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&subject)
                     .map_or(0, |o| o.len()),
+                "crm" => data
+                    .crm
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&subject)
+                    .map_or(0, |r| r.len()),
                 "access-log" => {
                     let mut logs = data.access_logs.lock().unwrap_or_else(|p| p.into_inner());
                     let before = logs.len();
@@ -161,6 +194,60 @@ async fn erase(
             .into_response();
     }
     Json(json!({ "erased": erased })).into_response()
+}
+
+async fn start_export(
+    State(data): State<Arc<FakeData>>,
+    Path(subject): Path<String>,
+) -> Response {
+    let n = data.export_starts.fetch_add(1, Ordering::SeqCst);
+    let job = format!("exp-{n}-{}", ulid::Ulid::new());
+    data.exports
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(job.clone(), (subject, std::time::Instant::now()));
+    (StatusCode::ACCEPTED, Json(json!({ "job_id": job }))).into_response()
+}
+
+/// The job's subject, if it exists and is ready; `Err` answers for it otherwise.
+fn export_job(data: &FakeData, job: &str) -> Result<(String, bool), Response> {
+    let exports = data.exports.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((subject, started)) = exports.get(job) else {
+        return Err((StatusCode::NOT_FOUND, Json(json!({"error": "no such job"}))).into_response());
+    };
+    let ready_after = Duration::from_millis(data.export_ready_after_ms.load(Ordering::SeqCst));
+    Ok((subject.clone(), started.elapsed() >= ready_after))
+}
+
+async fn export_status(State(data): State<Arc<FakeData>>, Path(job): Path<String>) -> Response {
+    data.export_polls.fetch_add(1, Ordering::SeqCst);
+    match export_job(&data, &job) {
+        Ok((_, ready)) => {
+            Json(json!({"job_id": job, "status": if ready { "done" } else { "running" }}))
+                .into_response()
+        }
+        Err(answer) => answer,
+    }
+}
+
+async fn export_records(State(data): State<Arc<FakeData>>, Path(job): Path<String>) -> Response {
+    data.export_fetches.fetch_add(1, Ordering::SeqCst);
+    match export_job(&data, &job) {
+        Ok((subject, true)) => {
+            let records = data
+                .crm
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&subject)
+                .cloned()
+                .unwrap_or_default();
+            Json(json!({ "records": records })).into_response()
+        }
+        Ok((_, false)) => {
+            (StatusCode::CONFLICT, Json(json!({"error": "not ready"}))).into_response()
+        }
+        Err(answer) => answer,
+    }
 }
 
 /// The size of the bulky answer.

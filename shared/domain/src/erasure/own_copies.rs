@@ -71,16 +71,21 @@ where
             if self.close(access, erasure.id).await? {
                 erased.closed.push(id);
             }
-            // Every attempt's objects, whatever state the request is in now.
-            let prefix = format!("reports/{id}/");
-            erased.uploads_aborted += self
-                .reports
-                .abort_unfinished(&prefix)
-                .await
-                .map_err(storage)?;
-            for key in self.reports.list(&prefix).await.map_err(storage)? {
-                self.reports.delete(&key).await.map_err(storage)?;
-                erased.objects_deleted += 1;
+            // Every attempt's objects and every staged source, whatever state the request is
+            // in now.
+            for prefix in [
+                format!("reports/{id}/"),
+                crate::report::staging_prefix(id),
+            ] {
+                erased.uploads_aborted += self
+                    .reports
+                    .abort_unfinished(&prefix)
+                    .await
+                    .map_err(storage)?;
+                for key in self.reports.list(&prefix).await.map_err(storage)? {
+                    self.reports.delete(&key).await.map_err(storage)?;
+                    erased.objects_deleted += 1;
+                }
             }
         }
         Ok(erased)

@@ -355,9 +355,11 @@ where
         while let Some((index, service, collected)) = running.next().await {
             let now = self.clock.now();
             let progress = &mut sources[index];
+            let mut staged_now = false;
             match collected {
                 Ok(Collected::Staged(staged)) => {
                     self.stage(request.id, lease.token(), &staged).await?;
+                    staged_now = true;
                     progress.collected(staged.record_count, lease.token());
                     tracing::info!(request_id = %request.id, source = %service.name, records = staged.record_count, "source collected and staged");
                 }
@@ -381,7 +383,14 @@ where
                 .save_sources(request.id, lease.token(), sources, now)
                 .await?
             {
-                self.forget_own_staging(request.id, lease.token()).await;
+                // Only what this worker staged and could not record: the sources it recorded
+                // before are the request's, and the next worker uses them.
+                if staged_now {
+                    let prefix = staged_prefix(request.id, &service.name, lease.token());
+                    if let Err(err) = self.clean(&prefix).await {
+                        tracing::warn!(request_id = %request.id, error = %err, "could not remove a source staged by a fenced-out worker; the lifecycle rule will");
+                    }
+                }
                 return Ok(None);
             }
             crate::kill_point::reached("report.source_staged");
@@ -540,22 +549,6 @@ where
                 Ok(WorkOutcome::Failed { error })
             }
             Committed::FencedOut | Committed::Illegal(_) => Ok(WorkOutcome::FencedOut),
-        }
-    }
-
-    /// A fenced-out worker removes what it staged (under its own token: never the others').
-    async fn forget_own_staging(&self, id: RequestId, token: u64) {
-        let prefix = staging_prefix(id);
-        let token = format!("/{token}/");
-        if let Ok(keys) = self.reports.list(&prefix).await {
-            for key in keys {
-                let own = key[prefix.len()..]
-                    .split_once('/')
-                    .is_some_and(|(_, rest)| rest.starts_with(&token[1..]));
-                if own {
-                    let _ = self.reports.delete(&key).await;
-                }
-            }
         }
     }
 

@@ -168,6 +168,10 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    fn name(raw: &str) -> ServiceName {
+        ServiceName::parse(raw).unwrap()
+    }
+
     fn policy() -> RetryPolicy {
         RetryPolicy {
             attempts: 4,
@@ -180,7 +184,7 @@ mod tests {
     fn a_source_backs_off_on_its_own_and_fails_after_its_last_attempt() {
         let now = Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap();
         let latest = now + Duration::days(20);
-        let mut source = SourceProgress::pending("orders".parse().unwrap());
+        let mut source = SourceProgress::pending(name("orders"));
         assert!(source.due(now));
         let mut waits = Vec::new();
         for _ in 0..3 {
@@ -193,14 +197,14 @@ mod tests {
         assert_eq!(source.status, SourceStatus::Failed);
         assert_eq!(
             collection_state(&[source], now),
-            CollectionState::Failed(vec!["orders".parse().unwrap()])
+            CollectionState::Failed(vec![name("orders")])
         );
     }
 
     #[test]
     fn a_retry_is_never_put_off_past_the_latest_moment() {
         let now = Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap();
-        let mut source = SourceProgress::pending("orders".parse().unwrap());
+        let mut source = SourceProgress::pending(name("orders"));
         source.failed_attempt("x".into(), &policy(), now, now + Duration::seconds(10));
         assert_eq!(source.next_at, Some(now + Duration::seconds(10)));
     }
@@ -208,8 +212,8 @@ mod tests {
     #[test]
     fn a_collection_is_complete_when_every_source_is_staged_and_waits_for_the_earliest() {
         let now = Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap();
-        let mut a = SourceProgress::pending("a".parse().unwrap());
-        let mut b = SourceProgress::pending("b".parse().unwrap());
+        let mut a = SourceProgress::pending(name("a"));
+        let mut b = SourceProgress::pending(name("b"));
         a.collected(3, 1);
         b.exporting("job-1".into(), now + Duration::minutes(5));
         assert_eq!(

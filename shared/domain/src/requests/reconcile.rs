@@ -95,6 +95,18 @@ pub fn stuck(request: &Request, now: DateTime<Utc>, settings: &ReconcileSettings
     match OPEN.iter().find(|(state, _)| *state == request.state) {
         Some((_, true)) => {
             let lease_live = request.lease.as_ref().is_some_and(|l| l.expires_at > now);
+            // A collection handed on waits for its next source by design (a backoff, an
+            // export's next poll): it is stuck only once that time passed unanswered.
+            let waits_until = request
+                .sources
+                .iter()
+                .filter(|s| s.status != crate::report::progress::SourceStatus::Collected)
+                .filter_map(|s| s.next_at)
+                .min();
+            let idle = match waits_until {
+                Some(at) if at > request.updated_at => now - at,
+                _ => idle,
+            };
             idle >= settings.working_stuck_after && !lease_live
         }
         Some((RequestState::Received, false)) | None => false,
@@ -293,5 +305,39 @@ pub fn deadline(
         Some(Deadline::AtRisk)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::progress::SourceProgress;
+    use crate::subject::SubjectId;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_collection_waiting_for_its_next_source_is_stuck_only_once_that_time_passed() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap();
+        let mut request = Request::receive(
+            RequestKind::Access,
+            SubjectId::parse("rita@example.com").unwrap(),
+            at,
+        );
+        request.state = RequestState::Collecting;
+        let mut export = SourceProgress::pending(crate::ServiceName::parse("crm").unwrap());
+        export.exporting("job-1".into(), at + Duration::hours(6));
+        request.sources = vec![export];
+        let settings = ReconcileSettings::default();
+        assert!(
+            !stuck(&request, at + Duration::hours(5), &settings),
+            "its export is polled in six hours"
+        );
+        assert!(!stuck(&request, at + Duration::minutes(6 * 60 + 30), &settings));
+        assert!(
+            stuck(&request, at + Duration::hours(7), &settings),
+            "an hour past the poll that never came"
+        );
+        request.sources.clear();
+        assert!(stuck(&request, at + Duration::hours(1), &settings));
     }
 }
