@@ -183,6 +183,8 @@ async fn killed_at(step: &str, pass: u32) {
         "registry": rig.registry,
         "environment": {
             "REPORT_LEASE_SECONDS": REDELIVERY_SECONDS.to_string(),
+            // Every collected source is staged at once, so that staging has its kill point.
+            "REPORT_STAGE_AFTER_SECONDS": "0",
             "ERASURE_LEASE_SECONDS": REDELIVERY_SECONDS.to_string(),
         },
         "sweep_millis": 2000,

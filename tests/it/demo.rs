@@ -57,6 +57,7 @@ async fn the_demo_shows_a_full_report_before_an_erasure_and_an_empty_one_after()
     let port = two_free_ports();
     let app = spawn_app_with(|s| {
         s.demo = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+        s.demo_export_after = Duration::from_secs(2);
         s.consume_work_queues = true;
         s.dispatch_every = Duration::from_millis(500);
         s.parameters
@@ -73,6 +74,7 @@ async fn the_demo_shows_a_full_report_before_an_erasure_and_an_empty_one_after()
         "account",
         "ads",
         "billing",
+        "crm",
         "email",
         "orders",
         "profile",

@@ -127,6 +127,13 @@ pub fn settings(env: &Env) -> Result<ReportSettings, ConfigError> {
         retry_base,
         time_budget: std::time::Duration::from_secs(budget),
         deadline_margin: defaults.deadline_margin,
+        stage_after: env
+            .seconds(
+                vars::REPORT_STAGE_AFTER_SECONDS,
+                Duration::from_std(defaults.stage_after).unwrap_or_default(),
+            )?
+            .to_std()
+            .unwrap_or_default(),
         staging_dir: env
             .optional(vars::REPORT_STAGING_DIR)
             .map_or(defaults.staging_dir, Into::into),

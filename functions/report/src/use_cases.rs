@@ -188,6 +188,24 @@ async fn a_report_holds_every_source_and_is_announced() {
     assert_eq!(stored.state, RequestState::ReportReady);
     assert_eq!(stored.report, Some(report.clone()));
     assert_eq!(
+        f.reports.uploads_begun(),
+        1,
+        "sources that answer at once are not staged: the report is the one upload"
+    );
+    let collected: Vec<_> = stored
+        .sources
+        .iter()
+        .map(|s| (s.service.as_str(), s.status, s.records))
+        .collect();
+    assert_eq!(
+        collected,
+        [
+            ("profile", SourceStatus::Collected, Some(1)),
+            ("orders", SourceStatus::Collected, Some(2))
+        ],
+        "what each source gave is recorded for its owner"
+    );
+    assert_eq!(
         stored.report.unwrap().expires_at,
         f.clock.now() + Duration::days(30)
     );
@@ -428,11 +446,13 @@ async fn a_report_whose_export_needs_three_invocations_collects_every_source_onc
 async fn a_worker_killed_in_the_middle_is_resumed_without_collecting_finished_sources_again() {
     let f = fixture();
     let id = f.access_request().await;
-    // Orders hangs; profile is collected and staged at once. Then the worker dies.
+    // Orders hangs; profile is collected at once, held, and staged once the worker has run a
+    // while. Then the worker dies.
     f.sources.slow("orders", std::time::Duration::from_secs(3600));
+    let mut worker = f.worker("a");
+    worker.settings.stage_after = std::time::Duration::from_millis(100);
     let killed =
-        tokio::time::timeout(std::time::Duration::from_millis(300), f.worker("a").generate(id))
-            .await;
+        tokio::time::timeout(std::time::Duration::from_millis(500), worker.generate(id)).await;
     assert!(killed.is_err(), "still collecting when it was killed");
     let request = f.request(id).await;
     assert_eq!(Fixture::source(&request, "profile").status, SourceStatus::Collected);

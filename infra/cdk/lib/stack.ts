@@ -119,9 +119,10 @@ export class DsrStack extends Stack {
     });
     const reportMaxAttempts = p("ReportMaxAttempts", {
       type: "Number",
-      default: 3,
+      default: 5,
       minValue: 1,
-      description: "Attempts at a report before the request is failed and its message dead-lettered.",
+      description:
+        "Attempts at one source of a report (unless its registry entry says otherwise) before it fails for good and the request with it.",
     });
     const deadlineWarningDays = p("DeadlineWarningDays", {
       type: "Number",

@@ -28,6 +28,7 @@ pub async fn seed(
     aws: &aws_config::SdkConfig,
     stack_name: &str,
     listen: SocketAddr,
+    export_after: std::time::Duration,
 ) -> Result<Demo> {
     let name = |suffix: &str| format!("{stack_name}-demo-{suffix}");
     let dynamodb = aws_sdk_dynamodb::Client::new(aws);
@@ -114,6 +115,19 @@ pub async fn seed(
                    "user_id": DEMO_SUBJECT, "ip": format!("198.51.100.{i}"), "path": "/login"})
         })
         .collect();
+    // The CRM vendor answers through an asynchronous export that takes a while (minutes in
+    // `make run`): the report waits for it over several invocations.
+    data.crm.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        DEMO_SUBJECT.into(),
+        vec![
+            json!({"segment": "tea lovers", "since": "2025-03-01"}),
+            json!({"consent": "newsletter", "given_at": "2025-03-01T10:00:00Z"}),
+        ],
+    );
+    data.export_ready_after_ms.store(
+        u64::try_from(export_after.as_millis()).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::SeqCst,
+    );
     // The table's and the bucket's owners erase from them as their services would.
     {
         let mut erasers = data.erasers.lock().unwrap_or_else(|p| p.into_inner());
@@ -192,7 +206,16 @@ pub async fn seed(
     description: Files you uploaded.
     collect: {{ kind: s3, bucket: "{bucket}", prefix: "uploads/{{subject}}/" }}
     erase: {uploads_erase}
+  - name: crm
+    description: What our CRM vendor holds about you (read through its export).
+    collect: {{ kind: export, start_url: "{export_start}", status_url: "{export_status}", result_url: "{export_result}", records_pointer: /records, poll_seconds: {poll} }}
+    erase: {crm_erase}
 "#,
+        export_start = services.export_start_url(),
+        export_status = services.export_status_url(),
+        export_result = services.export_result_url(),
+        poll = (export_after.as_secs() / 3).clamp(1, 30),
+        crm_erase = erase("crm"),
         orders = services.orders_url(),
         logs = services.access_logs_url(),
         account = erase("account"),

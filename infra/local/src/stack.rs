@@ -72,6 +72,8 @@ pub struct LocalSettings {
     pub registry: Option<String>,
     /// Seed demo sources for the demo user and serve the fake services here.
     pub demo: Option<SocketAddr>,
+    /// How long the demo's CRM export takes to be ready (90 s: the report takes minutes).
+    pub demo_export_after: Duration,
     /// Where the functions reach AWS, when not where the stack was provisioned (the proving
     /// ground's fault-injecting proxy in front of the emulator).
     pub functions_endpoint: Option<String>,
@@ -110,6 +112,7 @@ impl LocalSettings {
             consume_work_queues: true,
             registry: None,
             demo: None,
+            demo_export_after: Duration::from_secs(90),
             functions_endpoint: None,
             overrides: BTreeMap::new(),
             workers: 1,
@@ -446,7 +449,13 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
     let mut registry = settings.registry.clone();
     let mut services = None;
     if let Some(listen) = settings.demo {
-        let demo = crate::demo::seed(aws, &stack.context.stack_name, listen).await?;
+        let demo = crate::demo::seed(
+            aws,
+            &stack.context.stack_name,
+            listen,
+            settings.demo_export_after,
+        )
+        .await?;
         // The services that take erasure commands: AMQP consumers and a vendor's HTTP API
         // (on the next port), all holding data about the demo user.
         let env = stack.env("BridgeInboundFunction")?;

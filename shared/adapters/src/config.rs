@@ -62,6 +62,9 @@ pub mod vars {
     pub const REPORT_MAX_BACKOFF_SECONDS: &str = "REPORT_MAX_BACKOFF_SECONDS";
     /// How long one invocation collects before it hands the rest on (default 600 seconds).
     pub const REPORT_TIME_BUDGET_SECONDS: &str = "REPORT_TIME_BUDGET_SECONDS";
+    /// Sources collected in an invocation's first this long stay on local disk; a report whose
+    /// sources all answer within it is made without staging them (default 5 seconds).
+    pub const REPORT_STAGE_AFTER_SECONDS: &str = "REPORT_STAGE_AFTER_SECONDS";
     /// Where sources are staged before the zip is written (defaults to the temp dir).
     pub const REPORT_STAGING_DIR: &str = "REPORT_STAGING_DIR";
 

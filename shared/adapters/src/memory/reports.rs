@@ -173,6 +173,11 @@ impl InMemoryReportStore {
         locked(&self.stored).uploads.len()
     }
 
+    /// Uploads begun so far, finished or not.
+    pub fn uploads_begun(&self) -> u64 {
+        locked(&self.stored).next_upload
+    }
+
     /// An object put there by hand (what a worker that died after completing left).
     pub fn put(&self, key: &str, bytes: Vec<u8>) {
         locked(&self.stored).objects.insert(key.to_owned(), bytes);

@@ -58,6 +58,9 @@ pub struct ReportSettings {
     pub time_budget: std::time::Duration,
     /// A source's retries are never put off later than this before the request's deadline.
     pub deadline_margin: Duration,
+    /// Sources collected in an invocation's first this long stay on local disk; a report
+    /// whose sources all answer within it is assembled without staging them.
+    pub stage_after: std::time::Duration,
     pub staging_dir: PathBuf,
 }
 
@@ -74,6 +77,7 @@ impl Default for ReportSettings {
             retry_base: Duration::seconds(60),
             time_budget: std::time::Duration::from_secs(600),
             deadline_margin: Duration::days(3),
+            stage_after: std::time::Duration::from_secs(5),
             staging_dir: std::env::temp_dir(),
         }
     }
@@ -137,6 +141,20 @@ enum AttemptError {
     /// Past the point of handing back (the report is committed, or the request failed).
     #[error(transparent)]
     Report(#[from] ReportError),
+}
+
+/// What one invocation's collection left: the failed attempts, and the sources collected but
+/// only held on local disk (by index into the progress).
+#[derive(Default)]
+struct Round {
+    errors: Vec<SourceError>,
+    held: Vec<(usize, StagedSource)>,
+}
+
+enum Event<'a> {
+    Collected(usize, &'a RegisteredService, Result<Collected, SourceError>),
+    /// The invocation has run `stage_after`: what is held is staged, and whatever comes next.
+    StageNow,
 }
 
 /// Report generation, over its ports.
@@ -250,17 +268,23 @@ where
         std::fs::create_dir_all(&self.settings.staging_dir).map_err(AttemptError::Staging)?;
         let staging =
             tempfile::tempdir_in(&self.settings.staging_dir).map_err(AttemptError::Staging)?;
-        let errors = match self.collect_due(lease, &mut sources, staging.path()).await? {
-            Some(errors) => errors,
-            None => return Ok(WorkOutcome::FencedOut),
+        let Some(mut round) = self.collect_due(lease, &mut sources, staging.path()).await? else {
+            return Ok(WorkOutcome::FencedOut);
         };
         let now = self.clock.now();
-        match collection_state(&sources, now) {
+        // Held sources count as collected: they go into the report, or are staged first.
+        let mut seen = sources.clone();
+        for (index, held) in &round.held {
+            seen[*index].collected(held.record_count, lease.token());
+        }
+        match collection_state(&seen, now) {
             CollectionState::Complete => {
                 let key = format!("reports/{id}/{}/report.zip", lease.token());
-                let summary = self.assemble(lease, &sources, &key, staging.path()).await?;
+                let summary = self
+                    .assemble(lease, &sources, &mut round.held, &key, staging.path())
+                    .await?;
                 crate::kill_point::reached("report.uploaded");
-                Ok(self.finish(lease, key, summary, started).await?)
+                Ok(self.finish(lease, key, summary, started, &seen).await?)
             }
             CollectionState::Failed(failed) => {
                 let error = sources
@@ -279,6 +303,17 @@ where
                 Ok(self.fail(lease, error).await?)
             }
             CollectionState::Waiting { next } => {
+                // What is held goes to the staging area before the collection is handed on.
+                if !round.held.is_empty() {
+                    for (index, held) in std::mem::take(&mut round.held) {
+                        self.stage(id, lease.token(), &held).await?;
+                        sources[index].collected(held.record_count, lease.token());
+                    }
+                    if !self.record(lease, &sources, None).await? {
+                        return Ok(WorkOutcome::FencedOut);
+                    }
+                }
+                let errors = round.errors;
                 let until = next.max(now);
                 self.resumes.resume_at(id, until).await?;
                 let request = lease.request();
@@ -317,14 +352,18 @@ where
             .collect()
     }
 
-    /// Collects every due source at once, within the invocation's time budget; stages each
-    /// result and records the progress as each comes in. `None`: fenced out.
+    /// Collects every due source at once, within the invocation's time budget, and records
+    /// what became of each as it comes in. A source collected in the invocation's first
+    /// `stage_after` is held on local disk (a quick report is assembled straight from there,
+    /// without staging); from then on every collected source, those held first, is staged
+    /// durably as it comes in. `None`: fenced out.
     async fn collect_due(
         &self,
         lease: &OurLease<'_, S>,
         sources: &mut [SourceProgress],
         dir: &Path,
-    ) -> Result<Option<Vec<SourceError>>, AttemptError> {
+    ) -> Result<Option<Round>, AttemptError> {
+        use futures::future::Either;
         let request = lease.request();
         let now = self.clock.now();
         let latest = request.due_at - self.settings.deadline_margin;
@@ -343,59 +382,105 @@ where
             let job = progress.job.clone();
             let budget = self.settings.time_budget;
             let subject = &request.subject;
-            running.push(async move {
+            running.push(Either::Left(async move {
                 let collected = self
                     .sources
                     .collect(service, how, subject, dir, job.as_deref(), budget)
                     .await;
-                (index, service, collected)
-            });
+                Event::Collected(index, service, collected)
+            }));
         }
-        let mut errors = Vec::new();
-        while let Some((index, service, collected)) = running.next().await {
+        let mut outstanding = running.len();
+        let mut staging = self.settings.stage_after.is_zero();
+        if outstanding > 0 && !staging {
+            running.push(Either::Right(async {
+                self.clock.sleep(self.settings.stage_after).await;
+                Event::StageNow
+            }));
+        }
+        let mut round = Round::default();
+        while outstanding > 0 {
+            let Some(event) = running.next().await else {
+                break;
+            };
             let now = self.clock.now();
-            let progress = &mut sources[index];
-            let mut staged_now = false;
-            match collected {
-                Ok(Collected::Staged(staged)) => {
-                    self.stage(request.id, lease.token(), &staged).await?;
-                    staged_now = true;
-                    progress.collected(staged.record_count, lease.token());
-                    tracing::info!(request_id = %request.id, source = %service.name, records = staged.record_count, "source collected and staged");
+            let staged_now = match event {
+                Event::StageNow => {
+                    staging = true;
+                    if round.held.is_empty() {
+                        continue;
+                    }
+                    for (index, held) in std::mem::take(&mut round.held) {
+                        self.stage(request.id, lease.token(), &held).await?;
+                        sources[index].collected(held.record_count, lease.token());
+                    }
+                    None
                 }
-                Ok(Collected::Exporting { job, poll_after }) => {
-                    let poll_after =
-                        Duration::from_std(poll_after).unwrap_or(Duration::seconds(60));
-                    progress.exporting(job, now + poll_after);
-                    tracing::info!(request_id = %request.id, source = %service.name, poll_in_seconds = poll_after.num_seconds(), "export under way");
-                }
-                Err(error) => {
-                    let policy = self.retry_policy(service);
-                    let for_good =
-                        progress.failed_attempt(error.reason.clone(), policy, now, latest);
-                    metrics::emit(Metric::count(names::RETRIES, 1).with("Kind", "access"));
-                    tracing::warn!(request_id = %request.id, source = %service.name, attempts = progress.attempts, for_good, error = %error.reason, "source attempt failed");
-                    errors.push(error);
-                }
-            }
-            if !self
-                .store
-                .save_sources(request.id, lease.token(), sources, now)
-                .await?
-            {
-                // Only what this worker staged and could not record: the sources it recorded
-                // before are the request's, and the next worker uses them.
-                if staged_now {
-                    let prefix = staged_prefix(request.id, &service.name, lease.token());
-                    if let Err(err) = self.clean(&prefix).await {
-                        tracing::warn!(request_id = %request.id, error = %err, "could not remove a source staged by a fenced-out worker; the lifecycle rule will");
+                Event::Collected(index, service, collected) => {
+                    outstanding -= 1;
+                    let progress = &mut sources[index];
+                    match collected {
+                        Ok(Collected::Staged(staged)) if !staging => {
+                            round.held.push((index, staged));
+                            continue;
+                        }
+                        Ok(Collected::Staged(staged)) => {
+                            self.stage(request.id, lease.token(), &staged).await?;
+                            progress.collected(staged.record_count, lease.token());
+                            tracing::info!(request_id = %request.id, source = %service.name, records = staged.record_count, "source collected and staged");
+                            Some(service)
+                        }
+                        Ok(Collected::Exporting { job, poll_after }) => {
+                            let poll_after =
+                                Duration::from_std(poll_after).unwrap_or(Duration::seconds(60));
+                            progress.exporting(job, now + poll_after);
+                            tracing::info!(request_id = %request.id, source = %service.name, poll_in_seconds = poll_after.num_seconds(), "export under way");
+                            None
+                        }
+                        Err(error) => {
+                            let policy = self.retry_policy(service);
+                            let for_good =
+                                progress.failed_attempt(error.reason.clone(), policy, now, latest);
+                            metrics::emit(Metric::count(names::RETRIES, 1).with("Kind", "access"));
+                            tracing::warn!(request_id = %request.id, source = %service.name, attempts = progress.attempts, for_good, error = %error.reason, "source attempt failed");
+                            round.errors.push(error);
+                            None
+                        }
                     }
                 }
+            };
+            if !self.record(lease, sources, staged_now).await? {
                 return Ok(None);
             }
-            crate::kill_point::reached("report.source_staged");
         }
-        Ok(Some(errors))
+        Ok(Some(round))
+    }
+
+    /// Writes the collection's progress, fenced on this worker's lease. A fenced-out worker
+    /// removes the source it staged and could not record (`staged`): the sources it recorded
+    /// before are the request's, and the next worker uses them.
+    async fn record(
+        &self,
+        lease: &OurLease<'_, S>,
+        sources: &[SourceProgress],
+        staged: Option<&RegisteredService>,
+    ) -> Result<bool, AttemptError> {
+        let id = lease.request().id;
+        if self
+            .store
+            .save_sources(id, lease.token(), sources, self.clock.now())
+            .await?
+        {
+            crate::kill_point::reached("report.source_staged");
+            return Ok(true);
+        }
+        if let Some(service) = staged {
+            let prefix = staged_prefix(id, &service.name, lease.token());
+            if let Err(err) = self.clean(&prefix).await {
+                tracing::warn!(request_id = %id, error = %err, "could not remove a source staged by a fenced-out worker; the lifecycle rule will");
+            }
+        }
+        Ok(false)
     }
 
     fn retry_policy<'a>(&'a self, service: &'a RegisteredService) -> &'a RetryPolicy {
@@ -566,6 +651,7 @@ where
         key: String,
         summary: archive::ArchiveSummary,
         started: DateTime<Utc>,
+        sources: &[SourceProgress],
     ) -> Result<WorkOutcome, ReportError> {
         let now = self.clock.now();
         let report = ReportInfo {
@@ -620,6 +706,15 @@ where
                     }
                 }
                 crate::kill_point::reached("report.committed");
+                // What each source gave, for its owner to see (sources held on local disk
+                // were never recorded); the report is committed either way.
+                if let Err(err) = self
+                    .store
+                    .save_sources(id, lease.token(), sources, now)
+                    .await
+                {
+                    tracing::warn!(request_id = %id, error = %err, "could not record the collected sources");
+                }
                 self.forget_staged(id).await;
                 self.count(&request, Hop::Generated).await?;
                 self.announce(&request).await?;
@@ -659,13 +754,19 @@ where
         &self,
         lease: &OurLease<'_, S>,
         progress: &[SourceProgress],
+        held: &mut Vec<(usize, StagedSource)>,
         key: &str,
         dir: &Path,
     ) -> Result<archive::ArchiveSummary, AttemptError> {
         let request = lease.request();
         let mut sources = Vec::with_capacity(progress.len());
-        for (source, (service, _)) in progress.iter().zip(self.registry.collectable()) {
-            sources.push(self.unstage(request.id, source, service, dir).await?);
+        for (index, (source, (service, _))) in
+            progress.iter().zip(self.registry.collectable()).enumerate()
+        {
+            match held.iter().position(|(i, _)| *i == index) {
+                Some(at) => sources.push(held.swap_remove(at).1),
+                None => sources.push(self.unstage(request.id, source, service, dir).await?),
+            }
         }
 
         let mut upload = self.reports.begin(key).await?;
