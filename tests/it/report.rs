@@ -39,11 +39,14 @@ async fn fixture_with(files: Vec<(String, Vec<u8>)>) -> Fixture {
     fixture_running(files, None).await
 }
 
+/// How a test changes the fixture's registry, knowing where the fake services listen.
+type RegistryChange = dyn Fn(&FakeServices, String) -> String;
+
 /// The fixture; with `running`, its stack runs every function on its queues (delayed dispatch
 /// included), with the fixture's registry changed by `running`.
 async fn fixture_running(
     files: Vec<(String, Vec<u8>)>,
-    running: Option<&dyn Fn(&FakeServices, String) -> String>,
+    running: Option<&RegistryChange>,
 ) -> Fixture {
     let aws = crate::helpers::aws().await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
@@ -453,8 +456,10 @@ async fn staged(f: &Fixture, id: RequestId) -> Vec<String> {
 /// Whether what was staged for `id` is gone within a few seconds: the worker removes it just
 /// after its commit, which the test may see first.
 async fn staging_goes(f: &Fixture, id: RequestId) -> bool {
-    crate::helpers::eventually(Duration::from_secs(10), async || staged(f, id).await.is_empty())
-        .await
+    crate::helpers::eventually(Duration::from_secs(10), async || {
+        staged(f, id).await.is_empty()
+    })
+    .await
 }
 
 #[tokio::test]
@@ -496,7 +501,9 @@ async fn a_source_failing_once_is_retried_alone_and_the_others_are_not_collected
     );
     let staged_now = staged(&f, id).await;
     assert!(
-        staged_now.iter().any(|k| k.contains("/uploads/") && k.ends_with("/files/1")),
+        staged_now
+            .iter()
+            .any(|k| k.contains("/uploads/") && k.ends_with("/files/1")),
         "every collected source is staged durably: {staged_now:?}"
     );
     assert!(!staged_now.iter().any(|k| k.contains("/orders/")));
@@ -536,9 +543,16 @@ async fn a_source_failing_once_is_retried_alone_and_the_others_are_not_collected
         2,
         "orders asked twice"
     );
-    assert_eq!(staged(&f, id).await, Vec::<String>::new(), "staging removed");
+    assert_eq!(
+        staged(&f, id).await,
+        Vec::<String>::new(),
+        "staging removed"
+    );
     let files = unzip(&f.download(id).await);
-    assert_eq!(files["sources/uploads/files/docs/cv.txt"], b"curriculum vitae");
+    assert_eq!(
+        files["sources/uploads/files/docs/cv.txt"],
+        b"curriculum vitae"
+    );
     assert_eq!(report.key, format!("reports/{id}/2/report.zip"));
 }
 
@@ -570,11 +584,21 @@ async fn a_source_failing_for_good_fails_the_request_into_the_dlq_with_nothing_l
     let request = f.request(id).await;
     assert!(request.last_error.unwrap().contains("after 3 attempts"));
     assert_eq!(
-        progress(&f, id).await.iter().find(|(n, _)| n == "orders").unwrap().1,
+        progress(&f, id)
+            .await
+            .iter()
+            .find(|(n, _)| n == "orders")
+            .unwrap()
+            .1,
         "failed"
     );
     let dead = crate::helpers::eventually(Duration::from_secs(10), async || {
-        queue_depth(&f.app.sqs, &f.app.queue_url("AccessRequestsDeadLetterQueue")).await == 1
+        queue_depth(
+            &f.app.sqs,
+            &f.app.queue_url("AccessRequestsDeadLetterQueue"),
+        )
+        .await
+            == 1
     })
     .await;
     assert!(dead, "the request's last message is dead-lettered");
@@ -632,7 +656,10 @@ async fn a_report_whose_export_takes_three_invocations_is_assembled_once_every_s
     assert!(seen_exporting, "GET showed the export under way");
     let polls = data.export_polls.load(Ordering::SeqCst);
     assert_eq!(data.export_starts.load(Ordering::SeqCst), 1);
-    assert!(polls >= 2, "started, polled while running, polled done: {polls} polls");
+    assert!(
+        polls >= 2,
+        "started, polled while running, polled done: {polls} polls"
+    );
     assert_eq!(data.export_fetches.load(Ordering::SeqCst), 1);
     assert_eq!(
         data.order_calls.load(Ordering::SeqCst),
@@ -763,7 +790,9 @@ async fn a_worker_killed_mid_upload_is_cleaned_up_by_the_next_attempt() {
         "the lease is still live"
     );
     let lease = f.request(id).await.lease.unwrap();
-    let left = (lease.expires_at - chrono::Utc::now()).num_milliseconds().max(0) as u64;
+    let left = (lease.expires_at - chrono::Utc::now())
+        .num_milliseconds()
+        .max(0) as u64;
     tokio::time::sleep(Duration::from_millis(left + 200)).await;
     let WorkOutcome::Completed(report) = next.generate(id).await.unwrap() else {
         panic!("the next attempt completes")
@@ -932,7 +961,10 @@ async fn an_unreachable_source_fails_the_attempt_without_the_subject_id_in_the_e
     }
     // Nor in what the request keeps (and its owner sees).
     let stored = serde_json::to_string(&f.request(id).await.sources).unwrap();
-    assert!(!stored.contains("example") && stored.contains("orders"), "{stored}");
+    assert!(
+        !stored.contains("example") && stored.contains("orders"),
+        "{stored}"
+    );
 }
 
 #[tokio::test]

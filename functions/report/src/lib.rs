@@ -16,10 +16,10 @@ use dsr_adapters::sqs::{SqsCollectionResumes, SqsOutbox, SqsVerificationResults}
 use dsr_domain::lease::Worker;
 use dsr_domain::messages::Origin;
 use dsr_domain::ports::{EventOutbox, RequestStore};
+use dsr_domain::registry::RetryPolicy;
 use dsr_domain::report::verify::{
     ErasureVerifications, ReportWork, Verification, VerificationResults,
 };
-use dsr_domain::registry::RetryPolicy;
 use dsr_domain::report::{
     AccessReports, CollectionResumes, ReportSettings, ReportSources, ReportStore, WorkOutcome,
 };

@@ -7,8 +7,8 @@ use dsr_adapters::memory::{
     FakeSources, InMemoryReportStore, InMemoryRequestStore, RecordingErasurePorts, RecordingOutbox,
     RecordingResumes,
 };
-use dsr_domain::report::progress::SourceStatus;
 use dsr_domain::registry::ServiceRegistry;
+use dsr_domain::report::progress::SourceStatus;
 use dsr_domain::{
     FixedClock, Request, RequestId, RequestState, RequestStore, SubjectHasher, SubjectId,
 };
@@ -254,7 +254,10 @@ async fn a_report_holds_every_source_and_is_announced() {
 }
 
 impl Fixture {
-    fn source<'a>(request: &'a Request, name: &str) -> &'a dsr_domain::report::progress::SourceProgress {
+    fn source<'a>(
+        request: &'a Request,
+        name: &str,
+    ) -> &'a dsr_domain::report::progress::SourceProgress {
         request
             .sources
             .iter()
@@ -278,11 +281,18 @@ async fn a_failing_source_is_retried_on_its_own_after_its_backoff_and_the_others
             );
             assert_eq!(errors.len(), 1);
             assert!(errors[0].to_string().contains("orders"), "{}", errors[0]);
-            assert!(!errors[0].to_string().contains(SUBJECT), "no personal data in errors");
+            assert!(
+                !errors[0].to_string().contains(SUBJECT),
+                "no personal data in errors"
+            );
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(f.resumes.asked(), [(id, started + Duration::seconds(60))], "handed on");
+    assert_eq!(
+        f.resumes.asked(),
+        [(id, started + Duration::seconds(60))],
+        "handed on"
+    );
     let request = f.request(id).await;
     assert_eq!(
         (request.state, request.lease.is_none(), request.attempts),
@@ -290,12 +300,18 @@ async fn a_failing_source_is_retried_on_its_own_after_its_backoff_and_the_others
         "still collecting, nobody's, and the request counted no failure"
     );
     let profile = Fixture::source(&request, "profile");
-    assert_eq!((profile.status, profile.records), (SourceStatus::Collected, Some(1)));
+    assert_eq!(
+        (profile.status, profile.records),
+        (SourceStatus::Collected, Some(1))
+    );
     let orders = Fixture::source(&request, "orders");
     assert_eq!((orders.status, orders.attempts), (SourceStatus::Pending, 1));
     assert!(orders.error.as_deref().unwrap().contains("503"));
     assert!(
-        f.reports.objects().iter().all(|k| k.starts_with(&format!("staging/{id}/profile/"))),
+        f.reports
+            .objects()
+            .iter()
+            .all(|k| k.starts_with(&format!("staging/{id}/profile/"))),
         "only the collected source is staged: {:?}",
         f.reports.objects()
     );
@@ -335,7 +351,10 @@ async fn a_failing_source_is_retried_on_its_own_after_its_backoff_and_the_others
         "the staged sources are gone once the report is made"
     );
     let request = f.request(id).await;
-    assert_eq!((request.state, request.last_error), (RequestState::ReportReady, None));
+    assert_eq!(
+        (request.state, request.last_error),
+        (RequestState::ReportReady, None)
+    );
 }
 
 #[tokio::test]
@@ -357,10 +376,16 @@ async fn a_source_failing_its_last_attempt_fails_the_request_and_its_message_is_
         panic!("the last attempt is not retried");
     };
     assert!(reason.contains("report failed"), "{reason}");
-    assert!(reason.contains("profile") && reason.contains("after 2 attempts"), "{reason}");
+    assert!(
+        reason.contains("profile") && reason.contains("after 2 attempts"),
+        "{reason}"
+    );
     let request = f.request(id).await;
     assert_eq!(request.state, RequestState::Failed);
-    assert_eq!(Fixture::source(&request, "profile").status, SourceStatus::Failed);
+    assert_eq!(
+        Fixture::source(&request, "profile").status,
+        SourceStatus::Failed
+    );
     assert!(
         f.reports.objects().is_empty(),
         "what was staged of the other source is gone: {:?}",
@@ -402,10 +427,17 @@ async fn a_report_whose_export_needs_three_invocations_collects_every_source_onc
         panic!("waits for the export");
     };
     assert!(errors.is_empty(), "an export under way is no failure");
-    assert_eq!(until, f.clock.now() + Duration::seconds(300), "its next poll");
+    assert_eq!(
+        until,
+        f.clock.now() + Duration::seconds(300),
+        "its next poll"
+    );
     let request = f.request(id).await;
     let vendor = Fixture::source(&request, "vendor");
-    assert_eq!((vendor.status, vendor.job.as_deref()), (SourceStatus::Exporting, Some("job-0")));
+    assert_eq!(
+        (vendor.status, vendor.job.as_deref()),
+        (SourceStatus::Exporting, Some("job-0"))
+    );
     // 2: polled, still running.
     f.clock.advance(Duration::seconds(300));
     assert!(matches!(
@@ -418,7 +450,11 @@ async fn a_report_whose_export_needs_three_invocations_collects_every_source_onc
         panic!("the third invocation completes");
     };
     assert_eq!(
-        (f.sources.calls("profile"), f.sources.calls("orders"), f.sources.calls("vendor")),
+        (
+            f.sources.calls("profile"),
+            f.sources.calls("orders"),
+            f.sources.calls("vendor")
+        ),
         (1, 1, 3),
         "a start, a poll, a poll that fetched; the others once"
     );
@@ -429,11 +465,20 @@ async fn a_report_whose_export_needs_three_invocations_collects_every_source_onc
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["name"].as_str().unwrap().to_owned(), s["record_count"].as_u64().unwrap()))
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["record_count"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         counts,
-        [("profile".into(), 1), ("orders".into(), 2), ("vendor".into(), 1)]
+        [
+            ("profile".into(), 1),
+            ("orders".into(), 2),
+            ("vendor".into(), 1)
+        ]
     );
     let request = f.request(id).await;
     assert!(request
@@ -448,15 +493,22 @@ async fn a_worker_killed_in_the_middle_is_resumed_without_collecting_finished_so
     let id = f.access_request().await;
     // Orders hangs; profile is collected at once, held, and staged once the worker has run a
     // while. Then the worker dies.
-    f.sources.slow("orders", std::time::Duration::from_secs(3600));
+    f.sources
+        .slow("orders", std::time::Duration::from_secs(3600));
     let mut worker = f.worker("a");
     worker.settings.stage_after = std::time::Duration::from_millis(100);
     let killed =
         tokio::time::timeout(std::time::Duration::from_millis(500), worker.generate(id)).await;
     assert!(killed.is_err(), "still collecting when it was killed");
     let request = f.request(id).await;
-    assert_eq!(Fixture::source(&request, "profile").status, SourceStatus::Collected);
-    assert_eq!(Fixture::source(&request, "orders").status, SourceStatus::Pending);
+    assert_eq!(
+        Fixture::source(&request, "profile").status,
+        SourceStatus::Collected
+    );
+    assert_eq!(
+        Fixture::source(&request, "orders").status,
+        SourceStatus::Pending
+    );
 
     // Its lease runs out; the next worker collects only what was not done.
     f.sources.slow("orders", std::time::Duration::ZERO);
@@ -464,22 +516,33 @@ async fn a_worker_killed_in_the_middle_is_resumed_without_collecting_finished_so
     let WorkOutcome::Completed(report) = f.worker("b").generate(id).await.unwrap() else {
         panic!("resumed and completed");
     };
-    assert_eq!((f.sources.calls("profile"), f.sources.calls("orders")), (1, 2));
+    assert_eq!(
+        (f.sources.calls("profile"), f.sources.calls("orders")),
+        (1, 2)
+    );
     let files = unzip(&f.reports.object(&report.key).unwrap());
-    assert!(files.contains_key("sources/profile/records.json"), "{:?}", files.keys());
+    assert!(
+        files.contains_key("sources/profile/records.json"),
+        "{:?}",
+        files.keys()
+    );
 }
 
 #[tokio::test]
 async fn a_source_slower_than_the_invocations_budget_is_a_failed_attempt() {
     let f = fixture();
     let id = f.access_request().await;
-    f.sources.slow("orders", std::time::Duration::from_secs(3600));
+    f.sources
+        .slow("orders", std::time::Duration::from_secs(3600));
     let mut worker = f.worker("a");
     worker.settings.time_budget = std::time::Duration::from_millis(50);
     let WorkOutcome::Waiting { errors, .. } = worker.generate(id).await.unwrap() else {
         panic!("handed on");
     };
-    assert!(errors[0].reason.contains("did not finish within"), "{errors:?}");
+    assert!(
+        errors[0].reason.contains("did not finish within"),
+        "{errors:?}"
+    );
     assert_eq!(Fixture::source(&f.request(id).await, "orders").attempts, 1);
 }
 
@@ -498,7 +561,10 @@ async fn a_collection_that_cannot_be_handed_on_is_given_back_for_the_queue_to_re
         (request.state, request.lease.is_none()),
         (RequestState::Collecting, true)
     );
-    assert_eq!(Fixture::source(&request, "profile").status, SourceStatus::Collected);
+    assert_eq!(
+        Fixture::source(&request, "profile").status,
+        SourceStatus::Collected
+    );
 }
 
 /// The slow worker's lease runs out and worker "fast" takes the request.

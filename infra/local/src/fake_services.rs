@@ -196,10 +196,7 @@ async fn erase(
     Json(json!({ "erased": erased })).into_response()
 }
 
-async fn start_export(
-    State(data): State<Arc<FakeData>>,
-    Path(subject): Path<String>,
-) -> Response {
+async fn start_export(State(data): State<Arc<FakeData>>, Path(subject): Path<String>) -> Response {
     let n = data.export_starts.fetch_add(1, Ordering::SeqCst);
     let job = format!("exp-{n}-{}", ulid::Ulid::new());
     data.exports
@@ -209,31 +206,33 @@ async fn start_export(
     (StatusCode::ACCEPTED, Json(json!({ "job_id": job }))).into_response()
 }
 
-/// The job's subject, if it exists and is ready; `Err` answers for it otherwise.
-fn export_job(data: &FakeData, job: &str) -> Result<(String, bool), Response> {
+/// The job's subject and whether it is ready; `None` if there is no such job.
+fn export_job(data: &FakeData, job: &str) -> Option<(String, bool)> {
     let exports = data.exports.lock().unwrap_or_else(|p| p.into_inner());
-    let Some((subject, started)) = exports.get(job) else {
-        return Err((StatusCode::NOT_FOUND, Json(json!({"error": "no such job"}))).into_response());
-    };
+    let (subject, started) = exports.get(job)?;
     let ready_after = Duration::from_millis(data.export_ready_after_ms.load(Ordering::SeqCst));
-    Ok((subject.clone(), started.elapsed() >= ready_after))
+    Some((subject.clone(), started.elapsed() >= ready_after))
+}
+
+fn no_such_job() -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"error": "no such job"}))).into_response()
 }
 
 async fn export_status(State(data): State<Arc<FakeData>>, Path(job): Path<String>) -> Response {
     data.export_polls.fetch_add(1, Ordering::SeqCst);
     match export_job(&data, &job) {
-        Ok((_, ready)) => {
+        Some((_, ready)) => {
             Json(json!({"job_id": job, "status": if ready { "done" } else { "running" }}))
                 .into_response()
         }
-        Err(answer) => answer,
+        None => no_such_job(),
     }
 }
 
 async fn export_records(State(data): State<Arc<FakeData>>, Path(job): Path<String>) -> Response {
     data.export_fetches.fetch_add(1, Ordering::SeqCst);
     match export_job(&data, &job) {
-        Ok((subject, true)) => {
+        Some((subject, true)) => {
             let records = data
                 .crm
                 .lock()
@@ -243,10 +242,10 @@ async fn export_records(State(data): State<Arc<FakeData>>, Path(job): Path<Strin
                 .unwrap_or_default();
             Json(json!({ "records": records })).into_response()
         }
-        Ok((_, false)) => {
+        Some((_, false)) => {
             (StatusCode::CONFLICT, Json(json!({"error": "not ready"}))).into_response()
         }
-        Err(answer) => answer,
+        None => no_such_job(),
     }
 }
 

@@ -164,11 +164,20 @@ impl Collectors {
                     let job = match answer.pointer(job_pointer) {
                         Some(Value::String(job)) => job.clone(),
                         Some(Value::Number(job)) => job.to_string(),
-                        _ => return Err(fail(format!("the export's answer has no job id at {job_pointer}"))),
+                        _ => {
+                            return Err(fail(format!(
+                                "the export's answer has no job id at {job_pointer}"
+                            )))
+                        }
                     };
                     // Stored with the request and put into URLs: a vendor's id, not trusted.
-                    if job.is_empty() || job.len() > 200 || !job.bytes().all(|b| b.is_ascii_graphic()) {
-                        return Err(fail("the export's job id is not 1-200 printable characters".into()));
+                    if job.is_empty()
+                        || job.len() > 200
+                        || !job.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(fail(
+                            "the export's job id is not 1-200 printable characters".into(),
+                        ));
                     }
                     return poll(job);
                 };
@@ -178,7 +187,9 @@ impl Collectors {
                     .send(|| self.http.get().get(&status_url), auth, *timeout_ms, 4)
                     .await
                     .map_err(fail)?
-                    .ok_or_else(|| fail("the export job is gone (HTTP 404); starting again".into()))?;
+                    .ok_or_else(|| {
+                        fail("the export job is gone (HTTP 404); starting again".into())
+                    })?;
                 match status.pointer(status_pointer).and_then(Value::as_str) {
                     Some("done") => {}
                     Some("failed") => return Err(fail("the export job failed".into())),

@@ -297,11 +297,31 @@ mod sdk {
 
     /// The SDK's HTTP client (hyper, rustls) with ring as rustls's crypto: the one TLS stack of
     /// every binary (see the workspace's Cargo.toml), trusting the system's roots.
+    #[cfg(not(feature = "reqwest-client"))]
     pub fn https_client() -> aws_types::sdk_config::SharedHttpClient {
         use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
         aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https()
+    }
+
+    /// The SDK's calls over reqwest (rustls, ring), trusting the system's roots.
+    #[cfg(feature = "reqwest-client")]
+    pub fn https_client() -> aws_types::sdk_config::SharedHttpClient {
+        crate::sdk_http::sdk_client(
+            sdk_reqwest()
+                .build()
+                .expect("an HTTP client with the system's trust roots"),
+        )
+    }
+
+    /// How the SDK's calls go over reqwest: never redirected (the SDK handles what AWS answers),
+    /// connecting within the SDK's own connect timeout.
+    #[cfg(feature = "reqwest-client")]
+    fn sdk_reqwest() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
     }
 
     /// The roots AWS's endpoints chain to (Amazon Root CA 1–4, and Starfield Services Root G2
@@ -313,6 +333,23 @@ mod sdk {
     /// when the first client is built, at every cold start: half of a function's init CPU (a
     /// profile of the intake's); five roots built in are read from memory, and the SDK's
     /// traffic trusts no one else.
+    #[cfg(feature = "reqwest-client")]
+    pub fn aws_endpoints_client() -> aws_types::sdk_config::SharedHttpClient {
+        let mut builder = sdk_reqwest().tls_built_in_root_certs(false);
+        for root in reqwest::Certificate::from_pem_bundle(AWS_ROOTS_PEM.as_bytes())
+            .expect("the built-in roots are valid PEM (a unit test parses them)")
+        {
+            builder = builder.add_root_certificate(root);
+        }
+        crate::sdk_http::sdk_client(
+            builder
+                .build()
+                .expect("an HTTP client trusting the built-in roots"),
+        )
+    }
+
+    /// The SDK's HTTP client for AWS's own endpoints: it trusts only [`AWS_ROOTS_PEM`].
+    #[cfg(not(feature = "reqwest-client"))]
     pub fn aws_endpoints_client() -> aws_types::sdk_config::SharedHttpClient {
         use aws_smithy_http_client::tls::{
             rustls_provider::CryptoMode, Provider, TlsContext, TrustStore,

@@ -2,6 +2,12 @@
 //! function links only the SDKs it uses; the in-memory adapters (feature `memory`) are for unit
 //! tests only.
 
+#[cfg(all(
+    feature = "aws",
+    not(any(feature = "hyper-client", feature = "reqwest-client"))
+))]
+compile_error!("an AWS client needs an HTTP client: enable `hyper-client` or `reqwest-client`");
+
 #[cfg(feature = "lambda")]
 pub mod batch;
 #[cfg(feature = "collect")]
@@ -22,6 +28,8 @@ pub mod registry;
 pub mod s3;
 #[cfg(feature = "scheduler")]
 pub mod scheduler;
+#[cfg(feature = "reqwest-client")]
+pub mod sdk_http;
 #[cfg(feature = "sign")]
 pub mod signing;
 #[cfg(feature = "sqs")]

@@ -250,9 +250,7 @@ impl ReportStore for S3ReportStore {
             .await
             .map_err(storage_error)?
             .body;
-        let mut out = tokio::fs::File::create(path)
-            .await
-            .map_err(storage_error)?;
+        let mut out = tokio::fs::File::create(path).await.map_err(storage_error)?;
         let mut size = 0u64;
         while let Some(chunk) = body.try_next().await.map_err(storage_error)? {
             size += chunk.len() as u64;

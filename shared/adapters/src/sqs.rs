@@ -254,8 +254,8 @@ impl dsr_domain::report::CollectionResumes for SqsCollectionResumes {
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), dsr_domain::erasure::ChannelError> {
         use dsr_domain::delayed::{DelayKey, Destination, ScheduleRequest};
-        use dsr_domain::messages::QueueMessage;
         use dsr_domain::erasure::ChannelError;
+        use dsr_domain::messages::QueueMessage;
         let fail = |e: String| ChannelError(format!("resuming {id}: {e}").into());
         // Keyed by the request and the time: a worker that scheduled it and died schedules the
         // same key again (one delivery); a later hand-off has a later time, a key of its own.

@@ -309,8 +309,8 @@ impl RequestStore for DynamoRequestStore {
         sources: &[dsr_domain::report::progress::SourceProgress],
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let json = serde_json::to_string(sources)
-            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let json =
+            serde_json::to_string(sources).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let written = self
             .client
             .update_item()

@@ -340,7 +340,9 @@ impl CollectionResumes for RecordingResumes {
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), ChannelError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(ChannelError("the schedule-requests queue is down (simulated)".into()));
+            return Err(ChannelError(
+                "the schedule-requests queue is down (simulated)".into(),
+            ));
         }
         locked(&self.asked).push((id, at));
         Ok(())

@@ -73,10 +73,7 @@ where
             }
             // Every attempt's objects and every staged source, whatever state the request is
             // in now.
-            for prefix in [
-                format!("reports/{id}/"),
-                crate::report::staging_prefix(id),
-            ] {
+            for prefix in [format!("reports/{id}/"), crate::report::staging_prefix(id)] {
                 erased.uploads_aborted += self
                     .reports
                     .abort_unfinished(&prefix)

@@ -259,8 +259,12 @@ where
         // Whatever earlier workers left (they died, or lost their lease) goes first: no
         // committed report can be there while the request is collecting, and no upload of a
         // live worker while this one holds the lease.
-        let cleaned = self.clean(&format!("reports/{id}/")).await?
-            + self.reports.abort_unfinished(&staging_prefix(id)).await?;
+        let mut cleaned = self.clean(&format!("reports/{id}/")).await?;
+        // The first worker ever finds no staging begun; later ones may (a worker that died in
+        // the middle of an upload).
+        if lease.token() > 1 {
+            cleaned += self.reports.abort_unfinished(&staging_prefix(id)).await?;
+        }
         if cleaned > 0 {
             tracing::info!(request_id = %id, cleaned, "removed what an earlier worker left");
         }
@@ -268,7 +272,10 @@ where
         std::fs::create_dir_all(&self.settings.staging_dir).map_err(AttemptError::Staging)?;
         let staging =
             tempfile::tempdir_in(&self.settings.staging_dir).map_err(AttemptError::Staging)?;
-        let Some(mut round) = self.collect_due(lease, &mut sources, staging.path()).await? else {
+        let Some(mut round) = self
+            .collect_due(lease, &mut sources, staging.path())
+            .await?
+        else {
             return Ok(WorkOutcome::FencedOut);
         };
         let now = self.clock.now();
@@ -284,7 +291,10 @@ where
                     .assemble(lease, &sources, &mut round.held, &key, staging.path())
                     .await?;
                 crate::kill_point::reached("report.uploaded");
-                Ok(self.finish(lease, key, summary, started, &seen).await?)
+                let staged_any = sources.iter().any(|s| s.staged.is_some());
+                Ok(self
+                    .finish(lease, key, summary, started, &seen, staged_any)
+                    .await?)
             }
             CollectionState::Failed(failed) => {
                 let error = sources
@@ -508,8 +518,11 @@ where
             files.push(serde_json::json!({"name": file.name, "size": file.size}));
         }
         let manifest = serde_json::json!({"record_count": staged.record_count, "files": files});
-        self.put_bytes(&format!("{prefix}manifest.json"), manifest.to_string().into_bytes())
-            .await
+        self.put_bytes(
+            &format!("{prefix}manifest.json"),
+            manifest.to_string().into_bytes(),
+        )
+        .await
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), AttemptError> {
@@ -588,7 +601,12 @@ where
             .fetch(&format!("{prefix}records.ndjson"), &records)
             .await?;
         let mut files = Vec::new();
-        for (n, file) in manifest["files"].as_array().into_iter().flatten().enumerate() {
+        for (n, file) in manifest["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let name = file["name"]
                 .as_str()
                 .ok_or_else(|| bad("a file without a name".into()))?;
@@ -652,6 +670,7 @@ where
         summary: archive::ArchiveSummary,
         started: DateTime<Utc>,
         sources: &[SourceProgress],
+        staged_any: bool,
     ) -> Result<WorkOutcome, ReportError> {
         let now = self.clock.now();
         let report = ReportInfo {
@@ -715,7 +734,9 @@ where
                 {
                     tracing::warn!(request_id = %id, error = %err, "could not record the collected sources");
                 }
-                self.forget_staged(id).await;
+                if staged_any {
+                    self.forget_staged(id).await;
+                }
                 self.count(&request, Hop::Generated).await?;
                 self.announce(&request).await?;
                 Ok(WorkOutcome::Completed(report))

@@ -332,7 +332,11 @@ mod tests {
             !stuck(&request, at + Duration::hours(5), &settings),
             "its export is polled in six hours"
         );
-        assert!(!stuck(&request, at + Duration::minutes(6 * 60 + 30), &settings));
+        assert!(!stuck(
+            &request,
+            at + Duration::minutes(6 * 60 + 30),
+            &settings
+        ));
         assert!(
             stuck(&request, at + Duration::hours(7), &settings),
             "an hour past the poll that never came"
