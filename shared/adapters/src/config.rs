@@ -316,13 +316,20 @@ mod sdk {
     }
 
     /// How the SDK's calls go over reqwest: never redirected (the SDK handles what AWS answers),
-    /// connecting within the SDK's own connect timeout.
+    /// connecting within the SDK's own connect timeout, and no read waiting longer than
+    /// [`READ_TIMEOUT`]: a connection that stops answering fails the attempt (the SDK tries
+    /// again) instead of holding a worker, and its lease, for good. Bodies of any size stream.
     #[cfg(feature = "reqwest-client")]
     fn sdk_reqwest() -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
     }
+
+    /// The longest one read of an answer may wait (SQS's long polls wait 20 s).
+    #[cfg(feature = "reqwest-client")]
+    pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
     /// The roots AWS's endpoints chain to (Amazon Root CA 1–4, and Starfield Services Root G2
     /// that cross-signs them), built into the binary.

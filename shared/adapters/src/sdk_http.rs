@@ -16,6 +16,10 @@ use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
 
+/// How long an answer's status and headers may take (bodies then stream under the client's
+/// read timeout).
+const HEAD_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// An SDK HTTP client on `client`.
 pub fn sdk_client(client: reqwest::Client) -> SharedHttpClient {
     SharedHttpClient::new(ReqwestSdkClient(client))
@@ -55,12 +59,20 @@ impl HttpConnector for Connector {
                     .map_err(ConnectorError::io)?
                     .to_bytes(),
             };
-            let response = client
+            let mut headers = parts.headers;
+            // The body goes whole, with its own length.
+            headers.remove(http::header::TRANSFER_ENCODING);
+            headers.remove(http::header::CONTENT_LENGTH);
+            let sent = client
                 .request(parts.method, parts.uri.to_string())
-                .headers(parts.headers)
+                .headers(headers)
                 .body(bytes)
-                .send()
+                .send();
+            // Until the answer's head: a connection that takes the request and never answers
+            // fails this attempt, and the SDK tries again.
+            let response = tokio::time::timeout(HEAD_WITHIN, sent)
                 .await
+                .map_err(|elapsed| ConnectorError::timeout(elapsed.into()))?
                 .map_err(classify)?;
             let response: http::Response<reqwest::Body> = response.into();
             let (parts, body) = response.into_parts();

@@ -172,6 +172,23 @@ pub struct AccessReports<S, R, T, E, C, W> {
     pub worker: Worker,
 }
 
+/// A fenced write tried up to three times: repeating it is harmless (it is conditional on the
+/// lease's token), giving up would leave the lease to hold every other worker off.
+async fn thrice<T, F: std::future::Future<Output = Result<T, StoreError>>>(
+    write: impl Fn() -> F,
+) -> Result<T, StoreError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match write().await {
+            Err(error) if tries < 3 => {
+                tracing::warn!(error = %error, "a fenced write failed; trying again")
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Where one source's staged result is kept, under the token of the lease that staged it.
 pub fn staged_prefix(id: RequestId, service: &ServiceName, token: u64) -> String {
     format!("{}{service}/{token}/", staging_prefix(id))
@@ -337,7 +354,8 @@ where
                         .collect();
                     tracing::warn!(request_id = %id, due_at = %request.due_at, waiting = %waiting.join(","), alert = "deadline_at_risk", "collection still waiting on sources close to the deadline");
                 }
-                if !lease.let_go(self.clock.now()).await? {
+                let now = self.clock.now();
+                if !thrice(|| lease.let_go(now)).await? {
                     return Ok(WorkOutcome::FencedOut);
                 }
                 tracing::info!(request_id = %id, resume_at = %until, "collection handed on");
@@ -755,8 +773,10 @@ where
         error: &str,
     ) -> Result<WorkOutcome, ReportError> {
         // Still collecting, what was staged kept: the service's own failure never fails a
-        // request (the sweep sends it again should this message be lost too).
-        match lease.release(error, self.clock.now()).await? {
+        // request (the sweep sends it again should this message be lost too). Tried a few
+        // times: it is fenced, and a lease left behind holds every other worker off.
+        let now = self.clock.now();
+        match thrice(|| lease.release(error, now)).await? {
             HandedBack::Failed => Ok(WorkOutcome::FencedOut),
             HandedBack::ForRetry { attempts } => {
                 metrics::emit(Metric::count(names::RETRIES, 1).with("Kind", "access"));
