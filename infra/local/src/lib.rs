@@ -1,6 +1,7 @@
 //! The local stack: provisions `template.yaml` into the emulator and hosts every function in
 //! one process, with API Gateway's and SQS event source mappings' semantics.
 
+pub mod broker_users;
 pub mod call_count;
 pub mod demo;
 pub mod erasing_services;

@@ -47,8 +47,9 @@ enum Command {
         /// Where the demo's fake services (orders API, access-log search index) listen.
         #[arg(long, env = "DSR_DEMO_LISTEN", default_value = "127.0.0.1:3001")]
         demo_listen: SocketAddr,
-        /// The report function's service registry (YAML) instead of the demo's.
-        #[arg(long, env = "DSR_REGISTRY_FILE")]
+        /// A service registry (YAML or JSON) instead of the demo's, for every function: the
+        /// same variable the functions read in AWS. `SERVICE_REGISTRY` holds one inline.
+        #[arg(long, env = "SERVICE_REGISTRY_FILE")]
         registry_file: Option<PathBuf>,
     },
     /// Print a bearer token for a subject; the token is the last line.
@@ -58,6 +59,34 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: i64,
     },
+}
+
+/// The registry `make run` was given (`SERVICE_REGISTRY_FILE` or `SERVICE_REGISTRY`, as the
+/// functions read them), checked before anything starts: a typo is named with its line.
+fn custom_registry(
+    file: Option<PathBuf>,
+    env: &dsr_adapters::config::Env,
+) -> Result<Option<String>> {
+    use dsr_adapters::config::vars;
+    if env.optional("DSR_REGISTRY_FILE").is_some() {
+        anyhow::bail!(
+            "DSR_REGISTRY_FILE is no longer read: name your registry with {} (as the functions do)",
+            vars::SERVICE_REGISTRY_FILE
+        );
+    }
+    let (source, text) = match (env.optional(vars::SERVICE_REGISTRY), file) {
+        (Some(inline), _) => (vars::SERVICE_REGISTRY.to_owned(), inline),
+        (None, Some(path)) => (
+            path.display().to_string(),
+            std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?,
+        ),
+        (None, None) => return Ok(None),
+    };
+    let registry = dsr_domain::registry::ServiceRegistry::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    dsr_local::broker_users::ensure(&registry);
+    Ok(Some(text))
 }
 
 #[tokio::main]
@@ -107,9 +136,7 @@ async fn main() -> Result<()> {
             settings.listen = listen;
             settings.sweep_every = Duration::from_secs(sweep_seconds.max(1));
             settings.demo = Some(demo_listen);
-            settings.registry = registry_file
-                .map(|path| std::fs::read_to_string(&path))
-                .transpose()?;
+            settings.registry = custom_registry(registry_file, &env)?;
             let running = stack::start(&aws, &settings).await?;
             println!(
                 "dsr-local ready: API on http://{} (stack `{}`); demo user `alice` has data in every source; get a token with `make token SUB=alice`; Ctrl-C stops",
@@ -135,4 +162,39 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::custom_registry;
+    use dsr_adapters::config::Env;
+
+    #[test]
+    fn make_run_reads_the_registry_the_functions_read_and_names_a_typo_s_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.yaml");
+        let good = "services:\n  - name: a\n    collect: {kind: s3, bucket: b, prefix: \"u/{subject}/\"}\n";
+        std::fs::write(&path, good).unwrap();
+        let read = custom_registry(Some(path.clone()), &Env::default()).unwrap();
+        assert_eq!(read.as_deref(), Some(good));
+        let inline = "services: [{name: b, collect: {kind: s3, bucket: b, prefix: \"v/{subject}/\"}}]";
+        let env = Env::from_pairs([("SERVICE_REGISTRY", inline)]);
+        assert_eq!(
+            custom_registry(Some(path.clone()), &env).unwrap().as_deref(),
+            Some(inline)
+        );
+        assert_eq!(custom_registry(None, &Env::default()).unwrap(), None);
+
+        std::fs::write(&path, good.replace("bucket:", "buckt:")).unwrap();
+        let typo = custom_registry(Some(path.clone()), &Env::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            typo.contains("registry.yaml") && typo.contains("line 3") && typo.contains("`buckt`"),
+            "{typo}"
+        );
+        let old = Env::from_pairs([("DSR_REGISTRY_FILE", "/tmp/r.yaml")]);
+        let refused = custom_registry(None, &old).unwrap_err().to_string();
+        assert!(refused.contains("SERVICE_REGISTRY_FILE"), "{refused}");
+    }
 }

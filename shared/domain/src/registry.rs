@@ -227,28 +227,52 @@ fn default_rate() -> u32 {
 pub struct RegistryError(pub String);
 
 impl ServiceRegistry {
-    /// Reads a registry from YAML (or JSON, which is YAML) and validates it.
+    /// Reads a registry from YAML (or JSON, which is YAML) and validates it. Every error names
+    /// the line of the text it is about: a typo in a key is found where it was typed, a wrong
+    /// value at its service's `name`.
     pub fn parse(text: &str) -> Result<Self, RegistryError> {
-        serde_yaml_ng::from_str::<ServiceRegistry>(text)
-            .map_err(|e| RegistryError(e.to_string()))?
-            .validated()
+        let registry = serde_yaml_ng::from_str::<ServiceRegistry>(text)
+            .map_err(|e| RegistryError(located::read_error(text, &e)))?;
+        match registry.check() {
+            Ok(()) => Ok(registry),
+            Err((None, why)) => Err(RegistryError(why)),
+            Err((Some(index), why)) => {
+                let line = located::service_line(text, &registry.services, index);
+                Err(RegistryError(format!("line {line}: {why}")))
+            }
+        }
     }
 
     /// Checks what the types cannot: unique, file-safe names, usable templates, and URLs that
     /// keep the subject and any credentials on the configured host.
     pub fn validated(self) -> Result<Self, RegistryError> {
+        self.check().map_err(|(_, why)| RegistryError(why))?;
+        Ok(self)
+    }
+
+    /// What is wrong, and with which service (its index), if anything.
+    fn check(&self) -> Result<(), (Option<usize>, String)> {
         if self.services.is_empty() {
-            return Err(RegistryError(
+            return Err((
+                None,
                 "no services are registered: an erasure would complete without erasing anything and a report would be empty".into(),
             ));
         }
         let mut seen = HashSet::new();
-        for service in &self.services {
+        for (index, service) in self.services.iter().enumerate() {
             // The name was checked when it was read (`ServiceName`).
             let name = &service.name;
             if !seen.insert(name.clone()) {
-                return Err(RegistryError(format!("service `{name}` is listed twice")));
+                return Err((Some(index), format!("service `{name}` is listed twice")));
             }
+            Self::check_service(service).map_err(|e| (Some(index), e.0))?;
+        }
+        Ok(())
+    }
+
+    fn check_service(service: &RegisteredService) -> Result<(), RegistryError> {
+        let name = &service.name;
+        {
             if name.as_str() == crate::erasure::OWN_COPIES {
                 return Err(RegistryError(format!(
                     "`{name}` is the service's own obligation (its access reports); choose another name"
@@ -375,7 +399,7 @@ impl ServiceRegistry {
                 }
             }
         }
-        Ok(self)
+        Ok(())
     }
 
     /// For the functions that erase: a registry without a service to erase would "complete"
@@ -423,6 +447,78 @@ impl ServiceRegistry {
         self.services
             .iter()
             .filter_map(|h| h.collect.as_ref().map(|c| (h, c)))
+    }
+}
+
+/// Line numbers for errors: the operator who mistyped a key should be told where.
+mod located {
+    use super::RegisteredService;
+
+    /// serde's message with the line of the offending key: for an unknown field, the line where
+    /// it was typed (serde points at the start of its mapping when a `kind` chose the type).
+    pub(super) fn read_error(text: &str, error: &serde_yaml_ng::Error) -> String {
+        let message = error.to_string();
+        let message = match message.rfind(" at line ") {
+            Some(at) => message[..at].to_owned(),
+            None => message,
+        };
+        let from = error.location().map_or(1, |l| l.line());
+        let line = unknown_field(&message)
+            .and_then(|key| key_line(text, key, None, from, 0))
+            .unwrap_or(from);
+        format!("line {line}: {message}")
+    }
+
+    /// The line of the `index`th service's `name`.
+    pub(super) fn service_line(text: &str, services: &[RegisteredService], index: usize) -> usize {
+        let name = services[index].name.as_str();
+        let earlier = services[..index]
+            .iter()
+            .filter(|s| s.name.as_str() == name)
+            .count();
+        key_line(text, "name", Some(name), 1, earlier).unwrap_or(1)
+    }
+
+    fn unknown_field(message: &str) -> Option<&str> {
+        let rest = &message[message.find("unknown field `")? + "unknown field `".len()..];
+        rest.split('`').next()
+    }
+
+    /// The line (from `from` on) of the `nth` (0-based) occurrence of `key:` (quoted or not,
+    /// in block or flow style), with `value` after it when one is given.
+    fn key_line(
+        text: &str,
+        key: &str,
+        value: Option<&str>,
+        from: usize,
+        nth: usize,
+    ) -> Option<usize> {
+        let mut seen = 0;
+        for (number, line) in text.lines().enumerate().skip(from.saturating_sub(1)) {
+            for (at, _) in line.match_indices(key) {
+                let before = line[..at].trim_end_matches(['"', '\'']);
+                let opens = before.is_empty()
+                    || before.ends_with([' ', '{', ',', '-', '\t']);
+                let after = line[at + key.len()..].trim_start_matches(['"', '\'']);
+                let Some(rest) = after.trim_start().strip_prefix(':') else {
+                    continue;
+                };
+                let matches = opens
+                    && value.is_none_or(|value| {
+                        let rest = rest.trim_start().trim_start_matches(['"', '\'']);
+                        rest.strip_prefix(value).is_some_and(|tail| {
+                            tail.is_empty() || tail.starts_with(['"', '\'', ',', '}', ' ', '#'])
+                        })
+                    });
+                if matches {
+                    if seen == nth {
+                        return Some(number + 1);
+                    }
+                    seen += 1;
+                }
+            }
+        }
+        None
     }
 }
 
@@ -644,5 +740,57 @@ mod tests {
             body_contains: None
         }
         .matches(404, ""));
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::ServiceRegistry;
+
+    fn error(text: &str) -> String {
+        ServiceRegistry::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_typo_is_an_error_naming_its_line() {
+        let typed = [
+            ("services:\n  - name: a\n    colect: {}\n", "line 3:", "`colect`"),
+            (
+                "services:\n  - name: a\n    collect:\n      kind: dynamodb\n      tabel: t\n      key_attribute: k\n",
+                "line 5:",
+                "`tabel`",
+            ),
+            (
+                "services:\n  - name: a\n    broker_user: a\n    erase:\n      via: { kind: rabbitmq, routng_key: k }\n",
+                "line 5:",
+                "`routng_key`",
+            ),
+            (
+                "services:\n  - name: a\n    erase:\n      via: { kind: rabbitmq, routing_key: k }\n      confirm_within: 3\n",
+                "line 5:",
+                "`confirm_within`",
+            ),
+            ("servics: []\n", "line 1:", "`servics`"),
+            ("services:\n  - name: a\n  - name: A\n", "line 3:", "`A`"),
+        ];
+        for (text, line, what) in typed {
+            let err = error(text);
+            assert!(err.contains(line) && err.contains(what), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_value_is_an_error_at_its_services_line() {
+        let text = "services:\n  - name: ok\n    collect: { kind: s3, bucket: b, prefix: \"u/{subject}/\" }\n  - name: \"orders\"\n    collect: { kind: http, url: \"https://o/users\" }\n";
+        let err = error(text);
+        assert!(
+            err.contains("line 4:") && err.contains("orders: the url must contain {subject}"),
+            "{err}"
+        );
+        let twice = "services:\n  - name: a\n    description: the first\n  - name: b\n  - name: a\n";
+        let err = error(twice);
+        assert!(err.contains("line 5:") && err.contains("listed twice"), "{err}");
+        let json = r#"{"services": [{"name": "a", "collect": {"kind": "http", "url": "https://x/"}}]}"#;
+        assert!(error(json).contains("line 1:"), "{}", error(json));
     }
 }
