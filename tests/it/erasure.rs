@@ -53,6 +53,8 @@ pub struct RigSettings {
     pub overrides: Vec<(&'static str, String)>,
     /// Counts the functions' AWS calls (what a request costs).
     pub call_counter: Option<dsr_local::call_count::CallCounter>,
+    /// Holders whose data is read over RabbitMQ (`export_subject`) rather than over HTTP.
+    pub over_amqp: Vec<&'static str>,
 }
 
 impl Default for RigSettings {
@@ -71,6 +73,7 @@ impl Default for RigSettings {
             losses: None,
             overrides: Vec::new(),
             call_counter: None,
+            over_amqp: Vec::new(),
         }
     }
 }
@@ -91,7 +94,11 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
     let events = spy_on_events(&namespace).await;
     let registry = format!(
         "services:\n{}",
-        services.registry_entries(settings.confirm_within_seconds, settings.max_sends)
+        services.registry_entries(
+            settings.confirm_within_seconds,
+            settings.max_sends,
+            &settings.over_amqp
+        )
     )
     .replace(VENDOR_PATH, settings.vendor_path);
     let ns = namespace.clone();
@@ -137,13 +144,24 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
 
 /// A queue bound to the events exchange, recording what the platform would hear.
 async fn spy_on_events(namespace: &str) -> Arc<Mutex<Vec<Value>>> {
+    spy_on(namespace, "events", "#", "spy").await
+}
+
+/// A queue `<namespace>.<name>` bound to `<namespace>.<exchange>` with `key`, recording every
+/// message that reaches it.
+pub async fn spy_on(
+    namespace: &str,
+    exchange: &str,
+    key: &str,
+    name: &str,
+) -> Arc<Mutex<Vec<Value>>> {
     let events = Arc::new(Mutex::new(Vec::new()));
     let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
-    let queue = format!("{namespace}.spy");
-    crate::bridge::bound_queue(&channel, &format!("{namespace}.events"), "#", &queue).await;
+    let queue = format!("{namespace}.{name}");
+    crate::bridge::bound_queue(&channel, &format!("{namespace}.{exchange}"), key, &queue).await;
     let mut consumer = channel
         .basic_consume(
             queue.as_str().into(),

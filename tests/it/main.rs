@@ -15,6 +15,7 @@ mod dispatch;
 mod erasure;
 mod event_source;
 mod helpers;
+mod holders;
 mod hops;
 mod hostile;
 mod ops;

@@ -13,6 +13,7 @@ use base64::Engine;
 use dsr_domain::delayed::ScheduleRequest;
 use dsr_domain::erasure::ConfirmationsMessage;
 use dsr_domain::messages::parse;
+use dsr_domain::report::export::ExportAnswer;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
@@ -72,11 +73,24 @@ pub enum InboundKind {
 /// The largest body forwarded: SQS takes 256 KiB per message, attributes included.
 pub const MAX_FORWARDED_BYTES: usize = 250 * 1024;
 
-/// A message fit to forward: its text, and the broker user that published it.
+/// A message fit to forward: its text, the broker user that published it, and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
     pub text: String,
     pub broker_user: String,
+    pub to: Forward,
+}
+
+/// The SQS queue an inbound message is forwarded to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// `erasure_confirmation`: the confirm function.
+    Confirmations,
+    /// `export_answer` (also published to the confirmations exchange: every answer of a
+    /// holder goes there): the report function.
+    AccessRequests,
+    /// `schedule` / `cancel`: delayed dispatch.
+    ScheduleRequests,
 }
 
 /// Checks an inbound message against its contract (`docs/messages.schema.json`) and against
@@ -101,17 +115,44 @@ pub fn validate(kind: InboundKind, body: &[u8], user_id: Option<&str>) -> Result
             u32::from(bad)
         ));
     }
-    match kind {
+    let to = match kind {
+        InboundKind::Confirmation if is_export_answer(text) => {
+            parse::<ExportAnswer>(text)?.check_shape()?;
+            Forward::AccessRequests
+        }
         InboundKind::Confirmation => match parse::<ConfirmationsMessage>(text)? {
-            ConfirmationsMessage::ErasureConfirmation(_) => Ok(()),
-            _ => Err("only erasure_confirmation messages are accepted here".to_owned()),
+            ConfirmationsMessage::ErasureConfirmation(_) => Forward::Confirmations,
+            _ => {
+                return Err(
+                    "only erasure_confirmation and export_answer messages are accepted here"
+                        .to_owned(),
+                )
+            }
         },
-        InboundKind::ScheduleRequest => parse::<ScheduleRequest>(text).map(|_| ()),
-    }?;
+        InboundKind::ScheduleRequest => {
+            parse::<ScheduleRequest>(text)?;
+            Forward::ScheduleRequests
+        }
+    };
     Ok(Checked {
         text: text.to_owned(),
         broker_user,
+        to,
     })
+}
+
+/// Whether a body says it is an `export_answer` (its `type`), before it is read as one.
+fn is_export_answer(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type", default)]
+        kind: Option<String>,
+    }
+    serde_json::from_str::<Typed>(text)
+        .ok()
+        .and_then(|t| t.kind)
+        .as_deref()
+        == Some(ExportAnswer::KIND)
 }
 
 /// The characters an SQS message body may hold (XML 1.0's).
@@ -125,18 +166,15 @@ pub struct Inbound {
     pub sqs: aws_sdk_sqs::Client,
     pub confirmations_queue_url: String,
     pub schedule_requests_queue_url: String,
+    /// Where holders' export answers go (the report function's queue).
+    pub access_requests_queue_url: String,
     pub topology: Topology,
     /// How long a broker step may take, and how often the daemon checks its connection.
     pub patience: Patience,
 }
 
 impl Inbound {
-    async fn forward(
-        &self,
-        kind: InboundKind,
-        checked: Checked,
-        message_id: Option<&str>,
-    ) -> Result<(), BridgeError> {
+    async fn forward(&self, checked: Checked, message_id: Option<&str>) -> Result<(), BridgeError> {
         let attribute = |value: &str| {
             aws_sdk_sqs::types::MessageAttributeValue::builder()
                 .data_type("String")
@@ -144,9 +182,10 @@ impl Inbound {
                 .build()
                 .map_err(|e| BridgeError::Broker(e.to_string()))
         };
-        let queue_url = match kind {
-            InboundKind::Confirmation => &self.confirmations_queue_url,
-            InboundKind::ScheduleRequest => &self.schedule_requests_queue_url,
+        let queue_url = match checked.to {
+            Forward::Confirmations => &self.confirmations_queue_url,
+            Forward::AccessRequests => &self.access_requests_queue_url,
+            Forward::ScheduleRequests => &self.schedule_requests_queue_url,
         };
         let mut send = self
             .sqs
@@ -195,14 +234,12 @@ impl Inbound {
                     None => Err("no data".to_owned()),
                 };
                 let checked = body.and_then(|body| match self.topology.kind_of(queue) {
-                    Some(kind) => {
-                        validate(kind, &body, user_id.as_deref()).map(|checked| (kind, checked))
-                    }
+                    Some(kind) => validate(kind, &body, user_id.as_deref()),
                     None => Err(format!("the bridge does not consume queue `{queue}`")),
                 });
                 match checked {
-                    Ok((kind, text)) => {
-                        self.forward(kind, text, message_id.as_deref()).await?;
+                    Ok(checked) => {
+                        self.forward(checked, message_id.as_deref()).await?;
                         forwarded += 1;
                     }
                     Err(reason) => {
@@ -522,7 +559,7 @@ async fn consume_on(
             .as_ref()
             .map(|u| u.to_string());
         match validate(kind, &delivery.data, user_id.as_deref()) {
-            Ok(checked) => match inbound.forward(kind, checked, message_id.as_deref()).await {
+            Ok(checked) => match inbound.forward(checked, message_id.as_deref()).await {
                 Ok(()) => {
                     patience
                         .step("acknowledging", delivery.ack(BasicAckOptions::default()))
@@ -600,6 +637,39 @@ mod tests {
         assert!(validate(InboundKind::ScheduleRequest, schedule).is_ok());
         assert!(validate(InboundKind::ScheduleRequest, ok).is_err());
         assert!(validate(InboundKind::ScheduleRequest, &[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn a_holders_export_answer_goes_to_the_report_function() {
+        let validate = |body: &str| {
+            validate(
+                InboundKind::Confirmation,
+                body.as_bytes(),
+                Some("svc-ledger"),
+            )
+        };
+        let answer = r#"{"type":"export_answer","version":1,"message_id":"a1","request_id":"01JABCDEFGHJKMNPQRSTVWXYZ0","service":"ledger","job":"01JABCDEFGHJKMNPQRSTVWXYZ1","outcome":"records","records":[{"entry":1}]}"#;
+        assert_eq!(validate(answer).unwrap().to, Forward::AccessRequests);
+        let confirmation = r#"{"type":"erasure_confirmation","version":1,"message_id":"m","request_id":"01JABCDEFGHJKMNPQRSTVWXYZ0","service":"billing","outcome":"erased"}"#;
+        assert_eq!(validate(confirmation).unwrap().to, Forward::Confirmations);
+        for (bad, why) in [
+            (answer.replace("01JABCDEFGHJKMNPQRSTVWXYZ1", "../x"), "job"),
+            (
+                answer.replace("\"records\",\"records\"", "\"failed\",\"records\""),
+                "carries no records",
+            ),
+            (
+                answer.replace(
+                    "\"outcome\":\"records\",\"records\":[{\"entry\":1}]",
+                    "\"outcome\":\"failed\"",
+                ),
+                "reason",
+            ),
+            (answer.replace("\"job\"", "\"jobs\""), "unknown field"),
+        ] {
+            let refused = validate(&bad).unwrap_err();
+            assert!(refused.contains(why), "{bad}: {refused}");
+        }
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Bridge, ConfigErr
             schedule_requests_queue_url: env
                 .optional(vars::SCHEDULE_REQUESTS_QUEUE_URL)
                 .unwrap_or_default(),
+            access_requests_queue_url: env
+                .optional(vars::ACCESS_REQUESTS_QUEUE_URL)
+                .unwrap_or_default(),
             topology,
             patience: Patience::default(),
         },
@@ -117,10 +120,11 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Bridge, ConfigErr
 }
 
 impl Bridge {
-    /// The daemon needs both inbound queues.
+    /// The daemon needs every inbound queue.
     pub fn check_inbound(env: &Env) -> Result<(), ConfigError> {
         env.required(vars::CONFIRMATIONS_QUEUE_URL)?;
         env.required(vars::SCHEDULE_REQUESTS_QUEUE_URL)?;
+        env.required(vars::ACCESS_REQUESTS_QUEUE_URL)?;
         Ok(())
     }
 

@@ -17,13 +17,15 @@ use dsr_domain::lease::Worker;
 use dsr_domain::messages::Origin;
 use dsr_domain::ports::{EventOutbox, RequestStore};
 use dsr_domain::registry::RetryPolicy;
+use dsr_domain::report::export::Refusal;
 use dsr_domain::report::verify::{
     ErasureVerifications, ReportWork, Verification, VerificationResults,
 };
 use dsr_domain::report::{
     AccessReports, CollectionResumes, ReportSettings, ReportSources, ReportStore, WorkOutcome,
 };
-use dsr_domain::{Clock, RequestKind, RequestMessage, SystemClock};
+use dsr_domain::report::{Answered, ReportError};
+use dsr_domain::{Clock, RequestId, RequestKind, SystemClock};
 
 pub type CloudReports = AccessReports<
     DynamoRequestStore,
@@ -45,7 +47,14 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
         aws_sdk_dynamodb::Client::new(aws),
         s3::client(aws),
         env.clone(),
-    );
+    )
+    .with_rabbit_exports(dsr_adapters::collect_rabbitmq::RabbitExports {
+        sqs: aws_sdk_sqs::Client::new(aws),
+        s3: s3::client(aws),
+        outbound_queue_url: env.required(vars::OUTBOUND_QUEUE_URL)?,
+        commands_exchange: env.required(vars::COMMANDS_EXCHANGE)?,
+        bucket: env.required(vars::REPORTS_BUCKET)?,
+    });
     let settings = settings(env)?;
     let registry = dsr_adapters::registry::load_collectable(env)?;
     let store = dsr_adapters::wiring::request_store(aws, env, "report")?;
@@ -162,7 +171,29 @@ where
 
     async fn handle(&self, message: ReportWork, origin: &Origin) -> Outcome {
         match message {
-            ReportWork::Access(message) => self.report(message).await,
+            ReportWork::Access(message) => {
+                if message.kind != RequestKind::Access {
+                    return Outcome::Reject(format!(
+                        "a request of kind `{}` on the access-requests queue",
+                        message.kind
+                    ));
+                }
+                let id = message.request_id;
+                let outcome = self.reports.generate(id).await;
+                self.report(id, outcome)
+            }
+            ReportWork::Answer(answer) => {
+                let id = answer.request_id;
+                match self.reports.answered(&answer, origin).await {
+                    Ok(Answered::Refused(Refusal::Invalid(why))) => Outcome::Reject(why),
+                    Ok(Answered::Refused(Refusal::Stale(why))) => {
+                        tracing::info!(request_id = %id, source = %answer.service, %why, "export answer not needed");
+                        Outcome::Done
+                    }
+                    Ok(Answered::Worked(outcome)) => self.report(id, Ok(outcome)),
+                    Err(err) => self.report(id, Err(err)),
+                }
+            }
             ReportWork::Verify(_) if *origin != Origin::Internal => Outcome::Reject(format!(
                 "an erasure verification from {origin}; only the service asks for them"
             )),
@@ -194,16 +225,10 @@ where
     C: Clock,
     W: CollectionResumes,
 {
-    async fn report(&self, message: RequestMessage) -> Outcome {
-        if message.kind != RequestKind::Access {
-            return Outcome::Reject(format!(
-                "a request of kind `{}` on the access-requests queue",
-                message.kind
-            ));
-        }
-        let id = message.request_id;
+    /// What the queue does with the message after the request was worked on.
+    fn report(&self, id: RequestId, outcome: Result<WorkOutcome, ReportError>) -> Outcome {
         let reports = &self.reports;
-        match reports.generate(id).await {
+        match outcome {
             Ok(WorkOutcome::Completed(report)) => {
                 tracing::info!(request_id = %id, report_size = report.size, "report ready");
                 Outcome::Done

@@ -10,7 +10,8 @@ use dsr_adapters::memory::{
 use dsr_domain::registry::ServiceRegistry;
 use dsr_domain::report::progress::SourceStatus;
 use dsr_domain::{
-    FixedClock, Request, RequestId, RequestState, RequestStore, SubjectHasher, SubjectId,
+    FixedClock, Request, RequestId, RequestMessage, RequestState, RequestStore, SubjectHasher,
+    SubjectId,
 };
 use serde_json::{json, Value};
 use std::io::Read;
@@ -937,4 +938,226 @@ async fn a_holder_that_cannot_be_read_is_not_a_holder_found_empty() {
         Outcome::Done
     );
     assert!(f.results.verified.lock().unwrap().is_empty());
+}
+
+/// Profile and orders answer at once; the ledger speaks only AMQP.
+const WITH_LEDGER: &str = r#"
+services:
+  - name: profile
+    description: Your profile
+    collect: { kind: dynamodb, table: profiles, key_attribute: uid }
+  - name: orders
+    description: Your orders
+    collect: { kind: http, url: "https://orders.example/users/{subject}" }
+  - name: ledger
+    description: Your ledger entries
+    broker_user: svc-ledger
+    collect: { kind: rabbitmq, routing_key: export.ledger }
+"#;
+
+fn answer(id: RequestId, job: &str, records: Vec<Value>) -> ReportWork {
+    ReportWork::Answer(dsr_domain::report::export::ExportAnswer {
+        version: 1,
+        answer_type: "export_answer".into(),
+        message_id: format!("answer:{job}"),
+        request_id: id,
+        service: dsr_domain::ServiceName::parse("ledger").unwrap(),
+        job: job.into(),
+        outcome: dsr_domain::report::export::ExportOutcome::Records,
+        records,
+        reason: None,
+    })
+}
+
+#[tokio::test]
+async fn an_export_over_rabbitmq_is_collected_as_soon_as_its_own_holder_answers() {
+    let f = fixture();
+    let id = f.access_request().await;
+    let mut reports = f.worker("a");
+    reports.registry = ServiceRegistry::parse(WITH_LEDGER).unwrap();
+    let handler = f.handler(reports);
+    let work = ReportWork::Access(RequestMessage::new(id, RequestKind::Access, f.clock.now()));
+    assert_eq!(handler.handle(work, &Origin::Internal).await, Outcome::Done);
+    let commands = f.sources.export_commands();
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    let job = commands[0].2.clone();
+    assert_eq!(commands[0].1, "ledger");
+    let waiting = f.request(id).await;
+    assert_eq!(waiting.state, RequestState::Collecting);
+    assert_eq!(
+        Fixture::source(&waiting, "ledger").status,
+        SourceStatus::Exporting
+    );
+
+    let records = vec![json!({"entry": 1}), json!({"entry": 2})];
+    // Another service's broker user cannot answer for the ledger.
+    let Outcome::Reject(why) = handler
+        .handle(
+            answer(id, &job, records.clone()),
+            &Origin::Broker("svc-other".into()),
+        )
+        .await
+    else {
+        panic!("an answer from another broker user was taken");
+    };
+    assert!(why.contains("only its broker user"), "{why}");
+    // An answer to a job nobody waits on changes nothing.
+    let other_job = ulid::Ulid::new().to_string();
+    assert_eq!(
+        handler
+            .handle(
+                answer(id, &other_job, vec![json!({"forged": true})]),
+                &Origin::Broker("svc-ledger".into())
+            )
+            .await,
+        Outcome::Done
+    );
+    assert_eq!(f.request(id).await.state, RequestState::Collecting);
+    // A job id that is no ULID never reaches a key.
+    let Outcome::Reject(why) = handler
+        .handle(
+            answer(id, "../../reports/x", vec![]),
+            &Origin::Broker("svc-ledger".into()),
+        )
+        .await
+    else {
+        panic!("a made-up job id was taken");
+    };
+    assert!(why.contains("job"), "{why}");
+
+    // Its own answer: collected at once, long before the next poll.
+    assert_eq!(
+        handler
+            .handle(
+                answer(id, &job, records),
+                &Origin::Broker("svc-ledger".into())
+            )
+            .await,
+        Outcome::Done
+    );
+    let done = f.request(id).await;
+    assert_eq!(done.state, RequestState::ReportReady);
+    assert_eq!(Fixture::source(&done, "ledger").records, Some(2));
+    let files = unzip(&f.reports.object(&done.report.unwrap().key).unwrap());
+    let ledger = String::from_utf8(files["sources/ledger/records.json"].clone()).unwrap();
+    assert!(
+        ledger.contains("\"entry\": 2") || ledger.contains("\"entry\":2"),
+        "{ledger}"
+    );
+    assert!(!ledger.contains("forged"));
+    assert_eq!(
+        f.sources.export_commands().len(),
+        1,
+        "one command for one attempt"
+    );
+    // The same answer again (a redelivery) finds the request done.
+    assert_eq!(
+        handler
+            .handle(
+                answer(id, &job, vec![json!({"entry": 1})]),
+                &Origin::Broker("svc-ledger".into())
+            )
+            .await,
+        Outcome::Done
+    );
+}
+
+#[tokio::test]
+async fn a_holder_that_cannot_export_fails_the_attempt_and_the_next_one_asks_again() {
+    let f = fixture();
+    let id = f.access_request().await;
+    let mut reports = f.worker("a");
+    reports.registry = ServiceRegistry::parse(WITH_LEDGER).unwrap();
+    let handler = f.handler(reports);
+    let work = ReportWork::Access(RequestMessage::new(id, RequestKind::Access, f.clock.now()));
+    assert_eq!(
+        handler.handle(work.clone(), &Origin::Internal).await,
+        Outcome::Done
+    );
+    let job = f.sources.export_commands()[0].2.clone();
+    let ReportWork::Answer(mut failed) = answer(id, &job, vec![]) else {
+        unreachable!()
+    };
+    failed.outcome = dsr_domain::report::export::ExportOutcome::Failed;
+    failed.reason = Some("ledger database is being migrated".into());
+    assert_eq!(
+        handler
+            .handle(
+                ReportWork::Answer(failed),
+                &Origin::Broker("svc-ledger".into())
+            )
+            .await,
+        Outcome::Done
+    );
+    let request = f.request(id).await;
+    let ledger = Fixture::source(&request, "ledger");
+    assert_eq!((ledger.status, ledger.attempts), (SourceStatus::Pending, 1));
+    assert!(ledger.error.as_deref().unwrap().contains("being migrated"));
+    f.clock.advance(Duration::seconds(61));
+    assert_eq!(handler.handle(work, &Origin::Internal).await, Outcome::Done);
+    let commands = f.sources.export_commands();
+    assert_eq!(commands.len(), 2, "a new command for the next attempt");
+    assert_ne!(commands[0].2, commands[1].2, "under a new job id");
+}
+
+#[tokio::test]
+async fn an_answer_while_another_worker_holds_the_request_brings_it_back_in_seconds() {
+    let f = fixture();
+    let id = f.access_request().await;
+    let mut reports = f.worker("a");
+    reports.registry = ServiceRegistry::parse(WITH_LEDGER).unwrap();
+    let handler = f.handler(reports);
+    let work = ReportWork::Access(RequestMessage::new(id, RequestKind::Access, f.clock.now()));
+    assert_eq!(
+        handler.handle(work.clone(), &Origin::Internal).await,
+        Outcome::Done
+    );
+    let job = f.sources.export_commands()[0].2.clone();
+    // Another worker takes the request (its next poll, say) just as the answer arrives.
+    let busy = f
+        .store
+        .acquire_lease(
+            id,
+            "b",
+            RequestState::Collecting,
+            f.clock.now(),
+            Duration::seconds(960),
+        )
+        .await
+        .unwrap();
+    let dsr_domain::LeaseOutcome::Acquired(held) = busy else {
+        panic!("{busy:?}");
+    };
+    let resumes_before = f.resumes.asked().len();
+    assert_eq!(
+        handler
+            .handle(
+                answer(id, &job, vec![json!({"entry": 7})]),
+                &Origin::Broker("svc-ledger".into())
+            )
+            .await,
+        Outcome::Done,
+        "kept, and not left on the queue behind the other worker's lease"
+    );
+    let asked = f.resumes.asked();
+    assert_eq!(asked.len(), resumes_before + 1);
+    assert_eq!(
+        asked.last().unwrap().1,
+        f.clock.now() + Duration::seconds(10)
+    );
+    // The other worker lets go without having seen it; the resumed message collects it,
+    // though the ledger's next poll is minutes away.
+    let token = held.fencing_token;
+    let mut released = *held;
+    released.lease = None;
+    let hash = SubjectHasher::new("a-test-key-of-16-bytes").hash(&released.subject);
+    f.store
+        .commit_fenced(&released, &hash, token)
+        .await
+        .unwrap();
+    f.clock.advance(Duration::seconds(10));
+    assert_eq!(handler.handle(work, &Origin::Internal).await, Outcome::Done);
+    let done = f.request(id).await;
+    assert_eq!(done.state, RequestState::ReportReady);
+    assert_eq!(Fixture::source(&done, "ledger").records, Some(1));
 }

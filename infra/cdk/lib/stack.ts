@@ -624,10 +624,14 @@ export class DsrStack extends Stack {
         RABBITMQ_NAMESPACE: rabbitMqNamespace.valueAsString,
         CONFIRMATIONS_QUEUE_URL: confirmationsQueue.queueUrl,
         SCHEDULE_REQUESTS_QUEUE_URL: scheduleRequestsQueue.queueUrl,
+        ACCESS_REQUESTS_QUEUE_URL: accessRequestsQueue.queueUrl,
       },
       statements: [
         secretsStatement,
-        allow(["sqs:SendMessage"], [confirmationsQueue.queueArn, scheduleRequestsQueue.queueArn]),
+        allow(
+          ["sqs:SendMessage"],
+          [confirmationsQueue.queueArn, scheduleRequestsQueue.queueArn, accessRequestsQueue.queueArn],
+        ),
         allow(["mq:DescribeBroker"], [broker]),
         allow(["secretsmanager:GetSecretValue"], [brokerSecret]),
         // Network interfaces in the broker's VPC: EC2 takes no resource names for these.

@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use dsr_bridge::Patience;
 use dsr_domain::erasure::ErasureCommand;
+use dsr_domain::report::export::ExportCommand;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -41,6 +42,9 @@ pub struct Behaviour {
     /// Answers this many erasures (new idempotency keys) with `erased` and keeps the data:
     /// what a verification is there to catch (`u32::MAX`: never erases).
     pub keeps_data: AtomicU32,
+    /// Answers `export_subject` by uploading its records to the command's URL (as a service
+    /// with much data does) instead of putting them in the answer.
+    pub uploads_exports: AtomicBool,
 }
 
 /// One service's data and what happened to it.
@@ -55,6 +59,8 @@ pub struct ErasingService {
     pub erasures: Mutex<Vec<(String, DateTime<Utc>)>>,
     /// Email only: notices sent to subjects, per request id, with when.
     pub notices: Mutex<Vec<(String, DateTime<Utc>)>>,
+    /// Jobs of the `export_subject` commands received (duplicates included).
+    pub exports: Mutex<Vec<String>>,
     pub behaviour: Behaviour,
 }
 
@@ -140,18 +146,31 @@ impl ErasingServices {
     }
 
     /// The registry entries (YAML list items) for these services; `email` is erased last.
-    /// Each is readable too (its data API on the vendor's port), as a platform's services are:
-    /// what a report shows before an erasure is what the erasure must remove.
-    pub fn registry_entries(&self, confirm_within_seconds: u64, max_sends: u32) -> String {
+    /// Each is readable too, as a platform's services are (what a report shows before an
+    /// erasure is what the erasure must remove): over RabbitMQ (`export_subject`) for those in
+    /// `over_amqp`, else through its data API on the vendor's port.
+    pub fn registry_entries(
+        &self,
+        confirm_within_seconds: u64,
+        max_sends: u32,
+        over_amqp: &[&str],
+    ) -> String {
         let mut yaml = String::new();
         let mut names: Vec<&String> = self.amqp.keys().collect();
         names.sort();
         for name in names {
             let last = name == "email";
+            let collect = if over_amqp.contains(&name.as_str()) {
+                format!("{{ kind: rabbitmq, routing_key: export.{name}, poll_seconds: 30 }}")
+            } else {
+                format!(
+                    "{{ kind: http, url: \"http://{addr}/holders/{name}/users/{{subject}}\", records_pointer: /records, timeout_ms: 3000 }}",
+                    addr = self.vendor_addr
+                )
+            };
             yaml.push_str(&format!(
-                "  - name: {name}\n    description: The {name} service.\n    broker_user: {user}\n    collect: {{ kind: http, url: \"http://{addr}/holders/{name}/users/{{subject}}\", records_pointer: /records, timeout_ms: 3000 }}\n    erase: {{ via: {{ kind: rabbitmq, routing_key: erasure.{name} }}, last: {last}, confirm_within_seconds: {confirm_within_seconds}, max_sends: {max_sends} }}\n",
+                "  - name: {name}\n    description: The {name} service.\n    broker_user: {user}\n    collect: {collect}\n    erase: {{ via: {{ kind: rabbitmq, routing_key: erasure.{name} }}, last: {last}, confirm_within_seconds: {confirm_within_seconds}, max_sends: {max_sends} }}\n",
                 user = broker_user(name),
-                addr = self.vendor_addr,
             ));
         }
         yaml.push_str(&format!(
@@ -252,27 +271,49 @@ fn queue_name(namespace: &str, name: &str) -> String {
     format!("{namespace}.svc.{name}")
 }
 
+/// The topology `docs/holders.md` asks of a holder: the three exchanges (durable topics), its
+/// durable queue bound to its erasure and export routing keys, and a dead-letter queue beside
+/// it where RabbitMQ moves what it rejects.
 async fn declare(channel: &Channel, namespace: &str, name: &str) -> lapin::Result<()> {
     for exchange in ["commands", "events", "confirmations"] {
         dsr_bridge::declare_topic_exchange(channel, &format!("{namespace}.{exchange}")).await?;
     }
     let queue = queue_name(namespace, name);
+    let dead_letters = format!("{queue}.dead-letter");
     channel
         .queue_declare(
-            queue.as_str().into(),
+            dead_letters.as_str().into(),
             QueueDeclareOptions::durable(),
             FieldTable::default(),
         )
         .await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        lapin::types::AMQPValue::LongString("".into()),
+    );
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        lapin::types::AMQPValue::LongString(dead_letters.as_str().into()),
+    );
     channel
-        .queue_bind(
+        .queue_declare(
             queue.as_str().into(),
-            format!("{namespace}.commands").as_str().into(),
-            format!("erasure.{name}").as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
+            QueueDeclareOptions::durable(),
+            arguments,
         )
         .await?;
+    for key in [format!("erasure.{name}"), format!("export.{name}")] {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                format!("{namespace}.commands").as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     if name == "email" {
         // The email service also takes what it must tell subjects (`notice.*` on commands),
         // and, as the platform's one listener here, every event (the bridge publishes
@@ -379,7 +420,54 @@ async fn consume_on(
         let Some(delivery) = next else { break };
         let delivery = delivery?;
         let body: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
-        if body["type"] == "subject_notice" && body["notice"] == "erasure_notice" {
+        // What it cannot read goes to its dead-letter queue (RabbitMQ moves it there), never
+        // silently away; events and notices it has no use for are simply acknowledged.
+        let unreadable = match body["type"].as_str() {
+            None => true,
+            Some("erase_subject") => {
+                serde_json::from_value::<ErasureCommand>(body.clone()).is_err()
+            }
+            Some("export_subject") => {
+                serde_json::from_value::<ExportCommand>(body.clone()).is_err()
+            }
+            Some(_) => false,
+        };
+        if unreadable {
+            tracing::warn!(service = %service.name, "fake service: a message it cannot read, dead-lettered");
+            patience
+                .step(
+                    "rejecting",
+                    delivery.reject(lapin::options::BasicRejectOptions { requeue: false }),
+                )
+                .await?;
+            continue;
+        }
+        if body["type"] == "export_subject" {
+            if let Ok(command) = serde_json::from_value::<ExportCommand>(body) {
+                lock(&service.exports).push(command.job.clone());
+                let answer = export_answer(service, &command).await;
+                patience
+                    .step("answering", async {
+                        replies
+                            .basic_publish(
+                                format!("{namespace}.confirmations").as_str().into(),
+                                format!("export.{}", service.name).as_str().into(),
+                                BasicPublishOptions::default(),
+                                answer.to_string().as_bytes(),
+                                BasicProperties::default()
+                                    .with_message_id(
+                                        format!("answer:{}", command.message_id).as_str().into(),
+                                    )
+                                    .with_user_id(broker_user(&service.name).as_str().into())
+                                    .with_content_type("application/json".into())
+                                    .with_delivery_mode(2),
+                            )
+                            .await?
+                            .await
+                    })
+                    .await?;
+            }
+        } else if body["type"] == "subject_notice" && body["notice"] == "erasure_notice" {
             let request_id = body["request_id"].as_str().unwrap_or_default().to_owned();
             let mut notices = lock(&service.notices);
             // Idempotent by message id: one email per request.
@@ -480,6 +568,47 @@ async fn consume_on(
         }
     }
     Err(anyhow::anyhow!("consumer ended"))
+}
+
+/// The answer to an `export_subject`: the records in it, or uploaded to the command's URL
+/// (then `uploaded`), or `not_found`; `failed` if the upload did not go through.
+async fn export_answer(service: &ErasingService, command: &ExportCommand) -> Value {
+    let records = lock(&service.data)
+        .get(command.subject.as_str())
+        .cloned()
+        .unwrap_or_default();
+    let mut answer = json!({
+        "type": "export_answer",
+        "version": 1,
+        "message_id": format!("answer:{}", command.message_id),
+        "request_id": command.request_id,
+        "service": service.name,
+        "job": command.job,
+    });
+    if records.is_empty() {
+        answer["outcome"] = json!("not_found");
+    } else if service.behaviour.uploads_exports.load(Ordering::SeqCst) {
+        let body: String = records.iter().map(|r| format!("{r}\n")).collect();
+        let uploaded = reqwest::Client::new()
+            .put(&command.upload_url)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.error_for_status().map(|_| ()).map_err(|e| e.to_string()));
+        match uploaded {
+            Ok(()) => answer["outcome"] = json!("uploaded"),
+            Err(err) => {
+                answer["outcome"] = json!("failed");
+                answer["reason"] = json!(format!("the upload failed: {err}"));
+            }
+        }
+    } else {
+        answer["outcome"] = json!("records");
+        answer["records"] = Value::Array(records);
+    }
+    answer
 }
 
 /// A third party's erasure API: `DELETE /v2/users/{subject}` with an `Idempotency-Key`.

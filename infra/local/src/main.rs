@@ -177,10 +177,13 @@ mod tests {
         std::fs::write(&path, good).unwrap();
         let read = custom_registry(Some(path.clone()), &Env::default()).unwrap();
         assert_eq!(read.as_deref(), Some(good));
-        let inline = "services: [{name: b, collect: {kind: s3, bucket: b, prefix: \"v/{subject}/\"}}]";
+        let inline =
+            "services: [{name: b, collect: {kind: s3, bucket: b, prefix: \"v/{subject}/\"}}]";
         let env = Env::from_pairs([("SERVICE_REGISTRY", inline)]);
         assert_eq!(
-            custom_registry(Some(path.clone()), &env).unwrap().as_deref(),
+            custom_registry(Some(path.clone()), &env)
+                .unwrap()
+                .as_deref(),
             Some(inline)
         );
         assert_eq!(custom_registry(None, &Env::default()).unwrap(), None);

@@ -467,7 +467,18 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         )
         .await?;
         fakes.seed(crate::demo::DEMO_SUBJECT);
-        let demo_registry = format!("{}{}", demo.registry, fakes.registry_entries(60, 3));
+        // Two of the services speak only AMQP for their data too: billing answers with its
+        // records, viewing-history uploads them (docs/holders.md).
+        fakes
+            .service("viewing-history")
+            .behaviour
+            .uploads_exports
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let demo_registry = format!(
+            "{}{}",
+            demo.registry,
+            fakes.registry_entries(60, 3, &["billing", "viewing-history"])
+        );
         registry = registry.or(Some(demo_registry));
         services = Some(Arc::new(fakes));
     }

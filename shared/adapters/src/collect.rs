@@ -10,8 +10,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::collect_rabbitmq::{Kept, RabbitExports};
 use crate::config::Env;
-pub use dsr_domain::report::{Collected, SourceError, StagedFile, StagedSource};
+pub use dsr_domain::report::{Collected, SourceError, SourceQuery, StagedFile, StagedSource};
 
 /// Clients for every kind of source, built once per function instance.
 #[derive(Clone)]
@@ -23,6 +24,8 @@ pub struct Collectors {
     secrets: Env,
     /// The most of one HTTP answer (a source's records, one search page) that is read.
     pub max_answer_bytes: usize,
+    /// Where exports over RabbitMQ go and are kept; `None`: sources of that kind fail.
+    rabbit: Option<RabbitExports>,
 }
 
 /// One HTTP source answer or search page is at most this big; a source with more pages it.
@@ -57,7 +60,14 @@ impl Collectors {
             http: crate::http::Client::default(),
             secrets,
             max_answer_bytes: MAX_SOURCE_ANSWER_BYTES,
+            rabbit: None,
         }
+    }
+
+    /// Sources of kind `rabbitmq` are asked through `exports`.
+    pub fn with_rabbit_exports(mut self, exports: RabbitExports) -> Self {
+        self.rabbit = Some(exports);
+        self
     }
 
     /// Collects `service`'s data about `subject` into `dir` (which must exist), within
@@ -66,13 +76,11 @@ impl Collectors {
         &self,
         service: &RegisteredService,
         how: &CollectFrom,
-        subject: &SubjectId,
+        query: SourceQuery<'_>,
         dir: &Path,
-        job: Option<&str>,
         budget: Duration,
     ) -> Result<Collected, SourceError> {
-        match tokio::time::timeout(budget, self.collect_now(service, how, subject, dir, job)).await
-        {
+        match tokio::time::timeout(budget, self.collect_now(service, how, query, dir)).await {
             Ok(collected) => collected,
             Err(_) => Err(SourceError {
                 service: service.name.clone(),
@@ -88,10 +96,10 @@ impl Collectors {
         &self,
         service: &RegisteredService,
         how: &CollectFrom,
-        subject: &SubjectId,
+        query: SourceQuery<'_>,
         dir: &Path,
-        job: Option<&str>,
     ) -> Result<Collected, SourceError> {
+        let (subject, job) = (query.subject, query.job);
         let fail = |reason: String| SourceError {
             service: service.name.clone(),
             reason,
@@ -224,6 +232,57 @@ impl Collectors {
                 )
                 .await
                 .map_err(fail)?;
+                Vec::new()
+            }
+            CollectFrom::Rabbitmq {
+                routing_key,
+                answer_within_seconds,
+                poll_seconds,
+            } => {
+                let exports = self
+                    .rabbit
+                    .as_ref()
+                    .ok_or_else(|| fail("exports over RabbitMQ are not configured here".into()))?;
+                let answer_within = Duration::from_secs(*answer_within_seconds);
+                let Some(job) = job else {
+                    let job = exports
+                        .send_command(&service.name, routing_key, query, answer_within)
+                        .await
+                        .map_err(fail)?;
+                    return Ok(Collected::Exporting {
+                        job,
+                        poll_after: Duration::from_secs(*poll_seconds).min(answer_within),
+                    });
+                };
+                match exports
+                    .kept(query, &service.name, job, |record| records.push(record))
+                    .await
+                    .map_err(fail)?
+                {
+                    Kept::Records => {}
+                    Kept::Failed(reason) => {
+                        return Err(fail(format!("the service could not export: {reason}")))
+                    }
+                    Kept::Nothing => {
+                        let answer_by = dsr_domain::report::export::sent_at(job).map(|at| {
+                            at + chrono::Duration::seconds(*answer_within_seconds as i64)
+                        });
+                        let left = answer_by
+                            .map(|by| by - chrono::Utc::now())
+                            .and_then(|left| left.to_std().ok());
+                        return match left {
+                            Some(left) if !left.is_zero() => Ok(Collected::Exporting {
+                                job: job.to_owned(),
+                                // Looked for again at the poll, or just after the answer was due.
+                                poll_after: Duration::from_secs(*poll_seconds)
+                                    .min(left + Duration::from_secs(1)),
+                            }),
+                            _ => Err(fail(format!(
+                                "no answer to export_subject within {answer_within_seconds} s"
+                            ))),
+                        };
+                    }
+                }
                 Vec::new()
             }
             CollectFrom::S3 { bucket, prefix } => {
@@ -553,12 +612,23 @@ impl dsr_domain::report::ReportSources for Collectors {
         &self,
         service: &RegisteredService,
         how: &CollectFrom,
-        subject: &SubjectId,
+        query: SourceQuery<'_>,
         dir: &Path,
-        job: Option<&str>,
         budget: Duration,
     ) -> Result<Collected, SourceError> {
-        Collectors::collect(self, service, how, subject, dir, job, budget).await
+        Collectors::collect(self, service, how, query, dir, budget).await
+    }
+
+    async fn record_answer(
+        &self,
+        answer: &dsr_domain::report::export::ExportAnswer,
+    ) -> Result<(), dsr_domain::report::StorageError> {
+        match &self.rabbit {
+            Some(exports) => exports.record(answer).await,
+            None => Err(dsr_domain::report::StorageError(
+                "exports over RabbitMQ are not configured here".into(),
+            )),
+        }
     }
 }
 

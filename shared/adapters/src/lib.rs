@@ -12,6 +12,8 @@ compile_error!("an AWS client needs an HTTP client: enable `hyper-client` or `re
 pub mod batch;
 #[cfg(feature = "collect")]
 pub mod collect;
+#[cfg(feature = "collect")]
+pub mod collect_rabbitmq;
 pub mod config;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;

@@ -144,6 +144,18 @@ pub enum CollectFrom {
     },
     /// Every object under `prefix` in `bucket` (uploads, attachments), copied into the report.
     S3 { bucket: String, prefix: String },
+    /// A platform service that speaks only AMQP: an `export_subject` command on the commands
+    /// exchange with `routing_key`; the service answers with an `export_answer` (records in
+    /// it, or uploaded to the command's presigned URL) within `answer_within_seconds`, else the
+    /// attempt fails and a new command is sent. Looked for every `poll_seconds` in case an
+    /// answer message is lost (an upload is found without one). Needs the `broker_user`.
+    Rabbitmq {
+        routing_key: String,
+        #[serde(default = "default_answer_within")]
+        answer_within_seconds: u64,
+        #[serde(default = "default_poll_seconds")]
+        poll_seconds: u64,
+    },
     /// A third party's asynchronous export: `POST start_url` starts a job (its id at
     /// `job_pointer` of the answer); `GET status_url` says how it goes (the text at
     /// `status_pointer`: `done`, `failed`, anything else is still running); once done,
@@ -203,6 +215,11 @@ fn default_status_pointer() -> String {
 fn default_poll_seconds() -> u64 {
     300
 }
+fn default_answer_within() -> u64 {
+    3600
+}
+/// A presigned URL lives at most 7 days (SigV4).
+pub const MAX_ANSWER_WITHIN_SECONDS: u64 = 7 * 24 * 3600;
 fn default_max_backoff() -> u64 {
     6 * 3600
 }
@@ -329,6 +346,27 @@ impl ServiceRegistry {
                     if *poll_seconds == 0 {
                         return Err(RegistryError(format!(
                             "{name}: poll_seconds must be at least 1"
+                        )));
+                    }
+                }
+                Some(CollectFrom::Rabbitmq {
+                    routing_key,
+                    answer_within_seconds,
+                    poll_seconds,
+                }) => {
+                    if routing_key.is_empty() {
+                        return Err(RegistryError(format!("{name}: a routing_key is needed")));
+                    }
+                    if service.broker_user.as_deref().is_none_or(str::is_empty) {
+                        return Err(RegistryError(format!(
+                            "{name}: a service collected over RabbitMQ needs its broker_user (the user its answers are published as)"
+                        )));
+                    }
+                    if !(60..=MAX_ANSWER_WITHIN_SECONDS).contains(answer_within_seconds)
+                        || *poll_seconds == 0
+                    {
+                        return Err(RegistryError(format!(
+                            "{name}: answer_within_seconds must be 60 to {MAX_ANSWER_WITHIN_SECONDS} (an upload URL lives 7 days at most), poll_seconds at least 1"
                         )));
                     }
                 }
@@ -497,8 +535,7 @@ mod located {
         for (number, line) in text.lines().enumerate().skip(from.saturating_sub(1)) {
             for (at, _) in line.match_indices(key) {
                 let before = line[..at].trim_end_matches(['"', '\'']);
-                let opens = before.is_empty()
-                    || before.ends_with([' ', '{', ',', '-', '\t']);
+                let opens = before.is_empty() || before.ends_with([' ', '{', ',', '-', '\t']);
                 let after = line[at + key.len()..].trim_start_matches(['"', '\'']);
                 let Some(rest) = after.trim_start().strip_prefix(':') else {
                     continue;
@@ -787,10 +824,15 @@ mod line_tests {
             err.contains("line 4:") && err.contains("orders: the url must contain {subject}"),
             "{err}"
         );
-        let twice = "services:\n  - name: a\n    description: the first\n  - name: b\n  - name: a\n";
+        let twice =
+            "services:\n  - name: a\n    description: the first\n  - name: b\n  - name: a\n";
         let err = error(twice);
-        assert!(err.contains("line 5:") && err.contains("listed twice"), "{err}");
-        let json = r#"{"services": [{"name": "a", "collect": {"kind": "http", "url": "https://x/"}}]}"#;
+        assert!(
+            err.contains("line 5:") && err.contains("listed twice"),
+            "{err}"
+        );
+        let json =
+            r#"{"services": [{"name": "a", "collect": {"kind": "http", "url": "https://x/"}}]}"#;
         assert!(error(json).contains("line 1:"), "{}", error(json));
     }
 }

@@ -5,11 +5,11 @@ use super::locked;
 use dsr_domain::messages::DomainEvent;
 use dsr_domain::ports::{ChannelError, EventOutbox};
 use dsr_domain::registry::{CollectFrom, RegisteredService};
+use dsr_domain::report::export::{ExportAnswer, ExportOutcome};
 use dsr_domain::report::{
     Collected, CollectionResumes, ReportSources, ReportStore, ReportUpload, SourceError,
-    StagedSource, StorageError,
+    SourceQuery, StagedSource, StorageError,
 };
-use dsr_domain::SubjectId;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -33,6 +33,10 @@ pub struct FakeSources {
     calls: Mutex<HashMap<String, u32>>,
     /// Per source: how long a collection takes (past the budget it fails).
     slow: Mutex<HashMap<String, std::time::Duration>>,
+    /// Answers to exports over RabbitMQ, as kept.
+    answers: Mutex<Vec<ExportAnswer>>,
+    /// Exports over RabbitMQ asked for: (request, service, job).
+    commands: Mutex<Vec<(String, String, String)>>,
 }
 
 impl FakeSources {
@@ -52,6 +56,11 @@ impl FakeSources {
     /// `service` is an asynchronous export, ready on the `polls`th poll after its start.
     pub fn export(&self, service: &str, polls: u32) {
         locked(&self.exports).insert(service.to_owned(), polls);
+    }
+
+    /// The `export_subject` commands sent so far: (request, service, job).
+    pub fn export_commands(&self) -> Vec<(String, String, String)> {
+        locked(&self.commands).clone()
     }
 
     /// Calls made to `service` so far.
@@ -75,19 +84,68 @@ impl FakeSources {
 }
 
 impl ReportSources for FakeSources {
+    async fn record_answer(&self, answer: &ExportAnswer) -> Result<(), StorageError> {
+        locked(&self.answers).push(answer.clone());
+        Ok(())
+    }
+
     async fn collect(
         &self,
         service: &RegisteredService,
-        _how: &CollectFrom,
-        subject: &SubjectId,
+        how: &CollectFrom,
+        query: SourceQuery<'_>,
         dir: &Path,
-        job: Option<&str>,
         budget: std::time::Duration,
     ) -> Result<Collected, SourceError> {
+        let (subject, job) = (query.subject, query.job);
         let fail = |reason: String| SourceError {
             service: service.name.clone(),
             reason,
         };
+        if let CollectFrom::Rabbitmq { poll_seconds, .. } = how {
+            // A command, then whatever answer was kept for its job.
+            let poll_after = std::time::Duration::from_secs(*poll_seconds);
+            let Some(job) = job else {
+                let job = ulid::Ulid::new().to_string();
+                locked(&self.commands).push((
+                    query.request.to_string(),
+                    service.name.to_string(),
+                    job.clone(),
+                ));
+                return Ok(Collected::Exporting { job, poll_after });
+            };
+            let answer = locked(&self.answers)
+                .iter()
+                .find(|a| a.job == job && a.service == service.name)
+                .cloned();
+            let records = match answer {
+                None => {
+                    return Ok(Collected::Exporting {
+                        job: job.to_owned(),
+                        poll_after,
+                    })
+                }
+                Some(answer) if answer.outcome == ExportOutcome::Failed => {
+                    return Err(fail(format!(
+                        "the service could not export: {}",
+                        answer.reason.unwrap_or_default()
+                    )))
+                }
+                Some(answer) => answer.records,
+            };
+            let path = dir.join(format!("{}.ndjson", service.name));
+            let mut file = std::fs::File::create(&path).map_err(|e| fail(e.to_string()))?;
+            for record in &records {
+                writeln!(file, "{record}").map_err(|e| fail(e.to_string()))?;
+            }
+            return Ok(Collected::Staged(StagedSource {
+                name: service.name.clone(),
+                description: service.description.clone(),
+                records: path,
+                record_count: records.len() as u64,
+                files: Vec::new(),
+            }));
+        }
         *locked(&self.calls)
             .entry(service.name.to_string())
             .or_default() += 1;

@@ -19,6 +19,7 @@
 
 pub mod archive;
 mod cells;
+pub mod export;
 pub mod html;
 pub mod ports;
 pub mod progress;
@@ -38,7 +39,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use futures::StreamExt;
 pub use ports::{
     Collected, CollectionResumes, ReportSources, ReportStore, ReportUpload, SourceError,
-    StagedFile, StagedSource, StorageError,
+    SourceQuery, StagedFile, StagedSource, StorageError,
 };
 use progress::{collection_state, CollectionState, SourceProgress};
 use std::path::{Path, PathBuf};
@@ -110,6 +111,14 @@ pub enum WorkOutcome {
     },
     /// Another worker took the request over; this one's work was discarded.
     FencedOut,
+}
+
+/// What became of a holder's export answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answered {
+    Refused(export::Refusal),
+    /// Kept, and the request worked on.
+    Worked(WorkOutcome),
 }
 
 /// The store or the outbox could not be reached: the message comes back later.
@@ -211,7 +220,45 @@ where
     /// Works on request `id`, if it is this worker's: collects what is due, then assembles the
     /// report, fails the request, or hands it on.
     pub async fn generate(&self, id: RequestId) -> Result<WorkOutcome, ReportError> {
-        let started = self.clock.now();
+        self.work_under(id, self.clock.now()).await
+    }
+
+    /// A holder's answer to an export over RabbitMQ (sent by `origin`): kept where the
+    /// collection finds it, then the request is worked on at once (a source waiting on a
+    /// holder's answer is looked at whenever its request is). If another worker holds the
+    /// request, it comes back in a few seconds through delayed dispatch.
+    pub async fn answered(
+        &self,
+        answer: &export::ExportAnswer,
+        origin: &crate::messages::Origin,
+    ) -> Result<Answered, ReportError> {
+        let request = self.store.get(answer.request_id).await?;
+        if let Err(refusal) = export::check_answer(&self.registry, answer, origin, request.as_ref())
+        {
+            return Ok(Answered::Refused(refusal));
+        }
+        self.sources.record_answer(answer).await?;
+        tracing::info!(request_id = %answer.request_id, source = %answer.service, outcome = ?answer.outcome, records = answer.records.len(), "export answer kept");
+        let outcome = match self.generate(answer.request_id).await? {
+            WorkOutcome::Busy { .. } => {
+                let until = self.clock.now() + Duration::seconds(10);
+                self.resumes.resume_at(answer.request_id, until).await?;
+                WorkOutcome::Waiting {
+                    until,
+                    errors: Vec::new(),
+                }
+            }
+            outcome => outcome,
+        };
+        Ok(Answered::Worked(outcome))
+    }
+
+    /// Takes request `id` if it is free, and works on it (`started`: when this began).
+    async fn work_under(
+        &self,
+        id: RequestId,
+        started: DateTime<Utc>,
+    ) -> Result<WorkOutcome, ReportError> {
         let lease = match self
             .worker
             .take(
@@ -286,6 +333,19 @@ where
             tracing::info!(request_id = %id, cleaned, "removed what an earlier worker left");
         }
         let mut sources = self.plan(lease.request());
+        // A holder's answer over RabbitMQ may be in whenever the request is worked on (its
+        // answer message, or any other, woke it): looking costs a read, not a call to anyone.
+        for source in sources.iter_mut() {
+            let over_amqp = self.registry.service(&source.service).is_some_and(|s| {
+                matches!(
+                    s.collect,
+                    Some(crate::registry::CollectFrom::Rabbitmq { .. })
+                )
+            });
+            if over_amqp && source.status == progress::SourceStatus::Exporting {
+                source.next_at = None;
+            }
+        }
         std::fs::create_dir_all(&self.settings.staging_dir).map_err(AttemptError::Staging)?;
         let staging =
             tempfile::tempdir_in(&self.settings.staging_dir).map_err(AttemptError::Staging)?;
@@ -411,10 +471,12 @@ where
             let budget = self.settings.time_budget;
             let subject = &request.subject;
             running.push(Either::Left(async move {
-                let collected = self
-                    .sources
-                    .collect(service, how, subject, dir, job.as_deref(), budget)
-                    .await;
+                let query = SourceQuery {
+                    request: request.id,
+                    subject,
+                    job: job.as_deref(),
+                };
+                let collected = self.sources.collect(service, how, query, dir, budget).await;
                 Event::Collected(index, service, collected)
             }));
         }

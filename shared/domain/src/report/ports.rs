@@ -49,21 +49,36 @@ pub enum Collected {
     },
 }
 
+/// Whose data one collection call is for.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceQuery<'a> {
+    pub request: crate::request::RequestId,
+    pub subject: &'a SubjectId,
+    /// The export this source started earlier, if it is one.
+    pub job: Option<&'a str>,
+}
+
 /// The services in the registry that hold data to report, each read its own way (DynamoDB,
-/// HTTP API, search index, S3 prefix, a third party's asynchronous export).
+/// HTTP API, search index, S3 prefix, a third party's asynchronous export, an export over
+/// RabbitMQ).
 pub trait ReportSources: Send + Sync {
-    /// Collects `service`'s data about `subject` into `dir` (which exists), within `budget`
-    /// (past it the call fails: the invocation's time is up). `job` is the export this source
-    /// started earlier, if it is one.
+    /// Collects `service`'s data about the query's subject into `dir` (which exists), within
+    /// `budget` (past it the call fails: the invocation's time is up).
     fn collect(
         &self,
         service: &RegisteredService,
         how: &CollectFrom,
-        subject: &SubjectId,
+        query: SourceQuery<'_>,
         dir: &Path,
-        job: Option<&str>,
         budget: std::time::Duration,
     ) -> impl Future<Output = Result<Collected, SourceError>> + Send;
+
+    /// Keeps a holder's answer to an export over RabbitMQ where the next collection of its
+    /// source finds it (checked by [`super::export::check_answer`] first).
+    fn record_answer(
+        &self,
+        answer: &super::export::ExportAnswer,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
 
 /// Hands a collection that is waiting on its sources to a later invocation: delivers the
@@ -128,14 +143,18 @@ impl<T: ReportSources> ReportSources for Arc<T> {
         &self,
         service: &RegisteredService,
         how: &CollectFrom,
-        subject: &SubjectId,
+        query: SourceQuery<'_>,
         dir: &Path,
-        job: Option<&str>,
         budget: std::time::Duration,
     ) -> Result<Collected, SourceError> {
-        (**self)
-            .collect(service, how, subject, dir, job, budget)
-            .await
+        (**self).collect(service, how, query, dir, budget).await
+    }
+
+    async fn record_answer(
+        &self,
+        answer: &super::export::ExportAnswer,
+    ) -> Result<(), StorageError> {
+        (**self).record_answer(answer).await
     }
 }
 

@@ -78,18 +78,21 @@ where
             .collectable()
             // An asynchronous export takes minutes to days: it is not read again here.
             .filter(|(service, how)| {
-                service.erase.is_some() && !matches!(how, CollectFrom::Export { .. })
+                service.erase.is_some()
+                    && !matches!(
+                        how,
+                        CollectFrom::Export { .. } | CollectFrom::Rabbitmq { .. }
+                    )
             })
             .collect();
+        let query = crate::report::SourceQuery {
+            request: request.id,
+            subject: &request.subject,
+            job: None,
+        };
         let read = futures::future::try_join_all(holders.iter().map(|(service, how)| {
-            self.sources.collect(
-                service,
-                how,
-                &request.subject,
-                staging.path(),
-                None,
-                READ_BUDGET,
-            )
+            self.sources
+                .collect(service, how, query, staging.path(), READ_BUDGET)
         }))
         .await?;
         let read: Vec<_> = read
@@ -137,6 +140,8 @@ impl<T: VerificationResults> VerificationResults for std::sync::Arc<T> {
 pub enum ReportWork {
     Access(crate::RequestMessage),
     Verify(VerifyErasure),
+    /// A holder's answer to an export over RabbitMQ (`"type": "export_answer"`).
+    Answer(crate::report::export::ExportAnswer),
 }
 
 impl<'de> serde::Deserialize<'de> for ReportWork {
@@ -159,9 +164,62 @@ impl<'de> serde::Deserialize<'de> for ReportWork {
             sent_at: Option<chrono::DateTime<chrono::Utc>>,
             #[serde(default)]
             requested_at: Option<chrono::DateTime<chrono::Utc>>,
+            #[serde(default)]
+            service: Option<crate::ServiceName>,
+            #[serde(default)]
+            job: Option<String>,
+            #[serde(default)]
+            outcome: Option<crate::report::export::ExportOutcome>,
+            #[serde(default)]
+            records: Option<Vec<serde_json::Value>>,
+            #[serde(default)]
+            reason: Option<String>,
         }
+        use crate::report::export::ExportAnswer;
         let wire = Wire::deserialize(deserializer)?;
+        let answer_fields = [
+            ("service", wire.service.is_some()),
+            ("job", wire.job.is_some()),
+            ("outcome", wire.outcome.is_some()),
+            ("records", wire.records.is_some()),
+            ("reason", wire.reason.is_some()),
+        ];
+        if wire.verify.as_deref() != Some(ExportAnswer::KIND) {
+            if let Some((field, _)) = answer_fields.iter().find(|(_, present)| *present) {
+                return Err(D::Error::unknown_field(field, &["type", "request_id"]));
+            }
+        }
         match wire.verify {
+            Some(kind) if kind == ExportAnswer::KIND => {
+                if let Some(field) = [
+                    ("kind", wire.kind.is_some()),
+                    ("sent_at", wire.sent_at.is_some()),
+                    ("requested_at", wire.requested_at.is_some()),
+                ]
+                .iter()
+                .find_map(|(field, present)| present.then_some(*field))
+                {
+                    return Err(D::Error::unknown_field(
+                        field,
+                        &["service", "job", "outcome", "records", "reason"],
+                    ));
+                }
+                Ok(ReportWork::Answer(ExportAnswer {
+                    version: wire.version,
+                    answer_type: kind,
+                    message_id: wire.message_id,
+                    request_id: wire.request_id,
+                    service: wire
+                        .service
+                        .ok_or_else(|| D::Error::missing_field("service"))?,
+                    job: wire.job.ok_or_else(|| D::Error::missing_field("job"))?,
+                    outcome: wire
+                        .outcome
+                        .ok_or_else(|| D::Error::missing_field("outcome"))?,
+                    records: wire.records.unwrap_or_default(),
+                    reason: wire.reason,
+                }))
+            }
             Some(kind) if kind == VerifyErasure::KIND => {
                 if wire.kind.is_some() || wire.sent_at.is_some() {
                     return Err(D::Error::custom(
@@ -179,8 +237,9 @@ impl<'de> serde::Deserialize<'de> for ReportWork {
                 }))
             }
             Some(kind) => Err(D::Error::custom(format!(
-                "unknown message type `{kind}`; this queue takes request messages and `{}`",
-                VerifyErasure::KIND
+                "unknown message type `{kind}`; this queue takes request messages, `{}` and `{}`",
+                VerifyErasure::KIND,
+                ExportAnswer::KIND
             ))),
             None => {
                 if wire.requested_at.is_some() {
@@ -202,17 +261,19 @@ impl<'de> serde::Deserialize<'de> for ReportWork {
 
 impl crate::messages::QueueMessage for ReportWork {
     const VERSION: u32 = 1;
-    const NAME: &'static str = "a request message or an erasure verification";
+    const NAME: &'static str = "a request message, an erasure verification or an export answer";
     fn version(&self) -> u32 {
         match self {
             ReportWork::Access(m) => m.version,
             ReportWork::Verify(v) => v.version,
+            ReportWork::Answer(a) => a.version,
         }
     }
     fn request_id(&self) -> Option<crate::RequestId> {
         Some(match self {
             ReportWork::Access(m) => m.request_id,
             ReportWork::Verify(v) => v.request_id,
+            ReportWork::Answer(a) => a.request_id,
         })
     }
 }
