@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure Node.js and the CDK app's packages (package-lock.json) are installed.
+# Makes sure Node.js and the packages of the CDK app and of the AsyncAPI check (each from its
+# package-lock.json) are installed.
 set -euo pipefail
 cdk_dir=$(cd "$(dirname "$0")" && pwd)
 . "$cdk_dir/../local/lib.sh"
@@ -9,10 +10,13 @@ if ! command -v npm >/dev/null; then
     || { as_root apt-get update -q >/dev/null \
       && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null; }
 fi
-stamp="$cdk_dir/node_modules/.lock.sha256"
-want=$(sha256sum "$cdk_dir/package-lock.json" | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "installing the CDK app's packages (aws-cdk-lib, the cdk CLI) into infra/cdk/node_modules"
-  (cd "$cdk_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-  echo "$want" >"$stamp"
-fi
+# The CDK app's packages, and the AsyncAPI parser the tests validate docs/asyncapi.yaml with.
+for dir in "$cdk_dir" "$cdk_dir/../asyncapi"; do
+  stamp="$dir/node_modules/.lock.sha256"
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing the packages of $(basename "$(cd "$dir" && pwd)") (package-lock.json) into its node_modules"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$want" >"$stamp"
+  fi
+done

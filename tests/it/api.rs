@@ -55,6 +55,7 @@ async fn a_submission_is_stored_and_queued_on_the_queue_of_its_kind() {
     assert_eq!(access.len(), 1);
     let message: Value = serde_json::from_str(access[0].body().unwrap()).unwrap();
     assert_message(&message);
+    crate::asyncapi::assert_on_channel("accessRequests", &message);
     assert_eq!(
         (message["request_id"].as_str(), message["kind"].as_str()),
         (Some(id.as_str()), Some("access"))

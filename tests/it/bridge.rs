@@ -295,11 +295,13 @@ async fn inbound_confirmations_and_schedule_requests_reach_sqs_and_garbage_is_de
     let id = dsr_domain::RequestId::new_at(chrono::Utc::now()).to_string();
     let good_confirmation = confirmation(&id);
     assert_message(&good_confirmation);
+    crate::asyncapi::assert_on_channel("confirmations", &good_confirmation);
     let target = app.queue_url("AccessRequestsDeadLetterQueue");
     let schedule = json!({"action": "schedule", "version": 1, "key": format!("{name}-k1"),
         "deliver_at": "2030-01-01T00:00:00Z", "destination": {"kind": "sqs", "queue_url": target},
         "payload": {"hello": "later"}});
     assert_message(&schedule);
+    crate::asyncapi::assert_on_channel("schedule", &schedule);
     publish_to(
         &channel,
         &topology.confirmations_exchange,

@@ -347,6 +347,7 @@ async fn an_erasure_reaches_every_service_and_the_email_service_is_erased_last_a
         let events = rig.events_of(&id, kind);
         assert_eq!(events.len(), 1, "{kind}: {events:#?}");
         assert_message(&events[0]);
+        crate::asyncapi::assert_on_channel("events", &events[0]);
     }
     let audit = rig.audit(&id).await;
     for state in ["awaiting_confirmations", "notifying", "completed"] {

@@ -91,6 +91,8 @@ async fn a_holder_that_speaks_only_amqp_appears_in_the_access_report_by_answer_o
         assert_eq!(command["request_id"], id.as_str());
         assert_eq!(command["subject"], subject.as_str());
         assert_message(command);
+        crate::asyncapi::assert_on_channel("commands", command);
+        crate::asyncapi::assert_on_channel("holderQueue", command);
     }
     let answered = eventually(Duration::from_secs(5), async || {
         answers.lock().unwrap().len() >= 2
@@ -114,6 +116,7 @@ async fn a_holder_that_speaks_only_amqp_appears_in_the_access_report_by_answer_o
     );
     for answer in &answers {
         assert_message(answer);
+        crate::asyncapi::assert_on_channel("confirmations", answer);
     }
 
     // What the holders answered was staging: gone with the report made.

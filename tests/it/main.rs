@@ -3,6 +3,7 @@
 //! stack from template.yaml under a unique name, so the suite runs in parallel.
 
 mod api;
+mod asyncapi;
 mod bridge;
 mod burst;
 mod calls;
