@@ -12,7 +12,7 @@ ensure_venv() {
   if [ -x "$venv/bin/moto_server" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return
   fi
-  log "installing requirements.txt (moto, cfn-lint, cargo-lambda, the bench peer) into $venv"
+  log "installing requirements.txt (moto, cfn-lint, cargo-lambda, the bench peer, pika) into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
   echo "$want" >"$stamp"

@@ -138,3 +138,143 @@ async fn a_holder_that_speaks_only_amqp_appears_in_the_access_report_by_answer_o
     .await;
     assert!(gone, "staging removed");
 }
+
+/// The example holders of docs/holders.md, in Python (pika, run as the guide says) and in Rust
+/// (lapin), registered in a registry of their own as the guide says, against the whole local
+/// stack: read over RabbitMQ into a report, erased, confirmed, and empty afterwards.
+#[tokio::test]
+async fn the_example_holders_of_the_guide_work_against_the_local_stack_on_the_first_try() {
+    let namespace = unique_name();
+    let registry = "services:
+  - name: ledger-py
+    description: The Python example holder.
+    broker_user: dsr-example-py
+    collect: { kind: rabbitmq, routing_key: export.ledger-py }
+    erase: { via: { kind: rabbitmq, routing_key: erasure.ledger-py } }
+  - name: ledger-rs
+    description: The Rust example holder.
+    broker_user: dsr-example-rs
+    collect: { kind: rabbitmq, routing_key: export.ledger-rs }
+    erase: { via: { kind: rabbitmq, routing_key: erasure.ledger-rs } }
+";
+    // What `make run` does with a custom registry: its broker users exist locally.
+    dsr_local::broker_users::ensure(
+        &dsr_domain::registry::ServiceRegistry::parse(registry).unwrap(),
+    );
+    let ns = namespace.clone();
+    let app = crate::helpers::spawn_app_with(move |s| {
+        s.consume_work_queues = true;
+        s.registry = Some(registry.to_owned());
+        s.dispatch_every = Duration::from_millis(500);
+        s.parameters.insert("RabbitMqNamespace".into(), ns);
+        s.parameters
+            .insert("ErasureGraceSeconds".into(), "1".into());
+    })
+    .await;
+    let subject = format!("guide-{}", unique_name());
+
+    // Python, as the guide runs it.
+    let venv = std::env::var("DSR_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/gdpr-dsr/venv", std::env::var("HOME").unwrap()));
+    let store = tempfile::tempdir().unwrap();
+    let _python = tokio::process::Command::new(format!("{venv}/bin/python"))
+        .arg(crate::helpers::repo_path("docs/holders/python/holder.py"))
+        .args(["--seed", &subject])
+        .env(
+            "AMQP_URL",
+            "amqp://dsr-example-py:dsr-example-py@127.0.0.1:5672/%2f",
+        )
+        .env("RABBITMQ_NAMESPACE", &namespace)
+        .env("HOLDER_SERVICE", "ledger-py")
+        .env("HOLDER_BROKER_USER", "dsr-example-py")
+        .env("HOLDER_DB", store.path().join("ledger-py.sqlite3"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the venv's python (make test installs pika into it)");
+    // Rust, as its main does.
+    let rust_store: &'static dsr_example_holder::Store = Box::leak(Box::default());
+    rust_store.seed(&subject);
+    let rust = tokio::spawn(dsr_example_holder::serve(
+        dsr_example_holder::Settings {
+            amqp_url: "amqp://dsr-example-rs:dsr-example-rs@127.0.0.1:5672/%2f".into(),
+            namespace: namespace.clone(),
+            service: "ledger-rs".into(),
+            broker_user: "dsr-example-rs".into(),
+        },
+        rust_store,
+    ));
+    let conn = lapin::Connection::connect(
+        crate::bridge::LOCAL_BROKER,
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let queues = [
+        format!("{namespace}.svc.ledger-py"),
+        format!("{namespace}.svc.ledger-rs"),
+    ];
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    assert!(
+        crate::helpers::consumed(&conn, &queues, Duration::from_secs(30)).await,
+        "the holders consume their queues"
+    );
+
+    let records = async |kind_id: &str| -> Value {
+        let mut last = Value::Null;
+        let done = eventually(Duration::from_secs(60), async || {
+            last = app
+                .get(&subject, &format!("/v1/requests/{kind_id}"))
+                .await
+                .body;
+            last["state"] == "failed"
+                || (last["state"] == "report_ready"
+                    && last["sources"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().all(|s| s["status"] == "collected")))
+        })
+        .await;
+        assert!(done && last["state"] == "report_ready", "{last:#}");
+        last
+    };
+    let count = |view: &Value, name: &str| {
+        view["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["records"].as_u64())
+    };
+    let before = app.submit(&subject, "access").await;
+    let before = records(before.body["id"].as_str().unwrap()).await;
+    assert_eq!(count(&before, "ledger-py"), Some(2), "{before:#}");
+    assert_eq!(count(&before, "ledger-rs"), Some(2), "{before:#}");
+
+    let erasure = app.submit(&subject, "erasure").await;
+    let erasure = erasure.body["id"].as_str().unwrap().to_owned();
+    let mut last = Value::Null;
+    let completed = eventually(Duration::from_secs(60), async || {
+        last = app
+            .get(&subject, &format!("/v1/requests/{erasure}"))
+            .await
+            .body;
+        last["state"] == "completed"
+    })
+    .await;
+    assert!(completed, "{last:#}");
+    let confirmed: Vec<&str> = last["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "confirmed")
+        .map(|s| s["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(confirmed, ["dsr-reports", "ledger-py", "ledger-rs"], "{last:#}");
+    assert!(rust_store.records.lock().unwrap().is_empty());
+
+    let after = app.submit(&subject, "access").await;
+    assert_eq!(after.status, 202, "{}", after.body);
+    let after = records(after.body["id"].as_str().unwrap()).await;
+    assert_eq!(count(&after, "ledger-py"), Some(0), "{after:#}");
+    assert_eq!(count(&after, "ledger-rs"), Some(0), "{after:#}");
+    rust.abort();
+}
