@@ -172,6 +172,8 @@ async fn the_example_holders_of_the_guide_work_against_the_local_stack_on_the_fi
     })
     .await;
     let subject = format!("guide-{}", unique_name());
+    // A second subject for dsr-holder-check, which erases what it finds.
+    let checked = format!("checked-{}", unique_name());
 
     // Python, as the guide runs it.
     let venv = std::env::var("DSR_VENV")
@@ -179,7 +181,7 @@ async fn the_example_holders_of_the_guide_work_against_the_local_stack_on_the_fi
     let store = tempfile::tempdir().unwrap();
     let _python = tokio::process::Command::new(format!("{venv}/bin/python"))
         .arg(crate::helpers::repo_path("docs/holders/python/holder.py"))
-        .args(["--seed", &subject])
+        .args(["--seed", &subject, &checked])
         .env(
             "AMQP_URL",
             "amqp://dsr-example-py:dsr-example-py@127.0.0.1:5672/%2f",
@@ -194,6 +196,7 @@ async fn the_example_holders_of_the_guide_work_against_the_local_stack_on_the_fi
     // Rust, as its main does.
     let rust_store: &'static dsr_example_holder::Store = Box::leak(Box::default());
     rust_store.seed(&subject);
+    rust_store.seed(&checked);
     let rust = tokio::spawn(dsr_example_holder::serve(
         dsr_example_holder::Settings {
             amqp_url: "amqp://dsr-example-rs:dsr-example-rs@127.0.0.1:5672/%2f".into(),
@@ -218,6 +221,22 @@ async fn the_example_holders_of_the_guide_work_against_the_local_stack_on_the_fi
         crate::helpers::consumed(&conn, &queues, Duration::from_secs(30)).await,
         "the holders consume their queues"
     );
+
+    // dsr-holder-check, as a holder team runs it, passes both.
+    let parsed = dsr_domain::registry::ServiceRegistry::parse(registry).unwrap();
+    for service in ["ledger-py", "ledger-rs"] {
+        let checks = dsr_holder_check::run(&check_settings(&namespace, service, &checked), &parsed)
+            .await
+            .unwrap();
+        let table = dsr_holder_check::table(&checks);
+        println!("{service}:\n{table}");
+        assert!(dsr_holder_check::all_passed(&checks), "{service}:\n{table}");
+        assert!(
+            checks.iter().all(|c| c.passed == Some(true)),
+            "nothing skipped:\n{table}"
+        );
+        assert!(checks[1].detail.contains("2 records"), "{table}");
+    }
 
     let records = async |kind_id: &str| -> Value {
         let mut last = Value::Null;
@@ -268,7 +287,11 @@ async fn the_example_holders_of_the_guide_work_against_the_local_stack_on_the_fi
         .filter(|s| s["status"] == "confirmed")
         .map(|s| s["service"].as_str().unwrap())
         .collect();
-    assert_eq!(confirmed, ["dsr-reports", "ledger-py", "ledger-rs"], "{last:#}");
+    assert_eq!(
+        confirmed,
+        ["dsr-reports", "ledger-py", "ledger-rs"],
+        "{last:#}"
+    );
     assert!(rust_store.records.lock().unwrap().is_empty());
 
     let after = app.submit(&subject, "access").await;
@@ -277,4 +300,110 @@ async fn the_example_holders_of_the_guide_work_against_the_local_stack_on_the_fi
     assert_eq!(count(&after, "ledger-py"), Some(0), "{after:#}");
     assert_eq!(count(&after, "ledger-rs"), Some(0), "{after:#}");
     rust.abort();
+}
+
+fn check_settings(namespace: &str, service: &str, subject: &str) -> dsr_holder_check::Settings {
+    dsr_holder_check::Settings {
+        amqp_url: crate::bridge::LOCAL_BROKER.into(),
+        namespace: namespace.into(),
+        service: service.into(),
+        subject: subject.into(),
+        within: Duration::from_secs(10),
+        upload_listen: "127.0.0.1:0".parse().unwrap(),
+        upload_base_url: None,
+    }
+}
+
+/// `dsr-holder-check` against the demo's holders (each as it is) and against broken ones: one
+/// that acts on a command twice and loses what it cannot read, one that answers without its
+/// broker user. The table says which check failed and why.
+#[tokio::test]
+async fn dsr_holder_check_passes_the_demo_holders_and_fails_broken_ones_with_a_clear_table() {
+    let namespace = unique_name();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let services = dsr_local::erasing_services::start(
+        crate::bridge::LOCAL_BROKER,
+        &namespace,
+        "127.0.0.1:0".parse().unwrap(),
+        stopped,
+    )
+    .await
+    .unwrap();
+    let registry = dsr_domain::registry::ServiceRegistry::parse(&format!(
+        "services:\n{}",
+        services.registry_entries(60, 3, &["billing", "profile", "viewing-history"])
+    ))
+    .unwrap();
+    let behaviour = |name: &str| &services.service(name).behaviour;
+    behaviour("viewing-history")
+        .uploads_exports
+        .store(true, Ordering::SeqCst);
+    behaviour("billing")
+        .not_idempotent
+        .store(true, Ordering::SeqCst);
+    behaviour("billing")
+        .acks_unreadable
+        .store(true, Ordering::SeqCst);
+    behaviour("profile")
+        .anonymous_answers
+        .store(true, Ordering::SeqCst);
+    let subject = format!("checked-{}", unique_name());
+    services.seed(&subject);
+    let check = async |service: &str| {
+        let checks =
+            dsr_holder_check::run(&check_settings(&namespace, service, &subject), &registry)
+                .await
+                .unwrap();
+        let table = dsr_holder_check::table(&checks);
+        println!("{service}:\n{table}");
+        (checks, table)
+    };
+    let row = |checks: &[dsr_holder_check::Check], name: &str| {
+        checks
+            .iter()
+            .find(|c| c.name.starts_with(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {name}"))
+    };
+
+    // As they are: every check passes (email is erased over RabbitMQ but read over HTTP).
+    let (checks, table) = check("viewing-history").await;
+    assert!(dsr_holder_check::all_passed(&checks), "{table}");
+    assert!(
+        row(&checks, "export_subject answered")
+            .detail
+            .contains("2 records (uploaded)"),
+        "{table}"
+    );
+    let (checks, table) = check("email").await;
+    assert!(dsr_holder_check::all_passed(&checks), "{table}");
+    assert_eq!(
+        row(&checks, "export_subject answered").passed,
+        None,
+        "{table}"
+    );
+
+    // Acts twice on one idempotency key, and acknowledges what it cannot read.
+    let (checks, table) = check("billing").await;
+    assert!(!dsr_holder_check::all_passed(&checks), "{table}");
+    assert_eq!(
+        row(&checks, "erase_subject confirmed").passed,
+        Some(true),
+        "{table}"
+    );
+    let twice = row(&checks, "the same erase_subject again");
+    assert_eq!(twice.passed, Some(false), "{table}");
+    assert!(twice.detail.contains("acted on twice"), "{table}");
+    let lost = row(&checks, "what it cannot read");
+    assert_eq!(lost.passed, Some(false), "{table}");
+    assert!(lost.detail.contains("0 of 2"), "{table}");
+    assert!(table.contains("| FAIL "), "{table}");
+
+    // Answers without its broker user: none of its answers counts.
+    let (checks, table) = check("profile").await;
+    for name in ["export_subject answered", "erase_subject confirmed"] {
+        let failed = row(&checks, name);
+        assert_eq!(failed.passed, Some(false), "{table}");
+        assert!(failed.detail.contains("not its broker user"), "{table}");
+    }
 }

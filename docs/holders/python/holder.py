@@ -6,7 +6,7 @@ what it cannot read.
 
     pip install pika==1.3.2
     AMQP_URL=amqp://svc-ledger:secret@127.0.0.1:5672/%2f HOLDER_SERVICE=ledger \
-    HOLDER_BROKER_USER=svc-ledger python3 holder.py [--seed alice]
+    HOLDER_BROKER_USER=svc-ledger python3 holder.py [--seed alice bob ...]
 """
 
 import json
@@ -153,8 +153,9 @@ def serve(db):
 
 def main():
     db = open_store()
-    if len(sys.argv) == 3 and sys.argv[1] == "--seed":
-        seed(db, sys.argv[2])
+    if len(sys.argv) >= 3 and sys.argv[1] == "--seed":
+        for subject in sys.argv[2:]:
+            seed(db, subject)
     while True:
         try:
             serve(db)

@@ -45,6 +45,13 @@ pub struct Behaviour {
     /// Answers `export_subject` by uploading its records to the command's URL (as a service
     /// with much data does) instead of putting them in the answer.
     pub uploads_exports: AtomicBool,
+    /// Broken on purpose (for `dsr-holder-check`): acts on every command, however often its
+    /// idempotency key came before.
+    pub not_idempotent: AtomicBool,
+    /// Broken on purpose: acknowledges what it cannot read (lost) instead of dead-lettering it.
+    pub acks_unreadable: AtomicBool,
+    /// Broken on purpose: publishes its answers without `user_id`.
+    pub anonymous_answers: AtomicBool,
 }
 
 /// One service's data and what happened to it.
@@ -432,6 +439,12 @@ async fn consume_on(
             }
             Some(_) => false,
         };
+        if unreadable && service.behaviour.acks_unreadable.load(Ordering::SeqCst) {
+            patience
+                .step("acknowledging", delivery.ack(BasicAckOptions::default()))
+                .await?;
+            continue;
+        }
         if unreadable {
             tracing::warn!(service = %service.name, "fake service: a message it cannot read, dead-lettered");
             patience
@@ -454,13 +467,17 @@ async fn consume_on(
                                 format!("export.{}", service.name).as_str().into(),
                                 BasicPublishOptions::default(),
                                 answer.to_string().as_bytes(),
-                                BasicProperties::default()
-                                    .with_message_id(
-                                        format!("answer:{}", command.message_id).as_str().into(),
-                                    )
-                                    .with_user_id(broker_user(&service.name).as_str().into())
-                                    .with_content_type("application/json".into())
-                                    .with_delivery_mode(2),
+                                signed(
+                                    service,
+                                    BasicProperties::default()
+                                        .with_message_id(
+                                            format!("answer:{}", command.message_id)
+                                                .as_str()
+                                                .into(),
+                                        )
+                                        .with_content_type("application/json".into())
+                                        .with_delivery_mode(2),
+                                ),
                             )
                             .await?
                             .await
@@ -479,7 +496,8 @@ async fn consume_on(
             lock(&service.commands).push(command.message_id.clone());
             let first = {
                 let mut erasures = lock(&service.erasures);
-                let seen = erasures.iter().any(|(k, _)| *k == command.idempotency_key);
+                let seen = erasures.iter().any(|(k, _)| *k == command.idempotency_key)
+                    && !service.behaviour.not_idempotent.load(Ordering::SeqCst);
                 if !seen {
                     erasures.push((command.idempotency_key.clone(), Utc::now()));
                 }
@@ -531,16 +549,18 @@ async fn consume_on(
                                     format!("confirmation.{}", service.name).as_str().into(),
                                     BasicPublishOptions::default(),
                                     confirmation.to_string().as_bytes(),
-                                    BasicProperties::default()
-                                        .with_message_id(
-                                            format!("confirmation:{}", command.message_id)
-                                                .as_str()
-                                                .into(),
-                                        )
-                                        // Who is confirming: RabbitMQ refuses a user_id that is
-                                        // not the connection's own, so this cannot be forged.
-                                        .with_user_id(broker_user(&service.name).as_str().into())
-                                        .with_delivery_mode(2),
+                                    // Who is confirming: RabbitMQ refuses a user_id that is
+                                    // not the connection's own, so this cannot be forged.
+                                    signed(
+                                        service,
+                                        BasicProperties::default()
+                                            .with_message_id(
+                                                format!("confirmation:{}", command.message_id)
+                                                    .as_str()
+                                                    .into(),
+                                            )
+                                            .with_delivery_mode(2),
+                                    ),
                                 )
                                 .await?
                                 .await
@@ -568,6 +588,16 @@ async fn consume_on(
         }
     }
     Err(anyhow::anyhow!("consumer ended"))
+}
+
+/// An answer's properties with the `user_id` of the service's broker user (none when it is
+/// broken so).
+fn signed(service: &ErasingService, properties: BasicProperties) -> BasicProperties {
+    if service.behaviour.anonymous_answers.load(Ordering::SeqCst) {
+        properties
+    } else {
+        properties.with_user_id(broker_user(&service.name).as_str().into())
+    }
 }
 
 /// The answer to an `export_subject`: the records in it, or uploaded to the command's URL
