@@ -18,13 +18,14 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help run test token ops stack emulator venv rabbitmq chromium node provision lint stop bench chaos package cdk
+.PHONY: help run test token ops holder-check stack emulator venv rabbitmq chromium node provision lint stop bench chaos package cdk
 
 help:
 	@echo "make run              run the whole service locally (API on http://127.0.0.1:3000)"
 	@echo "make test             run every test against the local stack"
 	@echo "make token SUB=alice  print a bearer token for subject alice (last line)"
 	@echo "make ops ARGS=stats   the operator CLI (dsr-ops) against the local stack"
+	@echo "make holder-check SERVICE=ledger  a holder's conformance to docs/holders.md (SUBJECT=, ARGS=)"
 	@echo "make lint             cargo fmt --check, clippy -D warnings, cfn-lint"
 	@echo "make package          every function's bootstrap as sam build makes it (arm64), sizes checked"
 	@echo "make cdk              the CDK app's template (infra/cdk), checked against template.yaml"
@@ -71,6 +72,12 @@ token:
 # The operator CLI against the local stack, e.g. make ops ARGS=stats, ARGS="show <id>".
 ops: emulator
 	@$(CARGO) run --quiet -p dsr-ops -- --local-stack $${DSR_STACK_NAME:-dsr-local} $(ARGS)
+
+# A holder's conformance (docs/holders.md) over the local broker; the registry from
+# SERVICE_REGISTRY_FILE, e.g. SERVICE_REGISTRY_FILE=my-registry.yaml make holder-check SERVICE=ledger
+holder-check:
+	@test -n "$(SERVICE)" || { echo "usage: make holder-check SERVICE=<registry name> [SUBJECT=<test subject>] [ARGS=...]" >&2; exit 2; }
+	$(CARGO) run --quiet -p dsr-holder-check -- --service "$(SERVICE)" $(if $(SUBJECT),--subject "$(SUBJECT)") $(ARGS)
 
 # The bulk delayed-dispatch test (10,000 messages due at once) keeps the emulator busy for
 # minutes, so it runs on its own after the parallel suite instead of slowing every other test.

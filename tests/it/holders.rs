@@ -407,3 +407,20 @@ async fn dsr_holder_check_passes_the_demo_holders_and_fails_broken_ones_with_a_c
         assert!(failed.detail.contains("not its broker user"), "{table}");
     }
 }
+
+/// The guide shows the example holders exactly as the tests run them.
+#[test]
+fn the_guide_shows_the_example_holders_as_they_are_tested() {
+    let guide = std::fs::read_to_string(crate::helpers::repo_path("docs/holders.md")).unwrap();
+    for file in [
+        "docs/holders/python/holder.py",
+        "docs/holders/rust/src/lib.rs",
+        "docs/holders/rust/src/main.rs",
+    ] {
+        let code = std::fs::read_to_string(crate::helpers::repo_path(file)).unwrap();
+        assert!(
+            guide.contains(&code),
+            "docs/holders.md does not show {file} as it is"
+        );
+    }
+}
