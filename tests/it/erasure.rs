@@ -55,6 +55,8 @@ pub struct RigSettings {
     pub call_counter: Option<dsr_local::call_count::CallCounter>,
     /// Holders whose data is read over RabbitMQ (`export_subject`) rather than over HTTP.
     pub over_amqp: Vec<&'static str>,
+    /// The vendor's rate limit in the registry (`max_per_second`).
+    pub vendor_per_second: u32,
 }
 
 impl Default for RigSettings {
@@ -74,6 +76,7 @@ impl Default for RigSettings {
             overrides: Vec::new(),
             call_counter: None,
             over_amqp: Vec::new(),
+            vendor_per_second: 20,
         }
     }
 }
@@ -100,7 +103,11 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
             &settings.over_amqp
         )
     )
-    .replace(VENDOR_PATH, settings.vendor_path);
+    .replace(VENDOR_PATH, settings.vendor_path)
+    .replace(
+        "max_per_second: 20",
+        &format!("max_per_second: {}", settings.vendor_per_second),
+    );
     let ns = namespace.clone();
     let registered = registry.clone();
     let app = spawn_app_with(move |s| {
@@ -498,6 +505,79 @@ async fn a_failing_third_party_api_is_retried_then_escalated() {
     );
     assert_eq!(view["state"], "awaiting_confirmations");
     assert!(rig.audit(&id).await.contains(&"escalated:ads".to_owned()));
+}
+
+/// Two function instances (two clients of their own) taking a vendor's slots at the same time,
+/// one call a second: every slot is a second after the one before, whoever took it (each
+/// instance pacing on its own would hand out the same times twice); a slot further away than a
+/// call may wait is not taken but named.
+#[tokio::test]
+async fn a_vendors_rate_limit_holds_across_function_instances() {
+    use dsr_adapters::dynamodb::{DynamoVendorPace, Slot};
+    let app = crate::helpers::spawn_app().await;
+    let aws = crate::helpers::aws().await;
+    let instance = || DynamoVendorPace::new(aws_sdk_dynamodb::Client::new(&aws), app.table());
+    let (one, two) = (instance(), instance());
+    let vendor = format!("ads-{}", unique_name());
+    let most_wait = std::time::Duration::from_secs(60);
+    let eight = async |pace: &DynamoVendorPace| {
+        let mut slots = Vec::new();
+        for _ in 0..8 {
+            match pace.take(&vendor, 1, most_wait).await.unwrap() {
+                Slot::At(at) => slots.push(at),
+                Slot::Later(after) => panic!("within the minute, not later: {after:?}"),
+            }
+        }
+        slots
+    };
+    let (mut slots, theirs) = tokio::join!(eight(&one), eight(&two));
+    slots.extend(theirs);
+    slots.sort();
+    let gaps: Vec<u128> = slots
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).unwrap().as_millis())
+        .collect();
+    assert!(
+        gaps.iter().all(|g| *g == 1000),
+        "gaps between slots (ms): {gaps:?}"
+    );
+    // Sixteen slots reach sixteen seconds ahead: a call that may wait a second gets none.
+    match one
+        .take(&vendor, 1, std::time::Duration::from_secs(1))
+        .await
+        .unwrap()
+    {
+        Slot::Later(after) => assert!(after > std::time::Duration::from_secs(14), "{after:?}"),
+        taken => panic!("{taken:?}"),
+    }
+}
+
+/// A vendor answering 429 with `Retry-After: 1` is called again a second later through delayed
+/// dispatch, not after the confirmation time (here five minutes).
+#[tokio::test]
+async fn a_vendor_answering_429_is_called_again_when_it_says() {
+    let rig = rig(RigSettings {
+        confirm_within_seconds: 300,
+        ..RigSettings::default()
+    })
+    .await;
+    rig.services.vendor.rate_limited.store(1, Ordering::SeqCst);
+    let subject = format!("slow-down-{}", unique_name());
+    let id = rig.submit_erasure(&subject).await;
+    let view = rig
+        .wait_for(&subject, &id, Duration::from_secs(60), completed)
+        .await;
+    let ads = service(&view, "ads");
+    assert_eq!(ads["commands_sent"], 2, "{view:#}");
+    assert_eq!(ads["status"], "confirmed");
+    assert_eq!(rig.services.vendor.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(rig.services.vendor.service.records(&subject), 0);
+    let times = rig.services.vendor.call_times.lock().unwrap().clone();
+    let waited = times[1].duration_since(times[0]);
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(30),
+        "called again after {waited:?}"
+    );
 }
 
 /// The vendor's obligation as stored, with its last error.

@@ -500,6 +500,43 @@ async fn a_failed_api_call_is_recorded_and_a_failed_answer_waits_for_the_resend(
 }
 
 #[tokio::test]
+async fn a_vendor_saying_not_now_is_asked_again_when_it_says_not_after_the_whole_confirmation_time()
+{
+    let f = fixture();
+    f.ports.answers.lock().unwrap().insert(
+        svc("ads"),
+        Delivery::Deferred {
+            reason: "the API answered 429 Too Many Requests".into(),
+            after: std::time::Duration::from_secs(30),
+        },
+    );
+    let id = f.erasure().await;
+    let sent_at = dsr_domain::Clock::now(&*f.clock);
+    f.erasures.fan_out(id).await.unwrap();
+    let ads = f.obligation(id, "ads").await;
+    assert_eq!(
+        (ads.status, ads.attempts, ads.last_error.as_deref()),
+        (
+            ObligationStatus::Failed,
+            1,
+            Some("the API answered 429 Too Many Requests")
+        )
+    );
+    // Its check, first scheduled at the end of the confirmation time, is moved to when the
+    // vendor said (the same key: delayed dispatch moves it).
+    let checks: Vec<_> = f
+        .ports
+        .checks()
+        .into_iter()
+        .filter(|(due, _)| due.service == svc("ads"))
+        .collect();
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    assert_eq!(checks[0].0.message_id, checks[1].0.message_id);
+    assert!(checks[0].1 > sent_at + Duration::hours(1), "{checks:?}");
+    assert_eq!(checks[1].1, sent_at + Duration::seconds(30));
+}
+
+#[tokio::test]
 async fn confirmations_for_unknown_requests_or_services_are_rejected() {
     let f = fixture();
     let id = f.erasure().await;

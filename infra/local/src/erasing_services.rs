@@ -243,7 +243,9 @@ pub async fn start(
             ..ErasingService::default()
         },
         failing: AtomicBool::new(false),
+        rate_limited: AtomicU32::new(0),
         calls: AtomicU32::new(0),
+        call_times: Mutex::new(Vec::new()),
         keys: Mutex::new(HashSet::new()),
     });
     let listener = tokio::net::TcpListener::bind(vendor_listen).await?;
@@ -646,7 +648,11 @@ pub struct Vendor {
     pub service: ErasingService,
     /// Answers 503 while set.
     pub failing: AtomicBool,
+    /// Answers this many calls with 429 and `Retry-After: 1` (its own rate limit).
+    pub rate_limited: AtomicU32,
     pub calls: AtomicU32,
+    /// When each erase call came in.
+    pub call_times: Mutex<Vec<std::time::Instant>>,
     keys: Mutex<HashSet<String>>,
 }
 
@@ -661,8 +667,34 @@ async fn vendor_erase(
     State(vendor): State<Arc<Vendor>>,
     Path(subject): Path<String>,
     headers: HeaderMap,
-) -> (StatusCode, Json<Value>) {
+) -> (StatusCode, HeaderMap, Json<Value>) {
     vendor.calls.fetch_add(1, Ordering::SeqCst);
+    lock(&vendor.call_times).push(std::time::Instant::now());
+    if vendor
+        .rate_limited
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        let mut retry = HeaderMap::new();
+        retry.insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            retry,
+            Json(json!({"error": "slow down"})),
+        );
+    }
+    let (status, body) = vendor_erase_now(&vendor, &subject, &headers);
+    (status, HeaderMap::new(), body)
+}
+
+fn vendor_erase_now(
+    vendor: &Vendor,
+    subject: &str,
+    headers: &HeaderMap,
+) -> (StatusCode, Json<Value>) {
     let Some(key) = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -679,7 +711,7 @@ async fn vendor_erase(
             Json(json!({"error": "maintenance"})),
         );
     }
-    let known = lock(&vendor.service.data).contains_key(&subject);
+    let known = lock(&vendor.service.data).contains_key(subject);
     if !known && !lock(&vendor.keys).contains(&key) {
         // The vendor's documented "never heard of them" (the registry's `not_found`).
         return (
@@ -691,7 +723,7 @@ async fn vendor_erase(
     let removed = if first {
         lock(&vendor.service.erasures).push((key.clone(), Utc::now()));
         lock(&vendor.service.data)
-            .remove(&subject)
+            .remove(subject)
             .map_or(0, |r| r.len())
     } else {
         0

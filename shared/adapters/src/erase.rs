@@ -19,9 +19,19 @@ pub struct ErasureChannels {
     http: crate::http::Client,
     /// Where API tokens are read, by the name the registry gives.
     secrets: Env,
-    /// Per vendor: the earliest time the next call may start (its rate limit).
+    /// Per vendor: the earliest time the next call may start (its rate limit), when it is
+    /// held by this instance alone.
     next_call: Mutex<HashMap<String, Instant>>,
+    /// The rate limits held across every instance, when configured.
+    shared_pace: Option<crate::dynamodb::DynamoVendorPace>,
 }
+
+/// The longest a call waits for its vendor's rate limit; a slot further away defers the
+/// command through delayed dispatch.
+pub const MOST_PACE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long to wait after a 429 that does not say (`Retry-After`).
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl ErasureChannels {
     pub fn new(
@@ -37,7 +47,15 @@ impl ErasureChannels {
             http: crate::http::Client::default(),
             secrets,
             next_call: Mutex::new(HashMap::new()),
+            shared_pace: None,
         }
+    }
+
+    /// Vendors' rate limits held across instances (a slot in DynamoDB per call) rather than per
+    /// instance: N instances no longer make N times the allowed calls.
+    pub fn with_shared_pace(mut self, pace: crate::dynamodb::DynamoVendorPace) -> Self {
+        self.shared_pace = Some(pace);
+        self
     }
 
     async fn publish(
@@ -69,8 +87,25 @@ impl ErasureChannels {
         Ok(Delivery::Sent)
     }
 
-    /// Waits for the vendor's next free slot: at most `per_second` calls start per second.
-    async fn pace(&self, vendor: &str, per_second: u32) {
+    /// Waits for the vendor's next free slot (at most `per_second` calls start per second):
+    /// `Some(after)` when that is further away than a call may wait.
+    async fn pace(&self, vendor: &str, per_second: u32) -> Result<Option<Duration>, ChannelError> {
+        if let Some(shared) = &self.shared_pace {
+            use crate::dynamodb::Slot;
+            return match shared
+                .take(vendor, per_second, MOST_PACE_WAIT)
+                .await
+                .map_err(|e| ChannelError(Box::new(e)))?
+            {
+                Slot::At(start) => {
+                    if let Ok(wait) = start.duration_since(std::time::SystemTime::now()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                    Ok(None)
+                }
+                Slot::Later(after) => Ok(Some(after)),
+            };
+        }
         let spacing = Duration::from_secs(1) / per_second.max(1);
         let start = {
             let mut next = self.next_call.lock().await;
@@ -84,6 +119,7 @@ impl ErasureChannels {
             slot
         };
         tokio::time::sleep_until(start).await;
+        Ok(None)
     }
 }
 
@@ -113,7 +149,15 @@ impl ErasureChannel for ErasureChannels {
                 not_found.as_ref(),
             ),
         };
-        self.pace(command.service.as_str(), per_second).await;
+        if let Some(after) = self.pace(command.service.as_str(), per_second).await? {
+            return Ok(Delivery::Deferred {
+                reason: format!(
+                    "its rate limit ({per_second}/s, shared by every instance) is taken for the next {} s",
+                    after.as_secs()
+                ),
+                after,
+            });
+        }
         let subject = percent_encoding::utf8_percent_encode(
             command.subject.as_str(),
             percent_encoding::NON_ALPHANUMERIC,
@@ -143,6 +187,7 @@ impl ErasureChannel for ErasureChannels {
             Err(err) => return Ok(Delivery::Failed(err.without_url().to_string())),
         };
         let status = response.status();
+        let retry_after = retry_after(response.headers());
         let body = match crate::http::read_capped(response, MAX_VENDOR_ANSWER_BYTES).await {
             Ok(body) => body,
             Err(err) => return Ok(Delivery::Failed(err.without_url().to_string())),
@@ -155,8 +200,36 @@ impl ErasureChannel for ErasureChannels {
             "truncated": body.truncated,
         })
         .to_string();
-        Ok(answer(status, &text, not_found, receipt))
+        Ok(match (status.as_u16(), retry_after) {
+            // "Not now", said by the vendor: the command goes again when it says.
+            (429, after) => Delivery::Deferred {
+                reason: format!("the API answered {status}"),
+                after: after.unwrap_or(DEFAULT_RETRY_AFTER),
+            },
+            (503, Some(after)) => Delivery::Deferred {
+                reason: format!("the API answered {status}"),
+                after,
+            },
+            _ => answer(status, &text, not_found, receipt),
+        })
     }
+}
+
+/// A `Retry-After` header: seconds, or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .ok()
+        .or(Some(Duration::ZERO))
 }
 
 /// A vendor's erase answer is a small JSON document; more is not read.
@@ -209,13 +282,36 @@ mod tests {
         let channels = ErasureChannels::new(sqs, "q", "x", Env::default());
         let start = Instant::now();
         for _ in 0..5 {
-            channels.pace("ads", 2).await;
+            assert_eq!(channels.pace("ads", 2).await.unwrap(), None);
         }
         // Five calls at two per second: the fifth starts two seconds after the first.
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         let other = Instant::now();
-        channels.pace("crm", 2).await;
+        assert_eq!(channels.pace("crm", 2).await.unwrap(), None);
         assert_eq!(other.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_a_date() {
+        let headers = |value: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+            h
+        };
+        assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        let wait = retry_after(&headers(&later)).unwrap();
+        assert!(
+            wait > Duration::from_secs(110) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        assert_eq!(
+            retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO),
+            "a date gone by: at once"
+        );
+        assert_eq!(retry_after(&headers("soon")), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
     }
 
     #[test]

@@ -110,7 +110,12 @@ pub fn erasures(
             outbound.clone(),
             commands.clone(),
             env.clone(),
-        ),
+        )
+        // Third parties' rate limits hold across every instance of both functions.
+        .with_shared_pace(crate::dynamodb::DynamoVendorPace::new(
+            aws_sdk_dynamodb::Client::new(aws),
+            env.required(vars::REQUESTS_TABLE)?,
+        )),
         checks: crate::sqs::SqsCheckScheduler::new(
             sqs.clone(),
             env.required(vars::SCHEDULE_REQUESTS_QUEUE_URL)?,

@@ -124,6 +124,9 @@ pub mod names {
     pub const STUCK_REQUESTS: &str = "StuckRequests";
     /// A verification found the subject's data at a service that had answered its command.
     pub const DATA_FOUND_AFTER_ANSWER: &str = "DataFoundAfterAnswer";
+    /// A third party said "not now" (429, or 503 with `Retry-After`), or its shared rate limit
+    /// was taken: the command goes again through delayed dispatch.
+    pub const VENDOR_DEFERRALS: &str = "VendorDeferrals";
 }
 
 /// One metric the service emits: its name, the dimensions it carries besides `Function` (every
@@ -167,6 +170,7 @@ pub const CATALOG: &[Emitted] = {
         m(REDRIVES, &["Kind"], &["sweep"]),
         m(ESCALATIONS, &["Service"], &["confirm"]),
         m(DATA_FOUND_AFTER_ANSWER, &["Service"], &["confirm"]),
+        m(VENDOR_DEFERRALS, &["Service"], &["erasure", "confirm"]),
         m(COLD_STARTS, &[], ALL_FUNCTIONS),
         m(REQUESTS_IN_STATE, &["Kind", "State"], &["sweep"]),
         m(DEADLINE_AT_RISK, &[], &["sweep"]),

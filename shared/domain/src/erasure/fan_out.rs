@@ -4,6 +4,7 @@
 use super::*;
 use crate::hops::{Hop, HopMark};
 use crate::lease::{Committed, Taken};
+use crate::metrics::{self, names, Metric};
 
 impl<S, X, D, E, C, R> Erasures<S, X, D, E, C, R>
 where
@@ -191,11 +192,29 @@ where
         crate::kill_point::reached("erasure.command_sent");
         let (status, error) = match &delivery {
             Delivery::Sent | Delivery::Answered { .. } => (ObligationStatus::Sent, None),
-            Delivery::Failed(reason) => (ObligationStatus::Failed, Some(reason.as_str())),
+            Delivery::Failed(reason) | Delivery::Deferred { reason, .. } => {
+                (ObligationStatus::Failed, Some(reason.as_str()))
+            }
         };
         self.store
             .record_send(request.id, service, attempt, status, error, now)
             .await?;
+        if let Delivery::Deferred { after, .. } = &delivery {
+            // The same check, moved from the end of the confirmation time to when the third
+            // party said it would take the call (never later than the check was due anyway).
+            let after = chrono::Duration::from_std(*after)
+                .unwrap_or(timeout)
+                .clamp(chrono::Duration::seconds(1), timeout);
+            self.checks
+                .schedule(
+                    &ObligationDue::new(request.id, service, attempt),
+                    now + after,
+                )
+                .await?;
+            metrics::emit(
+                Metric::count(names::VENDOR_DEFERRALS, 1).with("Service", service.clone()),
+            );
+        }
         tracing::info!(
             request_id = %request.id,
             subject = %self.hasher.hash(&request.subject),
@@ -205,6 +224,7 @@ where
                 Delivery::Sent => "sent",
                 Delivery::Answered { .. } => "answered",
                 Delivery::Failed(_) => "failed",
+                Delivery::Deferred { .. } => "deferred",
             },
             error = error.unwrap_or_default(),
             "erasure command"

@@ -130,4 +130,11 @@ pub enum Delivery {
     },
     /// The service could not be reached or refused; the watchdog sends again.
     Failed(String),
+    /// Not now: the third party said so (429, or 503 with `Retry-After`), or its rate limit is
+    /// taken for longer than a call may wait. The watchdog sends again after `after` (through
+    /// delayed dispatch) instead of after the whole confirmation time.
+    Deferred {
+        reason: String,
+        after: std::time::Duration,
+    },
 }
