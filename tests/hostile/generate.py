@@ -191,6 +191,9 @@ sqs_common = [
     ("not JSON", "not json"), ("unclosed", "{"), ("null", "null"), ("array", "[]"), ("number", "42"),
     ("empty object", "{}"), ("huge", '{"x":"' + "a" * 240_000 + '"}'), ("deep nesting", "[" * 3000 + "]" * 3000),
 ]
+export_answer = {"type": "export_answer", "version": 1, "message_id": "a", "request_id": rid,
+                 "service": "billing", "job": "01KB0000000000000000000001", "outcome": "records",
+                 "records": [{"n": 1}]}
 queue_specific = {
     "AccessRequestsQueue": [
         ("truncated", '{"version":1,"message_id":"access:' + rid + '","request_id":"' + rid),
@@ -199,6 +202,11 @@ queue_specific = {
         ("request id a number", json.dumps({"version": 1, "message_id": "m", "request_id": 7, "kind": "access", "sent_at": now})),
         ("unknown kind", json.dumps({"version": 1, "message_id": "m", "request_id": rid, "kind": "everything", "sent_at": now})),
         ("unknown request", json.dumps({"version": 1, "message_id": "m", "request_id": rid, "kind": "access", "sent_at": now})),
+        ("export answer not from the broker", json.dumps({**export_answer})),
+        ("export answer with a path for a job", json.dumps({**export_answer, "job": "../../reports/" + rid})),
+        ("export answer with an unknown outcome", json.dumps({**export_answer, "outcome": "some"})),
+        ("export answer failing with records", json.dumps({**export_answer, "outcome": "failed", "reason": "r"})),
+        ("export answer with an extra field", json.dumps({**export_answer, "kind": "access"})),
     ],
     "ErasureRequestsQueue": [
         ("version 0", json.dumps({"version": 0, "message_id": "m", "request_id": rid, "kind": "erasure", "sent_at": now})),
@@ -254,6 +262,8 @@ amqp = [
     ("a check from outside", json.dumps({"type": "obligation_due", "version": 1, "message_id": "x", "request_id": rid, "service": "billing", "attempt": 9}).encode(), "guest"),
     ("a receipt from outside", json.dumps({"type": "published", "version": 1, "message_id": "notice:erasure_notice:" + rid, "request_id": rid, "published_at": now}).encode(), "guest"),
     ("NUL bytes", b"\x00" * 32, "guest"), ("JSON array", b"[1,2,3]", "guest"),
+    ("an export answer from a stranger", json.dumps(export_answer).encode(), "guest"),
+    ("an export answer with a made-up job", json.dumps({**export_answer, "job": "x"}).encode(), "guest"),
     ("deep nesting", b"[" * 3000 + b"]" * 3000, "guest"),
 ]
 for name, body, user in amqp:
