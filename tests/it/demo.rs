@@ -37,16 +37,7 @@ async fn wait_for_state(app: &TestApp, id: &str, state: &str, within: Duration) 
 /// The report of access request `id`: records per source, from its manifest.
 async fn records_per_source(app: &TestApp, id: &str) -> BTreeMap<String, u64> {
     wait_for_state(app, id, "report_ready", Duration::from_secs(60)).await;
-    let link = app
-        .get(DEMO_SUBJECT, &format!("/v1/requests/{id}/report"))
-        .await;
-    let zip = reqwest::get(link.body["url"].as_str().unwrap())
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let files = crate::report::unzip(&zip);
+    let files = crate::report::download(app, DEMO_SUBJECT, id).await;
     crate::report::record_counts(&crate::report::json_file(&files, "manifest.json"))
         .into_iter()
         .collect()

@@ -57,17 +57,7 @@ async fn a_holder_that_speaks_only_amqp_appears_in_the_access_report_by_answer_o
     }
 
     // The report holds their records, as they hold them.
-    let link = rig
-        .app
-        .get(&subject, &format!("/v1/requests/{id}/report"))
-        .await;
-    let zip = reqwest::get(link.body["url"].as_str().unwrap())
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let files = crate::report::unzip(&zip);
+    let files = crate::report::download(&rig.app, &subject, &id).await;
     let counts = crate::report::record_counts(&crate::report::json_file(&files, "manifest.json"));
     for name in ["billing", "viewing-history", "profile"] {
         assert!(

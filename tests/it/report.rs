@@ -279,6 +279,22 @@ pub fn record_counts(manifest: &Value) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The files of `subject`'s report of request `id`, downloaded as its owner would.
+pub async fn download(
+    app: &crate::helpers::TestApp,
+    subject: &str,
+    id: &str,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let link = app.get(subject, &format!("/v1/requests/{id}/report")).await;
+    let zip = reqwest::get(link.body["url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    unzip(&zip)
+}
+
 pub fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a valid zip");
     (0..archive.len())

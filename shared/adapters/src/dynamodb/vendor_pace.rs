@@ -20,6 +20,9 @@ pub enum Slot {
     Later(Duration),
 }
 
+/// The sort key of a vendor's pace item.
+const SORT: &str = "PACE";
+
 #[derive(Clone, Debug)]
 pub struct DynamoVendorPace {
     client: Client,
@@ -48,27 +51,17 @@ impl DynamoVendorPace {
         most_wait: Duration,
     ) -> Result<Slot, StoreError> {
         let spacing = (1000 / u64::from(per_second.max(1))).max(1);
-        let key = |v: &str| AttributeValue::S(v.to_owned());
         let pk = format!("PACE#{vendor}");
+        let at = |ms: u64| Slot::At(UNIX_EPOCH + Duration::from_millis(ms));
         // The common case, a vendor not called within the last spacing: one conditional write
         // takes the slot at once, without reading first.
         let now = millis(SystemTime::now());
-        let free = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", key(&pk))
-            .key("sk", key("PACE"))
-            .update_expression("SET next_call_ms = :next")
-            .condition_expression("attribute_not_exists(next_call_ms) OR next_call_ms <= :now")
-            .expression_attribute_values(":next", AttributeValue::N((now + spacing).to_string()))
-            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
-            .send()
-            .await;
-        match free {
-            Ok(_) => return Ok(Slot::At(UNIX_EPOCH + Duration::from_millis(now))),
-            Err(err) if conditional_failed(&err) => {}
-            Err(err) => return Err(StoreError::Unavailable(Box::new(err))),
+        let free = "attribute_not_exists(next_call_ms) OR next_call_ms <= :now";
+        if self
+            .claim(&pk, now + spacing, free, Some((":now", now)))
+            .await?
+        {
+            return Ok(at(now));
         }
         // Taken for now: read when the next slot is, and take that one (contention between
         // instances only ever moves it on: a handful of tries).
@@ -77,8 +70,8 @@ impl DynamoVendorPace {
                 .client
                 .get_item()
                 .table_name(&self.table)
-                .key("pk", key(&pk))
-                .key("sk", key("PACE"))
+                .key("pk", AttributeValue::S(pk.clone()))
+                .key("sk", AttributeValue::S(SORT.into()))
                 .consistent_read(true)
                 .send()
                 .await
@@ -94,30 +87,59 @@ impl DynamoVendorPace {
             if wait > most_wait {
                 return Ok(Slot::Later(wait));
             }
-            let mut update = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", key(&pk))
-                .key("sk", key("PACE"))
-                .update_expression("SET next_call_ms = :next")
-                .expression_attribute_values(
-                    ":next",
-                    AttributeValue::N((slot + spacing).to_string()),
-                );
-            update = match next {
-                Some(seen) => update
-                    .condition_expression("next_call_ms = :seen")
-                    .expression_attribute_values(":seen", AttributeValue::N(seen.to_string())),
-                None => update.condition_expression("attribute_not_exists(next_call_ms)"),
+            let claimed = match next {
+                Some(seen) => {
+                    self.claim(
+                        &pk,
+                        slot + spacing,
+                        "next_call_ms = :seen",
+                        Some((":seen", seen)),
+                    )
+                    .await?
+                }
+                None => {
+                    self.claim(
+                        &pk,
+                        slot + spacing,
+                        "attribute_not_exists(next_call_ms)",
+                        None,
+                    )
+                    .await?
+                }
             };
-            match update.send().await {
-                Ok(_) => return Ok(Slot::At(UNIX_EPOCH + Duration::from_millis(slot))),
-                Err(err) if conditional_failed(&err) => continue,
-                Err(err) => return Err(StoreError::Unavailable(Box::new(err))),
+            if claimed {
+                return Ok(at(slot));
             }
         }
         // Many instances at once: the slot went to others each time; come back a little later.
         Ok(Slot::Later(Duration::from_millis(spacing * 16)))
+    }
+
+    /// Sets the vendor's next free time to `next` if `condition` (with its one value) holds:
+    /// whether it did.
+    async fn claim(
+        &self,
+        pk: &str,
+        next: u64,
+        condition: &str,
+        value: Option<(&str, u64)>,
+    ) -> Result<bool, StoreError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(pk.to_owned()))
+            .key("sk", AttributeValue::S(SORT.into()))
+            .update_expression("SET next_call_ms = :next")
+            .condition_expression(condition)
+            .expression_attribute_values(":next", AttributeValue::N(next.to_string()));
+        if let Some((name, value)) = value {
+            update = update.expression_attribute_values(name, AttributeValue::N(value.to_string()));
+        }
+        match update.send().await {
+            Ok(_) => Ok(true),
+            Err(err) if conditional_failed(&err) => Ok(false),
+            Err(err) => Err(StoreError::Unavailable(Box::new(err))),
+        }
     }
 }
