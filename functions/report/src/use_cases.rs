@@ -969,18 +969,35 @@ fn answer(id: RequestId, job: &str, records: Vec<Value>) -> ReportWork {
     })
 }
 
-#[tokio::test]
-async fn an_export_over_rabbitmq_is_collected_as_soon_as_its_own_holder_answers() {
-    let f = fixture();
+/// An access request with the ledger registered, worked on once (the ledger asked, the rest
+/// collected): the handler, the request, its work message, the export's job.
+async fn ledger_asked(
+    f: &Fixture,
+) -> (
+    AccessRequestHandler<Reports, Verifications>,
+    RequestId,
+    ReportWork,
+    String,
+) {
     let id = f.access_request().await;
     let mut reports = f.worker("a");
     reports.registry = ServiceRegistry::parse(WITH_LEDGER).unwrap();
     let handler = f.handler(reports);
     let work = ReportWork::Access(RequestMessage::new(id, RequestKind::Access, f.clock.now()));
-    assert_eq!(handler.handle(work, &Origin::Internal).await, Outcome::Done);
+    assert_eq!(
+        handler.handle(work.clone(), &Origin::Internal).await,
+        Outcome::Done
+    );
+    let job = f.sources.export_commands()[0].2.clone();
+    (handler, id, work, job)
+}
+
+#[tokio::test]
+async fn an_export_over_rabbitmq_is_collected_as_soon_as_its_own_holder_answers() {
+    let f = fixture();
+    let (handler, id, _, job) = ledger_asked(&f).await;
     let commands = f.sources.export_commands();
     assert_eq!(commands.len(), 1, "{commands:?}");
-    let job = commands[0].2.clone();
     assert_eq!(commands[0].1, "ledger");
     let waiting = f.request(id).await;
     assert_eq!(waiting.state, RequestState::Collecting);
@@ -1065,16 +1082,7 @@ async fn an_export_over_rabbitmq_is_collected_as_soon_as_its_own_holder_answers(
 #[tokio::test]
 async fn a_holder_that_cannot_export_fails_the_attempt_and_the_next_one_asks_again() {
     let f = fixture();
-    let id = f.access_request().await;
-    let mut reports = f.worker("a");
-    reports.registry = ServiceRegistry::parse(WITH_LEDGER).unwrap();
-    let handler = f.handler(reports);
-    let work = ReportWork::Access(RequestMessage::new(id, RequestKind::Access, f.clock.now()));
-    assert_eq!(
-        handler.handle(work.clone(), &Origin::Internal).await,
-        Outcome::Done
-    );
-    let job = f.sources.export_commands()[0].2.clone();
+    let (handler, id, work, job) = ledger_asked(&f).await;
     let ReportWork::Answer(mut failed) = answer(id, &job, vec![]) else {
         unreachable!()
     };
@@ -1103,16 +1111,7 @@ async fn a_holder_that_cannot_export_fails_the_attempt_and_the_next_one_asks_aga
 #[tokio::test]
 async fn an_answer_while_another_worker_holds_the_request_brings_it_back_in_seconds() {
     let f = fixture();
-    let id = f.access_request().await;
-    let mut reports = f.worker("a");
-    reports.registry = ServiceRegistry::parse(WITH_LEDGER).unwrap();
-    let handler = f.handler(reports);
-    let work = ReportWork::Access(RequestMessage::new(id, RequestKind::Access, f.clock.now()));
-    assert_eq!(
-        handler.handle(work.clone(), &Origin::Internal).await,
-        Outcome::Done
-    );
-    let job = f.sources.export_commands()[0].2.clone();
+    let (handler, id, work, job) = ledger_asked(&f).await;
     // Another worker takes the request (its next poll, say) just as the answer arrives.
     let busy = f
         .store

@@ -461,30 +461,7 @@ async fn consume_on(
             if let Ok(command) = serde_json::from_value::<ExportCommand>(body) {
                 lock(&service.exports).push(command.job.clone());
                 let answer = export_answer(service, &command).await;
-                patience
-                    .step("answering", async {
-                        replies
-                            .basic_publish(
-                                format!("{namespace}.confirmations").as_str().into(),
-                                format!("export.{}", service.name).as_str().into(),
-                                BasicPublishOptions::default(),
-                                answer.to_string().as_bytes(),
-                                signed(
-                                    service,
-                                    BasicProperties::default()
-                                        .with_message_id(
-                                            format!("answer:{}", command.message_id)
-                                                .as_str()
-                                                .into(),
-                                        )
-                                        .with_content_type("application/json".into())
-                                        .with_delivery_mode(2),
-                                ),
-                            )
-                            .await?
-                            .await
-                    })
-                    .await?;
+                publish_answer(&replies, patience, namespace, service, "export", &answer).await?;
             }
         } else if body["type"] == "subject_notice" && body["notice"] == "erasure_notice" {
             let request_id = body["request_id"].as_str().unwrap_or_default().to_owned();
@@ -543,31 +520,15 @@ async fn consume_on(
                     1
                 };
                 for _ in 0..copies {
-                    patience
-                        .step("confirming", async {
-                            replies
-                                .basic_publish(
-                                    format!("{namespace}.confirmations").as_str().into(),
-                                    format!("confirmation.{}", service.name).as_str().into(),
-                                    BasicPublishOptions::default(),
-                                    confirmation.to_string().as_bytes(),
-                                    // Who is confirming: RabbitMQ refuses a user_id that is
-                                    // not the connection's own, so this cannot be forged.
-                                    signed(
-                                        service,
-                                        BasicProperties::default()
-                                            .with_message_id(
-                                                format!("confirmation:{}", command.message_id)
-                                                    .as_str()
-                                                    .into(),
-                                            )
-                                            .with_delivery_mode(2),
-                                    ),
-                                )
-                                .await?
-                                .await
-                        })
-                        .await?;
+                    publish_answer(
+                        &replies,
+                        patience,
+                        namespace,
+                        service,
+                        "confirmation",
+                        &confirmation,
+                    )
+                    .await?;
                 }
             }
         }
@@ -590,6 +551,41 @@ async fn consume_on(
         }
     }
     Err(anyhow::anyhow!("consumer ended"))
+}
+
+/// Publishes an answer to `<ns>.confirmations` under `<kind>.<service>`, persistent, with its
+/// `message_id`, as the service's broker user (RabbitMQ refuses a `user_id` that is not the
+/// connection's own, so it cannot be forged), and waits for the broker's confirm.
+async fn publish_answer(
+    replies: &Channel,
+    patience: Patience,
+    namespace: &str,
+    service: &ErasingService,
+    kind: &str,
+    answer: &Value,
+) -> anyhow::Result<()> {
+    let message_id = answer["message_id"].as_str().unwrap_or_default();
+    patience
+        .step("answering", async {
+            replies
+                .basic_publish(
+                    format!("{namespace}.confirmations").as_str().into(),
+                    format!("{kind}.{}", service.name).as_str().into(),
+                    BasicPublishOptions::default(),
+                    answer.to_string().as_bytes(),
+                    signed(
+                        service,
+                        BasicProperties::default()
+                            .with_message_id(message_id.into())
+                            .with_content_type("application/json".into())
+                            .with_delivery_mode(2),
+                    ),
+                )
+                .await?
+                .await
+        })
+        .await?;
+    Ok(())
 }
 
 /// An answer's properties with the `user_id` of the service's broker user (none when it is
