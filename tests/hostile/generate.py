@@ -194,6 +194,10 @@ sqs_common = [
 export_answer = {"type": "export_answer", "version": 1, "message_id": "a", "request_id": rid,
                  "service": "billing", "job": "01KB0000000000000000000001", "outcome": "records",
                  "records": [{"n": 1}]}
+# What the fan-out puts on the vendor-erasures queue (for a vendor whose registry entry has `batch`).
+erase_command = {"version": 1, "type": "erase_subject", "message_id": "erase:" + rid + ":ads:1",
+                 "idempotency_key": "erase:" + rid + ":ads", "request_id": rid, "service": "ads",
+                 "subject": "victim", "attempt": 1, "sent_at": now}
 queue_specific = {
     "AccessRequestsQueue": [
         ("truncated", '{"version":1,"message_id":"access:' + rid + '","request_id":"' + rid),
@@ -213,6 +217,13 @@ queue_specific = {
         ("sent_at not a time", json.dumps({"version": 1, "message_id": "m", "request_id": rid, "kind": "erasure", "sent_at": "yesterday"})),
         ("request id with a path", json.dumps({"version": 1, "message_id": "m", "request_id": "../" + rid, "kind": "erasure", "sent_at": now})),
         ("unknown request", json.dumps({"version": 1, "message_id": "m", "request_id": rid, "kind": "erasure", "sent_at": now})),
+    ],
+    "VendorErasuresQueue": [
+        ("command for an unknown request", json.dumps({**erase_command})),
+        ("command to a service that takes no batches", json.dumps({**erase_command, "service": "billing"})),
+        ("command of version 2", json.dumps({**erase_command, "version": 2})),
+        ("command with an extra field", json.dumps({**erase_command, "url": "https://evil.example"})),
+        ("command with an empty subject", json.dumps({**erase_command, "subject": ""})),
     ],
     "ConfirmationsQueue": [
         ("confirmation not from the broker", json.dumps({"type": "erasure_confirmation", "version": 1, "message_id": "c", "request_id": rid, "service": "billing", "outcome": "erased", "receipt": {}})),

@@ -57,6 +57,8 @@ pub struct RigSettings {
     pub over_amqp: Vec<&'static str>,
     /// The vendor's rate limit in the registry (`max_per_second`).
     pub vendor_per_second: u32,
+    /// The vendor takes batches of up to this many subjects (its batch API in the registry).
+    pub vendor_batch: Option<u32>,
 }
 
 impl Default for RigSettings {
@@ -77,6 +79,7 @@ impl Default for RigSettings {
             call_counter: None,
             over_amqp: Vec::new(),
             vendor_per_second: 20,
+            vendor_batch: None,
         }
     }
 }
@@ -106,7 +109,13 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
     .replace(VENDOR_PATH, settings.vendor_path)
     .replace(
         "max_per_second: 20",
-        &format!("max_per_second: {}", settings.vendor_per_second),
+        &match settings.vendor_batch {
+            None => format!("max_per_second: {}", settings.vendor_per_second),
+            Some(most) => format!(
+                "max_per_second: {}, batch: {{ url: \"http://{}/v2/erasures\", max_subjects: {most} }}",
+                settings.vendor_per_second, services.vendor_addr
+            ),
+        },
     );
     let ns = namespace.clone();
     let registered = registry.clone();
@@ -578,6 +587,71 @@ async fn a_vendor_answering_429_is_called_again_when_it_says() {
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(30),
         "called again after {waited:?}"
     );
+}
+
+/// A vendor that takes batches: erasures submitted together reach it in a few calls (its
+/// commands gathered on the vendor-erasures queue, up to 5 s), each subject is answered on its
+/// own (erased, or the vendor's "never heard of them"), and every erasure completes.
+#[tokio::test]
+async fn a_vendor_that_takes_batches_erases_many_subjects_in_a_few_calls() {
+    let rig = rig(RigSettings {
+        confirm_within_seconds: 300,
+        vendor_batch: Some(50),
+        ..RigSettings::default()
+    })
+    .await;
+    let run = unique_name();
+    let mut requests = Vec::new();
+    for n in 0..12 {
+        let subject = format!("batched-{n}-{run}");
+        let id = rig.submit_erasure(&subject).await;
+        requests.push((subject, id));
+    }
+    // One of them the vendor never heard of.
+    let (stranger, stranger_id) = &requests[11];
+    rig.services.vendor.service.forget(stranger);
+    for (subject, id) in &requests {
+        let view = rig
+            .wait_for(subject, id, Duration::from_secs(120), completed)
+            .await;
+        let ads = service(&view, "ads");
+        let expected = if id == stranger_id {
+            "not_found"
+        } else {
+            "confirmed"
+        };
+        assert_eq!(ads["status"], expected, "{view:#}");
+        assert_eq!(ads["commands_sent"], 1, "{view:#}");
+        assert_eq!(rig.services.vendor.service.records(subject), 0);
+    }
+    let batches = rig.services.vendor.batches.lock().unwrap().clone();
+    let subjects: std::collections::HashSet<&String> = batches.iter().flatten().collect();
+    assert_eq!(
+        subjects.len(),
+        12,
+        "every subject reached the vendor: {batches:?}"
+    );
+    assert_eq!(
+        batches.iter().map(Vec::len).sum::<usize>(),
+        12,
+        "each subject once: {batches:?}"
+    );
+    assert!(
+        batches.len() <= 4,
+        "12 erasures in {} calls: {batches:?}",
+        batches.len()
+    );
+    assert_eq!(
+        rig.services.vendor.calls.load(Ordering::SeqCst) as usize,
+        batches.len(),
+        "no single-subject call"
+    );
+    let dead = crate::helpers::drain(
+        &rig.app.sqs,
+        &rig.app.queue_url("VendorErasuresDeadLetterQueue"),
+    )
+    .await;
+    assert!(dead.is_empty(), "{dead:?}");
 }
 
 /// The vendor's obligation as stored, with its last error.

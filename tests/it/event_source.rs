@@ -50,6 +50,7 @@ async fn queues() -> Queues {
             queue_url: url,
             queue_arn: arn,
             batch_size: 10,
+            batching_window: std::time::Duration::ZERO,
             wait_seconds: 1,
             region: "us-east-1".into(),
         },

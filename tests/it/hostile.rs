@@ -269,6 +269,7 @@ async fn every_hostile_input_is_refused_with_a_reason_and_nothing_panics_or_answ
     let dead_letter_queues = [
         "AccessRequestsDeadLetterQueue",
         "ErasureRequestsDeadLetterQueue",
+        "VendorErasuresDeadLetterQueue",
         "ConfirmationsDeadLetterQueue",
         "ScheduleRequestsDeadLetterQueue",
         "OutboundDeadLetterQueue",

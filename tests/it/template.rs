@@ -217,7 +217,7 @@ fn every_queue_hides_its_messages_for_six_times_its_functions_timeout() {
             continue;
         }
         let timeout = template.function_timeout(&function).as_secs();
-        for (queue, _) in template.sqs_event_sources(&function) {
+        for (queue, _, _) in template.sqs_event_sources(&function) {
             mappings += 1;
             let (_, props) = template.resource(&queue).unwrap();
             let visibility = props["VisibilityTimeout"].as_u64().unwrap_or(30);

@@ -88,9 +88,13 @@ fn fixture_with(registry: &str) -> Fixture {
 
 impl Fixture {
     async fn erasure(&self) -> RequestId {
+        self.erasure_of("erin").await
+    }
+
+    async fn erasure_of(&self, subject: &str) -> RequestId {
         let request = Request::receive(
             RequestKind::Erasure,
-            SubjectId::parse("erin").unwrap(),
+            SubjectId::parse(subject).unwrap(),
             dsr_domain::Clock::now(&*self.clock),
         );
         let hash = SubjectHasher::new("a-test-key-of-16-bytes").hash(&request.subject);
@@ -895,7 +899,9 @@ async fn a_delivery_that_finds_the_request_held_comes_back_when_the_lease_runs_o
     let Fixture {
         erasures, store, ..
     } = f;
-    let handler = crate::ErasureRequestHandler { erasures };
+    let handler = crate::ErasureRequestHandler {
+        erasures: Arc::new(erasures),
+    };
     let message = dsr_domain::RequestMessage::new(id, RequestKind::Erasure, now);
     let outcome = handler.handle(message, &Origin::Internal).await;
     let Outcome::Retry(Some(after)) = outcome else {
@@ -1077,4 +1083,178 @@ async fn without_a_readable_holder_an_erasure_completes_without_a_verification()
     let id = f.every_holder_answered().await;
     assert_eq!(f.state(id).await, RequestState::Completed);
     assert!(f.ports.verifications().is_empty());
+}
+
+/// The fixture's registry with `ads` taking batches of two.
+fn batched_registry() -> String {
+    REGISTRY.replace(
+        r#"url: "https://ads.example/users/{subject}" }"#,
+        r#"url: "https://ads.example/users/{subject}", batch: { url: "https://ads.example/erasures", max_subjects: 2 } }"#,
+    )
+}
+
+impl Fixture {
+    /// An erasure request of `subject`, fanned out.
+    async fn fanned_out(&self, subject: &str) -> RequestId {
+        let id = self.erasure_of(subject).await;
+        self.erasures.fan_out(id).await.unwrap();
+        id
+    }
+}
+
+#[tokio::test]
+async fn a_vendor_that_takes_batches_is_called_once_per_max_subjects_and_each_subject_answered() {
+    use crate::VendorBatchHandler;
+    use dsr_adapters::batch::{BatchHandler, Outcome};
+    let registry = batched_registry();
+    let f = fixture_with(&registry);
+    let mut ids = Vec::new();
+    for subject in ["s0", "s1", "s2"] {
+        ids.push(f.fanned_out(subject).await);
+    }
+    // Queued, not called: the command is sent (and watched) as any other.
+    for id in &ids {
+        let ads = f.obligation(*id, "ads").await;
+        assert_eq!((ads.status, ads.attempts), (ObligationStatus::Sent, 1));
+    }
+    let queued: Vec<_> = f
+        .ports
+        .commands()
+        .into_iter()
+        .filter(|c| c.service == "ads")
+        .collect();
+    assert_eq!(queued.len(), 3);
+    f.ports.batch_answers.lock().unwrap().insert(
+        "s2".into(),
+        Delivery::Answered {
+            status: ObligationStatus::NotFound,
+            receipt: "{}".into(),
+        },
+    );
+    let mut forged = queued[0].clone();
+    forged.subject = SubjectId::parse("someone-else").unwrap();
+    let billing = f
+        .ports
+        .commands()
+        .into_iter()
+        .find(|c| c.service == "billing")
+        .unwrap();
+    let mut messages: Vec<_> = queued
+        .iter()
+        .map(|c| (c.clone(), Origin::Internal))
+        .collect();
+    messages.push((forged, Origin::Internal));
+    messages.push((queued[1].clone(), Origin::Broker("svc-ads".into())));
+    messages.push((billing, Origin::Internal));
+
+    let Fixture {
+        erasures,
+        ports,
+        store,
+        clock,
+        ..
+    } = f;
+    let handler = VendorBatchHandler {
+        erasures: Arc::new(erasures),
+    };
+    let outcomes = handler.handle_all(messages).await;
+    assert_eq!(
+        &outcomes[..3],
+        [Outcome::Done, Outcome::Done, Outcome::Done]
+    );
+    let rejected: Vec<String> = outcomes[3..]
+        .iter()
+        .map(|o| match o {
+            Outcome::Reject(reason) => reason.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        rejected[0].contains("subject is not request"),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected[1].contains("broker user `svc-ads`"),
+        "{rejected:?}"
+    );
+    assert!(rejected[2].contains("takes no batches"), "{rejected:?}");
+    // Two calls for three subjects (two per call); the forged one never reached the vendor.
+    let calls: Vec<Vec<String>> = ports
+        .batches()
+        .iter()
+        .map(|b| b.iter().map(|c| c.subject.as_str().to_owned()).collect())
+        .collect();
+    assert_eq!(calls, [vec!["s0", "s1"], vec!["s2"]]);
+    let status = |id: RequestId| {
+        let store = store.clone();
+        async move {
+            store
+                .obligations(id)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|o| o.service == "ads")
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(status(ids[0]).await, ObligationStatus::Confirmed);
+    assert_eq!(status(ids[1]).await, ObligationStatus::Confirmed);
+    assert_eq!(status(ids[2]).await, ObligationStatus::NotFound);
+
+    // A call that fails says nothing of anyone: its commands come back soon.
+    let f = fixture_with(&registry);
+    let again = f.fanned_out("s3").await;
+    let command = f
+        .ports
+        .commands()
+        .into_iter()
+        .find(|c| c.service == "ads")
+        .unwrap();
+    f.ports.fail_next("send_batch", 1);
+    let Fixture {
+        erasures,
+        ports,
+        store,
+        ..
+    } = f;
+    let handler = VendorBatchHandler {
+        erasures: Arc::new(erasures),
+    };
+    let outcomes = handler
+        .handle_all(vec![(command.clone(), Origin::Internal)])
+        .await;
+    assert!(
+        matches!(outcomes[..], [Outcome::Retry(Some(_))]),
+        "{outcomes:?}"
+    );
+    // "Not now" from the vendor: done here, its check moved to when the vendor said.
+    ports.batch_answers.lock().unwrap().insert(
+        "s3".into(),
+        Delivery::Deferred {
+            reason: "429".into(),
+            after: std::time::Duration::from_secs(7),
+        },
+    );
+    let outcomes = handler.handle_all(vec![(command, Origin::Internal)]).await;
+    assert_eq!(outcomes, [Outcome::Done]);
+    let moved = ports
+        .checks()
+        .into_iter()
+        .filter(|(c, _)| c.service == "ads")
+        .map(|(_, at)| at)
+        .min()
+        .unwrap();
+    assert_eq!(
+        moved,
+        dsr_domain::Clock::now(&*clock) + Duration::seconds(7)
+    );
+    let ads = store
+        .obligations(again)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|o| o.service == "ads")
+        .unwrap();
+    assert_eq!(ads.status, ObligationStatus::Sent, "still waiting");
 }

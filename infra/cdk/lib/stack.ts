@@ -288,6 +288,9 @@ export class DsrStack extends Stack {
     const accessRequestsQueue = workQueue("AccessRequestsQueue", 5400, accessRequestsDlq, 5);
     const erasureRequestsDlq = deadLetters("ErasureRequestsDeadLetterQueue");
     const erasureRequestsQueue = workQueue("ErasureRequestsQueue", 360, erasureRequestsDlq, 5);
+    // Erase commands to vendors that take many subjects per call, gathered by the erasure function.
+    const vendorErasuresDlq = deadLetters("VendorErasuresDeadLetterQueue");
+    const vendorErasuresQueue = workQueue("VendorErasuresQueue", 360, vendorErasuresDlq, 5);
     const outboundDlq = deadLetters("OutboundDeadLetterQueue");
     const outboundQueue = workQueue("OutboundQueue", 120, outboundDlq, 5);
     const confirmationsDlq = deadLetters("ConfirmationsDeadLetterQueue");
@@ -372,6 +375,7 @@ export class DsrStack extends Stack {
 
     const deadLetterQueues = Fn.sub(
       "AccessRequests=${AccessRequestsDeadLetterQueue} ErasureRequests=${ErasureRequestsDeadLetterQueue} " +
+        "VendorErasures=${VendorErasuresDeadLetterQueue} " +
         "Outbound=${OutboundDeadLetterQueue} Confirmations=${ConfirmationsDeadLetterQueue} " +
         "ScheduleRequests=${ScheduleRequestsDeadLetterQueue} Dispatch=${DispatchDeadLetterQueue} " +
         "SweepSchedule=${SweepScheduleDeadLetterQueue}",
@@ -395,7 +399,7 @@ export class DsrStack extends Stack {
         allow(["dynamodb:GetItem", "dynamodb:Query"], [requestsTable.tableArn, requestsIndexes, hopsTable.tableArn]),
         allow(
           ["sqs:GetQueueAttributes"],
-          [accessRequestsDlq, erasureRequestsDlq, outboundDlq, confirmationsDlq, scheduleRequestsDlq, dispatchDlq, sweepScheduleDlq].map(
+          [accessRequestsDlq, erasureRequestsDlq, vendorErasuresDlq, outboundDlq, confirmationsDlq, scheduleRequestsDlq, dispatchDlq, sweepScheduleDlq].map(
             (q) => q.queueArn,
           ),
         ),
@@ -488,14 +492,27 @@ export class DsrStack extends Stack {
       DEAD_LETTER_QUEUE_URL: dlq.queueUrl,
       // The service's own copies (the subject's access reports) are erased too.
       REPORTS_BUCKET: reportsBucket.bucketName,
+      // Commands (and re-sends) to vendors that take batches wait there.
+      VENDOR_ERASURES_QUEUE_URL: vendorErasuresQueue.queueUrl,
     });
     const erasure = fns.add("ErasureFunction", {
       binary: "erasure",
       description: "Erasure fan-out - one obligation per service, an erase command to each.",
       timeout: 60,
-      environment: { ...erasureEnvironment(erasureRequestsDlq), ERASURE_LEASE_SECONDS: "120" },
-      statements: erasureStatements(erasureRequestsDlq),
-      queues: [{ id: "ErasureRequests", queue: erasureRequestsQueue, batchSize: 5 }],
+      environment: {
+        ...erasureEnvironment(erasureRequestsDlq),
+        ERASURE_LEASE_SECONDS: "120",
+        VENDOR_ERASURES_DEAD_LETTER_QUEUE_URL: vendorErasuresDlq.queueUrl,
+      },
+      statements: [
+        ...erasureStatements(erasureRequestsDlq),
+        allow(["sqs:SendMessage"], [vendorErasuresQueue.queueArn, vendorErasuresDlq.queueArn]),
+      ],
+      queues: [
+        { id: "ErasureRequests", queue: erasureRequestsQueue, batchSize: 5 },
+        // Gathered, then one call per vendor.
+        { id: "VendorErasures", queue: vendorErasuresQueue, batchSize: 100, batchingWindowSeconds: 5 },
+      ],
     });
     const confirm = fns.add("ConfirmFunction", {
       binary: "confirm",
@@ -503,7 +520,7 @@ export class DsrStack extends Stack {
         "Confirmation tracking - records confirmations, re-sends to silent services, completes erasures.",
       timeout: 60,
       environment: erasureEnvironment(confirmationsDlq),
-      statements: erasureStatements(confirmationsDlq),
+      statements: [...erasureStatements(confirmationsDlq), allow(["sqs:SendMessage"], [vendorErasuresQueue.queueArn])],
       queues: [{ id: "Confirmations", queue: confirmationsQueue, batchSize: 10 }],
     });
 
@@ -737,6 +754,7 @@ export class DsrStack extends Stack {
     const deadLetterQueues_: [string, sqs.Queue][] = [
       ["AccessRequestsDeadLetterQueue", accessRequestsDlq],
       ["ErasureRequestsDeadLetterQueue", erasureRequestsDlq],
+      ["VendorErasuresDeadLetterQueue", vendorErasuresDlq],
       ["OutboundDeadLetterQueue", outboundDlq],
       ["ScheduleRequestsDeadLetterQueue", scheduleRequestsDlq],
       ["ConfirmationsDeadLetterQueue", confirmationsDlq],
@@ -891,6 +909,8 @@ export class DsrStack extends Stack {
       ["ErasureRequestsQueueUrl", erasureRequestsQueue.queueUrl],
       ["AccessRequestsDeadLetterQueueUrl", accessRequestsDlq.queueUrl],
       ["ErasureRequestsDeadLetterQueueUrl", erasureRequestsDlq.queueUrl],
+      ["VendorErasuresQueueUrl", vendorErasuresQueue.queueUrl],
+      ["VendorErasuresDeadLetterQueueUrl", vendorErasuresDlq.queueUrl],
       ["OutboundQueueUrl", outboundQueue.queueUrl],
       ["ConfirmationsQueueUrl", confirmationsQueue.queueUrl],
       ["ScheduleRequestsQueueUrl", scheduleRequestsQueue.queueUrl],
@@ -918,7 +938,7 @@ interface FunctionSpec {
   ephemeralStorageMiB?: number;
   functionName?: string;
   condition?: CfnCondition;
-  queues?: { id: string; queue: sqs.Queue; batchSize: number }[];
+  queues?: { id: string; queue: sqs.Queue; batchSize: number; batchingWindowSeconds?: number }[];
   brokerQueues?: { id: string; broker: string; secret: string; queue: string }[];
   /** Named after the stack: schedule names are per account and region. */
   schedules?: { id: string; name: string; expression: string; input?: string; deadLetters: sqs.Queue }[];
@@ -974,6 +994,7 @@ class Functions {
         functionName: fn.functionName,
         eventSourceArn: q.queue.queueArn,
         batchSize: q.batchSize,
+        maximumBatchingWindowInSeconds: q.batchingWindowSeconds,
         functionResponseTypes: ["ReportBatchItemFailures"],
       });
       mapping.cfnOptions.condition = spec.condition;

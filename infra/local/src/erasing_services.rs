@@ -8,7 +8,7 @@
 use anyhow::Result;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use dsr_bridge::Patience;
@@ -247,6 +247,7 @@ pub async fn start(
         calls: AtomicU32::new(0),
         call_times: Mutex::new(Vec::new()),
         keys: Mutex::new(HashSet::new()),
+        batches: Mutex::new(Vec::new()),
     });
     let listener = tokio::net::TcpListener::bind(vendor_listen).await?;
     let vendor_addr = listener.local_addr()?;
@@ -254,6 +255,8 @@ pub async fn start(
         .route("/v2/users/{subject}", delete(vendor_erase).get(vendor_show))
         // An old API version that moved: a client following the redirect would erase there.
         .route("/v1/users/{subject}", delete(vendor_moved))
+        // Its batch API: many subjects per call (`batch` in the registry).
+        .route("/v2/erasures", post(vendor_erase_batch))
         .with_state(vendor.clone())
         .merge(
             Router::new()
@@ -650,9 +653,30 @@ pub struct Vendor {
     /// When each erase call came in.
     pub call_times: Mutex<Vec<std::time::Instant>>,
     keys: Mutex<HashSet<String>>,
+    /// The batch calls made: each call's subjects.
+    pub batches: Mutex<Vec<Vec<String>>>,
 }
 
 impl Vendor {
+    /// Counts an erase call; while it is rate limited, its 429 with `Retry-After: 1`.
+    fn called(&self) -> Option<(StatusCode, HeaderMap, Json<Value>)> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        lock(&self.call_times).push(std::time::Instant::now());
+        self.rate_limited
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .ok()?;
+        let mut retry = HeaderMap::new();
+        retry.insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        Some((
+            StatusCode::TOO_MANY_REQUESTS,
+            retry,
+            Json(json!({"error": "slow down"})),
+        ))
+    }
+
     /// Distinct idempotency keys seen.
     pub fn keys(&self) -> usize {
         lock(&self.keys).len()
@@ -664,23 +688,8 @@ async fn vendor_erase(
     Path(subject): Path<String>,
     headers: HeaderMap,
 ) -> (StatusCode, HeaderMap, Json<Value>) {
-    vendor.calls.fetch_add(1, Ordering::SeqCst);
-    lock(&vendor.call_times).push(std::time::Instant::now());
-    if vendor
-        .rate_limited
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        let mut retry = HeaderMap::new();
-        retry.insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("1"),
-        );
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            retry,
-            Json(json!({"error": "slow down"})),
-        );
+    if let Some(slow_down) = vendor.called() {
+        return slow_down;
     }
     let (status, body) = vendor_erase_now(&vendor, &subject, &headers);
     (status, HeaderMap::new(), body)
@@ -729,6 +738,60 @@ fn vendor_erase_now(
         Json(
             json!({"deleted": removed, "deletion_id": format!("del-{}", key.len()), "replayed": !first}),
         ),
+    )
+}
+
+/// `POST /v2/erasures` with `{"erasures": [{"idempotency_key", "request_id", "subject"}]}`:
+/// each subject as the single call would treat it, answered together in `results`. Its rate
+/// limit and maintenance answer apply to the call as a whole.
+async fn vendor_erase_batch(
+    State(vendor): State<Arc<Vendor>>,
+    Json(body): Json<Value>,
+) -> (StatusCode, HeaderMap, Json<Value>) {
+    if let Some(slow_down) = vendor.called() {
+        return slow_down;
+    }
+    if vendor.failing.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            HeaderMap::new(),
+            Json(json!({"error": "maintenance"})),
+        );
+    }
+    let Some(erasures) = body.get("erasures").and_then(Value::as_array) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            HeaderMap::new(),
+            Json(json!({"error": "erasures required"})),
+        );
+    };
+    let mut subjects = Vec::new();
+    let mut results = Vec::new();
+    for erasure in erasures {
+        let (Some(key), Some(subject)) = (
+            erasure.get("idempotency_key").and_then(Value::as_str),
+            erasure.get("subject").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        subjects.push(subject.to_owned());
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = axum::http::HeaderValue::from_str(key) {
+            headers.insert("idempotency-key", value);
+        }
+        let (status, Json(detail)) = vendor_erase_now(&vendor, subject, &headers);
+        let outcome = match status {
+            StatusCode::OK => "erased",
+            StatusCode::NOT_FOUND => "not_found",
+            _ => "failed",
+        };
+        results.push(json!({"idempotency_key": key, "outcome": outcome, "detail": detail}));
+    }
+    lock(&vendor.batches).push(subjects);
+    (
+        StatusCode::OK,
+        HeaderMap::new(),
+        Json(json!({"results": results})),
     )
 }
 

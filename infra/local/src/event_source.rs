@@ -22,8 +22,11 @@ pub type SqsFunction =
 pub struct EventSource {
     pub queue_url: String,
     pub queue_arn: String,
-    /// 1..=10, as for a standard queue's mapping.
+    /// Up to 10 per receive; more (up to 10,000) are gathered over `batching_window`.
     pub batch_size: i32,
+    /// `MaximumBatchingWindowInSeconds`: once a message is in, how long more are gathered
+    /// before the batch is handed over (zero: one receive).
+    pub batching_window: Duration,
     /// Long-poll wait per receive.
     pub wait_seconds: i32,
     pub region: String,
@@ -42,17 +45,46 @@ pub async fn deliver_once(
     source: &EventSource,
     function: &SqsFunction,
 ) -> Result<Delivery, Error> {
-    let received = client
-        .receive_message()
-        .queue_url(&source.queue_url)
-        .max_number_of_messages(source.batch_size.clamp(1, 10))
-        .wait_time_seconds(source.wait_seconds)
-        .message_system_attribute_names(MessageSystemAttributeName::All)
-        .message_attribute_names("All")
-        .send()
-        .await
-        .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
-    let messages = received.messages.unwrap_or_default();
+    let mut messages: Vec<Message> = Vec::new();
+    let mut gathering_until: Option<tokio::time::Instant> = None;
+    loop {
+        let wait = match gathering_until {
+            None => source.wait_seconds,
+            Some(until) => {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                i32::from(left >= Duration::from_secs(1))
+            }
+        };
+        let want =
+            (source.batch_size - i32::try_from(messages.len()).unwrap_or(i32::MAX)).clamp(1, 10);
+        let received = client
+            .receive_message()
+            .queue_url(&source.queue_url)
+            .max_number_of_messages(want)
+            .wait_time_seconds(wait)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
+        messages.extend(received.messages.unwrap_or_default());
+        // As Lambda does: the window opens with the first message.
+        if messages.is_empty()
+            || source.batching_window.is_zero()
+            || messages.len() >= usize::try_from(source.batch_size).unwrap_or(10)
+        {
+            break;
+        }
+        if gathering_until.is_none() {
+            gathering_until = Some(tokio::time::Instant::now() + source.batching_window);
+        } else if wait == 0 {
+            // Under a second left and nothing more came: a short pause, not a busy loop.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     if messages.is_empty() {
         return Ok(Delivery::default());
     }

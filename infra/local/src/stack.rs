@@ -249,6 +249,7 @@ impl LocalStack {
             queue_url: queue.url.clone().unwrap_or_default(),
             queue_arn: queue.arn.clone(),
             batch_size: 10,
+            batching_window: Duration::ZERO,
             wait_seconds: 1,
             region: self.context.region.clone(),
         })
@@ -339,16 +340,29 @@ impl LocalStack {
         )?)
     }
 
-    /// The event source of `function` as the template declares it (queue, batch size).
+    /// The (first) event source of `function` as the template declares it (queue, batch size,
+    /// batching window).
     pub fn event_source(&self, function: &str) -> Result<EventSource> {
-        let (queue, batch_size) = self
+        let (queue, _, _) = self
             .template
             .sqs_event_sources(function)
             .into_iter()
             .next()
             .ok_or_else(|| anyhow!("{function} has no SQS event source in the template"))?;
+        self.event_source_of(function, &queue)
+    }
+
+    /// The event source of `function` on `queue` (a logical id) as the template declares it.
+    pub fn event_source_of(&self, function: &str, queue: &str) -> Result<EventSource> {
+        let (queue, batch_size, window) = self
+            .template
+            .sqs_event_sources(function)
+            .into_iter()
+            .find(|(q, _, _)| q == queue)
+            .ok_or_else(|| anyhow!("{function} has no SQS event source on {queue}"))?;
         Ok(EventSource {
             batch_size,
+            batching_window: Duration::from_secs(window),
             ..self.queue(&queue)?
         })
     }
@@ -485,7 +499,11 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
     if settings.consume_work_queues {
         let sqs = aws_sdk_sqs::Client::new(aws);
         let (workers, deliveries) = (settings.workers.max(1), settings.deliveries.max(1));
-        let mut consume = |function: &str, build: &dyn Fn() -> Result<SqsFunction>| -> Result<()> {
+        // `queue`: the logical id of one of the function's queues (`None`: its first).
+        let mut consume = |function: &str,
+                           queue: Option<&str>,
+                           build: &dyn Fn() -> Result<SqsFunction>|
+         -> Result<()> {
             let instances = (0..workers).map(|_| build()).collect::<Result<Vec<_>>>()?;
             // Each batch to one instance: every instance polls on its own, as Lambda scales
             // a queue's function out to several concurrent invocations.
@@ -499,37 +517,49 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
                 if let Some(losses) = &settings.losses {
                     handler = event_source::losing(function, handler, losses.clone());
                 }
+                let source = match queue {
+                    Some(queue) => stack.event_source_of(function, queue)?,
+                    None => stack.event_source(function)?,
+                };
                 tasks.spawn(event_source::run(
                     sqs.clone(),
-                    stack.event_source(function)?,
+                    source,
                     handler,
                     stopped.clone(),
                 ));
             }
             Ok(())
         };
-        consume("ReportFunction", &|| {
+        consume("ReportFunction", None, &|| {
             Ok(queue_function(
                 &stack,
                 "ReportFunction",
                 stack.report(registry.as_deref())?,
             ))
         })?;
-        consume("ErasureFunction", &|| {
+        consume("ErasureFunction", None, &|| {
             Ok(queue_function(
                 &stack,
                 "ErasureFunction",
-                stack.erasure(registry.as_deref())?,
+                stack.erasure(registry.as_deref())?.requests,
             ))
         })?;
-        consume("ConfirmFunction", &|| {
+        // The same function on its second queue: commands to vendors that take batches.
+        consume("ErasureFunction", Some("VendorErasuresQueue"), &|| {
+            Ok(queue_function_together(
+                &stack,
+                "ErasureFunction",
+                stack.erasure(registry.as_deref())?.vendor_erasures,
+            ))
+        })?;
+        consume("ConfirmFunction", None, &|| {
             Ok(queue_function(
                 &stack,
                 "ConfirmFunction",
                 stack.confirm(registry.as_deref())?,
             ))
         })?;
-        consume("BridgeOutboundFunction", &|| {
+        consume("BridgeOutboundFunction", None, &|| {
             Ok(queue_function(
                 &stack,
                 "BridgeOutboundFunction",
@@ -538,7 +568,7 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
         })?;
         let dispatch = Arc::new(stack.dispatch(SystemClock)?);
         let timeout = stack.template.function_timeout("DispatchFunction");
-        consume("DispatchFunction", &|| {
+        consume("DispatchFunction", None, &|| {
             let requests = Arc::new(stack.dispatch(SystemClock)?);
             let function: SqsFunction = Arc::new(move |event| {
                 let dispatch = requests.clone();
@@ -589,14 +619,42 @@ pub fn queue_function<H: RecordHandler + 'static>(
     function: &str,
     driver: QueueDriver<H>,
 ) -> SqsFunction {
+    invoked(
+        stack,
+        function,
+        driver,
+        |driver, event, deadline| async move { driver.handle(event, Some(deadline)).await },
+    )
+}
+
+/// A function whose queue's batches are handled as one, as Lambda's event source mapping calls
+/// it.
+pub fn queue_function_together<H: dsr_adapters::batch::BatchHandler + 'static>(
+    stack: &LocalStack,
+    function: &str,
+    driver: QueueDriver<H>,
+) -> SqsFunction {
+    invoked(
+        stack,
+        function,
+        driver,
+        |driver, event, deadline| async move { driver.handle_together(event, Some(deadline)).await },
+    )
+}
+
+/// `run` on each batch, with the deadline the function's template `Timeout` gives it.
+fn invoked<D, F, Fut>(stack: &LocalStack, function: &str, driver: D, run: F) -> SqsFunction
+where
+    D: Send + Sync + 'static,
+    F: Fn(Arc<D>, aws_lambda_events::sqs::SqsEvent, SystemTime) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = aws_lambda_events::sqs::SqsBatchResponse> + Send + 'static,
+{
     let timeout = stack.template.function_timeout(function);
     let driver = Arc::new(driver);
+    let run = Arc::new(run);
     Arc::new(move |event| {
-        let driver = driver.clone();
-        Box::pin(async move {
-            let deadline = SystemTime::now() + timeout;
-            Ok(driver.handle(event, Some(deadline)).await)
-        })
+        let work = run(driver.clone(), event, SystemTime::now() + timeout);
+        Box::pin(async move { Ok(work.await) })
     })
 }
 

@@ -180,8 +180,9 @@ impl Template {
             .collect()
     }
 
-    /// The SQS event sources of a function: `(queue logical id, batch size)`.
-    pub fn sqs_event_sources(&self, function: &str) -> Vec<(String, i32)> {
+    /// The SQS event sources of a function: `(queue logical id, batch size, batching window
+    /// in seconds)`.
+    pub fn sqs_event_sources(&self, function: &str) -> Vec<(String, i32, u64)> {
         let Some((_, props)) = self.resource(function) else {
             return Vec::new();
         };
@@ -202,7 +203,11 @@ impl Template {
                     .and_then(Value::as_i64)
                     .and_then(|b| i32::try_from(b).ok())
                     .unwrap_or(10);
-                Some((queue, batch))
+                let window = props
+                    .get("MaximumBatchingWindowInSeconds")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                Some((queue, batch, window))
             })
             .collect()
     }

@@ -124,7 +124,7 @@ pub struct QueueDriver<H> {
     wait_base: Duration,
 }
 
-impl<H: RecordHandler> QueueDriver<H> {
+impl<H> QueueDriver<H> {
     /// `dead_letter_queue_url`: where rejected messages go with their reason; without one a
     /// rejected message is left to the queue's redrive policy (logged with the reason).
     pub fn new(
@@ -177,101 +177,26 @@ impl<H: RecordHandler> QueueDriver<H> {
         self
     }
 
-    /// The Lambda handler.
-    pub async fn handle_lambda(
-        &self,
-        event: lambda_runtime::LambdaEvent<SqsEvent>,
-    ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-        let deadline = (event.context.deadline > 0).then(|| event.context.deadline());
-        Ok(self.handle(event.payload, deadline).await)
-    }
-
-    /// One batch, to be answered by `deadline` (none: no limit).
-    pub async fn handle(&self, event: SqsEvent, deadline: Option<SystemTime>) -> SqsBatchResponse {
-        let mut response = SqsBatchResponse::default();
-        let mut records = event.records.into_iter();
-        for record in records.by_ref() {
-            let sqs_id = record.message_id.clone().unwrap_or_default();
-            if deadline.is_some_and(|d| left_until(d) < self.reserve) {
-                tracing::warn!(
-                    function = self.function,
-                    "deadline near: the rest of the batch comes back"
-                );
-                response.batch_item_failures.push(failure(sqs_id));
-                break;
-            }
-            // A record still running when the deadline is near is given up (as a crash would
-            // be: every effect is keyed and every lease expires) and comes back, rather than
-            // Lambda killing the invocation and re-running the records already done.
-            let settled = match deadline {
-                Some(d) => {
-                    let budget = left_until(d).saturating_sub(self.reserve / 2);
-                    match tokio::time::timeout(budget, self.settle(&record, &sqs_id)).await {
-                        Ok(settled) => settled,
-                        Err(_) => {
-                            tracing::warn!(
-                                function = self.function,
-                                message_id = %sqs_id,
-                                "deadline near: a record still running was given up; it and the rest of the batch come back"
-                            );
-                            response.batch_item_failures.push(failure(sqs_id));
-                            break;
-                        }
-                    }
+    /// Does what `outcome` says with the record; true when it is done with (handled or
+    /// dead-lettered).
+    async fn apply(&self, record: &SqsMessage, body: &str, outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::Done => true,
+            Outcome::Retry(delay) => {
+                if let Some(delay) = delay {
+                    self.delay(record, delay).await;
                 }
-                None => self.settle(&record, &sqs_id).await,
-            };
-            if !settled {
-                response.batch_item_failures.push(failure(sqs_id));
+                false
+            }
+            Outcome::Reject(reason) => self.dead_letter(body, &reason).await,
+            Outcome::WaitOut {
+                reason,
+                dead_letter_after,
+            } => {
+                self.wait_out(record, body, &reason, dead_letter_after)
+                    .await
             }
         }
-        // Whatever was not reached comes back, unharmed.
-        response
-            .batch_item_failures
-            .extend(records.map(|r| failure(r.message_id.unwrap_or_default())));
-        self.handler.after_batch().await;
-        dsr_domain::kill_point::reached("batch.handled");
-        response
-    }
-
-    /// True when the message is done with (handled or dead-lettered).
-    async fn settle(&self, record: &SqsMessage, sqs_id: &str) -> bool {
-        let body = record.body.as_deref().unwrap_or_default();
-        let message = match parse::<H::Message>(body) {
-            Ok(message) => message,
-            Err(reason) => {
-                let span =
-                    tracing::info_span!("message", function = self.function, message_id = %sqs_id);
-                return self.dead_letter(body, &reason).instrument(span).await;
-            }
-        };
-        let request_id = message
-            .request_id()
-            .map(|id| id.to_string())
-            .unwrap_or_default();
-        // Every line logged for this message carries the request id: the correlation id.
-        let span = tracing::info_span!("message", function = self.function, message_id = %sqs_id, request_id = %request_id);
-        async {
-            match self.handler.handle(message, &origin_of(record)).await {
-                Outcome::Done => true,
-                Outcome::Retry(delay) => {
-                    if let Some(delay) = delay {
-                        self.delay(record, delay).await;
-                    }
-                    false
-                }
-                Outcome::Reject(reason) => self.dead_letter(body, &reason).await,
-                Outcome::WaitOut {
-                    reason,
-                    dead_letter_after,
-                } => {
-                    self.wait_out(record, body, &reason, dead_letter_after)
-                        .await
-                }
-            }
-        }
-        .instrument(span)
-        .await
     }
 
     async fn dead_letter(&self, body: &str, reason: &str) -> bool {
@@ -392,6 +317,182 @@ impl<H: RecordHandler> QueueDriver<H> {
         {
             tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(err), "could not delay the retry; the queue's timeout applies");
         }
+    }
+}
+
+impl<H: RecordHandler> QueueDriver<H> {
+    /// The Lambda handler.
+    pub async fn handle_lambda(
+        &self,
+        event: lambda_runtime::LambdaEvent<SqsEvent>,
+    ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+        let deadline = (event.context.deadline > 0).then(|| event.context.deadline());
+        Ok(self.handle(event.payload, deadline).await)
+    }
+
+    /// One batch, to be answered by `deadline` (none: no limit).
+    pub async fn handle(&self, event: SqsEvent, deadline: Option<SystemTime>) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        let mut records = event.records.into_iter();
+        for record in records.by_ref() {
+            let sqs_id = record.message_id.clone().unwrap_or_default();
+            if deadline.is_some_and(|d| left_until(d) < self.reserve) {
+                tracing::warn!(
+                    function = self.function,
+                    "deadline near: the rest of the batch comes back"
+                );
+                response.batch_item_failures.push(failure(sqs_id));
+                break;
+            }
+            // A record still running when the deadline is near is given up (as a crash would
+            // be: every effect is keyed and every lease expires) and comes back, rather than
+            // Lambda killing the invocation and re-running the records already done.
+            let settled = match deadline {
+                Some(d) => {
+                    let budget = left_until(d).saturating_sub(self.reserve / 2);
+                    match tokio::time::timeout(budget, self.settle(&record, &sqs_id)).await {
+                        Ok(settled) => settled,
+                        Err(_) => {
+                            tracing::warn!(
+                                function = self.function,
+                                message_id = %sqs_id,
+                                "deadline near: a record still running was given up; it and the rest of the batch come back"
+                            );
+                            response.batch_item_failures.push(failure(sqs_id));
+                            break;
+                        }
+                    }
+                }
+                None => self.settle(&record, &sqs_id).await,
+            };
+            if !settled {
+                response.batch_item_failures.push(failure(sqs_id));
+            }
+        }
+        // Whatever was not reached comes back, unharmed.
+        response
+            .batch_item_failures
+            .extend(records.map(|r| failure(r.message_id.unwrap_or_default())));
+        self.handler.after_batch().await;
+        dsr_domain::kill_point::reached("batch.handled");
+        response
+    }
+
+    /// True when the message is done with (handled or dead-lettered).
+    async fn settle(&self, record: &SqsMessage, sqs_id: &str) -> bool {
+        let body = record.body.as_deref().unwrap_or_default();
+        let message = match parse::<H::Message>(body) {
+            Ok(message) => message,
+            Err(reason) => {
+                let span =
+                    tracing::info_span!("message", function = self.function, message_id = %sqs_id);
+                return self.dead_letter(body, &reason).instrument(span).await;
+            }
+        };
+        let request_id = message
+            .request_id()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        // Every line logged for this message carries the request id: the correlation id.
+        let span = tracing::info_span!("message", function = self.function, message_id = %sqs_id, request_id = %request_id);
+        async {
+            let outcome = self.handler.handle(message, &origin_of(record)).await;
+            self.apply(record, body, outcome).await
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// What a function does with a whole batch at once, for work that is cheaper together (a
+/// vendor's batch erasure call): the messages that could be read, with who sent each.
+pub trait BatchHandler: Send + Sync {
+    type Message: QueueMessage;
+
+    /// One outcome per message, in the order given.
+    fn handle_all(
+        &self,
+        messages: Vec<(Self::Message, Origin)>,
+    ) -> impl Future<Output = Vec<Outcome>> + Send;
+}
+
+impl<H: BatchHandler> QueueDriver<H> {
+    /// The Lambda handler of a queue whose messages are handled together.
+    pub async fn handle_lambda_together(
+        &self,
+        event: lambda_runtime::LambdaEvent<SqsEvent>,
+    ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+        let deadline = (event.context.deadline > 0).then(|| event.context.deadline());
+        Ok(self.handle_together(event.payload, deadline).await)
+    }
+
+    /// One batch, handled as one, answered by `deadline`: what is not settled by then comes
+    /// back (every effect is keyed: doing a record again is safe), as a crash would.
+    pub async fn handle_together(
+        &self,
+        event: SqsEvent,
+        deadline: Option<SystemTime>,
+    ) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        let mut readable = Vec::new();
+        let mut messages = Vec::new();
+        for record in &event.records {
+            let sqs_id = record.message_id.clone().unwrap_or_default();
+            let body = record.body.as_deref().unwrap_or_default();
+            match parse::<H::Message>(body) {
+                Ok(message) => {
+                    messages.push((message, origin_of(record)));
+                    readable.push(record);
+                }
+                Err(reason) => {
+                    let span = tracing::info_span!("message", function = self.function, message_id = %sqs_id);
+                    if !self.dead_letter(body, &reason).instrument(span).await {
+                        response.batch_item_failures.push(failure(sqs_id));
+                    }
+                }
+            }
+        }
+        let span =
+            tracing::info_span!("batch", function = self.function, messages = messages.len());
+        let work = self.handler.handle_all(messages).instrument(span);
+        let outcomes = match deadline {
+            Some(d) => {
+                let budget = left_until(d).saturating_sub(self.reserve / 2);
+                match tokio::time::timeout(budget, work).await {
+                    Ok(outcomes) => Some(outcomes),
+                    Err(_) => {
+                        tracing::warn!(
+                            function = self.function,
+                            "deadline near: the batch still running was given up; it comes back"
+                        );
+                        None
+                    }
+                }
+            }
+            None => Some(work.await),
+        };
+        match outcomes {
+            Some(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for record in readable {
+                    let sqs_id = record.message_id.clone().unwrap_or_default();
+                    let body = record.body.as_deref().unwrap_or_default();
+                    // A handler that answered for fewer messages: the rest come back.
+                    let outcome = outcomes.next().unwrap_or(Outcome::Retry(None));
+                    let span = tracing::info_span!("message", function = self.function, message_id = %sqs_id);
+                    if !self.apply(record, body, outcome).instrument(span).await {
+                        response.batch_item_failures.push(failure(sqs_id));
+                    }
+                }
+            }
+            None => response.batch_item_failures.extend(
+                readable
+                    .into_iter()
+                    .map(|r| failure(r.message_id.clone().unwrap_or_default())),
+            ),
+        }
+        dsr_domain::kill_point::reached("batch.handled");
+        response
     }
 }
 

@@ -78,6 +78,11 @@ pub mod vars {
     pub const SCHEDULE_REQUESTS_QUEUE_URL: &str = "SCHEDULE_REQUESTS_QUEUE_URL";
     pub const ERASURE_GRACE_SECONDS: &str = "ERASURE_GRACE_SECONDS";
     pub const ERASURE_LEASE_SECONDS: &str = "ERASURE_LEASE_SECONDS";
+    /// Where commands to vendors that take batches wait for their call (required when the
+    /// registry has one).
+    pub const VENDOR_ERASURES_QUEUE_URL: &str = "VENDOR_ERASURES_QUEUE_URL";
+    /// Where the erasure function dead-letters a vendor command that can never be sent.
+    pub const VENDOR_ERASURES_DEAD_LETTER_QUEUE_URL: &str = "VENDOR_ERASURES_DEAD_LETTER_QUEUE_URL";
 
     // Delayed dispatch.
     pub const DELAYED_MESSAGES_TABLE: &str = "DELAYED_MESSAGES_TABLE";

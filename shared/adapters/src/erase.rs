@@ -1,5 +1,7 @@
 //! How erasure commands leave: internal services get `erase_subject` on RabbitMQ (an envelope
-//! on the outbound queue, published by the bridge); third parties' APIs are called directly.
+//! on the outbound queue, published by the bridge); third parties' APIs are called directly,
+//! one subject per call, or, for a vendor that takes batches, many subjects per call (the
+//! commands wait on the vendor-erasures queue, whose consumer gathers them).
 
 use crate::config::Env;
 use aws_sdk_sqs::Client;
@@ -24,6 +26,8 @@ pub struct ErasureChannels {
     next_call: Mutex<HashMap<String, Instant>>,
     /// The rate limits held across every instance, when configured.
     shared_pace: Option<crate::dynamodb::DynamoVendorPace>,
+    /// Where commands to vendors that take batches wait for their call.
+    vendor_queue_url: Option<String>,
 }
 
 /// The longest a call waits for its vendor's rate limit; a slot further away defers the
@@ -48,7 +52,52 @@ impl ErasureChannels {
             secrets,
             next_call: Mutex::new(HashMap::new()),
             shared_pace: None,
+            vendor_queue_url: None,
         }
+    }
+
+    /// Commands to vendors that take batches wait on this queue (the erasure function
+    /// consumes it, many at a time) instead of being sent one by one.
+    pub fn with_vendor_queue(mut self, url: impl Into<String>) -> Self {
+        self.vendor_queue_url = Some(url.into());
+        self
+    }
+
+    async fn enqueue(&self, command: &ErasureCommand) -> Result<Delivery, ChannelError> {
+        let queue = self.vendor_queue_url.as_deref().ok_or_else(|| {
+            ChannelError(
+                format!(
+                    "{} is not set: a vendor that takes batches cannot be sent to",
+                    crate::config::vars::VENDOR_ERASURES_QUEUE_URL
+                )
+                .into(),
+            )
+        })?;
+        let body = serde_json::to_string(command).map_err(|e| ChannelError(Box::new(e)))?;
+        self.sqs
+            .send_message()
+            .queue_url(queue)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| ChannelError(Box::new(e)))?;
+        Ok(Delivery::Sent)
+    }
+
+    /// The vendor's token, as the registry names it.
+    fn authorised(
+        &self,
+        request: reqwest::RequestBuilder,
+        auth: Option<&dsr_domain::registry::AuthHeader>,
+    ) -> Result<reqwest::RequestBuilder, ChannelError> {
+        let Some(auth) = auth else {
+            return Ok(request);
+        };
+        let value = self
+            .secrets
+            .optional_secret(&auth.value_from_env)
+            .ok_or_else(|| ChannelError(format!("{} is not set", auth.value_from_env).into()))?;
+        Ok(request.header(&auth.header, value.expose()))
     }
 
     /// Vendors' rate limits held across instances (a slot in DynamoDB per call) rather than per
@@ -133,6 +182,7 @@ impl ErasureChannel for ErasureChannels {
             ErasureRoute::Rabbitmq { routing_key } => {
                 return self.publish(command, routing_key).await
             }
+            ErasureRoute::Http { batch: Some(_), .. } => return self.enqueue(command).await,
             ErasureRoute::Http {
                 url,
                 method,
@@ -140,6 +190,7 @@ impl ErasureChannel for ErasureChannels {
                 timeout_ms,
                 max_per_second,
                 not_found,
+                batch: None,
             } => (
                 url,
                 method,
@@ -165,22 +216,15 @@ impl ErasureChannel for ErasureChannels {
         .to_string();
         let method = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|e| ChannelError(Box::new(e)))?;
-        let mut request = self
-            .http
-            .get()
-            .request(method, url.replace("{subject}", &subject))
-            .timeout(Duration::from_millis(timeout_ms))
-            .header("Idempotency-Key", &command.idempotency_key)
-            .header("X-Request-Id", command.request_id.to_string());
-        if let Some(auth) = auth {
-            let value = self
-                .secrets
-                .optional_secret(&auth.value_from_env)
-                .ok_or_else(|| {
-                    ChannelError(format!("{} is not set", auth.value_from_env).into())
-                })?;
-            request = request.header(&auth.header, value.expose());
-        }
+        let request = self.authorised(
+            self.http
+                .get()
+                .request(method, url.replace("{subject}", &subject))
+                .timeout(Duration::from_millis(timeout_ms))
+                .header("Idempotency-Key", &command.idempotency_key)
+                .header("X-Request-Id", command.request_id.to_string()),
+            auth.as_ref(),
+        )?;
         // The URL holds the subject id: errors are reported without it.
         let response = match request.send().await {
             Ok(response) => response,
@@ -213,6 +257,143 @@ impl ErasureChannel for ErasureChannels {
             _ => answer(status, &text, not_found, receipt),
         })
     }
+
+    async fn send_batch(
+        &self,
+        commands: &[ErasureCommand],
+        how: &HowToErase,
+    ) -> Result<Vec<Delivery>, ChannelError> {
+        let ErasureRoute::Http {
+            auth,
+            timeout_ms,
+            max_per_second,
+            batch: Some(batch),
+            ..
+        } = &how.via
+        else {
+            return Err(ChannelError("the registry gives no batch endpoint".into()));
+        };
+        let all = |delivery: Delivery| vec![delivery; commands.len()];
+        let Some(first) = commands.first() else {
+            return Ok(Vec::new());
+        };
+        // One call, one slot of the vendor's rate limit, however many subjects it carries.
+        if let Some(after) = self.pace(first.service.as_str(), *max_per_second).await? {
+            return Ok(all(Delivery::Deferred {
+                reason: format!(
+                    "its rate limit ({max_per_second}/s, shared by every instance) is taken for the next {} s",
+                    after.as_secs()
+                ),
+                after,
+            }));
+        }
+        let body = serde_json::json!({
+            "erasures": commands
+                .iter()
+                .map(|c| serde_json::json!({
+                    "idempotency_key": c.idempotency_key,
+                    "request_id": c.request_id,
+                    "subject": c.subject,
+                }))
+                .collect::<Vec<_>>(),
+        });
+        let request = self.authorised(
+            self.http
+                .get()
+                .post(&batch.url)
+                .timeout(Duration::from_millis(*timeout_ms))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("Idempotency-Key", batch_key(commands))
+                .body(body.to_string()),
+            auth.as_ref(),
+        )?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => return Ok(all(Delivery::Failed(err.without_url().to_string()))),
+        };
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = match crate::http::read_capped(response, MAX_BATCH_ANSWER_BYTES).await {
+            Ok(body) => body,
+            Err(err) => return Ok(all(Delivery::Failed(err.without_url().to_string()))),
+        };
+        Ok(match (status.as_u16(), retry_after) {
+            (429, after) => all(Delivery::Deferred {
+                reason: format!("the batch API answered {status}"),
+                after: after.unwrap_or(DEFAULT_RETRY_AFTER),
+            }),
+            (503, Some(after)) => all(Delivery::Deferred {
+                reason: format!("the batch API answered {status}"),
+                after,
+            }),
+            _ if !status.is_success() => {
+                all(Delivery::Failed(format!("the batch API answered {status}")))
+            }
+            _ if body.truncated => all(Delivery::Failed(format!(
+                "the batch API's answer is longer than {MAX_BATCH_ANSWER_BYTES} bytes"
+            ))),
+            _ => batch_answers(commands, status.as_u16(), &body.bytes),
+        })
+    }
+}
+
+/// The `Idempotency-Key` of a batch call: the same commands, in any order, make the same key.
+fn batch_key(commands: &[ErasureCommand]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut keys: Vec<&str> = commands
+        .iter()
+        .map(|c| c.idempotency_key.as_str())
+        .collect();
+    keys.sort_unstable();
+    format!("batch:{}", hex::encode(Sha256::digest(keys.join("\n"))))
+}
+
+/// A batch answer: `{"results": [...]}`, one result per subject, found by idempotency key.
+pub const MAX_BATCH_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a vendor's batch answer says of each command: `erased` and `not_found` are answers,
+/// `failed` is the vendor's own failure (recorded, sent again by the watchdog); a command the
+/// answer does not mention, or an outcome it does not know, is a failed send.
+fn batch_answers(commands: &[ErasureCommand], http_status: u16, body: &[u8]) -> Vec<Delivery> {
+    let results = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("results").and_then(|r| r.as_array()).cloned());
+    let Some(results) = results else {
+        return vec![
+            Delivery::Failed("the batch API's answer is not {\"results\": [...]}".into());
+            commands.len()
+        ];
+    };
+    let by_key: HashMap<&str, &serde_json::Value> = results
+        .iter()
+        .filter_map(|r| Some((r.get("idempotency_key")?.as_str()?, r)))
+        .collect();
+    commands
+        .iter()
+        .map(|command| {
+            let Some(result) = by_key.get(command.idempotency_key.as_str()) else {
+                return Delivery::Failed("the batch API's answer says nothing of it".into());
+            };
+            let receipt = serde_json::json!({
+                "http_status": http_status,
+                "batch_of": commands.len(),
+                "result": result,
+            })
+            .to_string();
+            let status = match result.get("outcome").and_then(|o| o.as_str()) {
+                Some("erased") => ObligationStatus::Confirmed,
+                Some("not_found") => ObligationStatus::NotFound,
+                Some("failed") => ObligationStatus::Failed,
+                other => {
+                    return Delivery::Failed(format!(
+                        "the batch API's outcome {} is not erased, not_found or failed",
+                        other.unwrap_or("(none)")
+                    ))
+                }
+            };
+            Delivery::Answered { status, receipt }
+        })
+        .collect()
 }
 
 /// A `Retry-After` header: seconds, or an HTTP date.
@@ -289,6 +470,72 @@ mod tests {
         let other = Instant::now();
         assert_eq!(channels.pace("crm", 2).await.unwrap(), None);
         assert_eq!(other.elapsed(), Duration::ZERO);
+    }
+
+    fn command(subject: &str) -> ErasureCommand {
+        let request = dsr_domain::Request::receive(
+            dsr_domain::RequestKind::Erasure,
+            dsr_domain::SubjectId::parse(subject).unwrap(),
+            chrono::Utc::now(),
+        );
+        ErasureCommand::new(
+            &request,
+            &dsr_domain::ServiceName::parse("ads").unwrap(),
+            1,
+            0,
+            chrono::Utc::now(),
+        )
+    }
+
+    #[test]
+    fn a_batch_answer_is_read_per_subject_by_its_idempotency_key() {
+        let commands: Vec<ErasureCommand> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|s| command(s))
+            .collect();
+        let key = |i: usize| commands[i].idempotency_key.clone();
+        let body = serde_json::json!({"results": [
+            // Any order; one it never asked about is ignored.
+            {"idempotency_key": key(1), "outcome": "not_found"},
+            {"idempotency_key": key(0), "outcome": "erased", "deleted": 3},
+            {"idempotency_key": key(2), "outcome": "failed", "error": "locked"},
+            {"idempotency_key": key(4), "outcome": "maybe"},
+            {"idempotency_key": "erase:someone:else", "outcome": "erased"},
+        ]})
+        .to_string();
+        let read: Vec<Result<ObligationStatus, String>> =
+            batch_answers(&commands, 200, body.as_bytes())
+                .into_iter()
+                .map(|d| match d {
+                    Delivery::Answered { status, receipt } => {
+                        assert!(receipt.contains("\"batch_of\":5"), "{receipt}");
+                        Ok(status)
+                    }
+                    Delivery::Failed(reason) => Err(reason),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+        assert_eq!(read[0], Ok(ObligationStatus::Confirmed));
+        assert_eq!(read[1], Ok(ObligationStatus::NotFound));
+        assert_eq!(read[2], Ok(ObligationStatus::Failed));
+        assert!(read[3].as_ref().unwrap_err().contains("says nothing of it"));
+        assert!(read[4].as_ref().unwrap_err().contains("maybe"));
+        // Not the documented shape: nothing is known of any of them.
+        for bad in ["[]", "{\"ok\": true}", "<html>"] {
+            assert!(batch_answers(&commands, 200, bad.as_bytes())
+                .iter()
+                .all(|d| matches!(d, Delivery::Failed(r) if r.contains("results"))));
+        }
+    }
+
+    #[test]
+    fn a_batch_calls_key_is_the_same_for_the_same_commands_in_any_order() {
+        let (a, b, c) = (command("a"), command("b"), command("c"));
+        assert_eq!(
+            batch_key(&[a.clone(), b.clone()]),
+            batch_key(&[b.clone(), a.clone()])
+        );
+        assert_ne!(batch_key(&[a.clone(), b]), batch_key(&[a, c]));
     }
 
     #[test]

@@ -103,19 +103,30 @@ pub fn erasures(
     let outbound = env.required(vars::OUTBOUND_QUEUE_URL)?;
     let commands = env.required(vars::COMMANDS_EXCHANGE)?;
     let defaults = ErasureSettings::default();
+    let registry = crate::registry::load_erasable(env)?;
+    let mut channel = crate::erase::ErasureChannels::new(
+        sqs.clone(),
+        outbound.clone(),
+        commands.clone(),
+        env.clone(),
+    )
+    // Third parties' rate limits hold across every instance of both functions.
+    .with_shared_pace(crate::dynamodb::DynamoVendorPace::new(
+        aws_sdk_dynamodb::Client::new(aws),
+        env.required(vars::REQUESTS_TABLE)?,
+    ));
+    let batches = registry.erasable().any(|(_, how)| {
+        matches!(
+            how.via,
+            dsr_domain::registry::ErasureRoute::Http { batch: Some(_), .. }
+        )
+    });
+    if batches {
+        channel = channel.with_vendor_queue(env.required(vars::VENDOR_ERASURES_QUEUE_URL)?);
+    }
     Ok(dsr_domain::erasure::Erasures {
         store: request_store(aws, env, actor)?,
-        channel: crate::erase::ErasureChannels::new(
-            sqs.clone(),
-            outbound.clone(),
-            commands.clone(),
-            env.clone(),
-        )
-        // Third parties' rate limits hold across every instance of both functions.
-        .with_shared_pace(crate::dynamodb::DynamoVendorPace::new(
-            aws_sdk_dynamodb::Client::new(aws),
-            env.required(vars::REQUESTS_TABLE)?,
-        )),
+        channel,
         checks: crate::sqs::SqsCheckScheduler::new(
             sqs.clone(),
             env.required(vars::SCHEDULE_REQUESTS_QUEUE_URL)?,
@@ -128,7 +139,7 @@ pub fn erasures(
             env.required(vars::REPORTS_BUCKET)?,
         ),
         clock: SystemClock,
-        registry: crate::registry::load_erasable(env)?,
+        registry,
         hasher: subject_hasher(env)?,
         settings: ErasureSettings {
             grace: env.seconds(vars::ERASURE_GRACE_SECONDS, defaults.grace)?,

@@ -78,7 +78,30 @@ pub enum ErasureRoute {
         /// The vendor's rate limit: calls per second at most, from one function instance.
         #[serde(default = "default_rate")]
         max_per_second: u32,
+        /// The vendor takes many subjects in one call: commands wait (at most a few seconds)
+        /// on the vendor-erasures queue and leave together, up to `max_subjects` per call.
+        #[serde(default)]
+        batch: Option<VendorBatch>,
     },
+}
+
+/// A vendor's batch erasure endpoint: `POST url` with
+/// `{"erasures": [{"idempotency_key", "request_id", "subject"}, ...]}`, answered with
+/// `{"results": [{"idempotency_key", "outcome": "erased" | "not_found" | "failed", ...}]}`
+/// (the README's "Third parties that take batches").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorBatch {
+    pub url: String,
+    #[serde(default = "default_batch_size")]
+    pub max_subjects: u32,
+}
+
+/// The most subjects one batch call carries.
+pub const MOST_SUBJECTS_PER_BATCH: u32 = 1000;
+
+fn default_batch_size() -> u32 {
+    100
 }
 
 /// The vendor's documented answer for "no such subject": its status and/or a text its body
@@ -406,6 +429,7 @@ impl ServiceRegistry {
                         method,
                         max_per_second,
                         not_found,
+                        batch,
                         ..
                     } => {
                         check_url(name, url)?;
@@ -431,6 +455,19 @@ impl ServiceRegistry {
                             return Err(RegistryError(format!(
                                 "{name}: max_per_second must be at least 1"
                             )));
+                        }
+                        if let Some(batch) = batch {
+                            check_url(name, &batch.url)?;
+                            if batch.url.contains("{subject}") {
+                                return Err(RegistryError(format!(
+                                    "{name}: the batch url carries no {{subject}} (the subjects are in its body)"
+                                )));
+                            }
+                            if !(1..=MOST_SUBJECTS_PER_BATCH).contains(&batch.max_subjects) {
+                                return Err(RegistryError(format!(
+                                    "{name}: batch max_subjects must be 1 to {MOST_SUBJECTS_PER_BATCH}"
+                                )));
+                            }
                         }
                     }
                     ErasureRoute::Rabbitmq { .. } => {}
@@ -649,6 +686,47 @@ mod tests {
                 assert_eq!((*timeout_ms, *max_attempts), (10_000, 4));
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_vendors_batch_endpoint_is_checked_and_its_size_defaults_to_100() {
+        let with = |batch: &str| {
+            registry(&format!(
+                r#"{{"services": [{{"name": "ads", "erase": {{"via": {{"kind": "http", "url": "https://ads/users/{{subject}}", "batch": {batch}}}}}}}]}}"#
+            ))
+        };
+        let r = with(r#"{"url": "https://ads/erasures"}"#).unwrap();
+        match r
+            .eraser(&ServiceName::parse("ads").unwrap())
+            .map(|h| &h.via)
+        {
+            Some(ErasureRoute::Http {
+                batch: Some(batch), ..
+            }) => assert_eq!(
+                (batch.url.as_str(), batch.max_subjects),
+                ("https://ads/erasures", 100)
+            ),
+            other => panic!("{other:?}"),
+        }
+        for (bad, why) in [
+            (r#"{"url": "https://ads/users/{subject}"}"#, "no {subject}"),
+            (r#"{"url": "http://ads.example/erasures"}"#, "url"),
+            (
+                r#"{"url": "https://ads/erasures", "max_subjects": 0}"#,
+                "1 to 1000",
+            ),
+            (
+                r#"{"url": "https://ads/erasures", "max_subjects": 1001}"#,
+                "1 to 1000",
+            ),
+            (
+                r#"{"url": "https://ads/erasures", "size": 5}"#,
+                "unknown field `size`",
+            ),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
         }
     }
 

@@ -19,6 +19,10 @@ pub struct RecordingErasurePorts {
     pub verified: Mutex<Vec<dsr_domain::erasure::ErasureVerified>>,
     /// Per service: what `send` answers instead of `Sent`.
     pub answers: Mutex<HashMap<dsr_domain::ServiceName, dsr_domain::erasure::Delivery>>,
+    /// Batch calls made (`send_batch`), each with its commands.
+    pub batches: Mutex<Vec<Vec<dsr_domain::erasure::ErasureCommand>>>,
+    /// Per subject: what a batch call says of it instead of "erased".
+    pub batch_answers: Mutex<HashMap<String, dsr_domain::erasure::Delivery>>,
     /// Per port operation (`send`, `schedule`, `publish`, `tell`): how many next calls pass,
     /// then how many fail.
     pub failures: Mutex<HashMap<&'static str, (u32, u32)>>,
@@ -27,6 +31,9 @@ pub struct RecordingErasurePorts {
 impl RecordingErasurePorts {
     pub fn commands(&self) -> Vec<dsr_domain::erasure::ErasureCommand> {
         locked(&self.commands).clone()
+    }
+    pub fn batches(&self) -> Vec<Vec<dsr_domain::erasure::ErasureCommand>> {
+        locked(&self.batches).clone()
     }
     pub fn checks(&self) -> Vec<(dsr_domain::erasure::ObligationDue, DateTime<Utc>)> {
         locked(&self.checks).clone()
@@ -84,6 +91,27 @@ impl dsr_domain::erasure::ErasureChannel for RecordingErasurePorts {
             .get(&command.service)
             .cloned()
             .unwrap_or(dsr_domain::erasure::Delivery::Sent))
+    }
+
+    async fn send_batch(
+        &self,
+        commands: &[dsr_domain::erasure::ErasureCommand],
+        _how: &dsr_domain::registry::HowToErase,
+    ) -> Result<Vec<dsr_domain::erasure::Delivery>, dsr_domain::erasure::ChannelError> {
+        self.outage("send_batch")?;
+        locked(&self.batches).push(commands.to_vec());
+        let answers = locked(&self.batch_answers);
+        Ok(commands
+            .iter()
+            .map(|c| {
+                answers.get(c.subject.as_str()).cloned().unwrap_or(
+                    dsr_domain::erasure::Delivery::Answered {
+                        status: dsr_domain::erasure::ObligationStatus::Confirmed,
+                        receipt: format!("{{\"batch_of\":{}}}", commands.len()),
+                    },
+                )
+            })
+            .collect())
     }
 }
 

@@ -200,20 +200,8 @@ where
             .record_send(request.id, service, attempt, status, error, now)
             .await?;
         if let Delivery::Deferred { after, .. } = &delivery {
-            // The same check, moved from the end of the confirmation time to when the third
-            // party said it would take the call (never later than the check was due anyway).
-            let after = chrono::Duration::from_std(*after)
-                .unwrap_or(timeout)
-                .clamp(chrono::Duration::seconds(1), timeout);
-            self.checks
-                .schedule(
-                    &ObligationDue::new(request.id, service, attempt),
-                    now + after,
-                )
+            self.defer(request.id, service, how, attempt, *after)
                 .await?;
-            metrics::emit(
-                Metric::count(names::VENDOR_DEFERRALS, 1).with("Service", service.clone()),
-            );
         }
         tracing::info!(
             request_id = %request.id,
@@ -239,6 +227,33 @@ where
             .await?;
             self.answer(request, service, status, &receipt).await?;
         }
+        Ok(())
+    }
+
+    /// A vendor said "not now" to send number `attempt`: the same check, moved from the end of
+    /// the confirmation time to when the vendor said it would take the call (never later than
+    /// the check was due anyway).
+    pub(super) async fn defer(
+        &self,
+        request_id: RequestId,
+        service: &ServiceName,
+        how: &HowToErase,
+        attempt: u32,
+        after: std::time::Duration,
+    ) -> Result<(), ErasureError> {
+        let timeout = chrono::Duration::seconds(
+            i64::try_from(how.confirm_within_seconds).unwrap_or(i64::MAX / 1000),
+        );
+        let after = chrono::Duration::from_std(after)
+            .unwrap_or(timeout)
+            .clamp(chrono::Duration::seconds(1), timeout);
+        self.checks
+            .schedule(
+                &ObligationDue::new(request_id, service, attempt),
+                self.clock.now() + after,
+            )
+            .await?;
+        metrics::emit(Metric::count(names::VENDOR_DEFERRALS, 1).with("Service", service.clone()));
         Ok(())
     }
 }

@@ -55,6 +55,18 @@ impl ErasureCommand {
     }
 }
 
+/// A command waiting on the vendor-erasures queue for its vendor's next batch call.
+impl crate::messages::QueueMessage for ErasureCommand {
+    const VERSION: u32 = ErasureCommand::VERSION;
+    const NAME: &'static str = "an erase_subject command";
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn request_id(&self) -> Option<RequestId> {
+        Some(self.request_id)
+    }
+}
+
 /// A service's answer to `erase_subject`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -29,6 +29,7 @@ mod messages;
 mod obligation;
 mod own_copies;
 mod ports;
+mod vendor_batch;
 
 pub use crate::ports::{ChannelError, EventOutbox};
 pub use messages::{
@@ -100,6 +101,8 @@ pub enum Handled {
     Resent {
         attempt: u32,
     },
+    /// A vendor said "not now": the obligation's check is moved to when it said.
+    Deferred,
     Escalated,
     /// The broker confirmed the notice: the erase-last services are released at `release_at`.
     NoticePublished {

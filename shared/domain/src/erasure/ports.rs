@@ -100,14 +100,23 @@ pub trait ObligationStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
-/// Sends `erase_subject` the way the registry says: RabbitMQ (through the outbound queue) or a
-/// third party's HTTP API.
+/// Sends `erase_subject` the way the registry says: RabbitMQ (through the outbound queue), a
+/// third party's HTTP API, or the vendor-erasures queue for a vendor that takes batches.
 pub trait ErasureChannel: Send + Sync {
     fn send(
         &self,
         command: &ErasureCommand,
         how: &HowToErase,
     ) -> impl Future<Output = Result<Delivery, ChannelError>> + Send;
+
+    /// One call to a vendor's batch endpoint for all of `commands` (one vendor's, at most its
+    /// `max_subjects`): what it said of each, in the order of `commands`. `Err` when the call
+    /// itself failed (nothing is known of any of them).
+    fn send_batch(
+        &self,
+        commands: &[ErasureCommand],
+        how: &HowToErase,
+    ) -> impl Future<Output = Result<Vec<Delivery>, ChannelError>> + Send;
 }
 
 /// Delayed dispatch, as the erasure uses it: "deliver this check then"; and the ask to read
@@ -202,6 +211,13 @@ impl<T: ErasureChannel> ErasureChannel for Arc<T> {
         how: &HowToErase,
     ) -> Result<Delivery, ChannelError> {
         (**self).send(command, how).await
+    }
+    async fn send_batch(
+        &self,
+        commands: &[ErasureCommand],
+        how: &HowToErase,
+    ) -> Result<Vec<Delivery>, ChannelError> {
+        (**self).send_batch(commands, how).await
     }
 }
 
