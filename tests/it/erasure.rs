@@ -654,6 +654,52 @@ async fn a_vendor_that_takes_batches_erases_many_subjects_in_a_few_calls() {
     assert!(dead.is_empty(), "{dead:?}");
 }
 
+/// A vendor that takes batches answering the whole call 429 (`Retry-After: 1`): every command
+/// of the call is sent again a second later, in a batch again, not after the confirmation time.
+#[tokio::test]
+async fn a_vendor_that_takes_batches_saying_not_now_gets_the_whole_batch_again_when_it_says() {
+    let rig = rig(RigSettings {
+        confirm_within_seconds: 300,
+        vendor_batch: Some(50),
+        ..RigSettings::default()
+    })
+    .await;
+    rig.services.vendor.rate_limited.store(1, Ordering::SeqCst);
+    let run = unique_name();
+    let mut requests = Vec::new();
+    for n in 0..3 {
+        let subject = format!("not-now-{n}-{run}");
+        let id = rig.submit_erasure(&subject).await;
+        requests.push((subject, id));
+    }
+    for (subject, id) in &requests {
+        let view = rig
+            .wait_for(subject, id, Duration::from_secs(90), completed)
+            .await;
+        let ads = service(&view, "ads");
+        assert_eq!(ads["status"], "confirmed", "{view:#}");
+        assert!(ads["commands_sent"].as_u64() <= Some(2), "{view:#}");
+        assert_eq!(rig.services.vendor.service.records(subject), 0);
+    }
+    let calls = rig.services.vendor.calls.load(Ordering::SeqCst);
+    let batches = rig.services.vendor.batches.lock().unwrap().clone();
+    assert_eq!(
+        batches.iter().map(Vec::len).sum::<usize>(),
+        3,
+        "the refused call is not among the answered ones: {batches:?}"
+    );
+    assert!(
+        (2..=4).contains(&calls),
+        "{calls} calls for 3 subjects: one refused, then batches {batches:?}"
+    );
+    let times = rig.services.vendor.call_times.lock().unwrap().clone();
+    let waited = times[1].duration_since(times[0]);
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(60),
+        "called again after {waited:?}"
+    );
+}
+
 /// The vendor's obligation as stored, with its last error.
 async fn vendor_obligation(rig: &ErasureRig, id: &str) -> dsr_domain::erasure::Obligation {
     use dsr_domain::erasure::ObligationStore;
