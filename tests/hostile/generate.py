@@ -198,6 +198,10 @@ export_answer = {"type": "export_answer", "version": 1, "message_id": "a", "requ
 erase_command = {"version": 1, "type": "erase_subject", "message_id": "erase:" + rid + ":ads:1",
                  "idempotency_key": "erase:" + rid + ":ads", "request_id": rid, "service": "ads",
                  "subject": "victim", "attempt": 1, "sent_at": now}
+# What an operator's CLI or the operations page puts on the confirmations queue.
+operator_action = {"type": "operator_action", "version": 1, "message_id": "operator:resolve:" + rid + ":billing:x",
+                   "request_id": rid, "service": "billing", "decision": "resolve", "outcome": "erased",
+                   "evidence": "ticket 1", "operator": "mallory", "at": now}
 queue_specific = {
     "AccessRequestsQueue": [
         ("truncated", '{"version":1,"message_id":"access:' + rid + '","request_id":"' + rid),
@@ -226,6 +230,10 @@ queue_specific = {
         ("command with an empty subject", json.dumps({**erase_command, "subject": ""})),
     ],
     "ConfirmationsQueue": [
+        ("operator resolution of an unknown request", json.dumps({**operator_action})),
+        ("operator resolution without evidence", json.dumps({k: v for k, v in operator_action.items() if k != "evidence"})),
+        ("operator named with spaces and markup", json.dumps({**operator_action, "operator": "<b>jane doe</b>"})),
+        ("operator decision unknown", json.dumps({**operator_action, "decision": "delete_everything"})),
         ("confirmation not from the broker", json.dumps({"type": "erasure_confirmation", "version": 1, "message_id": "c", "request_id": rid, "service": "billing", "outcome": "erased", "receipt": {}})),
         ("unknown type", json.dumps({"type": "erase_everything", "version": 1, "request_id": rid})),
         ("unknown outcome", json.dumps({"type": "erasure_confirmation", "version": 1, "message_id": "c", "request_id": rid, "service": "billing", "outcome": "maybe"})),
@@ -276,6 +284,7 @@ amqp = [
     ("an export answer from a stranger", json.dumps(export_answer).encode(), "guest"),
     ("an export answer with a made-up job", json.dumps({**export_answer, "job": "x"}).encode(), "guest"),
     ("deep nesting", b"[" * 3000 + b"]" * 3000, "guest"),
+    ("an operator's decision from a holder", json.dumps(operator_action).encode(), "guest"),
 ]
 for name, body, user in amqp:
     cases.append({"name": f"confirmations exchange: {name}", "channel": "amqp", "exchange": "confirmations",

@@ -135,6 +135,32 @@ fn the_erasure_messages_serialize_to_the_documented_shapes() {
     let due =
         ConfirmationsMessage::ObligationDue(ObligationDue::new(request.id, &service("email"), 0));
     assert_message(&serde_json::to_value(due).unwrap());
+    // An operator's decisions (the CLI, the operations page).
+    use dsr_domain::erasure::{ConfirmationOutcome, OperatorAction, OperatorDecision};
+    for action in [
+        OperatorAction::new(
+            request.id,
+            &service("billing"),
+            OperatorDecision::Resend,
+            "jane@ops",
+            now,
+            "01KB0000000000000000000009",
+        ),
+        OperatorAction::new(
+            request.id,
+            &service("billing"),
+            OperatorDecision::Resolve,
+            "jane@ops",
+            now,
+            "01KB0000000000000000000009",
+        )
+        .resolved(ConfirmationOutcome::NotFound, "ticket SUP-1"),
+    ] {
+        let value = serde_json::to_value(ConfirmationsMessage::OperatorAction(action)).unwrap();
+        assert_eq!(value["type"], "operator_action");
+        assert_message(&value);
+        crate::asyncapi::assert_on_channel("confirmationsQueue", &value);
+    }
     // The verification's ask (the access-requests queue) and its result (confirmations).
     let ask = dsr_domain::erasure::VerifyErasure::new(request.id, now);
     assert_message(&serde_json::to_value(&ask).unwrap());

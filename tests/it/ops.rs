@@ -674,3 +674,148 @@ async fn an_operator_extends_a_deadline_once_before_it_passes_and_the_subject_is
     );
     assert!(drain(&app.sqs, &outbound).await.is_empty(), "nobody told");
 }
+
+/// An escalation is not a dead end. Two erasures whose billing holder stayed silent until it
+/// was escalated: for one, the operator has the command sent again (the holder answers this
+/// time); for the other, the operator records the answer obtained by other means (the data
+/// deleted by hand). Both complete; the second's proof marks billing as settled by hand.
+#[tokio::test]
+async fn an_operator_resends_to_an_escalated_holder_or_resolves_it_by_hand_and_both_erasures_complete(
+) {
+    use crate::erasure::completed;
+    use dsr_ops::{OperatorName, Resolution};
+    let rig = rig(RigSettings {
+        confirm_within_seconds: 2,
+        max_sends: 1,
+        grace_seconds: 1,
+        ..RigSettings::default()
+    })
+    .await;
+    let billing = rig.services.service("billing").clone();
+    billing
+        .behaviour
+        .silent
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let ops = ops(&rig.app.stack.context.stack_name).await;
+    let run_id = unique_name();
+    let (resent, resolved) = (format!("resent-{run_id}"), format!("resolved-{run_id}"));
+    let resent_id = rig.submit_erasure(&resent).await;
+    let resolved_id = rig.submit_erasure(&resolved).await;
+    let billing_escalated = |view: &Value| {
+        view["services"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["service"] == "billing"))
+            .is_some_and(|s| s["escalated"] == true)
+    };
+    for (subject, id) in [(&resent, &resent_id), (&resolved, &resolved_id)] {
+        rig.wait_for(subject, id, Duration::from_secs(60), billing_escalated)
+            .await;
+    }
+    let jane = || OperatorName {
+        name: Some("jane@ops".into()),
+    };
+    // Not for a holder the request has no obligation for, nor without an answer to record.
+    let unknown = run(
+        &ops,
+        Command::Resend {
+            id: resent_id.clone(),
+            service: "nobody".into(),
+            operator: jane(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(unknown.contains("no obligation for nobody"), "{unknown}");
+
+    billing
+        .behaviour
+        .silent
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let out = run(
+        &ops,
+        Command::Resend {
+            id: resent_id.clone(),
+            service: "billing".into(),
+            operator: jane(),
+        },
+    )
+    .await
+    .unwrap();
+    // The holder is back: it may answer before the command's wait for the new attempt ends.
+    assert!(
+        out.contains("command sent again") && out.contains("attempt 2"),
+        "{out}"
+    );
+    let view = rig
+        .wait_for(&resent, &resent_id, Duration::from_secs(60), completed)
+        .await;
+    assert_eq!(billing.records(&resent), 0, "{view:#}");
+
+    // The other one: billing's data deleted by hand, then recorded with the evidence.
+    billing.forget(&resolved);
+    let out = run(
+        &ops,
+        Command::Resolve {
+            id: resolved_id.clone(),
+            service: "billing".into(),
+            outcome: Resolution::Erased,
+            evidence: "ticket SUP-4711: the rows were deleted by hand".into(),
+            operator: jane(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.contains("confirmed, settled by hand by jane@ops"),
+        "{out}"
+    );
+    rig.wait_for(&resolved, &resolved_id, Duration::from_secs(60), completed)
+        .await;
+
+    let billing_in = |proof: &Value| {
+        proof["obligations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["service"] == "billing")
+            .cloned()
+            .unwrap()
+    };
+    let proof = ops.proof(resolved_id.parse().unwrap()).await.unwrap();
+    let by_hand = billing_in(&proof);
+    assert_eq!(by_hand["settled_by_hand"], true, "{proof:#}");
+    assert_eq!(by_hand["receipt"]["operator"], "jane@ops");
+    assert_eq!(
+        by_hand["receipt"]["evidence"],
+        "ticket SUP-4711: the rows were deleted by hand"
+    );
+    assert!(
+        proof["audit_trail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "operator_resolved:billing:confirmed:by:jane@ops"),
+        "{proof:#}"
+    );
+    let proof = ops.proof(resent_id.parse().unwrap()).await.unwrap();
+    let answered = billing_in(&proof);
+    assert_eq!(answered["settled_by_hand"], false, "{proof:#}");
+    assert_eq!(answered["commands_sent"], 2);
+    assert!(proof["audit_trail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "operator_resent:billing:by:jane@ops"));
+    // Done is done: acting on a completed erasure is refused with the reason.
+    let late = run(
+        &ops,
+        Command::Resend {
+            id: resent_id.clone(),
+            service: "billing".into(),
+            operator: jane(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(late.contains("completed: nothing left to act on"), "{late}");
+}

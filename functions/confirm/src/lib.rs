@@ -70,6 +70,13 @@ where
                 }
                 handled
             }
+            ConfirmationsMessage::OperatorAction(action) => {
+                let handled = self.erasures.operator_action(action, origin).await;
+                if let Ok(handled) = &handled {
+                    tracing::info!(request_id = %action.request_id, service = %action.service, decision = ?action.decision, operator = %action.operator, outcome = ?handled, "operator action handled");
+                }
+                handled
+            }
             ConfirmationsMessage::ErasureVerified(result) => {
                 let handled = self.erasures.verified(result, origin).await;
                 if let Ok(handled) = &handled {

@@ -1094,6 +1094,28 @@ fn batched_registry() -> String {
 }
 
 impl Fixture {
+    /// An erasure fanned out whose holders all answered but billing (and email, erased last).
+    async fn only_billing_unanswered(&self) -> RequestId {
+        let id = self.erasure().await;
+        self.erasures.fan_out(id).await.unwrap();
+        for service in ["profile", "ads"] {
+            self.confirm(id, service).await.unwrap();
+        }
+        id
+    }
+
+    async fn assert_audited(&self, id: RequestId, event: &str) {
+        let trail: Vec<String> = self
+            .store
+            .audit_trail(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert!(trail.iter().any(|e| e == event), "no {event} in {trail:?}");
+    }
+
     /// An erasure request of `subject`, fanned out.
     async fn fanned_out(&self, subject: &str) -> RequestId {
         let id = self.erasure_of(subject).await;
@@ -1257,4 +1279,154 @@ async fn a_vendor_that_takes_batches_is_called_once_per_max_subjects_and_each_su
         .find(|o| o.service == "ads")
         .unwrap();
     assert_eq!(ads.status, ObligationStatus::Sent, "still waiting");
+}
+
+#[tokio::test]
+async fn an_escalated_obligation_sent_again_by_an_operator_and_then_answered_moves_its_request_on()
+{
+    use dsr_domain::erasure::{OperatorAction, OperatorDecision};
+    let f = fixture();
+    let id = f.only_billing_unanswered().await;
+    // billing: two sends at most, then escalated, and the watchdog stops.
+    f.erasures
+        .check(&ObligationDue::new(id, &svc("billing"), 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.erasures
+            .check(&ObligationDue::new(id, &svc("billing"), 2))
+            .await
+            .unwrap(),
+        Handled::Escalated
+    );
+    let now = dsr_domain::Clock::now(&*f.clock);
+    let resend = OperatorAction::new(
+        id,
+        &svc("billing"),
+        OperatorDecision::Resend,
+        "jane@ops",
+        now,
+        "u1",
+    );
+    // Only through the service: a holder cannot have itself re-sent or resolved.
+    assert!(matches!(
+        f.erasures
+            .operator_action(&resend, &Origin::Broker("svc-billing".into()))
+            .await,
+        Err(ErasureError::Rejected(_))
+    ));
+    assert_eq!(
+        f.erasures
+            .operator_action(&resend, &Origin::Internal)
+            .await
+            .unwrap(),
+        Handled::Resent { attempt: 3 }
+    );
+    let sent: Vec<_> = f
+        .ports
+        .commands()
+        .into_iter()
+        .filter(|c| c.service == "billing")
+        .collect();
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[2].idempotency_key, sent[0].idempotency_key);
+    assert_eq!(sent[2].message_id, format!("erase:{id}:billing:3"));
+    assert!(
+        f.ports
+            .checks()
+            .iter()
+            .any(|(c, _)| c.service == "billing" && c.attempt == 3),
+        "the new attempt has its own watchdog check"
+    );
+    f.assert_audited(id, "operator_resent:billing:by:jane@ops")
+        .await;
+    // The holder answers this time: the erasure moves on to telling the subject.
+    f.confirm(id, "billing").await.unwrap();
+    assert_eq!(f.state(id).await, RequestState::Notifying);
+    // A decision on an answered obligation changes nothing.
+    assert_eq!(
+        f.erasures
+            .operator_action(&resend, &Origin::Internal)
+            .await
+            .unwrap(),
+        Handled::Nothing(dsr_domain::erasure::Skipped::AlreadyAnswered)
+    );
+}
+
+#[tokio::test]
+async fn an_obligation_resolved_by_an_operator_moves_the_request_on_marked_as_settled_by_hand() {
+    use dsr_domain::erasure::{ConfirmationOutcome as Outcome, OperatorAction, OperatorDecision};
+    let f = fixture();
+    let id = f.only_billing_unanswered().await;
+    let now = dsr_domain::Clock::now(&*f.clock);
+    let action = |operator: &str| {
+        OperatorAction::new(
+            id,
+            &svc("billing"),
+            OperatorDecision::Resolve,
+            operator,
+            now,
+            "u2",
+        )
+    };
+    for (bad, why) in [
+        (action("jane@ops"), "erased` or `not_found"),
+        (
+            action("jane@ops").resolved(Outcome::Failed, "ticket 7"),
+            "erased` or `not_found",
+        ),
+        (
+            action("jane@ops").resolved(Outcome::Erased, "   "),
+            "evidence",
+        ),
+        (
+            action("jane doe").resolved(Outcome::Erased, "ticket 7"),
+            "operator must be named",
+        ),
+    ] {
+        match f.erasures.operator_action(&bad, &Origin::Internal).await {
+            Err(ErasureError::Rejected(reason)) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The erase-last service waits for the notice: no operator sends it early.
+    let early = OperatorAction::new(
+        id,
+        &svc("email"),
+        OperatorDecision::Resend,
+        "jane@ops",
+        now,
+        "u3",
+    );
+    assert!(matches!(
+        f.erasures.operator_action(&early, &Origin::Internal).await,
+        Err(ErasureError::Rejected(reason)) if reason.contains("erased last")
+    ));
+    let resolved = action("jane@ops").resolved(
+        Outcome::Erased,
+        "vendor ticket SUP-4711: rows deleted by their DBA",
+    );
+    assert_eq!(
+        f.erasures
+            .operator_action(&resolved, &Origin::Internal)
+            .await
+            .unwrap(),
+        Handled::Recorded
+    );
+    let billing = f.obligation(id, "billing").await;
+    assert_eq!(billing.status, ObligationStatus::Confirmed);
+    let receipt: serde_json::Value =
+        serde_json::from_str(billing.receipt.as_deref().unwrap()).unwrap();
+    assert_eq!(receipt["manual"], true);
+    assert_eq!(receipt["operator"], "jane@ops");
+    assert_eq!(
+        receipt["evidence"],
+        "vendor ticket SUP-4711: rows deleted by their DBA"
+    );
+    assert!(dsr_domain::erasure::settled_by_hand(
+        billing.receipt.as_deref()
+    ));
+    assert_eq!(f.state(id).await, RequestState::Notifying);
+    f.assert_audited(id, "operator_resolved:billing:confirmed:by:jane@ops")
+        .await;
 }

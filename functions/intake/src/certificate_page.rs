@@ -59,12 +59,17 @@ pub fn render(signed: &SignedCertificate, x: &str) -> String {
     let c = &signed.certificate;
     let mut rows = String::new();
     for h in &c.holders {
-        let again = match h.found_again {
+        let mut again = match h.found_again {
             0 => String::new(),
             n => format!(
                 " <small>(found holding data {n} time(s) after answering; erased again)</small>"
             ),
         };
+        if h.settled_by_hand {
+            again.push_str(
+                " <small>(answer obtained by our staff from the holder, with evidence on record)</small>",
+            );
+        }
         let _ = write!(
             rows,
             "<tr><td>{service}{last}{again}</td><td class=\"{outcome}\">{outcome_text}</td><td class=\"time\">{commanded}</td><td class=\"time\">{answered}</td><td class=\"digest\">{digest}</td></tr>",

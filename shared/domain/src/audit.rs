@@ -44,6 +44,18 @@ pub enum Audited<'a> {
     },
     /// A verification read every erased holder again (this many) and found nothing.
     VerifiedNothingLeft { holders: usize },
+    /// An operator had a service's command sent again.
+    OperatorResent {
+        service: &'a ServiceName,
+        operator: &'a str,
+    },
+    /// An operator recorded a service's answer obtained by other means (with the evidence,
+    /// kept as the obligation's receipt).
+    OperatorResolved {
+        service: &'a ServiceName,
+        status: ObligationStatus,
+        operator: &'a str,
+    },
 }
 
 impl fmt::Display for Audited<'_> {
@@ -68,6 +80,18 @@ impl fmt::Display for Audited<'_> {
             Audited::VerifiedNothingLeft { holders } => {
                 write!(f, "verified_nothing_left:{holders}")
             }
+            Audited::OperatorResent { service, operator } => {
+                write!(f, "operator_resent:{service}:by:{operator}")
+            }
+            Audited::OperatorResolved {
+                service,
+                status,
+                operator,
+            } => write!(
+                f,
+                "operator_resolved:{service}:{}:by:{operator}",
+                status.as_str()
+            ),
         }
     }
 }
@@ -126,6 +150,21 @@ mod tests {
             ),
             (Audited::NoticePublished, "notice_published"),
             (Audited::AttemptFailed { attempts: 2 }, "attempt_failed:2"),
+            (
+                Audited::OperatorResent {
+                    service: &billing,
+                    operator: "jane@ops",
+                },
+                "operator_resent:billing:by:jane@ops",
+            ),
+            (
+                Audited::OperatorResolved {
+                    service: &billing,
+                    status: ObligationStatus::Confirmed,
+                    operator: "jane@ops",
+                },
+                "operator_resolved:billing:confirmed:by:jane@ops",
+            ),
         ];
         for (event, text) in cases {
             assert_eq!(event.to_string(), text);

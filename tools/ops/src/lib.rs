@@ -7,10 +7,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use dsr_adapters::config::{vars, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;
 use dsr_adapters::wiring::{self, CloudRequests};
-use dsr_domain::erasure::ObligationStore;
+use dsr_domain::erasure::{
+    ConfirmationOutcome, ConfirmationsMessage, ObligationStore, OperatorAction, OperatorDecision,
+};
 use dsr_domain::hops::Hop;
 use dsr_domain::requests::reconcile::ReconcileSettings;
-use dsr_domain::{RequestId, RequestKind, RequestState, RequestStore, SubjectHasher};
+use dsr_domain::{RequestId, RequestKind, RequestState, RequestStore, ServiceName, SubjectHasher};
 use serde_json::{json, Value};
 use std::io::Write;
 
@@ -87,7 +89,62 @@ pub enum Command {
     },
     /// The proof of erasure: every obligation, its receipt and timestamps, as JSON.
     Proof { id: String },
+    /// Sends an obligation's command again (a new attempt under the same idempotency key, with
+    /// its own watchdog check): for a holder that was escalated and may answer now. The confirm
+    /// function sends it; this waits until the obligation shows the new attempt.
+    Resend {
+        id: String,
+        /// The holder (its registry name).
+        service: String,
+        #[command(flatten)]
+        operator: OperatorName,
+    },
+    /// Records a holder's answer obtained by other means (its support, a deletion done by
+    /// hand), with the evidence: the erasure moves on as if the holder had answered, and the
+    /// proof and the certificate mark it as settled by hand.
+    Resolve {
+        id: String,
+        /// The holder (its registry name).
+        service: String,
+        #[arg(long, value_enum)]
+        outcome: Resolution,
+        /// What shows it: a ticket, a reference, what was done.
+        #[arg(long)]
+        evidence: String,
+        #[command(flatten)]
+        operator: OperatorName,
+    },
 }
+
+/// Who acts: kept in the audit trail and, for a resolution, in the obligation's receipt.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OperatorName {
+    /// Your name as the audit trail keeps it (letters, digits, @ . _ : + -); default: $USER.
+    #[arg(long = "as", env = "DSR_OPERATOR")]
+    pub name: Option<String>,
+}
+
+impl OperatorName {
+    fn resolve(&self) -> Result<String> {
+        self.name
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| anyhow!("say who you are: --as <name> (or DSR_OPERATOR)"))
+    }
+}
+
+/// The holder's answer, as an operator obtained it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resolution {
+    /// The holder erased the subject's data.
+    Erased,
+    /// The holder held nothing about the subject.
+    NotFound,
+}
+
+/// How long `resend` and `resolve` wait to see the confirm function act.
+const ACTION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The local stack's parameter value (`infra/local`): not a secret anywhere else.
 const LOCAL_SUBJECT_HASH_KEY: &str = "local-subject-hash-key-not-secret";
@@ -102,6 +159,8 @@ pub struct Ops {
     reconcile: ReconcileSettings,
     store: DynamoRequestStore,
     sqs: aws_sdk_sqs::Client,
+    /// Where operators' decisions on obligations go (the confirm function's queue).
+    confirmations: Option<String>,
     local_stack: Option<String>,
     deployed: Option<DeployedStack>,
 }
@@ -183,6 +242,9 @@ impl DeployedStack {
             ),
             (vars::OUTBOUND_QUEUE_URL, self.output("OutboundQueueUrl")?),
         ];
+        if let Some(url) = self.outputs.get("ConfirmationsQueueUrl") {
+            pairs.push((vars::CONFIRMATIONS_QUEUE_URL, url.clone()));
+        }
         if let Some(namespace) = self.parameters.get("RabbitMqNamespace") {
             pairs.push((vars::COMMANDS_EXCHANGE, format!("{namespace}.commands")));
         }
@@ -262,6 +324,10 @@ impl Ops {
                     ),
                     (vars::OUTBOUND_QUEUE_URL, url("OutboundQueue").await?),
                     (
+                        vars::CONFIRMATIONS_QUEUE_URL,
+                        url("ConfirmationsQueue").await?,
+                    ),
+                    (
                         vars::COMMANDS_EXCHANGE,
                         match env.optional(vars::COMMANDS_EXCHANGE) {
                             Some(exchange) => exchange,
@@ -292,6 +358,7 @@ impl Ops {
             outbox,
             reconcile,
             store: wiring::request_store(aws, &env, "ops")?,
+            confirmations: env.optional(vars::CONFIRMATIONS_QUEUE_URL),
             sqs,
             local_stack: target.local_stack.clone(),
             deployed,
@@ -337,7 +404,131 @@ impl Ops {
                 writeln!(out, "{}", serde_json::to_string_pretty(&proof)?)?;
                 Ok(())
             }
+            Command::Resend {
+                id,
+                service,
+                operator,
+            } => {
+                self.act(id, service, OperatorDecision::Resend, operator, None, out)
+                    .await
+            }
+            Command::Resolve {
+                id,
+                service,
+                outcome,
+                evidence,
+                operator,
+            } => {
+                let outcome = match outcome {
+                    Resolution::Erased => ConfirmationOutcome::Erased,
+                    Resolution::NotFound => ConfirmationOutcome::NotFound,
+                };
+                self.act(
+                    id,
+                    service,
+                    OperatorDecision::Resolve,
+                    operator,
+                    Some((outcome, evidence.as_str())),
+                    out,
+                )
+                .await
+            }
         }
+    }
+
+    /// Hands an operator's decision to the confirm function (which holds the registry and the
+    /// channels, and applies the domain's rules), then waits until the obligation shows it.
+    async fn act(
+        &self,
+        id: &str,
+        service: &str,
+        decision: OperatorDecision,
+        operator: &OperatorName,
+        resolution: Option<(ConfirmationOutcome, &str)>,
+        out: &mut dyn Write,
+    ) -> Result<()> {
+        let id = parse(id)?;
+        let service = ServiceName::parse(service).map_err(|e| anyhow!("{e}"))?;
+        let operator = operator.resolve()?;
+        let queue = self.confirmations.as_ref().ok_or_else(|| {
+            anyhow!(
+                "resend and resolve go through the confirm function's queue: set {} (or use --stack)",
+                vars::CONFIRMATIONS_QUEUE_URL
+            )
+        })?;
+        let request = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| anyhow!("no request {id}"))?;
+        if request.kind != RequestKind::Erasure {
+            bail!("{id} is an access request; obligations are an erasure's");
+        }
+        if request.state.is_terminal() {
+            bail!("{id} is {}: nothing left to act on", request.state.as_str());
+        }
+        let obligation = |obligations: Vec<dsr_domain::erasure::Obligation>| {
+            obligations.into_iter().find(|o| o.service == service)
+        };
+        let before = obligation(self.store.obligations(id).await?)
+            .ok_or_else(|| anyhow!("{id} has no obligation for {service}"))?;
+        if before.status.is_done() {
+            writeln!(
+                out,
+                "{id} {service}: already answered ({}); nothing to do",
+                before.status.as_str()
+            )?;
+            return Ok(());
+        }
+        let mut action = OperatorAction::new(
+            id,
+            &service,
+            decision,
+            &operator,
+            chrono::Utc::now(),
+            &ulid::Ulid::new().to_string(),
+        );
+        if let Some((outcome, evidence)) = resolution {
+            action = action.resolved(outcome, evidence);
+        }
+        let body = serde_json::to_string(&ConfirmationsMessage::OperatorAction(action))?;
+        self.sqs
+            .send_message()
+            .queue_url(queue)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| anyhow!("{}", aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+        let deadline = std::time::Instant::now() + ACTION_PATIENCE;
+        while std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let Some(now) = obligation(self.store.obligations(id).await?) else {
+                continue;
+            };
+            if now.status.is_done() {
+                let how = match decision {
+                    OperatorDecision::Resolve => format!(", settled by hand by {operator}"),
+                    OperatorDecision::Resend => format!(
+                        " (command sent again: attempt {}, and answered at once)",
+                        now.attempts
+                    ),
+                };
+                writeln!(out, "{id} {service}: {}{how}", now.status.as_str())?;
+                return Ok(());
+            }
+            if decision == OperatorDecision::Resend && now.attempts > before.attempts {
+                writeln!(
+                    out,
+                    "{id} {service}: command sent again (attempt {}, same idempotency key); its answer is awaited",
+                    now.attempts
+                )?;
+                return Ok(());
+            }
+        }
+        bail!(
+            "asked, but the confirm function did not act within {} s: is it running? (its dead-letter queue says why it refused)",
+            ACTION_PATIENCE.as_secs()
+        )
     }
 
     async fn stats(&self, out: &mut dyn Write) -> Result<()> {
@@ -700,6 +891,7 @@ impl Ops {
                 "sent_at": time(o.sent_at),
                 "confirmed_at": time(o.confirmed_at),
                 "escalated_at": time(o.escalated_at),
+                "settled_by_hand": dsr_domain::erasure::settled_by_hand(o.receipt.as_deref()),
                 "receipt": o.receipt.as_deref().map(|r| serde_json::from_str::<Value>(r).unwrap_or(Value::String(r.to_owned()))),
             })).collect::<Vec<_>>(),
             "audit_trail": self.store.audit_trail(id).await?.iter().map(|e| json!({

@@ -90,6 +90,10 @@ pub struct HolderErasure {
     /// answered (each time it was told to erase again); absent when never.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub found_again: u32,
+    /// The answer was obtained by other means and recorded by an operator, with the evidence
+    /// (kept in the receipt); absent when the holder answered itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub settled_by_hand: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -180,6 +184,7 @@ impl Certificate {
                         o.receipt.as_deref().ok_or_else(missing)?.as_bytes(),
                     )),
                     found_again: o.reopened,
+                    settled_by_hand: super::settled_by_hand(o.receipt.as_deref()),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -338,6 +343,17 @@ mod tests {
             json["holders"][0].get("found_again").is_none(),
             "absent when never"
         );
+        assert!(
+            json["holders"][0].get("settled_by_hand").is_none(),
+            "absent when the holder answered itself"
+        );
+        // An answer an operator obtained by other means is certified as such.
+        let mut by_hand = obligations.clone();
+        by_hand[2].receipt =
+            Some(r#"{"manual":true,"operator":"jane","evidence":"ticket 42"}"#.into());
+        let certificate = Certificate::of(&request, &by_hand, None, issued).unwrap();
+        assert!(certificate.holders[0].settled_by_hand);
+        assert!(!certificate.holders[2].settled_by_hand);
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub enum ConfirmationsMessage {
     Published(Published),
     /// The report function: what reading every erased holder again found.
     ErasureVerified(ErasureVerified),
+    /// An operator (the CLI, the operations page): send an obligation's command again, or
+    /// record the answer obtained by other means.
+    OperatorAction(OperatorAction),
 }
 
 impl crate::messages::QueueMessage for ConfirmationsMessage {
@@ -100,6 +103,7 @@ impl crate::messages::QueueMessage for ConfirmationsMessage {
             ConfirmationsMessage::ObligationDue(d) => d.version,
             ConfirmationsMessage::Published(p) => p.version,
             ConfirmationsMessage::ErasureVerified(v) => v.version,
+            ConfirmationsMessage::OperatorAction(a) => a.version,
         }
     }
     fn request_id(&self) -> Option<RequestId> {
@@ -108,7 +112,76 @@ impl crate::messages::QueueMessage for ConfirmationsMessage {
             ConfirmationsMessage::ObligationDue(d) => d.request_id,
             ConfirmationsMessage::Published(p) => p.request_id,
             ConfirmationsMessage::ErasureVerified(v) => v.request_id,
+            ConfirmationsMessage::OperatorAction(a) => a.request_id,
         })
+    }
+}
+
+/// What an operator does with one obligation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorDecision {
+    /// Send the command again: a new attempt under the same idempotency key, with its own
+    /// watchdog check.
+    Resend,
+    /// Record the holder's answer, obtained by other means (a vendor's support ticket, a
+    /// deletion done by hand), with the evidence.
+    Resolve,
+}
+
+/// An operator's hand on an obligation, with who and why. Only the service's own roles put it
+/// on the confirmations queue (the operator's CLI credentials, the operations page's role).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorAction {
+    pub version: u32,
+    /// `operator:<decision>:<request>:<service>:<unique>`.
+    pub message_id: String,
+    pub request_id: RequestId,
+    pub service: ServiceName,
+    pub decision: OperatorDecision,
+    /// For `resolve`: `erased` or `not_found`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<ConfirmationOutcome>,
+    /// For `resolve`: what shows it (a ticket, a reference, what was done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+    /// Who: the operator's identity (their token's subject, or their CLI user).
+    pub operator: String,
+    pub at: DateTime<Utc>,
+}
+
+impl OperatorAction {
+    pub fn new(
+        request_id: RequestId,
+        service: &ServiceName,
+        decision: OperatorDecision,
+        operator: &str,
+        at: DateTime<Utc>,
+        unique: &str,
+    ) -> Self {
+        let name = match decision {
+            OperatorDecision::Resend => "resend",
+            OperatorDecision::Resolve => "resolve",
+        };
+        Self {
+            version: 1,
+            message_id: format!("operator:{name}:{request_id}:{service}:{unique}"),
+            request_id,
+            service: service.clone(),
+            decision,
+            outcome: None,
+            evidence: None,
+            operator: operator.to_owned(),
+            at,
+        }
+    }
+
+    /// A resolution: the holder's answer and what shows it.
+    pub fn resolved(mut self, outcome: ConfirmationOutcome, evidence: &str) -> Self {
+        self.outcome = Some(outcome);
+        self.evidence = Some(evidence.to_owned());
+        self
     }
 }
 

@@ -27,6 +27,7 @@ mod confirmation;
 mod fan_out;
 mod messages;
 mod obligation;
+mod operator;
 mod own_copies;
 mod ports;
 mod vendor_batch;
@@ -34,9 +35,10 @@ mod vendor_batch;
 pub use crate::ports::{ChannelError, EventOutbox};
 pub use messages::{
     Confirmation, ConfirmationOutcome, ConfirmationsMessage, ErasureCommand, ErasureVerified,
-    ObligationDue, Published, StillHeld, VerifyErasure,
+    ObligationDue, OperatorAction, OperatorDecision, Published, StillHeld, VerifyErasure,
 };
 pub use obligation::{reopen_note, Delivery, Obligation, ObligationStatus};
+pub use operator::settled_by_hand;
 pub use own_copies::OWN_COPIES;
 pub use ports::{AnswerRecorded, CheckScheduler, ErasureChannel, ObligationStore};
 
