@@ -819,3 +819,71 @@ async fn an_operator_resends_to_an_escalated_holder_or_resolves_it_by_hand_and_b
     .unwrap_err();
     assert!(late.contains("completed: nothing left to act on"), "{late}");
 }
+
+/// Support takes a request by e-mail and submits it on the verified subject's behalf: it goes
+/// through like the subject's own, the subject sees it in their list with its channel, the
+/// audit trail says who took it and how the subject was verified, and the hops agree.
+#[tokio::test]
+async fn support_submits_an_erasure_on_a_subjects_behalf_and_the_subject_sees_it_with_its_channel()
+{
+    use crate::erasure::completed;
+    use dsr_ops::{Kind, OperatorName};
+    let rig = rig(RigSettings::default()).await;
+    let ops = ops(&rig.app.stack.context.stack_name).await;
+    let subject = format!("by-mail-{}", unique_name());
+    rig.services.seed(&subject);
+    let submit = |channel: &str, reference: &str| Command::Submit {
+        subject: subject.clone(),
+        kind: Kind::Erasure,
+        channel: channel.into(),
+        reference: reference.into(),
+        operator: OperatorName {
+            name: Some("jane@ops".into()),
+        },
+    };
+    for (channel, reference, why) in [
+        ("api", "SUP-9", "support submits requests taken by"),
+        ("fax", "SUP-9", "unknown channel `fax`"),
+        ("email", "", "needs the reference"),
+        ("email", "see <notes>", "plain reference"),
+    ] {
+        let refused = run(&ops, submit(channel, reference)).await.unwrap_err();
+        assert!(refused.contains(why), "{channel} {reference}: {refused}");
+    }
+    let out = run(&ops, submit("email", "SUP-9")).await.unwrap();
+    assert!(out.contains("erasure (received): submitted"), "{out}");
+    let id = out.split_whitespace().next().unwrap().to_owned();
+    let again = run(&ops, submit("email", "SUP-9")).await.unwrap();
+    assert!(
+        again.starts_with(&id) && again.contains("already submitted by this command"),
+        "{again}"
+    );
+
+    let view = rig
+        .wait_for(&subject, &id, Duration::from_secs(60), completed)
+        .await;
+    assert_eq!(view["channel"], "email", "{view:#}");
+    let list = rig.app.get(&subject, "/v1/requests").await;
+    crate::contract::assert_response("GET", "/v1/requests", 200, &list.body);
+    let listed = list.body["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(listed["channel"], "email");
+    let trail = rig.audit(&id).await;
+    assert!(
+        trail.contains(&"submitted:email:by:jane@ops:ref:SUP-9".to_owned()),
+        "{trail:?}"
+    );
+    // The subject's own request says so too.
+    let own = rig
+        .app
+        .submit(&format!("own-{}", unique_name()), "access")
+        .await;
+    assert_eq!(own.body["channel"], "api", "{}", own.body);
+    let sync = run(&ops, Command::Sync { hours: Some(2) }).await.unwrap();
+    assert!(sync.ends_with("every hop in sync\n"), "{sync}");
+}

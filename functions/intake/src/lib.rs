@@ -345,6 +345,8 @@ pub struct RequestView {
     #[serde(rename = "type")]
     pub kind: RequestKind,
     pub state: dsr_domain::RequestState,
+    /// How it came: `api` (the subject here), or support's channel, or `system`.
+    pub channel: &'static str,
     pub received_at: String,
     pub due_at: String,
     pub updated_at: String,
@@ -438,6 +440,7 @@ impl From<&Request> for RequestView {
             id: request.id.to_string(),
             kind: request.kind,
             state: request.state,
+            channel: request.channel().as_str(),
             received_at: time(request.received_at),
             due_at: time(request.due_at),
             updated_at: time(request.updated_at),

@@ -12,6 +12,13 @@ use std::fmt;
 pub enum Audited<'a> {
     /// Accepted from the subject.
     Submitted,
+    /// Accepted on the subject's behalf: by support (the channel it came by and how the
+    /// subject was verified) or from another system.
+    SubmittedVia {
+        channel: crate::request::Channel,
+        by: &'a str,
+        reference: Option<&'a str>,
+    },
     /// Moved to a new state.
     MovedTo(RequestState),
     /// A worker took the request, with this fencing token.
@@ -62,6 +69,17 @@ impl fmt::Display for Audited<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Audited::Submitted => f.write_str("submitted"),
+            Audited::SubmittedVia {
+                channel,
+                by,
+                reference,
+            } => {
+                write!(f, "submitted:{}:by:{by}", channel.as_str())?;
+                match reference {
+                    Some(reference) => write!(f, ":ref:{reference}"),
+                    None => Ok(()),
+                }
+            }
             Audited::MovedTo(state) => f.write_str(state.as_str()),
             Audited::LeaseTaken { token, owner } => write!(f, "lease#{token}#{owner}"),
             Audited::ReportLinkIssued => f.write_str("report_link_issued"),
@@ -113,6 +131,14 @@ mod tests {
         let billing = ServiceName::parse("billing").unwrap();
         let cases = [
             (Audited::Submitted, "submitted"),
+            (
+                Audited::SubmittedVia {
+                    channel: crate::request::Channel::Email,
+                    by: "jane@ops",
+                    reference: Some("SUP-1"),
+                },
+                "submitted:email:by:jane@ops:ref:SUP-1",
+            ),
             (Audited::MovedTo(RequestState::Collecting), "collecting"),
             (
                 Audited::LeaseTaken {

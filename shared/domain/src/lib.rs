@@ -28,8 +28,8 @@ pub use ports::{
     StoreError, TransitionOutcome, WorkQueue,
 };
 pub use request::{
-    DeadlineExtension, IdempotencyKey, IllegalTransition, Lease, ReportInfo, Request, RequestId,
-    RequestIdError, RequestKind, RequestState,
+    Channel, DeadlineExtension, IdempotencyKey, IllegalTransition, Lease, ReportInfo, Request,
+    RequestId, RequestIdError, RequestKind, RequestState, SubmittedVia,
 };
 pub use requests::{ReportLink, RequestError, Requests, Submission, SweepReport, SweepSettings};
 pub use service::{ServiceName, ServiceNameError};

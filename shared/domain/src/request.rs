@@ -305,6 +305,119 @@ pub struct Request {
     pub deadline_extension: Option<DeadlineExtension>,
     /// An access request's collection, source by source (empty until a worker starts it).
     pub sources: Vec<crate::report::progress::SourceProgress>,
+    /// How the request came, when not from the subject through the API: support took it by
+    /// e-mail or phone, or another system sent it.
+    pub submitted_via: Option<SubmittedVia>,
+}
+
+/// Where a request came from other than the subject's own API call, and who took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmittedVia {
+    pub channel: Channel,
+    /// Who submitted it: the operator (support), or the broker user of the system.
+    pub by: String,
+    /// How the subject was verified, or the system's own reference (a ticket, a case number).
+    pub reference: Option<String>,
+}
+
+/// The ways a request reaches the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// The subject, through the API (the app).
+    Api,
+    /// Support, from the subject's e-mail.
+    Email,
+    /// Support, from a phone call.
+    Phone,
+    /// Support, from a letter.
+    Post,
+    /// Support, in person.
+    InPerson,
+    /// Another internal system, over RabbitMQ.
+    System,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 6] = [
+        Channel::Api,
+        Channel::Email,
+        Channel::Phone,
+        Channel::Post,
+        Channel::InPerson,
+        Channel::System,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Api => "api",
+            Channel::Email => "email",
+            Channel::Phone => "phone",
+            Channel::Post => "post",
+            Channel::InPerson => "in_person",
+            Channel::System => "system",
+        }
+    }
+}
+
+impl std::str::FromStr for Channel {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Channel::ALL
+            .into_iter()
+            .find(|c| c.as_str() == raw)
+            .ok_or_else(|| {
+                format!(
+                    "unknown channel `{raw}` (one of: {})",
+                    Channel::ALL.map(Channel::as_str).join(", ")
+                )
+            })
+    }
+}
+
+impl SubmittedVia {
+    /// The longest reference kept; it is shown in the audit trail, so it is a reference (a
+    /// ticket, a case number), not a note.
+    pub const MAX_REFERENCE_CHARS: usize = 64;
+
+    /// Checks who and what reference, as the audit trail keeps them: plain names and
+    /// references, nothing that could be mistaken for another entry or carry a note.
+    pub fn new(channel: Channel, by: &str, reference: Option<&str>) -> Result<Self, String> {
+        let plain = |text: &str, most: usize| {
+            !text.is_empty()
+                && text.chars().count() <= most
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "@._:+-/#".contains(c))
+        };
+        if channel == Channel::Api {
+            return Err("a request through the API is the subject's own".into());
+        }
+        if !plain(by, 128) {
+            return Err(format!(
+                "`{by}` is not a plain name (letters, digits, @ . _ : + - / #, at most 128)"
+            ));
+        }
+        let reference = reference.map(str::trim).filter(|r| !r.is_empty());
+        if let Some(reference) = reference {
+            if !plain(reference, Self::MAX_REFERENCE_CHARS) {
+                return Err(format!(
+                    "the reference must be a plain reference (letters, digits, @ . _ : + - / #, at most {})",
+                    Self::MAX_REFERENCE_CHARS
+                ));
+            }
+        }
+        if channel != Channel::System && reference.is_none() {
+            return Err(
+                "a request taken by support needs the reference of how the subject was verified"
+                    .into(),
+            );
+        }
+        Ok(Self {
+            channel,
+            by: by.to_owned(),
+            reference: reference.map(str::to_owned),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,7 +468,15 @@ impl Request {
             report: None,
             deadline_extension: None,
             sources: Vec::new(),
+            submitted_via: None,
         }
+    }
+
+    /// The channel it came by (`api` unless support or a system submitted it).
+    pub fn channel(&self) -> Channel {
+        self.submitted_via
+            .as_ref()
+            .map_or(Channel::Api, |v| v.channel)
     }
 
     /// A worker's attempt failed: count it, keep the error, and hand the request back to
@@ -402,6 +523,42 @@ mod tests {
     use chrono::TimeZone;
     use RequestKind::*;
     use RequestState::*;
+
+    #[test]
+    fn a_request_taken_on_the_subjects_behalf_names_who_and_how_they_were_verified() {
+        let via = SubmittedVia::new(Channel::Phone, "jane@ops", Some(" CASE-7/2 ")).unwrap();
+        assert_eq!(via.reference.as_deref(), Some("CASE-7/2"));
+        assert!(SubmittedVia::new(Channel::System, "svc-crm", None).is_ok());
+        for (channel, by, reference, why) in [
+            (Channel::Api, "jane", Some("x"), "the subject's own"),
+            (Channel::Email, "jane", None, "needs the reference"),
+            (Channel::Email, "jane", Some("  "), "needs the reference"),
+            (Channel::Email, "jane doe", Some("x"), "not a plain name"),
+            (Channel::Email, "", Some("x"), "not a plain name"),
+            (
+                Channel::Email,
+                "jane",
+                Some("a\nsubmitted"),
+                "plain reference",
+            ),
+            (Channel::Email, "jane", Some(&"r".repeat(65)), "at most 64"),
+        ] {
+            let err = SubmittedVia::new(channel, by, reference).unwrap_err();
+            assert!(err.contains(why), "{by} {reference:?}: {err}");
+        }
+        for channel in Channel::ALL {
+            assert_eq!(channel.as_str().parse::<Channel>(), Ok(channel));
+        }
+        assert!("fax".parse::<Channel>().unwrap_err().contains("in_person"));
+        let mut request = Request::receive(
+            Erasure,
+            SubjectId::parse("erin").unwrap(),
+            Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap(),
+        );
+        assert_eq!(request.channel(), Channel::Api);
+        request.submitted_via = Some(via);
+        assert_eq!(request.channel(), Channel::Phone);
+    }
 
     const LEGAL: &[(RequestKind, RequestState, RequestState)] = &[
         (Access, Received, Collecting),

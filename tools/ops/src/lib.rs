@@ -89,6 +89,26 @@ pub enum Command {
     },
     /// The proof of erasure: every obligation, its receipt and timestamps, as JSON.
     Proof { id: String },
+    /// Submits a request on a verified subject's behalf: support took it by e-mail, phone,
+    /// post or in person. The same rules as the subject's own (one open request per type, the
+    /// limit on access requests); the channel, you and the reference of how the subject was
+    /// verified are kept on the request and in its audit trail, and the subject sees it in
+    /// their own list. Running it again returns the same request.
+    Submit {
+        /// The subject's user id.
+        #[arg(long)]
+        subject: String,
+        #[arg(long = "type", value_enum)]
+        kind: Kind,
+        /// How the subject asked: email, phone, post or in_person.
+        #[arg(long)]
+        channel: String,
+        /// How the subject was verified (a ticket, a case number).
+        #[arg(long)]
+        reference: String,
+        #[command(flatten)]
+        operator: OperatorName,
+    },
     /// Sends an obligation's command again (a new attempt under the same idempotency key, with
     /// its own watchdog check): for a holder that was escalated and may answer now. The confirm
     /// function sends it; this waits until the obligation shows the new attempt.
@@ -132,6 +152,15 @@ impl OperatorName {
             .filter(|n| !n.is_empty())
             .ok_or_else(|| anyhow!("say who you are: --as <name> (or DSR_OPERATOR)"))
     }
+}
+
+/// The two kinds of request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Access and portability (Art. 15 and 20): the subject's data.
+    Access,
+    /// Erasure (Art. 17).
+    Erasure,
 }
 
 /// The holder's answer, as an operator obtained it.
@@ -404,6 +433,16 @@ impl Ops {
                 writeln!(out, "{}", serde_json::to_string_pretty(&proof)?)?;
                 Ok(())
             }
+            Command::Submit {
+                subject,
+                kind,
+                channel,
+                reference,
+                operator,
+            } => {
+                self.submit(subject, *kind, channel, reference, operator, out)
+                    .await
+            }
             Command::Resend {
                 id,
                 service,
@@ -434,6 +473,61 @@ impl Ops {
                 .await
             }
         }
+    }
+
+    /// A request on the subject's behalf, as support took it.
+    async fn submit(
+        &self,
+        subject: &str,
+        kind: Kind,
+        channel: &str,
+        reference: &str,
+        operator: &OperatorName,
+        out: &mut dyn Write,
+    ) -> Result<()> {
+        let subject = dsr_domain::SubjectId::parse(subject).map_err(|e| anyhow!("{e}"))?;
+        let channel: dsr_domain::Channel = channel.parse().map_err(|e: String| anyhow!(e))?;
+        if matches!(
+            channel,
+            dsr_domain::Channel::Api | dsr_domain::Channel::System
+        ) {
+            bail!("support submits requests taken by email, phone, post or in_person");
+        }
+        let operator = operator.resolve()?;
+        let via = dsr_domain::SubmittedVia::new(channel, &operator, Some(reference))
+            .map_err(|e| anyhow!(e))?;
+        let kind = match kind {
+            Kind::Access => RequestKind::Access,
+            Kind::Erasure => RequestKind::Erasure,
+        };
+        // The same command twice (a retry after a network error) is the same submission.
+        let key = dsr_domain::IdempotencyKey::parse(&format!(
+            "support:{}:{reference}:{}",
+            channel.as_str(),
+            kind.as_str()
+        ))
+        .map_err(|e| anyhow!(e))?;
+        let submission = self
+            .requests
+            .submit_via(&subject, kind, Some(&key), Some(via))
+            .await?;
+        let request = submission.request();
+        let what = match &submission {
+            dsr_domain::Submission::Created(_) => "submitted",
+            dsr_domain::Submission::Replayed(_) => "already submitted by this command",
+            dsr_domain::Submission::AlreadyOpen(_) => {
+                "not submitted: the subject already has an open request of this type"
+            }
+        };
+        writeln!(
+            out,
+            "{} {} ({}): {what}; due {}",
+            request.id,
+            kind.as_str(),
+            request.state.as_str(),
+            request.due_at.format("%Y-%m-%d")
+        )?;
+        Ok(())
     }
 
     /// Hands an operator's decision to the confirm function (which holds the registry and the

@@ -57,7 +57,15 @@ impl RequestStore for DynamoRequestStore {
                 Some(not_there),
             )?);
         }
-        items.push(self.audit_event(request.id, &Audited::Submitted, request.received_at)?);
+        let submitted = match &request.submitted_via {
+            None => Audited::Submitted,
+            Some(via) => Audited::SubmittedVia {
+                channel: via.channel,
+                by: &via.by,
+                reference: via.reference.as_deref(),
+            },
+        };
+        items.push(self.audit_event(request.id, &submitted, request.received_at)?);
         // The click that created the request is counted in the same transaction: a request
         // exists if and only if its submission was counted.
         if let Some(hops) = &self.hops {
@@ -497,6 +505,13 @@ pub(super) fn request_item(request: &Request, subject: &SubjectHash) -> Item {
     if let Some(at) = request.enqueued_at {
         item.insert("enqueued_at".into(), s(timestamp(at)));
     }
+    if let Some(via) = &request.submitted_via {
+        item.insert("channel".into(), s(via.channel.as_str()));
+        item.insert("submitted_by".into(), s(&via.by));
+        if let Some(reference) = &via.reference {
+            item.insert("channel_reference".into(), s(reference));
+        }
+    }
     item.insert(
         "fencing_token".into(),
         AttributeValue::N(request.fencing_token.to_string()),
@@ -558,6 +573,17 @@ pub(super) fn request_from_item(item: &Item) -> Result<Request, StoreError> {
                 extended_at,
             }),
             None => None,
+        },
+        submitted_via: match item.get("channel") {
+            Some(AttributeValue::S(channel)) => Some(dsr_domain::SubmittedVia {
+                channel: channel.parse().map_err(|e: String| corrupt(item, e))?,
+                by: string_attr(item, "submitted_by")?.to_owned(),
+                reference: item
+                    .get("channel_reference")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned(),
+            }),
+            _ => None,
         },
         // Written as one JSON document: read and written whole, by the lease holder only.
         sources: match item.get("sources") {

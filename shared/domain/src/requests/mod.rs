@@ -226,6 +226,20 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
         kind: RequestKind,
         idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<Submission, RequestError> {
+        self.submit_via(subject, kind, idempotency_key, None).await
+    }
+
+    /// A request submitted on the subject's behalf (support, another system): the same rules
+    /// as the subject's own (one open request per kind, the limit on access requests, the
+    /// idempotency key), with the channel, who took it and the reference kept on the request
+    /// and in its audit trail. The subject sees it in their own list.
+    pub async fn submit_via(
+        &self,
+        subject: &SubjectId,
+        kind: RequestKind,
+        idempotency_key: Option<&IdempotencyKey>,
+        via: Option<crate::request::SubmittedVia>,
+    ) -> Result<Submission, RequestError> {
         let subject_hash = self.hasher.hash(subject);
         // The per-subject limit on access requests is held by the submission's own write.
         let quota = (kind == RequestKind::Access).then_some(Quota {
@@ -233,6 +247,7 @@ impl<S: RequestStore, Q: WorkQueue, C: Clock> Requests<S, Q, C> {
             window: self.limits.window,
         });
         let mut request = Request::receive(kind, subject.clone(), self.clock.now());
+        request.submitted_via = via;
         // Recorded as sent in the same write that stores it (see `send_first`).
         request.enqueued_at = Some(request.received_at);
         match self
