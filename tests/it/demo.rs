@@ -2,7 +2,7 @@
 //! kind of source and in every service that takes erasure commands, each of them readable and
 //! erasable, so her report is full before her erasure and empty after it.
 
-use crate::helpers::{eventually, spawn_app_with, unique_name, TestApp};
+use crate::helpers::{eventually, try_spawn_app_with, unique_name, TestApp};
 use dsr_local::demo::DEMO_SUBJECT;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -18,6 +18,15 @@ fn two_free_ports() -> u16 {
             return port;
         }
     }
+}
+
+/// Whether starting failed because a port was taken.
+fn port_taken(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    })
 }
 
 async fn wait_for_state(app: &TestApp, id: &str, state: &str, within: Duration) -> Value {
@@ -45,18 +54,28 @@ async fn records_per_source(app: &TestApp, id: &str) -> BTreeMap<String, u64> {
 
 #[tokio::test]
 async fn the_demo_shows_a_full_report_before_an_erasure_and_an_empty_one_after() {
-    let port = two_free_ports();
-    let app = spawn_app_with(|s| {
-        s.demo = Some(SocketAddr::from(([127, 0, 0, 1], port)));
-        s.demo_export_after = Duration::from_secs(2);
-        s.consume_work_queues = true;
-        s.dispatch_every = Duration::from_millis(500);
-        s.parameters
-            .insert("RabbitMqNamespace".into(), unique_name());
-        s.parameters
-            .insert("ErasureGraceSeconds".into(), "2".into());
-    })
-    .await;
+    // The two ports were free a moment ago; a test running beside this one may take one
+    // before the demo binds it: then two others.
+    let mut tries = 0;
+    let app = loop {
+        let port = two_free_ports();
+        let started = try_spawn_app_with(|s| {
+            s.demo = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+            s.demo_export_after = Duration::from_secs(2);
+            s.consume_work_queues = true;
+            s.dispatch_every = Duration::from_millis(500);
+            s.parameters
+                .insert("RabbitMqNamespace".into(), unique_name());
+            s.parameters
+                .insert("ErasureGraceSeconds".into(), "2".into());
+        })
+        .await;
+        match started {
+            Ok(app) => break app,
+            Err(err) if tries < 5 && port_taken(&err) => tries += 1,
+            Err(err) => panic!("the local stack starts: {err:#}"),
+        }
+    };
 
     let before = app.submit(DEMO_SUBJECT, "access").await;
     let before = records_per_source(&app, before.body["id"].as_str().unwrap()).await;

@@ -77,14 +77,21 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut LocalSettings)) -> TestApp {
+    try_spawn_app_with(adjust)
+        .await
+        .expect("the local stack starts (is the emulator up? run `make test`)")
+}
+
+/// The app, or why it did not start (a port taken meanwhile by another test, say).
+pub async fn try_spawn_app_with(
+    adjust: impl FnOnce(&mut LocalSettings),
+) -> anyhow::Result<TestApp> {
     let aws = aws().await;
     let mut settings = settings(&unique_name());
     adjust(&mut settings);
-    let running = stack::start(&aws, &settings)
-        .await
-        .expect("the local stack starts (is the emulator up? run `make test`)");
+    let running = stack::start(&aws, &settings).await?;
     let stack = running.stack.clone();
-    TestApp {
+    Ok(TestApp {
         base: format!("http://{}", running.http_addr),
         http: reqwest::Client::new(),
         authorizer: stack.authorizer().unwrap(),
@@ -93,7 +100,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut LocalSettings)) -> TestApp 
         stack,
         running,
         _metric_check: MetricCatalogCheck,
-    }
+    })
 }
 
 /// Every test that ran the functions holds what they emitted to the metric catalog (the
