@@ -87,6 +87,16 @@ fn fixture_with(registry: &str) -> Fixture {
 }
 
 impl Fixture {
+    /// An erasure fanned out, confirmed by these services.
+    async fn answered_by(&self, services: &[&str]) -> RequestId {
+        let id = self.erasure().await;
+        self.erasures.fan_out(id).await.unwrap();
+        for service in services {
+            self.confirm(id, service).await.unwrap();
+        }
+        id
+    }
+
     async fn erasure(&self) -> RequestId {
         self.erasure_of("erin").await
     }
@@ -937,11 +947,7 @@ impl Fixture {
     /// Fans out, every holder answers, the notice is published and the email service released
     /// and answered: where a verification is asked for.
     async fn every_holder_answered(&self) -> RequestId {
-        let id = self.erasure().await;
-        self.erasures.fan_out(id).await.unwrap();
-        for service in ["billing", "profile"] {
-            self.confirm(id, service).await.unwrap();
-        }
+        let id = self.answered_by(&["billing", "profile"]).await;
         let at = dsr_domain::Clock::now(&*self.clock);
         self.publish_notice(id, at).await.unwrap();
         self.clock.advance(Duration::hours(73));
@@ -1096,12 +1102,7 @@ fn batched_registry() -> String {
 impl Fixture {
     /// An erasure fanned out whose holders all answered but billing (and email, erased last).
     async fn only_billing_unanswered(&self) -> RequestId {
-        let id = self.erasure().await;
-        self.erasures.fan_out(id).await.unwrap();
-        for service in ["profile", "ads"] {
-            self.confirm(id, service).await.unwrap();
-        }
-        id
+        self.answered_by(&["profile", "ads"]).await
     }
 
     async fn assert_audited(&self, id: RequestId, event: &str) {
