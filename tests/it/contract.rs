@@ -111,6 +111,7 @@ fn the_erasure_messages_serialize_to_the_documented_shapes() {
     let command = serde_json::to_value(ErasureCommand::new(
         &request,
         &service("viewing-history"),
+        dsr_domain::identity::HolderIdentity::user_id(&request.subject),
         2,
         0,
         now,
@@ -122,6 +123,15 @@ fn the_erasure_messages_serialize_to_the_documented_shapes() {
     let again = serde_json::to_value(ErasureCommand::new(
         &request,
         &service("viewing-history"),
+        // A holder keyed by e-mail: the subject as it knows them, and no user id.
+        dsr_domain::identity::HolderIdentity {
+            subject: dsr_domain::SubjectId::parse("erin@example.com").unwrap(),
+            identifiers: [(
+                dsr_domain::identity::IdentifierKind::parse("email").unwrap(),
+                dsr_domain::SubjectId::parse("erin@example.com").unwrap(),
+            )]
+            .into(),
+        },
         3,
         1,
         now,

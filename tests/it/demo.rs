@@ -43,13 +43,42 @@ async fn wait_for_state(app: &TestApp, id: &str, state: &str, within: Duration) 
     last
 }
 
-/// The report of access request `id`: records per source, from its manifest.
-async fn records_per_source(app: &TestApp, id: &str) -> BTreeMap<String, u64> {
+/// The report of access request `id`: records per source, from its manifest, and the sources
+/// not applicable with their reason.
+async fn records_per_source(
+    app: &TestApp,
+    id: &str,
+) -> (BTreeMap<String, u64>, BTreeMap<String, String>) {
     wait_for_state(app, id, "report_ready", Duration::from_secs(60)).await;
     let files = crate::report::download(app, DEMO_SUBJECT, id).await;
-    crate::report::record_counts(&crate::report::json_file(&files, "manifest.json"))
-        .into_iter()
-        .collect()
+    let manifest = crate::report::json_file(&files, "manifest.json");
+    let not_applicable = manifest["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s["name"].as_str()?.to_owned(),
+                s["not_applicable"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    (
+        crate::report::record_counts(&manifest)
+            .into_iter()
+            .collect(),
+        not_applicable,
+    )
+}
+
+/// The keys the demo's holder `source` (keyed by another identifier) was called with.
+async fn keyed_calls(port: u16, source: &str) -> Vec<String> {
+    reqwest::get(format!("http://127.0.0.1:{port}/keyed-calls/{source}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -57,7 +86,7 @@ async fn the_demo_shows_a_full_report_before_an_erasure_and_an_empty_one_after()
     // The two ports were free a moment ago; a test running beside this one may take one
     // before the demo binds it: then two others.
     let mut tries = 0;
-    let app = loop {
+    let (app, port) = loop {
         let port = two_free_ports();
         let started = try_spawn_app_with(|s| {
             s.demo = Some(SocketAddr::from(([127, 0, 0, 1], port)));
@@ -71,21 +100,24 @@ async fn the_demo_shows_a_full_report_before_an_erasure_and_an_empty_one_after()
         })
         .await;
         match started {
-            Ok(app) => break app,
+            Ok(app) => break (app, port),
             Err(err) if tries < 5 && port_taken(&err) => tries += 1,
             Err(err) => panic!("the local stack starts: {err:#}"),
         }
     };
 
     let before = app.submit(DEMO_SUBJECT, "access").await;
-    let before = records_per_source(&app, before.body["id"].as_str().unwrap()).await;
+    let (before, not_applicable) =
+        records_per_source(&app, before.body["id"].as_str().unwrap()).await;
     let every = [
         "access-log",
         "account",
         "ads",
         "billing",
+        "call-centre",
         "crm",
         "email",
+        "mailing-list",
         "orders",
         "profile",
         "uploads",
@@ -96,9 +128,25 @@ async fn the_demo_shows_a_full_report_before_an_erasure_and_an_empty_one_after()
         every,
         "{before:?}"
     );
+    // The call-centre tool keys its data by phone number, and alice has none: not applicable,
+    // with the reason, and never asked.
+    let reason = "keys its data by phone, which no identity source knows for this subject";
+    assert_eq!(
+        not_applicable,
+        BTreeMap::from([("call-centre".to_owned(), reason.to_owned())])
+    );
     assert!(
-        before.values().all(|n| *n > 0),
-        "data everywhere: {before:?}"
+        before
+            .iter()
+            .all(|(source, n)| *n > 0 || source == "call-centre"),
+        "data everywhere else: {before:?}"
+    );
+    assert!(keyed_calls(port, "call-centre").await.is_empty());
+    // The mailing-list provider, keyed by e-mail, was asked for alice's address and never
+    // given her user id.
+    assert_eq!(
+        keyed_calls(port, "mailing-list").await,
+        ["alice@example.com"]
     );
 
     let erasure = app.submit(DEMO_SUBJECT, "erasure").await;
@@ -113,10 +161,24 @@ async fn the_demo_shows_a_full_report_before_an_erasure_and_an_empty_one_after()
     for source in every {
         assert!(services.contains(&source), "{source} erased: {done:#}");
     }
+    let call_centre = done["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "call-centre")
+        .unwrap();
+    assert_eq!(call_centre["status"], "not_applicable", "{call_centre}");
+    assert_eq!(call_centre["reason"], reason, "{call_centre}");
+    // Read for the report, erased, read again by the verification: always by e-mail address.
+    assert_eq!(
+        keyed_calls(port, "mailing-list").await,
+        ["alice@example.com"; 3]
+    );
+    assert!(keyed_calls(port, "call-centre").await.is_empty());
 
     let after = app.submit(DEMO_SUBJECT, "access").await;
     assert_eq!(after.status, 202, "{}", after.body);
-    let after = records_per_source(&app, after.body["id"].as_str().unwrap()).await;
+    let (after, _) = records_per_source(&app, after.body["id"].as_str().unwrap()).await;
     assert_eq!(
         after.keys().collect::<Vec<_>>(),
         before.keys().collect::<Vec<_>>()

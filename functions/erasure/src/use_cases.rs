@@ -29,6 +29,7 @@ struct Fixture {
     ports: Arc<RecordingErasurePorts>,
     clock: Arc<FixedClock>,
     reports: InMemoryReportStore,
+    identities: Arc<dsr_adapters::memory::InMemoryIdentities>,
 }
 
 const REGISTRY: &str = r#"
@@ -62,6 +63,7 @@ fn fixture_with(registry: &str) -> Fixture {
     ));
     let registry: ServiceRegistry = serde_yaml_ng::from_str(registry).unwrap();
     let reports = InMemoryReportStore::default();
+    let identities = Arc::new(dsr_adapters::memory::InMemoryIdentities::default());
     let erasures = Erasures {
         store: store.clone(),
         channel: ports.clone(),
@@ -76,6 +78,7 @@ fn fixture_with(registry: &str) -> Fixture {
             owner: "test".into(),
             lease_ttl: dsr_domain::erasure::DEFAULT_FAN_OUT_LEASE,
         },
+        identities: identities.clone(),
     };
     Fixture {
         erasures,
@@ -83,6 +86,7 @@ fn fixture_with(registry: &str) -> Fixture {
         ports,
         clock,
         reports,
+        identities,
     }
 }
 
@@ -1430,4 +1434,142 @@ async fn an_obligation_resolved_by_an_operator_moves_the_request_on_marked_as_se
     assert_eq!(f.state(id).await, RequestState::Notifying);
     f.assert_audited(id, "operator_resolved:billing:confirmed:by:jane@ops")
         .await;
+}
+
+const KEYED_BY_OTHER_IDENTIFIERS: &str = r#"
+identity_sources:
+  - { kind: http, url: "https://profile.internal/users/{subject}/identifiers", fields: { email: /email, phone: /phone } }
+services:
+  - name: billing
+    broker_user: svc-billing
+    erase: { via: { kind: rabbitmq, routing_key: erasure.billing } }
+  - name: ads
+    identifiers: [email]
+    erase: { via: { kind: http, url: "https://ads.example/people/{subject}" } }
+  - name: callcentre
+    broker_user: svc-callcentre
+    identifiers: [phone, user_id]
+    erase: { via: { kind: rabbitmq, routing_key: erasure.callcentre } }
+"#;
+
+#[tokio::test]
+async fn each_holder_is_sent_the_identifiers_it_keys_by_and_one_the_subject_lacks_is_not_applicable(
+) {
+    let f = fixture_with(KEYED_BY_OTHER_IDENTIFIERS);
+    let profile = "http profile.internal";
+    // The profile service is down: nothing is sent, the fan-out is tried again.
+    let id = f.erasure().await;
+    assert!(matches!(
+        f.erasures.fan_out(id).await,
+        Err(ErasureError::Identities(reason)) if reason == "identity source http profile.internal: HTTP 503"
+    ));
+    assert!(f.ports.commands().is_empty());
+    // It knows erin's e-mail address, and no phone number.
+    f.identities.knows(
+        profile,
+        "erin",
+        &[("email", "erin@example.com"), ("nickname", "e")],
+    );
+    f.ports.answers.lock().unwrap().insert(
+        svc("ads"),
+        Delivery::Answered {
+            status: ObligationStatus::Confirmed,
+            receipt: "{}".into(),
+        },
+    );
+    f.erasures.fan_out(id).await.unwrap();
+    let commands = f.ports.commands();
+    let sent = |service: &str| {
+        commands
+            .iter()
+            .find(|c| c.service == service)
+            .cloned()
+            .unwrap_or_else(|| panic!("no command to {service}"))
+    };
+    let ads = sent("ads");
+    assert_eq!(ads.subject.as_str(), "erin@example.com");
+    let kinds = |c: &dsr_domain::erasure::ErasureCommand| {
+        c.identifiers
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        kinds(&ads),
+        ["email=erin@example.com"],
+        "the vendor keyed by e-mail gets the e-mail, not the user id"
+    );
+    let billing = sent("billing");
+    assert_eq!(billing.subject.as_str(), "erin");
+    assert_eq!(kinds(&billing), ["user_id=erin"]);
+    assert!(
+        commands.iter().all(|c| c.service != "callcentre"),
+        "nothing is sent to a holder keyed by an identifier the subject lacks"
+    );
+    let callcentre = f.obligation(id, "callcentre").await;
+    assert_eq!(callcentre.status, ObligationStatus::NotApplicable);
+    let receipt: serde_json::Value =
+        serde_json::from_str(callcentre.receipt.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        receipt["not_applicable"],
+        "keys its data by phone, which no identity source knows for this subject"
+    );
+    // Resolved once, kept as keyed hashes in the trail and never raw.
+    let trail: Vec<String> = f
+        .store
+        .audit_trail(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    let resolved: Vec<&String> = trail
+        .iter()
+        .filter(|e| e.starts_with("identities_resolved:"))
+        .collect();
+    assert_eq!(resolved.len(), 1, "{trail:?}");
+    let hash = SubjectHasher::new("a-test-key-of-16-bytes")
+        .hash(&SubjectId::parse("erin@example.com").unwrap());
+    assert_eq!(
+        resolved[0],
+        &format!("identities_resolved:email={hash},phone=none")
+    );
+    assert!(trail.iter().all(|e| !e.contains("erin@")), "{trail:?}");
+    // A re-send uses what was kept: the profile service is not asked again.
+    let asked = f.identities.asked.lock().unwrap().len();
+    f.clock.advance(chrono::Duration::days(4));
+    let check = f
+        .ports
+        .checks()
+        .into_iter()
+        .find(|(due, _)| due.service == "billing")
+        .unwrap()
+        .0;
+    f.erasures.check(&check).await.unwrap();
+    let resent = f.ports.commands();
+    assert_eq!(resent.last().unwrap().service, "billing");
+    assert_eq!(resent.last().unwrap().subject.as_str(), "erin");
+    assert_eq!(f.identities.asked.lock().unwrap().len(), asked);
+    // Billing answers; the not-applicable holder does not hold the request up, and its
+    // certificate says why nothing was erased there.
+    f.confirm(id, "billing").await.unwrap();
+    assert_eq!(f.state(id).await, RequestState::Completed);
+    let request = f.store.get(id).await.unwrap().unwrap();
+    let certificate = dsr_domain::erasure::certificate::Certificate::of(
+        &request,
+        &f.store.obligations(id).await.unwrap(),
+        None,
+        Utc::now(),
+    )
+    .unwrap();
+    let outcomes: Vec<(&str, &str)> = certificate
+        .holders
+        .iter()
+        .map(|h| (h.service.as_str(), h.outcome.as_str()))
+        .collect();
+    assert!(
+        outcomes.contains(&("callcentre", "not_applicable"))
+            && outcomes.contains(&("ads", "erased")),
+        "{outcomes:?}"
+    );
 }

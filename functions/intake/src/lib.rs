@@ -378,6 +378,9 @@ pub struct SourceView {
     /// Why its last attempt failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Why it is not applicable (it keys its data by an identifier the subject does not have).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<&dsr_domain::report::progress::SourceProgress> for SourceView {
@@ -391,6 +394,7 @@ impl From<&dsr_domain::report::progress::SourceProgress> for SourceView {
                 .next_at
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
             last_error: s.error.clone(),
+            reason: s.reason.clone(),
         }
     }
 }
@@ -414,6 +418,9 @@ pub struct ServiceProgress {
     pub confirmed_at: Option<String>,
     /// The service did not confirm after every re-send; an operator is on it.
     pub escalated: bool,
+    /// Why it is not applicable (it keys its data by an identifier the subject does not have).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<&dsr_domain::erasure::Obligation> for ServiceProgress {
@@ -427,6 +434,14 @@ impl From<&dsr_domain::erasure::Obligation> for ServiceProgress {
                 .confirmed_at
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
             escalated: o.escalated_at.is_some(),
+            reason: match o.status {
+                dsr_domain::erasure::ObligationStatus::NotApplicable => o
+                    .receipt
+                    .as_deref()
+                    .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+                    .and_then(|r| r["not_applicable"].as_str().map(str::to_owned)),
+                _ => None,
+            },
         }
     }
 }

@@ -85,6 +85,11 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigEr
             env.required(vars::ACCESS_REQUESTS_QUEUE_URL)?,
         ),
         hasher: dsr_adapters::wiring::subject_hasher(env)?,
+        identities: std::sync::Arc::new(dsr_adapters::identity::IdentityLookups {
+            dynamodb: aws_sdk_dynamodb::Client::new(aws),
+            http: dsr_adapters::http::Client::default(),
+            secrets: env.clone(),
+        }),
         registry,
         settings,
         worker: Worker {

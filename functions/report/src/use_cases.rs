@@ -57,6 +57,7 @@ struct Fixture {
     results: Arc<RecordingErasurePorts>,
     clock: Arc<FixedClock>,
     staging: tempfile::TempDir,
+    identities: Arc<dsr_adapters::memory::InMemoryIdentities>,
 }
 
 fn fixture() -> Fixture {
@@ -82,6 +83,7 @@ fn fixture() -> Fixture {
             Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap(),
         )),
         staging: tempfile::tempdir().unwrap(),
+        identities: Arc::default(),
     }
 }
 
@@ -105,6 +107,7 @@ impl Fixture {
                 owner: owner.into(),
                 lease_ttl: Duration::seconds(960),
             },
+            identities: self.identities.clone(),
         }
     }
 
@@ -1159,4 +1162,101 @@ async fn an_answer_while_another_worker_holds_the_request_brings_it_back_in_seco
     let done = f.request(id).await;
     assert_eq!(done.state, RequestState::ReportReady);
     assert_eq!(Fixture::source(&done, "ledger").records, Some(1));
+}
+
+#[tokio::test]
+async fn each_source_is_read_by_the_identifier_it_keys_by_and_one_the_subject_lacks_is_not_applicable(
+) {
+    let f = fixture();
+    // The CRM is keyed by the customer number the accounts table knows; the call-centre tool
+    // by phone number, which nobody knows for rita.
+    let registry = r#"
+identity_sources:
+  - { kind: dynamodb, table: accounts, key_attribute: user_id, fields: { customer_no: customer_no, phone: phone } }
+services:
+  - name: profile
+    description: Your profile
+    collect: { kind: dynamodb, table: profiles, key_attribute: uid }
+  - name: crm
+    description: What our CRM holds
+    identifiers: [customer_no]
+    collect: { kind: http, url: "https://crm.example/customers/{subject}" }
+  - name: callcentre
+    description: Your calls to us
+    identifiers: [phone]
+    collect: { kind: http, url: "https://calls.example/by-phone/{subject}" }
+"#;
+    f.identities
+        .knows("dynamodb accounts", SUBJECT, &[("customer_no", "C-1007")]);
+    f.sources
+        .hold("crm", "C-1007", vec![json!({"segment": "tea lovers"})]);
+    // Held under the user id too: a source read by the wrong identifier would report it.
+    f.sources
+        .hold("crm", SUBJECT, vec![json!({"wrong": "identifier"})]);
+    let id = f.access_request().await;
+    let worker = AccessReports {
+        registry: ServiceRegistry::parse(registry).unwrap(),
+        ..f.worker("a")
+    };
+    let WorkOutcome::Completed(report) = worker.generate(id).await.unwrap() else {
+        panic!("not completed");
+    };
+    let files = unzip(&f.reports.object(&report.key).unwrap());
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let sources: Vec<(&str, u64, &Value)> = manifest["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["record_count"].as_u64().unwrap(),
+                &s["not_applicable"],
+            )
+        })
+        .collect();
+    let reason = "keys its data by phone, which no identity source knows for this subject";
+    assert_eq!(
+        sources,
+        [
+            ("profile", 1, &Value::Null),
+            ("crm", 1, &Value::Null),
+            ("callcentre", 0, &json!(reason))
+        ]
+    );
+    let crm = String::from_utf8(files["sources/crm/records.json"].clone()).unwrap();
+    assert!(
+        crm.contains("tea lovers") && !crm.contains("wrong"),
+        "{crm}"
+    );
+    let page = String::from_utf8(files["index.html"].clone()).unwrap();
+    assert!(page.contains(&format!("Not applicable: this system {reason}")));
+    let stored = f.request(id).await;
+    let callcentre = stored
+        .sources
+        .iter()
+        .find(|s| s.service == "callcentre")
+        .unwrap();
+    assert_eq!(callcentre.status, SourceStatus::NotApplicable);
+    assert_eq!(callcentre.reason.as_deref(), Some(reason));
+    assert_eq!(
+        f.identities.asked.lock().unwrap().len(),
+        1,
+        "looked up once"
+    );
+    let trail: Vec<String> = f
+        .store
+        .audit_trail(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert!(
+        trail.iter().any(
+            |e| e.starts_with("identities_resolved:customer_no=") && e.ends_with(",phone=none")
+        ),
+        "{trail:?}"
+    );
+    assert!(trail.iter().all(|e| !e.contains("C-1007")), "{trail:?}");
 }

@@ -124,6 +124,27 @@ pub async fn seed(
             json!({"consent": "newsletter", "given_at": "2025-03-01T10:00:00Z"}),
         ],
     );
+    // The profile service knows alice's e-mail address; she never gave a phone number.
+    data.profiles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            DEMO_SUBJECT.into(),
+            json!({"user_id": DEMO_SUBJECT, "email": "alice@example.com", "phone": null}),
+        );
+    // The mailing-list provider knows people by e-mail address, the call-centre tool by phone
+    // number (it has someone else's call).
+    {
+        let mut keyed = data.keyed.lock().unwrap_or_else(|p| p.into_inner());
+        keyed.entry("mailing-list".into()).or_default().insert(
+            "alice@example.com".into(),
+            vec![json!({"list": "tea news", "subscribed_at": "2025-03-01", "opens": 14})],
+        );
+        keyed.entry("call-centre".into()).or_default().insert(
+            "+31201234567".into(),
+            vec![json!({"call": "c-77", "at": "2026-10-30T10:12:00Z", "minutes": 4})],
+        );
+    }
     data.export_ready_after_ms.store(
         u64::try_from(export_after.as_millis()).unwrap_or(u64::MAX),
         std::sync::atomic::Ordering::SeqCst,
@@ -188,8 +209,23 @@ pub async fn seed(
             services.erase_url(source)
         )
     };
+    // Identifiers other than the user id: the profile service's API first, the account table
+    // after it.
     let registry = format!(
-        r#"services:
+        r#"identity_sources:
+  - {{ kind: http, url: "{profile}", fields: {{ email: /email, phone: /phone }}, timeout_ms: 3000 }}
+  - {{ kind: dynamodb, table: "{table}", key_attribute: user_id, fields: {{ email: email }} }}
+services:
+  - name: mailing-list
+    description: Our newsletter provider, which knows you by your e-mail address.
+    identifiers: [email]
+    collect: {{ kind: http, url: "{mailing_list}", records_pointer: /records }}
+    erase: {mailing_list_erase}
+  - name: call-centre
+    description: Notes of your calls to customer support, kept by phone number.
+    identifiers: [phone]
+    collect: {{ kind: http, url: "{call_centre}", records_pointer: /records }}
+    erase: {call_centre_erase}
   - name: account
     description: Your account.
     collect: {{ kind: dynamodb, table: "{table}", key_attribute: user_id }}
@@ -211,6 +247,11 @@ pub async fn seed(
     collect: {{ kind: export, start_url: "{export_start}", status_url: "{export_status}", result_url: "{export_result}", records_pointer: /records, poll_seconds: {poll} }}
     erase: {crm_erase}
 "#,
+        profile = services.profile_identifiers_url(),
+        mailing_list = services.keyed_url("mailing-list"),
+        mailing_list_erase = erase("mailing-list"),
+        call_centre = services.keyed_url("call-centre"),
+        call_centre_erase = erase("call-centre"),
         export_start = services.export_start_url(),
         export_status = services.export_status_url(),
         export_result = services.export_result_url(),

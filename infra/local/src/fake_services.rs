@@ -46,6 +46,17 @@ pub struct FakeData {
     pub export_starts: AtomicU32,
     pub export_polls: AtomicU32,
     pub export_fetches: AtomicU32,
+    /// The profile service's identity look-up: `GET /profiles/{subject}/identifiers` answers
+    /// the subject's identifiers (404 for unknown subjects).
+    pub profiles: Mutex<HashMap<String, Value>>,
+    /// Holders that key their data by another identifier than the user id (an e-mail
+    /// address, a phone number): by source, then by that identifier. `GET
+    /// /keyed/{source}/{key}` answers `{"records": [...]}`; `DELETE /erase/{source}/{key}`
+    /// erases them.
+    pub keyed: Mutex<HashMap<String, HashMap<String, Vec<Value>>>>,
+    /// Every key a keyed holder was called with (read and erase), by source: `GET
+    /// /keyed-calls/{source}`.
+    pub keyed_calls: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// Erases one subject's records from a source; says how many there were.
@@ -69,6 +80,9 @@ impl FakeServices {
             .route("/exports/users/{subject}", post(start_export))
             .route("/exports/{job}", get(export_status))
             .route("/exports/{job}/records", get(export_records))
+            .route("/profiles/{subject}/identifiers", get(profile_identifiers))
+            .route("/keyed/{source}/{key}", get(keyed_records))
+            .route("/keyed-calls/{source}", get(keyed_calls))
             .with_state(data.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -105,6 +119,14 @@ impl FakeServices {
     }
 
     /// Where a source of these services erases a subject (HTTP `DELETE`, `Idempotency-Key`).
+    pub fn profile_identifiers_url(&self) -> String {
+        format!("http://{}/profiles/{{subject}}/identifiers", self.addr)
+    }
+
+    pub fn keyed_url(&self, source: &str) -> String {
+        format!("http://{}/keyed/{source}/{{subject}}", self.addr)
+    }
+
     pub fn erase_url(&self, source: &str) -> String {
         format!("http://{}/erase/{source}/{{subject}}", self.addr)
     }
@@ -132,7 +154,20 @@ async fn erase(
     let erased = match done {
         Some(n) => n,
         None => {
+            let keyed = {
+                let mut keyed = data.keyed.lock().unwrap_or_else(|p| p.into_inner());
+                keyed.get_mut(&source).map(|held| {
+                    data.keyed_calls
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(source.clone())
+                        .or_default()
+                        .push(subject.clone());
+                    held.remove(&subject).map_or(0, |r| r.len())
+                })
+            };
             let n = match source.as_str() {
+                _ if keyed.is_some() => keyed.unwrap_or_default(),
                 "orders" => data
                     .orders
                     .lock()
@@ -194,6 +229,56 @@ async fn erase(
             .into_response();
     }
     Json(json!({ "erased": erased })).into_response()
+}
+
+async fn profile_identifiers(
+    State(data): State<Arc<FakeData>>,
+    Path(subject): Path<String>,
+) -> Response {
+    match data
+        .profiles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&subject)
+    {
+        Some(profile) => Json(profile.clone()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no_such_user"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn keyed_records(
+    State(data): State<Arc<FakeData>>,
+    Path((source, key)): Path<(String, String)>,
+) -> Response {
+    data.keyed_calls
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(source.clone())
+        .or_default()
+        .push(key.clone());
+    let records = data
+        .keyed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&source)
+        .and_then(|held| held.get(&key).cloned())
+        .unwrap_or_default();
+    Json(json!({ "records": records })).into_response()
+}
+
+async fn keyed_calls(State(data): State<Arc<FakeData>>, Path(source): Path<String>) -> Response {
+    let calls = data
+        .keyed_calls
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&source)
+        .cloned()
+        .unwrap_or_default();
+    Json(json!(calls)).into_response()
 }
 
 async fn start_export(State(data): State<Arc<FakeData>>, Path(subject): Path<String>) -> Response {

@@ -301,6 +301,7 @@ impl Collectors {
             records: records_path,
             record_count,
             files,
+            not_applicable: None,
         }))
     }
 

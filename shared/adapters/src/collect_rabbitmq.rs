@@ -65,6 +65,7 @@ impl RabbitExports {
             request_id: query.request,
             service: service.clone(),
             subject: query.subject.clone(),
+            identifiers: query.identifiers.clone(),
             job: job.clone(),
             upload_url,
             answer_by,

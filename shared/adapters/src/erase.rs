@@ -481,6 +481,7 @@ mod tests {
         ErasureCommand::new(
             &request,
             &dsr_domain::ServiceName::parse("ads").unwrap(),
+            dsr_domain::identity::HolderIdentity::user_id(&request.subject),
             1,
             0,
             chrono::Utc::now(),

@@ -22,6 +22,8 @@ pub mod emf;
 pub mod erase;
 #[cfg(any(feature = "collect", feature = "erase"))]
 pub mod http;
+#[cfg(any(feature = "collect", feature = "erase"))]
+pub mod identity;
 pub mod logging;
 #[cfg(any(test, feature = "memory"))]
 pub mod memory;

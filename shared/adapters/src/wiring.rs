@@ -144,6 +144,11 @@ pub fn erasures(
         settings: ErasureSettings {
             grace: env.seconds(vars::ERASURE_GRACE_SECONDS, defaults.grace)?,
         },
+        identities: std::sync::Arc::new(crate::identity::IdentityLookups {
+            dynamodb: aws_sdk_dynamodb::Client::new(aws),
+            http: crate::http::Client::default(),
+            secrets: env.clone(),
+        }),
         worker: dsr_domain::lease::Worker {
             owner: format!("{actor}-{}", ulid::Ulid::new()),
             lease_ttl: env

@@ -63,6 +63,9 @@ pub enum Audited<'a> {
         status: ObligationStatus,
         operator: &'a str,
     },
+    /// The subject's identifiers were looked up for the holders that need them: each kind
+    /// with its keyed hash, or `none` (`crate::identity::Identities::audit_line`).
+    IdentitiesResolved { found: &'a str },
 }
 
 impl fmt::Display for Audited<'_> {
@@ -110,6 +113,7 @@ impl fmt::Display for Audited<'_> {
                 "operator_resolved:{service}:{}:by:{operator}",
                 status.as_str()
             ),
+            Audited::IdentitiesResolved { found } => write!(f, "identities_resolved:{found}"),
         }
     }
 }

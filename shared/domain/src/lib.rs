@@ -9,6 +9,7 @@ pub mod clock;
 pub mod delayed;
 pub mod erasure;
 pub mod hops;
+pub mod identity;
 pub mod kill_point;
 pub mod lease;
 pub mod messages;

@@ -165,6 +165,18 @@ pub trait RequestStore: crate::hops::HopLog + Send + Sync {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Keeps the subject's resolved identifiers on the request with their audit line, once:
+    /// only if `token` is still the request's fencing token and none were kept before. False
+    /// otherwise (read the request again: another worker's are the request's).
+    fn record_identities(
+        &self,
+        id: RequestId,
+        token: u64,
+        identities: &crate::identity::Identities,
+        audit: &Audited<'_>,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Appends an event to the request's audit trail.
     fn record_event(
         &self,
@@ -345,6 +357,18 @@ impl<T: RequestStore> RequestStore for Arc<T> {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         (**self).save_sources(id, token, sources, at).await
+    }
+    async fn record_identities(
+        &self,
+        id: RequestId,
+        token: u64,
+        identities: &crate::identity::Identities,
+        audit: &Audited<'_>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        (**self)
+            .record_identities(id, token, identities, audit, at)
+            .await
     }
     async fn record_event(
         &self,

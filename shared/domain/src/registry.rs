@@ -2,14 +2,71 @@
 //! collect from each and how to erase in each. Configuration, not code: adding a service is an
 //! entry in a file (read by `dsr_adapters::registry`).
 
+use crate::identity::IdentifierKind;
 use crate::service::ServiceName;
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceRegistry {
+    /// Where identifiers other than the user id are looked up (`crate::identity`), in order:
+    /// the first source that knows one gives it.
+    #[serde(default)]
+    pub identity_sources: Vec<IdentitySource>,
     pub services: Vec<RegisteredService>,
+}
+
+/// A place that knows a subject's other identifiers, looked up by the user id. `fields` maps
+/// each identifier kind it gives to where it is in the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdentitySource {
+    /// `GET url` (`{subject}`: the URL-encoded user id) answering a JSON object; each field a
+    /// JSON pointer into it (`/contact/email`). A 404 is a subject it does not know.
+    Http {
+        url: String,
+        fields: BTreeMap<IdentifierKind, String>,
+        #[serde(default)]
+        auth: Option<AuthHeader>,
+        #[serde(default = "default_lookup_timeout_ms")]
+        timeout_ms: u64,
+    },
+    /// The item of `table` whose partition key `key_attribute` is the user id; each field an
+    /// attribute name (a string attribute).
+    Dynamodb {
+        table: String,
+        key_attribute: String,
+        fields: BTreeMap<IdentifierKind, String>,
+    },
+}
+
+impl IdentitySource {
+    /// Names the source in errors and logs: its kind and host or table, never a subject.
+    pub fn describe(&self) -> String {
+        match self {
+            IdentitySource::Http { url, .. } => {
+                let host = url
+                    .split_once("://")
+                    .map_or(url.as_str(), |(_, rest)| rest)
+                    .split(['/', '?', '#'])
+                    .next()
+                    .unwrap_or_default();
+                format!("http {host}")
+            }
+            IdentitySource::Dynamodb { table, .. } => format!("dynamodb {table}"),
+        }
+    }
+
+    pub fn fields(&self) -> &BTreeMap<IdentifierKind, String> {
+        match self {
+            IdentitySource::Http { fields, .. } | IdentitySource::Dynamodb { fields, .. } => fields,
+        }
+    }
+}
+
+fn default_lookup_timeout_ms() -> u64 {
+    5_000
 }
 
 /// One service (or third party) that holds personal data.
@@ -37,6 +94,21 @@ pub struct RegisteredService {
     /// Required for services erased over RabbitMQ.
     #[serde(default)]
     pub broker_user: Option<String>,
+    /// The identifiers it keys the subject's data by, the first standing for the subject in
+    /// its URLs and commands (`crate::identity`); unset: the user id alone.
+    #[serde(default)]
+    pub identifiers: Vec<IdentifierKind>,
+}
+
+impl RegisteredService {
+    /// What it asked for: its `identifiers`, or the user id.
+    pub fn identifiers(&self) -> Vec<IdentifierKind> {
+        if self.identifiers.is_empty() {
+            vec![IdentifierKind::user_id()]
+        } else {
+            self.identifiers.clone()
+        }
+    }
 }
 
 /// How a service is told to erase, and how long it may take to confirm.
@@ -306,8 +378,95 @@ impl ServiceRegistry {
                 return Err((Some(index), format!("service `{name}` is listed twice")));
             }
             Self::check_service(service).map_err(|e| (Some(index), e.0))?;
+            let mut kinds = HashSet::new();
+            for kind in &service.identifiers {
+                if !kinds.insert(kind) {
+                    return Err((
+                        Some(index),
+                        format!("{name}: identifier `{kind}` is listed twice"),
+                    ));
+                }
+                if !kind.is_user_id()
+                    && !self
+                        .identity_sources
+                        .iter()
+                        .any(|source| source.fields().contains_key(kind))
+                {
+                    return Err((
+                        Some(index),
+                        format!(
+                            "{name}: it needs identifier `{kind}`, which no identity source gives (add it to a source's `fields`)"
+                        ),
+                    ));
+                }
+            }
+        }
+        for source in &self.identity_sources {
+            let about = source.describe();
+            let fields = source.fields();
+            if fields.is_empty() {
+                return Err((None, format!("identity source {about}: `fields` is empty")));
+            }
+            if let Some(kind) = fields.keys().find(|k| k.is_user_id()) {
+                return Err((
+                    None,
+                    format!(
+                        "identity source {about}: `{kind}` is the subject itself, not looked up"
+                    ),
+                ));
+            }
+            match source {
+                IdentitySource::Http { url, fields, .. } => {
+                    check_url(&about, url).map_err(|e| (None, e.0))?;
+                    if !url.contains("{subject}") {
+                        return Err((
+                            None,
+                            format!("identity source {about}: the url must contain {{subject}}"),
+                        ));
+                    }
+                    if let Some((kind, _)) = fields.iter().find(|(_, p)| !p.starts_with('/')) {
+                        return Err((
+                            None,
+                            format!(
+                                "identity source {about}: field `{kind}` must be a JSON pointer (`/email`)"
+                            ),
+                        ));
+                    }
+                }
+                IdentitySource::Dynamodb {
+                    table,
+                    key_attribute,
+                    fields,
+                } => {
+                    if table.is_empty()
+                        || key_attribute.is_empty()
+                        || fields.values().any(String::is_empty)
+                    {
+                        return Err((
+                            None,
+                            format!(
+                                "identity source {about}: table, key_attribute and every field's attribute are needed"
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Every identifier some holder asked for, besides the user id: what is resolved.
+    pub fn identifiers_needed(&self) -> Vec<IdentifierKind> {
+        let mut needed: Vec<IdentifierKind> = self
+            .services
+            .iter()
+            .flat_map(|s| s.identifiers.iter())
+            .filter(|k| !k.is_user_id())
+            .cloned()
+            .collect();
+        needed.sort();
+        needed.dedup();
+        needed
     }
 
     fn check_service(service: &RegisteredService) -> Result<(), RegistryError> {
@@ -599,7 +758,7 @@ mod located {
 /// An HTTP endpoint the service calls with the subject (and perhaps a credential): `https`, or
 /// plain `http` to the loopback interface only (a sidecar, the local stack); and `{subject}` only
 /// after the host, so that no subject id can choose where the call, and its auth header, goes.
-fn check_url(name: &ServiceName, url: &str) -> Result<(), RegistryError> {
+fn check_url(name: &dyn std::fmt::Display, url: &str) -> Result<(), RegistryError> {
     let bad = |why: &str| Err(RegistryError(format!("{name}: the url `{url}` {why}")));
     let (scheme, rest) = match url.split_once("://") {
         Some(parts) => parts,

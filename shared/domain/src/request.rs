@@ -308,6 +308,9 @@ pub struct Request {
     /// How the request came, when not from the subject through the API: support took it by
     /// e-mail or phone, or another system sent it.
     pub submitted_via: Option<SubmittedVia>,
+    /// The subject's other identifiers, once resolved for the holders that need them
+    /// (`crate::identity`); `None`: not resolved (yet, or never needed).
+    pub identities: Option<crate::identity::Identities>,
 }
 
 /// Where a request came from other than the subject's own API call, and who took it.
@@ -469,6 +472,7 @@ impl Request {
             deadline_extension: None,
             sources: Vec::new(),
             submitted_via: None,
+            identities: None,
         }
     }
 

@@ -174,7 +174,7 @@ impl RequestStore for DynamoRequestStore {
             .table_name(&self.table)
             .key("pk", s(keys::request(id)))
             .key("sk", s(keys::META))
-            .update_expression("REMOVE subject SET subject_forgotten_at = :at")
+            .update_expression("REMOVE subject, identities SET subject_forgotten_at = :at")
             .condition_expression("#state = :state AND attribute_exists(subject)")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":state", s(state.as_str()))
@@ -337,6 +337,36 @@ impl RequestStore for DynamoRequestStore {
             Err(err) if conditional_failed(&err) => Ok(false),
             Err(err) => Err(unavailable(err)),
         }
+    }
+
+    async fn record_identities(
+        &self,
+        id: RequestId,
+        token: u64,
+        identities: &dsr_domain::identity::Identities,
+        audit: &Audited<'_>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let found: HashMap<String, AttributeValue> = identities
+            .0
+            .iter()
+            .map(|(kind, value)| (kind.as_str().to_owned(), s(value.as_str())))
+            .collect();
+        let keep = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(keys::request(id)))
+            .key("sk", s(keys::META))
+            .update_expression("SET identities = :found")
+            .condition_expression("fencing_token = :token AND attribute_not_exists(identities)")
+            .expression_attribute_values(":found", AttributeValue::M(found))
+            .expression_attribute_values(":token", AttributeValue::N(token.to_string()))
+            .build()
+            .map_err(unavailable)?;
+        self.transact(vec![
+            TransactWriteItem::builder().update(keep).build(),
+            self.audit_event(id, audit, at)?,
+        ])
+        .await
     }
 
     async fn record_event(
@@ -583,6 +613,20 @@ pub(super) fn request_from_item(item: &Item) -> Result<Request, StoreError> {
                     .and_then(|v| v.as_s().ok())
                     .cloned(),
             }),
+            _ => None,
+        },
+        identities: match item.get("identities") {
+            Some(AttributeValue::M(found)) => Some(dsr_domain::identity::Identities(
+                found
+                    .iter()
+                    .filter_map(|(kind, value)| {
+                        let kind =
+                            dsr_domain::identity::IdentifierKind::parse(kind.as_str()).ok()?;
+                        let value = SubjectId::parse(value.as_s().ok()?.as_str()).ok()?;
+                        Some((kind, value))
+                    })
+                    .collect(),
+            )),
             _ => None,
         },
         // Written as one JSON document: read and written whole, by the lease holder only.

@@ -144,6 +144,7 @@ impl ReportSources for FakeSources {
                 records: path,
                 record_count: records.len() as u64,
                 files: Vec::new(),
+                not_applicable: None,
             }));
         }
         *locked(&self.calls)
@@ -196,6 +197,7 @@ impl ReportSources for FakeSources {
             records: path,
             record_count: records.len() as u64,
             files: Vec::new(),
+            not_applicable: None,
         }))
     }
 }

@@ -357,6 +357,7 @@ impl RequestStore for InMemoryRequestStore {
         match self.lock().requests.get_mut(&id) {
             Some((request, _)) if request.state == state && !request.subject.is_redacted() => {
                 request.subject = dsr_domain::SubjectId::redacted();
+                request.identities = None;
                 Ok(true)
             }
             _ => Ok(false),
@@ -494,6 +495,25 @@ impl RequestStore for InMemoryRequestStore {
             Some((stored, _)) if stored.fencing_token == token => {
                 stored.sources = sources.to_vec();
                 stored.updated_at = at;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn record_identities(
+        &self,
+        id: RequestId,
+        token: u64,
+        identities: &dsr_domain::identity::Identities,
+        audit: &dsr_domain::Audited<'_>,
+        _at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tables = self.lock();
+        match tables.requests.get_mut(&id) {
+            Some((stored, _)) if stored.fencing_token == token && stored.identities.is_none() => {
+                stored.identities = Some(identities.clone());
+                tables.events.push((id, audit.to_string()));
                 Ok(true)
             }
             _ => Ok(false),

@@ -76,7 +76,8 @@ impl NothingLeft {
 #[serde(deny_unknown_fields)]
 pub struct HolderErasure {
     pub service: String,
-    /// `erased`, or `held_nothing` when the holder answered it had nothing of the subject.
+    /// `erased`; `held_nothing` when the holder answered it had nothing of the subject;
+    /// `not_applicable` when it keys its data by an identifier the subject does not have.
     pub outcome: String,
     /// Erased after the subject was told (the service that tells them, last).
     pub erased_last: bool,
@@ -172,6 +173,7 @@ impl Certificate {
                 let outcome = match o.status {
                     ObligationStatus::Confirmed => "erased",
                     ObligationStatus::NotFound => "held_nothing",
+                    ObligationStatus::NotApplicable => "not_applicable",
                     _ => return Err(missing()),
                 };
                 Ok(HolderErasure {

@@ -96,6 +96,26 @@ where
                 request.received_at,
             ))
             .await?;
+        // Who the subject is at each holder, looked up once for the whole erasure (its
+        // re-sends, verification and release use what is kept on the request).
+        let identities = crate::identity::resolve_once(
+            &self.store,
+            &self.registry,
+            self.identities.as_ref(),
+            &self.hasher,
+            request,
+            token,
+            self.clock.now(),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::identity::ResolveError::Store(e) => ErasureError::Store(e),
+            e => ErasureError::Identities(e.to_string()),
+        })?;
+        let request = &Request {
+            identities,
+            ..request.clone()
+        };
         // The service's own copies first: no new report of the subject is made from here on.
         let planned: Vec<Obligation> =
             std::iter::once(Obligation::planned(request.id, &Self::own_copies(), false))
@@ -178,6 +198,33 @@ where
         reopened: u32,
     ) -> Result<(), ErasureError> {
         let now = self.clock.now();
+        let identity = match self.holder_identity(request, service) {
+            Ok(identity) => Ok(identity),
+            Err(Unaskable::NotApplicable(reason)) => {
+                // Nothing to send: decided here, counted as commanded and answered at once.
+                self.store
+                    .record_send(
+                        request.id,
+                        service,
+                        attempt,
+                        ObligationStatus::Sent,
+                        None,
+                        now,
+                    )
+                    .await?;
+                self.count(
+                    HopMark::new(RequestKind::Erasure, Hop::Commanded, request.id, now)
+                        .for_service(service),
+                )
+                .await?;
+                tracing::info!(request_id = %request.id, service = %service, reason = %reason, "holder not applicable");
+                let receipt = serde_json::json!({ "not_applicable": reason }).to_string();
+                self.answer(request, service, ObligationStatus::NotApplicable, &receipt)
+                    .await?;
+                return Ok(());
+            }
+            Err(Unaskable::Unresolved(reason)) => Err(reason),
+        };
         let timeout = chrono::Duration::seconds(
             i64::try_from(how.confirm_within_seconds).unwrap_or(i64::MAX / 1000),
         );
@@ -187,8 +234,15 @@ where
                 now + timeout,
             )
             .await?;
-        let command = ErasureCommand::new(request, service, attempt, reopened, now);
-        let delivery = self.channel.send(&command, how).await?;
+        let delivery = match identity {
+            Ok(identity) => {
+                let command =
+                    ErasureCommand::new(request, service, identity, attempt, reopened, now);
+                self.channel.send(&command, how).await?
+            }
+            // Failed like a send: the watchdog tries again, then escalates to an operator.
+            Err(reason) => Delivery::Failed(reason),
+        };
         crate::kill_point::reached("erasure.command_sent");
         let (status, error) = match &delivery {
             Delivery::Sent | Delivery::Answered { .. } => (ObligationStatus::Sent, None),
@@ -228,6 +282,35 @@ where
             self.answer(request, service, status, &receipt).await?;
         }
         Ok(())
+    }
+
+    /// The subject as `service` knows them, from the identities kept on the request.
+    pub(super) fn holder_identity(
+        &self,
+        request: &Request,
+        service: &ServiceName,
+    ) -> Result<crate::identity::HolderIdentity, Unaskable> {
+        let holder = self.registry.service(service).ok_or_else(|| {
+            Unaskable::Unresolved(format!(
+                "service `{service}` is not in the registry (any more)"
+            ))
+        })?;
+        crate::identity::Identities::for_holder(
+            request.identities.as_ref(),
+            &request.subject,
+            holder,
+        )
+        .map_err(|missing| {
+            if request.identities.is_none() {
+                // The registry asked for no identifier when this request was fanned out.
+                Unaskable::Unresolved(format!(
+                    "the subject's identifiers were not looked up for this request ({} is needed now)",
+                    missing.missing.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            } else {
+                Unaskable::NotApplicable(missing.reason())
+            }
+        })
     }
 
     /// A vendor said "not now" to send number `attempt`: the same check, moved from the end of

@@ -1,10 +1,12 @@
 //! What erasure sends and receives on the wire. Contract: `docs/messages.schema.json`.
 
+use crate::identity::{HolderIdentity, IdentifierKind};
 use crate::request::{Request, RequestId};
 use crate::service::ServiceName;
 use crate::subject::SubjectId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// `erase_subject`, sent to one service. Contract: `docs/messages.schema.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,8 +23,13 @@ pub struct ErasureCommand {
     pub idempotency_key: String,
     pub request_id: RequestId,
     pub service: ServiceName,
-    /// Whom to erase: services need the id they know the person by.
+    /// Whom to erase, as this service knows them: the first identifier its registry entry
+    /// asks for (the user id unless it says otherwise).
     pub subject: SubjectId,
+    /// Every identifier the service asked for, by kind (`user_id`, `email`, `phone`, its own),
+    /// and no other.
+    #[serde(default)]
+    pub identifiers: BTreeMap<IdentifierKind, SubjectId>,
     pub attempt: u32,
     pub sent_at: DateTime<Utc>,
 }
@@ -33,6 +40,7 @@ impl ErasureCommand {
     pub fn new(
         request: &Request,
         service: &ServiceName,
+        identity: HolderIdentity,
         attempt: u32,
         reopened: u32,
         sent_at: DateTime<Utc>,
@@ -48,7 +56,8 @@ impl ErasureCommand {
             idempotency_key,
             request_id: request.id,
             service: service.clone(),
-            subject: request.subject.clone(),
+            subject: identity.subject,
+            identifiers: identity.identifiers,
             attempt,
             sent_at,
         }

@@ -71,6 +71,10 @@ pub enum ErasureError {
     /// The message can never succeed (unknown request or service): dead-letter it.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The subject's identifiers could not be looked up (an identity source did not answer):
+    /// worth retrying.
+    #[error("{0}")]
+    Identities(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +148,14 @@ pub enum Skipped {
     NotThisVerification,
 }
 
+/// Why a holder cannot be sent a command.
+pub(crate) enum Unaskable {
+    /// It keys its data by an identifier the subject does not have: recorded as its answer.
+    NotApplicable(String),
+    /// Its identifiers were never looked up for this request: a failed send.
+    Unresolved(String),
+}
+
 /// Why a pass moves a request on: it decides whether the pass may tell the subject again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pass {
@@ -169,6 +181,8 @@ pub struct Erasures<S, X, D, E, C, R> {
     pub settings: ErasureSettings,
     /// Who takes requests for fan-out (the erasure function).
     pub worker: Worker,
+    /// Where the subject's other identifiers are looked up, once, at fan-out.
+    pub identities: std::sync::Arc<dyn crate::identity::IdentityDirectory>,
 }
 
 impl<S, X, D, E, C, R> Erasures<S, X, D, E, C, R>

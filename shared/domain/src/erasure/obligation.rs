@@ -19,6 +19,10 @@ pub enum ObligationStatus {
     NotFound,
     /// The service answered that it could not erase (or its API failed); it is sent again.
     Failed,
+    /// The service keys its data by an identifier the subject does not have (a phone number
+    /// they never gave): there is nothing it could be asked, and so nothing of theirs there.
+    /// Decided by this service, with the reason as the receipt (`crate::identity`).
+    NotApplicable,
 }
 
 impl ObligationStatus {
@@ -29,6 +33,7 @@ impl ObligationStatus {
             ObligationStatus::Confirmed => "confirmed",
             ObligationStatus::NotFound => "not_found",
             ObligationStatus::Failed => "failed",
+            ObligationStatus::NotApplicable => "not_applicable",
         }
     }
 
@@ -36,7 +41,9 @@ impl ObligationStatus {
     pub fn is_done(self) -> bool {
         matches!(
             self,
-            ObligationStatus::Confirmed | ObligationStatus::NotFound
+            ObligationStatus::Confirmed
+                | ObligationStatus::NotFound
+                | ObligationStatus::NotApplicable
         )
     }
 }
@@ -50,6 +57,7 @@ impl std::str::FromStr for ObligationStatus {
             ObligationStatus::Confirmed,
             ObligationStatus::NotFound,
             ObligationStatus::Failed,
+            ObligationStatus::NotApplicable,
         ]
         .into_iter()
         .find(|s| s.as_str() == raw)

@@ -96,7 +96,11 @@ where
             )));
         }
         let request = self.erasure(command.request_id).await?;
-        if request.subject != command.subject {
+        // The subject as this vendor knows them (its identifiers kept on the request).
+        let expected = self.holder_identity(&request, &command.service).ok();
+        if expected.is_none_or(|who| {
+            who.subject != command.subject || who.identifiers != command.identifiers
+        }) {
             return Err(ErasureError::Rejected(format!(
                 "the command's subject is not request {}'s",
                 request.id

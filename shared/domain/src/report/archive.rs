@@ -224,6 +224,7 @@ pub async fn write_report<U: ReportUpload>(
             "description": source.description,
             "record_count": source.record_count,
             "files": files,
+            "not_applicable": source.not_applicable,
         }));
         previews.push((source, columns.names, preview));
     }

@@ -28,7 +28,12 @@ pub struct ExportCommand {
     pub message_id: String,
     pub request_id: RequestId,
     pub service: ServiceName,
+    /// The subject as this service knows them: the first identifier its registry entry asks
+    /// for (the user id unless it says otherwise).
     pub subject: SubjectId,
+    /// Every identifier the service asked for, by kind, and no other.
+    #[serde(default)]
+    pub identifiers: std::collections::BTreeMap<crate::identity::IdentifierKind, SubjectId>,
     /// Goes back in the answer.
     pub job: String,
     /// Where to `PUT` the records (NDJSON) when they are too many for the answer message.

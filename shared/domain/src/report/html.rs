@@ -65,6 +65,16 @@ for moving your data to another service) and <code>records.csv</code> (opens in 
         sources = previews.len(),
     );
     for (source, columns, rows) in previews {
+        if let Some(reason) = &source.not_applicable {
+            let _ = writeln!(
+                html,
+                "<h2>{}</h2>\n<p>{}</p>\n<p class=\"note\">Not applicable: this system {}.</p>",
+                escape(source.name.as_str()),
+                escape(&source.description),
+                escape(reason)
+            );
+            continue;
+        }
         let _ = write!(
             html,
             "<h2>{}</h2>\n<p>{}</p>\n<p class=\"note\">{} {}.",

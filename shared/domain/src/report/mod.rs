@@ -147,6 +147,9 @@ enum AttemptError {
     Staged(ServiceName, String),
     #[error("handing the collection on: {0}")]
     Resume(#[from] ChannelError),
+    /// An identity source did not answer: the request is worked on again later.
+    #[error("{0}")]
+    Identities(String),
     /// Past the point of handing back (the report is committed, or the request failed).
     #[error(transparent)]
     Report(#[from] ReportError),
@@ -179,6 +182,8 @@ pub struct AccessReports<S, R, T, E, C, W> {
     pub registry: ServiceRegistry,
     pub settings: ReportSettings,
     pub worker: Worker,
+    /// Where the subject's other identifiers are looked up, once per request.
+    pub identities: std::sync::Arc<dyn crate::identity::IdentityDirectory>,
 }
 
 /// A fenced write tried up to three times: repeating it is harmless (it is conditional on the
@@ -333,6 +338,41 @@ where
             tracing::info!(request_id = %id, cleaned, "removed what an earlier worker left");
         }
         let mut sources = self.plan(lease.request());
+        // Who the subject is at each source, looked up once for the whole collection.
+        let identities = match crate::identity::resolve_once(
+            &self.store,
+            &self.registry,
+            self.identities.as_ref(),
+            &self.hasher,
+            lease.request(),
+            lease.token(),
+            self.clock.now(),
+        )
+        .await
+        {
+            Ok(identities) => identities,
+            Err(crate::identity::ResolveError::FencedOut(_)) => return Ok(WorkOutcome::FencedOut),
+            Err(crate::identity::ResolveError::Store(e)) => return Err(e.into()),
+            Err(e) => return Err(AttemptError::Identities(e.to_string())),
+        };
+        let mut settled_now = false;
+        for source in sources.iter_mut().filter(|s| !s.settled()) {
+            let Some(service) = self.registry.service(&source.service) else {
+                continue;
+            };
+            if let Err(missing) = crate::identity::Identities::for_holder(
+                identities.as_ref(),
+                &lease.request().subject,
+                service,
+            ) {
+                tracing::info!(request_id = %id, source = %source.service, reason = %missing.reason(), "source not applicable");
+                source.not_applicable(missing.reason());
+                settled_now = true;
+            }
+        }
+        if settled_now && !self.record(lease, &sources, None).await? {
+            return Ok(WorkOutcome::FencedOut);
+        }
         // A holder's answer over RabbitMQ may be in whenever the request is worked on (its
         // answer message, or any other, woke it): looking costs a read, not a call to anyone.
         for source in sources.iter_mut() {
@@ -350,7 +390,7 @@ where
         let staging =
             tempfile::tempdir_in(&self.settings.staging_dir).map_err(AttemptError::Staging)?;
         let Some(mut round) = self
-            .collect_due(lease, &mut sources, staging.path())
+            .collect_due(lease, identities.as_ref(), &mut sources, staging.path())
             .await?
         else {
             return Ok(WorkOutcome::FencedOut);
@@ -409,7 +449,7 @@ where
                     // sources hold this one up.
                     let waiting: Vec<&str> = sources
                         .iter()
-                        .filter(|s| s.status != progress::SourceStatus::Collected)
+                        .filter(|s| !s.settled())
                         .map(|s| s.service.as_str())
                         .collect();
                     tracing::warn!(request_id = %id, due_at = %request.due_at, waiting = %waiting.join(","), alert = "deadline_at_risk", "collection still waiting on sources close to the deadline");
@@ -448,6 +488,7 @@ where
     async fn collect_due(
         &self,
         lease: &OurLease<'_, S>,
+        identities: Option<&crate::identity::Identities>,
         sources: &mut [SourceProgress],
         dir: &Path,
     ) -> Result<Option<Round>, AttemptError> {
@@ -469,11 +510,17 @@ where
             };
             let job = progress.job.clone();
             let budget = self.settings.time_budget;
-            let subject = &request.subject;
+            // Settled above when the subject has none of its identifiers.
+            let Ok(who) =
+                crate::identity::Identities::for_holder(identities, &request.subject, service)
+            else {
+                continue;
+            };
             running.push(Either::Left(async move {
                 let query = SourceQuery {
                     request: request.id,
-                    subject,
+                    subject: &who.subject,
+                    identifiers: &who.identifiers,
                     job: job.as_deref(),
                 };
                 let collected = self.sources.collect(service, how, query, dir, budget).await;
@@ -709,6 +756,7 @@ where
                 .as_u64()
                 .ok_or_else(|| bad("no record count".into()))?,
             files,
+            not_applicable: None,
         })
     }
 
@@ -868,6 +916,19 @@ where
         {
             match held.iter().position(|(i, _)| *i == index) {
                 Some(at) => sources.push(held.swap_remove(at).1),
+                None if source.status == progress::SourceStatus::NotApplicable => {
+                    // Nothing was asked of it: an empty section that says why.
+                    let records = dir.join(format!("{}.not-applicable.ndjson", source.service));
+                    std::fs::write(&records, b"").map_err(AttemptError::Staging)?;
+                    sources.push(StagedSource {
+                        name: source.service.clone(),
+                        description: service.description.clone(),
+                        records,
+                        record_count: 0,
+                        files: Vec::new(),
+                        not_applicable: source.reason.clone(),
+                    });
+                }
                 None => sources.push(self.unstage(request.id, source, service, dir).await?),
             }
         }

@@ -27,6 +27,9 @@ pub struct StagedSource {
     pub records: PathBuf,
     pub record_count: u64,
     pub files: Vec<StagedFile>,
+    /// Why nothing was asked of it (not applicable: it keys its data by an identifier the
+    /// subject does not have); shown in the report instead of a count.
+    pub not_applicable: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,7 +56,10 @@ pub enum Collected {
 #[derive(Debug, Clone, Copy)]
 pub struct SourceQuery<'a> {
     pub request: crate::request::RequestId,
+    /// The subject as this source knows them: its first identifier (`crate::identity`).
     pub subject: &'a SubjectId,
+    /// Every identifier the source asked for, by kind.
+    pub identifiers: &'a std::collections::BTreeMap<crate::identity::IdentifierKind, SubjectId>,
     /// The export this source started earlier, if it is one.
     pub job: Option<&'a str>,
 }

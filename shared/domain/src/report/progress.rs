@@ -33,6 +33,9 @@ pub struct SourceProgress {
     /// Why the last attempt failed (never personal data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why it is not applicable (never personal data: names the identifier kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +49,9 @@ pub enum SourceStatus {
     Collected,
     /// Failed its last allowed attempt: the request fails with it.
     Failed,
+    /// It keys its data by an identifier the subject does not have: nothing to ask it, shown
+    /// in the report with the reason (`crate::identity`).
+    NotApplicable,
 }
 
 impl SourceStatus {
@@ -55,6 +61,7 @@ impl SourceStatus {
             SourceStatus::Exporting => "exporting",
             SourceStatus::Collected => "collected",
             SourceStatus::Failed => "failed",
+            SourceStatus::NotApplicable => "not_applicable",
         }
     }
 }
@@ -70,7 +77,23 @@ impl SourceProgress {
             job: None,
             staged: None,
             error: None,
+            reason: None,
         }
+    }
+
+    pub fn not_applicable(&mut self, reason: String) {
+        self.status = SourceStatus::NotApplicable;
+        self.reason = Some(reason);
+        self.next_at = None;
+        self.job = None;
+    }
+
+    /// Done with: collected, or nothing to collect.
+    pub fn settled(&self) -> bool {
+        matches!(
+            self.status,
+            SourceStatus::Collected | SourceStatus::NotApplicable
+        )
     }
 
     /// Whether this invocation should work on it.
@@ -154,7 +177,7 @@ pub fn collection_state(sources: &[SourceProgress], now: DateTime<Utc>) -> Colle
     }
     match sources
         .iter()
-        .filter(|s| s.status != SourceStatus::Collected)
+        .filter(|s| !s.settled())
         .map(|s| s.next_at.unwrap_or(now))
         .min()
     {

@@ -85,12 +85,27 @@ where
                     )
             })
             .collect();
-        let query = crate::report::SourceQuery {
-            request: request.id,
-            subject: &request.subject,
-            job: None,
-        };
-        let read = futures::future::try_join_all(holders.iter().map(|(service, how)| {
+        // Each holder is read as it knows the subject; one keyed by an identifier the subject
+        // does not have was never asked, and has nothing to find.
+        let holders: Vec<_> = holders
+            .into_iter()
+            .filter_map(|(service, how)| {
+                crate::identity::Identities::for_holder(
+                    request.identities.as_ref(),
+                    &request.subject,
+                    service,
+                )
+                .ok()
+                .map(|who| (service, how, who))
+            })
+            .collect();
+        let read = futures::future::try_join_all(holders.iter().map(|(service, how, who)| {
+            let query = crate::report::SourceQuery {
+                request: request.id,
+                subject: &who.subject,
+                identifiers: &who.identifiers,
+                job: None,
+            };
             self.sources
                 .collect(service, how, query, staging.path(), READ_BUDGET)
         }))
