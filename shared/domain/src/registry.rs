@@ -417,7 +417,7 @@ impl ServiceRegistry {
             }
             match source {
                 IdentitySource::Http { url, fields, .. } => {
-                    check_url(&about, url).map_err(|e| (None, e.0))?;
+                    check_url(&format!("identity source {about}"), url).map_err(|e| (None, e.0))?;
                     if !url.contains("{subject}") {
                         return Err((
                             None,
@@ -768,6 +768,11 @@ fn check_url(name: &dyn std::fmt::Display, url: &str) -> Result<(), RegistryErro
     if authority.is_empty() || authority.contains('{') || authority.contains('@') {
         return bad("must name a fixed host (no {subject} and no user info before the path)");
     }
+    if !authority.is_ascii() {
+        return bad(
+            "has a host that is not ASCII: write an international domain name in its `xn--` form",
+        );
+    }
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => authority.split(':').next().unwrap_or_default(),
@@ -954,6 +959,39 @@ mod tests {
             (
                 r#"{"services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "https://v/u/{subject}", "not_found": {}}}}]}"#,
                 "not_found needs",
+            ),
+            (
+                r#"{"services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "https://bücher.example/u/{subject}"}}}]}"#,
+                "`xn--` form",
+            ),
+            // Identifiers: every kind a holder needs is given by an identity source.
+            (
+                r#"{"services": [{"name": "a", "identifiers": ["email"], "erase": {"via": {"kind": "http", "url": "https://v/u/{subject}"}}}]}"#,
+                "a: it needs identifier `email`, which no identity source gives",
+            ),
+            (
+                r#"{"identity_sources": [{"kind": "http", "url": "https://p/{subject}", "fields": {"email": "/email"}}], "services": [{"name": "a", "identifiers": ["email", "email"], "erase": {"via": {"kind": "http", "url": "https://v/u/{subject}"}}}]}"#,
+                "identifier `email` is listed twice",
+            ),
+            (
+                r#"{"identity_sources": [{"kind": "http", "url": "https://p/u", "fields": {"email": "/email"}}], "services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "https://v/u/{subject}"}}}]}"#,
+                "identity source http p: the url must contain {subject}",
+            ),
+            (
+                r#"{"identity_sources": [{"kind": "http", "url": "https://p/{subject}", "fields": {"email": "email"}}], "services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "https://v/u/{subject}"}}}]}"#,
+                "field `email` must be a JSON pointer",
+            ),
+            (
+                r#"{"identity_sources": [{"kind": "dynamodb", "table": "t", "key_attribute": "uid", "fields": {"user_id": "uid"}}], "services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "https://v/u/{subject}"}}}]}"#,
+                "`user_id` is the subject itself",
+            ),
+            (
+                r#"{"identity_sources": [{"kind": "http", "url": "http://profile.internal/{subject}", "fields": {"email": "/email"}}], "services": [{"name": "a", "erase": {"via": {"kind": "http", "url": "https://v/u/{subject}"}}}]}"#,
+                "identity source http profile.internal: the url `http://profile.internal/{subject}` must use https",
+            ),
+            (
+                r#"{"services": [{"name": "a", "identifiers": ["E-mail"], "erase": {"via": {"kind": "http", "url": "https://v/u/{subject}"}}}]}"#,
+                "`E-mail` is not an identifier kind",
             ),
         ] {
             let err = registry(bad).unwrap_err();

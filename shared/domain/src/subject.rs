@@ -1,7 +1,7 @@
 //! The data subject: who a request is about, and the keyed hash that stands for them wherever
 //! the raw id must not appear (logs, storage keys, metrics).
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::fmt;
