@@ -156,6 +156,8 @@ struct Holder {
     broker_user: String,
     erase_key: Option<String>,
     export_key: Option<String>,
+    /// The identifiers its commands carry (its registry entry's `identifiers`).
+    identifiers: Vec<dsr_domain::identity::IdentifierKind>,
 }
 
 fn holder(registry: &ServiceRegistry, service: &str) -> anyhow::Result<Holder> {
@@ -186,6 +188,7 @@ fn holder(registry: &ServiceRegistry, service: &str) -> anyhow::Result<Holder> {
         broker_user,
         erase_key,
         export_key,
+        identifiers: entry.identifiers(),
     })
 }
 
@@ -501,6 +504,18 @@ impl Run<'_> {
         }
     }
 
+    /// The identifiers the holder asked for (its registry entry's), each standing for the
+    /// check's subject: the check has one test subject, however the holder knows it.
+    fn identifiers(&self) -> Value {
+        Value::Object(
+            self.holder
+                .identifiers
+                .iter()
+                .map(|kind| (kind.to_string(), json!(self.settings.subject)))
+                .collect(),
+        )
+    }
+
     /// Sends `export_subject` and judges the answer; the records it gave, if it answered.
     async fn export(
         &self,
@@ -515,7 +530,7 @@ impl Run<'_> {
         let command = json!({
             "version": 1, "type": "export_subject", "message_id": message_id,
             "request_id": request, "service": self.holder.name, "subject": self.settings.subject,
-            "job": job, "upload_url": format!("{}/uploads/{job}", self.upload_base),
+            "identifiers": self.identifiers(), "job": job, "upload_url": format!("{}/uploads/{job}", self.upload_base),
             "answer_by": now + chrono::Duration::from_std(self.settings.within).unwrap_or_default(),
             "sent_at": now,
         });
@@ -615,7 +630,8 @@ impl Run<'_> {
         let command = json!({
             "version": 1, "type": "erase_subject", "message_id": message_id,
             "idempotency_key": key, "request_id": request, "service": self.holder.name,
-            "subject": self.settings.subject, "attempt": 1, "sent_at": Utc::now(),
+            "subject": self.settings.subject, "identifiers": self.identifiers(), "attempt": 1,
+            "sent_at": Utc::now(),
         });
         // The answer to an earlier send of this command does not count for this one.
         answers
@@ -782,11 +798,12 @@ mod tests {
         let now = Utc::now();
         for command in [
             json!({"version": 1, "type": "export_subject", "message_id": format!("export:{request}:ledger:{job}"),
-                "request_id": request, "service": "ledger", "subject": "s", "job": job,
-                "upload_url": "http://127.0.0.1:1/uploads/x", "answer_by": now, "sent_at": now}),
+                "request_id": request, "service": "ledger", "subject": "s",
+                "identifiers": {"user_id": "s"}, "job": job, "upload_url": "http://127.0.0.1:1/uploads/x", "answer_by": now, "sent_at": now}),
             json!({"version": 1, "type": "erase_subject", "message_id": format!("erase:{request}:ledger:1"),
                 "idempotency_key": format!("erase:{request}:ledger"), "request_id": request,
-                "service": "ledger", "subject": "s", "attempt": 1, "sent_at": now}),
+                "service": "ledger", "subject": "s", "identifiers": {"email": "s"},
+                "attempt": 1, "sent_at": now}),
         ] {
             let errors: Vec<String> = validator
                 .iter_errors(&command)
