@@ -252,6 +252,13 @@ queue_specific = {
         ("to a foreign SQS queue", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": now, "destination": {"kind": "sqs", "queue_url": "https://sqs.us-east-1.amazonaws.com/1/other"}, "payload": {}})),
         ("destination without routing key", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": now, "destination": {"kind": "rabbitmq", "exchange": "$ns.commands"}, "payload": {}})),
     ],
+    # Only the bridge writes it, stamping the publisher: unstamped, it is no system's.
+    "SubmissionsQueue": [
+        ("a submission nobody vouches for", json.dumps({"version": 1, "type": "submit_request", "message_id": "s1", "subject": "victim", "request": "erasure"})),
+        ("an unknown request type", json.dumps({"version": 1, "type": "submit_request", "message_id": "s2", "subject": "victim", "request": "delete_everything"})),
+        ("an unknown field", json.dumps({"version": 1, "type": "submit_request", "message_id": "s3", "subject": "victim", "request": "access", "priority": "now"})),
+        ("a subject with control characters", json.dumps({"version": 1, "type": "submit_request", "message_id": "s4", "subject": "vic\u0000tim", "request": "access"})),
+    ],
     "OutboundQueue": [
         ("envelope without exchange name", json.dumps({"version": 1, "message_id": "m", "exchange": "", "routing_key": "k", "payload": {}})),
         ("envelope to amq.direct", json.dumps({"version": 1, "message_id": "m", "exchange": "amq.direct", "routing_key": "k", "payload": {}})),
@@ -296,6 +303,19 @@ schedule_amqp = [
     ("unknown action", json.dumps({"action": "explode", "version": 1, "key": "k"}).encode(), "guest"),
     ("over 250 KiB", json.dumps({"action": "schedule", "version": 1, "key": "k", "deliver_at": now, "destination": {"kind": "rabbitmq", "exchange": "x", "routing_key": "y"}, "payload": "a" * 300_000}).encode(), "guest"),
 ]
+submission = {"version": 1, "type": "submit_request", "message_id": "h1", "subject": "victim", "request": "erasure"}
+requests_amqp = [
+    ("not JSON", b"{{", "guest"),
+    ("from a system not allowed to submit", json.dumps(submission).encode(), "guest"),
+    ("no user_id", json.dumps(submission).encode(), None),
+    ("version 2", json.dumps({**submission, "version": 2}).encode(), "guest"),
+    ("an empty subject", json.dumps({**submission, "subject": ""}).encode(), "guest"),
+    ("a confirmation on the wrong exchange", json.dumps(confirmation).encode(), "guest"),
+    ("a reference carrying a note", json.dumps({**submission, "reference": "see <the notes> please"}).encode(), "guest"),
+]
+for name, body, user in requests_amqp:
+    cases.append({"name": f"requests exchange: {name}", "channel": "amqp", "exchange": "requests",
+                  "body_base64": b64(body), "user_id": user, "expect": "dead_lettered"})
 for name, body, user in schedule_amqp:
     cases.append({"name": f"schedule exchange: {name}", "channel": "amqp", "exchange": "schedule",
                   "body_base64": b64(body), "user_id": user, "expect": "dead_lettered"})

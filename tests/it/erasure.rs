@@ -59,6 +59,8 @@ pub struct RigSettings {
     pub vendor_per_second: u32,
     /// The vendor takes batches of up to this many subjects (its batch API in the registry).
     pub vendor_batch: Option<u32>,
+    /// Broker users allowed to submit requests over RabbitMQ (the template's parameter).
+    pub request_submitters: Option<String>,
 }
 
 impl Default for RigSettings {
@@ -80,6 +82,7 @@ impl Default for RigSettings {
             over_amqp: Vec::new(),
             vendor_per_second: 20,
             vendor_batch: None,
+            request_submitters: None,
         }
     }
 }
@@ -145,6 +148,9 @@ pub async fn rig(settings: RigSettings) -> ErasureRig {
         if let Some(callers) = settings.dispatch_callers {
             s.parameters
                 .insert("DelayedDispatchCallers".into(), callers);
+        }
+        if let Some(submitters) = settings.request_submitters {
+            s.parameters.insert("RequestSubmitters".into(), submitters);
         }
     })
     .await;
@@ -892,7 +898,7 @@ async fn past_its_retention_a_finished_request_keeps_only_the_hash_and_the_proof
 
 /// Waits for `want` messages on the dead-letter queue `queue` (logical id) and takes them:
 /// (body, reason).
-async fn dead_lettered(app: &TestApp, queue: &str, want: usize) -> Vec<(String, String)> {
+pub async fn dead_lettered(app: &TestApp, queue: &str, want: usize) -> Vec<(String, String)> {
     let dlq = app.queue_url(queue);
     let mut dead = Vec::new();
     eventually(Duration::from_secs(30), async || {

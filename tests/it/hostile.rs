@@ -162,11 +162,12 @@ async fn every_hostile_input_is_refused_with_a_reason_and_nothing_panics_or_answ
     let queues = [
         format!("{ns}.bridge.confirmations"),
         format!("{ns}.bridge.schedule"),
+        format!("{ns}.bridge.requests"),
     ];
     assert!(
         crate::helpers::consumed(
             &conn,
-            &[&queues[0], &queues[1]],
+            &[&queues[0], &queues[1], &queues[2]],
             std::time::Duration::from_secs(30)
         )
         .await,
@@ -273,6 +274,7 @@ async fn every_hostile_input_is_refused_with_a_reason_and_nothing_panics_or_answ
         "ConfirmationsDeadLetterQueue",
         "ScheduleRequestsDeadLetterQueue",
         "OutboundDeadLetterQueue",
+        "SubmissionsDeadLetterQueue",
     ];
     let sqs_cases: usize = sent_to.values().sum();
     let broker_dead = format!("{ns}.bridge.dead-letter");

@@ -887,3 +887,94 @@ async fn support_submits_an_erasure_on_a_subjects_behalf_and_the_subject_sees_it
     let sync = run(&ops, Command::Sync { hours: Some(2) }).await.unwrap();
     assert!(sync.ends_with("every hop in sync\n"), "{sync}");
 }
+
+#[tokio::test]
+async fn another_system_submits_over_rabbitmq_and_an_unauthorised_ones_submission_is_dead_lettered()
+{
+    use crate::bridge::{publish_as, LOCAL_BROKER};
+    use crate::erasure::{completed, dead_lettered};
+    use dsr_local::erasing_services::{broker_url_as, broker_user};
+    use lapin::{Connection, ConnectionProperties};
+    let rig = rig(RigSettings {
+        // The CRM publishes as `guest` here; nobody else may submit.
+        request_submitters: Some("guest".into()),
+        ..RigSettings::default()
+    })
+    .await;
+    let exchange = format!("{}.requests", rig.namespace);
+    let subject = format!("closed-account-{}", unique_name());
+    rig.services.seed(&subject);
+    let submit = |message_id: &str| {
+        serde_json::json!({"version": 1, "type": "submit_request", "message_id": message_id,
+            "subject": subject, "request": "erasure", "reference": "CRM-CASE-42"})
+    };
+    let message = submit("crm-1");
+    crate::contract::assert_message(&message);
+    crate::asyncapi::assert_on_channel("requests", &message);
+    let conn = Connection::connect(LOCAL_BROKER, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let crm = crate::helpers::confirming_channel(&conn).await;
+    let bridged = format!("{}.bridge.requests", rig.namespace);
+    assert!(crate::helpers::consumed(&conn, &[&bridged], Duration::from_secs(30)).await);
+    // Published twice (a retry after a lost confirm): one request.
+    for _ in 0..2 {
+        let body = serde_json::to_vec(&message).unwrap();
+        publish_as(&crm, &exchange, "crm-1", &body, Some("guest")).await;
+    }
+    let mut listed = Value::Null;
+    let found = eventually(Duration::from_secs(30), async || {
+        listed = rig.app.get(&subject, "/v1/requests").await.body;
+        listed["requests"].as_array().is_some_and(|r| !r.is_empty())
+    })
+    .await;
+    assert!(found, "{listed:#}");
+    let requests = listed["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 1, "one submission: {listed:#}");
+    assert_eq!(requests[0]["channel"], "system");
+    let id = requests[0]["id"].as_str().unwrap().to_owned();
+    let view = rig
+        .wait_for(&subject, &id, Duration::from_secs(60), completed)
+        .await;
+    assert_eq!(view["channel"], "system", "{view:#}");
+    let trail = rig.audit(&id).await;
+    assert!(
+        trail.contains(&"submitted:system:by:guest:ref:CRM-CASE-42".to_owned()),
+        "{trail:?}"
+    );
+
+    // Another service, connected as itself, is not a submitter: dead-lettered with the reason,
+    // and nothing is submitted.
+    let intruder = broker_user("billing");
+    let conn = Connection::connect(
+        &broker_url_as(LOCAL_BROKER, &intruder),
+        ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let other = crate::helpers::confirming_channel(&conn).await;
+    let victim = format!("victim-{}", unique_name());
+    let forged = serde_json::json!({"version": 1, "type": "submit_request",
+        "message_id": "x-1", "subject": victim, "request": "erasure"});
+    publish_as(
+        &other,
+        &exchange,
+        "x-1",
+        &serde_json::to_vec(&forged).unwrap(),
+        Some(&intruder),
+    )
+    .await;
+    let dead = dead_lettered(&rig.app, "SubmissionsDeadLetterQueue", 1).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0].1,
+        format!("broker user `{intruder}` may not submit requests (REQUEST_SUBMITTERS)")
+    );
+    assert!(rig.app.get(&victim, "/v1/requests").await.body["requests"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let ops = ops(&rig.app.stack.context.stack_name).await;
+    let sync = run(&ops, Command::Sync { hours: Some(2) }).await.unwrap();
+    assert!(sync.ends_with("every hop in sync\n"), "{sync}");
+}

@@ -145,7 +145,7 @@ async fn the_operations_page_in_a_browser_shows_the_apis_numbers_and_a_lost_mess
             queue["depth"].to_string()
         );
     }
-    assert_eq!(summary["dead_letters"].as_array().unwrap().len(), 8);
+    assert_eq!(summary["dead_letters"].as_array().unwrap().len(), 9);
     // Which service answers how fast: every holder of the erasure answered.
     let latency = section(&dom, "latency");
     for service in ["billing", "profile", "viewing-history", "email"] {

@@ -33,6 +33,9 @@ pub struct Topology {
     /// Services publish delayed-dispatch `schedule`/`cancel` requests here.
     pub schedule_exchange: String,
     pub schedule_queue: String,
+    /// Other internal systems publish `submit_request`s here.
+    pub requests_exchange: String,
+    pub requests_queue: String,
     /// Messages that broke the contract, with the reason.
     pub dead_letter_queue: String,
 }
@@ -44,15 +47,18 @@ impl Topology {
             confirmations_queue: format!("{namespace}.bridge.confirmations"),
             schedule_exchange: format!("{namespace}.schedule"),
             schedule_queue: format!("{namespace}.bridge.schedule"),
+            requests_exchange: format!("{namespace}.requests"),
+            requests_queue: format!("{namespace}.bridge.requests"),
             dead_letter_queue: format!("{namespace}.bridge.dead-letter"),
         }
     }
 
-    /// The two queues consumed, and where their messages go.
-    fn routes(&self) -> [(&str, InboundKind); 2] {
+    /// The three queues consumed, and where their messages go.
+    fn routes(&self) -> [(&str, InboundKind); 3] {
         [
             (&self.confirmations_queue, InboundKind::Confirmation),
             (&self.schedule_queue, InboundKind::ScheduleRequest),
+            (&self.requests_queue, InboundKind::Submission),
         ]
     }
 
@@ -68,6 +74,7 @@ impl Topology {
 pub enum InboundKind {
     Confirmation,
     ScheduleRequest,
+    Submission,
 }
 
 /// The largest body forwarded: SQS takes 256 KiB per message, attributes included.
@@ -91,6 +98,8 @@ pub enum Forward {
     AccessRequests,
     /// `schedule` / `cancel`: delayed dispatch.
     ScheduleRequests,
+    /// `submit_request`: the submissions function (which decides who may submit).
+    Submissions,
 }
 
 /// Checks an inbound message against its contract (`docs/messages.schema.json`) and against
@@ -133,6 +142,10 @@ pub fn validate(kind: InboundKind, body: &[u8], user_id: Option<&str>) -> Result
             parse::<ScheduleRequest>(text)?;
             Forward::ScheduleRequests
         }
+        InboundKind::Submission => {
+            parse::<dsr_domain::messages::SubmitRequest>(text)?;
+            Forward::Submissions
+        }
     };
     Ok(Checked {
         text: text.to_owned(),
@@ -168,6 +181,8 @@ pub struct Inbound {
     pub schedule_requests_queue_url: String,
     /// Where holders' export answers go (the report function's queue).
     pub access_requests_queue_url: String,
+    /// Where other systems' `submit_request`s go (the submissions function's queue).
+    pub submissions_queue_url: String,
     pub topology: Topology,
     /// How long a broker step may take, and how often the daemon checks its connection.
     pub patience: Patience,
@@ -186,6 +201,7 @@ impl Inbound {
             Forward::Confirmations => &self.confirmations_queue_url,
             Forward::AccessRequests => &self.access_requests_queue_url,
             Forward::ScheduleRequests => &self.schedule_requests_queue_url,
+            Forward::Submissions => &self.submissions_queue_url,
         };
         let mut send = self
             .sqs
@@ -404,6 +420,7 @@ pub async fn declare_topology(
             &topology.confirmations_queue,
         ),
         (&topology.schedule_exchange, &topology.schedule_queue),
+        (&topology.requests_exchange, &topology.requests_queue),
     ] {
         patience
             .step(
@@ -512,6 +529,7 @@ async fn consume_on(
     tracing::info!(
         confirmations = %inbound.topology.confirmations_queue,
         schedule = %inbound.topology.schedule_queue,
+        requests = %inbound.topology.requests_queue,
         "inbound bridge consuming"
     );
     *backoff = Duration::from_millis(500);

@@ -112,6 +112,9 @@ pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Bridge, ConfigErr
             access_requests_queue_url: env
                 .optional(vars::ACCESS_REQUESTS_QUEUE_URL)
                 .unwrap_or_default(),
+            submissions_queue_url: env
+                .optional(vars::SUBMISSIONS_QUEUE_URL)
+                .unwrap_or_default(),
             topology,
             patience: Patience::default(),
         },

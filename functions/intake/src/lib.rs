@@ -5,6 +5,7 @@
 //! `{"error": {"code", "message"}}` and never a 5xx. Contract: `docs/openapi.yaml`.
 
 mod certificate_page;
+pub mod submissions;
 
 use dsr_adapters::config::{vars, ConfigError, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;

@@ -104,6 +104,13 @@ export class DsrStack extends Stack {
       default: "",
       description: "Platform services allowed to use delayed dispatch over RabbitMQ (YAML or JSON).",
     });
+    const requestSubmitters = p("RequestSubmitters", {
+      type: "String",
+      default: "",
+      allowedPattern: "[A-Za-z0-9@._:+/#, -]*",
+      description:
+        "Broker users of the internal systems allowed to submit requests on a subject's behalf (submit_request on <ns>.requests), comma separated.",
+    });
     const erasureGraceSeconds = p("ErasureGraceSeconds", {
       type: "Number",
       default: 259200,
@@ -295,6 +302,9 @@ export class DsrStack extends Stack {
     const outboundQueue = workQueue("OutboundQueue", 120, outboundDlq, 5);
     const confirmationsDlq = deadLetters("ConfirmationsDeadLetterQueue");
     const confirmationsQueue = workQueue("ConfirmationsQueue", 360, confirmationsDlq, 5);
+    // Other systems' submit_requests (from RabbitMQ through the bridge).
+    const submissionsDlq = deadLetters("SubmissionsDeadLetterQueue");
+    const submissionsQueue = workQueue("SubmissionsQueue", 180, submissionsDlq, 5);
     const scheduleRequestsDlq = deadLetters("ScheduleRequestsDeadLetterQueue");
     const scheduleRequestsQueue = workQueue("ScheduleRequestsQueue", 1800, scheduleRequestsDlq, 3);
     const dispatchDlq = deadLetters("DispatchDeadLetterQueue");
@@ -373,10 +383,44 @@ export class DsrStack extends Stack {
       ],
     });
 
+    const submissions = fns.add("SubmissionsFunction", {
+      binary: "submissions",
+      description:
+        "Requests from other internal systems - submit_request over RabbitMQ, from the allowed broker users.",
+      timeout: 30,
+      environment: {
+        REQUESTS_TABLE: requestsTable.tableName,
+        HOPS_TABLE: hopsTable.tableName,
+        ...queueUrls,
+        SUBJECT_HASH_KEY_PARAMETER: secret("subject-hash-key"),
+        ACCESS_REQUESTS_PER_DAY: accessRequestsPerDay.valueAsString,
+        SUBMISSIONS_QUEUE_URL: submissionsQueue.queueUrl,
+        DEAD_LETTER_QUEUE_URL: submissionsDlq.queueUrl,
+        REQUEST_SUBMITTERS: requestSubmitters.valueAsString,
+      },
+      statements: [
+        hopsStatement,
+        secretsStatement,
+        allow(
+          [
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:ConditionCheckItem",
+            "dynamodb:Query",
+          ],
+          [requestsTable.tableArn, requestsIndexes],
+        ),
+        allow(["sqs:SendMessage"], [accessRequestsQueue.queueArn, erasureRequestsQueue.queueArn, submissionsDlq.queueArn]),
+      ],
+      queues: [{ id: "Submissions", queue: submissionsQueue, batchSize: 10 }],
+    });
+
     const deadLetterQueues = Fn.sub(
       "AccessRequests=${AccessRequestsDeadLetterQueue} ErasureRequests=${ErasureRequestsDeadLetterQueue} " +
         "VendorErasures=${VendorErasuresDeadLetterQueue} " +
         "Outbound=${OutboundDeadLetterQueue} Confirmations=${ConfirmationsDeadLetterQueue} " +
+        "Submissions=${SubmissionsDeadLetterQueue} " +
         "ScheduleRequests=${ScheduleRequestsDeadLetterQueue} Dispatch=${DispatchDeadLetterQueue} " +
         "SweepSchedule=${SweepScheduleDeadLetterQueue}",
     );
@@ -399,7 +443,7 @@ export class DsrStack extends Stack {
         allow(["dynamodb:GetItem", "dynamodb:Query"], [requestsTable.tableArn, requestsIndexes, hopsTable.tableArn]),
         allow(
           ["sqs:GetQueueAttributes"],
-          [accessRequestsDlq, erasureRequestsDlq, vendorErasuresDlq, outboundDlq, confirmationsDlq, scheduleRequestsDlq, dispatchDlq, sweepScheduleDlq].map(
+          [accessRequestsDlq, erasureRequestsDlq, vendorErasuresDlq, outboundDlq, confirmationsDlq, submissionsDlq, scheduleRequestsDlq, dispatchDlq, sweepScheduleDlq].map(
             (q) => q.queueArn,
           ),
         ),
@@ -642,12 +686,13 @@ export class DsrStack extends Stack {
         CONFIRMATIONS_QUEUE_URL: confirmationsQueue.queueUrl,
         SCHEDULE_REQUESTS_QUEUE_URL: scheduleRequestsQueue.queueUrl,
         ACCESS_REQUESTS_QUEUE_URL: accessRequestsQueue.queueUrl,
+        SUBMISSIONS_QUEUE_URL: submissionsQueue.queueUrl,
       },
       statements: [
         secretsStatement,
         allow(
           ["sqs:SendMessage"],
-          [confirmationsQueue.queueArn, scheduleRequestsQueue.queueArn, accessRequestsQueue.queueArn],
+          [confirmationsQueue.queueArn, scheduleRequestsQueue.queueArn, accessRequestsQueue.queueArn, submissionsQueue.queueArn],
         ),
         allow(["mq:DescribeBroker"], [broker]),
         allow(["secretsmanager:GetSecretValue"], [brokerSecret]),
@@ -667,6 +712,7 @@ export class DsrStack extends Stack {
       brokerQueues: [
         { id: "Confirmations", broker, secret: brokerSecret, queue: ns("bridge.confirmations") },
         { id: "ScheduleRequests", broker, secret: brokerSecret, queue: ns("bridge.schedule") },
+        { id: "Submissions", broker, secret: brokerSecret, queue: ns("bridge.requests") },
       ],
     });
 
@@ -758,6 +804,7 @@ export class DsrStack extends Stack {
       ["OutboundDeadLetterQueue", outboundDlq],
       ["ScheduleRequestsDeadLetterQueue", scheduleRequestsDlq],
       ["ConfirmationsDeadLetterQueue", confirmationsDlq],
+      ["SubmissionsDeadLetterQueue", submissionsDlq],
       ["DispatchDeadLetterQueue", dispatchDlq],
       ["SweepScheduleDeadLetterQueue", sweepScheduleDlq],
     ];
@@ -883,6 +930,7 @@ export class DsrStack extends Stack {
       ["ReportLogGroup", report],
       ["ErasureLogGroup", erasure],
       ["ConfirmLogGroup", confirm],
+      ["SubmissionsLogGroup", submissions],
       ["SweepLogGroup", sweep],
       ["DispatchLogGroup", dispatch],
       ["BridgeOutboundLogGroup", bridgeOutbound],
@@ -907,6 +955,8 @@ export class DsrStack extends Stack {
       ["ReportsBucketName", reportsBucket.bucketName],
       ["AccessRequestsQueueUrl", accessRequestsQueue.queueUrl],
       ["ErasureRequestsQueueUrl", erasureRequestsQueue.queueUrl],
+      ["SubmissionsQueueUrl", submissionsQueue.queueUrl],
+      ["SubmissionsDeadLetterQueueUrl", submissionsDlq.queueUrl],
       ["AccessRequestsDeadLetterQueueUrl", accessRequestsDlq.queueUrl],
       ["ErasureRequestsDeadLetterQueueUrl", erasureRequestsDlq.queueUrl],
       ["VendorErasuresQueueUrl", vendorErasuresQueue.queueUrl],

@@ -137,6 +137,11 @@ async fn main() -> Result<()> {
             settings.sweep_every = Duration::from_secs(sweep_seconds.max(1));
             settings.demo = Some(demo_listen);
             settings.registry = custom_registry(registry_file, &env)?;
+            // The walk-through's other system publishes as the local broker's `guest`.
+            settings
+                .parameters
+                .entry("RequestSubmitters".to_owned())
+                .or_insert_with(|| "guest".to_owned());
             let running = stack::start(&aws, &settings).await?;
             println!(
                 "dsr-local ready: API on http://{} (stack `{}`); demo user `alice` has data in every source; get a token with `make token SUB=alice`; Ctrl-C stops",

@@ -295,6 +295,14 @@ impl LocalStack {
         Ok(dsr_confirm::build(&self.aws, &env)?)
     }
 
+    /// The submissions function (other systems' `submit_request`s) as Lambda runs it.
+    pub fn submissions(&self) -> Result<dsr_intake::submissions::SubmissionsFunction> {
+        Ok(dsr_intake::submissions::build(
+            &self.aws,
+            &self.env("SubmissionsFunction")?,
+        )?)
+    }
+
     /// The inbound bridge's forwarding side, with the template's environment.
     pub fn inbound_bridge(&self) -> Result<(String, dsr_bridge::inbound::Inbound)> {
         let bridge = dsr_bridge::build(&self.aws, &self.env("BridgeInboundFunction")?)?;
@@ -557,6 +565,13 @@ pub async fn start(aws: &SdkConfig, settings: &LocalSettings) -> Result<RunningS
                 &stack,
                 "ConfirmFunction",
                 stack.confirm(registry.as_deref())?,
+            ))
+        })?;
+        consume("SubmissionsFunction", None, &|| {
+            Ok(queue_function(
+                &stack,
+                "SubmissionsFunction",
+                stack.submissions()?,
             ))
         })?;
         consume("BridgeOutboundFunction", None, &|| {

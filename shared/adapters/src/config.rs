@@ -93,6 +93,12 @@ pub mod vars {
     /// Platform services allowed to use delayed dispatch (YAML, see the template's parameter).
     pub const DELAYED_DISPATCH_CALLERS: &str = "DELAYED_DISPATCH_CALLERS";
 
+    // Requests from other internal systems (`submit_request` over RabbitMQ).
+    /// Where the bridge forwards them, and the submissions function takes them from.
+    pub const SUBMISSIONS_QUEUE_URL: &str = "SUBMISSIONS_QUEUE_URL";
+    /// The broker users whose `submit_request`s are taken (comma separated; empty: none).
+    pub const REQUEST_SUBMITTERS: &str = "REQUEST_SUBMITTERS";
+
     // The RabbitMQ bridge.
     pub const RABBITMQ_URL: &str = "RABBITMQ_URL";
     pub const RABBITMQ_NAMESPACE: &str = "RABBITMQ_NAMESPACE";

@@ -342,3 +342,43 @@ impl DomainEvent {
         )
     }
 }
+
+/// `submit_request`: another internal system asks, over RabbitMQ (`<ns>.requests`, through the
+/// bridge), for a request on a subject's behalf: a CRM closing an account asks for its erasure.
+/// Taken only from the broker users the deployment allows (`REQUEST_SUBMITTERS`), with the
+/// same rules as the subject's own (one open request per kind, the access limit) and this
+/// message's key for idempotency. Contract: `docs/messages.schema.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub version: u32,
+    #[serde(rename = "type")]
+    pub message_type: SubmitRequestType,
+    /// Unique per message; a message published again under the same id (or the same
+    /// `idempotency_key`) is the same submission.
+    pub message_id: String,
+    /// The subject's user id (the platform's account id). Personal data: never logged.
+    pub subject: crate::SubjectId,
+    /// `access` or `erasure`.
+    pub request: RequestKind,
+    /// The system's own reference (its ticket or case), kept in the audit trail.
+    #[serde(default)]
+    pub reference: Option<String>,
+    /// Defaults to `message_id`.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmitRequestType {
+    SubmitRequest,
+}
+
+impl QueueMessage for SubmitRequest {
+    const VERSION: u32 = 1;
+    const NAME: &'static str = "a submit_request";
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
