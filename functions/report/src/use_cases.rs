@@ -824,6 +824,22 @@ async fn a_worker_whose_lease_was_taken_but_the_answer_lost_gives_it_up_at_once(
     ));
 }
 
+#[tokio::test]
+async fn a_lease_whose_answer_was_lost_is_given_up_even_when_the_store_stumbles_again() {
+    let f = fixture();
+    let id = f.access_request().await;
+    f.store.lose_next_lease_answer();
+    // The read that finds the lease ours, then the write that gives it up, each fail once:
+    // with one try each the lease would hold every delivery off for its 16 minutes.
+    f.store.fail_next_calls(2);
+    assert!(f.worker("a").generate(id).await.is_err());
+    assert_eq!(f.request(id).await.lease, None, "given up");
+    assert!(matches!(
+        f.worker("b").generate(id).await.unwrap(),
+        WorkOutcome::Completed(_)
+    ));
+}
+
 /// Profile can be read and is erased; orders can only be read; newsletter is only erased.
 const HOLDERS: &str = r#"
 services:

@@ -108,9 +108,7 @@ impl Worker {
                         request,
                         subject,
                     };
-                    if let Err(release) = lease.let_go(now).await {
-                        tracing::warn!(request_id = %id, error = %release, "could not give up the lease; it runs out by itself");
-                    }
+                    lease.let_go_or_say(now).await;
                 }
                 return Err(err);
             }
@@ -145,7 +143,16 @@ impl Worker {
         working: RequestState,
         now: chrono::DateTime<chrono::Utc>,
     ) {
-        let Ok(Some(request)) = store.get(id).await else {
+        // A store that just failed may fail the read too: a lease kept by mistake holds every
+        // delivery off for its whole time (a report's is 16 minutes), so try a few times.
+        let mut read = store.get(id).await;
+        for _ in 0..2 {
+            if read.is_ok() {
+                break;
+            }
+            read = store.get(id).await;
+        }
+        let Ok(Some(request)) = read else {
             return;
         };
         if request.state != working || request.lease.as_ref().is_none_or(|l| l.owner != self.owner)
@@ -158,14 +165,27 @@ impl Worker {
             request: Box::new(request),
             subject,
         };
-        match lease.let_go(now).await {
-            Ok(_) => {
-                tracing::info!(request_id = %id, "gave up a lease whose taking answered an error")
-            }
-            Err(err) => {
-                tracing::warn!(request_id = %id, error = %err, "could not give up the lease; it runs out by itself")
+        if lease.let_go_or_say(now).await {
+            tracing::info!(request_id = %id, "gave up a lease whose taking answered an error");
+        }
+    }
+}
+
+impl<S: RequestStore> OurLease<'_, S> {
+    /// Gives up a lease nothing was done under, trying three times (the store may have just
+    /// failed); says so when it could not. True when it was given up.
+    async fn let_go_or_say(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        let mut last = None;
+        for _ in 0..3 {
+            match self.let_go(now).await {
+                Ok(given_up) => return given_up,
+                Err(err) => last = Some(err),
             }
         }
+        if let Some(err) = last {
+            tracing::warn!(request_id = %self.request.id, error = %err, "could not give up the lease; it runs out by itself");
+        }
+        false
     }
 }
 

@@ -29,12 +29,30 @@ pub struct InMemoryRequestStore {
     failing_hops: std::sync::atomic::AtomicBool,
     /// The next lease taken answers an error after it was written (its answer lost).
     lose_next_lease_answer: std::sync::atomic::AtomicBool,
+    /// The next this many reads of a request and fenced writes fail (the store unavailable).
+    failing_calls: std::sync::atomic::AtomicU32,
 }
 
 impl InMemoryRequestStore {
     pub fn lose_next_lease_answer(&self) {
         self.lose_next_lease_answer
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next `calls` reads of a request (`get`) and fenced writes fail.
+    pub fn fail_next_calls(&self, calls: u32) {
+        self.failing_calls
+            .store(calls, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn a_call_fails(&self) -> bool {
+        self.failing_calls
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
     }
 
     pub fn set_failing_hops(&self, failing: bool) {
@@ -333,6 +351,9 @@ impl RequestStore for InMemoryRequestStore {
     }
 
     async fn get(&self, id: RequestId) -> Result<Option<Request>, StoreError> {
+        if self.a_call_fails() {
+            return Err(StoreError::Unavailable("the store is unavailable".into()));
+        }
         Ok(self.lock().requests.get(&id).map(|(r, _)| r.clone()))
     }
 
@@ -459,6 +480,9 @@ impl RequestStore for InMemoryRequestStore {
         subject: &SubjectHash,
         token: u64,
     ) -> Result<TransitionOutcome, StoreError> {
+        if self.a_call_fails() {
+            return Err(StoreError::Unavailable("the store is unavailable".into()));
+        }
         let mut tables = self.lock();
         let Some((stored, _)) = tables.requests.get_mut(&request.id) else {
             return Ok(TransitionOutcome::Fenced);
