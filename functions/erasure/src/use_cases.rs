@@ -1109,15 +1109,19 @@ impl Fixture {
         self.answered_by(&["profile", "ads"]).await
     }
 
-    async fn assert_audited(&self, id: RequestId, event: &str) {
-        let trail: Vec<String> = self
-            .store
+    /// The request's audit trail, its events' texts, oldest first.
+    async fn trail(&self, id: RequestId) -> Vec<String> {
+        self.store
             .audit_trail(id)
             .await
             .unwrap()
             .into_iter()
             .map(|e| e.event)
-            .collect();
+            .collect()
+    }
+
+    async fn assert_audited(&self, id: RequestId, event: &str) {
+        let trail = self.trail(id).await;
         assert!(trail.iter().any(|e| e == event), "no {event} in {trail:?}");
     }
 
@@ -1515,14 +1519,7 @@ async fn each_holder_is_sent_the_identifiers_it_keys_by_and_one_the_subject_lack
         "keys its data by phone, which no identity source knows for this subject"
     );
     // Resolved once, kept as keyed hashes in the trail and never raw.
-    let trail: Vec<String> = f
-        .store
-        .audit_trail(id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event)
-        .collect();
+    let trail = f.trail(id).await;
     let resolved: Vec<&String> = trail
         .iter()
         .filter(|e| e.starts_with("identities_resolved:"))
