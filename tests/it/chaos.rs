@@ -211,7 +211,14 @@ async fn with_aws_failing_a_fifth_of_all_calls_every_request_completes_and_every
         // others, a dead one: its request is taken over when the lease runs out. The report's
         // lease is 16 minutes, twice this proof's window; as in the crash proof, a shorter one
         // lets the take-over happen inside it.
-        overrides: vec![("REPORT_LEASE_SECONDS", "120".into())],
+        // Likewise a request a worker handed back whose message then failed to come back
+        // (its "come back in N s" faulted three times over, leaving it to the queue's
+        // 90-minute timeout): the reconciliation re-drives it once stuck, after an hour in a
+        // deployment, after two minutes here (it runs every minute locally).
+        overrides: vec![
+            ("REPORT_LEASE_SECONDS", "120".into()),
+            ("STUCK_AFTER_SECONDS", "120".into()),
+        ],
         ..RigSettings::default()
     })
     .await;

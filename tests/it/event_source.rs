@@ -226,3 +226,98 @@ fn logging_consumer(queue: &'static str) -> SqsFunction {
         })
     })
 }
+
+/// Asks for every message to come back in a second.
+struct ComeBackSoon;
+
+impl dsr_adapters::batch::RecordHandler for ComeBackSoon {
+    type Message = RequestMessage;
+
+    async fn handle(
+        &self,
+        _message: RequestMessage,
+        _origin: &dsr_domain::messages::Origin,
+    ) -> dsr_adapters::batch::Outcome {
+        dsr_adapters::batch::Outcome::Retry(Some(Duration::from_secs(1)))
+    }
+}
+
+/// A retry's "come back in N seconds" is a change of the message's visibility. When SQS fails
+/// it (here its first four calls: more than the SDK's own three attempts) the driver tries
+/// again; were it given up, the message would stay away for the queue's whole visibility
+/// timeout (an hour here, 90 minutes on the work queues) and the request with it.
+#[tokio::test]
+async fn a_retry_whose_delay_sqs_failed_to_set_still_comes_back_after_its_delay() {
+    let sqs = aws_sdk_sqs::Client::new(&aws().await);
+    let url = sqs
+        .create_queue()
+        .queue_name(unique_name())
+        .attributes(QueueAttributeName::VisibilityTimeout, "3600")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let source = EventSource {
+        queue_arn: queue_arn(&sqs, &url).await.unwrap(),
+        queue_url: url.clone(),
+        batch_size: 10,
+        batching_window: Duration::ZERO,
+        wait_seconds: 1,
+        region: "us-east-1".into(),
+    };
+    let emulator =
+        std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into());
+    let proxy = dsr_local::fault_proxy::start(
+        &emulator,
+        dsr_local::fault_proxy::Faults {
+            outage: Some(dsr_local::fault_proxy::Outage {
+                operation: "SQS.ChangeMessageVisibility",
+                calls: 4,
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let faulty = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&aws().await)
+            .endpoint_url(proxy.url())
+            .build(),
+    );
+    let driver = Arc::new(dsr_adapters::batch::QueueDriver::new(
+        "test",
+        ComeBackSoon,
+        faulty,
+        url.clone(),
+        None,
+    ));
+    let function: SqsFunction = Arc::new(move |event: SqsEvent| {
+        let driver = driver.clone();
+        Box::pin(async move { Ok(driver.handle(event, None).await) })
+    });
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body(work_message(RequestKind::Access))
+        .send()
+        .await
+        .unwrap();
+
+    let first = deliver_once(&sqs, &source, &function).await.unwrap();
+    assert_eq!((first.received, first.failed), (1, 1));
+    let mut again = 0;
+    let back = eventually(Duration::from_secs(30), async || {
+        again += deliver_once(&sqs, &source, &function)
+            .await
+            .unwrap()
+            .received;
+        again > 0
+    })
+    .await;
+    let changes = proxy.counts.operations()["SQS.ChangeMessageVisibility"];
+    assert!(
+        back,
+        "the message came back after its 1-second delay, not the queue's hour ({changes} visibility changes asked)"
+    );
+    assert!(changes >= 5, "four failed, then one took: {changes}");
+}

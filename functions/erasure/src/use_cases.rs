@@ -884,6 +884,23 @@ async fn a_failed_fan_out_keeps_the_request_out_of_the_subjects_reach_and_the_ne
     assert_eq!(f.state(id).await, RequestState::AwaitingConfirmations);
 }
 
+/// Giving the lease up after a failed fan-out meets a store failure: tried again, rather than
+/// leaving the lease to hold every delivery off until it runs out.
+#[tokio::test]
+async fn a_failed_fan_out_gives_its_lease_up_even_when_the_store_stumbles_once() {
+    let f = fixture();
+    let id = f.erasure().await;
+    f.ports.fail_after("send", 2, 1);
+    f.store.fail_next_calls(1);
+    assert!(f.erasures.fan_out(id).await.is_err());
+    let request = f.store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (request.state, request.lease),
+        (RequestState::FanningOut, None)
+    );
+    assert_eq!(request.attempts, 1);
+}
+
 fn svc(name: &str) -> dsr_domain::ServiceName {
     dsr_domain::ServiceName::parse(name).unwrap()
 }

@@ -364,19 +364,8 @@ async fn a_failing_source_is_retried_on_its_own_after_its_backoff_and_the_others
 #[tokio::test]
 async fn a_source_failing_its_last_attempt_fails_the_request_and_its_message_is_dead_lettered() {
     let f = fixture();
-    let id = f.access_request().await;
-    f.sources.set_failing("profile", true);
-    let mut reports = f.worker("a");
-    reports.settings.source_retry.attempts = 2;
-    let handler = f.handler(reports);
-    let message = ReportWork::Access(RequestMessage::new(id, RequestKind::Access, f.clock.now()));
-    assert_eq!(
-        handler.handle(message.clone(), &Origin::Internal).await,
-        Outcome::Done,
-        "handed on through delayed dispatch, not left on the queue"
-    );
-    f.clock.advance(Duration::seconds(60));
-    let Outcome::Reject(reason) = handler.handle(message, &Origin::Internal).await else {
+    let (id, last_attempt) = f.source_failing_at_its_last_attempt().await;
+    let Outcome::Reject(reason) = last_attempt.await else {
         panic!("the last attempt is not retried");
     };
     assert!(reason.contains("report failed"), "{reason}");
@@ -395,6 +384,47 @@ async fn a_source_failing_its_last_attempt_fails_the_request_and_its_message_is_
         "what was staged of the other source is gone: {:?}",
         f.reports.objects()
     );
+}
+
+/// The write that fails the request meets a store failure: tried again, rather than leaving
+/// the lease to hold the failed request off every worker for its 16 minutes, unannounced.
+#[tokio::test]
+async fn a_request_failing_for_good_is_failed_even_when_the_store_stumbles_once() {
+    let f = fixture();
+    let (id, last_attempt) = f.source_failing_at_its_last_attempt().await;
+    f.store.fail_next_calls(1);
+    let outcome = last_attempt.await;
+    assert!(matches!(outcome, Outcome::Reject(_)), "{outcome:?}");
+    let request = f.request(id).await;
+    assert_eq!((request.state, request.lease), (RequestState::Failed, None));
+}
+
+impl Fixture {
+    /// An access request whose profile source fails both its allowed attempts: the first
+    /// attempt is made; the second is returned, to be run.
+    async fn source_failing_at_its_last_attempt(
+        &self,
+    ) -> (RequestId, impl std::future::Future<Output = Outcome> + '_) {
+        let id = self.access_request().await;
+        self.sources.set_failing("profile", true);
+        let mut reports = self.worker("a");
+        reports.settings.source_retry.attempts = 2;
+        let handler = self.handler(reports);
+        let message = ReportWork::Access(RequestMessage::new(
+            id,
+            RequestKind::Access,
+            self.clock.now(),
+        ));
+        assert_eq!(
+            handler.handle(message.clone(), &Origin::Internal).await,
+            Outcome::Done,
+            "handed on through delayed dispatch, not left on the queue"
+        );
+        self.clock.advance(Duration::seconds(60));
+        (id, async move {
+            handler.handle(message, &Origin::Internal).await
+        })
+    }
 }
 
 /// Profile and orders answer at once; the vendor is an asynchronous export.

@@ -25,6 +25,16 @@ pub struct Faults {
     /// Latency added to every call, fault or not: a slower service (the benchmark checks that
     /// a function's CPU per event does not grow with it).
     pub delay: Duration,
+    /// One step failing, whatever `rate` says: a fault aimed where a test wants it.
+    pub outage: Option<Outage>,
+}
+
+/// The first `calls` calls of `operation` (as counted: `SQS.ChangeMessageVisibility`) answer
+/// 500.
+#[derive(Debug, Clone, Copy)]
+pub struct Outage {
+    pub operation: &'static str,
+    pub calls: u64,
 }
 
 /// The kinds of fault, in the order of [`FaultCounts`].
@@ -59,6 +69,8 @@ pub struct FaultCounts {
     pub calls: AtomicU64,
     pub injected: [AtomicU64; 6],
     operations: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Calls of the outage's operation so far.
+    outage_calls: AtomicU64,
 }
 
 impl FaultCounts {
@@ -165,8 +177,17 @@ type Shared = (
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
     let (client, upstream, faults, counts) = &*shared;
     counts.calls.fetch_add(1, Ordering::Relaxed);
-    counts.count_operation(operation(&request));
-    let fault = (fastrand::f64() < faults.rate).then(|| KINDS[fastrand::usize(..KINDS.len())]);
+    let name = operation(&request);
+    let aimed = faults.outage.is_some_and(|outage| {
+        outage.operation == name
+            && counts.outage_calls.fetch_add(1, Ordering::Relaxed) < outage.calls
+    });
+    counts.count_operation(name);
+    let fault = if aimed {
+        Some(Fault::ServerError)
+    } else {
+        (fastrand::f64() < faults.rate).then(|| KINDS[fastrand::usize(..KINDS.len())])
+    };
     if let Some(fault) = fault {
         let i = KINDS.iter().position(|k| *k == fault).unwrap_or(0);
         counts.injected[i].fetch_add(1, Ordering::Relaxed);

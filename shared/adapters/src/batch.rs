@@ -306,7 +306,10 @@ impl<H> QueueDriver<H> {
         };
         // SQS takes visibility timeouts up to 12 hours.
         let seconds = i32::try_from(delay.as_secs().min(43_199)).unwrap_or(43_199);
-        if let Err(err) = self
+        // Tried a few times: without it the message stays away for the queue's whole
+        // visibility timeout (90 minutes for the work queues), not the retry's delay.
+        let mut tries = 0;
+        while let Err(err) = self
             .sqs
             .change_message_visibility()
             .queue_url(&self.queue_url)
@@ -315,7 +318,11 @@ impl<H> QueueDriver<H> {
             .send()
             .await
         {
-            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(err), "could not delay the retry; the queue's timeout applies");
+            tries += 1;
+            if tries == 3 {
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(err), "could not delay the retry; the queue's timeout applies (the reconciliation re-drives a request stuck so)");
+                break;
+            }
         }
     }
 }

@@ -294,6 +294,23 @@ impl<S: RequestStore> OurLease<'_, S> {
     }
 }
 
+/// A fenced write tried up to three times: repeating it is harmless (it is conditional on the
+/// lease's token), giving up would leave the lease to hold every other worker off.
+pub(crate) async fn thrice<T, F: std::future::Future<Output = Result<T, StoreError>>>(
+    write: impl Fn() -> F,
+) -> Result<T, StoreError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match write().await {
+            Err(error) if tries < 3 => {
+                tracing::warn!(error = %error, "a fenced write failed; trying again")
+            }
+            done => return done,
+        }
+    }
+}
+
 /// The delay before attempt `attempts + 1`: `base`, doubling with every failed attempt, kept
 /// under SQS's 12-hour visibility limit (the retry rides on it).
 pub fn retry_delay(base: Duration, attempts: u32) -> Duration {

@@ -80,7 +80,12 @@ where
                 // stays `fanning_out` (never back to `received`, where the subject could
                 // cancel it), released for the next delivery of the message, which skips what
                 // was recorded as sent. The error stays on the request.
-                let _ = lease.release(&err.to_string(), self.clock.now()).await;
+                // Tried a few times: a lease left behind holds every other worker off until it
+                // runs out.
+                let (now, error) = (self.clock.now(), err.to_string());
+                if let Err(release) = crate::lease::thrice(|| lease.release(&error, now)).await {
+                    tracing::warn!(request_id = %id, error = %release, "could not give up the lease; it runs out by itself");
+                }
                 Err(err)
             }
         }

@@ -27,7 +27,7 @@ pub mod verify;
 
 use crate::clock::Clock;
 use crate::hops::{self, Hop, HopMark};
-use crate::lease::{retry_delay, Committed, HandedBack, OurLease, Taken, Worker};
+use crate::lease::{retry_delay, thrice, Committed, HandedBack, OurLease, Taken, Worker};
 use crate::messages::DomainEvent;
 use crate::metrics::{self, names, Metric};
 use crate::ports::{ChannelError, EventOutbox, RequestStore, StoreError};
@@ -184,23 +184,6 @@ pub struct AccessReports<S, R, T, E, C, W> {
     pub worker: Worker,
     /// Where the subject's other identifiers are looked up, once per request.
     pub identities: std::sync::Arc<dyn crate::identity::IdentityDirectory>,
-}
-
-/// A fenced write tried up to three times: repeating it is harmless (it is conditional on the
-/// lease's token), giving up would leave the lease to hold every other worker off.
-async fn thrice<T, F: std::future::Future<Output = Result<T, StoreError>>>(
-    write: impl Fn() -> F,
-) -> Result<T, StoreError> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match write().await {
-            Err(error) if tries < 3 => {
-                tracing::warn!(error = %error, "a fenced write failed; trying again")
-            }
-            done => return done,
-        }
-    }
 }
 
 /// Where one source's staged result is kept, under the token of the lease that staged it.
@@ -767,11 +750,14 @@ where
         error: String,
     ) -> Result<WorkOutcome, ReportError> {
         let now = self.clock.now();
-        match lease
-            .commit(RequestState::Failed, now, |r| {
+        // Tried a few times: a lease left behind would hold the failed request off every
+        // other worker until it ran out, and its failure unannounced.
+        match thrice(|| {
+            lease.commit(RequestState::Failed, now, |r| {
                 r.last_error = Some(error.clone())
             })
-            .await?
+        })
+        .await?
         {
             Committed::Applied(request) => {
                 metrics::emit(Metric::count(names::REQUESTS_FAILED, 1).with("Kind", "access"));
@@ -883,7 +869,7 @@ where
         error: &str,
     ) -> Result<WorkOutcome, ReportError> {
         // Still collecting, what was staged kept: the service's own failure never fails a
-        // request (the sweep sends it again should this message be lost too). Tried a few
+        // request (the reconciliation re-drives it should this message be lost too). Tried a few
         // times: it is fenced, and a lease left behind holds every other worker off.
         let now = self.clock.now();
         match thrice(|| lease.release(error, now)).await? {
