@@ -382,6 +382,104 @@ impl SilencingProxy {
     }
 }
 
+/// Headless Chromium driven over WebDriver (Debian's chromium-driver): for a page a test
+/// clicks on. The driver is killed with the value.
+pub struct Browser {
+    pub client: fantoccini::Client,
+    _driver: tokio::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    pub async fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = tokio::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver runs (make test installs Debian's chromium-driver package)");
+        let profile = tempfile::tempdir().unwrap();
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--hide-scrollbars",
+                    "--window-size=1400,1600",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let mut tries = 0;
+        let client = loop {
+            tries += 1;
+            match fantoccini::ClientBuilder::new(
+                hyper_util::client::legacy::connect::HttpConnector::new(),
+            )
+            .capabilities(capabilities.clone())
+            .connect(&url)
+            .await
+            {
+                Ok(client) => break client,
+                // The driver takes a moment to listen.
+                Err(_) if tries < 100 => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(err) => panic!("no WebDriver session from chromedriver: {err}"),
+            }
+        };
+        Browser {
+            client,
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    /// The text of the element `css` selects once `wanted` holds for it (within 30 s).
+    pub async fn text_when(&self, css: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let mut text = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(element) = self.client.find(fantoccini::Locator::Css(css)).await {
+                text = element.text().await.unwrap_or_default();
+                if wanted(&text) {
+                    return text;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("`{css}` never came to say what was expected; it says: {text}")
+    }
+
+    /// Scrolls the element `css` selects to the middle of the window (for a screenshot).
+    pub async fn scroll_to(&self, css: &str) {
+        self.client
+            .execute(
+                "document.querySelector(arguments[0]).scrollIntoView({block: 'center'})",
+                vec![serde_json::json!(css)],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A screenshot of the window, saved to `path`; its size in bytes.
+    pub async fn screenshot(&self, path: &std::path::Path) -> usize {
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(path, &png).unwrap();
+        png.len()
+    }
+}
+
 /// Runs headless Chromium on `url`: the DOM after its scripts ran, and a screenshot.
 pub async fn chromium(url: &str, screenshot: &std::path::Path) -> String {
     let common = [

@@ -675,15 +675,15 @@ async fn an_operator_extends_a_deadline_once_before_it_passes_and_the_subject_is
     assert!(drain(&app.sqs, &outbound).await.is_empty(), "nobody told");
 }
 
-/// An escalation is not a dead end. Two erasures whose billing holder stayed silent until it
-/// was escalated: for one, the operator has the command sent again (the holder answers this
-/// time); for the other, the operator records the answer obtained by other means (the data
-/// deleted by hand). Both complete; the second's proof marks billing as settled by hand.
-#[tokio::test]
-async fn an_operator_resends_to_an_escalated_holder_or_resolves_it_by_hand_and_both_erasures_complete(
+/// A rig whose billing holder stays silent (until told otherwise), and two erasures (of
+/// subjects named after `names`) escalated at billing: (subject, request id) each.
+pub async fn escalated_at_billing(
+    names: [&str; 2],
+) -> (
+    crate::erasure::ErasureRig,
+    Arc<dsr_local::erasing_services::ErasingService>,
+    [(String, String); 2],
 ) {
-    use crate::erasure::completed;
-    use dsr_ops::{OperatorName, Resolution};
     let rig = rig(RigSettings {
         confirm_within_seconds: 2,
         max_sends: 1,
@@ -696,21 +696,41 @@ async fn an_operator_resends_to_an_escalated_holder_or_resolves_it_by_hand_and_b
         .behaviour
         .silent
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let ops = ops(&rig.app.stack.context.stack_name).await;
     let run_id = unique_name();
-    let (resent, resolved) = (format!("resent-{run_id}"), format!("resolved-{run_id}"));
-    let resent_id = rig.submit_erasure(&resent).await;
-    let resolved_id = rig.submit_erasure(&resolved).await;
+    let mut erasures = Vec::new();
+    for name in names {
+        let subject = format!("{name}-{run_id}");
+        let id = rig.submit_erasure(&subject).await;
+        erasures.push((subject, id));
+    }
     let billing_escalated = |view: &Value| {
         view["services"]
             .as_array()
             .and_then(|all| all.iter().find(|s| s["service"] == "billing"))
             .is_some_and(|s| s["escalated"] == true)
     };
-    for (subject, id) in [(&resent, &resent_id), (&resolved, &resolved_id)] {
+    for (subject, id) in &erasures {
         rig.wait_for(subject, id, Duration::from_secs(60), billing_escalated)
             .await;
     }
+    let Ok(erasures) = <[(String, String); 2]>::try_from(erasures) else {
+        unreachable!("two names, two erasures")
+    };
+    (rig, billing, erasures)
+}
+
+/// An escalation is not a dead end. Two erasures whose billing holder stayed silent until it
+/// was escalated: for one, the operator has the command sent again (the holder answers this
+/// time); for the other, the operator records the answer obtained by other means (the data
+/// deleted by hand). Both complete; the second's proof marks billing as settled by hand.
+#[tokio::test]
+async fn an_operator_resends_to_an_escalated_holder_or_resolves_it_by_hand_and_both_erasures_complete(
+) {
+    use crate::erasure::completed;
+    use dsr_ops::{OperatorName, Resolution};
+    let (rig, billing, [(resent, resent_id), (resolved, resolved_id)]) =
+        escalated_at_billing(["resent", "resolved"]).await;
+    let ops = ops(&rig.app.stack.context.stack_name).await;
     let jane = || OperatorName {
         name: Some("jane@ops".into()),
     };

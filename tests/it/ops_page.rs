@@ -237,3 +237,115 @@ async fn the_numbers_need_an_operator_when_the_caller_is_not_on_loopback() {
         "loopback is the local operator; a bad token does not take that away"
     );
 }
+
+/// An escalation is not a dead end on the page either. Two erasures whose billing holder
+/// stayed silent until escalated; in Chromium, the operator opens each one's timeline and
+/// clicks: "Resolve" with the answer obtained by other means and its evidence for one, and
+/// "Resend" for the other once billing is back. Both complete; the timeline names the operator
+/// and offers nothing more to do on billing.
+#[tokio::test]
+async fn an_operator_resolves_and_resends_escalated_obligations_by_clicking_on_the_page() {
+    use crate::erasure::completed;
+    use crate::helpers::Browser;
+    use fantoccini::Locator;
+    let (rig, billing, [(resolved, resolved_id), (resent, resent_id)]) =
+        crate::ops::escalated_at_billing(["by-hand", "again"]).await;
+    let browser = Browser::start().await;
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    // What the page says under the form the operator used.
+    const SAID: &str = "#obligations .act-said";
+    // Opens a request's timeline and waits for `shown` in it.
+    let timeline = async |id: &str, shown: Locator<'_>| {
+        browser
+            .client
+            .goto(&format!("{}/ops?request={id}", rig.app.base))
+            .await
+            .unwrap();
+        browser.client.wait().for_element(shown).await.unwrap()
+    };
+    let billing_form =
+        async |id: &str| timeline(id, Locator::Css(r#"form.act[data-service="billing"]"#)).await;
+    let within = async |form: &fantoccini::elements::Element, css: &str| {
+        form.find(Locator::Css(css)).await.unwrap()
+    };
+
+    // Billing's rows were deleted by hand: resolved on the page with the evidence.
+    billing.forget(&resolved);
+    let form = billing_form(&resolved_id).await;
+    within(&form, "select[name=outcome]")
+        .await
+        .select_by_value("erased")
+        .await
+        .unwrap();
+    within(&form, "input[name=evidence]")
+        .await
+        .send_keys("ticket SUP-4711: the rows were deleted by hand")
+        .await
+        .unwrap();
+    within(&form, r#"button[value="resolve"]"#)
+        .await
+        .click()
+        .await
+        .unwrap();
+    let said = browser.text_when(SAID, |t| t.contains("asked by")).await;
+    assert!(
+        said.starts_with("resolve of billing asked by operator@localhost"),
+        "{said}"
+    );
+    rig.wait_for(&resolved, &resolved_id, Duration::from_secs(60), completed)
+        .await;
+
+    // A decision the service cannot carry out is refused on the page with the reason.
+    let form = billing_form(&resent_id).await;
+    within(&form, r#"button[value="resolve"]"#)
+        .await
+        .click()
+        .await
+        .unwrap();
+    let refused = browser.text_when(SAID, |t| t.contains("evidence")).await;
+    assert_eq!(refused, "a resolution needs its evidence");
+    browser.scroll_to(SAID).await;
+    assert!(
+        browser
+            .screenshot(&shots.join("ops-page-refused.png"))
+            .await
+            > 10_000,
+        "a screenshot of the timeline with its forms and the refusal"
+    );
+
+    // Billing is back: the command is sent again from the page, and answered.
+    billing
+        .behaviour
+        .silent
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    within(&form, r#"button[value="resend"]"#)
+        .await
+        .click()
+        .await
+        .unwrap();
+    let said = browser.text_when(SAID, |t| t.contains("asked by")).await;
+    assert!(said.starts_with("resend of billing asked by"), "{said}");
+    let view = rig
+        .wait_for(&resent, &resent_id, Duration::from_secs(60), completed)
+        .await;
+    assert_eq!(billing.records(&resent), 0, "{view:#}");
+
+    // What the timeline shows after: who did what, and nothing left to do on billing.
+    for (id, line) in [
+        (
+            &resolved_id,
+            "operator_resolved:billing:confirmed:by:operator@localhost",
+        ),
+        (&resent_id, "operator_resent:billing:by:operator@localhost"),
+    ] {
+        timeline(id, Locator::Id("obligations")).await;
+        let dom = browser.client.source().await.unwrap();
+        assert!(dom.contains(line), "{id}: {line}");
+        assert!(
+            !dom.contains(r#"<form class="act""#),
+            "{id}: the request is completed; nothing to act on"
+        );
+    }
+    browser.scroll_to("#obligations").await;
+    assert!(browser.screenshot(&shots.join("ops-page-after.png")).await > 10_000);
+}

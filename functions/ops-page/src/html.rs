@@ -42,6 +42,8 @@ form{display:flex;gap:8px}
 input[type=text]{flex:1;padding:4px 8px;font:inherit}
 .legend span{display:inline-block;margin-right:12px}
 .swatch{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
+form.act{gap:4px}form.act input[type=text]{min-width:16em}
+.act-said{margin:4px 0 0;white-space:normal;text-align:left}
 "#;
 
 /// The shell: no data. Its script fetches the page with the token the operator stored in this
@@ -83,6 +85,44 @@ pub const SHELL_SCRIPT: &str = r#"(function () {
     var token = document.getElementById('token').value.trim();
     sessionStorage.setItem('dsr-operator-token', token);
     load(token);
+  });
+  // What became of a decision, said under the form the operator used.
+  function say(form, text, bad) {
+    var said = form.parentNode.querySelector('.act-said');
+    if (!said) {
+      said = document.createElement('p');
+      said.setAttribute('role', 'status');
+      form.parentNode.appendChild(said);
+    }
+    said.textContent = text;
+    said.className = 'act-said ' + (bad ? 'bad' : 'ok');
+  }
+  // An operator's decision on an obligation (the forms in a request's timeline): handed to
+  // the confirm function, then the page is loaded again to show what it did.
+  document.addEventListener('submit', function (e) {
+    var form = e.target;
+    if (!form.classList.contains('act')) { return; }
+    e.preventDefault();
+    var decision = e.submitter ? e.submitter.value : 'resend';
+    var body = { request_id: form.dataset.request, service: form.dataset.service, decision: decision };
+    if (decision === 'resolve') {
+      body.outcome = form.elements.outcome.value;
+      body.evidence = form.elements.evidence.value;
+    }
+    var token = sessionStorage.getItem('dsr-operator-token');
+    var headers = { 'Content-Type': 'application/json' };
+    if (token) { headers.Authorization = 'Bearer ' + token; }
+    say(form, 'Asking the service to ' + decision + ' ' + body.service + '…', false);
+    fetch('/ops/actions', { method: 'POST', headers: headers, body: JSON.stringify(body) })
+      .then(function (r) {
+        return r.json().then(function (answer) { return { ok: r.ok, answer: answer }; });
+      })
+      .then(function (r) {
+        if (!r.ok) { say(form, r.answer.error.message, true); return; }
+        say(form, decision + ' of ' + body.service + ' asked by ' + r.answer.operator +
+          ' (' + r.answer.message_id + '); the timeline shows what the confirm function did.', false);
+        setTimeout(function () { load(sessionStorage.getItem('dsr-operator-token')); }, 2000);
+      }, function () { say(form, 'The service did not answer; nothing was done: try again.', true); });
   });
   load(stored);
 })();
@@ -438,11 +478,12 @@ fn timeline(out: &mut String, found: &Found) {
             }
             out.push_str("</table>");
             if !t.obligations.is_empty() {
-                out.push_str("<table><tr><th>service</th><th>status</th><th>sends</th><th>confirmed</th></tr>");
+                out.push_str("<table id=\"obligations\"><tr><th>service</th><th>status</th><th>sends</th><th>confirmed</th><th>act</th></tr>");
+                let open = r.kind == RequestKind::Erasure && !r.state.is_terminal();
                 for o in &t.obligations {
                     let _ = write!(
                         out,
-                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>",
                         escape(o.service.as_str()),
                         o.status.as_str(),
                         o.attempts,
@@ -450,12 +491,38 @@ fn timeline(out: &mut String, found: &Found) {
                             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                             .unwrap_or_else(|| "—".into())
                     );
+                    let actionable = open
+                        && !o.status.is_done()
+                        && o.service.as_str() != dsr_domain::erasure::OWN_COPIES;
+                    if actionable {
+                        // One erased last is sent its command only after the notice.
+                        let resend = !o.last || o.release_at.is_some();
+                        decision_form(out, r.id, o.service.as_str(), resend);
+                    } else {
+                        out.push('—');
+                    }
+                    out.push_str("</td></tr>");
                 }
                 out.push_str("</table>");
             }
         }
     }
     out.push_str("</section>");
+}
+
+/// Send the command again, or record the holder's answer obtained by other means with its
+/// evidence (the shell's script posts it to `/ops/actions`).
+fn decision_form(out: &mut String, id: RequestId, service: &str, resend: bool) {
+    let service = escape(service);
+    let resend = if resend {
+        r#"<button type="submit" name="decision" value="resend">Resend</button>"#
+    } else {
+        ""
+    };
+    let _ = write!(
+        out,
+        r#"<form class="act" data-request="{id}" data-service="{service}">{resend}<select name="outcome" aria-label="answer obtained"><option value="erased">erased</option><option value="not_found">not found</option></select><input type="text" name="evidence" aria-label="evidence" placeholder="evidence: a ticket, what was done"><button type="submit" name="decision" value="resolve">Resolve</button></form>"#
+    );
 }
 
 /// Which function counts a hop.

@@ -10,17 +10,25 @@
 //!   from the local stack's loopback.
 //! - `GET /ops/page?hours=&request=`: the page itself, server-rendered HTML with SVG charts.
 //! - `GET /ops/summary?hours=`: the same numbers as JSON.
+//! - `POST /ops/actions`: an operator's decision on an escalated (or any unanswered)
+//!   obligation — send the command again, or resolve it with the answer obtained by other
+//!   means and its evidence — handed to the confirm function, as `dsr-ops resend`/`resolve` do.
+//!   The operator is the token's subject.
 //!
-//! The last two need the operator scope ([`OPERATOR_SCOPE`]): API Gateway's JWT authorizer
-//! checks it on the route, and the handler checks it again.
+//! All but the shell need the operator scope ([`OPERATOR_SCOPE`]): API Gateway's JWT
+//! authorizer checks it on the route, and the handler checks it again.
 
 mod html;
 
 use chrono::{DateTime, Duration, Utc};
-use dsr_adapters::config::{ConfigError, Env};
+use dsr_adapters::config::{vars, ConfigError, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;
+use dsr_adapters::sqs::SqsOperatorDecisions;
 use dsr_adapters::wiring;
-use dsr_domain::erasure::{Obligation, ObligationStore};
+use dsr_domain::erasure::{
+    ConfirmationOutcome, NotActionable, Obligation, ObligationStore, OperatorAction,
+    OperatorDecision, OperatorDecisions,
+};
 use dsr_domain::hops::{self, ClickOutcome, Hop, HopMark};
 use dsr_domain::requests::reconcile::{self, ReconcileSettings};
 use dsr_domain::{
@@ -44,9 +52,11 @@ pub const MAX_HOURS: u32 = 24 * 14;
 /// `name=url` pairs.
 pub const DEAD_LETTER_QUEUES: &str = "DEAD_LETTER_QUEUES";
 
-pub struct OpsPage<S, C> {
+pub struct OpsPage<S, C, D> {
     pub store: S,
     pub clock: C,
+    /// Where operators' decisions go (the confirmations queue); without it the page only shows.
+    pub decisions: Option<D>,
     pub sqs: Option<aws_sdk_sqs::Client>,
     /// (name, queue URL) of every dead-letter queue.
     pub dead_letter_queues: Vec<(String, String)>,
@@ -55,13 +65,16 @@ pub struct OpsPage<S, C> {
     pub stack: String,
 }
 
-pub type Handler = OpsPage<DynamoRequestStore, SystemClock>;
+pub type Handler = OpsPage<DynamoRequestStore, SystemClock, SqsOperatorDecisions>;
 
 /// Builds the function from its configuration: the same wiring in Lambda and the local stack.
 pub fn build(aws: &aws_config::SdkConfig, env: &Env) -> Result<Handler, ConfigError> {
     Ok(OpsPage {
         store: wiring::request_store(aws, env, "ops-page")?,
         clock: SystemClock,
+        decisions: env
+            .optional(vars::CONFIRMATIONS_QUEUE_URL)
+            .map(|url| SqsOperatorDecisions::new(aws_sdk_sqs::Client::new(aws), url)),
         sqs: Some(aws_sdk_sqs::Client::new(aws)),
         dead_letter_queues: dead_letter_queues(env)?,
         settings: wiring::reconcile_settings(env)?,
@@ -206,10 +219,11 @@ pub struct Timeline {
     pub obligations: Vec<Obligation>,
 }
 
-impl<S, C> OpsPage<S, C>
+impl<S, C, D> OpsPage<S, C, D>
 where
     S: RequestStore + ObligationStore,
     C: Clock,
+    D: OperatorDecisions,
 {
     /// The numbers of the last `hours` hours.
     pub async fn summary(&self, hours: u32) -> Result<Summary, StoreError> {
@@ -414,6 +428,23 @@ where
                 html::SHELL_SCRIPT.to_owned(),
             ));
         }
+        if path == "/ops/actions" {
+            if request.method() != lambda_http::http::Method::POST {
+                return Ok(problem(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "an operator's decision is a POST",
+                ));
+            }
+            if !is_operator(&request) {
+                return Ok(problem(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "acting on an obligation needs a token with the operator scope (dsr/operate)",
+                ));
+            }
+            return self.act(&request).await;
+        }
         if path != "/ops/page" && path != "/ops/summary" {
             return Ok(problem(StatusCode::NOT_FOUND, "not_found", "no such page"));
         }
@@ -465,6 +496,125 @@ where
             html::page(&summary, &found),
         ))
     }
+}
+
+/// An operator's decision as the page posts it (`POST /ops/actions`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    request_id: String,
+    service: String,
+    decision: OperatorDecision,
+    #[serde(default)]
+    outcome: Option<ConfirmationOutcome>,
+    #[serde(default)]
+    evidence: Option<String>,
+}
+
+impl<S, C, D> OpsPage<S, C, D>
+where
+    S: RequestStore + ObligationStore,
+    C: Clock,
+    D: OperatorDecisions,
+{
+    /// Checks an operator's decision and hands it to the confirm function, which carries it
+    /// out within seconds (the timeline then shows it). Who decided is the token's subject.
+    async fn act(&self, request: &lambda_http::Request) -> Result<Response<Body>, Error> {
+        let bad = |code: &str, message: &str| Ok(problem(StatusCode::BAD_REQUEST, code, message));
+        let Some(operator) = operator_of(request) else {
+            return Ok(problem(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the token names no operator (its `sub` claim): the audit trail says who acted",
+            ));
+        };
+        let decision: Decision = match serde_json::from_slice(request.body().as_ref()) {
+            Ok(decision) => decision,
+            Err(err) => {
+                return bad(
+                    "invalid_body",
+                    &format!("expected {{request_id, service, decision: resend|resolve, outcome: erased|not_found, evidence}}: {err}"),
+                )
+            }
+        };
+        let Ok(id) = decision.request_id.trim().parse::<RequestId>() else {
+            return bad("invalid_request_id", "`request_id` is not a request id");
+        };
+        let Ok(service) = dsr_domain::ServiceName::parse(decision.service.trim()) else {
+            return bad("invalid_service", "`service` is not a service name");
+        };
+        let mut action = OperatorAction::new(
+            id,
+            &service,
+            decision.decision,
+            &operator,
+            self.clock.now(),
+            &RequestId::new_at(self.clock.now()).to_string(),
+        );
+        action.outcome = decision.outcome;
+        action.evidence = decision.evidence.map(|e| e.trim().to_owned());
+        if let Err(reason) = action.check() {
+            return bad("invalid_decision", &reason);
+        }
+        let stored = self.store.get(id).await?;
+        let obligations = self.store.obligations(id).await?;
+        if let Err(refused) = dsr_domain::erasure::actionable(
+            id,
+            stored.as_ref(),
+            &service,
+            decision.decision,
+            obligations,
+        ) {
+            let (status, code) = match refused {
+                NotActionable::NoRequest(_) => (StatusCode::NOT_FOUND, "unknown_request"),
+                NotActionable::Answered(..) => (StatusCode::CONFLICT, "already_answered"),
+                _ => (StatusCode::CONFLICT, "not_actionable"),
+            };
+            return Ok(problem(status, code, &refused.to_string()));
+        }
+        let Some(decisions) = &self.decisions else {
+            return Ok(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "actions_unavailable",
+                "this deployment gives the page no confirmations queue (CONFIRMATIONS_QUEUE_URL)",
+            ));
+        };
+        if let Err(err) = decisions.ask(&action).await {
+            tracing::warn!(request_id = %id, service = %service, error = %err, "operator decision not handed on");
+            return Ok(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "try_again",
+                "the decision could not be handed to the confirm function; nothing was done: try again",
+            ));
+        }
+        tracing::info!(request_id = %id, service = %service, decision = ?action.decision, operator = %action.operator, "operator decision handed to the confirm function");
+        Ok(respond(
+            StatusCode::ACCEPTED,
+            "application/json",
+            serde_json::json!({
+                "message_id": action.message_id,
+                "request_id": id,
+                "service": service,
+                "decision": action.decision,
+                "operator": action.operator,
+            })
+            .to_string(),
+        ))
+    }
+}
+
+/// The operator behind a request: their token's subject.
+fn operator_of(request: &lambda_http::Request) -> Option<String> {
+    let Some(RequestContext::ApiGatewayV2(context)) = request.request_context_ref() else {
+        return None;
+    };
+    context
+        .authorizer
+        .as_ref()
+        .and_then(|a| a.jwt.as_ref())
+        .and_then(|jwt| jwt.claims.get("sub"))
+        .filter(|sub| !sub.is_empty())
+        .cloned()
 }
 
 /// Escalated holders and (commanded → answered) latencies in one window's marks.

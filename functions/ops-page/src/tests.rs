@@ -1,6 +1,6 @@
 use super::*;
 use chrono::TimeZone;
-use dsr_adapters::memory::{InMemoryRequestStore, InMemoryWorkQueue};
+use dsr_adapters::memory::{InMemoryRequestStore, InMemoryWorkQueue, RecordingDecisions};
 use dsr_domain::hops::HopLog;
 use dsr_domain::{FixedClock, Requests, SubjectHasher, SubjectId};
 use std::sync::Arc;
@@ -10,7 +10,8 @@ fn at(minutes: i64) -> DateTime<Utc> {
 }
 
 struct Fixture {
-    page: OpsPage<Arc<InMemoryRequestStore>, Arc<FixedClock>>,
+    page: OpsPage<Arc<InMemoryRequestStore>, Arc<FixedClock>, Arc<RecordingDecisions>>,
+    decisions: Arc<RecordingDecisions>,
     requests: Requests<Arc<InMemoryRequestStore>, InMemoryWorkQueue, Arc<FixedClock>>,
     store: Arc<InMemoryRequestStore>,
     clock: Arc<FixedClock>,
@@ -19,10 +20,12 @@ struct Fixture {
 fn fixture() -> Fixture {
     let store = Arc::new(InMemoryRequestStore::default());
     let clock = Arc::new(FixedClock::at(at(0)));
+    let decisions = Arc::new(RecordingDecisions::default());
     Fixture {
         page: OpsPage {
             store: store.clone(),
             clock: clock.clone(),
+            decisions: Some(decisions.clone()),
             sqs: None,
             dead_letter_queues: vec![("Outbound".into(), "http://nowhere".into())],
             settings: ReconcileSettings::default(),
@@ -36,6 +39,7 @@ fn fixture() -> Fixture {
         ),
         store,
         clock,
+        decisions,
     }
 }
 
@@ -155,6 +159,27 @@ async fn a_requests_timeline_has_its_hops_and_its_audit_trail_in_order() {
 }
 
 fn event(path: &str, query: &str, scopes: Option<&[&str]>) -> lambda_http::Request {
+    call("GET", path, query, scopes, None)
+}
+
+/// A `POST /ops/actions` by operator `op` (with the operator scope) carrying `body`.
+fn decide(body: serde_json::Value) -> lambda_http::Request {
+    call(
+        "POST",
+        "/ops/actions",
+        "",
+        Some(&[OPERATOR_SCOPE]),
+        Some(body.to_string()),
+    )
+}
+
+fn call(
+    method: &str,
+    path: &str,
+    query: &str,
+    scopes: Option<&[&str]>,
+    body: Option<String>,
+) -> lambda_http::Request {
     let event = serde_json::json!({
         "version": "2.0",
         "routeKey": "$default",
@@ -172,10 +197,11 @@ fn event(path: &str, query: &str, scopes: Option<&[&str]>) -> lambda_http::Reque
             "accountId": "000000000000", "apiId": "test",
             "authorizer": {"jwt": {"claims": {"sub": "op"}, "scopes": scopes}},
             "domainName": "x", "domainPrefix": "x",
-            "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1", "sourceIp": "10.0.0.1", "userAgent": "t"},
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "10.0.0.1", "userAgent": "t"},
             "requestId": "r", "routeKey": "$default", "stage": "$default",
             "time": "30/Nov/2026:09:00:00 +0000", "timeEpoch": 0
         },
+        "body": body,
         "isBase64Encoded": false
     });
     lambda_http::request::from_str(&event.to_string()).unwrap()
@@ -260,4 +286,170 @@ fn dead_letter_queues_are_name_url_pairs() {
         .unwrap_err()
         .to_string()
         .contains(DEAD_LETTER_QUEUES));
+}
+
+/// An erasure with an unanswered obligation to `crm` and an answered one to `billing`.
+async fn erasure_waiting_on_crm(f: &Fixture) -> RequestId {
+    use dsr_domain::erasure::{Obligation, ObligationStatus};
+    let id = submit(f, "erin", RequestKind::Erasure).await;
+    let crm = dsr_domain::ServiceName::parse("crm").unwrap();
+    let billing = dsr_domain::ServiceName::parse("billing").unwrap();
+    let mut answered = Obligation::planned(id, &billing, false);
+    answered.status = ObligationStatus::Confirmed;
+    f.store
+        .plan(id, &[Obligation::planned(id, &crm, false), answered], 0)
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn an_operator_resends_or_resolves_an_obligation_and_is_named_as_the_one_who_did() {
+    use dsr_domain::erasure::{ConfirmationOutcome, OperatorDecision};
+    let f = fixture();
+    let id = erasure_waiting_on_crm(&f).await;
+    let resend = f
+        .page
+        .handle(decide(serde_json::json!({
+            "request_id": id.to_string(), "service": "crm", "decision": "resend"
+        })))
+        .await
+        .unwrap();
+    assert_eq!(resend.status(), StatusCode::ACCEPTED, "{}", text(&resend));
+    let resolve = f
+        .page
+        .handle(decide(serde_json::json!({
+            "request_id": id.to_string(), "service": "crm", "decision": "resolve",
+            "outcome": "erased", "evidence": "  vendor ticket #4711: deleted by their support  "
+        })))
+        .await
+        .unwrap();
+    assert_eq!(resolve.status(), StatusCode::ACCEPTED, "{}", text(&resolve));
+    let asked = f.decisions.asked();
+    assert_eq!(asked.len(), 2);
+    assert_eq!(
+        (
+            asked[0].decision,
+            asked[0].operator.as_str(),
+            asked[0].request_id
+        ),
+        (OperatorDecision::Resend, "op", id),
+        "the operator is the token's subject"
+    );
+    assert!(asked[0]
+        .message_id
+        .starts_with(&format!("operator:resend:{id}:crm:")));
+    assert_eq!(asked[1].outcome, Some(ConfirmationOutcome::Erased));
+    assert_eq!(
+        asked[1].evidence.as_deref(),
+        Some("vendor ticket #4711: deleted by their support")
+    );
+    let json: serde_json::Value = serde_json::from_str(&text(&resolve)).unwrap();
+    assert_eq!(json["message_id"], asked[1].message_id);
+
+    // Shown in the timeline as forms on the unanswered obligation only.
+    let timeline = f.page.timeline(id).await.unwrap().unwrap();
+    let html = html::page(
+        &f.page.summary(1).await.unwrap(),
+        &html::Found::Timeline(Box::new(timeline)),
+    );
+    assert!(html.contains(&format!(
+        r#"<form class="act" data-request="{id}" data-service="crm">"#
+    )));
+    assert!(
+        !html.contains(r#"data-service="billing""#),
+        "answered: nothing to act on"
+    );
+}
+
+#[tokio::test]
+async fn a_decision_the_service_cannot_carry_out_is_refused_with_the_reason_and_nothing_asked() {
+    let f = fixture();
+    let id = erasure_waiting_on_crm(&f).await;
+    let access = submit(&f, "frank", RequestKind::Access).await;
+    let cases = [
+        (
+            serde_json::json!({"request_id": id.to_string(), "service": "crm", "decision": "resolve", "outcome": "erased"}),
+            StatusCode::BAD_REQUEST,
+            "needs its evidence",
+        ),
+        (
+            serde_json::json!({"request_id": id.to_string(), "service": "crm", "decision": "resolve", "outcome": "failed", "evidence": "x"}),
+            StatusCode::BAD_REQUEST,
+            "`erased` or `not_found`",
+        ),
+        (
+            serde_json::json!({"request_id": id.to_string(), "service": "crm", "decision": "resend", "evidence": "x"}),
+            StatusCode::BAD_REQUEST,
+            "no outcome or evidence",
+        ),
+        (
+            serde_json::json!({"request_id": id.to_string(), "service": "crm", "decision": "delete"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            serde_json::json!({"request_id": id.to_string(), "service": "crm", "decision": "resend", "admin": true}),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            serde_json::json!({"request_id": "nope", "service": "crm", "decision": "resend"}),
+            StatusCode::BAD_REQUEST,
+            "not a request id",
+        ),
+        (
+            serde_json::json!({"request_id": id.to_string(), "service": "../crm", "decision": "resend"}),
+            StatusCode::BAD_REQUEST,
+            "not a service name",
+        ),
+        (
+            serde_json::json!({"request_id": RequestId::new_at(at(9)).to_string(), "service": "crm", "decision": "resend"}),
+            StatusCode::NOT_FOUND,
+            "no request",
+        ),
+        (
+            serde_json::json!({"request_id": access.to_string(), "service": "crm", "decision": "resend"}),
+            StatusCode::CONFLICT,
+            "access request",
+        ),
+        (
+            serde_json::json!({"request_id": id.to_string(), "service": "ads", "decision": "resend"}),
+            StatusCode::CONFLICT,
+            "no obligation for ads",
+        ),
+        (
+            serde_json::json!({"request_id": id.to_string(), "service": "billing", "decision": "resend"}),
+            StatusCode::CONFLICT,
+            "already answered",
+        ),
+    ];
+    for (body, status, says) in cases {
+        let response = f.page.handle(decide(body.clone())).await.unwrap();
+        assert_eq!(response.status(), status, "{body}: {}", text(&response));
+        assert!(
+            text(&response).contains(says),
+            "{body}: {}",
+            text(&response)
+        );
+    }
+    let user = f
+        .page
+        .handle(call(
+            "POST",
+            "/ops/actions",
+            "",
+            Some(&["dsr/read"]),
+            Some("{}".into()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(user.status(), StatusCode::FORBIDDEN);
+    let get = f
+        .page
+        .handle(event("/ops/actions", "", Some(&[OPERATOR_SCOPE])))
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(f.decisions.asked().is_empty(), "nothing was asked");
 }

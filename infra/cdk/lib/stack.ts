@@ -437,10 +437,14 @@ export class DsrStack extends Stack {
         DEADLINE_WARNING_DAYS: deadlineWarningDays.valueAsString,
         ERASURE_GRACE_SECONDS: erasureGraceSeconds.valueAsString,
         DEAD_LETTER_QUEUES: deadLetterQueues,
+        // Operators' decisions (resend, resolve) go to the confirm function.
+        CONFIRMATIONS_QUEUE_URL: confirmationsQueue.queueUrl,
       },
       statements: [
         // Read only: requests, their audit trails and obligations, and the hops.
         allow(["dynamodb:GetItem", "dynamodb:Query"], [requestsTable.tableArn, requestsIndexes, hopsTable.tableArn]),
+        // The one write: an operator's decision, carried out by the confirm function.
+        allow(["sqs:SendMessage"], [confirmationsQueue.queueArn]),
         allow(
           ["sqs:GetQueueAttributes"],
           [accessRequestsDlq, erasureRequestsDlq, vendorErasuresDlq, outboundDlq, confirmationsDlq, submissionsDlq, scheduleRequestsDlq, dispatchDlq, sweepScheduleDlq].map(
@@ -761,6 +765,7 @@ export class DsrStack extends Stack {
     route(opsPage, apigw.HttpMethod.GET, "/ops/shell.js", noAuth);
     route(opsPage, apigw.HttpMethod.GET, "/ops/page", userJwt, ["dsr/operate"]);
     route(opsPage, apigw.HttpMethod.GET, "/ops/summary", userJwt, ["dsr/operate"]);
+    route(opsPage, apigw.HttpMethod.POST, "/ops/actions", userJwt, ["dsr/operate"]);
 
     // ------------------------------------------------------------ alarms and dashboard
     const alarmActions = Token.asList(

@@ -275,6 +275,35 @@ impl dsr_domain::report::CollectionResumes for SqsCollectionResumes {
     }
 }
 
+/// Operators' decisions, onto the `confirmations` queue (the CLI and the operations page send
+/// them; the confirm function carries them out).
+#[derive(Clone, Debug)]
+pub struct SqsOperatorDecisions {
+    client: Client,
+    confirmations_queue_url: String,
+}
+
+impl SqsOperatorDecisions {
+    pub fn new(client: Client, confirmations_queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            confirmations_queue_url: confirmations_queue_url.into(),
+        }
+    }
+}
+
+impl dsr_domain::erasure::OperatorDecisions for SqsOperatorDecisions {
+    async fn ask(
+        &self,
+        action: &dsr_domain::erasure::OperatorAction,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        use dsr_domain::erasure::{ChannelError, ConfirmationsMessage};
+        let body = serde_json::to_string(&ConfirmationsMessage::OperatorAction(action.clone()))
+            .map_err(|e| ChannelError(Box::new(e)))?;
+        send_own(&self.client, &self.confirmations_queue_url, body).await
+    }
+}
+
 /// Verification results, onto the `confirmations` queue (the report function sends them).
 #[derive(Clone, Debug)]
 pub struct SqsVerificationResults {

@@ -6,9 +6,10 @@
 use anyhow::{anyhow, bail, Context, Result};
 use dsr_adapters::config::{vars, Env};
 use dsr_adapters::dynamodb::DynamoRequestStore;
+use dsr_adapters::sqs::SqsOperatorDecisions;
 use dsr_adapters::wiring::{self, CloudRequests};
 use dsr_domain::erasure::{
-    ConfirmationOutcome, ConfirmationsMessage, ObligationStore, OperatorAction, OperatorDecision,
+    ConfirmationOutcome, ObligationStore, OperatorAction, OperatorDecision, OperatorDecisions,
 };
 use dsr_domain::hops::Hop;
 use dsr_domain::requests::reconcile::ReconcileSettings;
@@ -550,30 +551,25 @@ impl Ops {
                 vars::CONFIRMATIONS_QUEUE_URL
             )
         })?;
-        let request = self
-            .store
-            .get(id)
-            .await?
-            .ok_or_else(|| anyhow!("no request {id}"))?;
-        if request.kind != RequestKind::Erasure {
-            bail!("{id} is an access request; obligations are an erasure's");
-        }
-        if request.state.is_terminal() {
-            bail!("{id} is {}: nothing left to act on", request.state.as_str());
-        }
+        let request = self.store.get(id).await?;
+        let obligations = self.store.obligations(id).await?;
+        let before = match dsr_domain::erasure::actionable(
+            id,
+            request.as_ref(),
+            &service,
+            decision,
+            obligations,
+        ) {
+            Ok(obligation) => obligation,
+            Err(answered @ dsr_domain::erasure::NotActionable::Answered(..)) => {
+                writeln!(out, "{id} {answered}")?;
+                return Ok(());
+            }
+            Err(refused) => bail!("{refused}"),
+        };
         let obligation = |obligations: Vec<dsr_domain::erasure::Obligation>| {
             obligations.into_iter().find(|o| o.service == service)
         };
-        let before = obligation(self.store.obligations(id).await?)
-            .ok_or_else(|| anyhow!("{id} has no obligation for {service}"))?;
-        if before.status.is_done() {
-            writeln!(
-                out,
-                "{id} {service}: already answered ({}); nothing to do",
-                before.status.as_str()
-            )?;
-            return Ok(());
-        }
         let mut action = OperatorAction::new(
             id,
             &service,
@@ -585,14 +581,11 @@ impl Ops {
         if let Some((outcome, evidence)) = resolution {
             action = action.resolved(outcome, evidence);
         }
-        let body = serde_json::to_string(&ConfirmationsMessage::OperatorAction(action))?;
-        self.sqs
-            .send_message()
-            .queue_url(queue)
-            .message_body(body)
-            .send()
+        action.check().map_err(|e| anyhow!(e))?;
+        SqsOperatorDecisions::new(self.sqs.clone(), queue)
+            .ask(&action)
             .await
-            .map_err(|e| anyhow!("{}", aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+            .map_err(|e| anyhow!("{e}"))?;
         let deadline = std::time::Instant::now() + ACTION_PATIENCE;
         while std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;

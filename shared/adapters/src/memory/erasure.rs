@@ -166,3 +166,25 @@ impl dsr_domain::erasure::EventOutbox for RecordingErasurePorts {
         Ok(())
     }
 }
+
+/// Operators' decisions asked for, oldest first (the confirmations queue, in memory).
+#[derive(Default)]
+pub struct RecordingDecisions {
+    asked: Mutex<Vec<dsr_domain::erasure::OperatorAction>>,
+}
+
+impl RecordingDecisions {
+    pub fn asked(&self) -> Vec<dsr_domain::erasure::OperatorAction> {
+        locked(&self.asked).clone()
+    }
+}
+
+impl dsr_domain::erasure::OperatorDecisions for RecordingDecisions {
+    async fn ask(
+        &self,
+        action: &dsr_domain::erasure::OperatorAction,
+    ) -> Result<(), dsr_domain::erasure::ChannelError> {
+        locked(&self.asked).push(action.clone());
+        Ok(())
+    }
+}

@@ -9,7 +9,7 @@ mod reports;
 mod requests;
 
 pub use delayed::{InMemoryDelayedStore, RecordingDispatchPorts};
-pub use erasure::RecordingErasurePorts;
+pub use erasure::{RecordingDecisions, RecordingErasurePorts};
 pub use queues::{InMemoryReportLinks, InMemoryWorkQueue};
 pub use reports::{FakeSources, InMemoryReportStore, RecordingOutbox, RecordingResumes};
 pub use requests::InMemoryRequestStore;

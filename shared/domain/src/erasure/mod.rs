@@ -38,9 +38,11 @@ pub use messages::{
     ObligationDue, OperatorAction, OperatorDecision, Published, StillHeld, VerifyErasure,
 };
 pub use obligation::{reopen_note, Delivery, Obligation, ObligationStatus};
-pub use operator::settled_by_hand;
+pub use operator::{actionable, settled_by_hand, NotActionable};
 pub use own_copies::OWN_COPIES;
-pub use ports::{AnswerRecorded, CheckScheduler, ErasureChannel, ObligationStore};
+pub use ports::{
+    AnswerRecorded, CheckScheduler, ErasureChannel, ObligationStore, OperatorDecisions,
+};
 
 use crate::clock::Clock;
 use crate::lease::Worker;

@@ -32,7 +32,8 @@ where
                 "an operator action from {origin}; only operators (through the service) act on obligations"
             )));
         }
-        let operator = operator_name(&action.operator)?;
+        action.check().map_err(ErasureError::Rejected)?;
+        let operator = action.operator.as_str();
         let request = self.erasure(action.request_id).await?;
         if request.state.is_terminal() {
             return Err(ErasureError::Rejected(format!(
@@ -73,23 +74,12 @@ where
                 Ok(Handled::Resent { attempt })
             }
             OperatorDecision::Resolve => {
+                // `check` saw the outcome is one of these two and the evidence is there.
                 let status = match action.outcome {
                     Some(ConfirmationOutcome::Erased) => ObligationStatus::Confirmed,
-                    Some(ConfirmationOutcome::NotFound) => ObligationStatus::NotFound,
-                    _ => {
-                        return Err(ErasureError::Rejected(
-                            "a resolution says `erased` or `not_found`".into(),
-                        ))
-                    }
+                    _ => ObligationStatus::NotFound,
                 };
-                let evidence = action
-                    .evidence
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|e| !e.is_empty())
-                    .ok_or_else(|| {
-                        ErasureError::Rejected("a resolution needs its evidence".into())
-                    })?;
+                let evidence = action.evidence.as_deref().map(str::trim).unwrap_or("");
                 // The receipt says it was settled by hand, by whom, and on what evidence: the
                 // proof of erasure and the certificate show it as such.
                 let receipt = serde_json::json!({
@@ -118,19 +108,48 @@ where
     }
 }
 
-/// An operator's name as the audit trail keeps it: a login or an e-mail-like id, nothing else.
-fn operator_name(raw: &str) -> Result<&str, ErasureError> {
-    let ok = !raw.is_empty()
-        && raw.chars().count() <= MOST_OPERATOR_CHARS
-        && raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "@._:+-".contains(c));
-    if ok {
-        Ok(raw)
-    } else {
-        Err(ErasureError::Rejected(format!(
-            "the operator must be named (letters, digits, @ . _ : + -, at most {MOST_OPERATOR_CHARS})"
-        )))
+impl OperatorAction {
+    /// What the decision itself must say, whoever asks: a named operator (a login or an
+    /// e-mail-like id, nothing else: it goes into the audit trail), and for a resolution the
+    /// holder's answer (`erased` or `not_found`) and its evidence; a resend carries neither.
+    pub fn check(&self) -> Result<(), String> {
+        let named = !self.operator.is_empty()
+            && self.operator.chars().count() <= MOST_OPERATOR_CHARS
+            && self
+                .operator
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "@._:+-".contains(c));
+        if !named {
+            return Err(format!(
+                "the operator must be named (letters, digits, @ . _ : + -, at most {MOST_OPERATOR_CHARS})"
+            ));
+        }
+        let evidence = self.evidence.as_deref().map(str::trim);
+        match self.decision {
+            OperatorDecision::Resend if self.outcome.is_some() || evidence.is_some() => {
+                Err("a resend carries no outcome or evidence".into())
+            }
+            OperatorDecision::Resend => Ok(()),
+            OperatorDecision::Resolve
+                if !matches!(
+                    self.outcome,
+                    Some(ConfirmationOutcome::Erased | ConfirmationOutcome::NotFound)
+                ) =>
+            {
+                Err("a resolution says `erased` or `not_found`".into())
+            }
+            OperatorDecision::Resolve if evidence.is_none_or(str::is_empty) => {
+                Err("a resolution needs its evidence".into())
+            }
+            OperatorDecision::Resolve
+                if evidence.is_some_and(|e| e.chars().count() > MOST_EVIDENCE_CHARS) =>
+            {
+                Err(format!(
+                    "the evidence is at most {MOST_EVIDENCE_CHARS} characters (a ticket, a reference, what was done)"
+                ))
+            }
+            OperatorDecision::Resolve => Ok(()),
+        }
     }
 }
 
@@ -139,4 +158,57 @@ pub fn settled_by_hand(receipt: Option<&str>) -> bool {
     receipt
         .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
         .is_some_and(|r| r["manual"] == true)
+}
+
+/// Why an operator's decision on an obligation cannot be asked for: checked where it is asked
+/// (the CLI, the operations page) so the operator hears at once, and again by the confirm
+/// function, which carries it out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotActionable {
+    #[error("no request {0}")]
+    NoRequest(RequestId),
+    #[error("{0} is an access request; obligations are an erasure's")]
+    AccessRequest(RequestId),
+    #[error("{0} is {1}: nothing left to act on")]
+    Finished(RequestId, RequestState),
+    #[error("`{OWN_COPIES}` is the service's own copies, erased by the service itself")]
+    OwnCopies,
+    #[error("{0} has no obligation for {1}")]
+    NoObligation(RequestId, ServiceName),
+    #[error("{0}: already answered ({status}); nothing to do", status = .1.as_str())]
+    Answered(ServiceName, ObligationStatus),
+    #[error("`{0}` is erased last: its command waits for the notice to the subject")]
+    WaitsForNotice(ServiceName),
+}
+
+/// The obligation an operator may act on: an open erasure's, to `service`, not yet answered;
+/// one erased last is sent again only once released (after the notice).
+pub fn actionable(
+    id: RequestId,
+    request: Option<&Request>,
+    service: &ServiceName,
+    decision: OperatorDecision,
+    obligations: Vec<Obligation>,
+) -> Result<Obligation, NotActionable> {
+    let request = request.ok_or(NotActionable::NoRequest(id))?;
+    if request.kind != RequestKind::Erasure {
+        return Err(NotActionable::AccessRequest(id));
+    }
+    if request.state.is_terminal() {
+        return Err(NotActionable::Finished(id, request.state));
+    }
+    if service.as_str() == OWN_COPIES {
+        return Err(NotActionable::OwnCopies);
+    }
+    let obligation = obligations
+        .into_iter()
+        .find(|o| &o.service == service)
+        .ok_or_else(|| NotActionable::NoObligation(id, service.clone()))?;
+    if obligation.status.is_done() {
+        return Err(NotActionable::Answered(service.clone(), obligation.status));
+    }
+    if decision == OperatorDecision::Resend && obligation.last && obligation.release_at.is_none() {
+        return Err(NotActionable::WaitsForNotice(service.clone()));
+    }
+    Ok(obligation)
 }

@@ -119,6 +119,21 @@ pub trait ErasureChannel: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Delivery>, ChannelError>> + Send;
 }
 
+/// Where an operator's decision goes to be carried out: the confirm function, which holds the
+/// registry and the channels (the CLI and the operations page only ask).
+pub trait OperatorDecisions: Send + Sync {
+    fn ask(
+        &self,
+        action: &super::OperatorAction,
+    ) -> impl Future<Output = Result<(), ChannelError>> + Send;
+}
+
+impl<T: OperatorDecisions> OperatorDecisions for Arc<T> {
+    async fn ask(&self, action: &super::OperatorAction) -> Result<(), ChannelError> {
+        (**self).ask(action).await
+    }
+}
+
 /// Delayed dispatch, as the erasure uses it: "deliver this check then"; and the ask to read
 /// every erased holder again (the report function's queue).
 pub trait CheckScheduler: Send + Sync {
