@@ -357,7 +357,7 @@ async fn an_operator_resends_or_resolves_an_obligation_and_is_named_as_the_one_w
         r#"<form class="act" data-request="{id}" data-service="crm">"#
     )));
     assert!(
-        !html.contains(r#"data-service="billing""#),
+        !html.contains(&format!(r#"data-request="{id}" data-service="billing""#)),
         "answered: nothing to act on"
     );
 }
