@@ -558,13 +558,9 @@ where
         }
         let stored = self.store.get(id).await?;
         let obligations = self.store.obligations(id).await?;
-        if let Err(refused) = dsr_domain::erasure::actionable(
-            id,
-            stored.as_ref(),
-            &service,
-            decision.decision,
-            obligations,
-        ) {
+        if let Err(refused) =
+            dsr_domain::erasure::actionable(id, stored, &service, decision.decision, obligations)
+        {
             let (status, code) = match refused {
                 NotActionable::NoRequest(_) => (StatusCode::NOT_FOUND, "unknown_request"),
                 NotActionable::Answered(..) => (StatusCode::CONFLICT, "already_answered"),

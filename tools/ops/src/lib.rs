@@ -553,20 +553,15 @@ impl Ops {
         })?;
         let request = self.store.get(id).await?;
         let obligations = self.store.obligations(id).await?;
-        let before = match dsr_domain::erasure::actionable(
-            id,
-            request.as_ref(),
-            &service,
-            decision,
-            obligations,
-        ) {
-            Ok(obligation) => obligation,
-            Err(answered @ dsr_domain::erasure::NotActionable::Answered(..)) => {
-                writeln!(out, "{id} {answered}")?;
-                return Ok(());
-            }
-            Err(refused) => bail!("{refused}"),
-        };
+        let before =
+            match dsr_domain::erasure::actionable(id, request, &service, decision, obligations) {
+                Ok((_, obligation)) => obligation,
+                Err(answered @ dsr_domain::erasure::NotActionable::Answered(..)) => {
+                    writeln!(out, "{id} {answered}")?;
+                    return Ok(());
+                }
+                Err(refused) => bail!("{refused}"),
+            };
         let obligation = |obligations: Vec<dsr_domain::erasure::Obligation>| {
             obligations.into_iter().find(|o| o.service == service)
         };

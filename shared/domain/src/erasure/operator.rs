@@ -34,31 +34,23 @@ where
         }
         action.check().map_err(ErasureError::Rejected)?;
         let operator = action.operator.as_str();
-        let request = self.erasure(action.request_id).await?;
-        if request.state.is_terminal() {
-            return Err(ErasureError::Rejected(format!(
-                "request {} is {}: nothing left to act on",
-                request.id,
-                request.state.as_str()
-            )));
-        }
-        let service = &action.service;
-        if service.as_str() == OWN_COPIES {
-            return Err(ErasureError::Rejected(format!(
-                "`{OWN_COPIES}` is the service's own copies, erased by the service itself"
-            )));
-        }
-        let obligation = self.obligation(&request, service).await?;
-        if obligation.status.is_done() {
-            return Ok(Handled::Nothing(Skipped::AlreadyAnswered));
-        }
+        let (id, service) = (action.request_id, &action.service);
+        // The rules the CLI and the page checked when it was asked, again: things moved since.
+        let (request, obligation) = match actionable(
+            id,
+            self.store.get(id).await?,
+            service,
+            action.decision,
+            self.store.obligations(id).await?,
+        ) {
+            Ok(found) => found,
+            Err(NotActionable::Answered(..)) => {
+                return Ok(Handled::Nothing(Skipped::AlreadyAnswered))
+            }
+            Err(refused) => return Err(ErasureError::Rejected(refused.to_string())),
+        };
         match action.decision {
             OperatorDecision::Resend => {
-                if obligation.last && obligation.release_at.is_none() {
-                    return Err(ErasureError::Rejected(format!(
-                        "`{service}` is erased last: its command waits for the notice to the subject"
-                    )));
-                }
                 let how = self.eraser(service)?;
                 let attempt = obligation.attempts + 1;
                 self.send(&request, service, how, attempt, obligation.reopened)
@@ -181,15 +173,15 @@ pub enum NotActionable {
     WaitsForNotice(ServiceName),
 }
 
-/// The obligation an operator may act on: an open erasure's, to `service`, not yet answered;
-/// one erased last is sent again only once released (after the notice).
+/// The request and its obligation an operator may act on: an open erasure's, to `service`,
+/// not yet answered; one erased last is sent again only once released (after the notice).
 pub fn actionable(
     id: RequestId,
-    request: Option<&Request>,
+    request: Option<Request>,
     service: &ServiceName,
     decision: OperatorDecision,
     obligations: Vec<Obligation>,
-) -> Result<Obligation, NotActionable> {
+) -> Result<(Request, Obligation), NotActionable> {
     let request = request.ok_or(NotActionable::NoRequest(id))?;
     if request.kind != RequestKind::Erasure {
         return Err(NotActionable::AccessRequest(id));
@@ -210,5 +202,5 @@ pub fn actionable(
     if decision == OperatorDecision::Resend && obligation.last && obligation.release_at.is_none() {
         return Err(NotActionable::WaitsForNotice(service.clone()));
     }
-    Ok(obligation)
+    Ok((request, obligation))
 }
