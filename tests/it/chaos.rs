@@ -215,9 +215,12 @@ async fn with_aws_failing_a_fifth_of_all_calls_every_request_completes_and_every
         // (its "come back in N s" faulted three times over, leaving it to the queue's
         // 90-minute timeout): the reconciliation re-drives it once stuck, after an hour in a
         // deployment, after two minutes here (it runs every minute locally).
+        // And a request still `received` whose message went missing (the sweep re-sends it
+        // after 30 minutes in a deployment): after two minutes here.
         overrides: vec![
             ("REPORT_LEASE_SECONDS", "120".into()),
             ("STUCK_AFTER_SECONDS", "120".into()),
+            ("SWEEP_STALE_AFTER_SECONDS", "120".into()),
         ],
         ..RigSettings::default()
     })
